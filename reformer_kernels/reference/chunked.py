@@ -1,0 +1,103 @@
+"""Attention inside chunks of a sequence, each chunk also seeing its neighbour chunks (circularly).
+
+LSH attention runs it on the bucket-sorted sequence, local attention on the sequence as it is;
+both use the one masking rule written here.
+"""
+import torch
+
+
+def mask_values(dtype: torch.dtype) -> tuple[float, float]:
+    """The scores given to (forbidden keys, the query's own position) in ``dtype``.
+
+    fp16 cannot hold -1e9, so it gets smaller magnitudes, as in transformers' Reformer. The self
+    mask is weaker than the padding/causal mask so that a token attends to itself only when it
+    has nothing else to attend to.
+    """
+    if dtype == torch.float16:
+        return -1e4, -1e3
+    return -1e9, -1e5
+
+
+def with_neighbours(chunks: torch.Tensor, n_chunks_before: int, n_chunks_after: int) -> torch.Tensor:
+    """(B, H, C, chunk_len, ...) -> (B, H, C, (1 + before + after) * chunk_len, ...): for chunk c,
+    chunks c - before, ..., c + after concatenated, indices taken modulo C (the sequence is a ring)."""
+    if n_chunks_before == 0 and n_chunks_after == 0:
+        return chunks
+    shifted = [torch.roll(chunks, shifts=-offset, dims=2) for offset in range(-n_chunks_before, n_chunks_after + 1)]
+    return torch.cat(shifted, dim=3)
+
+
+def dropout_mask_shape(
+    batch: int, heads: int, n_queries: int, chunk_len: int, n_chunks_before: int, n_chunks_after: int
+) -> tuple[int, int, int, int, int]:
+    """Shape of the chunked score tensor of ``attend_in_chunks``, which a dropout mask multiplies."""
+    return (batch, heads, n_queries // chunk_len, chunk_len, (1 + n_chunks_before + n_chunks_after) * chunk_len)
+
+
+def pad_sequence(
+    tensors: tuple[torch.Tensor, ...], attention_mask: torch.Tensor | None, padded_len: int
+) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+    """Zero-pad each (B, H, L, d) tensor along L to ``padded_len`` and return them with the (B,
+    padded_len) bool mask that marks the added positions as padding (all real positions are kept
+    when ``attention_mask`` is None)."""
+    batch, _, seq_len, _ = tensors[0].shape
+    extra = padded_len - seq_len
+    padded = tuple(torch.nn.functional.pad(t, (0, 0, 0, extra)) for t in tensors)
+    device = tensors[0].device
+    real = torch.ones(batch, seq_len, dtype=torch.bool, device=device) if attention_mask is None else attention_mask.bool()
+    mask = torch.cat([real, torch.zeros(batch, extra, dtype=torch.bool, device=device)], dim=1)
+    return padded, mask
+
+
+def attend_in_chunks(
+    queries: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    positions: torch.Tensor,
+    key_valid: torch.Tensor | None,
+    *,
+    chunk_len: int,
+    n_chunks_before: int,
+    n_chunks_after: int,
+    causal: bool,
+    self_mask: bool,
+    dropout_mask: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Softmax attention of each chunk of ``chunk_len`` queries over its own and neighbour chunks' keys.
+
+    queries, keys, values: (B, H, N, d), N a multiple of chunk_len, already in attention order
+    (sorted by bucket for LSH). positions: (B, H, N) int64, each row's position in the original
+    sequence, for the causal and self masks. key_valid: (B, H, N) bool, False for padding keys, or
+    None. Returns ``(out, lse)``: (B, H, N, d) and the log-sum-exp of each query's scores (B, H, N).
+    """
+    batch, heads, n, head_dim = queries.shape
+    n_chunks = n // chunk_len
+
+    def chunked(t: torch.Tensor) -> torch.Tensor:
+        return t.reshape(batch, heads, n_chunks, chunk_len, *t.shape[3:])
+
+    def around(t: torch.Tensor) -> torch.Tensor:
+        return with_neighbours(chunked(t), n_chunks_before, n_chunks_after)
+
+    scores = chunked(queries) @ around(keys).transpose(-1, -2)
+    query_positions = chunked(positions)[..., :, None]
+    key_positions = around(positions)[..., None, :]
+    mask_value, self_mask_value = mask_values(scores.dtype)
+
+    allowed = None if key_valid is None else around(key_valid)[..., None, :]
+    if causal:
+        not_future = query_positions >= key_positions
+        allowed = not_future if allowed is None else allowed & not_future
+    if allowed is not None:
+        scores = torch.where(allowed, scores, mask_value)
+    if self_mask:
+        # Applied after (and so overriding) the other masks: a query whose every key is forbidden
+        # falls back to itself rather than to a uniform mix of padding.
+        scores = torch.where(query_positions != key_positions, scores, self_mask_value)
+
+    lse = torch.logsumexp(scores, dim=-1, keepdim=True)
+    probs = torch.exp(scores - lse)
+    if dropout_mask is not None:
+        probs = probs * dropout_mask
+    out = probs @ around(values)
+    return out.reshape(batch, heads, n, head_dim), lse.reshape(batch, heads, n)
