@@ -2,9 +2,25 @@
 
 Randomness (rotations, dropout masks) is always an explicit argument here.
 """
+from .axial import axial_position_encodings
 from .chunked import dropout_mask_shape, pad_sequence
-from .hashing import default_num_buckets, hash_vectors
+from .hashing import bucket_factors, default_num_buckets, hash_vectors
+from .local_attention import local_attention, local_chunking
 from .lsh_attention import lsh_attention
+from .reversible import reversible_forward, reversible_inverse
 from .sorting import sort_buckets
 
-__all__ = ["default_num_buckets", "dropout_mask_shape", "hash_vectors", "lsh_attention", "pad_sequence", "sort_buckets"]
+__all__ = [
+    "axial_position_encodings",
+    "bucket_factors",
+    "default_num_buckets",
+    "dropout_mask_shape",
+    "hash_vectors",
+    "local_attention",
+    "local_chunking",
+    "lsh_attention",
+    "pad_sequence",
+    "reversible_forward",
+    "reversible_inverse",
+    "sort_buckets",
+]
