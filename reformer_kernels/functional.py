@@ -1,13 +1,281 @@
 """The public functional API. Every op validates its inputs here, once for all backends, then
 runs on the backend chosen by ``reformer_kernels.backends`` (argument ``backend=``, the
-``use_backend`` context, the REFORMER_KERNELS_BACKEND variable, or "auto")."""
+``use_backend`` context, the REFORMER_KERNELS_BACKEND variable, or "auto").
+
+Shapes: B batch, H heads, L sequence length, d head dim. Attention ops take float16, bfloat16,
+float32 or float64 tensors and return the same dtype. An ``attention_mask`` is (B, L), bool or 0/1
+of any dtype, 0 marking a padding token; every backend receives it as bool.
+"""
 from __future__ import annotations
+
+import math
+import warnings
 
 import torch
 
 from . import backends, reference
 
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _lsh_attention_reference(
+    qk, v, sorted_idx, n_hashes, chunk_len, n_chunks_before, n_chunks_after, causal, attention_mask=None
+):
+    return reference.lsh_attention(
+        qk,
+        v,
+        sorted_idx,
+        n_hashes=n_hashes,
+        chunk_len=chunk_len,
+        n_chunks_before=n_chunks_before,
+        n_chunks_after=n_chunks_after,
+        causal=causal,
+        attention_mask=attention_mask,
+    )
+
+
+def _local_attention_reference(q, k, v, chunk_len, n_chunks_before, n_chunks_after, causal, attention_mask=None):
+    return reference.local_attention(
+        q,
+        k,
+        v,
+        chunk_len=chunk_len,
+        n_chunks_before=n_chunks_before,
+        n_chunks_after=n_chunks_after,
+        causal=causal,
+        attention_mask=attention_mask,
+    )
+
+
 backends.register("bucket_sort", "reference", reference.sort_buckets)
+backends.register("lsh_hash", "reference", reference.hash_vectors)
+backends.register("lsh_attention", "reference", _lsh_attention_reference)
+backends.register("local_attention", "reference", _local_attention_reference)
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def _check_int(fn: str, name: str, value: object, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{fn}: {name} must be an int, got {type(value).__name__} {value!r}")
+    if value < minimum:
+        raise ValueError(f"{fn}: {name} must be >= {minimum}, got {value}")
+    return value
+
+
+def _check_bool(fn: str, name: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{fn}: {name} must be True or False, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _check_heads_tensor(fn: str, name: str, t: object) -> torch.Tensor:
+    """A (B, H, L, d) float tensor with L, d >= 1."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{fn}: {name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{fn}: {name} must be float16, bfloat16, float32 or float64, got {t.dtype}; convert it with .float()")
+    if t.dim() != 4:
+        raise ValueError(
+            f"{fn}: {name} must be (batch, heads, seq_len, head_dim), got shape {tuple(t.shape)}; "
+            "split the hidden dim into heads and move heads before the sequence"
+        )
+    if t.shape[2] < 1 or t.shape[3] < 1:
+        raise ValueError(f"{fn}: {name} has shape {tuple(t.shape)}: seq_len and head_dim must be >= 1")
+    return t
+
+
+def _check_same(fn: str, first: str, a: torch.Tensor, second: str, b: torch.Tensor) -> None:
+    if b.shape != a.shape:
+        raise ValueError(f"{fn}: {second} has shape {tuple(b.shape)} but {first} has {tuple(a.shape)}; they must match")
+    if b.dtype != a.dtype:
+        raise TypeError(f"{fn}: {second} is {b.dtype} but {first} is {a.dtype}; cast one with .to({first}.dtype)")
+    if b.device != a.device:
+        raise ValueError(f"{fn}: {second} is on {b.device} but {first} is on {a.device}; move them to one device")
+
+
+def _check_attention_mask(fn: str, attention_mask: object, like: torch.Tensor) -> torch.Tensor | None:
+    """None, or the (B, L) mask of the (B, H, L, d) tensor ``like`` as bool."""
+    if attention_mask is None:
+        return None
+    if not isinstance(attention_mask, torch.Tensor):
+        raise TypeError(f"{fn}: attention_mask must be a torch.Tensor or None, got {type(attention_mask).__name__}")
+    if attention_mask.is_complex():
+        raise TypeError(f"{fn}: attention_mask must be bool or 0/1 numbers, got {attention_mask.dtype}")
+    expected = (like.shape[0], like.shape[2])
+    if tuple(attention_mask.shape) != expected:
+        raise ValueError(
+            f"{fn}: attention_mask must be (batch, seq_len) = {expected}, got {tuple(attention_mask.shape)}; "
+            "one entry per token, 0 for padding"
+        )
+    if attention_mask.device != like.device:
+        raise ValueError(f"{fn}: attention_mask is on {attention_mask.device} but the inputs are on {like.device}; move it")
+    return attention_mask.bool()
+
+
+def _check_n_buckets(fn: str, n_buckets: object) -> int | tuple[int, ...]:
+    """An even int >= 2, or a non-empty tuple/list of them (returned as a tuple)."""
+    factors = n_buckets if isinstance(n_buckets, (tuple, list)) else (n_buckets,)
+    if len(factors) == 0:
+        raise ValueError(f"{fn}: n_buckets must be an even int or a tuple of even ints, got an empty {type(n_buckets).__name__}")
+    for factor in factors:
+        if isinstance(factor, bool) or not isinstance(factor, int):
+            raise TypeError(f"{fn}: n_buckets must be an even int or a tuple of even ints, got {n_buckets!r}")
+        if factor < 2 or factor % 2:
+            raise ValueError(
+                f"{fn}: n_buckets {n_buckets!r} has factor {factor}: every factor must be even and >= 2 "
+                "(hashing takes argmax over [xR, -xR]); try default_num_buckets(seq_len, chunk_len, max_position_embeddings)"
+            )
+    return n_buckets if isinstance(n_buckets, int) else tuple(factors)
+
+
+def _check_rotations(fn: str, rotations: object, vectors: torch.Tensor, n_buckets: int | tuple[int, ...]) -> torch.Tensor:
+    if not isinstance(rotations, torch.Tensor):
+        raise TypeError(f"{fn}: rotations must be a torch.Tensor, got {type(rotations).__name__}")
+    rotation_size = sum(reference.bucket_factors(n_buckets))
+    heads, head_dim = vectors.shape[1], vectors.shape[3]
+    if rotations.dim() != 4 or (rotations.shape[0], rotations.shape[1], rotations.shape[3]) != (heads, head_dim, rotation_size // 2) or rotations.shape[2] < 1:
+        raise ValueError(
+            f"{fn}: rotations must be (heads, head_dim, n_hashes, R / 2) = ({heads}, {head_dim}, n_hashes, {rotation_size // 2}) "
+            f"for n_buckets {n_buckets!r} (R = sum of the bucket factors), got {tuple(rotations.shape)}"
+        )
+    if rotations.dtype != vectors.dtype:
+        raise TypeError(f"{fn}: rotations are {rotations.dtype} but the vectors are {vectors.dtype}; cast with rotations.to(vectors.dtype)")
+    if rotations.device != vectors.device:
+        raise ValueError(f"{fn}: rotations are on {rotations.device} but the vectors on {vectors.device}; move them to one device")
+    return rotations
+
+
+def _check_chunking(fn: str, chunk_len: object, n_chunks_before: object, n_chunks_after: object) -> None:
+    _check_int(fn, "chunk_len", chunk_len, 1)
+    _check_int(fn, "n_chunks_before", n_chunks_before, 0)
+    _check_int(fn, "n_chunks_after", n_chunks_after, 0)
+
+
+def _check_dropout_p(fn: str, dropout_p: object) -> float:
+    if isinstance(dropout_p, bool) or not isinstance(dropout_p, (int, float)):
+        raise TypeError(f"{fn}: dropout_p must be a float, got {type(dropout_p).__name__} {dropout_p!r}")
+    if not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"{fn}: dropout_p must lie in [0, 1), got {dropout_p}")
+    return float(dropout_p)
+
+
+def _check_sorted_idx(fn: str, sorted_idx: object, qk: torch.Tensor, n_hashes: int) -> torch.Tensor:
+    if not isinstance(sorted_idx, torch.Tensor):
+        raise TypeError(f"{fn}: sorted_idx must be a torch.Tensor, got {type(sorted_idx).__name__}")
+    if sorted_idx.dtype != torch.int64:
+        raise TypeError(f"{fn}: sorted_idx must be int64, got {sorted_idx.dtype}; use the sorted_idx that bucket_sort returns")
+    batch, heads, seq_len, _ = qk.shape
+    n = n_hashes * seq_len
+    if tuple(sorted_idx.shape) != (batch, heads, n):
+        raise ValueError(
+            f"{fn}: sorted_idx must be (batch, heads, n_hashes * seq_len) = {(batch, heads, n)}, got {tuple(sorted_idx.shape)}; "
+            "check n_hashes"
+        )
+    if sorted_idx.device != qk.device:
+        raise ValueError(f"{fn}: sorted_idx is on {sorted_idx.device} but qk is on {qk.device}; move it")
+    low, high = torch.aminmax(sorted_idx)
+    if low.item() < 0 or high.item() >= n:
+        raise ValueError(
+            f"{fn}: sorted_idx spans [{low.item()}, {high.item()}] but must be a permutation of [0, n_hashes * seq_len = {n})"
+        )
+    return sorted_idx
+
+
+# ----------------------------------------------------------------------------- dispatch
+
+_warned_dropout: set[str] = set()
+
+
+def _attention_impl(op: str, device: torch.device, backend: str | None, dropout_p: float):
+    """The backend implementation of ``op``, or None when dropout forces the reference.
+
+    The kernels have no dropout yet: with "auto" the reference runs instead (warned once per op),
+    with an explicitly chosen kernel backend that is an error rather than a silent switch.
+    """
+    name, impl = backends.select(op, device, backend)
+    if dropout_p == 0.0:
+        return impl
+    if name != "reference":
+        requested = backend if backend is not None else backends.current_backend()
+        if requested != "auto":
+            raise ValueError(
+                f"{op}: dropout_p={dropout_p} is not supported by the {requested!r} kernels yet; "
+                "pass dropout_p=0.0, or backend='auto' or 'reference' to run the reference with dropout"
+            )
+        if op not in _warned_dropout:
+            _warned_dropout.add(op)
+            warnings.warn(
+                f"reformer_kernels: {op} with dropout_p > 0 runs on the slow reference implementation (the kernels have no dropout yet)",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+    return None
+
+
+def _dropout_mask(shape: tuple[int, ...], dropout_p: float, like: torch.Tensor) -> torch.Tensor:
+    """Keep-mask scaled by 1 / (1 - p), drawn from the default torch generator."""
+    keep = torch.empty(shape, dtype=like.dtype, device=like.device).bernoulli_(1.0 - dropout_p)
+    return keep / (1.0 - dropout_p)
+
+
+def _run_lsh_attention(qk, v, sorted_idx, *, n_hashes, chunk_len, n_chunks_before, n_chunks_after, causal, attention_mask, dropout_p, backend):
+    impl = _attention_impl("lsh_attention", qk.device, backend, dropout_p)
+    chunking = dict(n_hashes=n_hashes, chunk_len=chunk_len, n_chunks_before=n_chunks_before, n_chunks_after=n_chunks_after)
+    if impl is not None:
+        return impl(qk, v, sorted_idx, **chunking, causal=causal, attention_mask=attention_mask)
+    batch, heads, seq_len, _ = qk.shape
+    shape = reference.dropout_mask_shape(batch, heads, n_hashes * seq_len, chunk_len, n_chunks_before, n_chunks_after)
+    return reference.lsh_attention(
+        qk, v, sorted_idx, **chunking, causal=causal, attention_mask=attention_mask, dropout_mask=_dropout_mask(shape, dropout_p, qk)
+    )
+
+
+# ----------------------------------------------------------------------------- public ops
+
+
+def default_num_buckets(seq_len: int, chunk_len: int, max_position_embeddings: int) -> int | tuple[int, int]:
+    """transformers' choice of num_buckets when the config leaves it unset: a power of two near
+    2 * seq_len / chunk_len, split into two factors (a tuple) when large. Needs seq_len >= chunk_len."""
+    fn = "default_num_buckets"
+    _check_int(fn, "chunk_len", chunk_len, 1)
+    _check_int(fn, "seq_len", seq_len, chunk_len)
+    _check_int(fn, "max_position_embeddings", max_position_embeddings, 1)
+    return reference.default_num_buckets(seq_len, chunk_len, max_position_embeddings)
+
+
+def lsh_hash(
+    vectors: torch.Tensor,
+    rotations: torch.Tensor,
+    n_buckets: int | tuple[int, ...],
+    *,
+    attention_mask: torch.Tensor | None = None,
+    backend: str | None = None,
+) -> tuple[torch.Tensor, int]:
+    """Angular LSH bucket ids, offset per hash round, ready for ``bucket_sort``.
+
+    Args:
+        vectors: (B, H, L, d) float: the shared query/key projections.
+        rotations: (H, d, n_hashes, R / 2), same dtype and device as ``vectors``, with R =
+            n_buckets (int) or sum(n_buckets) (factors); random, e.g. ``torch.randn`` after
+            ``torch.manual_seed(hash_seed)`` as transformers draws them.
+        n_buckets: even int, or tuple of even factors (bucket = i1 + b1 * i2 + ...).
+        attention_mask: (B, L) or None; if it pads anything, padding tokens get the extra bucket
+            prod(n_buckets) and each round has prod(n_buckets) + 1 ids.
+        backend: see ``reformer_kernels.backends``.
+
+    Returns:
+        ``(buckets, num_keys)``: buckets (B, H, n_hashes * L) int64, round r's ids in
+        [r * n', (r + 1) * n') with n' the ids per round; num_keys = n_hashes * n' (int).
+    """
+    fn = "lsh_hash"
+    _check_heads_tensor(fn, "vectors", vectors)
+    n_buckets = _check_n_buckets(fn, n_buckets)
+    _check_rotations(fn, rotations, vectors, n_buckets)
+    attention_mask = _check_attention_mask(fn, attention_mask, vectors)
+    _, impl = backends.select("lsh_hash", vectors.device, backend)
+    return impl(vectors, rotations, n_buckets, attention_mask=attention_mask)
 
 
 def bucket_sort(buckets: torch.Tensor, num_buckets: int, *, backend: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -42,3 +310,202 @@ def bucket_sort(buckets: torch.Tensor, num_buckets: int, *, backend: str | None 
             )
     _, impl = backends.select("bucket_sort", buckets.device, backend)
     return impl(buckets, num_buckets)
+
+
+def lsh_attention(
+    qk: torch.Tensor,
+    v: torch.Tensor,
+    sorted_idx: torch.Tensor,
+    *,
+    n_hashes: int,
+    chunk_len: int,
+    n_chunks_before: int = 1,
+    n_chunks_after: int = 0,
+    causal: bool = False,
+    attention_mask: torch.Tensor | None = None,
+    dropout_p: float = 0.0,
+    return_lse: bool = False,
+    backend: str | None = None,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Shared-QK attention within chunks of the bucket-sorted sequence, combined over hash rounds.
+
+    Queries are ``qk``; keys are ``qk`` / RMS(qk) / sqrt(d). The n_hashes * L sorted entries are cut
+    into chunks of ``chunk_len``; each attends to itself and ``n_chunks_before``/``after``
+    neighbours (wrapping around). Padding and (if causal) future keys score -1e9, the query's own
+    position -1e5 (fp16: -1e4, -1e3). Full attention = ``sorted_idx`` = arange(L), n_hashes=1,
+    chunk_len=L, no neighbours.
+
+    Args:
+        qk, v: (B, H, L, d), one float dtype, one device.
+        sorted_idx: (B, H, n_hashes * L) int64, a permutation of [0, n_hashes * L) as
+            ``bucket_sort`` returns (entry r * L + i is position i in round r).
+        n_hashes: int >= 1. chunk_len: int >= 1 dividing n_hashes * L (and L when n_hashes > 1).
+        n_chunks_before, n_chunks_after: int >= 0.
+        causal: bool. attention_mask: (B, L) or None.
+        dropout_p: float in [0, 1), dropout on the attention probabilities (reference backend only).
+        return_lse: also return the per-round log-sum-exp.
+        backend: see ``reformer_kernels.backends``.
+
+    Returns:
+        out (B, H, L, d) in qk's dtype; with ``return_lse`` also lse (B, H, n_hashes, L), each
+        round's log-sum-exp of scores at original positions (out = sum_r out_r * softmax_r(lse)).
+    """
+    fn = "lsh_attention"
+    _check_heads_tensor(fn, "qk", qk)
+    _check_heads_tensor(fn, "v", v)
+    _check_same(fn, "qk", qk, "v", v)
+    _check_int(fn, "n_hashes", n_hashes, 1)
+    _check_sorted_idx(fn, sorted_idx, qk, n_hashes)
+    _check_chunking(fn, chunk_len, n_chunks_before, n_chunks_after)
+    seq_len = qk.shape[2]
+    if (n_hashes * seq_len) % chunk_len:
+        raise ValueError(
+            f"{fn}: chunk_len {chunk_len} must divide n_hashes * seq_len = {n_hashes * seq_len}; "
+            "pad the sequence (lsh_self_attention does it for you)"
+        )
+    if n_hashes > 1 and seq_len % chunk_len:
+        raise ValueError(
+            f"{fn}: with n_hashes {n_hashes} > 1, chunk_len {chunk_len} must divide seq_len {seq_len} so no chunk spans two rounds; "
+            "pad the sequence (lsh_self_attention does it for you)"
+        )
+    _check_bool(fn, "causal", causal)
+    _check_bool(fn, "return_lse", return_lse)
+    attention_mask = _check_attention_mask(fn, attention_mask, qk)
+    dropout_p = _check_dropout_p(fn, dropout_p)
+    out, lse = _run_lsh_attention(
+        qk,
+        v,
+        sorted_idx,
+        n_hashes=n_hashes,
+        chunk_len=chunk_len,
+        n_chunks_before=n_chunks_before,
+        n_chunks_after=n_chunks_after,
+        causal=causal,
+        attention_mask=attention_mask,
+        dropout_p=dropout_p,
+        backend=backend,
+    )
+    return (out, lse) if return_lse else out
+
+
+def local_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    chunk_len: int,
+    n_chunks_before: int = 1,
+    n_chunks_after: int = 0,
+    causal: bool = False,
+    attention_mask: torch.Tensor | None = None,
+    dropout_p: float = 0.0,
+    backend: str | None = None,
+) -> torch.Tensor:
+    """Attention within chunks of ``chunk_len`` positions and their neighbour chunks (wrapping around).
+
+    Keys are scaled by 1 / sqrt(d); padding and (if causal) future keys score -1e9 (fp16: -1e4);
+    no self mask. L <= chunk_len: full attention. Any L: the sequence is padded internally to a
+    multiple of chunk_len with masked keys and the output cropped.
+
+    Args:
+        q, k, v: (B, H, L, d), one float dtype, one device.
+        chunk_len: int >= 1. n_chunks_before, n_chunks_after: int >= 0.
+        causal: bool. attention_mask: (B, L) or None.
+        dropout_p: float in [0, 1), dropout on the attention probabilities (reference backend only).
+        backend: see ``reformer_kernels.backends``.
+
+    Returns:
+        out (B, H, L, d) in q's dtype.
+    """
+    fn = "local_attention"
+    _check_heads_tensor(fn, "q", q)
+    for name, t in (("k", k), ("v", v)):
+        _check_heads_tensor(fn, name, t)
+        _check_same(fn, "q", q, name, t)
+    _check_chunking(fn, chunk_len, n_chunks_before, n_chunks_after)
+    _check_bool(fn, "causal", causal)
+    attention_mask = _check_attention_mask(fn, attention_mask, q)
+    dropout_p = _check_dropout_p(fn, dropout_p)
+    chunking = dict(chunk_len=chunk_len, n_chunks_before=n_chunks_before, n_chunks_after=n_chunks_after)
+    impl = _attention_impl("local_attention", q.device, backend, dropout_p)
+    if impl is not None:
+        return impl(q, k, v, **chunking, causal=causal, attention_mask=attention_mask)
+    batch, heads, seq_len, _ = q.shape
+    used_chunk_len, before, after, padded_len = reference.local_chunking(seq_len, chunk_len, n_chunks_before, n_chunks_after)
+    shape = reference.dropout_mask_shape(batch, heads, padded_len, used_chunk_len, before, after)
+    return reference.local_attention(
+        q, k, v, **chunking, causal=causal, attention_mask=attention_mask, dropout_mask=_dropout_mask(shape, dropout_p, q)
+    )
+
+
+def lsh_self_attention(
+    qk: torch.Tensor,
+    v: torch.Tensor,
+    rotations: torch.Tensor,
+    n_buckets: int | tuple[int, ...],
+    *,
+    chunk_len: int,
+    n_chunks_before: int = 1,
+    n_chunks_after: int = 0,
+    causal: bool = False,
+    attention_mask: torch.Tensor | None = None,
+    dropout_p: float = 0.0,
+    backend: str | None = None,
+) -> torch.Tensor:
+    """The whole LSH attention of the paper in one call: hash -> bucket_sort -> lsh_attention.
+
+    A sequence no longer than ``chunk_len`` gets full attention (no hashing, as transformers). A
+    longer one whose length is not a multiple of chunk_len is padded with masked positions (which
+    then hash to the padding bucket) and the output cropped.
+
+    Args:
+        qk, v: (B, H, L, d), one float dtype, one device.
+        rotations: (H, d, n_hashes, R / 2) in qk's dtype; see ``lsh_hash``.
+        n_buckets: even int or tuple of even factors; see ``default_num_buckets``.
+        chunk_len: int >= 1. n_chunks_before, n_chunks_after: int >= 0.
+        causal: bool. attention_mask: (B, L) or None.
+        dropout_p: float in [0, 1), dropout on the attention probabilities (reference backend only).
+        backend: see ``reformer_kernels.backends``; used for every step.
+
+    Returns:
+        out (B, H, L, d) in qk's dtype.
+    """
+    fn = "lsh_self_attention"
+    _check_heads_tensor(fn, "qk", qk)
+    _check_heads_tensor(fn, "v", v)
+    _check_same(fn, "qk", qk, "v", v)
+    n_buckets = _check_n_buckets(fn, n_buckets)
+    _check_rotations(fn, rotations, qk, n_buckets)
+    _check_chunking(fn, chunk_len, n_chunks_before, n_chunks_after)
+    _check_bool(fn, "causal", causal)
+    attention_mask = _check_attention_mask(fn, attention_mask, qk)
+    dropout_p = _check_dropout_p(fn, dropout_p)
+    masks = dict(causal=causal, dropout_p=dropout_p, backend=backend)
+
+    batch, heads, seq_len, _ = qk.shape
+    if seq_len <= chunk_len:
+        positions = torch.arange(seq_len, device=qk.device).expand(batch, heads, seq_len)
+        out, _ = _run_lsh_attention(
+            qk, v, positions, n_hashes=1, chunk_len=seq_len, n_chunks_before=0, n_chunks_after=0, attention_mask=attention_mask, **masks
+        )
+        return out
+
+    padded_len = math.ceil(seq_len / chunk_len) * chunk_len
+    if padded_len > seq_len:
+        (qk, v), attention_mask = reference.pad_sequence((qk, v), attention_mask, padded_len)
+    _, hash_impl = backends.select("lsh_hash", qk.device, backend)
+    buckets, num_keys = hash_impl(qk, rotations, n_buckets, attention_mask=attention_mask)
+    _, sort_impl = backends.select("bucket_sort", qk.device, backend)
+    sorted_idx, _ = sort_impl(buckets, num_keys)
+    out, _ = _run_lsh_attention(
+        qk,
+        v,
+        sorted_idx,
+        n_hashes=rotations.shape[2],
+        chunk_len=chunk_len,
+        n_chunks_before=n_chunks_before,
+        n_chunks_after=n_chunks_after,
+        attention_mask=attention_mask,
+        **masks,
+    )
+    return out[:, :, :seq_len]
