@@ -1,0 +1,223 @@
+"""ReformerConfig: the fields and defaults of transformers' ReformerConfig, without transformers.
+
+A config.json written by ``save_pretrained`` here loads in transformers and the reverse; keys this
+class does not know (transformers' bookkeeping such as ``transformers_version``) are kept as
+attributes so that they survive a round trip.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+from typing import Any
+
+CONFIG_NAME = "config.json"
+ATTENTION_TYPES = ("lsh", "local")
+
+# Every field of transformers' ReformerConfig (and the PretrainedConfig fields the models read),
+# with transformers' default.
+_DEFAULTS: dict[str, Any] = {
+    "attention_head_size": 64,
+    "attn_layers": ["local", "lsh", "local", "lsh", "local", "lsh"],
+    "axial_norm_std": 1.0,
+    "axial_pos_embds": True,
+    "axial_pos_shape": [64, 64],
+    "axial_pos_embds_dim": [64, 192],
+    "chunk_size_lm_head": 0,
+    "eos_token_id": 2,
+    "feed_forward_size": 512,
+    "hash_seed": None,
+    "hidden_act": "relu",
+    "hidden_dropout_prob": 0.05,
+    "hidden_size": 256,
+    "initializer_range": 0.02,
+    "is_decoder": False,
+    "layer_norm_eps": 1e-12,
+    "local_num_chunks_before": 1,
+    "local_num_chunks_after": 0,
+    "local_attention_probs_dropout_prob": 0.05,
+    "local_attn_chunk_length": 64,
+    "lsh_attn_chunk_length": 64,
+    "lsh_attention_probs_dropout_prob": 0.0,
+    "lsh_num_chunks_before": 1,
+    "lsh_num_chunks_after": 0,
+    "max_position_embeddings": 4096,
+    "num_attention_heads": 12,
+    "num_buckets": None,
+    "num_hashes": 1,
+    "vocab_size": 320,
+    "tie_word_embeddings": False,
+    "use_cache": True,
+    "classifier_dropout": None,
+    "bos_token_id": None,
+    "pad_token_id": 0,
+    "chunk_size_feed_forward": 0,
+    "num_labels": 2,
+    "problem_type": None,
+    "output_hidden_states": False,
+    "output_attentions": False,
+    "return_dict": True,
+}
+HIDDEN_ACTIVATIONS = ("relu", "gelu", "gelu_new", "silu", "swish", "tanh")
+PROBLEM_TYPES = (None, "regression", "single_label_classification", "multi_label_classification")
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+class ReformerConfig:
+    """The hyper-parameters of a Reformer model; see transformers' ReformerConfig for each field.
+
+    Differences: nothing is mutated at run time (``num_buckets=None`` is resolved per call from the
+    sequence length), and every field is validated here, with errors that name the field and the fix.
+    ``num_hidden_layers`` is ``len(attn_layers)``.
+    """
+
+    model_type = "reformer"
+
+    def __init__(self, **kwargs: Any):
+        id2label = kwargs.pop("id2label", None)
+        kwargs.pop("label2id", None)
+        kwargs.pop("num_hidden_layers", None)
+        kwargs.pop("model_type", None)
+        values = dict(_DEFAULTS)
+        values.update(kwargs)
+        if id2label is not None:
+            values["num_labels"] = len(id2label)
+        for name, value in values.items():
+            setattr(self, name, value)
+        self.attn_layers = list(self.attn_layers)
+        self.axial_pos_shape = list(self.axial_pos_shape)
+        self.axial_pos_embds_dim = list(self.axial_pos_embds_dim)
+        if isinstance(self.num_buckets, tuple):
+            self.num_buckets = list(self.num_buckets)
+        self.id2label = {int(k): v for k, v in id2label.items()} if id2label else {i: f"LABEL_{i}" for i in range(self.num_labels)}
+        self.validate()
+
+    @property
+    def num_hidden_layers(self) -> int:
+        return len(self.attn_layers)
+
+    @property
+    def label2id(self) -> dict[str, int]:
+        return {label: i for i, label in self.id2label.items()}
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first inconsistent field and how to fix it."""
+        for name in ("hidden_size", "attention_head_size", "num_attention_heads", "feed_forward_size", "vocab_size",
+                     "max_position_embeddings", "num_hashes", "num_labels"):
+            value = getattr(self, name)
+            if not _is_int(value) or value < 1:
+                raise ValueError(f"ReformerConfig.{name} must be a positive int, got {value!r}")
+        for name in ("chunk_size_feed_forward", "chunk_size_lm_head", "lsh_num_chunks_before", "lsh_num_chunks_after",
+                     "local_num_chunks_before", "local_num_chunks_after"):
+            value = getattr(self, name)
+            if not _is_int(value) or value < 0:
+                raise ValueError(f"ReformerConfig.{name} must be an int >= 0, got {value!r}")
+        for name in ("hidden_dropout_prob", "lsh_attention_probs_dropout_prob", "local_attention_probs_dropout_prob"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value < 1:
+                raise ValueError(f"ReformerConfig.{name} must be a probability in [0, 1), got {value!r}")
+        if not self.attn_layers:
+            raise ValueError("ReformerConfig.attn_layers is empty: list at least one layer type, e.g. ['local', 'lsh']")
+        unknown = [name for name in self.attn_layers if name not in ATTENTION_TYPES]
+        if unknown:
+            raise ValueError(
+                f"ReformerConfig.attn_layers has unknown layer types {unknown}: use only 'lsh' and 'local'"
+            )
+        for kind in set(self.attn_layers):
+            name = f"{kind}_attn_chunk_length"
+            value = getattr(self, name)
+            if not _is_int(value) or value < 1:
+                raise ValueError(f"ReformerConfig.{name} must be a positive int for the {kind!r} layers, got {value!r}")
+        if self.hidden_act not in HIDDEN_ACTIVATIONS:
+            raise ValueError(f"ReformerConfig.hidden_act {self.hidden_act!r} is not supported: choose one of {HIDDEN_ACTIVATIONS}")
+        if self.problem_type not in PROBLEM_TYPES:
+            raise ValueError(f"ReformerConfig.problem_type {self.problem_type!r} is not one of {PROBLEM_TYPES}")
+        if self.hash_seed is not None and not _is_int(self.hash_seed):
+            raise ValueError(f"ReformerConfig.hash_seed must be an int or None, got {self.hash_seed!r}")
+        self._validate_num_buckets()
+        if self.axial_pos_embds:
+            self._validate_axial()
+
+    def _validate_num_buckets(self) -> None:
+        buckets = self.num_buckets
+        if buckets is None:
+            return
+        factors = [buckets] if _is_int(buckets) else buckets
+        if not isinstance(factors, list) or not factors or not all(_is_int(f) and f >= 2 and f % 2 == 0 for f in factors):
+            raise ValueError(
+                f"ReformerConfig.num_buckets {buckets!r} must be an even int >= 2 or a list of even factors "
+                "(e.g. 64 or [8, 8]), or None to choose it from the sequence length"
+            )
+
+    def _validate_axial(self) -> None:
+        shape, dims = self.axial_pos_shape, self.axial_pos_embds_dim
+        if not shape or not all(_is_int(n) and n >= 1 for n in shape):
+            raise ValueError(f"ReformerConfig.axial_pos_shape must be a list of positive ints, got {shape!r}")
+        if len(dims) != len(shape) or not all(_is_int(d) and d >= 1 for d in dims):
+            raise ValueError(
+                f"ReformerConfig.axial_pos_embds_dim {dims!r} must list one positive dim per factor of "
+                f"axial_pos_shape {shape!r}"
+            )
+        if sum(dims) != self.hidden_size:
+            raise ValueError(
+                f"ReformerConfig.axial_pos_embds_dim {dims!r} sums to {sum(dims)} but must sum to hidden_size "
+                f"{self.hidden_size}: change the dims or hidden_size"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict that transformers' ReformerConfig also reads."""
+        out = {name: copy.deepcopy(value) for name, value in vars(self).items()}
+        out["id2label"] = dict(self.id2label)
+        out["label2id"] = self.label2id
+        out.pop("num_labels")
+        out["num_hidden_layers"] = self.num_hidden_layers
+        out["model_type"] = self.model_type
+        return out
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "ReformerConfig":
+        return cls(**values)
+
+    def to_json_string(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+
+    def to_json_file(self, path: str | os.PathLike) -> None:
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(self.to_json_string())
+
+    @classmethod
+    def from_json_file(cls, path: str | os.PathLike) -> "ReformerConfig":
+        try:
+            with open(path, encoding="utf-8") as f:
+                values = json.load(f)
+        except FileNotFoundError:
+            raise ValueError(f"config file {os.fspath(path)!r} does not exist: save one with config.save_pretrained(dir)") from None
+        except json.JSONDecodeError as error:
+            raise ValueError(f"config file {os.fspath(path)!r} is not valid JSON ({error}): re-save it") from None
+        if not isinstance(values, dict):
+            raise ValueError(f"config file {os.fspath(path)!r} must hold a JSON object, got {type(values).__name__}")
+        if values.get("model_type", "reformer") != "reformer":
+            raise ValueError(f"config file {os.fspath(path)!r} has model_type {values['model_type']!r}, expected 'reformer'")
+        return cls.from_dict(values)
+
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        os.makedirs(directory, exist_ok=True)
+        self.to_json_file(os.path.join(directory, CONFIG_NAME))
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, **overrides: Any) -> "ReformerConfig":
+        """Read ``path/config.json`` (or ``path`` itself when it is a file); ``overrides`` replace fields."""
+        file = os.path.join(path, CONFIG_NAME) if os.path.isdir(path) else path
+        config = cls.from_json_file(file)
+        if overrides:
+            config = cls.from_dict({**config.to_dict(), **overrides})
+        return config
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ReformerConfig) and self.to_dict() == other.to_dict()
+
+    def __repr__(self) -> str:
+        return f"ReformerConfig {self.to_json_string()}"
