@@ -1,0 +1,171 @@
+"""The reference against transformers' Reformer attention modules: same weights, same rotations,
+same hidden states -> same buckets, same sort, same attention output."""
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+from transformers import ReformerConfig  # noqa: E402
+from transformers.models.reformer.modeling_reformer import LocalSelfAttention, LSHSelfAttention  # noqa: E402
+
+from reformer_kernels import functional, reference  # noqa: E402
+
+HIDDEN, HEADS, HEAD_DIM, HASH_SEED, MAX_POSITIONS = 16, 2, 8, 7, 1024
+RELATIVE_TOLERANCE = {torch.float32: 1e-5, torch.float64: 1e-12}
+
+
+def split_heads(x: torch.Tensor) -> torch.Tensor:
+    return x.unflatten(-1, (HEADS, HEAD_DIM)).transpose(1, 2)
+
+
+def merge_heads(x: torch.Tensor) -> torch.Tensor:
+    return x.transpose(1, 2).flatten(2)
+
+
+def padding_mask(batch: int, seq_len: int, padding: str | None) -> torch.Tensor | None:
+    """Pads a different number of tokens in each sequence (none in the first when batch > 1);
+    padding "none" gives a mask without zeros, which must not add the padding bucket."""
+    if padding is None:
+        return None
+    mask = torch.ones(batch, seq_len, dtype=torch.long)
+    if padding == "none":
+        return mask
+    for b in range(batch):
+        n_padded = (3 * b + 5) % seq_len if batch == 1 else 3 * b
+        if n_padded:
+            if padding == "left":
+                mask[b, :n_padded] = 0
+            else:
+                mask[b, -n_padded:] = 0
+    return mask
+
+
+def assert_close_relative(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype) -> None:
+    error = ((actual - expected).abs().max() / expected.abs().max()).item()
+    assert error <= RELATIVE_TOLERANCE[dtype], f"relative error {error:.2e} > {RELATIVE_TOLERANCE[dtype]:.0e}"
+
+
+# causal, n_hashes, n_buckets (None = transformers' default rule), chunk_len, before, after, batch, seq_len, padding
+LSH_CASES = [
+    (False, 1, 4, 8, 1, 0, 1, 32, None),
+    (True, 2, (2, 4), 4, 2, 1, 3, 32, "right"),
+    (False, 4, None, 16, 0, 0, 3, 64, "left"),
+    (True, 2, 8, 64, 1, 0, 3, 40, "right"),  # one chunk: full attention
+    (False, 2, 4, 8, 2, 1, 1, 8, "left"),  # seq_len == chunk_len: full attention
+    (True, 1, None, 4, 1, 0, 3, 64, None),
+    (True, 4, 4, 8, 1, 1, 1, 24, "right"),
+    (False, 2, (4, 2), 8, 1, 0, 3, 32, "none"),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("causal,n_hashes,n_buckets,chunk_len,before,after,batch,seq_len,padding", LSH_CASES)
+def test_lsh_attention_matches_transformers(dtype, causal, n_hashes, n_buckets, chunk_len, before, after, batch, seq_len, padding):
+    config = ReformerConfig(
+        hidden_size=HIDDEN,
+        num_attention_heads=HEADS,
+        attention_head_size=HEAD_DIM,
+        num_hashes=n_hashes,
+        num_buckets=list(n_buckets) if isinstance(n_buckets, tuple) else n_buckets,
+        lsh_attn_chunk_length=chunk_len,
+        lsh_num_chunks_before=before,
+        lsh_num_chunks_after=after,
+        is_decoder=causal,
+        hash_seed=HASH_SEED,
+        max_position_embeddings=MAX_POSITIONS,
+        attn_layers=["lsh"],
+        lsh_attention_probs_dropout_prob=0.0,
+    )
+    module = LSHSelfAttention(config, layer_idx=0).eval().to(dtype)
+    hidden_states = torch.randn(batch, seq_len, HIDDEN, dtype=dtype)
+    mask = padding_mask(batch, seq_len, padding)
+
+    with torch.no_grad():
+        expected = module(hidden_states, attention_mask=mask).hidden_states
+        qk, v = split_heads(module.query_key(hidden_states)), split_heads(module.value(hidden_states))
+        if n_buckets is None and seq_len > chunk_len:
+            n_buckets = reference.default_num_buckets(seq_len, chunk_len, MAX_POSITIONS)
+        n_buckets = n_buckets or 2  # unused below one chunk: full attention does not hash
+        rotation_size = sum(reference.bucket_factors(n_buckets))
+        torch.manual_seed(HASH_SEED)
+        rotations = torch.randn(HEADS, HEAD_DIM, n_hashes, rotation_size // 2, dtype=dtype)
+
+        if seq_len > chunk_len:
+            buckets, num_keys = reference.hash_vectors(qk, rotations, n_buckets, mask)
+            theirs = module._hash_vectors(qk, n_hashes, mask)
+            assert torch.equal(buckets, theirs)
+            assert buckets.max().item() < num_keys
+            sorted_idx, undo_sort = reference.sort_buckets(buckets, num_keys)
+            their_sorted_idx, their_undo_sort = module._get_sorted_bucket_idx_and_undo_sorted_bucket_idx(seq_len, theirs, n_hashes)
+            assert torch.equal(sorted_idx, their_sorted_idx)
+            assert torch.equal(undo_sort, their_undo_sort)
+
+        out = functional.lsh_self_attention(
+            qk,
+            v,
+            rotations,
+            n_buckets,
+            chunk_len=chunk_len,
+            n_chunks_before=before,
+            n_chunks_after=after,
+            causal=causal,
+            attention_mask=mask,
+            backend="reference",
+        )
+    assert_close_relative(merge_heads(out), expected, dtype)
+
+
+# causal, chunk_len, before, after, batch, seq_len, padding
+LOCAL_CASES = [
+    (False, 8, 1, 0, 1, 32, None),
+    (True, 4, 2, 1, 3, 32, "right"),
+    (False, 16, 0, 0, 3, 64, "left"),
+    (True, 64, 1, 0, 3, 40, "left"),  # one chunk: full attention
+    (False, 8, 1, 1, 3, 8, "right"),  # seq_len == chunk_len: full attention
+    (True, 4, 1, 0, 1, 16, None),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("causal,chunk_len,before,after,batch,seq_len,padding", LOCAL_CASES)
+def test_local_attention_matches_transformers(dtype, causal, chunk_len, before, after, batch, seq_len, padding):
+    config = ReformerConfig(
+        hidden_size=HIDDEN,
+        num_attention_heads=HEADS,
+        attention_head_size=HEAD_DIM,
+        local_attn_chunk_length=chunk_len,
+        local_num_chunks_before=before,
+        local_num_chunks_after=after,
+        is_decoder=causal,
+        attn_layers=["local"],
+        local_attention_probs_dropout_prob=0.0,
+    )
+    module = LocalSelfAttention(config, layer_idx=0).eval().to(dtype)
+    hidden_states = torch.randn(batch, seq_len, HIDDEN, dtype=dtype)
+    mask = padding_mask(batch, seq_len, padding)
+    with torch.no_grad():
+        expected = module(hidden_states, attention_mask=mask).hidden_states
+        q, k, v = (split_heads(projection(hidden_states)) for projection in (module.query, module.key, module.value))
+        out = functional.local_attention(
+            q,
+            k,
+            v,
+            chunk_len=chunk_len,
+            n_chunks_before=before,
+            n_chunks_after=after,
+            causal=causal,
+            attention_mask=mask,
+            backend="reference",
+        )
+    assert_close_relative(merge_heads(out), expected, dtype)
+
+
+@pytest.mark.parametrize(
+    "seq_len,chunk_len,max_positions",
+    [(64, 8, 1024), (4096, 64, 65536), (1 << 14, 16, 1 << 14), (1 << 16, 64, 1 << 16), (8, 8, 64), (15, 8, 64), (1 << 20, 32, 1 << 20)],
+)
+def test_default_num_buckets_matches_transformers(seq_len, chunk_len, max_positions):
+    config = ReformerConfig(lsh_attn_chunk_length=chunk_len, max_position_embeddings=max_positions, num_buckets=None)
+    module = LSHSelfAttention(config)
+    module._set_num_buckets(seq_len)
+    ours = reference.default_num_buckets(seq_len, chunk_len, max_positions)
+    assert ours == (tuple(module.num_buckets) if isinstance(module.num_buckets, list) else module.num_buckets)
