@@ -16,11 +16,10 @@ def test_defaults_match_transformers():
     for name, value in ours.items():
         if name in theirs:
             assert value == theirs[name], name
-    fields = set(transformers.ReformerConfig.__dataclass_fields__) if hasattr(transformers.ReformerConfig, "__dataclass_fields__") else set()
-    missing = {f for f in fields if not f.startswith("_")} - set(ours)
-    assert not missing, f"fields of transformers' ReformerConfig we lack: {missing}"
-    for name in ("attn_layers", "num_hashes", "lsh_attn_chunk_length", "axial_pos_shape", "hidden_act", "layer_norm_eps", "pad_token_id"):
-        assert name in ours and name in theirs
+    own_fields = {name for name in vars(transformers.ReformerConfig).get("__annotations__", {}) if not name.startswith("_")}
+    own_fields -= {"model_type", "keys_to_ignore_at_inference", "attribute_map"}
+    assert len(own_fields) > 30
+    assert not own_fields - set(ours), f"fields of transformers' ReformerConfig we lack: {own_fields - set(ours)}"
     assert ReformerConfig().num_hidden_layers == transformers.ReformerConfig().num_hidden_layers
 
 
