@@ -135,15 +135,18 @@ def _check_rotations(fn: str, rotations: object, vectors: torch.Tensor, n_bucket
         raise TypeError(f"{fn}: rotations must be a torch.Tensor, got {type(rotations).__name__}")
     rotation_size = sum(reference.bucket_factors(n_buckets))
     heads, head_dim = vectors.shape[1], vectors.shape[3]
-    if rotations.dim() != 4 or (rotations.shape[0], rotations.shape[1], rotations.shape[3]) != (heads, head_dim, rotation_size // 2) or rotations.shape[2] < 1:
+    expected = (heads, head_dim, rotation_size // 2)
+    if rotations.dim() != 4 or (rotations.shape[0], rotations.shape[1], rotations.shape[3]) != expected or rotations.shape[2] < 1:
         raise ValueError(
             f"{fn}: rotations must be (heads, head_dim, n_hashes, R / 2) = ({heads}, {head_dim}, n_hashes, {rotation_size // 2}) "
             f"for n_buckets {n_buckets!r} (R = sum of the bucket factors), got {tuple(rotations.shape)}"
         )
     if rotations.dtype != vectors.dtype:
-        raise TypeError(f"{fn}: rotations are {rotations.dtype} but the vectors are {vectors.dtype}; cast with rotations.to(vectors.dtype)")
+        raise TypeError(
+            f"{fn}: rotations are {rotations.dtype} but the vectors are {vectors.dtype}; cast with rotations.to(vectors.dtype)"
+        )
     if rotations.device != vectors.device:
-        raise ValueError(f"{fn}: rotations are on {rotations.device} but the vectors on {vectors.device}; move them to one device")
+        raise ValueError(f"{fn}: rotations are on {rotations.device} but the vectors on {vectors.device}; move them")
     return rotations
 
 
@@ -207,7 +210,8 @@ def _attention_impl(op: str, device: torch.device, backend: str | None, dropout_
         if op not in _warned_dropout:
             _warned_dropout.add(op)
             warnings.warn(
-                f"reformer_kernels: {op} with dropout_p > 0 runs on the slow reference implementation (the kernels have no dropout yet)",
+                f"reformer_kernels: {op} with dropout_p > 0 runs on the slow reference implementation "
+                "(the kernels have no dropout yet)",
                 RuntimeWarning,
                 stacklevel=3,
             )
@@ -220,15 +224,18 @@ def _dropout_mask(shape: tuple[int, ...], dropout_p: float, like: torch.Tensor) 
     return keep / (1.0 - dropout_p)
 
 
-def _run_lsh_attention(qk, v, sorted_idx, *, n_hashes, chunk_len, n_chunks_before, n_chunks_after, causal, attention_mask, dropout_p, backend):
+def _run_lsh_attention(
+    qk, v, sorted_idx, *, n_hashes, chunk_len, n_chunks_before, n_chunks_after, causal, attention_mask, dropout_p, backend
+):
     impl = _attention_impl("lsh_attention", qk.device, backend, dropout_p)
     chunking = dict(n_hashes=n_hashes, chunk_len=chunk_len, n_chunks_before=n_chunks_before, n_chunks_after=n_chunks_after)
     if impl is not None:
         return impl(qk, v, sorted_idx, **chunking, causal=causal, attention_mask=attention_mask)
     batch, heads, seq_len, _ = qk.shape
     shape = reference.dropout_mask_shape(batch, heads, n_hashes * seq_len, chunk_len, n_chunks_before, n_chunks_after)
+    dropout_mask = _dropout_mask(shape, dropout_p, qk)
     return reference.lsh_attention(
-        qk, v, sorted_idx, **chunking, causal=causal, attention_mask=attention_mask, dropout_mask=_dropout_mask(shape, dropout_p, qk)
+        qk, v, sorted_idx, **chunking, causal=causal, attention_mask=attention_mask, dropout_mask=dropout_mask
     )
 
 
@@ -365,8 +372,8 @@ def lsh_attention(
         )
     if n_hashes > 1 and seq_len % chunk_len:
         raise ValueError(
-            f"{fn}: with n_hashes {n_hashes} > 1, chunk_len {chunk_len} must divide seq_len {seq_len} so no chunk spans two rounds; "
-            "pad the sequence (lsh_self_attention does it for you)"
+            f"{fn}: with n_hashes {n_hashes} > 1, chunk_len {chunk_len} must divide seq_len {seq_len} "
+            "so no chunk spans two rounds; pad the sequence (lsh_self_attention does it for you)"
         )
     _check_bool(fn, "causal", causal)
     _check_bool(fn, "return_lse", return_lse)
@@ -486,7 +493,15 @@ def lsh_self_attention(
     if seq_len <= chunk_len:
         positions = torch.arange(seq_len, device=qk.device).expand(batch, heads, seq_len)
         out, _ = _run_lsh_attention(
-            qk, v, positions, n_hashes=1, chunk_len=seq_len, n_chunks_before=0, n_chunks_after=0, attention_mask=attention_mask, **masks
+            qk,
+            v,
+            positions,
+            n_hashes=1,
+            chunk_len=seq_len,
+            n_chunks_before=0,
+            n_chunks_after=0,
+            attention_mask=attention_mask,
+            **masks,
         )
         return out
 

@@ -24,7 +24,8 @@ def test_lsh_attention_gradcheck_through_out_and_lse(causal, padded):
     def attention(qk, v):
         # Both outputs are checked: the lse feeds the round combination and is returned.
         return reference.lsh_attention(
-            qk, v, sorted_idx, n_hashes=n_hashes, chunk_len=4, n_chunks_before=1, n_chunks_after=1, causal=causal, attention_mask=mask
+            qk, v, sorted_idx, n_hashes=n_hashes, chunk_len=4, n_chunks_before=1, n_chunks_after=1, causal=causal,
+            attention_mask=mask,
         )
 
     assert torch.autograd.gradcheck(attention, (qk, v))
@@ -37,7 +38,9 @@ def test_local_attention_gradcheck(seq_len, causal):
     mask[0, 0] = False
 
     def attention(q, k, v):
-        return reference.local_attention(q, k, v, chunk_len=4, n_chunks_before=1, n_chunks_after=0, causal=causal, attention_mask=mask)
+        return reference.local_attention(
+            q, k, v, chunk_len=4, n_chunks_before=1, n_chunks_after=0, causal=causal, attention_mask=mask
+        )
 
     assert torch.autograd.gradcheck(attention, (q, k, v))
 

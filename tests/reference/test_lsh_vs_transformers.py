@@ -59,7 +59,9 @@ LSH_CASES = [
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("causal,n_hashes,n_buckets,chunk_len,before,after,batch,seq_len,padding", LSH_CASES)
-def test_lsh_attention_matches_transformers(dtype, causal, n_hashes, n_buckets, chunk_len, before, after, batch, seq_len, padding):
+def test_lsh_attention_matches_transformers(
+    dtype, causal, n_hashes, n_buckets, chunk_len, before, after, batch, seq_len, padding
+):
     config = ReformerConfig(
         hidden_size=HIDDEN,
         num_attention_heads=HEADS,
@@ -95,7 +97,9 @@ def test_lsh_attention_matches_transformers(dtype, causal, n_hashes, n_buckets, 
             assert torch.equal(buckets, theirs)
             assert buckets.max().item() < num_keys
             sorted_idx, undo_sort = reference.sort_buckets(buckets, num_keys)
-            their_sorted_idx, their_undo_sort = module._get_sorted_bucket_idx_and_undo_sorted_bucket_idx(seq_len, theirs, n_hashes)
+            their_sorted_idx, their_undo_sort = module._get_sorted_bucket_idx_and_undo_sorted_bucket_idx(
+                seq_len, theirs, n_hashes
+            )
             assert torch.equal(sorted_idx, their_sorted_idx)
             assert torch.equal(undo_sort, their_undo_sort)
 
@@ -161,7 +165,15 @@ def test_local_attention_matches_transformers(dtype, causal, chunk_len, before, 
 
 @pytest.mark.parametrize(
     "seq_len,chunk_len,max_positions",
-    [(64, 8, 1024), (4096, 64, 65536), (1 << 14, 16, 1 << 14), (1 << 16, 64, 1 << 16), (8, 8, 64), (15, 8, 64), (1 << 20, 32, 1 << 20)],
+    [
+        (64, 8, 1024),
+        (4096, 64, 65536),
+        (1 << 14, 16, 1 << 14),
+        (1 << 16, 64, 1 << 16),
+        (8, 8, 64),
+        (15, 8, 64),
+        (1 << 20, 32, 1 << 20),
+    ],
 )
 def test_default_num_buckets_matches_transformers(seq_len, chunk_len, max_positions):
     config = ReformerConfig(lsh_attn_chunk_length=chunk_len, max_position_embeddings=max_positions, num_buckets=None)
