@@ -1,0 +1,640 @@
+"""Reformer models, state-dict compatible with transformers' (same module tree, same keys).
+
+They run on ``reformer_kernels.nn`` (hence on the functional ops and their backends). Differences
+from transformers, each on purpose: any sequence length works in training and eval (padded with a
+mask inside and cropped); the config is never mutated (num_buckets=None is resolved per call);
+the reversible backward replays the RNG, so dropout gradients are right; with labels the LM heads
+compute the loss in chunks without the (tokens x vocab) logits; no cached decoding and no
+attention probabilities (the fused ops do not materialize them).
+"""
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..nn import (
+    AxialPositionEmbeddings,
+    ChunkedFeedForward,
+    LocalSelfAttention,
+    LSHSelfAttention,
+    ReversibleBlock,
+    ReversibleSequence,
+    linear_cross_entropy,
+)
+from .config import CONFIG_NAME, ReformerConfig
+from .outputs import (
+    MaskedLMOutput,
+    QuestionAnsweringModelOutput,
+    ReformerModelOutput,
+    ReformerModelWithLMHeadOutput,
+    SequenceClassifierOutput,
+)
+
+SAFETENSORS_NAME = "model.safetensors"
+PYTORCH_NAME = "pytorch_model.bin"
+IGNORE_INDEX = -100
+
+
+class ReformerSelfOutput(nn.Module):
+    def __init__(self, config: ReformerConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.num_attention_heads * config.attention_head_size, config.hidden_size, bias=False)
+        self.dropout = config.hidden_dropout_prob
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return nn.functional.dropout(self.dense(hidden_states), p=self.dropout, training=self.training)
+
+
+class ReformerAttention(nn.Module):
+    """LayerNorm -> LSH or local self-attention -> output projection: the f of a reversible layer."""
+
+    def __init__(self, config: ReformerConfig, layer_id: int):
+        super().__init__()
+        self.layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        heads = (config.hidden_size, config.num_attention_heads, config.attention_head_size)
+        if config.attn_layers[layer_id] == "lsh":
+            self.self_attention: nn.Module = LSHSelfAttention(
+                *heads,
+                num_hashes=config.num_hashes,
+                num_buckets=config.num_buckets,
+                chunk_len=config.lsh_attn_chunk_length,
+                n_chunks_before=config.lsh_num_chunks_before,
+                n_chunks_after=config.lsh_num_chunks_after,
+                causal=config.is_decoder,
+                hash_seed=config.hash_seed,
+                dropout=config.lsh_attention_probs_dropout_prob,
+                max_position_embeddings=config.max_position_embeddings,
+            )
+        else:
+            self.self_attention = LocalSelfAttention(
+                *heads,
+                chunk_len=config.local_attn_chunk_length,
+                n_chunks_before=config.local_num_chunks_before,
+                n_chunks_after=config.local_num_chunks_after,
+                causal=config.is_decoder,
+                dropout=config.local_attention_probs_dropout_prob,
+            )
+        self.output = ReformerSelfOutput(config)
+
+    def forward(
+        self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, num_hashes: int | None = None
+    ) -> torch.Tensor:
+        normed = self.layer_norm(hidden_states)
+        if isinstance(self.self_attention, LSHSelfAttention):
+            return self.output(self.self_attention(normed, attention_mask, num_hashes))
+        return self.output(self.self_attention(normed, attention_mask))
+
+
+class PositionEmbeddings(nn.Module):
+    """One learned vector per position (``axial_pos_embds=False``)."""
+
+    def __init__(self, config: ReformerConfig):
+        super().__init__()
+        self.embedding = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        self.dropout = config.hidden_dropout_prob
+
+    def forward(self, position_ids: torch.Tensor) -> torch.Tensor:
+        return nn.functional.dropout(self.embedding(position_ids), p=self.dropout, training=self.training)
+
+
+class ReformerEmbeddings(nn.Module):
+    def __init__(self, config: ReformerConfig):
+        super().__init__()
+        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size)
+        if config.axial_pos_embds:
+            self.position_embeddings: nn.Module = AxialPositionEmbeddings(
+                config.axial_pos_shape, config.axial_pos_embds_dim, dropout=config.hidden_dropout_prob
+            )
+        else:
+            self.position_embeddings = PositionEmbeddings(config)
+        self.dropout = config.hidden_dropout_prob
+
+    def forward(self, input_ids: torch.Tensor | None, position_ids: torch.Tensor, inputs_embeds: torch.Tensor | None) -> torch.Tensor:
+        if inputs_embeds is None:
+            inputs_embeds = self.word_embeddings(input_ids)
+        embeddings = nn.functional.dropout(inputs_embeds, p=self.dropout, training=self.training)
+        return embeddings + self.position_embeddings(position_ids)
+
+
+class ReformerEncoder(ReversibleSequence):
+    """The reversible layers, then LayerNorm over concat(y1, y2) (2 * hidden_size) and dropout."""
+
+    def __init__(self, config: ReformerConfig):
+        layers = []
+        for layer_id in range(config.num_hidden_layers):
+            feed_forward = ChunkedFeedForward(
+                config.hidden_size,
+                config.feed_forward_size,
+                hidden_act=config.hidden_act,
+                dropout=config.hidden_dropout_prob,
+                chunk_size=config.chunk_size_feed_forward,
+                layer_norm_eps=config.layer_norm_eps,
+            )
+            layers.append(ReversibleBlock(ReformerAttention(config, layer_id), feed_forward))
+        super().__init__(layers)
+        self.layer_norm = nn.LayerNorm(2 * config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = config.hidden_dropout_prob
+
+    def forward(  # type: ignore[override]
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        num_hashes: int | None = None,
+        all_hidden_states: list[torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        y1, y2 = super().forward(
+            hidden_states, hidden_states, hidden_states=all_hidden_states, attention_mask=attention_mask, num_hashes=num_hashes
+        )
+        out = self.layer_norm(torch.cat([y1, y2], dim=-1))
+        return nn.functional.dropout(out, p=self.dropout, training=self.training)
+
+
+def _checkpoint_error(path: str, why: str) -> ValueError:
+    return ValueError(f"checkpoint {path!r} {why}: re-save it with save_pretrained (ours or transformers')")
+
+
+def load_checkpoint_state_dict(directory: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The tensors of ``directory/model.safetensors``, else ``directory/pytorch_model.bin``
+    (read with ``weights_only=True``: no code from the file runs)."""
+    directory = os.fspath(directory)
+    safetensors_path = os.path.join(directory, SAFETENSORS_NAME)
+    pytorch_path = os.path.join(directory, PYTORCH_NAME)
+    if os.path.isfile(safetensors_path):
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(safetensors_path)
+        except (SafetensorError, OSError, ValueError) as error:
+            raise _checkpoint_error(safetensors_path, f"is not a readable safetensors file ({error})") from None
+    if os.path.isfile(pytorch_path):
+        try:
+            state = torch.load(pytorch_path, map_location="cpu", weights_only=True)
+        except Exception as error:  # torch.load raises many types (pickle, zip, EOF) for a corrupt file
+            raise _checkpoint_error(pytorch_path, f"could not be read ({type(error).__name__}: {error})") from None
+        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+            raise _checkpoint_error(pytorch_path, "does not hold a state dict of tensors")
+        return state
+    raise ValueError(
+        f"no weights in {directory!r}: expected {SAFETENSORS_NAME} or {PYTORCH_NAME}; "
+        "write them with model.save_pretrained(directory)"
+    )
+
+
+class ReformerPreTrainedModel(nn.Module):
+    """Weight initialization, save_pretrained and from_pretrained, as transformers' ReformerPreTrainedModel."""
+
+    base_model_prefix = "reformer"
+
+    def __init__(self, config: ReformerConfig):
+        super().__init__()
+        if not isinstance(config, ReformerConfig):
+            raise TypeError(f"{type(self).__name__}: config must be a ReformerConfig, got {type(config).__name__}")
+        self.config = config
+
+    def post_init(self) -> None:
+        self.apply(self._init_weights)
+
+    def _init_weights(self, module: nn.Module) -> None:
+        std = self.config.initializer_range
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+            if getattr(module, "bias", None) is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, AxialPositionEmbeddings):
+            for weight in module.weights:
+                nn.init.normal_(weight, std=self.config.axial_norm_std)
+
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        """Write ``config.json`` and ``model.safetensors`` (readable by transformers' from_pretrained)."""
+        from safetensors.torch import save_file
+
+        os.makedirs(directory, exist_ok=True)
+        config = ReformerConfig.from_dict({**self.config.to_dict(), "architectures": [type(self).__name__]})
+        config.save_pretrained(directory)
+        state = {name: tensor.detach().contiguous().cpu() for name, tensor in self.state_dict().items()}
+        save_file(state, os.path.join(directory, SAFETENSORS_NAME), metadata={"format": "pt"})
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike, **config_overrides: Any) -> "ReformerPreTrainedModel":
+        """Load ``directory`` written by ``save_pretrained`` here or in transformers.
+
+        Reads model.safetensors or pytorch_model.bin; accepts checkpoints of the base model into a
+        model with a head (the head stays freshly initialized, with a warning) and the reverse, and
+        ``lm_head.bias`` or ``lm_head.decoder.bias`` alone. Any other missing or extra key is an error.
+        """
+        if not os.path.isdir(directory):
+            raise ValueError(f"{cls.__name__}.from_pretrained: {os.fspath(directory)!r} is not a directory")
+        config = ReformerConfig.from_pretrained(os.path.join(directory, CONFIG_NAME), **config_overrides)
+        model = cls(config)
+        state = model._adapt_state_dict(load_checkpoint_state_dict(directory))
+        expected = set(model.state_dict())
+        missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+        head_only = [k for k in missing if not k.startswith(cls.base_model_prefix + ".")]
+        if unexpected or len(head_only) != len(missing):
+            raise ValueError(
+                f"{cls.__name__}.from_pretrained({os.fspath(directory)!r}): the checkpoint does not match the config: "
+                f"missing keys {missing[:8]}{'...' if len(missing) > 8 else ''}, unexpected keys "
+                f"{unexpected[:8]}{'...' if len(unexpected) > 8 else ''}; check that config.json belongs to these weights"
+            )
+        if head_only:
+            warnings.warn(f"{cls.__name__}.from_pretrained: newly initialized head weights {head_only}; train them before use", stacklevel=2)
+        model.load_state_dict(state, strict=False)
+        return model
+
+    def _adapt_state_dict(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Map a checkpoint of the base model / of a model with a head onto this model's keys."""
+        prefix = self.base_model_prefix + "."
+        has_base = hasattr(self, self.base_model_prefix)
+        if has_base and not any(k.startswith(prefix) for k in state):
+            state = {prefix + k: v for k, v in state.items()}
+        elif not has_base and any(k.startswith(prefix) for k in state):
+            state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        if has_base and hasattr(self, "lm_head"):
+            # transformers' LM head holds the same bias twice (older versions tied them, so a
+            # checkpoint may carry either name).
+            if "lm_head.decoder.bias" not in state and "lm_head.bias" in state:
+                state["lm_head.decoder.bias"] = state["lm_head.bias"]
+            if "lm_head.bias" not in state and "lm_head.decoder.bias" in state:
+                state["lm_head.bias"] = state["lm_head.decoder.bias"]
+        return state
+
+
+def _lcm_and_min_chunk(config: ReformerConfig) -> tuple[int, int]:
+    chunks = [getattr(config, f"{kind}_attn_chunk_length") for kind in set(config.attn_layers)]
+    return math.lcm(*chunks), min(chunks)
+
+
+class ReformerModel(ReformerPreTrainedModel):
+    """Embeddings -> reversible LSH/local layers -> LayerNorm: (B, L) ids -> (B, L, 2 * hidden_size)."""
+
+    def __init__(self, config: ReformerConfig):
+        super().__init__(config)
+        self.embeddings = ReformerEmbeddings(config)
+        self.encoder = ReformerEncoder(config)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embeddings.word_embeddings
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.embeddings.word_embeddings = value
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        num_hashes: int | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+    ) -> ReformerModelOutput:
+        """input_ids (B, L) int64 in [0, vocab_size), or inputs_embeds (B, L, hidden_size);
+        attention_mask (B, L), 0 = padding; position_ids (B, L) or (L,); num_hashes overrides
+        config.num_hashes. Any L <= max_position_embeddings (and <= prod(axial_pos_shape))."""
+        if output_attentions:
+            raise ValueError(
+                "output_attentions=True is not supported: the fused attention ops never materialize attention "
+                "probabilities; use transformers' model to inspect them"
+            )
+        if output_hidden_states is None:
+            output_hidden_states = self.config.output_hidden_states
+        batch, seq_len, device = self._check_inputs(input_ids, attention_mask, position_ids, inputs_embeds, num_hashes)
+        if position_ids is None:
+            position_ids = torch.arange(seq_len, device=device).expand(batch, seq_len)
+        else:
+            position_ids = position_ids.long().expand(batch, seq_len)
+
+        lcm_chunk, min_chunk = _lcm_and_min_chunk(self.config)
+        padding = (-seq_len) % lcm_chunk if seq_len > min_chunk else 0
+        if padding:
+            input_ids, inputs_embeds, attention_mask, position_ids = self._pad(
+                input_ids, inputs_embeds, attention_mask, position_ids, seq_len, padding, lcm_chunk
+            )
+        if attention_mask is not None:
+            attention_mask = attention_mask.bool()
+
+        embeddings = self.embeddings(input_ids.long() if input_ids is not None else None, position_ids, inputs_embeds)
+        all_hidden_states: list[torch.Tensor] | None = [] if output_hidden_states else None
+        sequence_output = self.encoder(embeddings, attention_mask, num_hashes, all_hidden_states)
+        hidden_states = None
+        if all_hidden_states is not None:
+            hidden_states = tuple(h[:, :seq_len] for h in all_hidden_states)
+        return ReformerModelOutput(last_hidden_state=sequence_output[:, :seq_len], hidden_states=hidden_states)
+
+    def _check_inputs(self, input_ids, attention_mask, position_ids, inputs_embeds, num_hashes) -> tuple[int, int, torch.device]:
+        config = self.config
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids (B, L) or inputs_embeds (B, L, hidden_size)")
+        if input_ids is not None:
+            if not isinstance(input_ids, torch.Tensor):
+                raise TypeError(f"input_ids must be a torch.Tensor of token ids, got {type(input_ids).__name__}")
+            if input_ids.dtype.is_floating_point or input_ids.dtype.is_complex or input_ids.dtype == torch.bool:
+                raise TypeError(f"input_ids must hold integer token ids (int64), got {input_ids.dtype}; pass vectors as inputs_embeds")
+            if input_ids.dim() != 2:
+                raise ValueError(f"input_ids must be (batch, seq_len), got shape {tuple(input_ids.shape)}; add a batch dimension with input_ids[None]")
+            if input_ids.numel() and (input_ids.min() < 0 or input_ids.max() >= config.vocab_size):
+                raise ValueError(
+                    f"input_ids span [{input_ids.min().item()}, {input_ids.max().item()}] but must lie in [0, vocab_size="
+                    f"{config.vocab_size}): check the tokenizer or raise config.vocab_size"
+                )
+            batch, seq_len = input_ids.shape
+            device = input_ids.device
+        else:
+            if not isinstance(inputs_embeds, torch.Tensor) or not inputs_embeds.is_floating_point():
+                raise TypeError("inputs_embeds must be a floating-point torch.Tensor (batch, seq_len, hidden_size)")
+            if inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != config.hidden_size:
+                raise ValueError(f"inputs_embeds must be (batch, seq_len, {config.hidden_size}), got shape {tuple(inputs_embeds.shape)}")
+            batch, seq_len = inputs_embeds.shape[:2]
+            device = inputs_embeds.device
+        if seq_len == 0 or batch == 0:
+            raise ValueError(f"the input is empty (batch {batch}, seq_len {seq_len}): pass at least one token")
+        if seq_len > config.max_position_embeddings:
+            raise ValueError(
+                f"seq_len {seq_len} > max_position_embeddings {config.max_position_embeddings}: raise "
+                "max_position_embeddings or shorten the input"
+            )
+        if config.axial_pos_embds and seq_len > math.prod(config.axial_pos_shape):
+            raise ValueError(
+                f"seq_len {seq_len} > prod(axial_pos_shape {config.axial_pos_shape}) = {math.prod(config.axial_pos_shape)}: "
+                "enlarge axial_pos_shape or shorten the input"
+            )
+        if attention_mask is not None:
+            if not isinstance(attention_mask, torch.Tensor) or attention_mask.shape != (batch, seq_len):
+                shape = tuple(attention_mask.shape) if isinstance(attention_mask, torch.Tensor) else type(attention_mask).__name__
+                raise ValueError(f"attention_mask must be a tensor of shape (batch, seq_len) = {(batch, seq_len)}, got {shape}")
+            if attention_mask.dtype.is_complex:
+                raise TypeError(f"attention_mask must be bool or 0/1 numbers, got {attention_mask.dtype}")
+        if position_ids is not None:
+            if not isinstance(position_ids, torch.Tensor) or position_ids.dtype.is_floating_point or position_ids.shape[-1] != seq_len \
+                    or position_ids.dim() not in (1, 2) or (position_ids.dim() == 2 and position_ids.shape[0] not in (1, batch)):
+                raise ValueError(f"position_ids must be an integer tensor of shape (batch, seq_len) = {(batch, seq_len)} or (seq_len,)")
+            if position_ids.min() < 0 or position_ids.max() >= config.max_position_embeddings:
+                raise ValueError(
+                    f"position_ids span [{position_ids.min().item()}, {position_ids.max().item()}] outside "
+                    f"[0, max_position_embeddings={config.max_position_embeddings})"
+                )
+        if num_hashes is not None and (isinstance(num_hashes, bool) or not isinstance(num_hashes, int) or num_hashes < 1):
+            raise ValueError(f"num_hashes must be a positive int or None (config.num_hashes), got {num_hashes!r}")
+        return batch, seq_len, device
+
+    def _pad(self, input_ids, inputs_embeds, attention_mask, position_ids, seq_len, padding, lcm_chunk):
+        """Pad to a multiple of the chunk lengths' lcm with masked pad tokens, as transformers does in eval."""
+        padded_len = seq_len + padding
+        limit = self.config.max_position_embeddings
+        if self.config.axial_pos_embds:
+            limit = min(limit, math.prod(self.config.axial_pos_shape))
+        if padded_len > limit:
+            raise ValueError(
+                f"seq_len {seq_len} must be padded to {padded_len} (a multiple of the attention chunk lengths' lcm "
+                f"{lcm_chunk}), which exceeds the {limit} positions the model has: shorten the input to a multiple of "
+                f"{lcm_chunk} or raise max_position_embeddings/axial_pos_shape"
+            )
+        batch = position_ids.shape[0]
+        device = position_ids.device
+        pad_id = self.config.pad_token_id if self.config.pad_token_id is not None else 0
+        pad_ids = torch.full((batch, padding), pad_id, dtype=torch.long, device=device)
+        if input_ids is not None:
+            input_ids = torch.cat([input_ids.long(), pad_ids], dim=1)
+        else:
+            inputs_embeds = torch.cat([inputs_embeds, self.embeddings.word_embeddings(pad_ids).to(inputs_embeds.dtype)], dim=1)
+        if attention_mask is None:
+            attention_mask = torch.ones(batch, seq_len, dtype=torch.bool, device=device)
+        attention_mask = torch.cat([attention_mask.bool(), torch.zeros(batch, padding, dtype=torch.bool, device=device)], dim=1)
+        # Padded positions are masked keys and cropped queries: any valid position id works.
+        if bool((position_ids == torch.arange(seq_len, device=device)).all()):
+            position_ids = torch.arange(padded_len, device=device).expand(batch, padded_len)
+        else:
+            position_ids = torch.cat([position_ids, position_ids[:, -1:].expand(batch, padding)], dim=1)
+        return input_ids, inputs_embeds, attention_mask, position_ids
+
+
+class ReformerOnlyLMHead(nn.Module):
+    """Linear(2 * hidden_size, vocab_size), applied ``chunk_size_lm_head`` positions at a time.
+    ``bias`` mirrors transformers' separate (unused) parameter so that state dicts match."""
+
+    def __init__(self, config: ReformerConfig):
+        super().__init__()
+        self.chunk_size_lm_head = config.chunk_size_lm_head
+        self.decoder = nn.Linear(2 * config.hidden_size, config.vocab_size)
+        self.bias = nn.Parameter(torch.zeros(config.vocab_size))
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        if self.chunk_size_lm_head == 0:
+            return self.decoder(hidden_states)
+        return torch.cat([self.decoder(chunk) for chunk in hidden_states.split(self.chunk_size_lm_head, dim=1)], dim=1)
+
+    def loss(self, hidden_states: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy of the head's logits against ``labels`` (-100 = ignored), computed in
+        chunks of tokens without the (tokens x vocab) logits."""
+        return linear_cross_entropy(
+            hidden_states.reshape(-1, hidden_states.shape[-1]), self.decoder.weight, self.decoder.bias, labels.reshape(-1),
+            chunk_size=self.chunk_size_lm_head, ignore_index=IGNORE_INDEX,
+        )
+
+
+def _check_labels(labels: torch.Tensor, shape: tuple[int, ...], what: str) -> torch.Tensor:
+    if not isinstance(labels, torch.Tensor) or labels.dtype.is_floating_point or labels.shape != shape:
+        got = f"{labels.dtype} {tuple(labels.shape)}" if isinstance(labels, torch.Tensor) else type(labels).__name__
+        raise ValueError(f"labels must be an integer tensor of shape {shape} ({what}), got {got}")
+    return labels.long()
+
+
+class ReformerModelWithLMHead(ReformerPreTrainedModel):
+    """Causal language model: ReformerModel + LM head. With ``labels`` (B, L) the loss is the
+    next-token cross-entropy (labels shifted by one inside, -100 ignored), computed in chunks;
+    logits are returned when there are no labels or when ``return_logits=True``."""
+
+    def __init__(self, config: ReformerConfig):
+        super().__init__(config)
+        if not config.is_decoder:
+            raise ValueError("ReformerModelWithLMHead needs config.is_decoder=True (causal attention); set it in the config")
+        for kind in ("local", "lsh"):
+            if kind in config.attn_layers and getattr(config, f"{kind}_num_chunks_after") != 0:
+                raise ValueError(
+                    f"ReformerModelWithLMHead is causal: config.{kind}_num_chunks_after must be 0, got "
+                    f"{getattr(config, f'{kind}_num_chunks_after')}"
+                )
+        self.reformer = ReformerModel(config)
+        self.lm_head = ReformerOnlyLMHead(config)
+        self.post_init()
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.lm_head.decoder
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        num_hashes: int | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        labels: torch.Tensor | None = None,
+        return_logits: bool | None = None,
+    ) -> ReformerModelWithLMHeadOutput:
+        outputs = self.reformer(
+            input_ids, attention_mask, position_ids, inputs_embeds, num_hashes, output_hidden_states, output_attentions
+        )
+        hidden = outputs.last_hidden_state
+        loss = None
+        if labels is not None:
+            labels = _check_labels(labels, tuple(hidden.shape[:2]), "one token id per input position")
+            loss = self.lm_head.loss(hidden[:, :-1], labels[:, 1:])
+        if return_logits is None:
+            return_logits = labels is None
+        logits = self.lm_head(hidden) if return_logits else None
+        return ReformerModelWithLMHeadOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
+
+
+class ReformerForMaskedLM(ReformerPreTrainedModel):
+    """Bidirectional ReformerModel + LM head; with ``labels`` (B, L) the loss is the cross-entropy
+    at every position whose label is not -100 (computed in chunks)."""
+
+    def __init__(self, config: ReformerConfig):
+        super().__init__(config)
+        if config.is_decoder:
+            raise ValueError("ReformerForMaskedLM needs config.is_decoder=False (bidirectional attention); set it in the config")
+        self.reformer = ReformerModel(config)
+        self.lm_head = ReformerOnlyLMHead(config)
+        self.post_init()
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.lm_head.decoder
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        num_hashes: int | None = None,
+        labels: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        return_logits: bool | None = None,
+    ) -> MaskedLMOutput:
+        outputs = self.reformer(
+            input_ids, attention_mask, position_ids, inputs_embeds, num_hashes, output_hidden_states, output_attentions
+        )
+        hidden = outputs.last_hidden_state
+        loss = None
+        if labels is not None:
+            loss = self.lm_head.loss(hidden, _check_labels(labels, tuple(hidden.shape[:2]), "one token id per input position"))
+        if return_logits is None:
+            return_logits = labels is None
+        logits = self.lm_head(hidden) if return_logits else None
+        return MaskedLMOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
+
+
+class ReformerClassificationHead(nn.Module):
+    """The first position's output -> dropout -> Linear -> tanh -> dropout -> Linear(num_labels)."""
+
+    def __init__(self, config: ReformerConfig):
+        super().__init__()
+        self.dense = nn.Linear(2 * config.hidden_size, config.hidden_size)
+        dropout = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
+        self.dropout = nn.Dropout(dropout)
+        self.out_proj = nn.Linear(config.hidden_size, config.num_labels)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        x = self.dropout(hidden_states[:, 0])
+        x = self.dropout(torch.tanh(self.dense(x)))
+        return self.out_proj(x)
+
+
+class ReformerForSequenceClassification(ReformerPreTrainedModel):
+    """Classification/regression from the first position; the loss follows config.problem_type
+    (or, when unset, the labels' dtype and num_labels, as transformers, without writing the config)."""
+
+    def __init__(self, config: ReformerConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.reformer = ReformerModel(config)
+        self.classifier = ReformerClassificationHead(config)
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        num_hashes: int | None = None,
+        labels: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+    ) -> SequenceClassifierOutput:
+        outputs = self.reformer(
+            input_ids, attention_mask, position_ids, inputs_embeds, num_hashes, output_hidden_states, output_attentions
+        )
+        logits = self.classifier(outputs.last_hidden_state)
+        loss = None
+        if labels is not None:
+            problem_type = self.config.problem_type
+            if problem_type is None:
+                if self.num_labels == 1:
+                    problem_type = "regression"
+                elif labels.dtype in (torch.long, torch.int):
+                    problem_type = "single_label_classification"
+                else:
+                    problem_type = "multi_label_classification"
+            if problem_type == "regression":
+                loss = nn.functional.mse_loss(logits.squeeze(), labels.squeeze().to(logits.dtype)) if self.num_labels == 1 \
+                    else nn.functional.mse_loss(logits, labels.to(logits.dtype))
+            elif problem_type == "single_label_classification":
+                loss = nn.functional.cross_entropy(logits.view(-1, self.num_labels), labels.view(-1).long())
+            else:
+                loss = nn.functional.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
+        return SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
+
+
+class ReformerForQuestionAnswering(ReformerPreTrainedModel):
+    """Span extraction: per-position start and end logits; with start/end positions the loss is
+    the mean of their cross-entropies (positions outside the input are ignored)."""
+
+    def __init__(self, config: ReformerConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        if config.num_labels != 2:
+            raise ValueError(f"ReformerForQuestionAnswering needs config.num_labels=2 (start and end), got {config.num_labels}")
+        self.reformer = ReformerModel(config)
+        self.qa_outputs = nn.Linear(2 * config.hidden_size, config.num_labels)
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        num_hashes: int | None = None,
+        start_positions: torch.Tensor | None = None,
+        end_positions: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+    ) -> QuestionAnsweringModelOutput:
+        outputs = self.reformer(
+            input_ids, attention_mask, position_ids, inputs_embeds, num_hashes, output_hidden_states, output_attentions
+        )
+        start_logits, end_logits = (t.squeeze(-1) for t in self.qa_outputs(outputs.last_hidden_state).split(1, dim=-1))
+        loss = None
+        if start_positions is not None and end_positions is not None:
+            ignored = start_logits.shape[1]
+            start = start_positions.reshape(-1).clamp(0, ignored)
+            end = end_positions.reshape(-1).clamp(0, ignored)
+            loss = (
+                nn.functional.cross_entropy(start_logits, start, ignore_index=ignored)
+                + nn.functional.cross_entropy(end_logits, end, ignore_index=ignored)
+            ) / 2
+        return QuestionAnsweringModelOutput(loss=loss, start_logits=start_logits, end_logits=end_logits, hidden_states=outputs.hidden_states)

@@ -1,0 +1,16 @@
+"""Reformer building blocks as ``torch.nn`` modules, running on the ops of ``reformer_kernels.functional``."""
+from .attention import LocalSelfAttention, LSHSelfAttention
+from .cross_entropy import linear_cross_entropy
+from .embeddings import AxialPositionEmbeddings
+from .feed_forward import ChunkedFeedForward
+from .reversible import ReversibleBlock, ReversibleSequence
+
+__all__ = [
+    "AxialPositionEmbeddings",
+    "ChunkedFeedForward",
+    "LSHSelfAttention",
+    "LocalSelfAttention",
+    "ReversibleBlock",
+    "ReversibleSequence",
+    "linear_cross_entropy",
+]

@@ -1,0 +1,72 @@
+"""The Reformer feed-forward sub-layer, applied in chunks along the sequence (the paper's section 4)."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+ACTIVATIONS = {
+    "relu": nn.functional.relu,
+    "gelu": nn.functional.gelu,
+    "gelu_new": lambda x: nn.functional.gelu(x, approximate="tanh"),
+    "silu": nn.functional.silu,
+    "swish": nn.functional.silu,
+    "tanh": torch.tanh,
+}
+
+
+class _Dense(nn.Module):
+    """Linear -> dropout -> activation, the order (and parameter names) of transformers."""
+
+    def __init__(self, hidden_size: int, feed_forward_size: int, hidden_act: str, dropout: float):
+        super().__init__()
+        if hidden_act not in ACTIVATIONS:
+            raise ValueError(f"ChunkedFeedForward: hidden_act {hidden_act!r} is not supported: choose one of {sorted(ACTIVATIONS)}")
+        self.dense = nn.Linear(hidden_size, feed_forward_size)
+        self.act_fn = ACTIVATIONS[hidden_act]
+        self.dropout = dropout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act_fn(nn.functional.dropout(self.dense(x), p=self.dropout, training=self.training))
+
+
+class _Output(nn.Module):
+    def __init__(self, feed_forward_size: int, hidden_size: int, dropout: float):
+        super().__init__()
+        self.dense = nn.Linear(feed_forward_size, hidden_size)
+        self.dropout = dropout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.dropout(self.dense(x), p=self.dropout, training=self.training)
+
+
+class ChunkedFeedForward(nn.Module):
+    """LayerNorm -> Linear -> activation -> Linear, on ``chunk_size`` positions at a time.
+
+    (B, L, hidden_size) -> (B, L, hidden_size). Chunking bounds the (chunk, feed_forward_size)
+    intermediate; ``chunk_size=0`` processes the whole sequence at once. Any L works (the last chunk
+    may be shorter).
+    """
+
+    def __init__(
+        self,
+        hidden_size: int,
+        feed_forward_size: int,
+        *,
+        hidden_act: str = "relu",
+        dropout: float = 0.0,
+        chunk_size: int = 0,
+        layer_norm_eps: float = 1e-12,
+    ):
+        super().__init__()
+        self.chunk_size = chunk_size
+        self.layer_norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
+        self.dense = _Dense(hidden_size, feed_forward_size, hidden_act, dropout)
+        self.output = _Output(feed_forward_size, hidden_size, dropout)
+
+    def forward_chunk(self, x: torch.Tensor) -> torch.Tensor:
+        return self.output(self.dense(self.layer_norm(x)))
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        if self.chunk_size == 0 or hidden_states.shape[1] <= self.chunk_size:
+            return self.forward_chunk(hidden_states)
+        return torch.cat([self.forward_chunk(chunk) for chunk in hidden_states.split(self.chunk_size, dim=1)], dim=1)

@@ -1,0 +1,149 @@
+"""Reversible residual layers (RevNet, the paper's section 3) with a memory-saving backward.
+
+The forward keeps no activations: only the last layer's outputs (y1, y2) and, per sub-layer, the
+random-number-generator state it started from. The backward walks the layers in reverse,
+reconstructs each layer's inputs from its outputs (x2 = y2 - g(y1), x1 = y1 - f(x2)), and
+backpropagates through one recomputation of each sub-layer, replaying its saved RNG state so that
+dropout masks and hash rotations drawn from the global generator are exactly those of the forward.
+(transformers reseeds instead and its LSH layers draw the rotations only in the forward, so their
+dropout masks differ between the two passes and the gradients are wrong.)
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Iterable, Iterator
+
+import torch
+from torch import nn
+
+from ..reference.reversible import reversible_forward
+
+
+class ReversibleBlock(nn.Module):
+    """y1 = x1 + attention(x2, **kwargs), y2 = x2 + feed_forward(y1)."""
+
+    def __init__(self, attention: nn.Module, feed_forward: nn.Module):
+        super().__init__()
+        self.attention = attention
+        self.feed_forward = feed_forward
+
+
+def _devices(x: torch.Tensor) -> list[int]:
+    return [x.device.index if x.device.index is not None else torch.cuda.current_device()] if x.is_cuda else []
+
+
+def _rng_state(devices: list[int]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The CPU generator state and, per CUDA device, its Philox seed and offset."""
+    return torch.get_rng_state(), [torch.cuda.get_rng_state(d) for d in devices]
+
+
+@contextlib.contextmanager
+def _replay(state: tuple[torch.Tensor, list[torch.Tensor]], devices: list[int]) -> Iterator[None]:
+    """Run the block with the generators at ``state``, then give the caller back its own RNG stream."""
+    with torch.random.fork_rng(devices=devices):
+        torch.set_rng_state(state[0])
+        for device, cuda_state in zip(devices, state[1]):
+            torch.cuda.set_rng_state(cuda_state, device)
+        yield
+
+
+def _param_grads(
+    output: torch.Tensor, x: torch.Tensor, params: list[torch.Tensor], grad_output: torch.Tensor
+) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
+    grads = torch.autograd.grad(output, [x, *params], grad_output, allow_unused=True)
+    grad_x = grads[0] if grads[0] is not None else torch.zeros_like(x)
+    return grad_x, list(grads[1:])
+
+
+class _ReversibleFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(
+        ctx: Any, x1: torch.Tensor, x2: torch.Tensor, blocks: list[ReversibleBlock], kwargs: dict,
+        hidden_states: list[torch.Tensor] | None, *params: torch.Tensor,
+    ):
+        devices = _devices(x1)
+        rng_states = []
+        for block in blocks:
+            if hidden_states is not None:
+                hidden_states.append(x2)
+            attention_state = _rng_state(devices)
+            x1 = x1 + block.attention(x2, **kwargs)
+            feed_forward_state = _rng_state(devices)
+            x2 = x2 + block.feed_forward(x1)
+            rng_states.append((attention_state, feed_forward_state))
+        if hidden_states is not None:
+            hidden_states.append(x2)
+        ctx.save_for_backward(x1, x2)
+        ctx.blocks, ctx.kwargs, ctx.rng_states, ctx.devices = blocks, kwargs, rng_states, devices
+        ctx.param_index = {id(p): i for i, p in enumerate(params)}
+        ctx.n_params = len(params)
+        return x1, x2
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, grad_y1: torch.Tensor, grad_y2: torch.Tensor):
+        y1, y2 = ctx.saved_tensors
+        param_grads: list[torch.Tensor | None] = [None] * ctx.n_params
+
+        def accumulate(params: list[torch.Tensor], grads: list[torch.Tensor | None]) -> None:
+            for p, g in zip(params, grads):
+                if g is not None:
+                    i = ctx.param_index[id(p)]
+                    param_grads[i] = g if param_grads[i] is None else param_grads[i] + g
+
+        for block, (attention_state, feed_forward_state) in zip(reversed(ctx.blocks), reversed(ctx.rng_states)):
+            g_params = [p for p in block.feed_forward.parameters() if p.requires_grad]
+            f_params = [p for p in block.attention.parameters() if p.requires_grad]
+            with torch.enable_grad():
+                y1 = y1.detach().requires_grad_()
+                with _replay(feed_forward_state, ctx.devices):
+                    g_out = block.feed_forward(y1)
+                grad_from_g, grads = _param_grads(g_out, y1, g_params, grad_y2)
+            accumulate(g_params, grads)
+            grad_y1 = grad_y1 + grad_from_g
+            x2 = (y2 - g_out).detach()
+            del g_out
+            with torch.enable_grad():
+                x2.requires_grad_()
+                with _replay(attention_state, ctx.devices):
+                    f_out = block.attention(x2, **ctx.kwargs)
+                grad_from_f, grads = _param_grads(f_out, x2, f_params, grad_y1)
+            accumulate(f_params, grads)
+            x1 = (y1 - f_out).detach()
+            del f_out
+            y1, y2 = x1, x2.detach()
+            grad_y2 = grad_y2 + grad_from_f
+        return (grad_y1, grad_y2, None, None, None, *param_grads)
+
+
+class ReversibleSequence(nn.Module):
+    """A stack of ``ReversibleBlock``s: (x1, x2) -> (y1, y2).
+
+    In training (autograd recording and something requiring grad) the memory-saving backward runs:
+    the bytes saved for backward do not grow with the number of blocks. ``reversible=False`` runs
+    the same blocks with plain autograd (same RNG use, so the same dropout masks), which stores
+    every activation; it exists to check and to measure the reversible backward against.
+    Keyword arguments of ``forward`` go to every block's attention.
+    """
+
+    def __init__(self, blocks: Iterable[ReversibleBlock], *, reversible: bool = True):
+        super().__init__()
+        self.layers = nn.ModuleList(blocks)
+        self.reversible = reversible
+
+    def forward(
+        self, x1: torch.Tensor, x2: torch.Tensor, *, hidden_states: list[torch.Tensor] | None = None, **kwargs: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """x1, x2: (B, L, hidden). ``hidden_states``: a list that receives x2 before each block and
+        after the last (transformers' ``hidden_states`` output; not differentiable in the reversible mode)."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        needs_grad = torch.is_grad_enabled() and (x1.requires_grad or x2.requires_grad or bool(params))
+        if not (self.reversible and needs_grad):
+            for block in self.layers:
+                if hidden_states is not None:
+                    hidden_states.append(x2)
+                x1, x2 = reversible_forward(x1, x2, lambda x: block.attention(x, **kwargs), block.feed_forward)
+            if hidden_states is not None:
+                hidden_states.append(x2)
+            return x1, x2
+        return _ReversibleFunction.apply(x1, x2, list(self.layers), kwargs, hidden_states, *params)
