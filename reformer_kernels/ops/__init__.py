@@ -1,4 +1,12 @@
 """Compiled and Triton kernels, one module per op family; importing a module registers its kernels."""
+import importlib.util
+
 from . import sorting
 
 __all__ = ["sorting"]
+
+# The Triton kernels need triton (a CUDA build of torch ships it); the other backends do not.
+if importlib.util.find_spec("triton") is not None:
+    from . import triton_hashing, triton_local_attention, triton_lsh_attention
+
+    __all__ += ["triton_hashing", "triton_local_attention", "triton_lsh_attention"]

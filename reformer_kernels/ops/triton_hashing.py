@@ -1,0 +1,122 @@
+"""Angular LSH in Triton: rotate (tl.dot) -> argmax over [xR, -xR] per bucket factor -> padding
+bucket -> round offset, for every hash round in one launch. The ids it writes are the sort keys of
+bucket_sort (round-major, so one stable sort orders by (round, bucket, position)).
+
+The sort itself has no Triton kernel: the triton backend's bucket_sort is the compiled one (CUB
+radix sort on GPU, the C++ counting sort on CPU tensors under the interpreter), so that a whole
+hash -> sort -> attend pipeline runs with backend="triton"."""
+import math
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+from .. import _extension, backends
+from ..reference.hashing import bucket_factors
+from .sorting import _bucket_sort_compiled
+from .triton_lsh_attention import head_block
+
+
+@triton.jit
+def _hash_kernel(
+    X, Rotations, Mask, Factors, Buckets,
+    stride_xb, stride_xh, stride_xl,  # X: (B, H, L, head_dim), head_dim contiguous
+    stride_rh, stride_rd, stride_rn,  # Rotations: (H, head_dim, n_hashes, R / 2), last dim contiguous
+    stride_bb, stride_bh,  # Buckets: (B, H, n_hashes * L)
+    stride_mb,  # Mask: (B, L)
+    seq_len, head_dim, half_rotation, n_buckets, ids_per_round,
+    N_FACTORS: tl.constexpr, HAS_PADDING: tl.constexpr,
+    HEAD_BLOCK: tl.constexpr, ROT_BLOCK: tl.constexpr, BLOCK: tl.constexpr,
+):
+    blocks_per_round = tl.cdiv(seq_len, BLOCK)
+    hash_round = tl.program_id(0) // blocks_per_round
+    h = tl.program_id(1).to(tl.int64)
+    b = tl.program_id(2).to(tl.int64)
+    pos = (tl.program_id(0) % blocks_per_round) * BLOCK + tl.arange(0, BLOCK)
+    ok = pos < seq_len
+    offs_d = tl.arange(0, HEAD_BLOCK)
+    d_ok = offs_d < head_dim
+    cols = tl.arange(0, ROT_BLOCK)
+    x = tl.load(X + b * stride_xb + h * stride_xh + pos[:, None] * stride_xl + offs_d[None, :],
+                mask=ok[:, None] & d_ok[None, :], other=0.0)
+    rot = tl.load(Rotations + h * stride_rh + hash_round * stride_rn + offs_d[:, None] * stride_rd + cols[None, :],
+                  mask=d_ok[:, None] & (cols < half_rotation)[None, :], other=0.0)
+    # fp32 tensor cores would round to tf32 and flip near-tied buckets; fp16/bf16 ignore "ieee"
+    rotated = tl.dot(x, rot, input_precision="ieee")
+
+    # bucket = i1 + b1 * i2 + b1 * b2 * i3 ..., factor f hashed on its own slice of the rotation
+    bucket = tl.zeros([BLOCK], tl.int64)
+    start = tl.full([], 0, tl.int32)
+    stride = tl.full([], 1, tl.int64)
+    for f in tl.static_range(N_FACTORS):
+        factor = tl.load(Factors + f)
+        in_factor = ((cols >= start) & (cols < start + factor // 2))[None, :]
+        plus = tl.where(in_factor, rotated, float("-inf"))
+        minus = tl.where(in_factor, -rotated, float("-inf"))
+        # argmax over the concatenation [xR, -xR]: the first maximum wins, as torch.argmax
+        best_plus = tl.max(plus, axis=1)
+        best_minus = tl.max(minus, axis=1)
+        choice = tl.where(best_minus > best_plus, tl.argmax(minus, axis=1) - start + factor // 2,
+                          tl.argmax(plus, axis=1) - start)
+        bucket += stride * choice.to(tl.int64)
+        start += factor // 2
+        stride *= factor
+
+    if HAS_PADDING:
+        keep = tl.load(Mask + b * stride_mb + pos, mask=ok, other=1)
+        bucket = tl.where(keep != 0, bucket, n_buckets)
+    tl.store(Buckets + b * stride_bb + h * stride_bh + hash_round * seq_len + pos, bucket + hash_round * ids_per_round,
+             mask=ok)
+
+
+@torch.library.custom_op("reformer_kernels::triton_lsh_hash", mutates_args=())
+def lsh_hash_op(
+    vectors: torch.Tensor, rotations: torch.Tensor, factors: list[int], padding_mask: Optional[torch.Tensor]
+) -> torch.Tensor:
+    """Bucket ids (B, H, n_hashes * L) int64. ``padding_mask`` (B, L), given only when it pads
+    something: padding tokens then get bucket prod(factors) and rounds prod(factors) + 1 ids."""
+    vectors, rotations = vectors.contiguous(), rotations.contiguous()
+    batch, heads, seq_len, head_dim = vectors.shape
+    n_hashes, half_rotation = rotations.shape[2], rotations.shape[3]
+    n_buckets = math.prod(factors)
+    ids_per_round = n_buckets + (padding_mask is not None)
+    buckets = torch.empty(batch, heads, n_hashes * seq_len, dtype=torch.int64, device=vectors.device)
+    factor_sizes = torch.tensor(factors, dtype=torch.int32, device=vectors.device)
+    if padding_mask is None:
+        mask, stride_mb = factor_sizes, 0
+    else:
+        mask = (padding_mask != 0).to(torch.uint8).contiguous()
+        stride_mb = mask.stride(0)
+    block = 16 if backends.triton_interpreted() else 64
+    _hash_kernel[(n_hashes * triton.cdiv(seq_len, block), heads, batch)](
+        vectors, rotations, mask, factor_sizes, buckets,
+        vectors.stride(0), vectors.stride(1), vectors.stride(2),
+        rotations.stride(0), rotations.stride(1), rotations.stride(2),
+        buckets.stride(0), buckets.stride(1),
+        stride_mb,
+        seq_len, head_dim, half_rotation, n_buckets, ids_per_round,
+        N_FACTORS=len(factors), HAS_PADDING=padding_mask is not None,
+        HEAD_BLOCK=head_block(head_dim), ROT_BLOCK=max(16, triton.next_power_of_2(half_rotation)), BLOCK=block,
+    )
+    return buckets
+
+
+@lsh_hash_op.register_fake
+def _lsh_hash_fake(vectors, rotations, factors, padding_mask):
+    batch, heads, seq_len, _ = vectors.shape
+    return vectors.new_empty(batch, heads, rotations.shape[2] * seq_len, dtype=torch.int64)
+
+
+def lsh_hash(vectors, rotations, n_buckets, attention_mask=None):
+    """The "lsh_hash" backend impl: (buckets (B, H, n_hashes * L) int64, num_keys)."""
+    factors = list(bucket_factors(n_buckets))
+    # As transformers: the padding bucket exists only when the mask pads something in the batch.
+    padding_mask = attention_mask if attention_mask is not None and not attention_mask.bool().all() else None
+    ids_per_round = math.prod(factors) + (padding_mask is not None)
+    return lsh_hash_op(vectors, rotations, factors, padding_mask), rotations.shape[2] * ids_per_round
+
+
+backends.register("lsh_hash", "triton", lsh_hash)
+if _extension.loaded():
+    backends.register("bucket_sort", "triton", _bucket_sort_compiled)

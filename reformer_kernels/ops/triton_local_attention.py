@@ -1,0 +1,107 @@
+"""Local (chunked) attention in Triton: the LSH attention kernels of ``triton_lsh_attention`` with
+LSH=False, i.e. slots are positions (no sort, no gather), separate keys scaled by 1/sqrt(d), no
+self mask. A length that is not a multiple of the chunk is padded virtually: the kernels treat
+positions past the end as masked zero keys, so nothing is copied."""
+import math
+from typing import Optional
+
+import torch
+
+from .. import backends
+from ..reference.chunked import mask_values
+from ..reference.local_attention import local_chunking
+from .triton_lsh_attention import _grid, _mask_arg, attention_bwd_kernel, attention_fwd_kernel, head_block
+
+
+@torch.library.custom_op("reformer_kernels::triton_local_attention_fwd", mutates_args=())
+def local_attention_fwd(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attention_mask: Optional[torch.Tensor],
+    chunk_len: int, n_chunks_before: int, n_chunks_after: int, causal: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Returns out (B, H, L, d) in q's dtype and lse (B, H, L) in fp32."""
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    batch, heads, seq_len, head_dim = q.shape
+    chunk_len, n_chunks_before, n_chunks_after, n_slots = local_chunking(seq_len, chunk_len, n_chunks_before, n_chunks_after)
+    out = torch.empty_like(q)
+    lse = torch.empty(batch, heads, seq_len, dtype=torch.float32, device=q.device)
+    mask, stride_mb = _mask_arg(attention_mask, q)
+    mask_value, _ = mask_values(q.dtype)
+    attention_fwd_kernel[_grid(n_slots, chunk_len, batch, heads)](
+        q, k, v, lse, mask, out, lse,
+        q.stride(0), q.stride(1), q.stride(2),
+        out.stride(0), out.stride(1), out.stride(2),
+        lse.stride(0), lse.stride(1),
+        stride_mb,
+        seq_len, n_slots, chunk_len, n_chunks_before, n_chunks_before + 1 + n_chunks_after, head_dim,
+        1.0 / math.sqrt(head_dim), mask_value, 0.0,
+        LSH=False, CAUSAL=causal, HAS_MASK=attention_mask is not None,
+        HEAD_BLOCK=head_block(head_dim),
+    )
+    return out, lse
+
+
+@local_attention_fwd.register_fake
+def _local_attention_fwd_fake(q, k, v, attention_mask, chunk_len, n_chunks_before, n_chunks_after, causal):
+    batch, heads, seq_len, _ = q.shape
+    return torch.empty_like(q, memory_format=torch.contiguous_format), q.new_empty(
+        batch, heads, seq_len, dtype=torch.float32
+    )
+
+
+@torch.library.custom_op("reformer_kernels::triton_local_attention_bwd", mutates_args=())
+def local_attention_bwd(
+    grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attention_mask: Optional[torch.Tensor],
+    out: torch.Tensor, lse: torch.Tensor, chunk_len: int, n_chunks_before: int, n_chunks_after: int, causal: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients (d q, d k, d v) from the gradient of out (B, H, L, d)."""
+    q, k, v, grad_out, lse = q.contiguous(), k.contiguous(), v.contiguous(), grad_out.contiguous(), lse.contiguous()
+    batch, heads, seq_len, head_dim = q.shape
+    chunk_len, n_chunks_before, n_chunks_after, n_slots = local_chunking(seq_len, chunk_len, n_chunks_before, n_chunks_after)
+    delta = (grad_out.float() * out.float()).sum(-1)
+    grad_q, grad_k, grad_v = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    mask, stride_mb = _mask_arg(attention_mask, q)
+    mask_value, _ = mask_values(q.dtype)
+    attention_bwd_kernel[_grid(n_slots, chunk_len, batch, heads)](
+        q, k, v, lse, mask, grad_out, lse, lse, delta, grad_q, grad_k, grad_v,
+        q.stride(0), q.stride(1), q.stride(2),
+        grad_q.stride(0), grad_q.stride(1), grad_q.stride(2),
+        lse.stride(0), lse.stride(1),
+        stride_mb,
+        seq_len, n_slots, chunk_len, n_chunks_before, n_chunks_after, head_dim,
+        1.0 / math.sqrt(head_dim), mask_value, 0.0,
+        LSH=False, CAUSAL=causal, HAS_MASK=attention_mask is not None,
+        HEAD_BLOCK=head_block(head_dim),
+    )
+    return grad_q, grad_k, grad_v
+
+
+@local_attention_bwd.register_fake
+def _local_attention_bwd_fake(grad_out, q, k, v, attention_mask, out, lse, chunk_len, n_chunks_before, n_chunks_after,
+                              causal):
+    return tuple(torch.empty_like(x, memory_format=torch.contiguous_format) for x in (q, k, v))
+
+
+def _local_setup_context(ctx, inputs, output):
+    q, k, v, attention_mask, chunk_len, n_chunks_before, n_chunks_after, causal = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, attention_mask, out, lse)
+    ctx.config = (chunk_len, n_chunks_before, n_chunks_after, causal)
+
+
+def _local_backward(ctx, grad_out, grad_lse):
+    # lse is an internal output (saved for the backward, never returned to users): no gradient.
+    q, k, v, attention_mask, out, lse = ctx.saved_tensors
+    grad_q, grad_k, grad_v = local_attention_bwd(grad_out, q, k, v, attention_mask, out, lse, *ctx.config)
+    return grad_q, grad_k, grad_v, None, None, None, None, None
+
+
+local_attention_fwd.register_autograd(_local_backward, setup_context=_local_setup_context)
+
+
+def local_attention(q, k, v, chunk_len, n_chunks_before, n_chunks_after, causal, attention_mask=None):
+    """The "local_attention" backend impl: out (B, H, L, d) in q's dtype."""
+    out, _ = local_attention_fwd(q, k, v, attention_mask, chunk_len, n_chunks_before, n_chunks_after, causal)
+    return out
+
+
+backends.register("local_attention", "triton", local_attention)

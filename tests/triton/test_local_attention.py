@@ -1,0 +1,38 @@
+"""Triton local attention (forward and gradients) against the float64 reference."""
+import pytest
+import torch
+
+from reformer_kernels import functional
+
+from .helpers import assert_matches_reference, skip_if_interpreter_lacks
+from .test_lsh_attention import padding_mask
+
+pytestmark = pytest.mark.triton_interpret
+
+# dtype, batch, heads, seq_len, head_dim, chunk_len, before, after, causal, padding
+CASES = [
+    # 40 = 2.5 chunks: the kernels pad to 48 with masked keys without copying
+    (torch.float32, 1, 2, 40, 16, 16, 1, 0, False, "tail"),
+    (torch.float32, 2, 1, 64, 64, 32, 1, 1, True, "full_row"),
+    (torch.float16, 1, 1, 50, 16, 16, 1, 0, True, "none"),
+    # one chunk (24 <= 32): full attention over a length that is not a power of two
+    (torch.float16, 2, 1, 24, 100, 32, 1, 0, False, "tail"),
+    (torch.bfloat16, 1, 2, 40, 64, 16, 1, 0, True, "tail"),
+]
+
+
+@pytest.mark.parametrize("dtype,batch,heads,seq_len,head_dim,chunk_len,before,after,causal,padding", CASES)
+def test_local_attention_matches_reference(device, dtype, batch, heads, seq_len, head_dim, chunk_len, before, after,
+                                           causal, padding):
+    skip_if_interpreter_lacks(dtype)
+    q, k, v = (torch.randn(batch, heads, seq_len, head_dim, dtype=torch.float64, device=device) for _ in range(3))
+    mask = padding_mask(padding, batch, seq_len, device)
+
+    def run(backend, q, k, v):
+        out = functional.local_attention(
+            q, k, v, chunk_len=chunk_len, n_chunks_before=before, n_chunks_after=after, causal=causal,
+            attention_mask=mask, backend=backend,
+        )
+        return (out,)
+
+    assert_matches_reference(run, (q, k, v), dtype, "local_attention")
