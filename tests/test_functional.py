@@ -130,9 +130,9 @@ def test_local_attention_rejects_bad_arguments():
         functional.local_attention(q, q, q, chunk_len=4, n_chunks_after=-1, backend="reference")
 
 
-def test_default_num_buckets_validates_and_follows_the_rule():
-    assert functional.default_num_buckets(64, 8, 1024) == 16
-    assert functional.default_num_buckets(1 << 16, 64, 1 << 16) == (32, 64)
+def test_default_num_buckets_validates_its_arguments():
+    # The rule itself is checked against transformers in tests/reference.
+    assert functional.default_num_buckets(1 << 16, 64, 1 << 16) == reference.default_num_buckets(1 << 16, 64, 1 << 16)
     with pytest.raises(ValueError, match="seq_len must be >= 8"):
         functional.default_num_buckets(4, 8, 1024)
     with pytest.raises(ValueError, match="chunk_len must be >= 1"):
