@@ -1,0 +1,82 @@
+"""Chunked linear + cross-entropy: torch's loss and gradients without the (tokens x vocab) logits."""
+import pytest
+import torch
+
+from reformer_kernels.nn import linear_cross_entropy
+from tests.tolerance import assert_within_rule
+
+
+def inputs(n, d, v, dtype, ignore_every=4):
+    hidden = torch.randn(n, d, dtype=dtype, requires_grad=True)
+    weight = (0.3 * torch.randn(v, d, dtype=dtype)).requires_grad_()
+    bias = torch.randn(v, dtype=dtype, requires_grad=True)
+    labels = torch.randint(0, v, (n,))
+    labels[::ignore_every] = -100
+    return hidden, weight, bias, labels
+
+
+def torch_loss(hidden, weight, bias, labels):
+    return torch.nn.functional.cross_entropy(torch.nn.functional.linear(hidden, weight, bias), labels, ignore_index=-100)
+
+
+def test_gradcheck_float64():
+    hidden, weight, bias, labels = inputs(9, 5, 7, torch.float64)
+    assert torch.autograd.gradcheck(lambda h, w, b: linear_cross_entropy(h, w, b, labels, chunk_size=4), (hidden, weight, bias))
+
+
+@pytest.mark.parametrize("chunk_size", [0, 1, 5, 64])
+def test_matches_torch_within_the_tolerance_rule(chunk_size):
+    hidden, weight, bias, labels = inputs(37, 16, 50, torch.float32)
+    reference = [t.detach().double().requires_grad_() for t in (hidden, weight, bias)]
+    expected64 = torch_loss(*reference, labels)
+    expected64.backward()
+    baseline = torch_loss(hidden, weight, bias, labels)
+    baseline_grads = torch.autograd.grad(baseline, (hidden, weight, bias))
+    actual = linear_cross_entropy(hidden, weight, bias, labels, chunk_size=chunk_size)
+    actual_grads = torch.autograd.grad(actual, (hidden, weight, bias))
+    assert_within_rule(actual, expected64, baseline, atol=1e-6, what="loss")
+    for name, got, ref, base in zip(("hidden", "weight", "bias"), actual_grads, reference, baseline_grads):
+        assert_within_rule(got, ref.grad, base, atol=1e-6, what=f"grad {name}")
+
+
+def test_no_bias_and_all_ignored():
+    hidden, weight, _, labels = inputs(6, 4, 9, torch.float32)
+    assert torch.allclose(linear_cross_entropy(hidden, weight, None, labels), torch_loss(hidden, weight, None, labels))
+    assert torch.isnan(linear_cross_entropy(hidden, weight, None, torch.full((6,), -100)))
+
+
+def test_saved_bytes_stay_below_the_logits():
+    """With a large vocabulary, what is kept for backward is far smaller than tokens x vocab floats."""
+    n, d, v = 512, 32, 8192
+    hidden, weight, bias, labels = inputs(n, d, v, torch.float32)
+    saved = 0
+
+    def pack(t):
+        nonlocal saved
+        saved += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = linear_cross_entropy(hidden, weight, bias, labels, chunk_size=64)
+    logits_bytes = n * v * 4
+    inputs_bytes = sum(t.numel() * t.element_size() for t in (hidden, weight, bias, labels))
+    assert saved < inputs_bytes + 2 * n * 4 + 64 < logits_bytes
+    loss.backward()
+    assert torch.isfinite(hidden.grad).all()
+
+
+@pytest.mark.parametrize(
+    "kwargs, error",
+    [
+        (dict(hidden=torch.randn(4, 3, 2)), "hidden must be"),
+        (dict(labels=torch.zeros(5, dtype=torch.int64)), "labels must be"),
+        (dict(labels=torch.zeros(4, dtype=torch.int32)), "labels must be"),
+        (dict(labels=torch.tensor([0, 1, 9, -100])), "outside"),
+        (dict(labels=torch.tensor([0, -3, 1, 2])), "outside"),
+    ],
+)
+def test_bad_inputs(kwargs, error):
+    args = dict(hidden=torch.randn(4, 3), weight=torch.randn(9, 3), bias=None, labels=torch.zeros(4, dtype=torch.int64))
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=error):
+        linear_cross_entropy(args["hidden"], args["weight"], args["bias"], args["labels"])
