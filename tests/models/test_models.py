@@ -1,0 +1,219 @@
+"""Model behaviour beyond parity: any length, axial encodings, heads, checkpoints, bad inputs."""
+import os
+import warnings
+
+import pytest
+import torch
+
+from reformer_kernels import models
+
+from .hf_reference import TINY, model_pair, relative_error, transformers
+
+DECODER = dict(TINY, attn_layers=["local", "lsh"], is_decoder=True, num_hashes=2)
+
+
+def quiet(fn, *args, **kwargs):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return fn(*args, **kwargs)
+
+
+def lm(**overrides):
+    return models.ReformerModelWithLMHead(models.ReformerConfig(**{**DECODER, **overrides}))
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_any_length_equals_explicit_padding_with_a_mask(training):
+    """L = 21 is padded inside to 24 (chunk 8); passing the padded ids and mask gives the same."""
+    model = lm(hash_seed=None).train(training)
+    ids = torch.randint(1, 50, (2, 21))
+    padded_ids = torch.cat([ids, torch.zeros(2, 3, dtype=torch.long)], dim=1)
+    mask = torch.cat([torch.ones(2, 21, dtype=torch.long), torch.zeros(2, 3, dtype=torch.long)], dim=1)
+    labels = ids.clone()
+    torch.manual_seed(3)
+    auto = quiet(model, input_ids=ids, labels=labels, return_logits=True)
+    torch.manual_seed(3)
+    explicit = quiet(model, input_ids=padded_ids, attention_mask=mask, return_logits=True)
+    assert auto.logits.shape == (2, 21, 50)
+    assert relative_error(auto.logits, explicit.logits[:, :21]) < 1e-6
+    if training:
+        auto.loss.backward()
+        assert all(p.grad is None or torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_axial_three_factors_any_length_train_and_eval():
+    config = models.ReformerConfig(**{**DECODER, "axial_pos_shape": [4, 4, 8], "axial_pos_embds_dim": [4, 4, 8]})
+    model = models.ReformerModelWithLMHead(config)
+    embeddings = model.reformer.embeddings.position_embeddings
+    positions = torch.arange(128)
+    grid = torch.stack([positions // 32, positions // 8 % 4, positions % 8], dim=-1)
+    tables = [w.reshape(w.shape[i], -1) for i, w in enumerate(embeddings.weights)]
+    expected = torch.cat([tables[axis][grid[:, axis]] for axis in range(3)], dim=-1)
+    assert torch.equal(embeddings(positions[None]), expected[None])
+    for training in (True, False):
+        model.train(training)
+        for seq_len in (5, 37, 128):
+            out = quiet(model, input_ids=torch.randint(0, 50, (1, seq_len)), labels=torch.randint(0, 50, (1, seq_len)), return_logits=True)
+            assert out.logits.shape == (1, seq_len, 50) and torch.isfinite(out.loss)
+
+
+def test_axial_matches_transformers_in_eval_at_any_length():
+    theirs, ours = model_pair(dict(TINY, attn_layers=["local"]), "ReformerModel")
+    positions = torch.arange(77)[None]
+    theirs.eval()
+    expected = theirs.embeddings.position_embeddings(positions)
+    assert torch.equal(ours.embeddings.position_embeddings(positions), expected)
+
+
+def test_num_buckets_unset_is_not_written_to_the_config():
+    model = lm(attn_layers=["lsh"], num_buckets=None).eval()
+    quiet(model, input_ids=torch.randint(0, 50, (1, 64)))
+    assert model.config.num_buckets is None
+
+
+def test_lm_loss_does_not_materialize_the_logits():
+    vocab, seq_len = 4096, 128
+    model = lm(vocab_size=vocab, hash_seed=0).train()
+    ids = torch.randint(0, vocab, (1, seq_len))
+    saved = 0
+
+    def pack(t):
+        nonlocal saved
+        saved += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = quiet(model, input_ids=ids, labels=ids)
+    assert out.logits is None
+    # Everything saved, the LM head's (vocab, 2 * hidden) weight included, is under half the fp32 logits.
+    assert saved < seq_len * vocab * 4 / 2, saved
+    out.loss.backward()
+    with torch.no_grad():
+        logits = quiet(model, input_ids=ids, return_logits=True).logits
+    expected = torch.nn.functional.cross_entropy(logits[0, :-1], ids[0, 1:])
+    assert relative_error(out.loss, expected) < 1e-5
+
+
+@pytest.mark.parametrize("class_name", ["ReformerForSequenceClassification", "ReformerForQuestionAnswering"])
+def test_heads_match_transformers(class_name):
+    theirs, ours = model_pair(dict(TINY, attn_layers=["local", "lsh"], hash_seed=1, num_labels=2), class_name)
+    theirs.eval(), ours.eval()
+    ids = torch.randint(0, 50, (3, 32))
+    if class_name == "ReformerForSequenceClassification":
+        labels = dict(labels=torch.tensor([0, 1, 1]))
+    else:
+        labels = dict(start_positions=torch.tensor([1, 5, 40]), end_positions=torch.tensor([3, 9, 2]))
+    expected, actual = quiet(theirs, input_ids=ids, **labels), ours(input_ids=ids, **labels)
+    assert relative_error(actual.loss, expected.loss) < 1e-5
+    for name in ("logits", "start_logits", "end_logits"):
+        if hasattr(expected, name) and getattr(expected, name) is not None:
+            assert relative_error(getattr(actual, name), getattr(expected, name)) < 1e-5
+
+
+@pytest.mark.parametrize("class_name", ["ReformerModelWithLMHead", "ReformerModel"])
+def test_save_pretrained_round_trips_with_transformers(tmp_path, class_name):
+    theirs, ours = model_pair(dict(DECODER, hash_seed=4), class_name)
+    ids = torch.randint(0, 50, (2, 32))
+
+    def output(model):
+        out = quiet(model.eval(), input_ids=ids)
+        return out.logits if class_name == "ReformerModelWithLMHead" else out.last_hidden_state
+
+    ours.save_pretrained(tmp_path / "ours")
+    assert sorted(os.listdir(tmp_path / "ours")) == ["config.json", "model.safetensors"]
+    loaded_by_them = quiet(getattr(transformers, class_name).from_pretrained, tmp_path / "ours")
+    assert relative_error(output(loaded_by_them), output(ours)) < 1e-5
+
+    theirs.save_pretrained(tmp_path / "theirs")
+    loaded_by_us = getattr(models, class_name).from_pretrained(tmp_path / "theirs")
+    assert relative_error(output(loaded_by_us), output(theirs)) < 1e-5
+
+
+def test_pytorch_bin_and_either_lm_head_bias_name(tmp_path):
+    model = lm(hash_seed=4).eval()
+    with torch.no_grad():
+        model.lm_head.decoder.bias.normal_()
+    ids = torch.randint(0, 50, (1, 16))
+    expected = model(input_ids=ids).logits
+    for dropped in ("lm_head.bias", "lm_head.decoder.bias"):
+        directory = tmp_path / dropped
+        model.config.save_pretrained(directory)
+        state = {k: v for k, v in model.state_dict().items() if k != dropped}
+        if dropped == "lm_head.decoder.bias":
+            state["lm_head.bias"] = model.lm_head.decoder.bias.detach().clone()
+        torch.save(state, directory / "pytorch_model.bin")
+        loaded = models.ReformerModelWithLMHead.from_pretrained(directory).eval()
+        assert torch.equal(loaded(input_ids=ids).logits, expected)
+
+
+def test_base_checkpoint_loads_into_a_head_and_back(tmp_path):
+    base = models.ReformerModel(models.ReformerConfig(**DECODER))
+    base.save_pretrained(tmp_path / "base")
+    with pytest.warns(UserWarning, match="newly initialized head"):
+        head = models.ReformerModelWithLMHead.from_pretrained(tmp_path / "base")
+    assert torch.equal(head.reformer.embeddings.word_embeddings.weight, base.embeddings.word_embeddings.weight)
+    head.save_pretrained(tmp_path / "head")
+    again = models.ReformerModel.from_pretrained(tmp_path / "head")
+    assert torch.equal(again.encoder.layer_norm.weight, head.reformer.encoder.layer_norm.weight)
+
+
+def test_bad_checkpoints(tmp_path):
+    model = lm()
+    with pytest.raises(ValueError, match="not a directory"):
+        models.ReformerModelWithLMHead.from_pretrained(tmp_path / "nowhere")
+    model.config.save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="no weights"):
+        models.ReformerModelWithLMHead.from_pretrained(tmp_path)
+    (tmp_path / "model.safetensors").write_bytes(b"\x00garbage")
+    with pytest.raises(ValueError, match="not a readable safetensors"):
+        models.ReformerModelWithLMHead.from_pretrained(tmp_path)
+    os.remove(tmp_path / "model.safetensors")
+    (tmp_path / "pytorch_model.bin").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="could not be read"):
+        models.ReformerModelWithLMHead.from_pretrained(tmp_path)
+    state = model.state_dict()
+    state["reformer.encoder.layers.9.extra.weight"] = torch.zeros(1)
+    del state["reformer.encoder.layer_norm.bias"]
+    torch.save(state, tmp_path / "pytorch_model.bin")
+    with pytest.raises(ValueError, match=r"missing keys \['reformer.encoder.layer_norm.bias'\].*unexpected keys"):
+        models.ReformerModelWithLMHead.from_pretrained(tmp_path)
+    with pytest.raises(RuntimeError, match="Missing key"):
+        model.load_state_dict(state)
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, message",
+    [
+        (dict(input_ids=torch.zeros(1, 200, dtype=torch.long)), ValueError, "seq_len 200 > max_position_embeddings 128"),
+        (dict(input_ids=torch.zeros(1, 8)), TypeError, "integer token ids"),
+        (dict(input_ids=torch.zeros(8, dtype=torch.long)), ValueError, r"input_ids must be \(batch, seq_len\)"),
+        (dict(input_ids=torch.full((1, 8), 50)), ValueError, "vocab_size=50"),
+        (dict(input_ids=torch.full((1, 8), -1)), ValueError, "vocab_size=50"),
+        (dict(input_ids=torch.zeros(2, 8, dtype=torch.long), attention_mask=torch.ones(2, 9)), ValueError, "attention_mask must be"),
+        (dict(input_ids=torch.zeros(2, 8, dtype=torch.long), inputs_embeds=torch.zeros(2, 8, 16)), ValueError, "exactly one"),
+        (dict(inputs_embeds=torch.zeros(2, 8, 15)), ValueError, "inputs_embeds must be"),
+        (dict(input_ids=torch.zeros(1, 8, dtype=torch.long), num_hashes=0), ValueError, "num_hashes"),
+        (dict(input_ids=torch.zeros(1, 8, dtype=torch.long), output_attentions=True), ValueError, "output_attentions"),
+        (dict(input_ids=torch.zeros(1, 8, dtype=torch.long), labels=torch.zeros(1, 7, dtype=torch.long)), ValueError, "labels must be"),
+    ],
+)
+def test_bad_inputs_name_the_argument(kwargs, error, message):
+    with pytest.raises(error, match=message):
+        lm()(**kwargs)
+
+
+def test_axial_shape_bounds_the_length():
+    config = models.ReformerConfig(**{**DECODER, "axial_pos_shape": [4, 8], "max_position_embeddings": 64})
+    with pytest.raises(ValueError, match=r"prod\(axial_pos_shape"):
+        models.ReformerModelWithLMHead(config)(input_ids=torch.zeros(1, 40, dtype=torch.long))
+
+
+def test_heads_reject_inconsistent_configs():
+    with pytest.raises(ValueError, match="is_decoder=True"):
+        models.ReformerModelWithLMHead(models.ReformerConfig(**TINY))
+    with pytest.raises(ValueError, match="lsh_num_chunks_after"):
+        models.ReformerModelWithLMHead(models.ReformerConfig(**{**DECODER, "lsh_num_chunks_after": 1}))
+    with pytest.raises(ValueError, match="is_decoder=False"):
+        models.ReformerForMaskedLM(models.ReformerConfig(**DECODER))
+    with pytest.raises(TypeError, match="ReformerConfig"):
+        models.ReformerModel(transformers.ReformerConfig(**TINY))
