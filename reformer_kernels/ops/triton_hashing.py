@@ -15,7 +15,7 @@ import triton.language as tl
 from .. import _extension, backends
 from ..reference.hashing import bucket_factors
 from .sorting import _bucket_sort_compiled
-from .triton_lsh_attention import head_block
+from .triton_lsh_attention import check_dtype, head_block
 
 
 @triton.jit
@@ -110,6 +110,7 @@ def _lsh_hash_fake(vectors, rotations, factors, padding_mask):
 
 def lsh_hash(vectors, rotations, n_buckets, attention_mask=None):
     """The "lsh_hash" backend impl: (buckets (B, H, n_hashes * L) int64, num_keys)."""
+    check_dtype("lsh_hash", vectors)
     factors = list(bucket_factors(n_buckets))
     # As transformers: the padding bucket exists only when the mask pads something in the batch.
     padding_mask = attention_mask if attention_mask is not None and not attention_mask.bool().all() else None

@@ -10,7 +10,14 @@ import torch
 from .. import backends
 from ..reference.chunked import mask_values
 from ..reference.local_attention import local_chunking
-from .triton_lsh_attention import _grid, _mask_arg, attention_bwd_kernel, attention_fwd_kernel, head_block
+from .triton_lsh_attention import (
+    attention_bwd_kernel,
+    attention_fwd_kernel,
+    check_dtype,
+    chunk_grid,
+    head_block,
+    keep_mask_arg,
+)
 
 
 @torch.library.custom_op("reformer_kernels::triton_local_attention_fwd", mutates_args=())
@@ -24,9 +31,9 @@ def local_attention_fwd(
     chunk_len, n_chunks_before, n_chunks_after, n_slots = local_chunking(seq_len, chunk_len, n_chunks_before, n_chunks_after)
     out = torch.empty_like(q)
     lse = torch.empty(batch, heads, seq_len, dtype=torch.float32, device=q.device)
-    mask, stride_mb = _mask_arg(attention_mask, q)
+    mask, stride_mb = keep_mask_arg(attention_mask, q)
     mask_value, _ = mask_values(q.dtype)
-    attention_fwd_kernel[_grid(n_slots, chunk_len, batch, heads)](
+    attention_fwd_kernel[chunk_grid(n_slots, chunk_len, batch, heads)](
         q, k, v, lse, mask, out, lse,
         q.stride(0), q.stride(1), q.stride(2),
         out.stride(0), out.stride(1), out.stride(2),
@@ -59,9 +66,9 @@ def local_attention_bwd(
     chunk_len, n_chunks_before, n_chunks_after, n_slots = local_chunking(seq_len, chunk_len, n_chunks_before, n_chunks_after)
     delta = (grad_out.float() * out.float()).sum(-1)
     grad_q, grad_k, grad_v = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-    mask, stride_mb = _mask_arg(attention_mask, q)
+    mask, stride_mb = keep_mask_arg(attention_mask, q)
     mask_value, _ = mask_values(q.dtype)
-    attention_bwd_kernel[_grid(n_slots, chunk_len, batch, heads)](
+    attention_bwd_kernel[chunk_grid(n_slots, chunk_len, batch, heads)](
         q, k, v, lse, mask, grad_out, lse, lse, delta, grad_q, grad_k, grad_v,
         q.stride(0), q.stride(1), q.stride(2),
         grad_q.stride(0), grad_q.stride(1), grad_q.stride(2),
@@ -100,6 +107,7 @@ local_attention_fwd.register_autograd(_local_backward, setup_context=_local_setu
 
 def local_attention(q, k, v, chunk_len, n_chunks_before, n_chunks_after, causal, attention_mask=None):
     """The "local_attention" backend impl: out (B, H, L, d) in q's dtype."""
+    check_dtype("local_attention", q)
     out, _ = local_attention_fwd(q, k, v, attention_mask, chunk_len, n_chunks_before, n_chunks_after, causal)
     return out
 

@@ -50,6 +50,15 @@ def _prune_blocks(configs, named_args, **kwargs):
     return fitting or configs[:1]
 
 
+def check_dtype(op: str, tensor: torch.Tensor) -> None:
+    """The kernels compute in fp32 from fp16, bf16 or fp32 inputs; float64 is the reference's."""
+    if tensor.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        raise TypeError(
+            f"{op}: the triton backend takes float16, bfloat16 or float32, got {tensor.dtype}; "
+            "cast with .float() or use backend='cpu' or 'reference' for float64"
+        )
+
+
 def head_block(head_dim: int) -> int:
     """head_dim padded to the next power of two (at least 16, the smallest tl.dot side)."""
     return max(16, triton.next_power_of_2(head_dim))
@@ -319,11 +328,11 @@ def _combine_rounds_kernel(
              mask=mask_2d)
 
 
-def _grid(n_slots: int, chunk_len: int, batch: int, heads: int):
+def chunk_grid(n_slots: int, chunk_len: int, batch: int, heads: int):
     return lambda meta: ((n_slots // chunk_len) * triton.cdiv(chunk_len, meta["BLOCK"]), heads, batch)
 
 
-def _mask_arg(attention_mask: Optional[torch.Tensor], like: torch.Tensor) -> tuple[torch.Tensor, int]:
+def keep_mask_arg(attention_mask: Optional[torch.Tensor], like: torch.Tensor) -> tuple[torch.Tensor, int]:
     """The padding mask as uint8 (1 = keep) and its batch stride; a 1-element dummy when absent."""
     if attention_mask is None:
         return torch.ones(1, dtype=torch.uint8, device=like.device), 0
@@ -342,9 +351,9 @@ def lsh_attention_fwd(
     n_slots = n_hashes * seq_len
     out_rounds = torch.empty(batch, heads, n_slots, head_dim, dtype=torch.float32, device=qk.device)
     lse = torch.empty(batch, heads, n_slots, dtype=torch.float32, device=qk.device)
-    mask, stride_mb = _mask_arg(attention_mask, qk)
+    mask, stride_mb = keep_mask_arg(attention_mask, qk)
     mask_value, self_mask_value = mask_values(qk.dtype)
-    attention_fwd_kernel[_grid(n_slots, chunk_len, batch, heads)](
+    attention_fwd_kernel[chunk_grid(n_slots, chunk_len, batch, heads)](
         qk, qk, v, sorted_idx, mask, out_rounds, lse,
         qk.stride(0), qk.stride(1), qk.stride(2),
         out_rounds.stride(0), out_rounds.stride(1), out_rounds.stride(2),
@@ -398,9 +407,9 @@ def lsh_attention_bwd(
     lse = lse.reshape(batch, heads, n_slots).contiguous()
     grad_qk_rounds = torch.empty(batch, heads, n_slots, head_dim, dtype=torch.float32, device=qk.device)
     grad_v_rounds = torch.empty_like(grad_qk_rounds)
-    mask, stride_mb = _mask_arg(attention_mask, qk)
+    mask, stride_mb = keep_mask_arg(attention_mask, qk)
     mask_value, self_mask_value = mask_values(qk.dtype)
-    attention_bwd_kernel[_grid(n_slots, chunk_len, batch, heads)](
+    attention_bwd_kernel[chunk_grid(n_slots, chunk_len, batch, heads)](
         qk, qk, v, sorted_idx, mask, grad_out, round_weight, lse, delta, grad_qk_rounds, grad_qk_rounds, grad_v_rounds,
         qk.stride(0), qk.stride(1), qk.stride(2),
         grad_qk_rounds.stride(0), grad_qk_rounds.stride(1), grad_qk_rounds.stride(2),
@@ -445,6 +454,7 @@ lsh_attention_fwd.register_autograd(_lsh_backward, setup_context=_lsh_setup_cont
 
 def lsh_attention(qk, v, sorted_idx, n_hashes, chunk_len, n_chunks_before, n_chunks_after, causal, attention_mask=None):
     """The "lsh_attention" backend impl: (out (B, H, L, d), lse (B, H, n_hashes, L)) in qk's dtype."""
+    check_dtype("lsh_attention", qk)
     out, lse = lsh_attention_fwd(qk, v, sorted_idx, attention_mask, n_hashes, chunk_len, n_chunks_before,
                                  n_chunks_after, causal)
     return out, lse.to(qk.dtype)

@@ -1,0 +1,104 @@
+"""The Triton custom ops as torch.library sees them (opcheck, torch.compile), determinism, and the
+errors users get through the shared validation of functional.py."""
+import pytest
+import torch
+
+from reformer_kernels import functional
+from reformer_kernels.ops import triton_hashing, triton_local_attention, triton_lsh_attention
+
+from .test_lsh_attention import hashed_order, padding_mask
+
+pytestmark = pytest.mark.triton_interpret
+
+
+def lsh_inputs(device, requires_grad=True):
+    """Arguments of triton_lsh_attention_fwd: 2 rounds of 32 positions, chunks of 16, causal, padded."""
+    qk, v = (torch.randn(1, 1, 32, 16, device=device, requires_grad=requires_grad) for _ in range(2))
+    mask = padding_mask("tail", 1, 32, device)
+    return qk, v, hashed_order(qk.detach(), 2, mask), mask, 2, 16, 1, 0, True
+
+
+def local_inputs(device):
+    """Arguments of triton_local_attention_fwd: 40 positions in chunks of 16 (padded inside)."""
+    q, k, v = (torch.randn(1, 1, 40, 16, device=device, requires_grad=True) for _ in range(3))
+    return q, k, v, padding_mask("tail", 1, 40, device), 16, 1, 0, True
+
+
+def test_opcheck_lsh_attention(device):
+    args = lsh_inputs(device)
+    torch.library.opcheck(triton_lsh_attention.lsh_attention_fwd, args)
+    with torch.no_grad():
+        out, lse = triton_lsh_attention.lsh_attention_fwd(*args)
+    qk, v, sorted_idx, mask, *config = args
+    grads = (torch.randn_like(out), torch.randn_like(lse))
+    torch.library.opcheck(triton_lsh_attention.lsh_attention_bwd,
+                          (*grads, qk.detach(), v.detach(), sorted_idx, mask, out, lse, *config))
+
+
+def test_opcheck_local_attention(device):
+    args = local_inputs(device)
+    torch.library.opcheck(triton_local_attention.local_attention_fwd, args)
+    with torch.no_grad():
+        out, lse = triton_local_attention.local_attention_fwd(*args)
+    q, k, v, mask, *config = args
+    torch.library.opcheck(triton_local_attention.local_attention_bwd,
+                          (torch.randn_like(out), q.detach(), k.detach(), v.detach(), mask, out, lse, *config))
+
+
+def test_opcheck_lsh_hash(device):
+    vectors = torch.randn(2, 2, 24, 16, device=device)
+    rotations = torch.randn(2, 16, 2, 5, device=device)
+    mask = padding_mask("tail", 2, 24, device)
+    torch.library.opcheck(triton_hashing.lsh_hash_op, (vectors, rotations, [4, 6], mask))
+
+
+def test_compiles_fullgraph_forward_and_backward(device):
+    qk, v, sorted_idx, mask, n_hashes, chunk_len, before, after, causal = lsh_inputs(device)
+
+    def attention(qk, v):
+        out, lse = triton_lsh_attention.lsh_attention(qk, v, sorted_idx, n_hashes, chunk_len, before, after, causal,
+                                                      attention_mask=mask)
+        return out.sum() + lse.sum()
+
+    # aot_eager traces forward and backward through the fake impls without compiling C++ on CPU.
+    compiled = torch.compile(attention, fullgraph=True, backend="aot_eager")
+    expected = torch.autograd.grad(attention(qk, v), (qk, v))
+    actual = torch.autograd.grad(compiled(qk, v), (qk, v))
+    for a, e in zip(actual, expected):
+        torch.testing.assert_close(a, e)
+
+
+def test_two_runs_give_identical_bits(device):
+    qk, v, sorted_idx, mask, n_hashes, chunk_len, before, after, causal = lsh_inputs(device)
+    q, k, v_local, local_mask, *local_config = local_inputs(device)
+
+    def run():
+        out, lse = functional.lsh_attention(qk, v, sorted_idx, n_hashes=n_hashes, chunk_len=chunk_len, causal=causal,
+                                            attention_mask=mask, return_lse=True, backend="triton")
+        local = functional.local_attention(q, k, v_local, chunk_len=16, causal=True, attention_mask=local_mask,
+                                           backend="triton")
+        loss = (out * out).sum() + lse.sum() + (local * local).sum()
+        return (out, lse, local, *torch.autograd.grad(loss, (qk, v, q, k, v_local)))
+
+    for first, second in zip(run(), run()):
+        assert torch.equal(first, second)
+
+
+def test_bad_inputs_get_the_shared_errors(device):
+    qk, v, sorted_idx, mask, *_ = lsh_inputs(device, requires_grad=False)
+    triton = dict(backend="triton")
+    with pytest.raises(TypeError, match="sorted_idx must be int64"):
+        functional.lsh_attention(qk, v, sorted_idx.int(), n_hashes=2, chunk_len=16, **triton)
+    with pytest.raises(ValueError, match="chunk_len 24 must divide"):
+        functional.lsh_attention(qk, v, sorted_idx, n_hashes=2, chunk_len=24, **triton)
+    with pytest.raises(ValueError, match="v has shape"):
+        functional.lsh_attention(qk, v[..., :8], sorted_idx, n_hashes=2, chunk_len=16, **triton)
+    with pytest.raises(ValueError, match="dropout_p=0.1 is not supported"):
+        functional.lsh_attention(qk, v, sorted_idx, n_hashes=2, chunk_len=16, dropout_p=0.1, **triton)
+    with pytest.raises(ValueError, match="attention_mask must be"):
+        functional.local_attention(qk, qk, v, chunk_len=16, attention_mask=mask[:, :5], **triton)
+    with pytest.raises(ValueError, match="n_buckets"):
+        functional.lsh_hash(qk, torch.randn(1, 16, 1, 3, device=device), 5, **triton)
+    # what only this backend refuses: it computes in fp32 from 16/32-bit inputs
+    with pytest.raises(TypeError, match="triton backend takes float16, bfloat16 or float32"):
+        functional.local_attention(qk.double(), qk.double(), v.double(), chunk_len=16, **triton)
