@@ -1,0 +1,435 @@
+"""The competitors, each a function from a configuration to a prepared case.
+
+Every competitor of one configuration sees the same inputs and weights: ``inputs`` seeds the
+generator from the configuration, so each builder re-creates identical tensors. Ours runs through
+the public API (``reformer_kernels.functional`` and ``reformer_kernels.nn``) on one backend; "auto"
+is what a user gets. Peers: transformers' Reformer modules (the oracle semantics), reformer-pytorch
+(and the local_attention package it uses), and dense PyTorch SDPA.
+"""
+from __future__ import annotations
+
+import importlib
+import zlib
+
+import torch
+import torch.nn.functional as F
+
+from . import flops
+from .harness import MissingPeer, NotAvailable, Prepared
+
+# Which backend ops each layer-level case of ours needs a kernel for.
+LAYER_OPS = {
+    "lsh_hash": ("lsh_hash",),
+    "bucket_sort": ("bucket_sort",),
+    "lsh_attention": ("lsh_attention",),
+    "lsh_layer": ("lsh_hash", "bucket_sort", "lsh_attention"),
+    "local_layer": ("local_attention",),
+    "reversible_block": ("lsh_hash", "bucket_sort", "lsh_attention"),
+}
+N_CHUNKS_BEFORE, N_CHUNKS_AFTER = 1, 0
+
+
+def peer(module: str):
+    """Import a peer package or report it missing (it is a bench extra)."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as error:
+        raise MissingPeer(f"{module} is not installed ({error}); pip install 'reformer_kernels[bench]'") from error
+
+
+def our_backends(device: torch.device) -> list[str]:
+    """"auto" and every backend of ours that targets ``device``'s tensors (Triton on a CPU would be
+    its interpreter, whose timings mean nothing); whether each has a kernel is the case's to find out."""
+    from reformer_kernels import backends
+
+    gpu_only = {"cuda", "triton"}
+    return ["auto", *(name for name in backends.status() if (name != "cpu" if device.type == "cuda" else name not in gpu_only))]
+
+
+def require_kernels(op: str, backend: str) -> None:
+    """Raise NotAvailable unless ``backend`` can run every backend op that ``op`` needs on this machine."""
+    if backend == "auto":
+        return
+    from reformer_kernels import backends
+
+    available, reason = backends.status()[backend]
+    if not available:
+        raise NotAvailable(f"backend {backend} is not available here: {reason}")
+    implemented = backends.implemented_ops()[backend]
+    missing = [name for name in LAYER_OPS[op] if name not in implemented]
+    if missing:
+        raise NotAvailable(f"backend {backend} has no kernel for {', '.join(missing)} yet")
+
+
+def generator_for(config: dict, device: torch.device) -> torch.Generator:
+    seed = zlib.crc32(repr(sorted((k, str(v)) for k, v in config.items())).encode())
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+def randn(shape, config: dict, device: torch.device, gen: torch.Generator, requires_grad: bool = False) -> torch.Tensor:
+    x = torch.randn(shape, generator=gen, device=device, dtype=torch.float32).to(config["dtype"])
+    return x.requires_grad_(requires_grad)
+
+
+def hidden_size(config: dict) -> int:
+    return config["heads"] * config["head_dim"]
+
+
+def n_buckets_for(config: dict):
+    from reformer_kernels.functional import default_num_buckets
+
+    return default_num_buckets(config["seq_len"], config["chunk_len"], config["seq_len"])
+
+
+def hf_config(config: dict, **overrides):
+    transformers = peer("transformers")
+    settings = dict(
+        hidden_size=hidden_size(config),
+        num_attention_heads=config["heads"],
+        attention_head_size=config["head_dim"],
+        num_hashes=config.get("n_hashes", 1),
+        num_buckets=n_buckets_for(config) if config.get("n_hashes") else None,
+        lsh_attn_chunk_length=config["chunk_len"],
+        local_attn_chunk_length=config["chunk_len"],
+        lsh_num_chunks_before=N_CHUNKS_BEFORE,
+        lsh_num_chunks_after=N_CHUNKS_AFTER,
+        local_num_chunks_before=N_CHUNKS_BEFORE,
+        local_num_chunks_after=N_CHUNKS_AFTER,
+        is_decoder=config["causal"],
+        max_position_embeddings=config["seq_len"],
+        lsh_attention_probs_dropout_prob=0.0,
+        local_attention_probs_dropout_prob=0.0,
+        hidden_dropout_prob=0.0,
+    )
+    settings.update(overrides)
+    return transformers.ReformerConfig(**settings)
+
+
+def train_callables(fn, leaves: list[torch.Tensor]) -> tuple:
+    """(forward, train_step) for a function of ``leaves``: backward of the output's sum."""
+    def train_step():
+        for leaf in leaves:
+            leaf.grad = None
+        out = fn()
+        (out[0] if isinstance(out, tuple) else out).float().sum().backward()
+
+    return fn, train_step
+
+
+def modules_to(modules, config: dict, device: torch.device) -> None:
+    for module in modules:
+        module.to(device=device, dtype=config["dtype"])
+
+
+def split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    return x.unflatten(-1, (heads, -1)).transpose(1, 2)
+
+
+def merge_heads(x: torch.Tensor) -> torch.Tensor:
+    return x.transpose(1, 2).flatten(2)
+
+
+# ---- op level: hash, sort, LSH attention on given sorted_idx ------------------------------------
+
+def _qk_v(config: dict, device: torch.device, requires_grad: bool = False):
+    gen = generator_for(config, device)
+    shape = (config["batch"], config["heads"], config["seq_len"], config["head_dim"])
+    qk = randn(shape, config, device, gen, requires_grad)
+    v = randn(shape, config, device, gen, requires_grad)
+    n_buckets = n_buckets_for(config)
+    rotation_size = n_buckets if isinstance(n_buckets, int) else sum(n_buckets)
+    rotations = randn((config["heads"], config["head_dim"], config["n_hashes"], rotation_size // 2), config, device, gen)
+    return qk, v, rotations, n_buckets
+
+
+def _hash_flops(config: dict, n_buckets) -> float:
+    return flops.hashing(config["batch"], config["heads"], config["seq_len"], config["head_dim"], config["n_hashes"], n_buckets)
+
+
+def ours_hash(config: dict, device: torch.device, backend: str) -> Prepared:
+    require_kernels("lsh_hash", backend)
+    from reformer_kernels import functional
+
+    qk, _, rotations, n_buckets = _qk_v(config, device)
+    return Prepared(lambda: functional.lsh_hash(qk, rotations, n_buckets, backend=backend), fwd_flops=_hash_flops(config, n_buckets))
+
+
+def transformers_hash(config: dict, device: torch.device) -> Prepared:
+    modeling = peer("transformers.models.reformer.modeling_reformer")
+    qk, _, _, n_buckets = _qk_v(config, device)
+    module = modeling.LSHSelfAttention(hf_config(config))
+    modules_to([module], config, device)
+    return Prepared(lambda: module._hash_vectors(qk, config["n_hashes"], None), fwd_flops=_hash_flops(config, n_buckets))
+
+
+def reformer_pytorch_hash(config: dict, device: torch.device) -> Prepared:
+    reformer_pytorch = peer("reformer_pytorch")
+    qk, _, _, _ = _qk_v(config, device)
+    # reformer-pytorch picks its own bucket count, seq_len / chunk (its bucket_size).
+    n_buckets = config["seq_len"] // config["chunk_len"]
+    attention = reformer_pytorch.LSHAttention(bucket_size=config["chunk_len"], n_hashes=config["n_hashes"], causal=config["causal"])
+    vectors = qk.flatten(0, 1)
+    return Prepared(lambda: attention.hash_vectors(n_buckets, vectors), fwd_flops=_hash_flops(config, n_buckets))
+
+
+def _buckets(config: dict, device: torch.device):
+    from reformer_kernels import reference
+
+    qk, _, rotations, n_buckets = _qk_v(config, device)
+    return reference.hash_vectors(qk, rotations, n_buckets)
+
+
+def ours_sort(config: dict, device: torch.device, backend: str) -> Prepared:
+    require_kernels("bucket_sort", backend)
+    from reformer_kernels import functional
+
+    buckets, num_keys = _buckets(config, device)
+    return Prepared(lambda: functional.bucket_sort(buckets, num_keys, backend=backend))
+
+
+def transformers_sort(config: dict, device: torch.device) -> Prepared:
+    modeling = peer("transformers.models.reformer.modeling_reformer")
+    buckets, _ = _buckets(config, device)
+    module = modeling.LSHSelfAttention(hf_config(config))
+    return Prepared(lambda: module._get_sorted_bucket_idx_and_undo_sorted_bucket_idx(config["seq_len"], buckets, config["n_hashes"]))
+
+
+def _lsh_attention_flops(config: dict) -> float:
+    return flops.chunked_attention(
+        config["batch"], config["heads"], config["seq_len"], config["head_dim"], config["chunk_len"],
+        N_CHUNKS_BEFORE, N_CHUNKS_AFTER, config["n_hashes"],
+    )
+
+
+def ours_lsh_attention(config: dict, device: torch.device, backend: str) -> Prepared:
+    require_kernels("lsh_attention", backend)
+    from reformer_kernels import functional, reference
+
+    qk, v, rotations, n_buckets = _qk_v(config, device, requires_grad=True)
+    buckets, num_keys = reference.hash_vectors(qk, rotations, n_buckets)
+    sorted_idx, _ = reference.sort_buckets(buckets, num_keys)
+
+    def fn():
+        return functional.lsh_attention(
+            qk, v, sorted_idx, n_hashes=config["n_hashes"], chunk_len=config["chunk_len"], n_chunks_before=N_CHUNKS_BEFORE,
+            n_chunks_after=N_CHUNKS_AFTER, causal=config["causal"], backend=backend,
+        )
+
+    forward, train_step = train_callables(fn, [qk, v])
+    work = _lsh_attention_flops(config)
+    return Prepared(forward, train_step, work, flops.with_backward(work))
+
+
+# ---- layer level: hidden states -> projections -> attention (before the output projection) ------
+
+def _hidden_states(config: dict, device: torch.device):
+    gen = generator_for(config, device)
+    hidden = randn((config["batch"], config["seq_len"], hidden_size(config)), config, device, gen, requires_grad=True)
+    return hidden, gen
+
+
+def _projections(names: tuple[str, ...], config: dict, device: torch.device, gen: torch.Generator) -> dict:
+    """The layer's projection weights, identical for every competitor of the configuration."""
+    size = hidden_size(config)
+    return {name: randn((size, size), config, device, gen).mul_(size**-0.5).requires_grad_() for name in names}
+
+
+def _lsh_layer_work(config: dict) -> tuple[float, float]:
+    return flops.lsh_layer(
+        config["batch"], config["heads"], config["seq_len"], config["head_dim"], hidden_size(config), config["n_hashes"],
+        n_buckets_for(config), config["chunk_len"], N_CHUNKS_BEFORE, N_CHUNKS_AFTER,
+    )
+
+
+def _prepared(fn, leaves, work) -> Prepared:
+    forward, train_step = train_callables(fn, leaves)
+    return Prepared(forward, train_step, *work)
+
+
+def ours_lsh_layer(config: dict, device: torch.device, backend: str) -> Prepared:
+    require_kernels("lsh_layer", backend)
+    from reformer_kernels import functional
+
+    hidden, gen = _hidden_states(config, device)
+    weights = _projections(("query_key", "value"), config, device, gen)
+    n_buckets = n_buckets_for(config)
+    rotation_size = n_buckets if isinstance(n_buckets, int) else sum(n_buckets)
+    rotations = randn((config["heads"], config["head_dim"], config["n_hashes"], rotation_size // 2), config, device, gen)
+
+    def fn():
+        qk = split_heads(hidden @ weights["query_key"].t(), config["heads"])
+        v = split_heads(hidden @ weights["value"].t(), config["heads"])
+        out = functional.lsh_self_attention(
+            qk, v, rotations, n_buckets, chunk_len=config["chunk_len"], n_chunks_before=N_CHUNKS_BEFORE,
+            n_chunks_after=N_CHUNKS_AFTER, causal=config["causal"], backend=backend,
+        )
+        return merge_heads(out)
+
+    return _prepared(fn, [hidden, *weights.values()], _lsh_layer_work(config))
+
+
+def transformers_lsh_layer(config: dict, device: torch.device) -> Prepared:
+    modeling = peer("transformers.models.reformer.modeling_reformer")
+    hidden, gen = _hidden_states(config, device)
+    weights = _projections(("query_key", "value"), config, device, gen)
+    module = modeling.LSHSelfAttention(hf_config(config))
+    with torch.no_grad():
+        for name, weight in weights.items():
+            getattr(module, name).weight.copy_(weight)
+    modules_to([module], config, device)
+    return _prepared(lambda: module(hidden).hidden_states, [hidden, *module.parameters()], _lsh_layer_work(config))
+
+
+def reformer_pytorch_lsh_layer(config: dict, device: torch.device) -> Prepared:
+    reformer_pytorch = peer("reformer_pytorch")
+    if config["seq_len"] % (2 * config["chunk_len"]):
+        raise NotAvailable(f"reformer-pytorch needs seq_len divisible by 2 * chunk_len = {2 * config['chunk_len']}")
+    hidden, gen = _hidden_states(config, device)
+    weights = _projections(("query_key", "value"), config, device, gen)
+    attention = reformer_pytorch.LSHAttention(bucket_size=config["chunk_len"], n_hashes=config["n_hashes"], causal=config["causal"])
+
+    def fn():
+        qk = split_heads(hidden @ weights["query_key"].t(), config["heads"]).flatten(0, 1)
+        v = split_heads(hidden @ weights["value"].t(), config["heads"]).flatten(0, 1)
+        out = attention(qk, v)[0]
+        return merge_heads(out.unflatten(0, (config["batch"], config["heads"])))
+
+    return _prepared(fn, [hidden, *weights.values()], _lsh_layer_work(config))
+
+
+def _sdpa_context(config: dict, device: torch.device):
+    """FlashAttention on GPU for half precision (the dense state of the art); default dispatch elsewhere."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    if device.type == "cuda" and config["dtype"] in (torch.float16, torch.bfloat16):
+        return "flash", lambda: sdpa_kernel([SDPBackend.FLASH_ATTENTION])
+    return "default", None
+
+
+def sdpa_backend_name(config: dict, device: torch.device) -> str:
+    return _sdpa_context(config, device)[0]
+
+
+def sdpa_layer(config: dict, device: torch.device, n_projections: int) -> Prepared:
+    """Dense attention after the same projections: what the layer would cost without LSH or chunks.
+    With the LSH layer's two projections the keys are the queries (shared QK)."""
+    hidden, gen = _hidden_states(config, device)
+    names = ("query_key", "value") if n_projections == 2 else ("query", "key", "value")
+    weights = _projections(names, config, device, gen)
+    _, context = _sdpa_context(config, device)
+
+    def fn():
+        projected = [split_heads(hidden @ weights[name].t(), config["heads"]) for name in names]
+        q, k, v = (projected[0], projected[0], projected[1]) if n_projections == 2 else projected
+        if context is None:
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=config["causal"])
+        else:
+            with context():
+                out = F.scaled_dot_product_attention(q, k, v, is_causal=config["causal"])
+        return merge_heads(out)
+
+    work = flops.dense_layer(config["batch"], config["heads"], config["seq_len"], config["head_dim"], hidden_size(config), n_projections, config["causal"])
+    return _prepared(fn, [hidden, *weights.values()], work)
+
+
+def _local_layer_work(config: dict) -> tuple[float, float]:
+    return flops.local_layer(
+        config["batch"], config["heads"], config["seq_len"], config["head_dim"], hidden_size(config), config["chunk_len"],
+        N_CHUNKS_BEFORE, N_CHUNKS_AFTER,
+    )
+
+
+def ours_local_layer(config: dict, device: torch.device, backend: str) -> Prepared:
+    require_kernels("local_layer", backend)
+    from reformer_kernels import functional
+
+    hidden, gen = _hidden_states(config, device)
+    weights = _projections(("query", "key", "value"), config, device, gen)
+
+    def fn():
+        q, k, v = (split_heads(hidden @ weights[name].t(), config["heads"]) for name in ("query", "key", "value"))
+        out = functional.local_attention(
+            q, k, v, chunk_len=config["chunk_len"], n_chunks_before=N_CHUNKS_BEFORE, n_chunks_after=N_CHUNKS_AFTER,
+            causal=config["causal"], backend=backend,
+        )
+        return merge_heads(out)
+
+    return _prepared(fn, [hidden, *weights.values()], _local_layer_work(config))
+
+
+def transformers_local_layer(config: dict, device: torch.device) -> Prepared:
+    modeling = peer("transformers.models.reformer.modeling_reformer")
+    hidden, gen = _hidden_states(config, device)
+    weights = _projections(("query", "key", "value"), config, device, gen)
+    module = modeling.LocalSelfAttention(hf_config(config))
+    with torch.no_grad():
+        for name, weight in weights.items():
+            getattr(module, name).weight.copy_(weight)
+    modules_to([module], config, device)
+    return _prepared(lambda: module(hidden).hidden_states, [hidden, *module.parameters()], _local_layer_work(config))
+
+
+def local_attention_package_layer(config: dict, device: torch.device) -> Prepared:
+    """lucidrains' local_attention (reformer-pytorch's local heads), without its rotary embeddings
+    so that it computes the same attention."""
+    local_attention = peer("local_attention")
+    hidden, gen = _hidden_states(config, device)
+    weights = _projections(("query", "key", "value"), config, device, gen)
+    attention = local_attention.LocalAttention(
+        window_size=config["chunk_len"], causal=config["causal"], look_backward=N_CHUNKS_BEFORE,
+        look_forward=N_CHUNKS_AFTER, use_rotary_pos_emb=False, autopad=True,
+    )
+
+    def fn():
+        q, k, v = (split_heads(hidden @ weights[name].t(), config["heads"]) for name in ("query", "key", "value"))
+        return merge_heads(attention(q, k, v))
+
+    return _prepared(fn, [hidden, *weights.values()], _local_layer_work(config))
+
+
+# ---- reversible block: LayerNorm -> LSH attention -> output projection, then the feed-forward ------
+
+def _block_work(config: dict) -> tuple[float, float]:
+    size = hidden_size(config)
+    tokens = config["batch"] * config["seq_len"]
+    forward, train = _lsh_layer_work(config)
+    extra = flops.linear(tokens, size, size) + 2 * flops.linear(tokens, size, 4 * size)
+    return forward + extra, train + flops.with_backward(extra)
+
+
+def ours_reversible_block(config: dict, device: torch.device, backend: str) -> Prepared:
+    require_kernels("reversible_block", backend)
+    from reformer_kernels import backends
+    from reformer_kernels import nn as ours_nn
+
+    if not hasattr(ours_nn, "ReversibleSequence"):
+        raise NotAvailable("reformer_kernels.nn has no ReversibleSequence yet")
+    size = hidden_size(config)
+    hidden, _ = _hidden_states(config, device)
+    attention = torch.nn.Sequential(
+        torch.nn.LayerNorm(size),
+        ours_nn.LSHSelfAttention(
+            size, config["heads"], config["head_dim"], num_hashes=config["n_hashes"], num_buckets=n_buckets_for(config),
+            chunk_len=config["chunk_len"], n_chunks_before=N_CHUNKS_BEFORE, n_chunks_after=N_CHUNKS_AFTER, causal=config["causal"],
+        ),
+        torch.nn.Linear(size, size, bias=False),
+    )
+    block = ours_nn.ReversibleSequence([ours_nn.ReversibleBlock(attention, ours_nn.ChunkedFeedForward(size, 4 * size))])
+    norm = torch.nn.LayerNorm(2 * size)
+    modules_to([block, norm], config, device)
+
+    def fn():
+        with backends.use_backend(backend):
+            return norm(torch.cat(block(hidden, hidden), dim=-1))
+
+    return _prepared(fn, [hidden, *block.parameters(), *norm.parameters()], _block_work(config))
+
+
+def transformers_reversible_block(config: dict, device: torch.device) -> Prepared:
+    modeling = peer("transformers.models.reformer.modeling_reformer")
+    hidden, _ = _hidden_states(config, device)
+    size = hidden_size(config)
+    encoder = modeling.ReformerEncoder(hf_config(config, attn_layers=["lsh"], num_hidden_layers=1, feed_forward_size=4 * size))
+    modules_to([encoder], config, device)
+    encoder.train()
+    return _prepared(lambda: encoder(hidden).hidden_states, [hidden, *encoder.parameters()], _block_work(config))

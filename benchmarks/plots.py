@@ -1,0 +1,87 @@
+"""PNG plots of a suite's rows: time and peak memory against length (log-log, one line per
+competitor), and speed-up over transformers as bars."""
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+
+from .harness import OK
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _label(row: dict) -> str:
+    return row["competitor"] if row["backend"] in ("", "pytorch") else f"{row['competitor']}:{row['backend']}"
+
+
+def _time(row: dict):
+    return row["fwd_bwd_ms"] if row["fwd_bwd_ms"] != "" else row["fwd_ms"]
+
+
+def plot_suite(rows: list[dict], suite: str, out_dir: str) -> list[str]:
+    """Write the suite's plots into ``out_dir``; returns their paths (none when nothing ran)."""
+    ok = [row for row in rows if row["status"] == OK and row["fwd_ms"] != ""]
+    if not ok:
+        return []
+    plt = _pyplot()
+    x_name = "layers" if suite == "model" else "seq_len"
+    figures = defaultdict(lambda: defaultdict(list))
+    for row in ok:
+        figures[(row["op"], row["causal"], row["dtype"])][_label(row)].append(row)
+    paths = []
+    for (op, causal, dtype), lines in figures.items():
+        for what, value, unit in (("time", _time, "ms (fwd+bwd where measured, else fwd)"), ("memory", lambda r: r["peak_mem_mb"], "peak MiB")):
+            fig, ax = plt.subplots(figsize=(6.4, 4.4))
+            for label, series in sorted(lines.items()):
+                series = sorted(series, key=lambda r: int(r[x_name]))
+                points = [(int(r[x_name]), float(value(r))) for r in series if value(r) != "" and float(value(r)) > 0]
+                if points:
+                    ax.plot(*zip(*points), marker="o", label=label)
+            ax.set_xscale("log", base=2)
+            ax.set_yscale("log")
+            ax.set_xlabel(x_name)
+            ax.set_ylabel(unit)
+            ax.set_title(f"{suite}: {op} ({dtype}{', causal' if str(causal) == 'True' else ''})")
+            ax.grid(True, which="both", alpha=0.3)
+            ax.legend(fontsize=7)
+            path = os.path.join(out_dir, f"{suite}_{op}_{'causal' if str(causal) == 'True' else 'full'}_{dtype}_{what}.png")
+            fig.tight_layout()
+            fig.savefig(path, dpi=110)
+            plt.close(fig)
+            paths.append(path)
+    paths += _speedup_bars(ok, suite, out_dir, x_name, plt)
+    return paths
+
+
+def _speedup_bars(rows: list[dict], suite: str, out_dir: str, x_name: str, plt) -> list[str]:
+    """Speed-up over transformers at the largest size each op reached, one bar per competitor."""
+    largest = {}
+    for row in rows:
+        if row["speedup_vs_transformers"] == "":
+            continue
+        key = (row["op"], str(row["causal"]), _label(row))
+        if key not in largest or int(row[x_name]) > int(largest[key][x_name]):
+            largest[key] = row
+    if not largest:
+        return []
+    keys = sorted(largest)
+    fig, ax = plt.subplots(figsize=(max(6.4, 0.45 * len(keys)), 4.8))
+    names = [f"{op}{' causal' if causal == 'True' else ''}\n{label}\n{x_name}={largest[(op, causal, label)][x_name]}" for op, causal, label in keys]
+    ax.bar(range(len(keys)), [float(largest[key]["speedup_vs_transformers"]) for key in keys])
+    ax.axhline(1.0, color="black", linewidth=0.8)
+    ax.set_xticks(range(len(keys)), names, rotation=90, fontsize=6)
+    ax.set_yscale("log")
+    ax.set_ylabel("speed-up vs transformers (x)")
+    ax.set_title(f"{suite}: speed-up over transformers")
+    fig.tight_layout()
+    path = os.path.join(out_dir, f"{suite}_speedup.png")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return [path]

@@ -1,0 +1,90 @@
+"""The one entry point: ``reformer-kernels bench`` and ``python -m benchmarks``.
+
+    reformer-kernels bench [--suite ops|model|scaling|quality|all] [--size tiny|small|full]
+                           [--device cpu|cuda] [--out DIR]
+
+Defaults: every suite, on the GPU at "full" size when there is one, else on the CPU at "small"
+size (a few minutes on 2 cores). Results land in ``benchmarks/results/<device-name>/``:
+<suite>.csv, <suite>.json, PNG plots and summary.md. Ctrl-C stops the run and keeps the rows
+finished so far (files, plots and summary are written either way).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import warnings
+
+import torch
+
+from . import bench_model, bench_ops, bench_quality, bench_scaling, report
+from .harness import Settings, add_speedups, run_cases
+from .plots import plot_suite
+from .sizes import SIZES
+
+SUITES = {"ops": bench_ops, "model": bench_model, "scaling": bench_scaling, "quality": bench_quality}
+SETTINGS = {"tiny": dict(warmup=1, repeats=5, max_call_s=2.0), "small": dict(warmup=1, repeats=5, max_call_s=5.0),
+            "full": dict(warmup=3, repeats=10, max_call_s=30.0)}
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="reformer-kernels bench", description="Benchmark the Reformer ops and models against their peers.")
+    add_arguments(p)
+    return p
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--suite", choices=[*SUITES, "all"], default="all", help="which question to answer (default: all)")
+    p.add_argument("--size", choices=SIZES, default=None, help="problem sizes (default: full on a GPU, small on a CPU; tiny checks the harness)")
+    p.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda when available")
+    p.add_argument("--out", default=None, help="output folder (default: benchmarks/results/<device-name>/)")
+    p.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print("bench: --device cuda but torch.cuda.is_available() is False; use --device cpu", file=sys.stderr)
+        return 2
+    size = args.size or ("full" if device.type == "cuda" else "small")
+    out_dir = args.out or os.path.join(report.RESULTS, report.device_dir_name(device))
+    settings = Settings(device=device, **SETTINGS[size])
+    env = report.environment(device)
+    print(f"reformer_kernels bench: size {size} on {env['gpu'] if device.type == 'cuda' else env['cpu']}; "
+          f"torch {env['torch']}, triton {env['triton']}, CUDA {env['cuda']}, commit {env['reformer_kernels_commit']}")
+    print(f"results -> {out_dir}")
+    with warnings.catch_warnings():
+        # Peers warn on every call (deprecations, fallbacks): noise around a table whose rows say
+        # which backend ran.
+        warnings.simplefilter("ignore")
+        interrupted = _run_suites(args.suite, size, device, settings, out_dir, env, progress=not args.no_progress)
+    if os.path.isdir(out_dir):
+        summary = report.write_summary(out_dir)
+        with open(summary) as f:
+            print(f.read())
+        print(f"summary -> {summary}")
+    return 130 if interrupted else 0
+
+
+def _run_suites(which: str, size: str, device: torch.device, settings: Settings, out_dir: str, env: dict, progress: bool) -> bool:
+    """Run the suites, writing each row as it finishes; True when Ctrl-C stopped the run."""
+    for suite in (SUITES if which == "all" else [which]):
+        rows: list[dict] = []
+
+        def keep(row: dict, rows=rows, suite=suite) -> None:
+            rows.append(row)
+            add_speedups(rows)
+            report.write_suite(out_dir, suite, rows, env)
+
+        try:
+            run_cases(SUITES[suite].cases(size, device), settings, keep, progress=progress)
+        except KeyboardInterrupt:
+            print(f"\ninterrupted: keeping the {len(rows)} finished rows of {suite}", file=sys.stderr)
+            plot_suite(rows, suite, out_dir)
+            return True
+        plot_suite(rows, suite, out_dir)
+    return False
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run(parser().parse_args(argv))

@@ -1,0 +1,242 @@
+"""The benchmark harness itself: FLOP formulas against torch's FLOP counter, the CSV schema, failure
+rows, Ctrl-C, plots and summary. Tiny shapes; no test looks at a time."""
+import csv
+import json
+import os
+import types
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from benchmarks import competitors, flops, harness, plots, report, run
+from reformer_kernels import reference
+
+CPU = torch.device("cpu")
+
+
+def counted(fn) -> int:
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def tiny_config(**overrides):
+    config = dict(dtype=torch.float64, batch=1, heads=2, head_dim=8, seq_len=64, n_hashes=2, chunk_len=16, causal=False)
+    config.update(overrides)
+    return config
+
+
+# ---- FLOP formulas ---------------------------------------------------------------------------
+
+def test_dense_attention_formula_counts_both_products():
+    q, k, v = (torch.randn(2, 3, 40, 8, dtype=torch.float64) for _ in range(3))
+    explicit = counted(lambda: torch.softmax(q @ k.transpose(-1, -2), -1) @ v)
+    assert flops.dense_attention(2, 3, 40, 8, causal=False) == explicit
+    assert flops.dense_attention(2, 3, 40, 8, causal=True) == explicit / 2
+
+
+@pytest.mark.parametrize("n_buckets", [8, (4, 2)])
+def test_hashing_formula_matches_the_reference(n_buckets):
+    vectors = torch.randn(1, 2, 64, 8, dtype=torch.float64)
+    rotation_size = n_buckets if isinstance(n_buckets, int) else sum(n_buckets)
+    rotations = torch.randn(2, 8, 3, rotation_size // 2, dtype=torch.float64)
+    assert counted(lambda: reference.hash_vectors(vectors, rotations, n_buckets)) == flops.hashing(1, 2, 64, 8, 3, n_buckets)
+
+
+@pytest.mark.parametrize("n_hashes", [1, 2])
+def test_chunked_attention_formula_matches_the_lsh_reference(n_hashes):
+    qk, v = (torch.randn(1, 2, 64, 8, dtype=torch.float64) for _ in range(2))
+    sorted_idx = torch.stack([torch.randperm(n_hashes * 64) for _ in range(2)])[None]
+    counted_flops = counted(lambda: reference.lsh_attention(
+        qk, v, sorted_idx, n_hashes=n_hashes, chunk_len=16, n_chunks_before=1, n_chunks_after=0, causal=False))
+    assert counted_flops == flops.chunked_attention(1, 2, 64, 8, 16, 1, 0, n_hashes)
+
+
+def test_chunked_attention_formula_matches_the_local_reference():
+    q, k, v = (torch.randn(2, 1, 48, 8, dtype=torch.float64) for _ in range(3))
+    counted_flops = counted(lambda: reference.local_attention(q, k, v, chunk_len=16, n_chunks_before=1, n_chunks_after=1, causal=False))
+    assert counted_flops == flops.chunked_attention(2, 1, 48, 8, 16, 1, 1)
+    # One chunk or less: full attention.
+    assert flops.chunked_attention(2, 1, 12, 8, 16, 1, 1) == flops.dense_attention(2, 1, 12, 8, causal=False)
+
+
+def test_backward_counts_a_gradient_product_per_operand():
+    x = torch.randn(5, 7, dtype=torch.float64, requires_grad=True)
+    layer = torch.nn.Linear(7, 3, bias=False, dtype=torch.float64)
+    assert counted(lambda: layer(x).sum().backward()) == flops.with_backward(flops.linear(5, 7, 3))
+
+
+def test_lsh_layer_formula_matches_the_layer_we_time():
+    config = tiny_config()
+    prepared = competitors.ours_lsh_layer(config, CPU, "reference")
+    assert counted(prepared.forward) == prepared.fwd_flops
+    assert counted(prepared.train_step) == prepared.train_flops
+
+
+# ---- competitors: every one builds and runs on a tiny configuration ----------------------------
+
+LAYER_BUILDERS = {
+    "ours": lambda config: competitors.ours_lsh_layer(config, CPU, "auto"),
+    "transformers": lambda config: competitors.transformers_lsh_layer(config, CPU),
+    "reformer-pytorch": lambda config: competitors.reformer_pytorch_lsh_layer(config, CPU),
+    "sdpa": lambda config: competitors.sdpa_layer(config, CPU, n_projections=2),
+    "ours-local": lambda config: competitors.ours_local_layer(config, CPU, "auto"),
+    "transformers-local": lambda config: competitors.transformers_local_layer(config, CPU),
+    "local_attention": lambda config: competitors.local_attention_package_layer(config, CPU),
+}
+
+
+@pytest.mark.parametrize("name", sorted(LAYER_BUILDERS))
+def test_layer_competitors_run_on_the_same_shapes(name):
+    config = tiny_config(dtype=torch.float32, causal=True)
+    prepared = LAYER_BUILDERS[name](config)
+    with torch.no_grad():
+        out = prepared.forward()
+    assert out.shape == (1, 64, 16)
+    prepared.train_step()
+    assert prepared.fwd_flops > 0 and prepared.train_flops > prepared.fwd_flops
+
+
+def test_competitors_see_the_same_inputs():
+    config = tiny_config()
+    hidden_a, _ = competitors._hidden_states(config, CPU)
+    hidden_b, _ = competitors._hidden_states(config, CPU)
+    hidden_c, _ = competitors._hidden_states(tiny_config(seq_len=32), CPU)
+    assert torch.equal(hidden_a, hidden_b) and not torch.equal(hidden_a[:, :32], hidden_c)
+
+
+def test_a_backend_without_the_kernel_is_not_available(monkeypatch):
+    from reformer_kernels import backends
+
+    monkeypatch.setattr(backends, "implemented_ops", lambda: {"reference": ["lsh_hash"], "cpu": []})
+    monkeypatch.setattr(backends, "status", lambda: {"reference": (True, ""), "cpu": (True, "")})
+    with pytest.raises(harness.NotAvailable, match="no kernel for lsh_hash"):
+        competitors.require_kernels("lsh_hash", "cpu")
+
+
+def test_a_missing_peer_is_reported_missing():
+    with pytest.raises(harness.MissingPeer, match="no_such_peer_package"):
+        competitors.peer("no_such_peer_package")
+
+
+# ---- the harness: rows, failures, schema, Ctrl-C, plots, summary --------------------------------
+
+def fake_case(competitor, build, seq_len=64, op="fake_op"):
+    return harness.Case("fake", op, competitor, "pytorch", tiny_config(dtype=torch.float32, seq_len=seq_len), build, tokens=seq_len)
+
+
+def working(seq_len=64):
+    x = torch.randn(seq_len, 8, requires_grad=True)
+    return harness.Prepared(lambda: (x * 2).sum(), lambda: (x * 2).sum().backward(), fwd_flops=1e3, train_flops=3e3)
+
+
+def failing():
+    raise RuntimeError("the peer broke\nover two lines")
+
+
+def out_of_memory():
+    raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1 TiB")
+
+
+FAST = harness.Settings(device=CPU, warmup=0, repeats=5, max_call_s=60.0)
+
+
+def test_rows_record_failures_and_the_suite_goes_on():
+    cases = [
+        fake_case("transformers", working),
+        fake_case("broken", failing),
+        fake_case("reformer_kernels", lambda: (_ for _ in ()).throw(harness.NotAvailable("no kernel yet"))),
+        fake_case("oom", out_of_memory, seq_len=64),
+        fake_case("oom", working, seq_len=128),
+        fake_case("after", working),
+    ]
+    handed = []
+    rows = harness.run_cases(cases, FAST, handed.append, progress=False)
+    assert handed == rows and [row["status"] for row in rows] == ["ok", "error", "not available", "oom", "skipped", "ok"]
+    assert rows[1]["error"] == "RuntimeError: the peer broke over two lines"
+    assert rows[2]["error"] == "no kernel yet"
+    assert "out of memory at seq_len 64" in rows[4]["error"]
+    ok = rows[0]
+    assert ok["fwd_ms_min"] <= ok["fwd_ms"] <= ok["fwd_ms_max"] and ok["fwd_bwd_ms_min"] <= ok["fwd_bwd_ms"] <= ok["fwd_bwd_ms_max"]
+    assert ok["tokens_per_s"] > 0 and ok["tflops"] >= 0 and ok["peak_mem_mb"] != ""
+    for row in rows[1:5]:
+        assert row["fwd_ms"] == "" and row["tflops"] == ""
+
+
+def test_speedups_compare_with_transformers_on_the_same_configuration():
+    rows = [dict.fromkeys(harness.COLUMNS, "") for _ in range(3)]
+    for row, competitor, ms, length in zip(rows, ("transformers", "ours", "ours"), (30.0, 10.0, 10.0), (64, 64, 128)):
+        row.update(suite="s", op="o", competitor=competitor, fwd_ms=ms, fwd_bwd_ms=ms * 2, seq_len=length, status="ok")
+    harness.add_speedups(rows)
+    assert rows[0]["speedup_vs_transformers"] == 1.0 and rows[1]["speedup_vs_transformers"] == 3.0
+    assert rows[2]["speedup_vs_transformers"] == ""
+
+
+def test_peak_memory_sees_torch_cpu_allocations():
+    def allocate():
+        a = torch.ones(1024, 1024)  # 4 MiB
+        b = a * 2  # 4 MiB more while a is alive
+        return b.sum()
+
+    assert 8 * 2**20 <= harness.peak_memory_bytes(allocate, CPU) < 9 * 2**20
+
+
+def test_csv_json_plots_and_summary(tmp_path):
+    rows = harness.run_cases([fake_case("transformers", working, seq_len=n) for n in (64, 128)]
+                             + [fake_case("ours", failing)], FAST, lambda row: None, progress=False)
+    harness.add_speedups(rows)
+    env = report.environment(CPU)
+    report.write_suite(str(tmp_path), "fake", rows, env)
+    with open(tmp_path / "fake.csv") as f:
+        reader = csv.DictReader(f)
+        assert tuple(reader.fieldnames) == harness.COLUMNS
+        read = list(reader)
+    assert [row["status"] for row in read] == ["ok", "ok", "error"]
+    assert float(read[0]["fwd_ms"]) > 0 and int(read[1]["seq_len"]) == 128
+    data = json.loads((tmp_path / "fake.json").read_text())
+    assert data["rows"][2]["error"].startswith("RuntimeError") and data["environment"]["torch"] == torch.__version__
+    for key in ("device", "cpu", "gpu", "torch", "triton", "cuda", "reformer_kernels_commit"):
+        assert data["environment"][key]
+
+    paths = plots.plot_suite(rows, "fake", str(tmp_path))
+    names = sorted(os.path.basename(path) for path in paths)
+    assert names == ["fake_fake_op_full_float32_memory.png", "fake_fake_op_full_float32_time.png", "fake_speedup.png"]
+    for path in paths:
+        with open(path, "rb") as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+    summary = open(report.write_summary(str(tmp_path))).read()
+    assert "| op | competitor | backend |" in summary and "fake_op ours:pytorch: error: RuntimeError" in summary
+    assert "![fake_speedup.png](fake_speedup.png)" in summary
+
+
+def test_ctrl_c_keeps_finished_rows(tmp_path, monkeypatch, capsys):
+    def interrupt():
+        raise KeyboardInterrupt
+
+    suite = types.SimpleNamespace(cases=lambda size, device: [
+        fake_case("transformers", working), fake_case("ours", interrupt), fake_case("never", working)])
+    monkeypatch.setattr(run, "SUITES", {"fake": suite})
+    code = run.main(["--suite", "fake", "--size", "tiny", "--device", "cpu", "--out", str(tmp_path), "--no-progress"])
+    assert code == 130
+    with open(tmp_path / "fake.csv") as f:
+        assert [row["competitor"] for row in csv.DictReader(f)] == ["transformers"]
+    assert (tmp_path / "summary.md").exists() and (tmp_path / "fake_fake_op_full_float32_time.png").exists()
+    assert "interrupted" in capsys.readouterr().err
+
+
+def test_cli_bench_runs_the_suite(tmp_path, monkeypatch):
+    from reformer_kernels import cli
+
+    suite = types.SimpleNamespace(cases=lambda size, device: [fake_case("transformers", working)])
+    monkeypatch.setattr(run, "SUITES", {"fake": suite})
+    assert cli.main(["bench", "--suite", "fake", "--size", "tiny", "--device", "cpu", "--out", str(tmp_path), "--no-progress"]) == 0
+    assert (tmp_path / "fake.csv").exists() and (tmp_path / "summary.md").exists()
+
+
+def test_every_suite_lists_cases_for_every_size():
+    for module in run.SUITES.values():
+        for size in ("tiny", "small", "full"):
+            cases = module.cases(size, CPU)
+            assert cases and all(set(case.config) >= {"dtype", "batch", "heads", "head_dim", "seq_len"} for case in cases)
