@@ -1,0 +1,81 @@
+"""The nn modules on their own: rotations and RNG, any length, chunking, gradients, bad inputs."""
+import warnings
+
+import pytest
+import torch
+
+from reformer_kernels.nn import ChunkedFeedForward, LocalSelfAttention, LSHSelfAttention
+
+
+def lsh(**overrides):
+    kwargs = dict(num_hashes=2, num_buckets=4, chunk_len=4, hash_seed=None)
+    kwargs.update(overrides)
+    return LSHSelfAttention(16, 2, 8, **kwargs)
+
+
+def test_hash_seed_gives_manual_seed_rotations_without_touching_the_global_rng():
+    module = lsh(hash_seed=123, num_buckets=(4, 2))
+    like = torch.zeros(1)
+    state = torch.get_rng_state()
+    rotations = module.draw_rotations(3, (4, 2), like)
+    assert torch.equal(torch.get_rng_state(), state)
+    torch.manual_seed(123)
+    assert torch.equal(rotations, torch.randn(2, 8, 3, 3))
+
+
+def test_without_hash_seed_rotations_come_from_the_global_rng():
+    module = lsh()
+    torch.manual_seed(5)
+    first = module.draw_rotations(2, 8, torch.zeros(1, dtype=torch.float64))
+    torch.manual_seed(5)
+    assert torch.equal(first, torch.randn(2, 8, 2, 4, dtype=torch.float64))
+
+
+@pytest.mark.parametrize(
+    "module",
+    [
+        LSHSelfAttention(4, 2, 2, num_hashes=2, num_buckets=4, chunk_len=2, hash_seed=0, causal=True),
+        LocalSelfAttention(4, 2, 2, chunk_len=2, n_chunks_after=1),
+    ],
+)
+def test_gradcheck_float64_and_calling_conventions(module):
+    module = module.double()
+    x = torch.randn(1, 7, 4, dtype=torch.float64, requires_grad=True)
+    mask = torch.ones(1, 7, dtype=torch.bool)
+    mask[0, -2:] = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert torch.autograd.gradcheck(lambda x: module(x, mask), (x,))
+        assert torch.equal(module(x, mask), module(hidden_states=x, attention_mask=mask))
+
+
+def test_lsh_any_length_and_full_attention_for_one_chunk():
+    module = lsh(hash_seed=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for seq_len in (3, 4, 10, 13):
+            out = module(torch.randn(3, seq_len, 16))
+            assert out.shape == (3, seq_len, 16) and torch.isfinite(out).all()
+        x = torch.randn(1, 4, 16)
+        state = torch.get_rng_state()
+        module.hash_seed = None
+        module(x)
+    assert torch.equal(torch.get_rng_state(), state), "one chunk: full attention, no rotations drawn (as transformers)"
+
+
+@pytest.mark.parametrize("seq_len", [1, 7, 16])
+def test_chunked_feed_forward_equals_unchunked(seq_len):
+    unchunked = ChunkedFeedForward(16, 32, hidden_act="gelu")
+    chunked = ChunkedFeedForward(16, 32, hidden_act="gelu", chunk_size=3)
+    chunked.load_state_dict(unchunked.state_dict())
+    x = torch.randn(2, seq_len, 16)
+    assert torch.allclose(chunked(x), unchunked(x), atol=1e-6)
+
+
+def test_bad_inputs():
+    with pytest.raises(ValueError, match=r"hidden_states must be \(batch, seq_len, 16\)"):
+        lsh()(torch.randn(2, 8, 15))
+    with pytest.raises(ValueError, match=r"hidden_states must be \(batch, seq_len, 16\)"):
+        LocalSelfAttention(16, 2, 8)(torch.randn(8, 16))
+    with pytest.raises(ValueError, match="hidden_act"):
+        ChunkedFeedForward(16, 32, hidden_act="mish")
