@@ -7,7 +7,18 @@ The public surface: ``reformer_kernels.functional`` (ops), ``reformer_kernels.nn
 from . import _extension, backends, functional
 from ._info import info
 from .backends import current_backend, use_backend
+from . import models, nn
+from .models import (
+    ReformerConfig,
+    ReformerForMaskedLM,
+    ReformerForQuestionAnswering,
+    ReformerForSequenceClassification,
+    ReformerModel,
+    ReformerModelWithLMHead,
+)
 
 __version__ = "0.1.0"
 
 __all__ = ["__version__", "backends", "current_backend", "functional", "info", "use_backend"]
+__all__ += ["models", "nn", "ReformerConfig", "ReformerForMaskedLM", "ReformerForQuestionAnswering",
+            "ReformerForSequenceClassification", "ReformerModel", "ReformerModelWithLMHead"]
