@@ -33,7 +33,7 @@ def _hash_kernel(
     hash_round = tl.program_id(0) // blocks_per_round
     h = tl.program_id(1).to(tl.int64)
     b = tl.program_id(2).to(tl.int64)
-    pos = (tl.program_id(0) % blocks_per_round) * BLOCK + tl.arange(0, BLOCK)
+    pos = (tl.program_id(0) % blocks_per_round).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     ok = pos < seq_len
     offs_d = tl.arange(0, HEAD_BLOCK)
     d_ok = offs_d < head_dim

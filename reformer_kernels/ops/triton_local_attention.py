@@ -17,6 +17,7 @@ from .triton_lsh_attention import (
     chunk_grid,
     head_block,
     keep_mask_arg,
+    slot_block,
 )
 
 
@@ -42,7 +43,7 @@ def local_attention_fwd(
         seq_len, n_slots, chunk_len, n_chunks_before, n_chunks_before + 1 + n_chunks_after, head_dim,
         1.0 / math.sqrt(head_dim), mask_value, 0.0,
         LSH=False, CAUSAL=causal, HAS_MASK=attention_mask is not None,
-        HEAD_BLOCK=head_block(head_dim),
+        HEAD_BLOCK=head_block(head_dim), BLOCK=slot_block(chunk_len),
     )
     return out, lse
 
@@ -77,7 +78,7 @@ def local_attention_bwd(
         seq_len, n_slots, chunk_len, n_chunks_before, n_chunks_after, head_dim,
         1.0 / math.sqrt(head_dim), mask_value, 0.0,
         LSH=False, CAUSAL=causal, HAS_MASK=attention_mask is not None,
-        HEAD_BLOCK=head_block(head_dim),
+        HEAD_BLOCK=head_block(head_dim), BLOCK=slot_block(chunk_len),
     )
     return grad_q, grad_k, grad_v
 

@@ -28,26 +28,21 @@ from ..reference.lsh_attention import RMS_EPS
 _RMS_EPS = tl.constexpr(RMS_EPS)
 
 
-def interpreted() -> bool:
-    return backends.triton_interpreted()
+def _warp_configs() -> list[triton.Config]:
+    # Only warps and stages are tuned; the tiling (BLOCK) follows the chunk length, so the grid and
+    # the order in which blocks are summed are fixed. The winner is cached per key, so repeated
+    # calls give identical bits. The interpreter runs one config (several fail there).
+    if backends.triton_interpreted():
+        return [triton.Config({}, num_warps=1)]
+    return [triton.Config({}, num_warps=4, num_stages=2), triton.Config({}, num_warps=8, num_stages=2)]
 
 
-def _block_configs() -> list[triton.Config]:
-    # The interpreter runs one config only (autotuning with several fails there).
-    if interpreted():
-        return [triton.Config({"BLOCK": 16}, num_warps=1)]
-    return [
-        triton.Config({"BLOCK": 32}, num_warps=4, num_stages=2),
-        triton.Config({"BLOCK": 64}, num_warps=4, num_stages=2),
-        triton.Config({"BLOCK": 64}, num_warps=8, num_stages=3),
-    ]
-
-
-def _prune_blocks(configs, named_args, **kwargs):
-    # A block larger than the chunk only computes masked rows; keep the smallest when all are.
-    chunk = named_args["chunk_len"]
-    fitting = [c for c in configs if c.kwargs["BLOCK"] <= max(16, triton.next_power_of_2(chunk))]
-    return fitting or configs[:1]
+def slot_block(chunk_len: int) -> int:
+    """Slots per program: the chunk rounded up to a power of two, 16 to 64. The interpreter takes
+    16 so that its small tests cross block and chunk boundaries as long sequences do on a GPU."""
+    if backends.triton_interpreted():
+        return 16
+    return min(64, max(16, triton.next_power_of_2(chunk_len)))
 
 
 def check_dtype(op: str, tensor: torch.Tensor) -> None:
@@ -95,7 +90,7 @@ def _masked_scores(s, q_pos, k_pos, k_real, in_window, b, Mask, stride_mb, mask_
     """Scores (queries x keys) with transformers' masks, and where a score was replaced by a
     constant (those get no gradient). Keys outside the window get -inf: they are not keys at all."""
     # Local attention pads a length that is not a multiple of the chunk with masked keys.
-    replaced = (k_real == 0)[None, :] & (q_pos >= 0)[:, None]
+    replaced = (k_real == 0)[None, :]
     if HAS_MASK:
         keep = tl.load(Mask + b * stride_mb + k_pos, mask=k_real, other=0)
         replaced = replaced | (keep == 0)[None, :]
@@ -111,8 +106,7 @@ def _masked_scores(s, q_pos, k_pos, k_real, in_window, b, Mask, stride_mb, mask_
 
 
 
-@triton.autotune(configs=_block_configs(), key=["chunk_len", "HEAD_BLOCK", "LSH", "CAUSAL", "HAS_MASK"],
-                 prune_configs_by={"early_config_prune": _prune_blocks})
+@triton.autotune(configs=_warp_configs(), key=["chunk_len", "HEAD_BLOCK", "BLOCK", "LSH", "CAUSAL", "HAS_MASK"])
 @triton.jit
 def attention_fwd_kernel(
     Q, K, V, SortedIdx, Mask, Out, Lse,
@@ -178,8 +172,7 @@ def attention_fwd_kernel(
     tl.store(Lse + b * stride_sb + h * stride_sh + out_row, m_i + tl.log(l_i), mask=q_real)
 
 
-@triton.autotune(configs=_block_configs(), key=["chunk_len", "HEAD_BLOCK", "LSH", "CAUSAL", "HAS_MASK"],
-                 prune_configs_by={"early_config_prune": _prune_blocks})
+@triton.autotune(configs=_warp_configs(), key=["chunk_len", "HEAD_BLOCK", "BLOCK", "LSH", "CAUSAL", "HAS_MASK"])
 @triton.jit
 def attention_bwd_kernel(
     Q, K, V, SortedIdx, Mask, DOut, RoundWeight, Lse, Delta, DQ, DK, DV,
@@ -308,7 +301,7 @@ def _combine_rounds_kernel(
     """out = sum_r out_r * exp(lse_r - logsumexp_r lse_r), per position."""
     h = tl.program_id(1).to(tl.int64)
     b = tl.program_id(2).to(tl.int64)
-    pos = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    pos = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     ok = pos < seq_len
     offs_d = tl.arange(0, HEAD_BLOCK)
     mask_2d = ok[:, None] & (offs_d < head_dim)[None, :]
@@ -328,8 +321,9 @@ def _combine_rounds_kernel(
              mask=mask_2d)
 
 
-def chunk_grid(n_slots: int, chunk_len: int, batch: int, heads: int):
-    return lambda meta: ((n_slots // chunk_len) * triton.cdiv(chunk_len, meta["BLOCK"]), heads, batch)
+def chunk_grid(n_slots: int, chunk_len: int, batch: int, heads: int) -> tuple[int, int, int]:
+    """One program per slot block of each chunk, per head and batch entry."""
+    return (n_slots // chunk_len) * triton.cdiv(chunk_len, slot_block(chunk_len)), heads, batch
 
 
 def keep_mask_arg(attention_mask: Optional[torch.Tensor], like: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -362,7 +356,7 @@ def lsh_attention_fwd(
         seq_len, n_slots, chunk_len, n_chunks_before, n_chunks_before + 1 + n_chunks_after, head_dim,
         1.0 / math.sqrt(head_dim), mask_value, self_mask_value,
         LSH=True, CAUSAL=causal, HAS_MASK=attention_mask is not None,
-        HEAD_BLOCK=head_block(head_dim),
+        HEAD_BLOCK=head_block(head_dim), BLOCK=slot_block(chunk_len),
     )
     out = torch.empty_like(qk)
     block = 16
@@ -418,7 +412,7 @@ def lsh_attention_bwd(
         seq_len, n_slots, chunk_len, n_chunks_before, n_chunks_after, head_dim,
         1.0 / math.sqrt(head_dim), mask_value, self_mask_value,
         LSH=True, CAUSAL=causal, HAS_MASK=attention_mask is not None,
-        HEAD_BLOCK=head_block(head_dim),
+        HEAD_BLOCK=head_block(head_dim), BLOCK=slot_block(chunk_len),
     )
     # Each position holds one slot per round; summing the rounds in order keeps it deterministic.
     per_round = (batch, heads, n_hashes, seq_len, head_dim)

@@ -25,7 +25,8 @@ CASES = [
 def test_local_attention_matches_reference(device, dtype, batch, heads, seq_len, head_dim, chunk_len, before, after,
                                            causal, padding):
     skip_if_interpreter_lacks(dtype)
-    q, k, v = (torch.randn(batch, heads, seq_len, head_dim, dtype=torch.float64, device=device) for _ in range(3))
+    # (B, L, H, d) seen as (B, H, L, d), as the projections of a layer hand them over
+    q, k, v = (torch.randn(batch, seq_len, heads, head_dim, dtype=torch.float64, device=device).transpose(1, 2) for _ in range(3))
     mask = padding_mask(padding, batch, seq_len, device)
 
     def run(backend, q, k, v):

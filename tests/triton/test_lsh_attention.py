@@ -45,7 +45,8 @@ CASES = [
 def test_lsh_attention_matches_reference(device, dtype, batch, heads, seq_len, head_dim, n_hashes, chunk_len, before,
                                          after, causal, padding):
     skip_if_interpreter_lacks(dtype)
-    qk, v = (torch.randn(batch, heads, seq_len, head_dim, dtype=torch.float64, device=device) for _ in range(2))
+    # (B, L, H, d) seen as (B, H, L, d), as the projections of a layer hand them over
+    qk, v = (torch.randn(batch, seq_len, heads, head_dim, dtype=torch.float64, device=device).transpose(1, 2) for _ in range(2))
     mask = padding_mask(padding, batch, seq_len, device)
     sorted_idx = hashed_order(qk, n_hashes, mask)
 
