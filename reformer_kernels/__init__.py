@@ -4,10 +4,9 @@ The public surface: ``reformer_kernels.functional`` (ops), ``reformer_kernels.nn
 ``reformer_kernels.models`` (HF-compatible Reformer models), the tokenizers, backend selection
 (``use_backend``) and ``info()``.
 """
-from . import _extension, backends, functional
+from . import _extension, backends, functional, models, nn
 from ._info import info
 from .backends import current_backend, use_backend
-from . import models, nn
 from .models import (
     ReformerConfig,
     ReformerForMaskedLM,
@@ -16,9 +15,25 @@ from .models import (
     ReformerModel,
     ReformerModelWithLMHead,
 )
+from .tokenization import ByteTokenizer, ReformerTokenizer
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "backends", "current_backend", "functional", "info", "use_backend"]
-__all__ += ["models", "nn", "ReformerConfig", "ReformerForMaskedLM", "ReformerForQuestionAnswering",
-            "ReformerForSequenceClassification", "ReformerModel", "ReformerModelWithLMHead"]
+__all__ = [
+    "__version__",
+    "backends",
+    "current_backend",
+    "functional",
+    "info",
+    "models",
+    "nn",
+    "use_backend",
+    "ByteTokenizer",
+    "ReformerConfig",
+    "ReformerForMaskedLM",
+    "ReformerForQuestionAnswering",
+    "ReformerForSequenceClassification",
+    "ReformerModel",
+    "ReformerModelWithLMHead",
+    "ReformerTokenizer",
+]
