@@ -37,10 +37,18 @@ def _rng_state(devices: list[int]) -> tuple[torch.Tensor, list[torch.Tensor]]:
     return torch.get_rng_state(), [torch.cuda.get_rng_state(d) for d in devices]
 
 
+def _autocast_state(device_type: str) -> tuple[str, bool, torch.dtype]:
+    return device_type, torch.is_autocast_enabled(device_type), torch.get_autocast_dtype(device_type)
+
+
 @contextlib.contextmanager
-def _replay(state: tuple[torch.Tensor, list[torch.Tensor]], devices: list[int]) -> Iterator[None]:
-    """Run the block with the generators at ``state``, then give the caller back its own RNG stream."""
-    with torch.random.fork_rng(devices=devices):
+def _replay(
+    state: tuple[torch.Tensor, list[torch.Tensor]], devices: list[int], autocast: tuple[str, bool, torch.dtype]
+) -> Iterator[None]:
+    """Run the block with the generators at ``state`` and the forward's autocast setting (backward
+    runs outside the user's autocast region), then give the caller back its own RNG stream."""
+    device_type, enabled, dtype = autocast
+    with torch.random.fork_rng(devices=devices), torch.autocast(device_type, dtype=dtype, enabled=enabled):
         torch.set_rng_state(state[0])
         for device, cuda_state in zip(devices, state[1]):
             torch.cuda.set_rng_state(cuda_state, device)
@@ -75,6 +83,7 @@ class _ReversibleFunction(torch.autograd.Function):
             hidden_states.append(x2)
         ctx.save_for_backward(x1, x2)
         ctx.blocks, ctx.kwargs, ctx.rng_states, ctx.devices = blocks, kwargs, rng_states, devices
+        ctx.autocast = _autocast_state(x1.device.type)
         ctx.param_index = {id(p): i for i, p in enumerate(params)}
         ctx.n_params = len(params)
         return x1, x2
@@ -96,7 +105,7 @@ class _ReversibleFunction(torch.autograd.Function):
             f_params = [p for p in block.attention.parameters() if p.requires_grad]
             with torch.enable_grad():
                 y1 = y1.detach().requires_grad_()
-                with _replay(feed_forward_state, ctx.devices):
+                with _replay(feed_forward_state, ctx.devices, ctx.autocast):
                     g_out = block.feed_forward(y1)
                 grad_from_g, grads = _param_grads(g_out, y1, g_params, grad_y2)
             accumulate(g_params, grads)
@@ -105,7 +114,7 @@ class _ReversibleFunction(torch.autograd.Function):
             del g_out
             with torch.enable_grad():
                 x2.requires_grad_()
-                with _replay(attention_state, ctx.devices):
+                with _replay(attention_state, ctx.devices, ctx.autocast):
                     f_out = block.attention(x2, **ctx.kwargs)
                 grad_from_f, grads = _param_grads(f_out, x2, f_params, grad_y1)
             accumulate(f_params, grads)

@@ -109,3 +109,22 @@ def test_saved_bytes_do_not_grow_with_depth():
     assert bytes_twelve <= 1.3 * bytes_one, (bytes_one, bytes_twelve)
     twelve.reformer.encoder.reversible = False
     assert saved_bytes(twelve, ids, ids) > 5 * bytes_one, "plain autograd must store per-layer activations"
+
+
+def test_recomputation_keeps_the_forward_autocast():
+    """backward runs outside the user's autocast region; the recomputation must re-enter it."""
+    model = tiny_model(["local", "lsh"], 0.0, hash_seed=1, is_decoder=True)
+    ids = torch.randint(0, TINY["vocab_size"], (1, 64))
+
+    def grads():
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            out = model(input_ids=ids).last_hidden_state
+        out.float().pow(2).sum().backward()
+        return {name: p.grad.clone() for name, p in model.named_parameters()}
+
+    reversible = grads()
+    model.encoder.reversible = False
+    for name, grad in grads().items():
+        assert relative_error(reversible[name], grad) < 1e-5, name
