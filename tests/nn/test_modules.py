@@ -79,3 +79,12 @@ def test_bad_inputs():
         LocalSelfAttention(16, 2, 8)(torch.randn(8, 16))
     with pytest.raises(ValueError, match="hidden_act"):
         ChunkedFeedForward(16, 32, hidden_act="mish")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_hash_seed_rotations_on_cuda_match_manual_seed():
+    module = lsh(hash_seed=7)
+    rotations = module.draw_rotations(2, 8, torch.zeros(1, device="cuda"))
+    torch.manual_seed(7)
+    assert torch.equal(rotations, torch.randn(2, 8, 2, 4, device="cuda"))

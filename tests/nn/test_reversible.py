@@ -128,3 +128,18 @@ def test_recomputation_keeps_the_forward_autocast():
     model.encoder.reversible = False
     for name, grad in grads().items():
         assert relative_error(reversible[name], grad) < 1e-5, name
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_dropout_replay_uses_the_philox_state():
+    """On CUDA the replayed state is the generator's Philox seed and offset."""
+    model = tiny_model(["lsh", "local"], 0.1, num_hashes=2, is_decoder=True).cuda()
+    ids = torch.randint(0, TINY["vocab_size"], (2, 64), device="cuda")
+    weights = torch.randn(2, 64, 2 * TINY["hidden_size"], device="cuda")
+    out_rev, grads_rev = gradients(model, ids, None, weights, seed=4)
+    model.encoder.reversible = False
+    out_plain, grads_plain = gradients(model, ids, None, weights, seed=4)
+    assert torch.equal(out_rev, out_plain)
+    for name, grad in grads_plain.items():
+        assert relative_error(grads_rev[name], grad) < 1e-5, name
