@@ -217,3 +217,23 @@ def test_heads_reject_inconsistent_configs():
         models.ReformerForMaskedLM(models.ReformerConfig(**DECODER))
     with pytest.raises(TypeError, match="ReformerConfig"):
         models.ReformerModel(transformers.ReformerConfig(**TINY))
+
+
+@pytest.mark.parametrize(
+    "class_name, overrides",
+    [
+        ("ReformerModel", {}),
+        ("ReformerModelWithLMHead", {"is_decoder": True}),
+        ("ReformerForMaskedLM", {"axial_pos_embds": False}),
+        ("ReformerForSequenceClassification", {"num_labels": 3}),
+        ("ReformerForQuestionAnswering", {}),
+    ],
+)
+def test_state_dicts_load_strictly_both_ways(class_name, overrides):
+    config_kwargs = dict(TINY, attn_layers=["lsh", "local"], **overrides)
+    theirs, ours = model_pair(config_kwargs, class_name)  # ours <- theirs, strictly
+    fresh = getattr(models, class_name)(models.ReformerConfig(**config_kwargs))
+    theirs.load_state_dict(fresh.state_dict(), strict=True)
+    assert list(theirs.state_dict()) == list(fresh.state_dict())
+    for name, tensor in fresh.state_dict().items():
+        assert torch.equal(theirs.state_dict()[name], tensor), name
