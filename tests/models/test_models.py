@@ -237,3 +237,15 @@ def test_state_dicts_load_strictly_both_ways(class_name, overrides):
     assert list(theirs.state_dict()) == list(fresh.state_dict())
     for name, tensor in fresh.state_dict().items():
         assert torch.equal(theirs.state_dict()[name], tensor), name
+
+
+def test_position_ids_and_inputs_embeds_with_auto_padding():
+    """transformers crashes on position_ids with auto-padding; ours pads them too."""
+    model = lm(hash_seed=2).eval()
+    ids = torch.randint(0, 50, (2, 21))
+    expected = quiet(model, input_ids=ids).logits
+    assert relative_error(quiet(model, input_ids=ids, position_ids=torch.arange(21)).logits, expected) < 1e-6
+    embeds = model.reformer.embeddings.word_embeddings(ids)
+    assert relative_error(quiet(model, inputs_embeds=embeds).logits, expected) < 1e-6
+    shifted = quiet(model, input_ids=ids, position_ids=torch.arange(5, 26).expand(2, 21)).logits
+    assert shifted.shape == expected.shape and not torch.allclose(shifted, expected)
