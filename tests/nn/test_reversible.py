@@ -107,8 +107,10 @@ def test_saved_bytes_do_not_grow_with_depth():
     twelve = models.ReformerModelWithLMHead(models.ReformerConfig(**kwargs, attn_layers=["lsh", "local"] * 6)).train()
     bytes_one, bytes_twelve = saved_bytes(one, ids, ids), saved_bytes(twelve, ids, ids)
     assert bytes_twelve <= 1.3 * bytes_one, (bytes_one, bytes_twelve)
-    twelve.reformer.encoder.reversible = False
-    assert saved_bytes(twelve, ids, ids) > 5 * bytes_one, "plain autograd must store per-layer activations"
+    # The measure can fail: plain autograd through just 2 layers already saves far more.
+    two = models.ReformerModelWithLMHead(models.ReformerConfig(**kwargs, attn_layers=["lsh", "local"])).train()
+    two.reformer.encoder.reversible = False
+    assert saved_bytes(two, ids, ids) > 5 * bytes_one
 
 
 def test_recomputation_keeps_the_forward_autocast():
