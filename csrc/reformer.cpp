@@ -30,4 +30,28 @@ TORCH_LIBRARY(reformer_kernels, m) {
   // buckets: (..., N) int64 in [0, num_buckets). Returns sorted_idx (positions ordered by
   // (bucket, position)) and undo_sort, its inverse permutation; both int64, same shape.
   m.def("bucket_sort(Tensor buckets, int num_buckets) -> (Tensor sorted_idx, Tensor undo_sort)");
+  // Angular LSH: vectors (B, H, L, d), rotations (H, d, n_hashes, sum(n_buckets) / 2), n_buckets the
+  // bucket factors (one for an int bucket count). With attention_mask (B, L) given, its zeros get
+  // the padding bucket prod(n_buckets) and rounds are prod(n_buckets) + 1 wide (pass it only when it
+  // pads something). Returns bucket ids with round offsets, (B, H, n_hashes * L) int64, round-major.
+  m.def("lsh_hash(Tensor vectors, Tensor rotations, int[] n_buckets, Tensor? attention_mask) -> Tensor");
+  // Shared-QK LSH attention over bucket-sorted chunks. qk, v (B, H, L, d); sorted_idx (B, H,
+  // n_hashes * L). Returns out (B, H, L, d) and lse (B, H, n_hashes, L), float32 (float64 for
+  // float64 inputs). The backward recomputes the scores from qk, v, out and lse.
+  m.def(
+      "lsh_attention_fwd(Tensor qk, Tensor v, Tensor sorted_idx, int n_hashes, int chunk_len, int n_chunks_before, "
+      "int n_chunks_after, bool causal, Tensor? attention_mask) -> (Tensor out, Tensor lse)");
+  m.def(
+      "lsh_attention_bwd(Tensor grad_out, Tensor? grad_lse, Tensor qk, Tensor v, Tensor sorted_idx, Tensor out, "
+      "Tensor lse, int n_hashes, int chunk_len, int n_chunks_before, int n_chunks_after, bool causal, "
+      "Tensor? attention_mask) -> (Tensor grad_qk, Tensor grad_v)");
+  // Local (chunked) attention on q, k, v (B, H, L, d), any L. Returns out and lse (B, H, L), float32
+  // (float64 for float64 inputs), which the backward needs.
+  m.def(
+      "local_attention_fwd(Tensor q, Tensor k, Tensor v, int chunk_len, int n_chunks_before, int n_chunks_after, "
+      "bool causal, Tensor? attention_mask) -> (Tensor out, Tensor lse)");
+  m.def(
+      "local_attention_bwd(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, int chunk_len, "
+      "int n_chunks_before, int n_chunks_after, bool causal, Tensor? attention_mask) -> (Tensor grad_q, Tensor "
+      "grad_k, Tensor grad_v)");
 }

@@ -1,0 +1,329 @@
+// Building blocks shared by the CPU hashing, LSH attention and local attention kernels: a small
+// register-blocked GEMM, a vectorized exp, and the per-chunk attention forward/backward that both
+// attention kernels run on rows they gathered themselves.
+//
+// Everything is written with GCC/Clang vector extensions so that it compiles to AVX2/AVX-512/NEON
+// from the -march the extension is built with, and every reduction runs in a fixed order, so the
+// same inputs give the same bits whatever the thread count.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <c10/util/Exception.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <type_traits>
+#include <vector>
+
+namespace reformer_kernels::cpu {
+
+// Low-precision inputs are converted to float while gathering, so every kernel computes in float
+// (or double for double inputs).
+template <typename scalar_t>
+using acc_type = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+
+template <typename T>
+struct Vec {
+  static constexpr int64_t width = 32 / sizeof(T);
+  typedef T type __attribute__((vector_size(32)));
+};
+
+template <typename T>
+using vec_t = typename Vec<T>::type;
+
+template <typename T>
+inline vec_t<T> vload(const T* p) {
+  vec_t<T> v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+
+template <typename T>
+inline void vstore(T* p, vec_t<T> v) {
+  std::memcpy(p, &v, sizeof(v));
+}
+
+template <typename T>
+inline vec_t<T> vsplat(T x) {
+  return x - vec_t<T>{};
+}
+
+inline int64_t round_up(int64_t n, int64_t multiple) { return (n + multiple - 1) / multiple * multiple; }
+
+// C (M x N, row stride ldc) = or += A (M x K) * B (K x N, row stride ldb), where A's element (m, k)
+// sits at a[m * a_rs + k * a_cs], so A can be read transposed in place. N must be a multiple of
+// Vec<T>::width (callers pad their scratch rows); M and K are arbitrary.
+template <typename T, int MR, int NV>
+inline void gemm_tile(int64_t K, const T* a, int64_t a_rs, int64_t a_cs, const T* b, int64_t ldb, T* c, int64_t ldc,
+                      bool accumulate) {
+  constexpr int64_t W = Vec<T>::width;
+  vec_t<T> sum[MR][NV] = {};
+  for (int64_t k = 0; k < K; ++k) {
+    vec_t<T> row[NV];
+    for (int n = 0; n < NV; ++n) row[n] = vload(b + k * ldb + n * W);
+    for (int m = 0; m < MR; ++m) {
+      const vec_t<T> scale = vsplat(a[m * a_rs + k * a_cs]);
+      for (int n = 0; n < NV; ++n) sum[m][n] += scale * row[n];
+    }
+  }
+  for (int m = 0; m < MR; ++m) {
+    for (int n = 0; n < NV; ++n) {
+      T* dst = c + m * ldc + n * W;
+      vstore(dst, accumulate ? vload(dst) + sum[m][n] : sum[m][n]);
+    }
+  }
+}
+
+template <typename T, int NV>
+inline void gemm_rows(int64_t M, int64_t K, const T* a, int64_t a_rs, int64_t a_cs, const T* b, int64_t ldb, T* c,
+                      int64_t ldc, bool accumulate) {
+  constexpr int MR = NV == 1 ? 8 : 6;  // as many accumulators as the 16 vector registers allow
+  int64_t m = 0;
+  for (; m + MR <= M; m += MR) gemm_tile<T, MR, NV>(K, a + m * a_rs, a_rs, a_cs, b, ldb, c + m * ldc, ldc, accumulate);
+  for (; m < M; ++m) gemm_tile<T, 1, NV>(K, a + m * a_rs, a_rs, a_cs, b, ldb, c + m * ldc, ldc, accumulate);
+}
+
+template <typename T>
+inline void gemm(int64_t M, int64_t N, int64_t K, const T* a, int64_t a_rs, int64_t a_cs, const T* b, int64_t ldb,
+                 T* c, int64_t ldc, bool accumulate) {
+  constexpr int64_t W = Vec<T>::width;
+  int64_t n = 0;
+  for (; n + 2 * W <= N; n += 2 * W) gemm_rows<T, 2>(M, K, a, a_rs, a_cs, b + n, ldb, c + n, ldc, accumulate);
+  for (; n < N; n += W) gemm_rows<T, 1>(M, K, a, a_rs, a_cs, b + n, ldb, c + n, ldc, accumulate);
+}
+
+// exp for float vectors: 2^n * exp(r) with |r| <= ln2/2 and a degree-7 Taylor polynomial (error
+// below half an ulp before rounding); inputs under the float range give exactly 0, as std::exp.
+inline vec_t<float> vexp(vec_t<float> x) {
+  typedef int32_t ivec __attribute__((vector_size(32)));
+  const vec_t<float> lo = vsplat(-87.0f);
+  const auto underflow = x < lo;
+  x = underflow ? lo : x;
+  x = x > vsplat(88.0f) ? vsplat(88.0f) : x;
+  // Adding 1.5 * 2^23 rounds to the nearest integer in the float adder itself.
+  const vec_t<float> magic = vsplat(12582912.0f);
+  const vec_t<float> n = (x * vsplat(1.44269504088896341f) + magic) - magic;
+  const vec_t<float> r = (x - n * vsplat(0.693145751953125f)) - n * vsplat(1.428606765330187e-06f);
+  vec_t<float> p = vsplat(1.0f / 5040.0f);
+  p = p * r + vsplat(1.0f / 720.0f);
+  p = p * r + vsplat(1.0f / 120.0f);
+  p = p * r + vsplat(1.0f / 24.0f);
+  p = p * r + vsplat(1.0f / 6.0f);
+  p = p * r + vsplat(0.5f);
+  p = p * r + vsplat(1.0f);
+  p = p * r + vsplat(1.0f);
+  const ivec bits = (__builtin_convertvector(n, ivec) + 127) << 23;
+  vec_t<float> scale;
+  std::memcpy(&scale, &bits, sizeof(scale));
+  const vec_t<float> result = p * scale;
+  return underflow ? vsplat(0.0f) : result;
+}
+
+// row[j] = exp(row[j] - shift) for j < n (n a multiple of the vector width); returns their sum,
+// added up in a fixed order.
+inline float exp_shifted(float* row, int64_t n, float shift) {
+  constexpr int64_t W = Vec<float>::width;
+  vec_t<float> total = {};
+  for (int64_t j = 0; j < n; j += W) {
+    const vec_t<float> e = vexp(vload(row + j) - vsplat(shift));
+    vstore(row + j, e);
+    total += e;
+  }
+  float sum = 0;
+  for (int64_t w = 0; w < W; ++w) sum += total[w];
+  return sum;
+}
+
+// Double is the precision of the gradient checks, so it keeps the correctly rounded libm exp.
+inline double exp_shifted(double* row, int64_t n, double shift) {
+  double sum = 0;
+  for (int64_t j = 0; j < n; ++j) {
+    row[j] = std::exp(row[j] - shift);
+    sum += row[j];
+  }
+  return sum;
+}
+
+template <typename T>
+inline T row_max(const T* row, int64_t n) {
+  constexpr int64_t W = Vec<T>::width;
+  vec_t<T> best = vsplat(-std::numeric_limits<T>::infinity());
+  for (int64_t j = 0; j < n; j += W) {
+    const vec_t<T> x = vload(row + j);
+    best = x > best ? x : best;
+  }
+  T result = best[0];
+  for (int64_t w = 1; w < W; ++w) result = std::max(result, best[w]);
+  return result;
+}
+
+template <typename T>
+inline T dot(const T* x, const T* y, int64_t n) {
+  T sum = 0;
+  for (int64_t t = 0; t < n; ++t) sum += x[t] * y[t];
+  return sum;
+}
+
+// The scores that the masks write (transformers' values; fp16 cannot hold -1e9).
+struct MaskValues {
+  double forbidden;
+  double self;
+};
+
+inline MaskValues mask_values(at::ScalarType dtype) {
+  if (dtype == at::kHalf) return {-1e4, -1e3};
+  return {-1e9, -1e5};
+}
+
+inline void check_float_input(const at::Tensor& t, const char* op, const char* name) {
+  TORCH_CHECK_TYPE(at::isFloatingType(t.scalar_type()), op, ": ", name, " must be a floating tensor, got ",
+                   t.scalar_type(), "; convert it with .float()");
+  TORCH_CHECK_VALUE(t.device().is_cpu(), op, ": ", name, " must be on the CPU, got ", t.device());
+}
+
+// attention_mask (B, L) of any dtype (0 = padding) as contiguous bytes, or an undefined tensor.
+inline at::Tensor key_padding(const std::optional<at::Tensor>& attention_mask, int64_t batch, int64_t seq_len,
+                              const char* op) {
+  if (!attention_mask.has_value() || !attention_mask->defined()) return {};
+  const at::Tensor& mask = *attention_mask;
+  TORCH_CHECK_VALUE(mask.dim() == 2 && mask.size(0) == batch && mask.size(1) == seq_len, op,
+                    ": attention_mask must have shape (batch, seq_len) = (", batch, ", ", seq_len, "), got ",
+                    mask.sizes());
+  TORCH_CHECK_VALUE(mask.device().is_cpu(), op, ": attention_mask must be on the CPU, got ", mask.device());
+  return mask.ne(0).to(at::kByte).contiguous();
+}
+
+// Scratch for attending one chunk of queries to its window of keys, all rows gathered by the
+// caller. Row strides are padded to the vector width with zeros (vectors) or -inf (scores), so
+// the inner loops never need a scalar tail.
+template <typename T>
+struct ChunkAttention {
+  int64_t head_dim, dim_stride, key_stride;
+  std::vector<T> q, k, kt, v, vt, scores, out, grad_out, grad_scores, grad_q, grad_k, grad_v;
+  std::vector<T> lse, delta;
+  std::vector<int64_t> query_pos, key_pos;
+  std::vector<uint8_t> key_forbidden;
+
+  ChunkAttention(int64_t max_queries, int64_t max_keys, int64_t head_dim, bool backward)
+      : head_dim(head_dim),
+        dim_stride(round_up(head_dim, Vec<T>::width)),
+        key_stride(round_up(max_keys, Vec<T>::width)),
+        q(max_queries * dim_stride, 0),
+        k(backward ? key_stride * dim_stride : 0, 0),
+        kt(head_dim * key_stride, 0),
+        v(backward ? 0 : key_stride * dim_stride, 0),
+        vt(backward ? head_dim * key_stride : 0, 0),
+        scores(max_queries * key_stride),
+        out(backward ? 0 : max_queries * dim_stride),
+        grad_out(backward ? max_queries * dim_stride : 0, 0),
+        grad_scores(backward ? max_queries * key_stride : 0),
+        grad_q(backward ? max_queries * dim_stride : 0),
+        grad_k(backward ? key_stride * dim_stride : 0),
+        grad_v(backward ? key_stride * dim_stride : 0),
+        lse(max_queries),
+        delta(backward ? max_queries : 0),
+        query_pos(max_queries),
+        key_pos(key_stride, -1),
+        key_forbidden(key_stride, 1) {}
+
+  // Key j's row (already scaled) into k / kt, and its value row into v / vt; `forbidden` marks
+  // padding keys. Only the buffers of the current direction exist.
+  template <typename S>
+  void set_key(int64_t j, int64_t position, bool forbidden, const S* key, T key_scale, const S* value) {
+    key_pos[j] = position;
+    key_forbidden[j] = forbidden;
+    for (int64_t t = 0; t < head_dim; ++t) kt[t * key_stride + j] = static_cast<T>(key[t]) * key_scale;
+    if (!k.empty()) {
+      T* row = k.data() + j * dim_stride;
+      for (int64_t t = 0; t < head_dim; ++t) row[t] = static_cast<T>(key[t]) * key_scale;
+    }
+    if (!v.empty()) {
+      T* row = v.data() + j * dim_stride;
+      for (int64_t t = 0; t < head_dim; ++t) row[t] = static_cast<T>(value[t]);
+    }
+    if (!vt.empty()) {
+      for (int64_t t = 0; t < head_dim; ++t) vt[t * key_stride + j] = static_cast<T>(value[t]);
+    }
+  }
+
+  template <typename S>
+  void set_query(int64_t i, int64_t position, const S* query) {
+    query_pos[i] = position;
+    T* row = q.data() + i * dim_stride;
+    for (int64_t t = 0; t < head_dim; ++t) row[t] = static_cast<T>(query[t]);
+  }
+
+  // Whether score (i, j) is overwritten by a mask: those entries pass no gradient to q or k.
+  bool masked(int64_t i, int64_t j, bool causal, bool self_mask) const {
+    const int64_t qp = query_pos[i], kp = key_pos[j];
+    return key_forbidden[j] || (causal && qp < kp) || (self_mask && qp == kp);
+  }
+
+  // scores = q k^T with the masks written in; columns past n_keys get -inf so they vanish in exp.
+  void masked_scores(int64_t n_queries, int64_t n_keys, bool causal, bool self_mask, MaskValues values) {
+    const int64_t padded_keys = round_up(n_keys, Vec<T>::width);
+    gemm<T>(n_queries, padded_keys, head_dim, q.data(), dim_stride, 1, kt.data(), key_stride, scores.data(),
+            key_stride, false);
+    const T forbidden = static_cast<T>(values.forbidden), self = static_cast<T>(values.self);
+    for (int64_t i = 0; i < n_queries; ++i) {
+      T* row = scores.data() + i * key_stride;
+      const int64_t qp = query_pos[i];
+      for (int64_t j = 0; j < n_keys; ++j) {
+        const int64_t kp = key_pos[j];
+        T x = key_forbidden[j] || (causal && qp < kp) ? forbidden : row[j];
+        row[j] = self_mask && qp == kp ? self : x;
+      }
+      for (int64_t j = n_keys; j < padded_keys; ++j) row[j] = -std::numeric_limits<T>::infinity();
+    }
+  }
+
+  // out (n_queries x head_dim, stride dim_stride) and lse of the chunk.
+  void forward(int64_t n_queries, int64_t n_keys, bool causal, bool self_mask, MaskValues values) {
+    const int64_t padded_keys = round_up(n_keys, Vec<T>::width);
+    masked_scores(n_queries, n_keys, causal, self_mask, values);
+    for (int64_t i = 0; i < n_queries; ++i) {
+      T* row = scores.data() + i * key_stride;
+      const T shift = row_max(row, padded_keys);
+      const T total = exp_shifted(row, padded_keys, shift);
+      lse[i] = shift + std::log(total);
+      const T inverse = T(1) / total;
+      for (int64_t j = 0; j < padded_keys; ++j) row[j] *= inverse;
+    }
+    gemm<T>(n_queries, dim_stride, padded_keys, scores.data(), key_stride, 1, v.data(), dim_stride, out.data(),
+            dim_stride, false);
+  }
+
+  // Given lse[i], grad_out (rows dO_i) and delta[i] = dO_i . o_i - dlse_i, fills grad_q (n_queries
+  // rows), grad_k and grad_v (n_keys rows) for this chunk: FlashAttention's backward, recomputing
+  // the probabilities from the scores and lse.
+  void backward(int64_t n_queries, int64_t n_keys, bool causal, bool self_mask, MaskValues values) {
+    const int64_t padded_keys = round_up(n_keys, Vec<T>::width);
+    masked_scores(n_queries, n_keys, causal, self_mask, values);
+    for (int64_t i = 0; i < n_queries; ++i) exp_shifted(scores.data() + i * key_stride, padded_keys, lse[i]);
+    // grad_v = P^T dO
+    gemm<T>(n_keys, dim_stride, n_queries, scores.data(), 1, key_stride, grad_out.data(), dim_stride, grad_v.data(),
+            dim_stride, false);
+    // dP = dO V^T, then dS = P * (dP - delta) where the score was not overwritten by a mask
+    gemm<T>(n_queries, padded_keys, head_dim, grad_out.data(), dim_stride, 1, vt.data(), key_stride,
+            grad_scores.data(), key_stride, false);
+    for (int64_t i = 0; i < n_queries; ++i) {
+      const T* p = scores.data() + i * key_stride;
+      T* ds = grad_scores.data() + i * key_stride;
+      for (int64_t j = 0; j < padded_keys; ++j) ds[j] = p[j] * (ds[j] - delta[i]);
+      for (int64_t j = 0; j < n_keys; ++j) {
+        if (masked(i, j, causal, self_mask)) ds[j] = 0;
+      }
+    }
+    // grad_q = dS K, grad_k = dS^T Q
+    gemm<T>(n_queries, dim_stride, padded_keys, grad_scores.data(), key_stride, 1, k.data(), dim_stride,
+            grad_q.data(), dim_stride, false);
+    gemm<T>(n_keys, dim_stride, n_queries, grad_scores.data(), 1, key_stride, q.data(), dim_stride, grad_k.data(),
+            dim_stride, false);
+  }
+};
+
+}  // namespace reformer_kernels::cpu

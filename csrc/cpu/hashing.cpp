@@ -1,0 +1,127 @@
+// Angular LSH on the CPU in one pass per block of positions: rotate (a small GEMM against the
+// head's rotations), argmax over [xR, -xR] per bucket factor, padding bucket, round offset, and the
+// int64 sort key written in round-major order, ready for bucket_sort.
+#include <torch/library.h>
+
+#include "attention_common.h"
+
+namespace reformer_kernels::cpu {
+namespace {
+
+constexpr int64_t kBlock = 64;  // positions per task: one block's rotated rows stay in L1/L2
+
+// Index of the largest entry of [x, -x] (x has `half` entries); the first one on ties, as argmax.
+template <typename T>
+int64_t signed_argmax(const T* x, int64_t half) {
+  int64_t best = 0;
+  T top = x[0];
+  for (int64_t j = 1; j < half; ++j) {
+    if (x[j] > top) {
+      top = x[j];
+      best = j;
+    }
+  }
+  for (int64_t j = 0; j < half; ++j) {
+    if (-x[j] > top) {
+      top = -x[j];
+      best = half + j;
+    }
+  }
+  return best;
+}
+
+template <typename scalar_t>
+void hash_kernel(const at::Tensor& vectors, const at::Tensor& rotations, const std::vector<int64_t>& factors,
+                 const at::Tensor& valid, at::Tensor& buckets) {
+  using T = acc_type<scalar_t>;
+  const int64_t batch = vectors.size(0), heads = vectors.size(1), L = vectors.size(2), d = vectors.size(3);
+  const int64_t n_hashes = rotations.size(2), half_width = rotations.size(3);
+  const int64_t cols = n_hashes * half_width, col_stride = round_up(cols, Vec<T>::width);
+  int64_t n_buckets = 1;
+  for (int64_t f : factors) n_buckets *= f;
+  // With padding present, padded positions get bucket n_buckets and every round one more bucket.
+  const int64_t round_size = valid.defined() ? n_buckets + 1 : n_buckets;
+  const int64_t n_blocks = (L + kBlock - 1) / kBlock;
+  const scalar_t* x_ptr = vectors.data_ptr<scalar_t>();
+  const scalar_t* rot_ptr = rotations.data_ptr<scalar_t>();
+  const uint8_t* valid_ptr = valid.defined() ? valid.data_ptr<uint8_t>() : nullptr;
+  int64_t* out_ptr = buckets.data_ptr<int64_t>();
+
+  at::parallel_for(0, batch * heads * n_blocks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> rot(d * col_stride, 0), x(kBlock * d), rotated(kBlock * col_stride);
+    int64_t loaded_head = -1;
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t row = task / n_blocks, block = task % n_blocks;
+      const int64_t b = row / heads, h = row % heads;
+      if (h != loaded_head) {
+        const scalar_t* src = rot_ptr + h * d * cols;
+        for (int64_t t = 0; t < d; ++t)
+          for (int64_t c = 0; c < cols; ++c) rot[t * col_stride + c] = static_cast<T>(src[t * cols + c]);
+        loaded_head = h;
+      }
+      const int64_t first = block * kBlock, rows = std::min(kBlock, L - first);
+      const scalar_t* src = x_ptr + (row * L + first) * d;
+      for (int64_t e = 0; e < rows * d; ++e) x[e] = static_cast<T>(src[e]);
+      gemm<T>(rows, col_stride, d, x.data(), d, 1, rot.data(), col_stride, rotated.data(), col_stride, false);
+      int64_t* out_row = out_ptr + row * n_hashes * L;
+      for (int64_t i = 0; i < rows; ++i) {
+        const int64_t pos = first + i;
+        const bool padded = valid_ptr != nullptr && !valid_ptr[b * L + pos];
+        for (int64_t r = 0; r < n_hashes; ++r) {
+          int64_t bucket = n_buckets;
+          if (!padded) {
+            const T* part = rotated.data() + i * col_stride + r * half_width;
+            bucket = 0;
+            int64_t product = 1;
+            for (int64_t f : factors) {
+              bucket += product * signed_argmax(part, f / 2);
+              part += f / 2;
+              product *= f;
+            }
+          }
+          out_row[r * L + pos] = r * round_size + bucket;
+        }
+      }
+    }
+  });
+}
+
+at::Tensor lsh_hash_cpu(const at::Tensor& vectors_in, const at::Tensor& rotations_in, at::IntArrayRef n_buckets,
+                        const std::optional<at::Tensor>& attention_mask) {
+  const char* op = "lsh_hash";
+  check_float_input(vectors_in, op, "vectors");
+  check_float_input(rotations_in, op, "rotations");
+  TORCH_CHECK_VALUE(vectors_in.dim() == 4, op, ": vectors must have shape (batch, heads, seq_len, head_dim), got ",
+                    vectors_in.sizes());
+  TORCH_CHECK_VALUE(rotations_in.dim() == 4, op,
+                    ": rotations must have shape (heads, head_dim, n_hashes, rotation_size / 2), got ",
+                    rotations_in.sizes());
+  TORCH_CHECK_TYPE(rotations_in.scalar_type() == vectors_in.scalar_type(), op, ": rotations must have the dtype of vectors (",
+                   vectors_in.scalar_type(), "), got ", rotations_in.scalar_type());
+  TORCH_CHECK_VALUE(rotations_in.size(0) == vectors_in.size(1) && rotations_in.size(1) == vectors_in.size(3), op,
+                    ": rotations ", rotations_in.sizes(), " must start with (heads, head_dim) = (", vectors_in.size(1),
+                    ", ", vectors_in.size(3), ")");
+  TORCH_CHECK_VALUE(!n_buckets.empty(), op, ": n_buckets must name at least one bucket factor");
+  int64_t half_width = 0;
+  for (int64_t f : n_buckets) {
+    TORCH_CHECK_VALUE(f >= 2 && f % 2 == 0, op, ": every bucket factor must be even and >= 2, got ", n_buckets);
+    half_width += f / 2;
+  }
+  TORCH_CHECK_VALUE(rotations_in.size(3) == half_width, op, ": rotations.size(3) = ", rotations_in.size(3),
+                    " must be sum(n_buckets) / 2 = ", half_width, " for n_buckets ", n_buckets);
+  TORCH_CHECK_VALUE(rotations_in.size(2) >= 1, op, ": rotations must hold at least one hash round");
+  const at::Tensor vectors = vectors_in.contiguous(), rotations = rotations_in.contiguous();
+  const at::Tensor valid = key_padding(attention_mask, vectors.size(0), vectors.size(2), op);
+  at::Tensor buckets = at::empty({vectors.size(0), vectors.size(1), rotations.size(2) * vectors.size(2)},
+                                 vectors.options().dtype(at::kLong));
+  if (buckets.numel() == 0) return buckets;
+  const std::vector<int64_t> factors(n_buckets.begin(), n_buckets.end());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, vectors.scalar_type(), "lsh_hash",
+                                  [&] { hash_kernel<scalar_t>(vectors, rotations, factors, valid, buckets); });
+  return buckets;
+}
+
+}  // namespace
+}  // namespace reformer_kernels::cpu
+
+TORCH_LIBRARY_IMPL(reformer_kernels, CPU, m) { m.impl("lsh_hash", &reformer_kernels::cpu::lsh_hash_cpu); }

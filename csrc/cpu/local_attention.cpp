@@ -1,0 +1,235 @@
+// Local (chunked) attention on the CPU, forward and backward: the LSH kernels' chunk machinery
+// on the sequence in its own order, with separate q, k, v and keys scaled by 1/sqrt(d).
+//
+// A length that is not a multiple of chunk_len is padded inside: the missing key positions exist
+// as masked keys with zero values, exactly as if the caller had zero-padded and masked them, and
+// the missing query rows are simply not computed. The forward runs one task per (row, chunk); the
+// backward one task per (batch, head) row so that key gradients add up in a fixed order.
+#include <torch/library.h>
+
+#include "attention_common.h"
+
+namespace reformer_kernels::cpu {
+namespace {
+
+struct LocalShape {
+  int64_t batch, heads, seq_len, head_dim, chunk_len, n_chunks, before, after, n_keys;
+};
+
+LocalShape check_local_inputs(const char* op, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                              int64_t chunk_len, int64_t n_chunks_before, int64_t n_chunks_after) {
+  check_float_input(q, op, "q");
+  check_float_input(k, op, "k");
+  check_float_input(v, op, "v");
+  TORCH_CHECK_VALUE(q.dim() == 4, op, ": q must have shape (batch, heads, seq_len, head_dim), got ", q.sizes());
+  TORCH_CHECK_VALUE(k.sizes() == q.sizes() && v.sizes() == q.sizes(), op, ": k and v must have the shape of q ",
+                    q.sizes(), ", got ", k.sizes(), " and ", v.sizes());
+  TORCH_CHECK_TYPE(k.scalar_type() == q.scalar_type() && v.scalar_type() == q.scalar_type(), op,
+                   ": k and v must have the dtype of q (", q.scalar_type(), ")");
+  TORCH_CHECK_VALUE(chunk_len >= 1, op, ": chunk_len must be >= 1, got ", chunk_len);
+  TORCH_CHECK_VALUE(n_chunks_before >= 0 && n_chunks_after >= 0, op,
+                    ": n_chunks_before and n_chunks_after must be >= 0, got ", n_chunks_before, " and ",
+                    n_chunks_after);
+  LocalShape s{q.size(0), q.size(1), q.size(2), q.size(3), chunk_len, 0, n_chunks_before, n_chunks_after, 0};
+  if (s.seq_len <= chunk_len) {
+    // One chunk: plain full attention over the sequence.
+    s.chunk_len = std::max<int64_t>(s.seq_len, 1);
+    s.before = s.after = 0;
+  }
+  s.n_chunks = (s.seq_len + s.chunk_len - 1) / s.chunk_len;
+  s.n_keys = (1 + s.before + s.after) * s.chunk_len;
+  return s;
+}
+
+// The queries of `chunk` and its window of keys; positions past the sequence end are padding.
+template <typename scalar_t, typename T>
+int64_t gather_chunk(ChunkAttention<T>& attn, const LocalShape& s, int64_t chunk, const scalar_t* q,
+                     const scalar_t* k, const scalar_t* v, const uint8_t* valid, const scalar_t* zeros) {
+  const int64_t d = s.head_dim, L = s.seq_len;
+  const T key_scale = T(1) / std::sqrt(static_cast<T>(d));
+  const int64_t first = chunk * s.chunk_len, n_queries = std::min(s.chunk_len, L - first);
+  for (int64_t i = 0; i < n_queries; ++i) attn.set_query(i, first + i, q + (first + i) * d);
+  int64_t j = 0;
+  for (int64_t offset = -s.before; offset <= s.after; ++offset) {
+    const int64_t neighbour = ((chunk + offset) % s.n_chunks + s.n_chunks) % s.n_chunks;
+    for (int64_t i = 0; i < s.chunk_len; ++i, ++j) {
+      const int64_t pos = neighbour * s.chunk_len + i;
+      if (pos < L) {
+        attn.set_key(j, pos, valid != nullptr && !valid[pos], k + pos * d, key_scale, v + pos * d);
+      } else {
+        attn.set_key(j, pos, true, zeros, key_scale, zeros);
+      }
+    }
+  }
+  return n_queries;
+}
+
+template <typename scalar_t>
+void local_forward_kernel(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& valid,
+                          const LocalShape& s, bool causal, at::Tensor& out, at::Tensor& lse) {
+  using T = acc_type<scalar_t>;
+  const MaskValues values = mask_values(q.scalar_type());
+  const int64_t L = s.seq_len, d = s.head_dim;
+  const scalar_t* q_ptr = q.data_ptr<scalar_t>();
+  const scalar_t* k_ptr = k.data_ptr<scalar_t>();
+  const scalar_t* v_ptr = v.data_ptr<scalar_t>();
+  const uint8_t* valid_ptr = valid.defined() ? valid.data_ptr<uint8_t>() : nullptr;
+  scalar_t* out_ptr = out.data_ptr<scalar_t>();
+  T* lse_ptr = lse.data_ptr<T>();
+
+  at::parallel_for(0, s.batch * s.heads * s.n_chunks, 1, [&](int64_t begin, int64_t end) {
+    ChunkAttention<T> attn(s.chunk_len, s.n_keys, d, false);
+    const std::vector<scalar_t> zeros(d, scalar_t(0));
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t row = task / s.n_chunks, chunk = task % s.n_chunks;
+      const int64_t offset = row * L * d;
+      const uint8_t* valid_row = valid_ptr == nullptr ? nullptr : valid_ptr + (row / s.heads) * L;
+      const int64_t n_queries = gather_chunk(attn, s, chunk, q_ptr + offset, k_ptr + offset, v_ptr + offset,
+                                             valid_row, zeros.data());
+      attn.forward(n_queries, s.n_keys, causal, false, values);
+      for (int64_t i = 0; i < n_queries; ++i) {
+        const int64_t pos = attn.query_pos[i];
+        const T* o = attn.out.data() + i * attn.dim_stride;
+        scalar_t* dst = out_ptr + offset + pos * d;
+        for (int64_t t = 0; t < d; ++t) dst[t] = static_cast<scalar_t>(o[t]);
+        lse_ptr[row * L + pos] = attn.lse[i];
+      }
+    }
+  });
+}
+
+template <typename scalar_t>
+void local_backward_kernel(const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                           const at::Tensor& out, const at::Tensor& lse, const at::Tensor& valid, const LocalShape& s,
+                           bool causal, at::Tensor& grad_q, at::Tensor& grad_k, at::Tensor& grad_v) {
+  using T = acc_type<scalar_t>;
+  constexpr bool direct = std::is_same_v<scalar_t, T>;
+  const MaskValues values = mask_values(q.scalar_type());
+  const int64_t L = s.seq_len, d = s.head_dim;
+  const T key_scale = T(1) / std::sqrt(static_cast<T>(d));
+  const scalar_t* g_ptr = grad_out.data_ptr<scalar_t>();
+  const scalar_t* q_ptr = q.data_ptr<scalar_t>();
+  const scalar_t* k_ptr = k.data_ptr<scalar_t>();
+  const scalar_t* v_ptr = v.data_ptr<scalar_t>();
+  const scalar_t* out_ptr = out.data_ptr<scalar_t>();
+  const T* lse_ptr = lse.data_ptr<T>();
+  const uint8_t* valid_ptr = valid.defined() ? valid.data_ptr<uint8_t>() : nullptr;
+  scalar_t* gq_ptr = grad_q.data_ptr<scalar_t>();
+  scalar_t* gk_ptr = grad_k.data_ptr<scalar_t>();
+  scalar_t* gv_ptr = grad_v.data_ptr<scalar_t>();
+
+  at::parallel_for(0, s.batch * s.heads, 1, [&](int64_t begin, int64_t end) {
+    ChunkAttention<T> attn(s.chunk_len, s.n_keys, d, true);
+    const std::vector<scalar_t> zeros(d, scalar_t(0));
+    std::vector<T> staged(direct ? 0 : 3 * L * d);
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t offset = row * L * d;
+      const uint8_t* valid_row = valid_ptr == nullptr ? nullptr : valid_ptr + (row / s.heads) * L;
+      T *gq, *gk, *gv;
+      if constexpr (direct) {
+        gq = gq_ptr + offset;
+        gk = gk_ptr + offset;
+        gv = gv_ptr + offset;
+      } else {
+        gq = staged.data();
+        gk = gq + L * d;
+        gv = gk + L * d;
+      }
+      std::fill(gq, gq + L * d, T(0));
+      std::fill(gk, gk + L * d, T(0));
+      std::fill(gv, gv + L * d, T(0));
+      for (int64_t chunk = 0; chunk < s.n_chunks; ++chunk) {
+        const int64_t n_queries = gather_chunk(attn, s, chunk, q_ptr + offset, k_ptr + offset, v_ptr + offset,
+                                               valid_row, zeros.data());
+        for (int64_t i = 0; i < n_queries; ++i) {
+          const int64_t pos = attn.query_pos[i];
+          const scalar_t* g = g_ptr + offset + pos * d;
+          const scalar_t* o = out_ptr + offset + pos * d;
+          T* dst = attn.grad_out.data() + i * attn.dim_stride;
+          T g_dot_o = 0;
+          for (int64_t t = 0; t < d; ++t) {
+            dst[t] = static_cast<T>(g[t]);
+            g_dot_o += dst[t] * static_cast<T>(o[t]);
+          }
+          attn.delta[i] = g_dot_o;
+          attn.lse[i] = lse_ptr[row * L + pos];
+        }
+        attn.backward(n_queries, s.n_keys, causal, false, values);
+        for (int64_t i = 0; i < n_queries; ++i) {
+          const T* src = attn.grad_q.data() + i * attn.dim_stride;
+          T* dst = gq + attn.query_pos[i] * d;
+          for (int64_t t = 0; t < d; ++t) dst[t] += src[t];
+        }
+        for (int64_t j = 0; j < s.n_keys; ++j) {
+          const int64_t pos = attn.key_pos[j];
+          if (pos >= L) continue;
+          const T* dk = attn.grad_k.data() + j * attn.dim_stride;
+          const T* dv = attn.grad_v.data() + j * attn.dim_stride;
+          for (int64_t t = 0; t < d; ++t) {
+            gk[pos * d + t] += dk[t] * key_scale;
+            gv[pos * d + t] += dv[t];
+          }
+        }
+      }
+      if constexpr (!direct) {
+        for (int64_t e = 0; e < L * d; ++e) {
+          gq_ptr[offset + e] = static_cast<scalar_t>(gq[e]);
+          gk_ptr[offset + e] = static_cast<scalar_t>(gk[e]);
+          gv_ptr[offset + e] = static_cast<scalar_t>(gv[e]);
+        }
+      }
+    }
+  });
+}
+
+at::ScalarType lse_dtype(const at::Tensor& q) { return q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat; }
+
+std::tuple<at::Tensor, at::Tensor> local_attention_fwd_cpu(const at::Tensor& q_in, const at::Tensor& k_in,
+                                                           const at::Tensor& v_in, int64_t chunk_len,
+                                                           int64_t n_chunks_before, int64_t n_chunks_after,
+                                                           bool causal,
+                                                           const std::optional<at::Tensor>& attention_mask) {
+  const char* op = "local_attention_fwd";
+  const LocalShape s = check_local_inputs(op, q_in, k_in, v_in, chunk_len, n_chunks_before, n_chunks_after);
+  const at::Tensor q = q_in.contiguous(), k = k_in.contiguous(), v = v_in.contiguous();
+  const at::Tensor valid = key_padding(attention_mask, s.batch, s.seq_len, op);
+  at::Tensor out = at::empty_like(q);
+  at::Tensor lse = at::empty({s.batch, s.heads, s.seq_len}, q.options().dtype(lse_dtype(q)));
+  if (q.numel() == 0) return {out.zero_(), lse.zero_()};
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "local_attention",
+                                  [&] { local_forward_kernel<scalar_t>(q, k, v, valid, s, causal, out, lse); });
+  return {out, lse};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> local_attention_bwd_cpu(
+    const at::Tensor& grad_out_in, const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
+    const at::Tensor& out_in, const at::Tensor& lse_in, int64_t chunk_len, int64_t n_chunks_before,
+    int64_t n_chunks_after, bool causal, const std::optional<at::Tensor>& attention_mask) {
+  const char* op = "local_attention_bwd";
+  const LocalShape s = check_local_inputs(op, q_in, k_in, v_in, chunk_len, n_chunks_before, n_chunks_after);
+  TORCH_CHECK_VALUE(grad_out_in.sizes() == q_in.sizes() && out_in.sizes() == q_in.sizes(), op,
+                    ": grad_out and out must have the shape of q ", q_in.sizes());
+  TORCH_CHECK_TYPE(grad_out_in.scalar_type() == q_in.scalar_type() && out_in.scalar_type() == q_in.scalar_type(), op,
+                   ": grad_out and out must have the dtype of q (", q_in.scalar_type(), ")");
+  const std::vector<int64_t> lse_shape{s.batch, s.heads, s.seq_len};
+  TORCH_CHECK_VALUE(lse_in.sizes() == lse_shape, op, ": lse must have shape ", lse_shape, ", got ", lse_in.sizes());
+  TORCH_CHECK_TYPE(lse_in.scalar_type() == lse_dtype(q_in), op, ": lse must be ", lse_dtype(q_in),
+                   " (as local_attention_fwd returns it), got ", lse_in.scalar_type());
+  const at::Tensor q = q_in.contiguous(), k = k_in.contiguous(), v = v_in.contiguous();
+  const at::Tensor grad_out = grad_out_in.contiguous(), out = out_in.contiguous(), lse = lse_in.contiguous();
+  const at::Tensor valid = key_padding(attention_mask, s.batch, s.seq_len, op);
+  at::Tensor grad_q = at::empty_like(q), grad_k = at::empty_like(k), grad_v = at::empty_like(v);
+  if (q.numel() == 0) return {grad_q, grad_k, grad_v};
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "local_attention", [&] {
+    local_backward_kernel<scalar_t>(grad_out, q, k, v, out, lse, valid, s, causal, grad_q, grad_k, grad_v);
+  });
+  return {grad_q, grad_k, grad_v};
+}
+
+}  // namespace
+}  // namespace reformer_kernels::cpu
+
+TORCH_LIBRARY_IMPL(reformer_kernels, CPU, m) {
+  m.impl("local_attention_fwd", &reformer_kernels::cpu::local_attention_fwd_cpu);
+  m.impl("local_attention_bwd", &reformer_kernels::cpu::local_attention_bwd_cpu);
+}

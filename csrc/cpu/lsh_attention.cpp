@@ -1,0 +1,336 @@
+// Shared-QK LSH attention on the CPU, forward and backward.
+//
+// One task per (batch, head) row owns every position of that row: it walks the bucket-sorted
+// chunks in order, gathers each chunk's queries and its window of keys/values straight from qk and
+// v (no sorted copies), and writes the output at the un-sorted positions, combining hash rounds as
+// they arrive (a running log-sum-exp per position). Because a task owns its positions, gradients
+// are accumulated in a fixed order and the result does not depend on the number of threads.
+// Memory: the outputs plus, per thread, one chunk's scores and O(seq_len) scalars.
+#include <torch/library.h>
+
+#include "attention_common.h"
+
+namespace reformer_kernels::cpu {
+namespace {
+
+constexpr double kRmsEps = 1e-6;
+
+struct LshShape {
+  int64_t batch, heads, seq_len, head_dim, n_hashes, chunk_len, n_chunks, n_keys;
+};
+
+LshShape check_lsh_inputs(const char* op, const at::Tensor& qk, const at::Tensor& v, const at::Tensor& sorted_idx,
+                          int64_t n_hashes, int64_t chunk_len, int64_t n_chunks_before, int64_t n_chunks_after) {
+  check_float_input(qk, op, "qk");
+  check_float_input(v, op, "v");
+  TORCH_CHECK_VALUE(qk.dim() == 4, op, ": qk must have shape (batch, heads, seq_len, head_dim), got ", qk.sizes());
+  TORCH_CHECK_VALUE(v.sizes() == qk.sizes(), op, ": v must have the shape of qk ", qk.sizes(), ", got ", v.sizes());
+  TORCH_CHECK_TYPE(v.scalar_type() == qk.scalar_type(), op, ": v must have the dtype of qk (", qk.scalar_type(),
+                   "), got ", v.scalar_type());
+  TORCH_CHECK_TYPE(sorted_idx.scalar_type() == at::kLong, op, ": sorted_idx must be int64, got ",
+                   sorted_idx.scalar_type());
+  TORCH_CHECK_VALUE(sorted_idx.device().is_cpu(), op, ": sorted_idx must be on the CPU, got ", sorted_idx.device());
+  TORCH_CHECK_VALUE(n_hashes >= 1, op, ": n_hashes must be >= 1, got ", n_hashes);
+  TORCH_CHECK_VALUE(chunk_len >= 1, op, ": chunk_len must be >= 1, got ", chunk_len);
+  TORCH_CHECK_VALUE(n_chunks_before >= 0 && n_chunks_after >= 0, op,
+                    ": n_chunks_before and n_chunks_after must be >= 0, got ", n_chunks_before, " and ",
+                    n_chunks_after);
+  LshShape s{qk.size(0), qk.size(1), qk.size(2), qk.size(3), n_hashes, chunk_len, 0, 0};
+  const int64_t total = n_hashes * s.seq_len;
+  TORCH_CHECK_VALUE(sorted_idx.dim() == 3 && sorted_idx.size(0) == s.batch && sorted_idx.size(1) == s.heads &&
+                        sorted_idx.size(2) == total,
+                    op, ": sorted_idx must have shape (batch, heads, n_hashes * seq_len) = (", s.batch, ", ", s.heads,
+                    ", ", total, "), got ", sorted_idx.sizes());
+  TORCH_CHECK_VALUE(total % chunk_len == 0, op, ": n_hashes * seq_len = ", total,
+                    " must be a multiple of chunk_len = ", chunk_len,
+                    "; pad the sequence (lsh_self_attention does) or pick another chunk_len");
+  s.n_chunks = total / chunk_len;
+  s.n_keys = (1 + n_chunks_before + n_chunks_after) * chunk_len;
+  return s;
+}
+
+void check_sorted_row(const int64_t* idx, int64_t total, int64_t row) {
+  for (int64_t i = 0; i < total; ++i) {
+    TORCH_CHECK_VALUE(idx[i] >= 0 && idx[i] < total, "lsh_attention: sorted_idx[", row, "] holds ", idx[i],
+                      ", outside [0, n_hashes * seq_len = ", total, "); pass the sorted_idx of bucket_sort");
+  }
+}
+
+// Per position, 1 / (RMS(qk) * sqrt(d)): shared-QK keys are qk times this.
+template <typename scalar_t, typename T>
+void key_scales(const scalar_t* qk, int64_t seq_len, int64_t head_dim, T* scale) {
+  const T inv_sqrt_dim = T(1) / std::sqrt(static_cast<T>(head_dim));
+  for (int64_t p = 0; p < seq_len; ++p) {
+    T squares = 0;
+    for (int64_t t = 0; t < head_dim; ++t) {
+      const T x = static_cast<T>(qk[p * head_dim + t]);
+      squares += x * x;
+    }
+    scale[p] = inv_sqrt_dim / std::sqrt(squares / static_cast<T>(head_dim) + static_cast<T>(kRmsEps));
+  }
+}
+
+// Gathers chunk `chunk` of the sorted sequence (queries) and its window of neighbour chunks,
+// circular over the concatenated rounds (keys); rounds[i] receives query i's hash round.
+template <typename scalar_t, typename T>
+void gather_chunk(ChunkAttention<T>& attn, const LshShape& s, int64_t chunk, int64_t n_chunks_before,
+                  int64_t n_chunks_after, const int64_t* idx, const scalar_t* qk, const scalar_t* v, const T* scale,
+                  const uint8_t* valid, int64_t* rounds) {
+  const int64_t d = s.head_dim;
+  for (int64_t i = 0; i < s.chunk_len; ++i) {
+    const int64_t flat = idx[chunk * s.chunk_len + i];
+    const int64_t pos = flat % s.seq_len;
+    rounds[i] = flat / s.seq_len;
+    attn.set_query(i, pos, qk + pos * d);
+  }
+  int64_t j = 0;
+  for (int64_t offset = -n_chunks_before; offset <= n_chunks_after; ++offset) {
+    const int64_t neighbour = ((chunk + offset) % s.n_chunks + s.n_chunks) % s.n_chunks;
+    for (int64_t i = 0; i < s.chunk_len; ++i, ++j) {
+      const int64_t pos = idx[neighbour * s.chunk_len + i] % s.seq_len;
+      attn.set_key(j, pos, valid != nullptr && !valid[pos], qk + pos * d, scale[pos], v + pos * d);
+    }
+  }
+}
+
+template <typename scalar_t>
+void lsh_forward_kernel(const at::Tensor& qk, const at::Tensor& v, const at::Tensor& sorted_idx,
+                        const at::Tensor& valid, const LshShape& s, int64_t n_chunks_before, int64_t n_chunks_after,
+                        bool causal, at::Tensor& out, at::Tensor& lse) {
+  using T = acc_type<scalar_t>;
+  constexpr bool direct = std::is_same_v<scalar_t, T>;
+  const MaskValues values = mask_values(qk.scalar_type());
+  const int64_t L = s.seq_len, d = s.head_dim, total = s.n_hashes * L;
+  const scalar_t* qk_ptr = qk.data_ptr<scalar_t>();
+  const scalar_t* v_ptr = v.data_ptr<scalar_t>();
+  const int64_t* idx_ptr = sorted_idx.data_ptr<int64_t>();
+  const uint8_t* valid_ptr = valid.defined() ? valid.data_ptr<uint8_t>() : nullptr;
+  scalar_t* out_ptr = out.data_ptr<scalar_t>();
+  T* lse_ptr = lse.data_ptr<T>();
+
+  at::parallel_for(0, s.batch * s.heads, 1, [&](int64_t begin, int64_t end) {
+    ChunkAttention<T> attn(s.chunk_len, s.n_keys, d, false);
+    std::vector<T> scale(L), running_lse(L);
+    std::vector<T> staged(direct ? 0 : L * d);
+    std::vector<int64_t> rounds(s.chunk_len);
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t* idx = idx_ptr + row * total;
+      check_sorted_row(idx, total, row);
+      const scalar_t* qk_row = qk_ptr + row * L * d;
+      const scalar_t* v_row = v_ptr + row * L * d;
+      const uint8_t* valid_row = valid_ptr == nullptr ? nullptr : valid_ptr + (row / s.heads) * L;
+      T* acc;
+      if constexpr (direct) {
+        acc = out_ptr + row * L * d;
+      } else {
+        acc = staged.data();
+      }
+      T* lse_row = lse_ptr + row * total;
+      key_scales(qk_row, L, d, scale.data());
+      std::fill(acc, acc + L * d, T(0));
+      std::fill(running_lse.begin(), running_lse.end(), -std::numeric_limits<T>::infinity());
+      std::fill(lse_row, lse_row + total, -std::numeric_limits<T>::infinity());
+      for (int64_t chunk = 0; chunk < s.n_chunks; ++chunk) {
+        gather_chunk(attn, s, chunk, n_chunks_before, n_chunks_after, idx, qk_row, v_row, scale.data(), valid_row,
+                     rounds.data());
+        attn.forward(s.chunk_len, s.n_keys, causal, true, values);
+        // Combine rounds as they arrive: out_pos holds the softmax(lse)-weighted mean of the rounds
+        // seen so far and running_lse their log-sum-exp.
+        for (int64_t i = 0; i < s.chunk_len; ++i) {
+          const int64_t pos = attn.query_pos[i];
+          const T chunk_lse = attn.lse[i];
+          lse_row[rounds[i] * L + pos] = chunk_lse;
+          const T* o = attn.out.data() + i * attn.dim_stride;
+          T* target = acc + pos * d;
+          const T previous = running_lse[pos];
+          if (previous == -std::numeric_limits<T>::infinity()) {
+            std::copy(o, o + d, target);
+            running_lse[pos] = chunk_lse;
+            continue;
+          }
+          const T top = std::max(previous, chunk_lse);
+          const T combined = top + std::log(std::exp(previous - top) + std::exp(chunk_lse - top));
+          const T keep = std::exp(previous - combined), add = std::exp(chunk_lse - combined);
+          for (int64_t t = 0; t < d; ++t) target[t] = target[t] * keep + o[t] * add;
+          running_lse[pos] = combined;
+        }
+      }
+      if constexpr (!direct) {
+        scalar_t* dst = out_ptr + row * L * d;
+        for (int64_t e = 0; e < L * d; ++e) dst[e] = static_cast<scalar_t>(acc[e]);
+      }
+    }
+  });
+}
+
+template <typename scalar_t>
+void lsh_backward_kernel(const at::Tensor& grad_out, const at::Tensor& grad_lse, const at::Tensor& qk,
+                         const at::Tensor& v, const at::Tensor& sorted_idx, const at::Tensor& out, const at::Tensor& lse,
+                         const at::Tensor& valid, const LshShape& s, int64_t n_chunks_before, int64_t n_chunks_after,
+                         bool causal, at::Tensor& grad_qk, at::Tensor& grad_v) {
+  using T = acc_type<scalar_t>;
+  constexpr bool direct = std::is_same_v<scalar_t, T>;
+  const MaskValues values = mask_values(qk.scalar_type());
+  const int64_t L = s.seq_len, d = s.head_dim, total = s.n_hashes * L;
+  const scalar_t* g_ptr = grad_out.data_ptr<scalar_t>();
+  const T* glse_ptr = grad_lse.defined() ? grad_lse.data_ptr<T>() : nullptr;
+  const scalar_t* qk_ptr = qk.data_ptr<scalar_t>();
+  const scalar_t* v_ptr = v.data_ptr<scalar_t>();
+  const scalar_t* out_ptr = out.data_ptr<scalar_t>();
+  const T* lse_ptr = lse.data_ptr<T>();
+  const int64_t* idx_ptr = sorted_idx.data_ptr<int64_t>();
+  const uint8_t* valid_ptr = valid.defined() ? valid.data_ptr<uint8_t>() : nullptr;
+  scalar_t* gqk_ptr = grad_qk.data_ptr<scalar_t>();
+  scalar_t* gv_ptr = grad_v.data_ptr<scalar_t>();
+
+  at::parallel_for(0, s.batch * s.heads, 1, [&](int64_t begin, int64_t end) {
+    ChunkAttention<T> attn(s.chunk_len, s.n_keys, d, true);
+    std::vector<T> scale(L), lse_all(L), grad_dot_out(L);
+    std::vector<T> staged_qk(direct ? 0 : L * d), staged_v(direct ? 0 : L * d);
+    std::vector<int64_t> rounds(s.chunk_len);
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t* idx = idx_ptr + row * total;
+      check_sorted_row(idx, total, row);
+      const scalar_t* qk_row = qk_ptr + row * L * d;
+      const scalar_t* v_row = v_ptr + row * L * d;
+      const scalar_t* g_row = g_ptr + row * L * d;
+      const scalar_t* out_row = out_ptr + row * L * d;
+      const T* lse_row = lse_ptr + row * total;
+      const T* glse_row = glse_ptr == nullptr ? nullptr : glse_ptr + row * total;
+      const uint8_t* valid_row = valid_ptr == nullptr ? nullptr : valid_ptr + (row / s.heads) * L;
+      T *gqk, *gv;
+      if constexpr (direct) {
+        gqk = gqk_ptr + row * L * d;
+        gv = gv_ptr + row * L * d;
+      } else {
+        gqk = staged_qk.data();
+        gv = staged_v.data();
+      }
+      std::fill(gqk, gqk + L * d, T(0));
+      std::fill(gv, gv + L * d, T(0));
+      key_scales(qk_row, L, d, scale.data());
+      for (int64_t p = 0; p < L; ++p) {
+        T top = -std::numeric_limits<T>::infinity();
+        for (int64_t r = 0; r < s.n_hashes; ++r) top = std::max(top, lse_row[r * L + p]);
+        T sum = 0;
+        for (int64_t r = 0; r < s.n_hashes; ++r) sum += std::exp(lse_row[r * L + p] - top);
+        lse_all[p] = top + std::log(sum);
+        T gdo = 0;
+        for (int64_t t = 0; t < d; ++t)
+          gdo += static_cast<T>(g_row[p * d + t]) * static_cast<T>(out_row[p * d + t]);
+        grad_dot_out[p] = gdo;
+      }
+      for (int64_t chunk = 0; chunk < s.n_chunks; ++chunk) {
+        gather_chunk(attn, s, chunk, n_chunks_before, n_chunks_after, idx, qk_row, v_row, scale.data(), valid_row,
+                     rounds.data());
+        // Round r's output enters out with weight w = exp(lse_r - lse_all), so its upstream
+        // gradient is w * g; the combination also sends w * (g . (o_r - out)) into lse_r, and
+        // dO_r . o_r - dlse_r collapses to w * (g . out) - grad_lse_r: o_r is never needed.
+        for (int64_t i = 0; i < s.chunk_len; ++i) {
+          const int64_t pos = attn.query_pos[i], at = rounds[i] * L + pos;
+          const T weight = std::exp(lse_row[at] - lse_all[pos]);
+          T* dst = attn.grad_out.data() + i * attn.dim_stride;
+          for (int64_t t = 0; t < d; ++t) dst[t] = weight * static_cast<T>(g_row[pos * d + t]);
+          attn.lse[i] = lse_row[at];
+          attn.delta[i] = weight * grad_dot_out[pos] - (glse_row == nullptr ? T(0) : glse_row[at]);
+        }
+        attn.backward(s.chunk_len, s.n_keys, causal, true, values);
+        for (int64_t i = 0; i < s.chunk_len; ++i) {
+          const T* src = attn.grad_q.data() + i * attn.dim_stride;
+          T* dst = gqk + attn.query_pos[i] * d;
+          for (int64_t t = 0; t < d; ++t) dst[t] += src[t];
+        }
+        // Keys are qk * scale(qk) with scale = (mean(qk^2) + eps)^(-1/2) / sqrt(d); through the
+        // normalization, d(qk) = scale * dk - scale^3 * (qk . dk) * qk. The map is linear in dk, so
+        // each chunk's key gradient goes straight into grad_qk.
+        for (int64_t j = 0; j < s.n_keys; ++j) {
+          const int64_t pos = attn.key_pos[j];
+          const T* dk = attn.grad_k.data() + j * attn.dim_stride;
+          const scalar_t* x = qk_row + pos * d;
+          T x_dot_dk = 0;
+          for (int64_t t = 0; t < d; ++t) x_dot_dk += static_cast<T>(x[t]) * dk[t];
+          const T sc = scale[pos];
+          const T radial = sc * sc * sc * x_dot_dk;
+          T* dst = gqk + pos * d;
+          for (int64_t t = 0; t < d; ++t) dst[t] += sc * dk[t] - radial * static_cast<T>(x[t]);
+          const T* dvj = attn.grad_v.data() + j * attn.dim_stride;
+          T* dvdst = gv + pos * d;
+          for (int64_t t = 0; t < d; ++t) dvdst[t] += dvj[t];
+        }
+      }
+      if constexpr (!direct) {
+        scalar_t* dq = gqk_ptr + row * L * d;
+        scalar_t* dv = gv_ptr + row * L * d;
+        for (int64_t e = 0; e < L * d; ++e) {
+          dq[e] = static_cast<scalar_t>(gqk[e]);
+          dv[e] = static_cast<scalar_t>(gv[e]);
+        }
+      }
+    }
+  });
+}
+
+at::ScalarType lse_dtype(const at::Tensor& qk) {
+  return qk.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+std::tuple<at::Tensor, at::Tensor> lsh_attention_fwd_cpu(const at::Tensor& qk_in, const at::Tensor& v_in,
+                                                         const at::Tensor& sorted_idx_in, int64_t n_hashes,
+                                                         int64_t chunk_len, int64_t n_chunks_before,
+                                                         int64_t n_chunks_after, bool causal,
+                                                         const std::optional<at::Tensor>& attention_mask) {
+  const char* op = "lsh_attention_fwd";
+  const LshShape s =
+      check_lsh_inputs(op, qk_in, v_in, sorted_idx_in, n_hashes, chunk_len, n_chunks_before, n_chunks_after);
+  const at::Tensor qk = qk_in.contiguous(), v = v_in.contiguous(), sorted_idx = sorted_idx_in.contiguous();
+  const at::Tensor valid = key_padding(attention_mask, s.batch, s.seq_len, op);
+  at::Tensor out = at::empty_like(qk);
+  at::Tensor lse = at::empty({s.batch, s.heads, n_hashes, s.seq_len}, qk.options().dtype(lse_dtype(qk)));
+  if (qk.numel() == 0) return {out.zero_(), lse.fill_(-std::numeric_limits<double>::infinity())};
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, qk.scalar_type(), "lsh_attention", [&] {
+    lsh_forward_kernel<scalar_t>(qk, v, sorted_idx, valid, s, n_chunks_before, n_chunks_after, causal, out, lse);
+  });
+  return {out, lse};
+}
+
+std::tuple<at::Tensor, at::Tensor> lsh_attention_bwd_cpu(
+    const at::Tensor& grad_out_in, const std::optional<at::Tensor>& grad_lse_in, const at::Tensor& qk_in,
+    const at::Tensor& v_in, const at::Tensor& sorted_idx_in, const at::Tensor& out_in, const at::Tensor& lse_in,
+    int64_t n_hashes, int64_t chunk_len, int64_t n_chunks_before, int64_t n_chunks_after, bool causal,
+    const std::optional<at::Tensor>& attention_mask) {
+  const char* op = "lsh_attention_bwd";
+  const LshShape s =
+      check_lsh_inputs(op, qk_in, v_in, sorted_idx_in, n_hashes, chunk_len, n_chunks_before, n_chunks_after);
+  TORCH_CHECK_VALUE(grad_out_in.sizes() == qk_in.sizes() && out_in.sizes() == qk_in.sizes(), op,
+                    ": grad_out and out must have the shape of qk ", qk_in.sizes());
+  TORCH_CHECK_TYPE(grad_out_in.scalar_type() == qk_in.scalar_type() && out_in.scalar_type() == qk_in.scalar_type(),
+                   op, ": grad_out and out must have the dtype of qk (", qk_in.scalar_type(), ")");
+  const std::vector<int64_t> lse_shape{s.batch, s.heads, n_hashes, s.seq_len};
+  TORCH_CHECK_VALUE(lse_in.sizes() == lse_shape, op, ": lse must have shape ", lse_shape, ", got ", lse_in.sizes());
+  TORCH_CHECK_TYPE(lse_in.scalar_type() == lse_dtype(qk_in), op, ": lse must be ", lse_dtype(qk_in),
+                   " (as lsh_attention_fwd returns it), got ", lse_in.scalar_type());
+  at::Tensor grad_lse;
+  if (grad_lse_in.has_value() && grad_lse_in->defined()) {
+    TORCH_CHECK_VALUE(grad_lse_in->sizes() == lse_shape, op, ": grad_lse must have shape ", lse_shape, ", got ",
+                      grad_lse_in->sizes());
+    grad_lse = grad_lse_in->to(lse_dtype(qk_in)).contiguous();
+  }
+  const at::Tensor qk = qk_in.contiguous(), v = v_in.contiguous(), sorted_idx = sorted_idx_in.contiguous();
+  const at::Tensor grad_out = grad_out_in.contiguous(), out = out_in.contiguous(), lse = lse_in.contiguous();
+  const at::Tensor valid = key_padding(attention_mask, s.batch, s.seq_len, op);
+  at::Tensor grad_qk = at::empty_like(qk), grad_v = at::empty_like(v);
+  if (qk.numel() == 0) return {grad_qk, grad_v};
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, qk.scalar_type(), "lsh_attention", [&] {
+    lsh_backward_kernel<scalar_t>(grad_out, grad_lse, qk, v, sorted_idx, out, lse, valid, s, n_chunks_before,
+                                  n_chunks_after, causal, grad_qk, grad_v);
+  });
+  return {grad_qk, grad_v};
+}
+
+}  // namespace
+}  // namespace reformer_kernels::cpu
+
+TORCH_LIBRARY_IMPL(reformer_kernels, CPU, m) {
+  m.impl("lsh_attention_fwd", &reformer_kernels::cpu::lsh_attention_fwd_cpu);
+  m.impl("lsh_attention_bwd", &reformer_kernels::cpu::lsh_attention_bwd_cpu);
+}

@@ -1,0 +1,184 @@
+"""The CPU LSH attention kernels against the float64 reference: forward (out and per-round lse),
+gradients for qk and v (through out and lse), gradcheck, opcheck, determinism, bad inputs."""
+import pytest
+import torch
+
+from reformer_kernels import functional, reference
+from reformer_kernels.ops.lsh_attention import lsh_attention_cpu
+from tests.tolerance import assert_within_rule
+
+from .helpers import lsh_inputs, outputs_and_grads, padding_mask, requires_extension
+
+pytestmark = requires_extension
+
+# (batch, heads, seq_len, head_dim, n_hashes, chunk_len, before, after, causal, mask): a sampled
+# grid that covers each value of every axis at least once.
+CASES = [
+    (1, 1, 16, 1, 1, 1, 1, 0, False, None),
+    (3, 8, 32, 16, 2, 4, 2, 1, True, "fully_padded"),
+    (1, 8, 64, 64, 8, 64, 1, 0, True, None),
+    (3, 1, 256, 128, 1, 128, 0, 0, False, "padded"),
+    (1, 1, 128, 64, 2, 128, 2, 1, False, None),
+    (3, 1, 48, 16, 8, 4, 0, 0, True, "fully_padded"),
+    (1, 8, 40, 1, 2, 4, 1, 0, False, "padded"),
+    (3, 1, 64, 16, 1, 64, 1, 0, True, "padded"),
+]
+
+
+def _run(impl, qk, v, sorted_idx, n_hashes, chunk_len, before, after, causal, attention_mask, upstream):
+    def fn(qk, v):
+        return impl(qk, v, sorted_idx, n_hashes=n_hashes, chunk_len=chunk_len, n_chunks_before=before,
+                    n_chunks_after=after, causal=causal, attention_mask=attention_mask)
+
+    return outputs_and_grads(fn, (qk, v), upstream)
+
+
+def _reference(qk, v, sorted_idx, **kw):
+    return reference.lsh_attention(qk, v, sorted_idx, **kw)
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(map(str, c)))
+def test_matches_reference_float32(case):
+    batch, heads, seq_len, head_dim, n_hashes, chunk_len, before, after, causal, mask_kind = case
+    qk, v, sorted_idx, attention_mask = lsh_inputs(batch, heads, seq_len, head_dim, n_hashes, mask_kind)
+    upstream = (torch.randn_like(qk), torch.randn(batch, heads, n_hashes, seq_len, dtype=torch.float64))
+    args = (sorted_idx, n_hashes, chunk_len, before, after, causal, attention_mask, upstream)
+    expected = _run(_reference, qk, v, *args)
+    baseline = _run(_reference, qk.float(), v.float(), *args)
+    actual = _run(lsh_attention_cpu, qk.float(), v.float(), *args)
+    for name, a, e, b in zip(("out", "lse", "grad_qk", "grad_v"), actual, expected, baseline):
+        assert a.dtype == torch.float32, name
+        assert_within_rule(a, e, b, atol=2e-5, what=name)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_matches_reference(dtype):
+    qk, v, sorted_idx, attention_mask = lsh_inputs(2, 2, 64, 16, 2, "fully_padded")
+    upstream = (torch.randn_like(qk), torch.randn(2, 2, 2, 64, dtype=torch.float64))
+    args = (sorted_idx, 2, 16, 1, 0, True, attention_mask, upstream)
+    expected = _run(_reference, qk, v, *args)
+    baseline = _run(_reference, qk.to(dtype), v.to(dtype), *args)
+    actual = _run(lsh_attention_cpu, qk.to(dtype), v.to(dtype), *args)
+    for name, a, e, b in zip(("out", "lse", "grad_qk", "grad_v"), actual, expected, baseline):
+        assert a.dtype == dtype, name
+        assert_within_rule(a, e, b, atol=1e-3, what=name)
+
+
+def test_float64_matches_reference_closely():
+    qk, v, sorted_idx, attention_mask = lsh_inputs(2, 3, 32, 8, 2, "padded")
+    upstream = (torch.randn_like(qk), torch.randn(2, 3, 2, 32, dtype=torch.float64))
+    args = (sorted_idx, 2, 8, 1, 1, True, attention_mask, upstream)
+    for a, e in zip(_run(lsh_attention_cpu, qk, v, *args), _run(_reference, qk, v, *args)):
+        torch.testing.assert_close(a, e, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_gradcheck(causal):
+    qk, v, sorted_idx, attention_mask = lsh_inputs(2, 2, 8, 3, 2, "padded")
+    qk.requires_grad_()
+    v.requires_grad_()
+
+    def fn(qk, v):
+        return lsh_attention_cpu(qk, v, sorted_idx, 2, 4, 1, 0, causal, attention_mask)
+
+    assert torch.autograd.gradcheck(fn, (qk, v))
+
+
+def test_opcheck():
+    qk, v, sorted_idx, attention_mask = lsh_inputs(2, 2, 16, 8, 2, "padded")
+    fwd_args = (qk.float().requires_grad_(), v.float().requires_grad_(), sorted_idx, 2, 8, 1, 0, True, attention_mask)
+    torch.library.opcheck(torch.ops.reformer_kernels.lsh_attention_fwd.default, fwd_args)
+    out, lse = torch.ops.reformer_kernels.lsh_attention_fwd(*(a.detach() if isinstance(a, torch.Tensor) else a for a in fwd_args))
+    grad_out, grad_lse = torch.randn_like(out), torch.randn_like(lse)
+    for grad_lse_arg in (grad_lse, None):
+        bwd_args = (grad_out, grad_lse_arg, qk.float(), v.float(), sorted_idx, out, lse, 2, 8, 1, 0, True, attention_mask)
+        torch.library.opcheck(torch.ops.reformer_kernels.lsh_attention_bwd.default, bwd_args)
+
+
+def test_deterministic_across_runs_and_thread_counts():
+    qk, v, sorted_idx, attention_mask = lsh_inputs(1, 3, 128, 16, 2, "padded")
+    upstream = (torch.randn_like(qk), torch.randn(1, 3, 2, 128, dtype=torch.float64))
+    args = (sorted_idx, 2, 16, 1, 0, True, attention_mask, upstream)
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for n in (1, 2, 2, 1):
+            torch.set_num_threads(n)
+            results.append(_run(lsh_attention_cpu, qk.float(), v.float(), *args))
+    finally:
+        torch.set_num_threads(threads)
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            assert torch.equal(a, b)
+
+
+def test_full_attention_through_functional():
+    """A sequence of one chunk: sorted_idx = arange(L), the path lsh_self_attention takes."""
+    qk = torch.randn(2, 2, 24, 16, dtype=torch.float64)
+    v = torch.randn_like(qk)
+    rotations = torch.randn(2, 16, 1, 2, dtype=torch.float64)
+    attention_mask = padding_mask(2, 24, "fully_padded")
+    kw = dict(chunk_len=32, causal=True, attention_mask=attention_mask)
+    expected = functional.lsh_self_attention(qk, v, rotations, 4, backend="reference", **kw)
+    baseline = functional.lsh_self_attention(qk.float(), v.float(), rotations.float(), 4, backend="reference", **kw)
+    actual = functional.lsh_self_attention(qk.float(), v.float(), rotations.float(), 4, backend="cpu", **kw)
+    assert_within_rule(actual, expected, baseline, atol=2e-5, what="out")
+
+
+@pytest.mark.parametrize("seq_len", [50, 64])
+def test_lsh_self_attention_pads_any_length(seq_len):
+    qk = torch.randn(3, 2, seq_len, 16, dtype=torch.float64)
+    v = torch.randn_like(qk)
+    rotations = torch.randn(2, 16, 2, 4, dtype=torch.float64)
+    kw = dict(chunk_len=8, causal=False, attention_mask=padding_mask(3, seq_len, "padded"))
+    expected = functional.lsh_self_attention(qk, v, rotations, 8, backend="reference", **kw)
+    baseline = functional.lsh_self_attention(qk.float(), v.float(), rotations.float(), 8, backend="reference", **kw)
+    actual = functional.lsh_self_attention(qk.float(), v.float(), rotations.float(), 8, backend="cpu", **kw)
+    assert_within_rule(actual, expected, baseline, atol=2e-5, what="out")
+
+
+def test_keyword_and_positional_calls_agree():
+    qk, v, sorted_idx, attention_mask = lsh_inputs(1, 2, 16, 4, 1)
+    positional = lsh_attention_cpu(qk, v, sorted_idx, 1, 4, 1, 0, False, attention_mask)
+    keyword = lsh_attention_cpu(qk=qk, v=v, sorted_idx=sorted_idx, n_hashes=1, chunk_len=4, n_chunks_before=1,
+                                n_chunks_after=0, causal=False, attention_mask=attention_mask)
+    for a, b in zip(positional, keyword):
+        assert torch.equal(a, b)
+
+
+def _direct(qk, v, sorted_idx, n_hashes=2, chunk_len=4, before=1, after=0, mask=None):
+    return torch.ops.reformer_kernels.lsh_attention_fwd(qk, v, sorted_idx, n_hashes, chunk_len, before, after, False, mask)
+
+
+def test_direct_op_calls_reject_bad_inputs():
+    qk, v, sorted_idx, _ = lsh_inputs(1, 2, 8, 4, 2)
+    qk, v = qk.float(), v.float()
+    with pytest.raises(TypeError, match="floating"):
+        _direct(qk.long(), v, sorted_idx)
+    with pytest.raises(TypeError, match="dtype of qk"):
+        _direct(qk, v.double(), sorted_idx)
+    with pytest.raises(TypeError, match="int64"):
+        _direct(qk, v, sorted_idx.int())
+    with pytest.raises(ValueError, match="shape of qk"):
+        _direct(qk, v[..., :3], sorted_idx)
+    with pytest.raises(ValueError, match="n_hashes \\* seq_len"):
+        _direct(qk, v, sorted_idx[..., :8])
+    with pytest.raises(ValueError, match="multiple of chunk_len"):
+        _direct(qk, v, sorted_idx, chunk_len=3)
+    with pytest.raises(ValueError, match="chunk_len must be >= 1"):
+        _direct(qk, v, sorted_idx, chunk_len=0)
+    with pytest.raises(ValueError, match="n_chunks_before"):
+        _direct(qk, v, sorted_idx, before=-1)
+    with pytest.raises(ValueError, match="outside"):
+        _direct(qk, v, sorted_idx + 100)
+    with pytest.raises(ValueError, match="attention_mask"):
+        _direct(qk, v, sorted_idx, mask=torch.ones(1, 7, dtype=torch.bool))
+    out, lse = _direct(qk, v, sorted_idx)
+    with pytest.raises(TypeError, match="lse must be"):
+        torch.ops.reformer_kernels.lsh_attention_bwd(out, None, qk, v, sorted_idx, out, lse.double(), 2, 4, 1, 0, False, None)
+
+
+def test_explicit_cpu_backend_refuses_dropout():
+    qk, v, sorted_idx, _ = lsh_inputs(1, 1, 8, 4, 1)
+    with pytest.raises(ValueError):
+        functional.lsh_attention(qk, v, sorted_idx, n_hashes=1, chunk_len=4, dropout_p=0.1, backend="cpu")
