@@ -27,15 +27,16 @@ def _time(row: dict):
 
 def plot_suite(rows: list[dict], suite: str, out_dir: str) -> list[str]:
     """Write the suite's plots into ``out_dir``; returns their paths (none when nothing ran)."""
+    scored = [row for row in rows if row["status"] == OK and row["accuracy"] != ""]
+    paths = _accuracy_lines(scored, suite, out_dir) if scored else []
     ok = [row for row in rows if row["status"] == OK and row["fwd_ms"] != ""]
     if not ok:
-        return []
+        return paths
     plt = _pyplot()
     x_name = "layers" if suite == "model" else "seq_len"
     figures = defaultdict(lambda: defaultdict(list))
     for row in ok:
         figures[(row["op"], row["causal"], row["dtype"])][_label(row)].append(row)
-    paths = []
     for (op, causal, dtype), lines in figures.items():
         for what, value, unit in (("time", _time, "ms (fwd+bwd where measured, else fwd)"), ("memory", lambda r: r["peak_mem_mb"], "peak MiB")):
             fig, ax = plt.subplots(figsize=(6.4, 4.4))
@@ -82,6 +83,29 @@ def _speedup_bars(rows: list[dict], suite: str, out_dir: str, x_name: str, plt) 
     ax.set_title(f"{suite}: speed-up over transformers")
     fig.tight_layout()
     path = os.path.join(out_dir, f"{suite}_speedup.png")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return [path]
+
+
+def _accuracy_lines(rows: list[dict], suite: str, out_dir: str) -> list[str]:
+    """Accuracy against the number of hashes at evaluation, one line per competitor."""
+    plt = _pyplot()
+    lines = defaultdict(list)
+    for row in rows:
+        lines[_label(row)].append((int(row["n_hashes"]), float(row["accuracy"])))
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    for label, points in sorted(lines.items()):
+        ax.plot(*zip(*sorted(points)), marker="o", label=label)
+    ax.set_xscale("log", base=2)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("n_hashes at evaluation")
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"{suite}: {rows[0]['op']} (seq_len {rows[0]['seq_len']})")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = os.path.join(out_dir, f"{suite}_{rows[0]['op']}_accuracy.png")
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return [path]

@@ -1,7 +1,7 @@
 """The one entry point: ``reformer-kernels bench`` and ``python -m benchmarks``.
 
     reformer-kernels bench [--suite ops|model|scaling|quality|all] [--size tiny|small|full]
-                           [--device cpu|cuda] [--out DIR]
+                           [--device cpu|cuda] [--out DIR] [--threads N]
 
 Defaults: every suite, on the GPU at "full" size when there is one, else on the CPU at "small"
 size (a few minutes on 2 cores). Results land in ``benchmarks/results/<device-name>/``:
@@ -38,6 +38,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--size", choices=SIZES, default=None, help="problem sizes (default: full on a GPU, small on a CPU; tiny checks the harness)")
     p.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda when available")
     p.add_argument("--out", default=None, help="output folder (default: benchmarks/results/<device-name>/)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for torch (default: torch's choice); 1 gives steadier numbers on a busy machine")
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
 
 
@@ -46,6 +48,11 @@ def run(args: argparse.Namespace) -> int:
     if device.type == "cuda" and not torch.cuda.is_available():
         print("bench: --device cuda but torch.cuda.is_available() is False; use --device cpu", file=sys.stderr)
         return 2
+    if args.threads is not None:
+        if args.threads < 1:
+            print(f"bench: --threads {args.threads} must be >= 1", file=sys.stderr)
+            return 2
+        torch.set_num_threads(args.threads)
     size = args.size or ("full" if device.type == "cuda" else "small")
     out_dir = args.out or os.path.join(report.RESULTS, report.device_dir_name(device))
     settings = Settings(device=device, **SETTINGS[size])

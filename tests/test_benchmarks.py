@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from benchmarks import competitors, flops, harness, plots, report, run
+from benchmarks import bench_model, competitors, flops, harness, plots, report, run
 from reformer_kernels import reference
 
 CPU = torch.device("cpu")
@@ -72,6 +72,16 @@ def test_lsh_layer_formula_matches_the_layer_we_time():
     prepared = competitors.ours_lsh_layer(config, CPU, "reference")
     assert counted(prepared.forward) == prepared.fwd_flops
     assert counted(prepared.train_step) == prepared.train_flops
+
+
+def test_reformer_lm_formula_matches_transformers_forward():
+    config = dict(bench_model.shape("tiny", CPU), dtype=torch.float32, layers=2, causal=True)
+    prepared = bench_model.transformers_lm(config, CPU)
+    with torch.no_grad():
+        assert counted(prepared.forward) == prepared.fwd_flops
+    # The model has one LSH layer (local, lsh), and hashing has no gradient.
+    hashed = flops.hashing(1, config["heads"], config["seq_len"], config["head_dim"], config["n_hashes"], competitors.n_buckets_for(config))
+    assert prepared.train_flops == flops.with_backward(prepared.fwd_flops, prepared.fwd_flops - hashed)
 
 
 # ---- competitors: every one builds and runs on a tiny configuration ----------------------------
@@ -209,6 +219,14 @@ def test_csv_json_plots_and_summary(tmp_path):
     summary = open(report.write_summary(str(tmp_path))).read()
     assert "| op | competitor | backend |" in summary and "fake_op ours:pytorch: error: RuntimeError" in summary
     assert "![fake_speedup.png](fake_speedup.png)" in summary
+
+
+def test_accuracy_rows_get_an_accuracy_plot(tmp_path):
+    rows = [dict.fromkeys(harness.COLUMNS, "") for _ in range(3)]
+    for row, n_hashes in zip(rows, (1, 2, 4)):
+        row.update(op="duplication_accuracy", competitor="transformers", backend="pytorch", n_hashes=n_hashes, seq_len=32,
+                   accuracy=0.5, status="ok")
+    assert [os.path.basename(p) for p in plots.plot_suite(rows, "quality", str(tmp_path))] == ["quality_duplication_accuracy_accuracy.png"]
 
 
 def test_ctrl_c_keeps_finished_rows(tmp_path, monkeypatch, capsys):
