@@ -15,9 +15,8 @@ from .triton_lsh_attention import (
     attention_fwd_kernel,
     check_dtype,
     chunk_grid,
-    head_block,
     keep_mask_arg,
-    slot_block,
+    tiles,
 )
 
 
@@ -34,7 +33,8 @@ def local_attention_fwd(
     lse = torch.empty(batch, heads, seq_len, dtype=torch.float32, device=q.device)
     mask, stride_mb = keep_mask_arg(attention_mask, q)
     mask_value, _ = mask_values(q.dtype)
-    attention_fwd_kernel[chunk_grid(n_slots, chunk_len, batch, heads)](
+    tile = tiles(chunk_len, head_dim, q.dtype)
+    attention_fwd_kernel[chunk_grid(n_slots, chunk_len, batch, heads, tile)](
         q, k, v, lse, mask, out, lse,
         q.stride(0), q.stride(1), q.stride(2),
         out.stride(0), out.stride(1), out.stride(2),
@@ -43,7 +43,7 @@ def local_attention_fwd(
         seq_len, n_slots, chunk_len, n_chunks_before, n_chunks_before + 1 + n_chunks_after, head_dim,
         1.0 / math.sqrt(head_dim), mask_value, 0.0,
         LSH=False, CAUSAL=causal, HAS_MASK=attention_mask is not None,
-        HEAD_BLOCK=head_block(head_dim), BLOCK=slot_block(chunk_len),
+        **tile,
     )
     return out, lse
 
@@ -69,7 +69,8 @@ def local_attention_bwd(
     grad_q, grad_k, grad_v = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     mask, stride_mb = keep_mask_arg(attention_mask, q)
     mask_value, _ = mask_values(q.dtype)
-    attention_bwd_kernel[chunk_grid(n_slots, chunk_len, batch, heads)](
+    tile = tiles(chunk_len, head_dim, q.dtype)
+    attention_bwd_kernel[chunk_grid(n_slots, chunk_len, batch, heads, tile)](
         q, k, v, lse, mask, grad_out, lse, lse, delta, grad_q, grad_k, grad_v,
         q.stride(0), q.stride(1), q.stride(2),
         grad_q.stride(0), grad_q.stride(1), grad_q.stride(2),
@@ -78,7 +79,7 @@ def local_attention_bwd(
         seq_len, n_slots, chunk_len, n_chunks_before, n_chunks_after, head_dim,
         1.0 / math.sqrt(head_dim), mask_value, 0.0,
         LSH=False, CAUSAL=causal, HAS_MASK=attention_mask is not None,
-        HEAD_BLOCK=head_block(head_dim), BLOCK=slot_block(chunk_len),
+        **tile,
     )
     return grad_q, grad_k, grad_v
 

@@ -37,14 +37,6 @@ def _warp_configs() -> list[triton.Config]:
     return [triton.Config({}, num_warps=4, num_stages=2), triton.Config({}, num_warps=8, num_stages=2)]
 
 
-def slot_block(chunk_len: int) -> int:
-    """Slots per program: the chunk rounded up to a power of two, 16 to 64. The interpreter takes
-    16 so that its small tests cross block and chunk boundaries as long sequences do on a GPU."""
-    if backends.triton_interpreted():
-        return 16
-    return min(64, max(16, triton.next_power_of_2(chunk_len)))
-
-
 def check_dtype(op: str, tensor: torch.Tensor) -> None:
     """The kernels compute in fp32 from fp16, bf16 or fp32 inputs; float64 is the reference's."""
     if tensor.dtype not in (torch.float16, torch.bfloat16, torch.float32):
@@ -57,6 +49,18 @@ def check_dtype(op: str, tensor: torch.Tensor) -> None:
 def head_block(head_dim: int) -> int:
     """head_dim padded to the next power of two (at least 16, the smallest tl.dot side)."""
     return max(16, triton.next_power_of_2(head_dim))
+
+
+def tiles(chunk_len: int, head_dim: int, dtype: torch.dtype) -> dict:
+    """The attention kernels' tile: HEAD_BLOCK (head_dim padded) and BLOCK, the slots per program,
+    the chunk rounded up to a power of two within [16, 64]. The interpreter takes 16 so that its
+    small tests cross block and chunk boundaries as long sequences do on a GPU."""
+    head = head_block(head_dim)
+    if backends.triton_interpreted():
+        return dict(HEAD_BLOCK=head, BLOCK=16)
+    # fp32 tiles of 64 x 128 need more shared memory in the backward than an A100 has.
+    largest = 32 if dtype == torch.float32 and head > 64 else 64
+    return dict(HEAD_BLOCK=head, BLOCK=min(largest, max(16, triton.next_power_of_2(chunk_len))))
 
 
 @triton.jit
@@ -321,9 +325,9 @@ def _combine_rounds_kernel(
              mask=mask_2d)
 
 
-def chunk_grid(n_slots: int, chunk_len: int, batch: int, heads: int) -> tuple[int, int, int]:
+def chunk_grid(n_slots: int, chunk_len: int, batch: int, heads: int, tile: dict) -> tuple[int, int, int]:
     """One program per slot block of each chunk, per head and batch entry."""
-    return (n_slots // chunk_len) * triton.cdiv(chunk_len, slot_block(chunk_len)), heads, batch
+    return (n_slots // chunk_len) * triton.cdiv(chunk_len, tile["BLOCK"]), heads, batch
 
 
 def keep_mask_arg(attention_mask: Optional[torch.Tensor], like: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -347,7 +351,8 @@ def lsh_attention_fwd(
     lse = torch.empty(batch, heads, n_slots, dtype=torch.float32, device=qk.device)
     mask, stride_mb = keep_mask_arg(attention_mask, qk)
     mask_value, self_mask_value = mask_values(qk.dtype)
-    attention_fwd_kernel[chunk_grid(n_slots, chunk_len, batch, heads)](
+    tile = tiles(chunk_len, head_dim, qk.dtype)
+    attention_fwd_kernel[chunk_grid(n_slots, chunk_len, batch, heads, tile)](
         qk, qk, v, sorted_idx, mask, out_rounds, lse,
         qk.stride(0), qk.stride(1), qk.stride(2),
         out_rounds.stride(0), out_rounds.stride(1), out_rounds.stride(2),
@@ -356,7 +361,7 @@ def lsh_attention_fwd(
         seq_len, n_slots, chunk_len, n_chunks_before, n_chunks_before + 1 + n_chunks_after, head_dim,
         1.0 / math.sqrt(head_dim), mask_value, self_mask_value,
         LSH=True, CAUSAL=causal, HAS_MASK=attention_mask is not None,
-        HEAD_BLOCK=head_block(head_dim), BLOCK=slot_block(chunk_len),
+        **tile,
     )
     out = torch.empty_like(qk)
     block = 16
@@ -403,7 +408,8 @@ def lsh_attention_bwd(
     grad_v_rounds = torch.empty_like(grad_qk_rounds)
     mask, stride_mb = keep_mask_arg(attention_mask, qk)
     mask_value, self_mask_value = mask_values(qk.dtype)
-    attention_bwd_kernel[chunk_grid(n_slots, chunk_len, batch, heads)](
+    tile = tiles(chunk_len, head_dim, qk.dtype)
+    attention_bwd_kernel[chunk_grid(n_slots, chunk_len, batch, heads, tile)](
         qk, qk, v, sorted_idx, mask, grad_out, round_weight, lse, delta, grad_qk_rounds, grad_qk_rounds, grad_v_rounds,
         qk.stride(0), qk.stride(1), qk.stride(2),
         grad_qk_rounds.stride(0), grad_qk_rounds.stride(1), grad_qk_rounds.stride(2),
@@ -412,7 +418,7 @@ def lsh_attention_bwd(
         seq_len, n_slots, chunk_len, n_chunks_before, n_chunks_after, head_dim,
         1.0 / math.sqrt(head_dim), mask_value, self_mask_value,
         LSH=True, CAUSAL=causal, HAS_MASK=attention_mask is not None,
-        HEAD_BLOCK=head_block(head_dim), BLOCK=slot_block(chunk_len),
+        **tile,
     )
     # Each position holds one slot per round; summing the rounds in order keeps it deterministic.
     per_round = (batch, heads, n_hashes, seq_len, head_dim)
