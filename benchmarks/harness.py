@@ -69,6 +69,8 @@ class Settings:
     device: torch.device
     warmup: int = 1
     repeats: int = 5
+    # Fast calls are repeated until their times add up to this much (see time_ms).
+    min_total_s: float = 0.0
     # A series (same case, growing seq_len) stops once one call takes longer than this.
     max_call_s: float = 5.0
 
@@ -85,13 +87,15 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_ms(fn: Callable[[], object], device: torch.device, warmup: int, repeats: int) -> list[float]:
-    """Wall-clock milliseconds of ``repeats`` calls of ``fn`` after ``warmup`` untimed ones."""
+def time_ms(fn: Callable[[], object], device: torch.device, warmup: int, repeats: int, min_total_s: float = 0.0) -> list[float]:
+    """Wall-clock milliseconds of calls of ``fn`` after ``warmup`` untimed ones: at least
+    ``repeats`` calls, more (up to 20x) while they add up to less than ``min_total_s``, so that
+    the median of a fast op is not one scheduler hiccup."""
     for _ in range(warmup):
         fn()
     synchronize(device)
-    times = []
-    for _ in range(repeats):
+    times: list[float] = []
+    while len(times) < repeats or (sum(times) < min_total_s * 1e3 and len(times) < 20 * repeats):
         start = time.perf_counter()
         fn()
         synchronize(device)
@@ -162,11 +166,11 @@ def measure(case: Case, settings: Settings) -> dict:
                 with torch.no_grad():
                     return prepared.forward()
 
-            _stats(row, "fwd", time_ms(forward, settings.device, settings.warmup, settings.repeats))
+            _stats(row, "fwd", time_ms(forward, settings.device, settings.warmup, settings.repeats, settings.min_total_s))
             seconds = row["fwd_ms"] / 1e3
             flops = prepared.fwd_flops
             if prepared.train_step is not None:
-                _stats(row, "fwd_bwd", time_ms(prepared.train_step, settings.device, settings.warmup, settings.repeats))
+                _stats(row, "fwd_bwd", time_ms(prepared.train_step, settings.device, settings.warmup, settings.repeats, settings.min_total_s))
                 seconds = row["fwd_bwd_ms"] / 1e3
                 flops = prepared.train_flops
             row["peak_mem_mb"] = round(peak_memory_bytes(prepared.train_step or forward, settings.device) / 2**20, 3)

@@ -23,8 +23,9 @@ from .plots import plot_suite
 from .sizes import SIZES
 
 SUITES = {"ops": bench_ops, "model": bench_model, "scaling": bench_scaling, "quality": bench_quality}
-SETTINGS = {"tiny": dict(warmup=1, repeats=5, max_call_s=2.0), "small": dict(warmup=1, repeats=5, max_call_s=5.0),
-            "full": dict(warmup=3, repeats=10, max_call_s=30.0)}
+SETTINGS = {"tiny": dict(warmup=1, repeats=5, max_call_s=2.0),
+            "small": dict(warmup=1, repeats=5, min_total_s=0.2, max_call_s=5.0),
+            "full": dict(warmup=3, repeats=10, min_total_s=1.0, max_call_s=30.0)}
 
 
 def parser() -> argparse.ArgumentParser:

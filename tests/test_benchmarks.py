@@ -183,6 +183,13 @@ def test_speedups_compare_with_transformers_on_the_same_configuration():
     assert rows[2]["speedup_vs_transformers"] == ""
 
 
+def test_fast_calls_are_repeated_until_they_add_up():
+    calls = []
+    assert len(harness.time_ms(lambda: calls.append(1), CPU, warmup=2, repeats=5)) == 5 and len(calls) == 7
+    # A call this fast never adds up to an hour: the repeats stop at 20x.
+    assert len(harness.time_ms(lambda: None, CPU, warmup=0, repeats=5, min_total_s=3600.0)) == 100
+
+
 def test_peak_memory_sees_torch_cpu_allocations():
     def allocate():
         a = torch.ones(1024, 1024)  # 4 MiB
