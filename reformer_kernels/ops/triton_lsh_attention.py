@@ -109,7 +109,6 @@ def _masked_scores(s, q_pos, k_pos, k_real, in_window, b, Mask, stride_mb, mask_
     return s, replaced
 
 
-
 @triton.autotune(configs=_warp_configs(), key=["chunk_len", "HEAD_BLOCK", "BLOCK", "LSH", "CAUSAL", "HAS_MASK"])
 @triton.jit
 def attention_fwd_kernel(

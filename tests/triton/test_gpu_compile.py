@@ -1,0 +1,65 @@
+"""Every Triton kernel compiles to a cubin for sm_80 and sm_90 without a GPU. The interpreter
+runs the kernels' Python, not the compiler, so type and layout errors that only compiled code
+hits (loop-carried types, dot shapes, shared memory) would otherwise wait for a GPU machine."""
+import pytest
+import torch
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+from reformer_kernels import backends
+from reformer_kernels.ops import triton_hashing, triton_lsh_attention
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(backends.triton_interpreted(), reason="under TRITON_INTERPRET=1 the kernels are not compiled"),
+]
+
+TORCH_TO_TRITON = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+
+
+def compile_for(kernel, arch: int, types: dict, constexprs: dict, **options):
+    """Compile ``kernel`` (a jitted function, or the autotuner around one) for sm_<arch>; every
+    other argument is an int32 scalar unless ``types`` names it."""
+    fn = kernel.fn if isinstance(kernel, triton.runtime.Autotuner) else kernel
+    signature = {name: "constexpr" if name in constexprs else types.get(name, "i32") for name in fn.arg_names}
+    source = ASTSource(fn=fn, signature=signature,
+                       constexprs={(fn.arg_names.index(name),): value for name, value in constexprs.items()})
+    return triton.compile(source, target=GPUTarget("cuda", arch, 32), options=options)
+
+
+def attention_types(dtype: torch.dtype, lsh: bool) -> dict:
+    element = TORCH_TO_TRITON[dtype]
+    # LSH writes fp32 per-round rows that are combined or summed afterwards; local writes results.
+    rows = "*fp32" if lsh else f"*{element}"
+    return {
+        **{name: f"*{element}" for name in ("Q", "K", "V", "DOut")},
+        "SortedIdx": "*i64" if lsh else "*fp32", "Mask": "*u8", "Out": rows, "DQ": rows, "DK": rows, "DV": rows,
+        **{name: "*fp32" for name in ("Lse", "RoundWeight", "Delta")},
+        **{name: "fp32" for name in ("key_scale", "mask_value", "self_mask_value")},
+        **{name: "i64" for name in ("stride_xb", "stride_ob", "stride_gb", "stride_sb")},
+    }
+
+
+# fp32 with head_dim 128 has the largest tiles; the A100 (sm_80) has the least shared memory.
+@pytest.mark.parametrize("arch,dtype,head_dim", [(90, torch.bfloat16, 64), (80, torch.float32, 128)])
+@pytest.mark.parametrize("lsh", [True, False])
+def test_attention_kernels_compile(arch, dtype, head_dim, lsh):
+    """The launchers' tile for a chunk of 64, forward and backward, within the GPU's shared memory."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(backends, "triton_interpreted", lambda: False)  # the GPU tile, not the test tile
+        tile = triton_lsh_attention.tiles(64, head_dim, dtype)
+    shared_memory = {80: 166912, 90: 232448}[arch]
+    for kernel in (triton_lsh_attention.attention_fwd_kernel, triton_lsh_attention.attention_bwd_kernel):
+        compiled = compile_for(kernel, arch, attention_types(dtype, lsh), dict(LSH=lsh, CAUSAL=True, HAS_MASK=True, **tile),
+                               num_warps=8, num_stages=2)
+        assert compiled.metadata.shared <= shared_memory, f"{compiled.name} needs {compiled.metadata.shared} B of shared memory"
+
+
+def test_combine_and_hash_kernels_compile():
+    compile_for(triton_lsh_attention._combine_rounds_kernel, 90, {"OutRounds": "*fp32", "Lse": "*fp32", "Out": "*bf16"},
+                dict(HEAD_BLOCK=64, BLOCK=16))
+    for n_factors in (1, 2):
+        compile_for(triton_hashing._hash_kernel, 90,
+                    {"X": "*fp16", "Rotations": "*fp16", "Mask": "*u8", "Factors": "*i32", "Buckets": "*i64"},
+                    dict(N_FACTORS=n_factors, HAS_PADDING=True, HEAD_BLOCK=64, ROT_BLOCK=16, BLOCK=64))
