@@ -1,7 +1,7 @@
 """The competitors, each a function from a configuration to a prepared case.
 
-Every competitor of one configuration sees the same inputs and weights: ``inputs`` seeds the
-generator from the configuration, so each builder re-creates identical tensors. Ours runs through
+Every competitor of one configuration sees the same inputs and weights: ``generator_for`` seeds
+a generator from the configuration, so each builder re-creates identical tensors. Ours runs through
 the public API (``reformer_kernels.functional`` and ``reformer_kernels.nn``) on one backend; "auto"
 is what a user gets. Peers: transformers' Reformer modules (the oracle semantics), reformer-pytorch
 (and the local_attention package it uses), and dense PyTorch SDPA.
@@ -14,11 +14,16 @@ import zlib
 import torch
 import torch.nn.functional as F
 
+from reformer_kernels import backends, functional, reference
+from reformer_kernels import nn as ours_nn
+from reformer_kernels.nn.attention import merge_heads, split_heads
+from reformer_kernels.reference.hashing import bucket_factors
+
 from . import flops
 from .harness import MissingPeer, NotAvailable, Prepared
 
-# Which backend ops each layer-level case of ours needs a kernel for.
-LAYER_OPS = {
+# The backend ops each case of ours needs a kernel for.
+NEEDED_KERNELS = {
     "lsh_hash": ("lsh_hash",),
     "bucket_sort": ("bucket_sort",),
     "lsh_attention": ("lsh_attention",),
@@ -40,8 +45,6 @@ def peer(module: str):
 def our_backends(device: torch.device) -> list[str]:
     """"auto" and every backend of ours that targets ``device``'s tensors (Triton on a CPU would be
     its interpreter, whose timings mean nothing); whether each has a kernel is the case's to find out."""
-    from reformer_kernels import backends
-
     gpu_only = {"cuda", "triton"}
     return ["auto", *(name for name in backends.status() if (name != "cpu" if device.type == "cuda" else name not in gpu_only))]
 
@@ -50,13 +53,11 @@ def require_kernels(op: str, backend: str) -> None:
     """Raise NotAvailable unless ``backend`` can run every backend op that ``op`` needs on this machine."""
     if backend == "auto":
         return
-    from reformer_kernels import backends
-
     available, reason = backends.status()[backend]
     if not available:
         raise NotAvailable(f"backend {backend} is not available here: {reason}")
     implemented = backends.implemented_ops()[backend]
-    missing = [name for name in LAYER_OPS[op] if name not in implemented]
+    missing = [name for name in NEEDED_KERNELS[op] if name not in implemented]
     if missing:
         raise NotAvailable(f"backend {backend} has no kernel for {', '.join(missing)} yet")
 
@@ -76,9 +77,7 @@ def hidden_size(config: dict) -> int:
 
 
 def n_buckets_for(config: dict):
-    from reformer_kernels.functional import default_num_buckets
-
-    return default_num_buckets(config["seq_len"], config["chunk_len"], config["seq_len"])
+    return functional.default_num_buckets(config["seq_len"], config["chunk_len"], config["seq_len"])
 
 
 def hf_config(config: dict, **overrides):
@@ -121,14 +120,6 @@ def modules_to(modules, config: dict, device: torch.device) -> None:
         module.to(device=device, dtype=config["dtype"])
 
 
-def split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
-    return x.unflatten(-1, (heads, -1)).transpose(1, 2)
-
-
-def merge_heads(x: torch.Tensor) -> torch.Tensor:
-    return x.transpose(1, 2).flatten(2)
-
-
 # ---- op level: hash, sort, LSH attention on given sorted_idx ------------------------------------
 
 def _qk_v(config: dict, device: torch.device, requires_grad: bool = False):
@@ -136,10 +127,15 @@ def _qk_v(config: dict, device: torch.device, requires_grad: bool = False):
     shape = (config["batch"], config["heads"], config["seq_len"], config["head_dim"])
     qk = randn(shape, config, device, gen, requires_grad)
     v = randn(shape, config, device, gen, requires_grad)
-    n_buckets = n_buckets_for(config)
-    rotation_size = n_buckets if isinstance(n_buckets, int) else sum(n_buckets)
-    rotations = randn((config["heads"], config["head_dim"], config["n_hashes"], rotation_size // 2), config, device, gen)
+    rotations, n_buckets = _rotations(config, device, gen)
     return qk, v, rotations, n_buckets
+
+
+def _rotations(config: dict, device: torch.device, gen: torch.Generator):
+    """Random rotations (H, d, n_hashes, R / 2) for the configuration's default bucket count."""
+    n_buckets = n_buckets_for(config)
+    shape = (config["heads"], config["head_dim"], config["n_hashes"], sum(bucket_factors(n_buckets)) // 2)
+    return randn(shape, config, device, gen), n_buckets
 
 
 def _hash_flops(config: dict, n_buckets) -> float:
@@ -148,8 +144,6 @@ def _hash_flops(config: dict, n_buckets) -> float:
 
 def ours_hash(config: dict, device: torch.device, backend: str) -> Prepared:
     require_kernels("lsh_hash", backend)
-    from reformer_kernels import functional
-
     qk, _, rotations, n_buckets = _qk_v(config, device)
     return Prepared(lambda: functional.lsh_hash(qk, rotations, n_buckets, backend=backend), fwd_flops=_hash_flops(config, n_buckets))
 
@@ -173,16 +167,12 @@ def reformer_pytorch_hash(config: dict, device: torch.device) -> Prepared:
 
 
 def _buckets(config: dict, device: torch.device):
-    from reformer_kernels import reference
-
     qk, _, rotations, n_buckets = _qk_v(config, device)
     return reference.hash_vectors(qk, rotations, n_buckets)
 
 
 def ours_sort(config: dict, device: torch.device, backend: str) -> Prepared:
     require_kernels("bucket_sort", backend)
-    from reformer_kernels import functional
-
     buckets, num_keys = _buckets(config, device)
     return Prepared(lambda: functional.bucket_sort(buckets, num_keys, backend=backend))
 
@@ -203,8 +193,6 @@ def _lsh_attention_flops(config: dict) -> float:
 
 def ours_lsh_attention(config: dict, device: torch.device, backend: str) -> Prepared:
     require_kernels("lsh_attention", backend)
-    from reformer_kernels import functional, reference
-
     qk, v, rotations, n_buckets = _qk_v(config, device, requires_grad=True)
     buckets, num_keys = reference.hash_vectors(qk, rotations, n_buckets)
     sorted_idx, _ = reference.sort_buckets(buckets, num_keys)
@@ -248,13 +236,9 @@ def _prepared(fn, leaves, work) -> Prepared:
 
 def ours_lsh_layer(config: dict, device: torch.device, backend: str) -> Prepared:
     require_kernels("lsh_layer", backend)
-    from reformer_kernels import functional
-
     hidden, gen = _hidden_states(config, device)
     weights = _projections(("query_key", "value"), config, device, gen)
-    n_buckets = n_buckets_for(config)
-    rotation_size = n_buckets if isinstance(n_buckets, int) else sum(n_buckets)
-    rotations = randn((config["heads"], config["head_dim"], config["n_hashes"], rotation_size // 2), config, device, gen)
+    rotations, n_buckets = _rotations(config, device, gen)
 
     def fn():
         qk = split_heads(hidden @ weights["query_key"].t(), config["heads"])
@@ -341,8 +325,6 @@ def _local_layer_work(config: dict) -> tuple[float, float]:
 
 def ours_local_layer(config: dict, device: torch.device, backend: str) -> Prepared:
     require_kernels("local_layer", backend)
-    from reformer_kernels import functional
-
     hidden, gen = _hidden_states(config, device)
     weights = _projections(("query", "key", "value"), config, device, gen)
 
@@ -399,11 +381,6 @@ def _block_work(config: dict) -> tuple[float, float]:
 
 def ours_reversible_block(config: dict, device: torch.device, backend: str) -> Prepared:
     require_kernels("reversible_block", backend)
-    from reformer_kernels import backends
-    from reformer_kernels import nn as ours_nn
-
-    if not hasattr(ours_nn, "ReversibleSequence"):
-        raise NotAvailable("reformer_kernels.nn has no ReversibleSequence yet")
     size = hidden_size(config)
     hidden, _ = _hidden_states(config, device)
     attention = torch.nn.Sequential(

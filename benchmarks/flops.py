@@ -8,6 +8,8 @@ Causal dense attention counts half the score matrix, as FlashAttention's benchma
 """
 from __future__ import annotations
 
+from reformer_kernels.reference.hashing import bucket_factors
+
 
 def linear(tokens: int, d_in: int, d_out: int) -> float:
     """tokens x (d_in -> d_out) projection."""
@@ -16,8 +18,7 @@ def linear(tokens: int, d_in: int, d_out: int) -> float:
 
 def hashing(batch: int, heads: int, seq_len: int, head_dim: int, n_hashes: int, n_buckets: int | tuple[int, ...]) -> float:
     """Random rotations: (B, H, L, d) x (H, d, n_hashes, R/2), R = n_buckets or the sum of its factors."""
-    rotation_size = n_buckets if isinstance(n_buckets, int) else sum(n_buckets)
-    return 2.0 * batch * heads * seq_len * head_dim * n_hashes * (rotation_size // 2)
+    return 2.0 * batch * heads * seq_len * head_dim * n_hashes * (sum(bucket_factors(n_buckets)) // 2)
 
 
 def chunked_attention(batch: int, heads: int, seq_len: int, head_dim: int, chunk_len: int,
