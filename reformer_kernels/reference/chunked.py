@@ -49,10 +49,9 @@ def pad_sequence(
     return padded, mask
 
 
-def attend_in_chunks(
+def chunk_scores(
     queries: torch.Tensor,
     keys: torch.Tensor,
-    values: torch.Tensor,
     positions: torch.Tensor,
     key_valid: torch.Tensor | None,
     *,
@@ -61,16 +60,10 @@ def attend_in_chunks(
     n_chunks_after: int,
     causal: bool,
     self_mask: bool,
-    dropout_mask: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Softmax attention of each chunk of ``chunk_len`` queries over its own and neighbour chunks' keys.
-
-    queries, keys, values: (B, H, N, d), N a multiple of chunk_len, already in attention order
-    (sorted by bucket for LSH). positions: (B, H, N) int64, each row's position in the original
-    sequence, for the causal and self masks. key_valid: (B, H, N) bool, False for padding keys, or
-    None. Returns ``(out, lse)``: (B, H, N, d) and the log-sum-exp of each query's scores (B, H, N).
-    """
-    batch, heads, n, head_dim = queries.shape
+) -> torch.Tensor:
+    """The masked scores of ``attend_in_chunks``: (B, H, N / chunk_len, chunk_len, (1 + before +
+    after) * chunk_len), query rows against their chunk's and its neighbours' keys (arguments as there)."""
+    batch, heads, n, _ = queries.shape
     n_chunks = n // chunk_len
 
     def chunked(t: torch.Tensor) -> torch.Tensor:
@@ -94,10 +87,39 @@ def attend_in_chunks(
         # Applied after (and so overriding) the other masks: a query whose every key is forbidden
         # falls back to itself rather than to a uniform mix of padding.
         scores = torch.where(query_positions != key_positions, scores, self_mask_value)
+    return scores
 
+
+def attend_in_chunks(
+    queries: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    positions: torch.Tensor,
+    key_valid: torch.Tensor | None,
+    *,
+    chunk_len: int,
+    n_chunks_before: int,
+    n_chunks_after: int,
+    causal: bool,
+    self_mask: bool,
+    dropout_mask: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Softmax attention of each chunk of ``chunk_len`` queries over its own and neighbour chunks' keys.
+
+    queries, keys, values: (B, H, N, d), N a multiple of chunk_len, already in attention order
+    (sorted by bucket for LSH). positions: (B, H, N) int64, each row's position in the original
+    sequence, for the causal and self masks. key_valid: (B, H, N) bool, False for padding keys, or
+    None. Returns ``(out, lse)``: (B, H, N, d) and the log-sum-exp of each query's scores (B, H, N).
+    """
+    batch, heads, n, head_dim = queries.shape
+    scores = chunk_scores(
+        queries, keys, positions, key_valid, chunk_len=chunk_len, n_chunks_before=n_chunks_before,
+        n_chunks_after=n_chunks_after, causal=causal, self_mask=self_mask,
+    )
     lse = torch.logsumexp(scores, dim=-1, keepdim=True)
     probs = torch.exp(scores - lse)
     if dropout_mask is not None:
         probs = probs * dropout_mask
-    out = probs @ around(values)
+    around_values = with_neighbours(values.reshape(batch, heads, n // chunk_len, chunk_len, head_dim), n_chunks_before, n_chunks_after)
+    out = probs @ around_values
     return out.reshape(batch, heads, n, head_dim), lse.reshape(batch, heads, n)
