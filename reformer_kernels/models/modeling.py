@@ -4,8 +4,7 @@ They run on ``reformer_kernels.nn`` (hence on the functional ops and their backe
 from transformers, each on purpose: any sequence length works in training and eval (padded with a
 mask inside and cropped); the config is never mutated (num_buckets=None is resolved per call);
 the reversible backward replays the RNG, so dropout gradients are right; with labels the LM heads
-compute the loss in chunks without the (tokens x vocab) logits; no cached decoding and no
-attention probabilities (the fused ops do not materialize them).
+compute the loss in chunks without the (tokens x vocab) logits; no cached decoding.
 """
 from __future__ import annotations
 
@@ -82,12 +81,16 @@ class ReformerAttention(nn.Module):
         self.output = ReformerSelfOutput(config)
 
     def forward(
-        self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, num_hashes: int | None = None
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        num_hashes: int | None = None,
+        attentions: list[torch.Tensor] | None = None,
     ) -> torch.Tensor:
         normed = self.layer_norm(hidden_states)
         if isinstance(self.self_attention, LSHSelfAttention):
-            return self.output(self.self_attention(normed, attention_mask, num_hashes))
-        return self.output(self.self_attention(normed, attention_mask))
+            return self.output(self.self_attention(normed, attention_mask, num_hashes, attentions))
+        return self.output(self.self_attention(normed, attention_mask, attentions))
 
 
 class PositionEmbeddings(nn.Module):
@@ -146,9 +149,11 @@ class ReformerEncoder(ReversibleSequence):
         attention_mask: torch.Tensor | None = None,
         num_hashes: int | None = None,
         all_hidden_states: list[torch.Tensor] | None = None,
+        all_attentions: list[torch.Tensor] | None = None,
     ) -> torch.Tensor:
         y1, y2 = super().forward(
-            hidden_states, hidden_states, hidden_states=all_hidden_states, attention_mask=attention_mask, num_hashes=num_hashes
+            hidden_states, hidden_states, hidden_states=all_hidden_states, attentions=all_attentions,
+            attention_mask=attention_mask, num_hashes=num_hashes,
         )
         out = self.layer_norm(torch.cat([y1, y2], dim=-1))
         return nn.functional.dropout(out, p=self.dropout, training=self.training)
@@ -300,14 +305,13 @@ class ReformerModel(ReformerPreTrainedModel):
     ) -> ReformerModelOutput:
         """input_ids (B, L) int64 in [0, vocab_size), or inputs_embeds (B, L, hidden_size);
         attention_mask (B, L), 0 = padding; position_ids (B, L) or (L,); num_hashes overrides
-        config.num_hashes. Any L <= max_position_embeddings (and <= prod(axial_pos_shape))."""
-        if output_attentions:
-            raise ValueError(
-                "output_attentions=True is not supported: the fused attention ops never materialize attention "
-                "probabilities; use transformers' model to inspect them"
-            )
+        config.num_hashes. Any L <= max_position_embeddings (and <= prod(axial_pos_shape)).
+        ``output_attentions``: per layer, the attention probabilities (before dropout) in
+        transformers' layout, over the internally padded length (as transformers)."""
         if output_hidden_states is None:
             output_hidden_states = self.config.output_hidden_states
+        if output_attentions is None:
+            output_attentions = self.config.output_attentions
         batch, seq_len, device = self._check_inputs(input_ids, attention_mask, position_ids, inputs_embeds, num_hashes)
         if position_ids is None:
             position_ids = torch.arange(seq_len, device=device).expand(batch, seq_len)
@@ -325,11 +329,16 @@ class ReformerModel(ReformerPreTrainedModel):
 
         embeddings = self.embeddings(input_ids.long() if input_ids is not None else None, position_ids, inputs_embeds)
         all_hidden_states: list[torch.Tensor] | None = [] if output_hidden_states else None
-        sequence_output = self.encoder(embeddings, attention_mask, num_hashes, all_hidden_states)
+        all_attentions: list[torch.Tensor] | None = [] if output_attentions else None
+        sequence_output = self.encoder(embeddings, attention_mask, num_hashes, all_hidden_states, all_attentions)
         hidden_states = None
         if all_hidden_states is not None:
             hidden_states = tuple(h[:, :seq_len] for h in all_hidden_states)
-        return ReformerModelOutput(last_hidden_state=sequence_output[:, :seq_len], hidden_states=hidden_states)
+        return ReformerModelOutput(
+            last_hidden_state=sequence_output[:, :seq_len],
+            hidden_states=hidden_states,
+            attentions=None if all_attentions is None else tuple(all_attentions),
+        )
 
     def _check_inputs(self, input_ids, attention_mask, position_ids, inputs_embeds, num_hashes) -> tuple[int, int, torch.device]:
         config = self.config
@@ -494,7 +503,7 @@ class ReformerModelWithLMHead(ReformerPreTrainedModel):
         if return_logits is None:
             return_logits = labels is None
         logits = self.lm_head(hidden) if return_logits else None
-        return ReformerModelWithLMHeadOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
+        return ReformerModelWithLMHeadOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions)
 
 
 class ReformerForMaskedLM(ReformerPreTrainedModel):
@@ -534,7 +543,7 @@ class ReformerForMaskedLM(ReformerPreTrainedModel):
         if return_logits is None:
             return_logits = labels is None
         logits = self.lm_head(hidden) if return_logits else None
-        return MaskedLMOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
+        return MaskedLMOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions)
 
 
 class ReformerClassificationHead(nn.Module):
@@ -596,7 +605,7 @@ class ReformerForSequenceClassification(ReformerPreTrainedModel):
                 loss = nn.functional.cross_entropy(logits.view(-1, self.num_labels), labels.view(-1).long())
             else:
                 loss = nn.functional.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
-        return SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
+        return SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions)
 
 
 class ReformerForQuestionAnswering(ReformerPreTrainedModel):
@@ -637,4 +646,7 @@ class ReformerForQuestionAnswering(ReformerPreTrainedModel):
                 nn.functional.cross_entropy(start_logits, start, ignore_index=ignored)
                 + nn.functional.cross_entropy(end_logits, end, ignore_index=ignored)
             ) / 2
-        return QuestionAnsweringModelOutput(loss=loss, start_logits=start_logits, end_logits=end_logits, hidden_states=outputs.hidden_states)
+        return QuestionAnsweringModelOutput(
+            loss=loss, start_logits=start_logits, end_logits=end_logits, hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )

@@ -21,10 +21,12 @@ class ModelOutput:
 @dataclasses.dataclass
 class ReformerModelOutput(ModelOutput):
     """last_hidden_state (B, L, 2 * hidden): the final LayerNorm of concat(y1, y2);
-    hidden_states: x2 before each layer and after the last, each (B, L, hidden), when asked."""
+    hidden_states: x2 before each layer and after the last, each (B, L, hidden), when asked;
+    attentions: each layer's attention probabilities, when asked."""
 
     last_hidden_state: torch.Tensor
     hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
 
 
 @dataclasses.dataclass
@@ -34,6 +36,7 @@ class ReformerModelWithLMHeadOutput(ModelOutput):
     loss: torch.Tensor | None = None
     logits: torch.Tensor | None = None
     hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
 
 
 @dataclasses.dataclass
@@ -41,6 +44,7 @@ class MaskedLMOutput(ModelOutput):
     loss: torch.Tensor | None = None
     logits: torch.Tensor | None = None
     hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
 
 
 @dataclasses.dataclass
@@ -48,6 +52,7 @@ class SequenceClassifierOutput(ModelOutput):
     loss: torch.Tensor | None = None
     logits: torch.Tensor | None = None
     hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
 
 
 @dataclasses.dataclass
@@ -56,3 +61,4 @@ class QuestionAnsweringModelOutput(ModelOutput):
     start_logits: torch.Tensor | None = None
     end_logits: torch.Tensor | None = None
     hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None

@@ -5,11 +5,16 @@ Parameter names match transformers' ``self_attention`` submodules (``query_key``
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
 from .. import functional
+from ..reference.chunked import chunk_scores
 from ..reference.hashing import bucket_factors
+from ..reference.local_attention import local_chunking
+from ..reference.lsh_attention import gather_rows, shared_qk_keys
 
 
 def split_heads(x: torch.Tensor, n_heads: int) -> torch.Tensor:
@@ -20,6 +25,21 @@ def split_heads(x: torch.Tensor, n_heads: int) -> torch.Tensor:
 def merge_heads(x: torch.Tensor) -> torch.Tensor:
     """(B, H, L, d) -> (B, L, H * d)."""
     return x.transpose(1, 2).flatten(2)
+
+
+def _whole_chunks(module: nn.Module, seq_len: int, chunk_len: int) -> None:
+    if seq_len > chunk_len and seq_len % chunk_len:
+        raise ValueError(
+            f"{type(module).__name__}: attention probabilities need seq_len ({seq_len}) to be a multiple of chunk_len "
+            f"({chunk_len}) or at most chunk_len; pad the input (the Reformer models do)"
+        )
+
+
+def _probabilities(scores: torch.Tensor, full: bool) -> torch.Tensor:
+    """Softmax of chunked scores, in transformers' layout: (B, H, n_chunks, chunk_len, window),
+    or (B, H, L, L) for full attention (one chunk)."""
+    probs = torch.softmax(scores, dim=-1)
+    return probs.squeeze(2) if full else probs
 
 
 def _check_hidden_states(module: nn.Module, hidden_states: torch.Tensor, hidden_size: int) -> None:
@@ -80,30 +100,50 @@ class LSHSelfAttention(nn.Module):
         return torch.randn(shape, generator=generator, device=like.device, dtype=like.dtype)
 
     def forward(
-        self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, num_hashes: int | None = None
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        num_hashes: int | None = None,
+        attentions: list[torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """hidden_states (B, L, hidden_size); attention_mask (B, L), 0 = padding; num_hashes overrides the module's."""
+        """hidden_states (B, L, hidden_size); attention_mask (B, L), 0 = padding; num_hashes overrides
+        the module's. ``attentions``: a list that receives the attention probabilities (before
+        dropout) in transformers' layout, (B, H, n_hashes * L / chunk_len, chunk_len, window) in
+        bucket order, or (B, H, L, L) for one chunk."""
         _check_hidden_states(self, hidden_states, self.hidden_size)
         n_hashes = self.num_hashes if num_hashes is None else num_hashes
         qk = split_heads(self.query_key(hidden_states), self.num_attention_heads)
         v = split_heads(self.value(hidden_states), self.num_attention_heads)
         seq_len = qk.shape[2]
-        dropout_p = self.dropout if self.training else 0.0
+        masks = dict(causal=self.causal, attention_mask=attention_mask, dropout_p=self.dropout if self.training else 0.0)
         if seq_len <= self.chunk_len:
             sorted_idx = torch.arange(seq_len, device=qk.device).expand(qk.shape[:3])
-            out = functional.lsh_attention(
-                qk, v, sorted_idx, n_hashes=1, chunk_len=seq_len, n_chunks_before=0, n_chunks_after=0,
-                causal=self.causal, attention_mask=attention_mask, dropout_p=dropout_p,
-            )
+            chunking = dict(chunk_len=seq_len, n_chunks_before=0, n_chunks_after=0)
+            out = functional.lsh_attention(qk, v, sorted_idx, n_hashes=1, **chunking, **masks)
         else:
             n_buckets = self.num_buckets
             if n_buckets is None:
                 n_buckets = functional.default_num_buckets(seq_len, self.chunk_len, self.max_position_embeddings)
-            out = functional.lsh_self_attention(
-                qk, v, self.draw_rotations(n_hashes, n_buckets, qk), n_buckets,
-                chunk_len=self.chunk_len, n_chunks_before=self.n_chunks_before, n_chunks_after=self.n_chunks_after,
-                causal=self.causal, attention_mask=attention_mask, dropout_p=dropout_p,
+            rotations = self.draw_rotations(n_hashes, n_buckets, qk)
+            chunking = dict(chunk_len=self.chunk_len, n_chunks_before=self.n_chunks_before, n_chunks_after=self.n_chunks_after)
+            if attentions is None:
+                out = functional.lsh_self_attention(qk, v, rotations, n_buckets, **chunking, **masks)
+            else:
+                # The probabilities are laid out in bucket order: hash and sort here, not inside the one-call op.
+                _whole_chunks(self, seq_len, self.chunk_len)
+                buckets, num_keys = functional.lsh_hash(qk, rotations, n_buckets, attention_mask=attention_mask)
+                sorted_idx, _ = functional.bucket_sort(buckets, num_keys)
+                out = functional.lsh_attention(qk, v, sorted_idx, n_hashes=n_hashes, **chunking, **masks)
+        if attentions is not None:
+            positions = sorted_idx % seq_len
+            key_valid = None
+            if attention_mask is not None:
+                key_valid = attention_mask.bool()[:, None, :].expand(qk.shape[:3]).gather(2, positions)
+            scores = chunk_scores(
+                gather_rows(qk, positions), gather_rows(shared_qk_keys(qk), positions), positions, key_valid,
+                **chunking, causal=self.causal, self_mask=True,
             )
+            attentions.append(_probabilities(scores, full=seq_len <= self.chunk_len))
         return merge_heads(out)
 
 
@@ -138,12 +178,27 @@ class LocalSelfAttention(nn.Module):
         self.key = nn.Linear(hidden_size, all_head_size, bias=False)
         self.value = nn.Linear(hidden_size, all_head_size, bias=False)
 
-    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """hidden_states (B, L, hidden_size); attention_mask (B, L), 0 = padding."""
+    def forward(
+        self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, attentions: list[torch.Tensor] | None = None
+    ) -> torch.Tensor:
+        """hidden_states (B, L, hidden_size); attention_mask (B, L), 0 = padding. ``attentions``: a
+        list that receives the attention probabilities (before dropout) in transformers' layout,
+        (B, H, L / chunk_len, chunk_len, window), or (B, H, L, L) for one chunk."""
         _check_hidden_states(self, hidden_states, self.hidden_size)
         q, k, v = (split_heads(proj(hidden_states), self.num_attention_heads) for proj in (self.query, self.key, self.value))
         out = functional.local_attention(
             q, k, v, chunk_len=self.chunk_len, n_chunks_before=self.n_chunks_before, n_chunks_after=self.n_chunks_after,
             causal=self.causal, attention_mask=attention_mask, dropout_p=self.dropout if self.training else 0.0,
         )
+        if attentions is not None:
+            seq_len = q.shape[2]
+            _whole_chunks(self, seq_len, self.chunk_len)
+            chunk_len, before, after, _ = local_chunking(seq_len, self.chunk_len, self.n_chunks_before, self.n_chunks_after)
+            positions = torch.arange(seq_len, device=q.device).expand(q.shape[:3])
+            key_valid = None if attention_mask is None else attention_mask.bool()[:, None, :].expand(q.shape[:3])
+            scores = chunk_scores(
+                q, k / math.sqrt(self.attention_head_size), positions, key_valid,
+                chunk_len=chunk_len, n_chunks_before=before, n_chunks_after=after, causal=self.causal, self_mask=False,
+            )
+            attentions.append(_probabilities(scores, full=seq_len <= self.chunk_len))
         return merge_heads(out)

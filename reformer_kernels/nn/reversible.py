@@ -55,6 +55,11 @@ def _replay(
         yield
 
 
+def _collecting(attentions: list[torch.Tensor] | None) -> dict[str, list[torch.Tensor]]:
+    # Only the forward collects attention probabilities; the backward's recomputation must not.
+    return {} if attentions is None else {"attentions": attentions}
+
+
 def _param_grads(
     output: torch.Tensor, x: torch.Tensor, params: list[torch.Tensor], grad_output: torch.Tensor
 ) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
@@ -67,7 +72,7 @@ class _ReversibleFunction(torch.autograd.Function):
     @staticmethod
     def forward(
         ctx: Any, x1: torch.Tensor, x2: torch.Tensor, blocks: list[ReversibleBlock], kwargs: dict,
-        hidden_states: list[torch.Tensor] | None, *params: torch.Tensor,
+        hidden_states: list[torch.Tensor] | None, attentions: list[torch.Tensor] | None, *params: torch.Tensor,
     ):
         devices = _devices(x1)
         rng_states = []
@@ -75,7 +80,7 @@ class _ReversibleFunction(torch.autograd.Function):
             if hidden_states is not None:
                 hidden_states.append(x2)
             attention_state = _rng_state(devices)
-            x1 = x1 + block.attention(x2, **kwargs)
+            x1 = x1 + block.attention(x2, **kwargs, **_collecting(attentions))
             feed_forward_state = _rng_state(devices)
             x2 = x2 + block.feed_forward(x1)
             rng_states.append((attention_state, feed_forward_state))
@@ -122,7 +127,7 @@ class _ReversibleFunction(torch.autograd.Function):
             del f_out
             y1, y2 = x1, x2.detach()
             grad_y2 = grad_y2 + grad_from_f
-        return (grad_y1, grad_y2, None, None, None, *param_grads)
+        return (grad_y1, grad_y2, None, None, None, None, *param_grads)
 
 
 class ReversibleSequence(nn.Module):
@@ -141,18 +146,28 @@ class ReversibleSequence(nn.Module):
         self.reversible = reversible
 
     def forward(
-        self, x1: torch.Tensor, x2: torch.Tensor, *, hidden_states: list[torch.Tensor] | None = None, **kwargs: Any
+        self,
+        x1: torch.Tensor,
+        x2: torch.Tensor,
+        *,
+        hidden_states: list[torch.Tensor] | None = None,
+        attentions: list[torch.Tensor] | None = None,
+        **kwargs: Any,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """x1, x2: (B, L, hidden). ``hidden_states``: a list that receives x2 before each block and
-        after the last (transformers' ``hidden_states`` output; not differentiable in the reversible mode)."""
+        after the last (transformers' ``hidden_states`` output; not differentiable in the reversible
+        mode). ``attentions``: passed on to each block's attention (as ``attentions=``) in the
+        forward only, for it to append its attention probabilities."""
         params = [p for p in self.parameters() if p.requires_grad]
         needs_grad = torch.is_grad_enabled() and (x1.requires_grad or x2.requires_grad or bool(params))
         if not (self.reversible and needs_grad):
             for block in self.layers:
                 if hidden_states is not None:
                     hidden_states.append(x2)
-                x1, x2 = reversible_forward(x1, x2, lambda x: block.attention(x, **kwargs), block.feed_forward)
+                x1, x2 = reversible_forward(
+                    x1, x2, lambda x: block.attention(x, **kwargs, **_collecting(attentions)), block.feed_forward
+                )
             if hidden_states is not None:
                 hidden_states.append(x2)
             return x1, x2
-        return _ReversibleFunction.apply(x1, x2, list(self.layers), kwargs, hidden_states, *params)
+        return _ReversibleFunction.apply(x1, x2, list(self.layers), kwargs, hidden_states, attentions, *params)

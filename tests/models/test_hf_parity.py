@@ -70,11 +70,11 @@ def make_inputs(seq_len: int, batch: int, mask: str | None):
     return ids, attention_mask
 
 
-def run(model, ids, attention_mask, seed):
+def run(model, ids, attention_mask, seed, output_attentions=False):
     torch.manual_seed(seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return model(input_ids=ids, attention_mask=attention_mask, output_hidden_states=True)
+        return model(input_ids=ids, attention_mask=attention_mask, output_hidden_states=True, output_attentions=output_attentions)
 
 
 @pytest.mark.parametrize("config_kwargs, seq_len, batch, mask", EVAL_CASES)
@@ -89,6 +89,21 @@ def test_eval_matches_transformers(config_kwargs, seq_len, batch, mask):
     assert len(actual.hidden_states) == len(expected.hidden_states)
     for ours_h, theirs_h in zip(actual.hidden_states, expected.hidden_states):
         assert relative_error(ours_h, theirs_h[:, :seq_len]) < 1e-5
+
+
+@pytest.mark.parametrize("config_kwargs, seq_len, batch, mask", EVAL_CASES[::3])
+def test_attention_probabilities_match_transformers(config_kwargs, seq_len, batch, mask):
+    """Asking for the probabilities takes another path (hash and sort in the module); same outputs."""
+    theirs, ours = model_pair(config_kwargs)
+    theirs.eval(), ours.eval()
+    ids, attention_mask = make_inputs(seq_len, batch, mask)
+    with torch.no_grad():
+        expected = run(theirs, ids, attention_mask, seed=11, output_attentions=True)
+        actual = run(ours, ids, attention_mask, seed=11, output_attentions=True)
+    assert relative_error(actual.logits, expected.logits) < 1e-5
+    assert len(actual.attentions) == len(expected.attentions) == len(config_kwargs["attn_layers"])
+    for ours_p, theirs_p in zip(actual.attentions, expected.attentions):
+        assert relative_error(ours_p, theirs_p) < 1e-5
 
 
 TRAIN_CASES = [

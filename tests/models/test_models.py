@@ -193,7 +193,6 @@ def test_bad_checkpoints(tmp_path):
         (dict(input_ids=torch.zeros(2, 8, dtype=torch.long), inputs_embeds=torch.zeros(2, 8, 16)), ValueError, "exactly one"),
         (dict(inputs_embeds=torch.zeros(2, 8, 15)), ValueError, "inputs_embeds must be"),
         (dict(input_ids=torch.zeros(1, 8, dtype=torch.long), num_hashes=0), ValueError, "num_hashes"),
-        (dict(input_ids=torch.zeros(1, 8, dtype=torch.long), output_attentions=True), ValueError, "output_attentions"),
         (dict(input_ids=torch.zeros(1, 8, dtype=torch.long), labels=torch.zeros(1, 7, dtype=torch.long)), ValueError, "labels must be"),
     ],
 )
