@@ -102,3 +102,15 @@ def test_bad_inputs_get_the_shared_errors(device):
     # what only this backend refuses: it computes in fp32 from 16/32-bit inputs
     with pytest.raises(TypeError, match="triton backend takes float16, bfloat16 or float32"):
         functional.local_attention(qk.double(), qk.double(), v.double(), chunk_len=16, **triton)
+
+
+def test_saves_only_linear_memory_for_backward(device):
+    """The backward recomputes the scores: what the op keeps is qk, v, sorted_idx, the mask, out and
+    lse, all linear in L, never the chunk x window probabilities."""
+    qk, v, sorted_idx, mask, n_hashes, chunk_len, before, after, causal = lsh_inputs(device)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        out, lse = triton_lsh_attention.lsh_attention(qk, v, sorted_idx, n_hashes, chunk_len, before, after, causal,
+                                                      attention_mask=mask)
+    linear = sum(t.numel() * t.element_size() for t in (qk, v, sorted_idx, mask, out, lse))
+    assert sum(t.numel() * t.element_size() for t in saved) <= linear
