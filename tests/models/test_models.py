@@ -248,3 +248,22 @@ def test_position_ids_and_inputs_embeds_with_auto_padding():
     assert relative_error(quiet(model, inputs_embeds=embeds).logits, expected) < 1e-6
     shifted = quiet(model, input_ids=ids, position_ids=torch.arange(5, 26).expand(2, 21)).logits
     assert shifted.shape == expected.shape and not torch.allclose(shifted, expected)
+
+
+def test_attentions_in_training_are_collected_once_and_leave_gradients_alone():
+    model = lm(hash_seed=2, attn_layers=["lsh", "local", "lsh"]).train()
+    ids = torch.randint(0, 50, (2, 32))
+
+    def grads(output_attentions):
+        model.zero_grad()
+        out = quiet(model, input_ids=ids, labels=ids, output_attentions=output_attentions)
+        out.loss.backward()
+        return out, {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+    with_probs, grads_with = grads(True)
+    _, grads_without = grads(False)
+    assert len(with_probs.attentions) == 3
+    assert with_probs.attentions[0].shape == (2, 2, 2 * 32 // 8, 8, 16)  # (B, H, n_hashes * L / chunk, chunk, window)
+    assert torch.allclose(with_probs.attentions[1].sum(-1), torch.ones(()))
+    for name, grad in grads_without.items():
+        assert relative_error(grads_with[name], grad) < 1e-6, name
