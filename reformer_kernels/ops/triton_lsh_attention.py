@@ -363,7 +363,7 @@ def lsh_attention_fwd(
         **tile,
     )
     out = torch.empty_like(qk)
-    block = 16
+    block = 16  # positions per program: the combination is a memory-bound pass over n_hashes rows each
     _combine_rounds_kernel[(triton.cdiv(seq_len, block), heads, batch)](
         out_rounds, lse, out,
         out_rounds.stride(0), out_rounds.stride(1), out_rounds.stride(2),
