@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from collections import defaultdict
 
-from .harness import OK
+from .harness import BASELINE, OK
 
 
 def _pyplot():
@@ -15,6 +15,16 @@ def _pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def _plain_numbers(axis) -> None:
+    """Tick labels as 2, 20, 200 rather than 2x10^0 on log axes."""
+    from matplotlib.ticker import ScalarFormatter
+
+    for setter in (axis.set_major_formatter, axis.set_minor_formatter):
+        formatter = ScalarFormatter()
+        formatter.set_scientific(False)
+        setter(formatter)
 
 
 def _label(row: dict) -> str:
@@ -47,6 +57,8 @@ def plot_suite(rows: list[dict], suite: str, out_dir: str) -> list[str]:
                     ax.plot(*zip(*points), marker="o", label=label)
             ax.set_xscale("log", base=2)
             ax.set_yscale("log")
+            _plain_numbers(ax.xaxis)
+            _plain_numbers(ax.yaxis)
             ax.set_xlabel(x_name)
             ax.set_ylabel(unit)
             ax.set_title(f"{suite}: {op} ({dtype}{', causal' if str(causal) == 'True' else ''})")
@@ -65,7 +77,7 @@ def _speedup_bars(rows: list[dict], suite: str, out_dir: str, x_name: str, plt) 
     """Speed-up over transformers at the largest size each op reached, one bar per competitor."""
     largest = {}
     for row in rows:
-        if row["speedup_vs_transformers"] == "":
+        if row["speedup_vs_transformers"] == "" or row["competitor"] == BASELINE:
             continue
         key = (row["op"], str(row["causal"]), _label(row))
         if key not in largest or int(row[x_name]) > int(largest[key][x_name]):
@@ -79,6 +91,7 @@ def _speedup_bars(rows: list[dict], suite: str, out_dir: str, x_name: str, plt) 
     ax.axhline(1.0, color="black", linewidth=0.8)
     ax.set_xticks(range(len(keys)), names, rotation=90, fontsize=6)
     ax.set_yscale("log")
+    _plain_numbers(ax.yaxis)
     ax.set_ylabel("speed-up vs transformers (x)")
     ax.set_title(f"{suite}: speed-up over transformers")
     fig.tight_layout()
@@ -98,6 +111,7 @@ def _accuracy_lines(rows: list[dict], suite: str, out_dir: str) -> list[str]:
     for label, points in sorted(lines.items()):
         ax.plot(*zip(*sorted(points)), marker="o", label=label)
     ax.set_xscale("log", base=2)
+    _plain_numbers(ax.xaxis)
     ax.set_ylim(0, 1.02)
     ax.set_xlabel("n_hashes at evaluation")
     ax.set_ylabel("accuracy")
