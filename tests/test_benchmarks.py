@@ -201,7 +201,7 @@ def test_peak_memory_sees_torch_cpu_allocations():
 
 def test_csv_json_plots_and_summary(tmp_path):
     rows = harness.run_cases([fake_case("transformers", working, seq_len=n) for n in (64, 128)]
-                             + [fake_case("ours", failing)], FAST, lambda row: None, progress=False)
+                             + [fake_case("ours", failing), fake_case("fast", working, seq_len=128)], FAST, lambda row: None, progress=False)
     harness.add_speedups(rows)
     env = report.environment(CPU)
     report.write_suite(str(tmp_path), "fake", rows, env)
@@ -209,7 +209,7 @@ def test_csv_json_plots_and_summary(tmp_path):
         reader = csv.DictReader(f)
         assert tuple(reader.fieldnames) == harness.COLUMNS
         read = list(reader)
-    assert [row["status"] for row in read] == ["ok", "ok", "error"]
+    assert [row["status"] for row in read] == ["ok", "ok", "error", "ok"]
     assert float(read[0]["fwd_ms"]) > 0 and int(read[1]["seq_len"]) == 128
     data = json.loads((tmp_path / "fake.json").read_text())
     assert data["rows"][2]["error"].startswith("RuntimeError") and data["environment"]["torch"] == torch.__version__
