@@ -44,7 +44,7 @@ def hf_settings(config: dict) -> dict:
         feed_forward_size=4 * hidden,
         attn_layers=["local", "lsh"] * (config["layers"] // 2) + ["local"] * (config["layers"] % 2),
         num_hashes=config["n_hashes"],
-        num_buckets=c.n_buckets_for(config),
+        num_buckets=c.config_num_buckets(config),
         lsh_attn_chunk_length=config["chunk_len"],
         local_attn_chunk_length=config["chunk_len"],
         max_position_embeddings=config["seq_len"],

@@ -44,7 +44,7 @@ def _settings(config: dict) -> dict:
     return dict(
         vocab_size=config["vocab"], hidden_size=hidden, num_attention_heads=config["heads"], attention_head_size=config["head_dim"],
         feed_forward_size=2 * hidden, attn_layers=["lsh", "lsh"], num_hashes=TRAIN_HASHES,
-        num_buckets=c.n_buckets_for(config), lsh_attn_chunk_length=config["chunk_len"],
+        num_buckets=c.config_num_buckets(config), lsh_attn_chunk_length=config["chunk_len"],
         max_position_embeddings=config["seq_len"], axial_pos_embds=False, is_decoder=True, hidden_dropout_prob=0.0,
         lsh_attention_probs_dropout_prob=0.0, pad_token_id=None, eos_token_id=None,
     )

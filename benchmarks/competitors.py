@@ -80,6 +80,12 @@ def n_buckets_for(config: dict):
     return functional.default_num_buckets(config["seq_len"], config["chunk_len"], config["seq_len"])
 
 
+def config_num_buckets(config: dict):
+    """n_buckets as a ReformerConfig field: transformers' config validation takes factors as a list."""
+    n_buckets = n_buckets_for(config)
+    return list(n_buckets) if isinstance(n_buckets, tuple) else n_buckets
+
+
 def hf_config(config: dict, **overrides):
     transformers = peer("transformers")
     settings = dict(
@@ -87,7 +93,7 @@ def hf_config(config: dict, **overrides):
         num_attention_heads=config["heads"],
         attention_head_size=config["head_dim"],
         num_hashes=config.get("n_hashes", 1),
-        num_buckets=n_buckets_for(config) if config.get("n_hashes") else None,
+        num_buckets=config_num_buckets(config),
         lsh_attn_chunk_length=config["chunk_len"],
         local_attn_chunk_length=config["chunk_len"],
         lsh_num_chunks_before=N_CHUNKS_BEFORE,

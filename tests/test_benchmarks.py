@@ -108,6 +108,13 @@ def test_layer_competitors_run_on_the_same_shapes(name):
     assert prepared.fwd_flops > 0 and prepared.train_flops > prepared.fwd_flops
 
 
+def test_transformers_takes_factorized_buckets():
+    config = tiny_config(dtype=torch.float32, seq_len=256, chunk_len=4)
+    assert isinstance(competitors.n_buckets_for(config), tuple)
+    with torch.no_grad():
+        assert competitors.transformers_lsh_layer(config, CPU).forward().shape == (1, 256, 16)
+
+
 def test_competitors_see_the_same_inputs():
     config = tiny_config()
     hidden_a, _ = competitors._hidden_states(config, CPU)
