@@ -1,5 +1,5 @@
-"""lsh_hash: the one-pass CPU hashing kernel of csrc/cpu/hashing.cpp behind reformer_kernels::lsh_hash
-(rotate, argmax over [xR, -xR] per bucket factor, padding bucket, round offset)."""
+"""lsh_hash: the one-pass hashing kernels of csrc/cpu/hashing.cpp and csrc/cuda/hashing.cu behind
+reformer_kernels::lsh_hash (rotate, argmax over [xR, -xR] per bucket factor, padding bucket, round offset)."""
 import math
 
 import torch
@@ -30,3 +30,5 @@ if _extension.loaded():
         return vectors.new_empty((batch, heads, rotations.shape[2] * seq_len), dtype=torch.int64)
 
     backends.register("lsh_hash", "cpu", _lsh_hash_compiled)
+    if _extension.with_cuda():
+        backends.register("lsh_hash", "cuda", _lsh_hash_compiled)
