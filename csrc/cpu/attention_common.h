@@ -30,10 +30,17 @@ template <typename T>
 struct Vec {
   static constexpr int64_t width = 32 / sizeof(T);
   typedef T type __attribute__((vector_size(32)));
+  // Integers as wide as T, so that comparisons of them select between vectors of T.
+  using lane_int = std::conditional_t<sizeof(T) == 4, int32_t, int64_t>;
+  typedef lane_int int_type __attribute__((vector_size(32)));
 };
 
 template <typename T>
 using vec_t = typename Vec<T>::type;
+template <typename T>
+using ivec_t = typename Vec<T>::int_type;
+template <typename T>
+using lane_int_t = typename Vec<T>::lane_int;
 
 template <typename T>
 inline vec_t<T> vload(const T* p) {
@@ -50,6 +57,13 @@ inline void vstore(T* p, vec_t<T> v) {
 template <typename T>
 inline vec_t<T> vsplat(T x) {
   return x - vec_t<T>{};
+}
+
+template <typename T>
+inline ivec_t<T> vload_int(const lane_int_t<T>* p) {
+  ivec_t<T> v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
 }
 
 inline int64_t round_up(int64_t n, int64_t multiple) { return (n + multiple - 1) / multiple * multiple; }
@@ -78,13 +92,24 @@ inline void gemm_tile(int64_t K, const T* a, int64_t a_rs, int64_t a_cs, const T
   }
 }
 
+// The last M % MR rows, with a tile of exactly that height (a one-row tile reuses each loaded B
+// vector only once, which would make the tail several times slower per row).
+template <typename T, int MR, int NV>
+inline void gemm_tail(int64_t rows, int64_t K, const T* a, int64_t a_rs, int64_t a_cs, const T* b, int64_t ldb, T* c,
+                      int64_t ldc, bool accumulate) {
+  if constexpr (MR > 0) {
+    if (rows == MR) return gemm_tile<T, MR, NV>(K, a, a_rs, a_cs, b, ldb, c, ldc, accumulate);
+    gemm_tail<T, MR - 1, NV>(rows, K, a, a_rs, a_cs, b, ldb, c, ldc, accumulate);
+  }
+}
+
 template <typename T, int NV>
 inline void gemm_rows(int64_t M, int64_t K, const T* a, int64_t a_rs, int64_t a_cs, const T* b, int64_t ldb, T* c,
                       int64_t ldc, bool accumulate) {
   constexpr int MR = NV == 1 ? 8 : 6;  // as many accumulators as the 16 vector registers allow
   int64_t m = 0;
   for (; m + MR <= M; m += MR) gemm_tile<T, MR, NV>(K, a + m * a_rs, a_rs, a_cs, b, ldb, c + m * ldc, ldc, accumulate);
-  for (; m < M; ++m) gemm_tile<T, 1, NV>(K, a + m * a_rs, a_rs, a_cs, b, ldb, c + m * ldc, ldc, accumulate);
+  gemm_tail<T, MR - 1, NV>(M - m, K, a + m * a_rs, a_rs, a_cs, b, ldb, c + m * ldc, ldc, accumulate);
 }
 
 template <typename T>
@@ -205,8 +230,8 @@ struct ChunkAttention {
   int64_t head_dim, dim_stride, key_stride;
   std::vector<T> q, k, kt, v, vt, scores, out, grad_out, grad_scores, grad_q, grad_k, grad_v;
   std::vector<T> lse, delta;
-  std::vector<int64_t> query_pos, key_pos;
-  std::vector<uint8_t> key_forbidden;
+  // Positions and padding flags (-1 = forbidden key) as lane-wide integers for vector compares.
+  std::vector<lane_int_t<T>> query_pos, key_pos, key_forbidden;
 
   ChunkAttention(int64_t max_queries, int64_t max_keys, int64_t head_dim, bool backward)
       : head_dim(head_dim),
@@ -228,14 +253,14 @@ struct ChunkAttention {
         delta(backward ? max_queries : 0),
         query_pos(max_queries),
         key_pos(key_stride, -1),
-        key_forbidden(key_stride, 1) {}
+        key_forbidden(key_stride, -1) {}
 
   // Key j's row (already scaled) into k / kt, and its value row into v / vt; `forbidden` marks
   // padding keys. Only the buffers of the current direction exist.
   template <typename S>
   void set_key(int64_t j, int64_t position, bool forbidden, const S* key, T key_scale, const S* value) {
-    key_pos[j] = position;
-    key_forbidden[j] = forbidden;
+    key_pos[j] = static_cast<lane_int_t<T>>(position);
+    key_forbidden[j] = forbidden ? -1 : 0;
     for (int64_t t = 0; t < head_dim; ++t) kt[t * key_stride + j] = static_cast<T>(key[t]) * key_scale;
     if (!k.empty()) {
       T* row = k.data() + j * dim_stride;
@@ -252,15 +277,19 @@ struct ChunkAttention {
 
   template <typename S>
   void set_query(int64_t i, int64_t position, const S* query) {
-    query_pos[i] = position;
+    query_pos[i] = static_cast<lane_int_t<T>>(position);
     T* row = q.data() + i * dim_stride;
     for (int64_t t = 0; t < head_dim; ++t) row[t] = static_cast<T>(query[t]);
   }
 
-  // Whether score (i, j) is overwritten by a mask: those entries pass no gradient to q or k.
-  bool masked(int64_t i, int64_t j, bool causal, bool self_mask) const {
-    const int64_t qp = query_pos[i], kp = key_pos[j];
-    return key_forbidden[j] || (causal && qp < kp) || (self_mask && qp == kp);
+  // Lanes of keys j..j+W whose score against query i is forbidden (padding or, if causal, the
+  // future); `self` receives the lanes where the key is the query's own position.
+  ivec_t<T> forbidden_lanes(int64_t i, int64_t j, bool causal, ivec_t<T>& self) const {
+    const ivec_t<T> qp = query_pos[i] - ivec_t<T>{};
+    const ivec_t<T> kp = vload_int<T>(key_pos.data() + j);
+    self = qp == kp;
+    const ivec_t<T> forbidden = vload_int<T>(key_forbidden.data() + j);
+    return causal ? (forbidden | (qp < kp)) : forbidden;
   }
 
   // scores = q k^T with the masks written in; columns past n_keys get -inf so they vanish in exp.
@@ -268,14 +297,15 @@ struct ChunkAttention {
     const int64_t padded_keys = round_up(n_keys, Vec<T>::width);
     gemm<T>(n_queries, padded_keys, head_dim, q.data(), dim_stride, 1, kt.data(), key_stride, scores.data(),
             key_stride, false);
-    const T forbidden = static_cast<T>(values.forbidden), self = static_cast<T>(values.self);
+    const vec_t<T> forbidden = vsplat(static_cast<T>(values.forbidden)), self = vsplat(static_cast<T>(values.self));
     for (int64_t i = 0; i < n_queries; ++i) {
       T* row = scores.data() + i * key_stride;
-      const int64_t qp = query_pos[i];
-      for (int64_t j = 0; j < n_keys; ++j) {
-        const int64_t kp = key_pos[j];
-        T x = key_forbidden[j] || (causal && qp < kp) ? forbidden : row[j];
-        row[j] = self_mask && qp == kp ? self : x;
+      for (int64_t j = 0; j < padded_keys; j += Vec<T>::width) {
+        ivec_t<T> is_self;
+        const ivec_t<T> drop = forbidden_lanes(i, j, causal, is_self);
+        vec_t<T> x = drop ? forbidden : vload(row + j);
+        if (self_mask) x = is_self ? self : x;
+        vstore(row + j, x);
       }
       for (int64_t j = n_keys; j < padded_keys; ++j) row[j] = -std::numeric_limits<T>::infinity();
     }
@@ -313,9 +343,13 @@ struct ChunkAttention {
     for (int64_t i = 0; i < n_queries; ++i) {
       const T* p = scores.data() + i * key_stride;
       T* ds = grad_scores.data() + i * key_stride;
-      for (int64_t j = 0; j < padded_keys; ++j) ds[j] = p[j] * (ds[j] - delta[i]);
-      for (int64_t j = 0; j < n_keys; ++j) {
-        if (masked(i, j, causal, self_mask)) ds[j] = 0;
+      const vec_t<T> d_i = vsplat(delta[i]);
+      for (int64_t j = 0; j < padded_keys; j += Vec<T>::width) {
+        ivec_t<T> is_self;
+        ivec_t<T> masked = forbidden_lanes(i, j, causal, is_self);
+        if (self_mask) masked |= is_self;
+        const vec_t<T> grad = vload(p + j) * (vload(ds + j) - d_i);
+        vstore(ds + j, masked ? vsplat(T(0)) : grad);
       }
     }
     // grad_q = dS K, grad_k = dS^T Q
