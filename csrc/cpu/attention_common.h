@@ -186,11 +186,24 @@ inline T row_max(const T* row, int64_t n) {
   return result;
 }
 
-template <typename T>
-inline T dot(const T* x, const T* y, int64_t n) {
-  T sum = 0;
-  for (int64_t t = 0; t < n; ++t) sum += x[t] * y[t];
-  return sum;
+// A (B, H, L, d) tensor read in place, row by row: rows must be contiguous but the other strides
+// are followed, so the head-split views of (B, L, H * d) projections need no copy.
+template <typename scalar_t>
+struct RowView {
+  const scalar_t* data;
+  int64_t heads, batch_stride, head_stride, row_stride;
+
+  // The first row of (batch, head) row `bh` = batch * heads + head.
+  const scalar_t* rows(int64_t bh) const { return data + (bh / heads) * batch_stride + (bh % heads) * head_stride; }
+};
+
+inline at::Tensor with_contiguous_rows(const at::Tensor& t) {
+  return t.size(-1) <= 1 || t.stride(-1) == 1 ? t : t.contiguous();
+}
+
+template <typename scalar_t>
+RowView<scalar_t> row_view(const at::Tensor& t) {
+  return {t.data_ptr<scalar_t>(), t.size(1), t.stride(0), t.stride(1), t.stride(2)};
 }
 
 // The scores that the masks write (transformers' values; fp16 cannot hold -1e9).

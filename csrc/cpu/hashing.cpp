@@ -3,6 +3,7 @@
 // int64 sort key written in round-major order, ready for bucket_sort.
 #include <torch/library.h>
 
+#include "../lsh_hash_checks.h"
 #include "attention_common.h"
 
 namespace reformer_kernels::cpu {
@@ -89,27 +90,7 @@ void hash_kernel(const at::Tensor& vectors, const at::Tensor& rotations, const s
 at::Tensor lsh_hash_cpu(const at::Tensor& vectors_in, const at::Tensor& rotations_in, at::IntArrayRef n_buckets,
                         const std::optional<at::Tensor>& attention_mask) {
   const char* op = "lsh_hash";
-  check_float_input(vectors_in, op, "vectors");
-  check_float_input(rotations_in, op, "rotations");
-  TORCH_CHECK_VALUE(vectors_in.dim() == 4, op, ": vectors must have shape (batch, heads, seq_len, head_dim), got ",
-                    vectors_in.sizes());
-  TORCH_CHECK_VALUE(rotations_in.dim() == 4, op,
-                    ": rotations must have shape (heads, head_dim, n_hashes, rotation_size / 2), got ",
-                    rotations_in.sizes());
-  TORCH_CHECK_TYPE(rotations_in.scalar_type() == vectors_in.scalar_type(), op, ": rotations must have the dtype of vectors (",
-                   vectors_in.scalar_type(), "), got ", rotations_in.scalar_type());
-  TORCH_CHECK_VALUE(rotations_in.size(0) == vectors_in.size(1) && rotations_in.size(1) == vectors_in.size(3), op,
-                    ": rotations ", rotations_in.sizes(), " must start with (heads, head_dim) = (", vectors_in.size(1),
-                    ", ", vectors_in.size(3), ")");
-  TORCH_CHECK_VALUE(!n_buckets.empty(), op, ": n_buckets must name at least one bucket factor");
-  int64_t half_width = 0;
-  for (int64_t f : n_buckets) {
-    TORCH_CHECK_VALUE(f >= 2 && f % 2 == 0, op, ": every bucket factor must be even and >= 2, got ", n_buckets);
-    half_width += f / 2;
-  }
-  TORCH_CHECK_VALUE(rotations_in.size(3) == half_width, op, ": rotations.size(3) = ", rotations_in.size(3),
-                    " must be sum(n_buckets) / 2 = ", half_width, " for n_buckets ", n_buckets);
-  TORCH_CHECK_VALUE(rotations_in.size(2) >= 1, op, ": rotations must hold at least one hash round");
+  check_lsh_hash_inputs(vectors_in, rotations_in, n_buckets, op);
   const at::Tensor vectors = vectors_in.contiguous(), rotations = rotations_in.contiguous();
   const at::Tensor valid = key_padding(attention_mask, vectors.size(0), vectors.size(2), op);
   at::Tensor buckets = at::empty({vectors.size(0), vectors.size(1), rotations.size(2) * vectors.size(2)},

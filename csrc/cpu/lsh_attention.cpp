@@ -58,12 +58,12 @@ void check_sorted_row(const int64_t* idx, int64_t total, int64_t row) {
 
 // Per position, 1 / (RMS(qk) * sqrt(d)): shared-QK keys are qk times this.
 template <typename scalar_t, typename T>
-void key_scales(const scalar_t* qk, int64_t seq_len, int64_t head_dim, T* scale) {
+void key_scales(const scalar_t* qk, int64_t row_stride, int64_t seq_len, int64_t head_dim, T* scale) {
   const T inv_sqrt_dim = T(1) / std::sqrt(static_cast<T>(head_dim));
   for (int64_t p = 0; p < seq_len; ++p) {
     T squares = 0;
     for (int64_t t = 0; t < head_dim; ++t) {
-      const T x = static_cast<T>(qk[p * head_dim + t]);
+      const T x = static_cast<T>(qk[p * row_stride + t]);
       squares += x * x;
     }
     scale[p] = inv_sqrt_dim / std::sqrt(squares / static_cast<T>(head_dim) + static_cast<T>(kRmsEps));
@@ -74,21 +74,20 @@ void key_scales(const scalar_t* qk, int64_t seq_len, int64_t head_dim, T* scale)
 // circular over the concatenated rounds (keys); rounds[i] receives query i's hash round.
 template <typename scalar_t, typename T>
 void gather_chunk(ChunkAttention<T>& attn, const LshShape& s, int64_t chunk, int64_t n_chunks_before,
-                  int64_t n_chunks_after, const int64_t* idx, const scalar_t* qk, const scalar_t* v, const T* scale,
-                  const uint8_t* valid, int64_t* rounds) {
-  const int64_t d = s.head_dim;
+                  int64_t n_chunks_after, const int64_t* idx, const scalar_t* qk, int64_t qk_stride, const scalar_t* v,
+                  int64_t v_stride, const T* scale, const uint8_t* valid, int64_t* rounds) {
   for (int64_t i = 0; i < s.chunk_len; ++i) {
     const int64_t flat = idx[chunk * s.chunk_len + i];
     const int64_t pos = flat % s.seq_len;
     rounds[i] = flat / s.seq_len;
-    attn.set_query(i, pos, qk + pos * d);
+    attn.set_query(i, pos, qk + pos * qk_stride);
   }
   int64_t j = 0;
   for (int64_t offset = -n_chunks_before; offset <= n_chunks_after; ++offset) {
     const int64_t neighbour = ((chunk + offset) % s.n_chunks + s.n_chunks) % s.n_chunks;
     for (int64_t i = 0; i < s.chunk_len; ++i, ++j) {
       const int64_t pos = idx[neighbour * s.chunk_len + i] % s.seq_len;
-      attn.set_key(j, pos, valid != nullptr && !valid[pos], qk + pos * d, scale[pos], v + pos * d);
+      attn.set_key(j, pos, valid != nullptr && !valid[pos], qk + pos * qk_stride, scale[pos], v + pos * v_stride);
     }
   }
 }
@@ -101,8 +100,7 @@ void lsh_forward_kernel(const at::Tensor& qk, const at::Tensor& v, const at::Ten
   constexpr bool direct = std::is_same_v<scalar_t, T>;
   const MaskValues values = mask_values(qk.scalar_type());
   const int64_t L = s.seq_len, d = s.head_dim, total = s.n_hashes * L;
-  const scalar_t* qk_ptr = qk.data_ptr<scalar_t>();
-  const scalar_t* v_ptr = v.data_ptr<scalar_t>();
+  const RowView<scalar_t> qk_rows = row_view<scalar_t>(qk), v_rows = row_view<scalar_t>(v);
   const int64_t* idx_ptr = sorted_idx.data_ptr<int64_t>();
   const uint8_t* valid_ptr = valid.defined() ? valid.data_ptr<uint8_t>() : nullptr;
   scalar_t* out_ptr = out.data_ptr<scalar_t>();
@@ -116,8 +114,8 @@ void lsh_forward_kernel(const at::Tensor& qk, const at::Tensor& v, const at::Ten
     for (int64_t row = begin; row < end; ++row) {
       const int64_t* idx = idx_ptr + row * total;
       check_sorted_row(idx, total, row);
-      const scalar_t* qk_row = qk_ptr + row * L * d;
-      const scalar_t* v_row = v_ptr + row * L * d;
+      const scalar_t* qk_row = qk_rows.rows(row);
+      const scalar_t* v_row = v_rows.rows(row);
       const uint8_t* valid_row = valid_ptr == nullptr ? nullptr : valid_ptr + (row / s.heads) * L;
       T* acc;
       if constexpr (direct) {
@@ -126,13 +124,13 @@ void lsh_forward_kernel(const at::Tensor& qk, const at::Tensor& v, const at::Ten
         acc = staged.data();
       }
       T* lse_row = lse_ptr + row * total;
-      key_scales(qk_row, L, d, scale.data());
+      key_scales(qk_row, qk_rows.row_stride, L, d, scale.data());
       std::fill(acc, acc + L * d, T(0));
       std::fill(running_lse.begin(), running_lse.end(), -std::numeric_limits<T>::infinity());
       std::fill(lse_row, lse_row + total, -std::numeric_limits<T>::infinity());
       for (int64_t chunk = 0; chunk < s.n_chunks; ++chunk) {
-        gather_chunk(attn, s, chunk, n_chunks_before, n_chunks_after, idx, qk_row, v_row, scale.data(), valid_row,
-                     rounds.data());
+        gather_chunk(attn, s, chunk, n_chunks_before, n_chunks_after, idx, qk_row, qk_rows.row_stride, v_row,
+                     v_rows.row_stride, scale.data(), valid_row, rounds.data());
         attn.forward(s.chunk_len, s.n_keys, causal, true, values);
         // Combine rounds as they arrive: out_pos holds the softmax(lse)-weighted mean of the rounds
         // seen so far and running_lse their log-sum-exp.
@@ -172,11 +170,9 @@ void lsh_backward_kernel(const at::Tensor& grad_out, const at::Tensor& grad_lse,
   constexpr bool direct = std::is_same_v<scalar_t, T>;
   const MaskValues values = mask_values(qk.scalar_type());
   const int64_t L = s.seq_len, d = s.head_dim, total = s.n_hashes * L;
-  const scalar_t* g_ptr = grad_out.data_ptr<scalar_t>();
+  const RowView<scalar_t> g_rows = row_view<scalar_t>(grad_out), qk_rows = row_view<scalar_t>(qk),
+                          v_rows = row_view<scalar_t>(v), out_rows = row_view<scalar_t>(out);
   const T* glse_ptr = grad_lse.defined() ? grad_lse.data_ptr<T>() : nullptr;
-  const scalar_t* qk_ptr = qk.data_ptr<scalar_t>();
-  const scalar_t* v_ptr = v.data_ptr<scalar_t>();
-  const scalar_t* out_ptr = out.data_ptr<scalar_t>();
   const T* lse_ptr = lse.data_ptr<T>();
   const int64_t* idx_ptr = sorted_idx.data_ptr<int64_t>();
   const uint8_t* valid_ptr = valid.defined() ? valid.data_ptr<uint8_t>() : nullptr;
@@ -191,10 +187,10 @@ void lsh_backward_kernel(const at::Tensor& grad_out, const at::Tensor& grad_lse,
     for (int64_t row = begin; row < end; ++row) {
       const int64_t* idx = idx_ptr + row * total;
       check_sorted_row(idx, total, row);
-      const scalar_t* qk_row = qk_ptr + row * L * d;
-      const scalar_t* v_row = v_ptr + row * L * d;
-      const scalar_t* g_row = g_ptr + row * L * d;
-      const scalar_t* out_row = out_ptr + row * L * d;
+      const scalar_t* qk_row = qk_rows.rows(row);
+      const scalar_t* v_row = v_rows.rows(row);
+      const scalar_t* g_row = g_rows.rows(row);
+      const scalar_t* out_row = out_rows.rows(row);
       const T* lse_row = lse_ptr + row * total;
       const T* glse_row = glse_ptr == nullptr ? nullptr : glse_ptr + row * total;
       const uint8_t* valid_row = valid_ptr == nullptr ? nullptr : valid_ptr + (row / s.heads) * L;
@@ -208,7 +204,7 @@ void lsh_backward_kernel(const at::Tensor& grad_out, const at::Tensor& grad_lse,
       }
       std::fill(gqk, gqk + L * d, T(0));
       std::fill(gv, gv + L * d, T(0));
-      key_scales(qk_row, L, d, scale.data());
+      key_scales(qk_row, qk_rows.row_stride, L, d, scale.data());
       for (int64_t p = 0; p < L; ++p) {
         T top = -std::numeric_limits<T>::infinity();
         for (int64_t r = 0; r < s.n_hashes; ++r) top = std::max(top, lse_row[r * L + p]);
@@ -217,12 +213,12 @@ void lsh_backward_kernel(const at::Tensor& grad_out, const at::Tensor& grad_lse,
         lse_all[p] = top + std::log(sum);
         T gdo = 0;
         for (int64_t t = 0; t < d; ++t)
-          gdo += static_cast<T>(g_row[p * d + t]) * static_cast<T>(out_row[p * d + t]);
+          gdo += static_cast<T>(g_row[p * g_rows.row_stride + t]) * static_cast<T>(out_row[p * out_rows.row_stride + t]);
         grad_dot_out[p] = gdo;
       }
       for (int64_t chunk = 0; chunk < s.n_chunks; ++chunk) {
-        gather_chunk(attn, s, chunk, n_chunks_before, n_chunks_after, idx, qk_row, v_row, scale.data(), valid_row,
-                     rounds.data());
+        gather_chunk(attn, s, chunk, n_chunks_before, n_chunks_after, idx, qk_row, qk_rows.row_stride, v_row,
+                     v_rows.row_stride, scale.data(), valid_row, rounds.data());
         // Round r's output enters out with weight w = exp(lse_r - lse_all), so its upstream
         // gradient is w * g; the combination also sends w * (g . (o_r - out)) into lse_r, and
         // dO_r . o_r - dlse_r collapses to w * (g . out) - grad_lse_r: o_r is never needed.
@@ -230,7 +226,8 @@ void lsh_backward_kernel(const at::Tensor& grad_out, const at::Tensor& grad_lse,
           const int64_t pos = attn.query_pos[i], at = rounds[i] * L + pos;
           const T weight = std::exp(lse_row[at] - lse_all[pos]);
           T* dst = attn.grad_out.data() + i * attn.dim_stride;
-          for (int64_t t = 0; t < d; ++t) dst[t] = weight * static_cast<T>(g_row[pos * d + t]);
+          const scalar_t* g = g_row + pos * g_rows.row_stride;
+          for (int64_t t = 0; t < d; ++t) dst[t] = weight * static_cast<T>(g[t]);
           attn.lse[i] = lse_row[at];
           attn.delta[i] = weight * grad_dot_out[pos] - (glse_row == nullptr ? T(0) : glse_row[at]);
         }
@@ -246,7 +243,7 @@ void lsh_backward_kernel(const at::Tensor& grad_out, const at::Tensor& grad_lse,
         for (int64_t j = 0; j < s.n_keys; ++j) {
           const int64_t pos = attn.key_pos[j];
           const T* dk = attn.grad_k.data() + j * attn.dim_stride;
-          const scalar_t* x = qk_row + pos * d;
+          const scalar_t* x = qk_row + pos * qk_rows.row_stride;
           T x_dot_dk = 0;
           for (int64_t t = 0; t < d; ++t) x_dot_dk += static_cast<T>(x[t]) * dk[t];
           const T sc = scale[pos];
@@ -282,9 +279,10 @@ std::tuple<at::Tensor, at::Tensor> lsh_attention_fwd_cpu(const at::Tensor& qk_in
   const char* op = "lsh_attention_fwd";
   const LshShape s =
       check_lsh_inputs(op, qk_in, v_in, sorted_idx_in, n_hashes, chunk_len, n_chunks_before, n_chunks_after);
-  const at::Tensor qk = qk_in.contiguous(), v = v_in.contiguous(), sorted_idx = sorted_idx_in.contiguous();
+  const at::Tensor qk = with_contiguous_rows(qk_in), v = with_contiguous_rows(v_in);
+  const at::Tensor sorted_idx = sorted_idx_in.contiguous();
   const at::Tensor valid = key_padding(attention_mask, s.batch, s.seq_len, op);
-  at::Tensor out = at::empty_like(qk);
+  at::Tensor out = at::empty_like(qk, at::MemoryFormat::Contiguous);
   at::Tensor lse = at::empty({s.batch, s.heads, n_hashes, s.seq_len}, qk.options().dtype(lse_dtype(qk)));
   if (qk.numel() == 0) return {out.zero_(), lse.fill_(-std::numeric_limits<double>::infinity())};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, qk.scalar_type(), "lsh_attention", [&] {
@@ -315,10 +313,13 @@ std::tuple<at::Tensor, at::Tensor> lsh_attention_bwd_cpu(
                       grad_lse_in->sizes());
     grad_lse = grad_lse_in->to(lse_dtype(qk_in)).contiguous();
   }
-  const at::Tensor qk = qk_in.contiguous(), v = v_in.contiguous(), sorted_idx = sorted_idx_in.contiguous();
-  const at::Tensor grad_out = grad_out_in.contiguous(), out = out_in.contiguous(), lse = lse_in.contiguous();
+  // Inputs are read in place (head-split views included); only rows must be contiguous.
+  const at::Tensor qk = with_contiguous_rows(qk_in), v = with_contiguous_rows(v_in);
+  const at::Tensor grad_out = with_contiguous_rows(grad_out_in), out = with_contiguous_rows(out_in);
+  const at::Tensor sorted_idx = sorted_idx_in.contiguous(), lse = lse_in.contiguous();
   const at::Tensor valid = key_padding(attention_mask, s.batch, s.seq_len, op);
-  at::Tensor grad_qk = at::empty_like(qk), grad_v = at::empty_like(v);
+  at::Tensor grad_qk = at::empty_like(qk, at::MemoryFormat::Contiguous);
+  at::Tensor grad_v = at::empty_like(v, at::MemoryFormat::Contiguous);
   if (qk.numel() == 0) return {grad_qk, grad_v};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, qk.scalar_type(), "lsh_attention", [&] {
     lsh_backward_kernel<scalar_t>(grad_out, grad_lse, qk, v, sorted_idx, out, lse, valid, s, n_chunks_before,

@@ -182,3 +182,19 @@ def test_explicit_cpu_backend_refuses_dropout():
     qk, v, sorted_idx, _ = lsh_inputs(1, 1, 8, 4, 1)
     with pytest.raises(ValueError):
         functional.lsh_attention(qk, v, sorted_idx, n_hashes=1, chunk_len=4, dropout_p=0.1, backend="cpu")
+
+
+def test_head_split_views_are_read_in_place():
+    """qk and v as (B, L, H, d).transpose(1, 2) views, as a layer's projections give them: same bits
+    as contiguous inputs, forward and backward."""
+    qk, v, sorted_idx, attention_mask = lsh_inputs(2, 3, 32, 8, 2, "padded")
+    upstream = (torch.randn_like(qk), torch.randn(2, 3, 2, 32, dtype=torch.float64))
+    args = (sorted_idx, 2, 8, 1, 0, True, attention_mask, upstream)
+
+    def as_view(t):
+        return t.float().transpose(1, 2).contiguous().transpose(1, 2)
+
+    strided = _run(lsh_attention_cpu, as_view(qk), as_view(v), *args)
+    contiguous = _run(lsh_attention_cpu, qk.float(), v.float(), *args)
+    for a, b in zip(strided, contiguous):
+        assert torch.equal(a, b)
