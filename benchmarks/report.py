@@ -16,6 +16,7 @@ from .harness import COLUMNS, CONFIG_COLUMNS, OK
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
+SUITE_ORDER = ("ops", "model", "scaling", "quality")
 
 
 def _version(package: str) -> str:
@@ -86,7 +87,8 @@ def load_suites(out_dir: str) -> dict[str, dict]:
                 data = json.load(f)
             if isinstance(data, dict) and "rows" in data and "environment" in data:
                 found[name[: -len(".json")]] = data
-    return found
+    # The four questions of DESIGN.md first, in their order; other scripts' suites after them.
+    return dict(sorted(found.items(), key=lambda item: (SUITE_ORDER.index(item[0]) if item[0] in SUITE_ORDER else len(SUITE_ORDER), item[0])))
 
 
 def _cell(value) -> str:
