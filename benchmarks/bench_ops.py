@@ -19,7 +19,8 @@ SUITE = "ops"
 
 def _ours(suite: str, op: str, builder, config: dict, device: torch.device) -> list[Case]:
     return [
-        Case(suite, op, "reformer_kernels", backend, config, functools.partial(builder, config, device, backend), tokens=config["batch"] * config["seq_len"])
+        Case(suite, op, "reformer_kernels", c.backend_label(op, backend, device), config, functools.partial(builder, config, device, backend),
+             tokens=config["batch"] * config["seq_len"])
         for backend in c.our_backends(device)
     ]
 

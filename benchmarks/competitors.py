@@ -49,6 +49,15 @@ def our_backends(device: torch.device) -> list[str]:
     return ["auto", *(name for name in backends.status() if (name != "cpu" if device.type == "cuda" else name not in gpu_only))]
 
 
+def backend_label(op: str, backend: str, device: torch.device) -> str:
+    """The backend column of a row: for "auto", also what it resolves to for the op's kernels
+    here (e.g. "auto=cpu", or "auto=cpu+reference" where one kernel is missing)."""
+    if backend != "auto":
+        return backend
+    resolved = sorted({backends.select(name, device, "auto")[0] for name in NEEDED_KERNELS[op]})
+    return "auto=" + "+".join(resolved)
+
+
 def require_kernels(op: str, backend: str) -> None:
     """Raise NotAvailable unless ``backend`` can run every backend op that ``op`` needs on this machine."""
     if backend == "auto":

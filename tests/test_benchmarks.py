@@ -132,6 +132,15 @@ def test_a_backend_without_the_kernel_is_not_available(monkeypatch):
         competitors.require_kernels("lsh_hash", "cpu")
 
 
+def test_auto_rows_say_what_auto_ran(monkeypatch):
+    from reformer_kernels import backends
+
+    assert competitors.backend_label("lsh_layer", "cpu", CPU) == "cpu"
+    monkeypatch.setattr(backends, "select", lambda op, device, backend: ("reference" if op == "lsh_hash" else "cpu", None))
+    assert competitors.backend_label("lsh_layer", "auto", CPU) == "auto=cpu+reference"
+    assert competitors.backend_label("local_layer", "auto", CPU) == "auto=cpu"
+
+
 def test_a_missing_peer_is_reported_missing():
     with pytest.raises(harness.MissingPeer, match="no_such_peer_package"):
         competitors.peer("no_such_peer_package")
