@@ -43,19 +43,22 @@ LocalShape check_local_inputs(const char* op, const at::Tensor& q, const at::Ten
 
 // The queries of `chunk` and its window of keys; positions past the sequence end are padding.
 template <typename scalar_t, typename T>
-int64_t gather_chunk(ChunkAttention<T>& attn, const LocalShape& s, int64_t chunk, const scalar_t* q,
-                     const scalar_t* k, const scalar_t* v, const uint8_t* valid, const scalar_t* zeros) {
-  const int64_t d = s.head_dim, L = s.seq_len;
-  const T key_scale = T(1) / std::sqrt(static_cast<T>(d));
+int64_t gather_chunk(ChunkAttention<T>& attn, const LocalShape& s, int64_t row, int64_t chunk,
+                     const RowView<scalar_t>& q, const RowView<scalar_t>& k, const RowView<scalar_t>& v,
+                     const uint8_t* valid, const scalar_t* zeros) {
+  const int64_t L = s.seq_len;
+  const T key_scale = T(1) / std::sqrt(static_cast<T>(s.head_dim));
+  const scalar_t *q_row = q.rows(row), *k_row = k.rows(row), *v_row = v.rows(row);
   const int64_t first = chunk * s.chunk_len, n_queries = std::min(s.chunk_len, L - first);
-  for (int64_t i = 0; i < n_queries; ++i) attn.set_query(i, first + i, q + (first + i) * d);
+  for (int64_t i = 0; i < n_queries; ++i) attn.set_query(i, first + i, q_row + (first + i) * q.row_stride);
   int64_t j = 0;
   for (int64_t offset = -s.before; offset <= s.after; ++offset) {
     const int64_t neighbour = ((chunk + offset) % s.n_chunks + s.n_chunks) % s.n_chunks;
     for (int64_t i = 0; i < s.chunk_len; ++i, ++j) {
       const int64_t pos = neighbour * s.chunk_len + i;
       if (pos < L) {
-        attn.set_key(j, pos, valid != nullptr && !valid[pos], k + pos * d, key_scale, v + pos * d);
+        attn.set_key(j, pos, valid != nullptr && !valid[pos], k_row + pos * k.row_stride, key_scale,
+                     v_row + pos * v.row_stride);
       } else {
         attn.set_key(j, pos, true, zeros, key_scale, zeros);
       }
@@ -70,9 +73,7 @@ void local_forward_kernel(const at::Tensor& q, const at::Tensor& k, const at::Te
   using T = acc_type<scalar_t>;
   const MaskValues values = mask_values(q.scalar_type());
   const int64_t L = s.seq_len, d = s.head_dim;
-  const scalar_t* q_ptr = q.data_ptr<scalar_t>();
-  const scalar_t* k_ptr = k.data_ptr<scalar_t>();
-  const scalar_t* v_ptr = v.data_ptr<scalar_t>();
+  const RowView<scalar_t> q_rows = row_view<scalar_t>(q), k_rows = row_view<scalar_t>(k), v_rows = row_view<scalar_t>(v);
   const uint8_t* valid_ptr = valid.defined() ? valid.data_ptr<uint8_t>() : nullptr;
   scalar_t* out_ptr = out.data_ptr<scalar_t>();
   T* lse_ptr = lse.data_ptr<T>();
@@ -84,8 +85,7 @@ void local_forward_kernel(const at::Tensor& q, const at::Tensor& k, const at::Te
       const int64_t row = task / s.n_chunks, chunk = task % s.n_chunks;
       const int64_t offset = row * L * d;
       const uint8_t* valid_row = valid_ptr == nullptr ? nullptr : valid_ptr + (row / s.heads) * L;
-      const int64_t n_queries = gather_chunk(attn, s, chunk, q_ptr + offset, k_ptr + offset, v_ptr + offset,
-                                             valid_row, zeros.data());
+      const int64_t n_queries = gather_chunk(attn, s, row, chunk, q_rows, k_rows, v_rows, valid_row, zeros.data());
       attn.forward(n_queries, s.n_keys, causal, false, values);
       for (int64_t i = 0; i < n_queries; ++i) {
         const int64_t pos = attn.query_pos[i];
@@ -107,11 +107,8 @@ void local_backward_kernel(const at::Tensor& grad_out, const at::Tensor& q, cons
   const MaskValues values = mask_values(q.scalar_type());
   const int64_t L = s.seq_len, d = s.head_dim;
   const T key_scale = T(1) / std::sqrt(static_cast<T>(d));
-  const scalar_t* g_ptr = grad_out.data_ptr<scalar_t>();
-  const scalar_t* q_ptr = q.data_ptr<scalar_t>();
-  const scalar_t* k_ptr = k.data_ptr<scalar_t>();
-  const scalar_t* v_ptr = v.data_ptr<scalar_t>();
-  const scalar_t* out_ptr = out.data_ptr<scalar_t>();
+  const RowView<scalar_t> g_rows = row_view<scalar_t>(grad_out), out_rows = row_view<scalar_t>(out);
+  const RowView<scalar_t> q_rows = row_view<scalar_t>(q), k_rows = row_view<scalar_t>(k), v_rows = row_view<scalar_t>(v);
   const T* lse_ptr = lse.data_ptr<T>();
   const uint8_t* valid_ptr = valid.defined() ? valid.data_ptr<uint8_t>() : nullptr;
   scalar_t* gq_ptr = grad_q.data_ptr<scalar_t>();
@@ -139,12 +136,11 @@ void local_backward_kernel(const at::Tensor& grad_out, const at::Tensor& q, cons
       std::fill(gk, gk + L * d, T(0));
       std::fill(gv, gv + L * d, T(0));
       for (int64_t chunk = 0; chunk < s.n_chunks; ++chunk) {
-        const int64_t n_queries = gather_chunk(attn, s, chunk, q_ptr + offset, k_ptr + offset, v_ptr + offset,
-                                               valid_row, zeros.data());
+        const int64_t n_queries = gather_chunk(attn, s, row, chunk, q_rows, k_rows, v_rows, valid_row, zeros.data());
         for (int64_t i = 0; i < n_queries; ++i) {
           const int64_t pos = attn.query_pos[i];
-          const scalar_t* g = g_ptr + offset + pos * d;
-          const scalar_t* o = out_ptr + offset + pos * d;
+          const scalar_t* g = g_rows.rows(row) + pos * g_rows.row_stride;
+          const scalar_t* o = out_rows.rows(row) + pos * out_rows.row_stride;
           T* dst = attn.grad_out.data() + i * attn.dim_stride;
           T g_dot_o = 0;
           for (int64_t t = 0; t < d; ++t) {
@@ -191,9 +187,10 @@ std::tuple<at::Tensor, at::Tensor> local_attention_fwd_cpu(const at::Tensor& q_i
                                                            const std::optional<at::Tensor>& attention_mask) {
   const char* op = "local_attention_fwd";
   const LocalShape s = check_local_inputs(op, q_in, k_in, v_in, chunk_len, n_chunks_before, n_chunks_after);
-  const at::Tensor q = q_in.contiguous(), k = k_in.contiguous(), v = v_in.contiguous();
+  // Inputs are read in place (head-split views included); only rows must be contiguous.
+  const at::Tensor q = with_contiguous_rows(q_in), k = with_contiguous_rows(k_in), v = with_contiguous_rows(v_in);
   const at::Tensor valid = key_padding(attention_mask, s.batch, s.seq_len, op);
-  at::Tensor out = at::empty_like(q);
+  at::Tensor out = at::empty_like(q, at::MemoryFormat::Contiguous);
   at::Tensor lse = at::empty({s.batch, s.heads, s.seq_len}, q.options().dtype(lse_dtype(q)));
   if (q.numel() == 0) return {out.zero_(), lse.zero_()};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "local_attention",
@@ -215,10 +212,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> local_attention_bwd_cpu(
   TORCH_CHECK_VALUE(lse_in.sizes() == lse_shape, op, ": lse must have shape ", lse_shape, ", got ", lse_in.sizes());
   TORCH_CHECK_TYPE(lse_in.scalar_type() == lse_dtype(q_in), op, ": lse must be ", lse_dtype(q_in),
                    " (as local_attention_fwd returns it), got ", lse_in.scalar_type());
-  const at::Tensor q = q_in.contiguous(), k = k_in.contiguous(), v = v_in.contiguous();
-  const at::Tensor grad_out = grad_out_in.contiguous(), out = out_in.contiguous(), lse = lse_in.contiguous();
+  const at::Tensor q = with_contiguous_rows(q_in), k = with_contiguous_rows(k_in), v = with_contiguous_rows(v_in);
+  const at::Tensor grad_out = with_contiguous_rows(grad_out_in), out = with_contiguous_rows(out_in);
+  const at::Tensor lse = lse_in.contiguous();
   const at::Tensor valid = key_padding(attention_mask, s.batch, s.seq_len, op);
-  at::Tensor grad_q = at::empty_like(q), grad_k = at::empty_like(k), grad_v = at::empty_like(v);
+  at::Tensor grad_q = at::empty_like(q, at::MemoryFormat::Contiguous);
+  at::Tensor grad_k = at::empty_like(k, at::MemoryFormat::Contiguous);
+  at::Tensor grad_v = at::empty_like(v, at::MemoryFormat::Contiguous);
   if (q.numel() == 0) return {grad_q, grad_k, grad_v};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "local_attention", [&] {
     local_backward_kernel<scalar_t>(grad_out, q, k, v, out, lse, valid, s, causal, grad_q, grad_k, grad_v);

@@ -125,3 +125,18 @@ def test_direct_op_calls_reject_bad_inputs():
         call(before=-2)
     with pytest.raises(ValueError, match="attention_mask"):
         call(mask=torch.ones(2, 8, dtype=torch.bool))
+
+
+def test_head_split_views_are_read_in_place():
+    """q, k, v as (B, L, H, d).transpose(1, 2) views, as a layer's projections give them: same bits
+    as contiguous inputs, forward and backward."""
+    q, k, v, attention_mask = _inputs(2, 3, 40, 8, "padded")
+    args = (16, 1, 0, True, attention_mask, (torch.randn_like(q),))
+
+    def as_view(t):
+        return t.float().transpose(1, 2).contiguous().transpose(1, 2)
+
+    strided = _run(local_attention_cpu, *(as_view(t) for t in (q, k, v)), *args)
+    contiguous = _run(local_attention_cpu, q.float(), k.float(), v.float(), *args)
+    for a, b in zip(strided, contiguous):
+        assert torch.equal(a, b)
