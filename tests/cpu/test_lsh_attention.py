@@ -198,3 +198,24 @@ def test_head_split_views_are_read_in_place():
     contiguous = _run(lsh_attention_cpu, qk.float(), v.float(), *args)
     for a, b in zip(strided, contiguous):
         assert torch.equal(a, b)
+
+
+@pytest.mark.slow
+def test_torch_compile_fullgraph():
+    from reformer_kernels.ops.local_attention import local_attention_cpu
+
+    qk, v, sorted_idx, attention_mask = lsh_inputs(1, 2, 32, 8, 2, "padded")
+    qk, v = qk.float(), v.float()
+    upstream = (torch.randn_like(qk), torch.randn(1, 2, 2, 32))
+
+    def lsh(qk, v):
+        return lsh_attention_cpu(qk, v, sorted_idx, 2, 8, 1, 0, True, attention_mask)
+
+    def local(q, v):
+        return local_attention_cpu(q, q, v, 8, 1, 0, True, attention_mask)
+
+    for fn, outputs in ((lsh, upstream), (local, upstream[:1])):
+        compiled = outputs_and_grads(torch.compile(fn, fullgraph=True), (qk, v), outputs)
+        eager = outputs_and_grads(fn, (qk, v), outputs)
+        for a, b in zip(compiled, eager):
+            assert torch.equal(a, b)
