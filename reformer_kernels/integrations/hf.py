@@ -17,37 +17,19 @@ import sys
 from torch import nn
 
 from .. import models
-from ..nn import LocalSelfAttention, LSHSelfAttention
+from ..models.modeling import self_attention_from_config
+from ..nn import LSHSelfAttention
 
 _PATCHED = "_reformer_kernels_patched"
 
 
 def _ours_for(module: nn.Module, config) -> nn.Module:
     """Our module for a transformers attention module, sharing (not copying) its projections."""
-    heads = (config.hidden_size, config.num_attention_heads, config.attention_head_size)
     if type(module).__name__ == "LSHSelfAttention":
-        ours: nn.Module = LSHSelfAttention(
-            *heads,
-            num_hashes=config.num_hashes,
-            num_buckets=config.num_buckets,
-            chunk_len=config.lsh_attn_chunk_length,
-            n_chunks_before=config.lsh_num_chunks_before,
-            n_chunks_after=config.lsh_num_chunks_after,
-            causal=config.is_decoder,
-            hash_seed=config.hash_seed,
-            dropout=config.lsh_attention_probs_dropout_prob,
-            max_position_embeddings=config.max_position_embeddings,
-        )
+        ours = self_attention_from_config(config, "lsh")
         ours.query_key, ours.value = module.query_key, module.value
     else:
-        ours = LocalSelfAttention(
-            *heads,
-            chunk_len=config.local_attn_chunk_length,
-            n_chunks_before=config.local_num_chunks_before,
-            n_chunks_after=config.local_num_chunks_after,
-            causal=config.is_decoder,
-            dropout=config.local_attention_probs_dropout_prob,
-        )
+        ours = self_attention_from_config(config, "local")
         ours.query, ours.key, ours.value = module.query, module.key, module.value
     return ours
 

@@ -49,35 +49,39 @@ class ReformerSelfOutput(nn.Module):
         return nn.functional.dropout(self.dense(hidden_states), p=self.dropout, training=self.training)
 
 
+def self_attention_from_config(config: ReformerConfig, kind: str) -> nn.Module:
+    """Our ``kind`` ("lsh" or "local") self-attention module with ``config``'s settings."""
+    heads = (config.hidden_size, config.num_attention_heads, config.attention_head_size)
+    if kind == "lsh":
+        return LSHSelfAttention(
+            *heads,
+            num_hashes=config.num_hashes,
+            num_buckets=config.num_buckets,
+            chunk_len=config.lsh_attn_chunk_length,
+            n_chunks_before=config.lsh_num_chunks_before,
+            n_chunks_after=config.lsh_num_chunks_after,
+            causal=config.is_decoder,
+            hash_seed=config.hash_seed,
+            dropout=config.lsh_attention_probs_dropout_prob,
+            max_position_embeddings=config.max_position_embeddings,
+        )
+    return LocalSelfAttention(
+        *heads,
+        chunk_len=config.local_attn_chunk_length,
+        n_chunks_before=config.local_num_chunks_before,
+        n_chunks_after=config.local_num_chunks_after,
+        causal=config.is_decoder,
+        dropout=config.local_attention_probs_dropout_prob,
+    )
+
+
 class ReformerAttention(nn.Module):
     """LayerNorm -> LSH or local self-attention -> output projection: the f of a reversible layer."""
 
     def __init__(self, config: ReformerConfig, layer_id: int):
         super().__init__()
         self.layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        heads = (config.hidden_size, config.num_attention_heads, config.attention_head_size)
-        if config.attn_layers[layer_id] == "lsh":
-            self.self_attention: nn.Module = LSHSelfAttention(
-                *heads,
-                num_hashes=config.num_hashes,
-                num_buckets=config.num_buckets,
-                chunk_len=config.lsh_attn_chunk_length,
-                n_chunks_before=config.lsh_num_chunks_before,
-                n_chunks_after=config.lsh_num_chunks_after,
-                causal=config.is_decoder,
-                hash_seed=config.hash_seed,
-                dropout=config.lsh_attention_probs_dropout_prob,
-                max_position_embeddings=config.max_position_embeddings,
-            )
-        else:
-            self.self_attention = LocalSelfAttention(
-                *heads,
-                chunk_len=config.local_attn_chunk_length,
-                n_chunks_before=config.local_num_chunks_before,
-                n_chunks_after=config.local_num_chunks_after,
-                causal=config.is_decoder,
-                dropout=config.local_attention_probs_dropout_prob,
-            )
+        self.self_attention = self_attention_from_config(config, config.attn_layers[layer_id])
         self.output = ReformerSelfOutput(config)
 
     def forward(

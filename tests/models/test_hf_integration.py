@@ -4,8 +4,6 @@ import warnings
 import pytest
 import torch
 
-from reformer_kernels import use_backend
-
 from reformer_kernels.integrations.hf import from_hf, patch_hf_reformer
 
 from .hf_reference import TINY, relative_error, transformers
@@ -29,14 +27,9 @@ def logits_and_grads(model, ids, seed):
     return out.logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
+@pytest.mark.usefixtures("reference_backend")
 def test_patched_model_matches_the_original_in_eval_and_training():
-    """On the reference backend: the patch must change nothing but the code that runs (the
-    kernels are held to the float64 reference op by op in tests/cpu and tests/triton)."""
-    with use_backend("reference"):
-        check_patched_model_matches_the_original()
-
-
-def check_patched_model_matches_the_original():
+    """The patch must change nothing but the code that runs."""
     original = hf_lm(hash_seed=6)
     patched = hf_lm(hash_seed=6)
     patched.load_state_dict(original.state_dict())

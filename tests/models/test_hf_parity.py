@@ -63,10 +63,7 @@ EVAL_CASES = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def reference_backend():
-    with use_backend("reference"):
-        yield
+pytestmark = pytest.mark.usefixtures("reference_backend")
 
 
 def make_inputs(seq_len: int, batch: int, mask: str | None):

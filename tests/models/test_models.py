@@ -110,6 +110,7 @@ def test_heads_match_transformers(class_name):
             assert relative_error(getattr(actual, name), getattr(expected, name)) < 1e-5
 
 
+@pytest.mark.usefixtures("reference_backend")
 @pytest.mark.parametrize("class_name", ["ReformerModelWithLMHead", "ReformerModel"])
 def test_save_pretrained_round_trips_with_transformers(tmp_path, class_name):
     theirs, ours = model_pair(dict(DECODER, hash_seed=4), class_name)
