@@ -1,0 +1,169 @@
+"""What the reversible layers cost and save: training-step time and peak memory of a causal Reformer
+LM at 2, 6 and 12 layers, ours with the reversible backward (the default), ours with plain autograd
+through the same blocks, and transformers' ReformerModelWithLMHead, all three with the same weights.
+
+    python -m benchmarks.bench_reversible [--size small|full] [--repeats N] [--out DIR]
+
+Model: hidden 256 = 4 heads of 64, feed-forward 1024, vocab 320, layers alternating LSH / local,
+2 hashes, chunk 64, causal (is_decoder), axial positions, dropout 0, batch 1, float32, on the CPU.
+--size full: 2, 6, 12 layers at L = 4096; --size small: 2 and 6 layers at L = 1024.
+
+A training step is forward + loss + backward + AdamW step; its time is the median of --repeats
+calls after warm-up. Each case runs in a fresh subprocess and its peak memory is the peak resident
+set size one step adds (bench_cpu_attention's method), so every byte counts, the optimizer's and
+the C++ kernels' scratch included.
+
+The non-reversible row: the model has no config switch for plain autograd; its encoder *is* a
+ReversibleSequence, whose public ``reversible`` attribute selects the mode, so the row sets
+``model.reformer.encoder.reversible = False`` on an otherwise identical model.
+
+Writes reversible.csv/.json to benchmarks/results/<cpu-name>/, prints the table, the reversible
+overhead (reversible time / non-reversible time) and how peak memory grows with depth.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import warnings
+
+import torch
+
+from . import competitors as c
+from . import report
+from .bench_cpu_attention import _peak_rss_bytes
+from .bench_model import _training, hf_settings
+from .harness import Case, add_speedups, blank_row, time_ms, _stats
+
+SUITE = "reversible"
+SIZES = {"small": (1024, [2, 6]), "full": (4096, [2, 6, 12])}
+SHAPE = dict(batch=1, heads=4, head_dim=64, n_hashes=2, chunk_len=64, causal=True, dtype=torch.float32)
+VOCAB = 320
+CPU = torch.device("cpu")
+# (competitor, backend): the backend column names the kernels ours runs with ("auto": the C++ ones).
+REVERSIBLE, PLAIN, TRANSFORMERS = ("reformer_kernels", "auto"), ("reformer_kernels-plain-autograd", "auto"), ("transformers", "pytorch")
+ROWS = (REVERSIBLE, PLAIN, TRANSFORMERS)
+
+
+def _config(seq_len: int, layers: int) -> dict:
+    return dict(SHAPE, seq_len=seq_len, layers=layers)
+
+
+def _settings(config: dict) -> dict:
+    # bench_model's model, with this benchmark's vocabulary and an LSH layer first.
+    return dict(hf_settings(config), vocab_size=VOCAB, attn_layers=["lsh", "local"] * (config["layers"] // 2))
+
+
+def _transformers_model(config: dict):
+    transformers = c.peer("transformers")
+    torch.manual_seed(0)
+    return transformers.ReformerModelWithLMHead(transformers.ReformerConfig(**_settings(config))).train()
+
+
+def build(competitor: str, config: dict):
+    """The Prepared training step of one row."""
+    from reformer_kernels.models import ReformerConfig, ReformerModelWithLMHead
+
+    theirs = _transformers_model(config)
+    input_ids = torch.randint(3, VOCAB, (config["batch"], config["seq_len"]), generator=c.generator_for(config, CPU))
+    if competitor == TRANSFORMERS[0]:
+        model = theirs
+    else:
+        model = ReformerModelWithLMHead(ReformerConfig(**_settings(config)))
+        model.load_state_dict(theirs.state_dict())
+        del theirs  # only its weights were wanted; freed before anything is measured
+        model.reformer.encoder.reversible = competitor == REVERSIBLE[0]
+    return _training(model, lambda: model(input_ids, labels=input_ids).loss, config)
+
+
+def worker(competitor: str, backend: str, seq_len: int, layers: int, repeats: int) -> dict:
+    """Measure one case in this (fresh) process and return its row."""
+    config = _config(seq_len, layers)
+    row = blank_row(Case(SUITE, "train_step", competitor, backend, config, build=lambda: None))
+    try:
+        step = build(competitor, config).train_step
+        # Two steps (the first one builds the optimizer state) are also the timing's warm-up.
+        row["peak_mem_mb"] = round(_peak_rss_bytes(step) / 2**20, 1)
+        _stats(row, "fwd_bwd", time_ms(step, CPU, warmup=0, repeats=repeats))
+        row["tokens_per_s"] = round(seq_len / (row["fwd_bwd_ms"] / 1e3), 1)
+        row["status"] = "ok"
+    except c.MissingPeer as error:
+        row.update(status="missing", error=str(error))
+    except Exception as error:  # a competitor's failure is a result, not a crash
+        row.update(status="error", error=f"{type(error).__name__}: {error}"[:300])
+    return row
+
+
+def run_case(competitor: str, backend: str, seq_len: int, layers: int, repeats: int) -> dict:
+    command = [sys.executable, "-m", "benchmarks.bench_reversible", "--worker", competitor, backend, str(seq_len), str(layers),
+               "--repeats", str(repeats)]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=report.ROOT)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if done.returncode != 0 or not lines:
+        row = blank_row(Case(SUITE, "train_step", competitor, backend, _config(seq_len, layers), build=lambda: None))
+        row.update(status="error", error=(done.stderr.strip().splitlines() or ["no output"])[-1][:300])
+        return row
+    return json.loads(lines[-1])
+
+
+def summarize(rows: list[dict]) -> None:
+    ok = {(r["competitor"], r["layers"]): r for r in rows if r["status"] == "ok"}
+    print("\nreversible overhead = reversible time / non-reversible time:")
+    for (competitor, layers), row in ok.items():
+        plain = ok.get((PLAIN[0], layers))
+        if competitor == REVERSIBLE[0] and plain is not None:
+            print(f"  {layers:>2} layers: {row['fwd_bwd_ms'] / plain['fwd_bwd_ms']:.2f}x "
+                  f"(peak memory {row['peak_mem_mb']} vs {plain['peak_mem_mb']} MB)")
+    print("peak memory growth with depth (MB per added layer, from the fewest to the most layers):")
+    for competitor, _ in ROWS:
+        depths = sorted((layers, row["peak_mem_mb"]) for (name, layers), row in ok.items() if name == competitor)
+        if len(depths) >= 2:
+            (l0, m0), (l1, m1) = depths[0], depths[-1]
+            print(f"  {competitor:>32}: {m0} MB at {l0} -> {m1} MB at {l1} layers, {(m1 - m0) / (l1 - l0):+.1f} MB/layer")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--size", choices=sorted(SIZES), default="full")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--out", default=None, help="output folder (default: benchmarks/results/<cpu-name>/)")
+    p.add_argument("--worker", nargs=4, metavar=("COMPETITOR", "BACKEND", "SEQ_LEN", "LAYERS"), help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.repeats < 3:
+        p.error("--repeats must be at least 3 (the time is a median)")
+    if args.worker:
+        competitor, backend, seq_len, layers = args.worker
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # peers' deprecation noise; the row names what ran
+            print(json.dumps(worker(competitor, backend, int(seq_len), int(layers), args.repeats)))
+        return 0
+    if not os.path.exists("/proc/self/clear_refs"):
+        print("bench_reversible: needs Linux (/proc/self/clear_refs) to measure peak memory per case", file=sys.stderr)
+        return 2
+
+    out_dir = args.out or os.path.join(report.RESULTS, report.device_dir_name(CPU))
+    env = dict(report.environment(CPU), threads=torch.get_num_threads(),
+               parent_max_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1))
+    seq_len, depths = SIZES[args.size]
+    rows: list[dict] = []
+    for layers in depths:
+        for competitor, backend in ROWS:
+            rows.append(run_case(competitor, backend, seq_len, layers, args.repeats))
+            report.write_suite(out_dir, SUITE, rows, env)  # every finished row is on disk
+            print(f"  {competitor} {layers} layers: {rows[-1]['status']}", flush=True)
+    add_speedups(rows)
+    report.write_suite(out_dir, SUITE, rows, env)
+    columns = ("competitor", "layers", "seq_len", "fwd_bwd_ms", "peak_mem_mb", "speedup_vs_transformers", "status")
+    print("\n" + " ".join(f"{name:>32}" if name == "competitor" else f"{name:>12}" for name in columns))
+    for row in rows:
+        print(" ".join(f"{str(row[n]):>32}" if n == "competitor" else f"{str(row[n]):>12}" for n in columns))
+    summarize(rows)
+    print(f"wrote {os.path.join(out_dir, SUITE + '.csv')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
