@@ -7,7 +7,9 @@ import pytest
 import torch
 
 import reformer_kernels
-from reformer_kernels import _extension, backends
+from reformer_kernels import backends
+
+from .marks import requires_extension
 
 
 def test_precedence_argument_context_env(monkeypatch):
@@ -45,7 +47,7 @@ def test_unavailable_backend_says_why():
         reformer_kernels.functional.bucket_sort(torch.zeros(3, dtype=torch.long), 1, backend="cuda")
 
 
-@pytest.mark.skipif(not _extension.loaded(), reason=f"reformer_kernels._C not loaded: {_extension.LOAD_ERROR}")
+@requires_extension
 def test_auto_picks_the_cpu_kernel_for_cpu_tensors():
     with warnings.catch_warnings():
         warnings.simplefilter("error")

@@ -2,9 +2,9 @@
 import pytest
 import torch
 
-from reformer_kernels import _extension, functional, reference
+from reformer_kernels import functional, reference
 
-needs_c = pytest.mark.skipif(not _extension.loaded(), reason=f"reformer_kernels._C not loaded: {_extension.LOAD_ERROR}")
+from .marks import requires_extension
 
 
 def brute_force_sort(buckets):
@@ -17,7 +17,7 @@ def brute_force_sort(buckets):
 SHAPES = [(1, 1, 1), (2, 3, 50), (3, 1, 257), (1, 4, 1024), (7,)]
 
 
-@pytest.mark.parametrize("backend", ["reference", pytest.param("cpu", marks=needs_c)])
+@pytest.mark.parametrize("backend", ["reference", pytest.param("cpu", marks=requires_extension)])
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("num_buckets", [1, 2, 7, 300])
 def test_bucket_sort_matches_brute_force(backend, shape, num_buckets):
@@ -29,7 +29,7 @@ def test_bucket_sort_matches_brute_force(backend, shape, num_buckets):
     assert torch.equal(undo_sort.gather(-1, sorted_idx), positions)
 
 
-@needs_c
+@requires_extension
 def test_bucket_sort_cpu_equals_reference_on_lsh_shaped_keys():
     n_hashes, n_buckets, L = 4, 32, 512
     buckets = torch.randint(0, n_buckets, (2, 4, n_hashes, L)) + n_buckets * torch.arange(n_hashes).view(1, 1, -1, 1)
@@ -39,7 +39,7 @@ def test_bucket_sort_cpu_equals_reference_on_lsh_shaped_keys():
     assert torch.equal(ours[0], ref[0]) and torch.equal(ours[1], ref[1])
 
 
-@needs_c
+@requires_extension
 def test_bucket_sort_same_bits_across_thread_counts():
     buckets = torch.randint(0, 64, (3, 8, 2048))
     threads = torch.get_num_threads()
@@ -53,21 +53,21 @@ def test_bucket_sort_same_bits_across_thread_counts():
     assert all(torch.equal(a, b) for a, b in zip(one, two))
 
 
-@needs_c
+@requires_extension
 def test_bucket_sort_opcheck():
     buckets = torch.randint(0, 16, (2, 3, 40))
     torch.library.opcheck(torch.ops.reformer_kernels.bucket_sort.default, (buckets, 16))
     torch.library.opcheck(torch.ops.reformer_kernels.bucket_sort.default, (buckets.transpose(0, 1), 16))
 
 
-@needs_c
+@requires_extension
 def test_bucket_sort_under_torch_compile():
     buckets = torch.randint(0, 16, (2, 3, 40))
     compiled = torch.compile(lambda b: torch.ops.reformer_kernels.bucket_sort(b, 16), fullgraph=True, backend="eager")
     assert all(torch.equal(a, b) for a, b in zip(compiled(buckets), reference.sort_buckets(buckets, 16)))
 
 
-@pytest.mark.parametrize("backend", ["reference", pytest.param("cpu", marks=needs_c)])
+@pytest.mark.parametrize("backend", ["reference", pytest.param("cpu", marks=requires_extension)])
 def test_bucket_sort_non_contiguous_input(backend):
     buckets = torch.randint(0, 9, (5, 40, 3)).transpose(1, 2)
     sorted_idx, _ = functional.bucket_sort(buckets, 9, backend=backend)
@@ -92,7 +92,7 @@ def test_bucket_sort_bad_input(buckets, num_buckets, error, match):
         functional.bucket_sort(buckets, num_buckets)
 
 
-@needs_c
+@requires_extension
 def test_bucket_sort_kernel_rejects_out_of_range_directly():
     """Calling the op without the functional layer still raises, never writes out of bounds."""
     with pytest.raises(ValueError, match="outside"):

@@ -3,9 +3,9 @@ sorted_idx that the reference hash + sort gives them."""
 import pytest
 import torch
 
-from reformer_kernels import _extension, reference
+from reformer_kernels import reference
 
-requires_extension = pytest.mark.skipif(not _extension.loaded(), reason="reformer_kernels._C is not built")
+from ..marks import requires_extension
 
 
 def padding_mask(batch: int, seq_len: int, kind: str | None) -> torch.Tensor | None:
