@@ -1,6 +1,5 @@
 """Inputs shared by the CPU kernel tests: random (B, H, L, d) tensors, padding masks, and the
 sorted_idx that the reference hash + sort gives them."""
-import pytest
 import torch
 
 from reformer_kernels import reference
