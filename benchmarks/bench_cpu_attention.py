@@ -100,17 +100,23 @@ def worker(op: str, competitor: str, backend: str, seq_len: int, repeats: int) -
     return row
 
 
-def run_case(op: str, competitor: str, backend: str, seq_len: int, repeats: int) -> dict:
-    command = [sys.executable, "-m", "benchmarks.bench_cpu_attention", "--worker", op, competitor, backend,
-               str(seq_len), "--repeats", str(repeats)]
-    done = subprocess.run(command, capture_output=True, text=True, cwd=report.ROOT)
+def run_in_fresh_process(module: str, worker_args: list[str], case: Case) -> dict:
+    """The row that ``python -m <module> --worker <worker_args>`` prints as its last JSON line, run in
+    a fresh process so that its peak RSS is its own; a crash becomes an error row for ``case``."""
+    done = subprocess.run([sys.executable, "-m", module, "--worker", *worker_args], capture_output=True, text=True,
+                          cwd=report.ROOT)
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     if done.returncode != 0 or not lines:
-        config = dict(SHAPE, seq_len=seq_len, layers=1)
-        row = blank_row(Case(SUITE, op, competitor, backend, config, build=lambda: None))
+        row = blank_row(case)
         row.update(status="error", error=(done.stderr.strip().splitlines() or ["no output"])[-1][:300])
         return row
     return json.loads(lines[-1])
+
+
+def run_case(op: str, competitor: str, backend: str, seq_len: int, repeats: int) -> dict:
+    case = Case(SUITE, op, competitor, backend, dict(SHAPE, seq_len=seq_len, layers=1), build=lambda: None)
+    return run_in_fresh_process("benchmarks.bench_cpu_attention",
+                                [op, competitor, backend, str(seq_len), "--repeats", str(repeats)], case)
 
 
 def main(argv: list[str] | None = None) -> int:

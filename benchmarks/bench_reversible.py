@@ -26,7 +26,6 @@ import argparse
 import json
 import os
 import resource
-import subprocess
 import sys
 import warnings
 
@@ -34,7 +33,7 @@ import torch
 
 from . import competitors as c
 from . import report
-from .bench_cpu_attention import _peak_rss_bytes
+from .bench_cpu_attention import _peak_rss_bytes, run_in_fresh_process
 from .bench_model import _training, hf_settings
 from .harness import Case, add_speedups, blank_row, time_ms, _stats
 
@@ -98,15 +97,9 @@ def worker(competitor: str, backend: str, seq_len: int, layers: int, repeats: in
 
 
 def run_case(competitor: str, backend: str, seq_len: int, layers: int, repeats: int) -> dict:
-    command = [sys.executable, "-m", "benchmarks.bench_reversible", "--worker", competitor, backend, str(seq_len), str(layers),
-               "--repeats", str(repeats)]
-    done = subprocess.run(command, capture_output=True, text=True, cwd=report.ROOT)
-    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
-    if done.returncode != 0 or not lines:
-        row = blank_row(Case(SUITE, "train_step", competitor, backend, _config(seq_len, layers), build=lambda: None))
-        row.update(status="error", error=(done.stderr.strip().splitlines() or ["no output"])[-1][:300])
-        return row
-    return json.loads(lines[-1])
+    case = Case(SUITE, "train_step", competitor, backend, _config(seq_len, layers), build=lambda: None)
+    return run_in_fresh_process("benchmarks.bench_reversible",
+                                [competitor, backend, str(seq_len), str(layers), "--repeats", str(repeats)], case)
 
 
 def summarize(rows: list[dict]) -> None:
