@@ -89,6 +89,20 @@ def _load_keys(K, slot_pos, real, offs_d, d_ok, stride_l, head_dim, key_scale, r
 
 
 @triton.jit
+def _window_keys(K, V, SortedIdx, e, first_chunk, window, chunk_len, n_chunks, seq_len, offs_d, d_ok, stride_l,
+                 head_dim, key_scale, LSH: tl.constexpr):
+    """Keys and values of window entries ``e`` (0 .. window * chunk_len): the chunks from
+    ``first_chunk`` on, circular over all rounds, gathered through sorted_idx."""
+    in_window = e < window * chunk_len
+    k_slot = ((first_chunk + e // chunk_len) % n_chunks).to(tl.int64) * chunk_len + e % chunk_len
+    _, k_pos = _slot_positions(SortedIdx, k_slot, in_window, seq_len, LSH)
+    k_real = in_window & (k_pos < seq_len)
+    k, _, _ = _load_keys(K, k_pos, k_real, offs_d, d_ok, stride_l, head_dim, key_scale, _RMS_EPS, LSH)
+    v = tl.load(V + k_pos[:, None] * stride_l + offs_d[None, :], mask=k_real[:, None] & d_ok[None, :], other=0.0)
+    return in_window, k_pos, k_real, k, v
+
+
+@triton.jit
 def _masked_scores(s, q_pos, k_pos, k_real, in_window, b, Mask, stride_mb, mask_value, self_mask_value,
                    LSH: tl.constexpr, CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr):
     """Scores (queries x keys) with transformers' masks, and where a score was replaced by a
@@ -150,13 +164,9 @@ def attention_fwd_kernel(
     # the window: n_chunks_before chunks back to the chunk's own and after, circular over all rounds
     first_chunk = (chunk + n_chunks - n_chunks_before % n_chunks) % n_chunks
     for start in range(0, window * chunk_len, BLOCK):
-        e = start + offs
-        in_window = e < window * chunk_len
-        k_slot = ((first_chunk + e // chunk_len) % n_chunks).to(tl.int64) * chunk_len + e % chunk_len
-        _, k_pos = _slot_positions(SortedIdx, k_slot, in_window, seq_len, LSH)
-        k_real = in_window & (k_pos < seq_len)
-        k, _, _ = _load_keys(K, k_pos, k_real, offs_d, d_ok, stride_xl, head_dim, key_scale, _RMS_EPS, LSH)
-        v = tl.load(V + k_pos[:, None] * stride_xl + offs_d[None, :], mask=k_real[:, None] & d_ok[None, :], other=0.0)
+        in_window, k_pos, k_real, k, v = _window_keys(K, V, SortedIdx, start + offs, first_chunk, window, chunk_len,
+                                                     n_chunks, seq_len, offs_d, d_ok, stride_xl, head_dim, key_scale,
+                                                     LSH)
         s = tl.dot(q, tl.trans(k), input_precision="ieee")
         s, _ = _masked_scores(s, q_pos, k_pos, k_real, in_window, b, Mask, stride_mb, mask_value, self_mask_value,
                               LSH, CAUSAL, HAS_MASK)
@@ -267,14 +277,9 @@ def attention_bwd_kernel(
     dq = tl.zeros([BLOCK, HEAD_BLOCK], tl.float32)
     first_chunk = (chunk + n_chunks - n_chunks_before % n_chunks) % n_chunks
     for start in range(0, window * chunk_len, BLOCK):
-        e = start + offs
-        in_window = e < window * chunk_len
-        k_slot = ((first_chunk + e // chunk_len) % n_chunks).to(tl.int64) * chunk_len + e % chunk_len
-        _, k_pos = _slot_positions(SortedIdx, k_slot, in_window, seq_len, LSH)
-        k_real = in_window & (k_pos < seq_len)
-        k, _, _ = _load_keys(K, k_pos, k_real, offs_d, d_ok, stride_xl, head_dim, key_scale, _RMS_EPS, LSH)
-        v_keys = tl.load(V + k_pos[:, None] * stride_xl + offs_d[None, :], mask=k_real[:, None] & d_ok[None, :],
-                         other=0.0)
+        in_window, k_pos, k_real, k, v_keys = _window_keys(K, V, SortedIdx, start + offs, first_chunk, window, chunk_len,
+                                                     n_chunks, seq_len, offs_d, d_ok, stride_xl, head_dim, key_scale,
+                                                     LSH)
         s = tl.dot(q, tl.trans(k), input_precision="ieee")
         s, replaced = _masked_scores(s, own_pos, k_pos, k_real, in_window, b, Mask, stride_mb, mask_value,
                                      self_mask_value, LSH, CAUSAL, HAS_MASK)
