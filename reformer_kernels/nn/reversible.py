@@ -1,7 +1,10 @@
 """Reversible residual layers (RevNet, the paper's section 3) with a memory-saving backward.
 
-The forward keeps no activations: only the last layer's outputs (y1, y2) and, per sub-layer, the
-random-number-generator state it started from. The backward walks the layers in reverse,
+The forward keeps no activations of the layers below the last: only their outputs (y1, y2) and, per
+sub-layer, the random-number-generator state it started from. The last layer runs with plain
+autograd (its activations are stored: one layer's worth, whatever the depth, and about what its
+recomputation would hold at the start of the backward anyway), so its forward is not computed
+twice. The backward then walks the other layers in reverse,
 reconstructs each layer's inputs from its outputs (x2 = y2 - g(y1), x1 = y1 - f(x2)), and
 backpropagates through one recomputation of each sub-layer, replaying its saved RNG state so that
 dropout masks and hash rotations drawn from the global generator are exactly those of the forward.
@@ -84,8 +87,6 @@ class _ReversibleFunction(torch.autograd.Function):
             feed_forward_state = _rng_state(devices)
             x2 = x2 + block.feed_forward(x1)
             rng_states.append((attention_state, feed_forward_state))
-        if hidden_states is not None:
-            hidden_states.append(x2)
         ctx.save_for_backward(x1, x2)
         ctx.blocks, ctx.kwargs, ctx.rng_states, ctx.devices = blocks, kwargs, rng_states, devices
         ctx.autocast = _autocast_state(x1.device.type)
@@ -133,8 +134,8 @@ class _ReversibleFunction(torch.autograd.Function):
 class ReversibleSequence(nn.Module):
     """A stack of ``ReversibleBlock``s: (x1, x2) -> (y1, y2).
 
-    In training (autograd recording and something requiring grad) the memory-saving backward runs:
-    the bytes saved for backward do not grow with the number of blocks. ``reversible=False`` runs
+    In training (autograd recording and something requiring grad) the memory-saving backward runs
+    for every block but the last: the bytes saved for backward do not grow with the number of blocks. ``reversible=False`` runs
     the same blocks with plain autograd (same RNG use, so the same dropout masks), which stores
     every activation; it exists to check and to measure the reversible backward against.
     Keyword arguments of ``forward`` go to every block's attention.
@@ -158,16 +159,18 @@ class ReversibleSequence(nn.Module):
         after the last (transformers' ``hidden_states`` output; not differentiable in the reversible
         mode). ``attentions``: passed on to each block's attention (as ``attentions=``) in the
         forward only, for it to append its attention probabilities."""
-        params = [p for p in self.parameters() if p.requires_grad]
+        blocks = list(self.layers)
+        params = [p for block in blocks[:-1] for p in block.parameters() if p.requires_grad]
         needs_grad = torch.is_grad_enabled() and (x1.requires_grad or x2.requires_grad or bool(params))
-        if not (self.reversible and needs_grad):
-            for block in self.layers:
-                if hidden_states is not None:
-                    hidden_states.append(x2)
-                x1, x2 = reversible_forward(
-                    x1, x2, lambda x: block.attention(x, **kwargs, **_collecting(attentions)), block.feed_forward
-                )
+        if self.reversible and needs_grad and len(blocks) > 1:
+            x1, x2 = _ReversibleFunction.apply(x1, x2, blocks[:-1], kwargs, hidden_states, attentions, *params)
+            blocks = blocks[-1:]
+        for block in blocks:
             if hidden_states is not None:
                 hidden_states.append(x2)
-            return x1, x2
-        return _ReversibleFunction.apply(x1, x2, list(self.layers), kwargs, hidden_states, attentions, *params)
+            x1, x2 = reversible_forward(
+                x1, x2, lambda x: block.attention(x, **kwargs, **_collecting(attentions)), block.feed_forward
+            )
+        if hidden_states is not None:
+            hidden_states.append(x2)
+        return x1, x2
