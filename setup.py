@@ -111,7 +111,16 @@ def _extensions():
             extra_compile_args={"cxx": cxx_flags},
             extra_link_args=openmp,
         )
-    return [ext], {"build_ext": BuildExtension.with_options(use_ninja=True)}
+    class OneBuildFolder(BuildExtension.with_options(use_ninja=True)):
+        """Compile into build/temp whoever builds: pip's editable install otherwise compiles in a
+        throwaway folder, and the `setup.py build_ext --inplace` after it (make build) would compile
+        everything a second time instead of finding ninja's objects up to date."""
+
+        def finalize_options(self):
+            super().finalize_options()
+            self.build_temp = os.path.join(ROOT, "build", "temp")
+
+    return [ext], {"build_ext": OneBuildFolder}
 
 
 def _write_build_info(with_cuda, reason):
