@@ -100,11 +100,12 @@ def worker(op: str, competitor: str, backend: str, seq_len: int, repeats: int) -
     return row
 
 
-def run_in_fresh_process(module: str, worker_args: list[str], case: Case) -> dict:
+def run_in_fresh_process(module: str, worker_args: list[str], case: Case, env: dict[str, str] | None = None) -> dict:
     """The row that ``python -m <module> --worker <worker_args>`` prints as its last JSON line, run in
-    a fresh process so that its peak RSS is its own; a crash becomes an error row for ``case``."""
+    a fresh process (with ``env`` added to the environment) so that its peak RSS is its own; a crash
+    becomes an error row for ``case``."""
     done = subprocess.run([sys.executable, "-m", module, "--worker", *worker_args], capture_output=True, text=True,
-                          cwd=report.ROOT)
+                          cwd=report.ROOT, env={**os.environ, **(env or {})})
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     if done.returncode != 0 or not lines:
         row = blank_row(case)

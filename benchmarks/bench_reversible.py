@@ -13,6 +13,12 @@ calls after warm-up. Each case runs in a fresh subprocess and its peak memory is
 set size one step adds (bench_cpu_attention's method), so every byte counts, the optimizer's and
 the C++ kernels' scratch included.
 
+Two memory rows per case, because glibc's malloc keeps freed blocks resident: op "train_step" is
+the step above under the default malloc (the RSS a user sees; it grows with depth by what the heap
+retains), op "train_step_live_memory" is the same step, untimed, in a process run with
+MALLOC_MMAP_THRESHOLD_=131072, where every block of 128 KiB or more is its own mapping, unmapped
+when freed, so the peak RSS follows the bytes actually alive at once.
+
 The non-reversible row: the model has no config switch for plain autograd; its encoder *is* a
 ReversibleSequence, whose public ``reversible`` attribute selects the mode, so the row sets
 ``model.reformer.encoder.reversible = False`` on an otherwise identical model.
@@ -38,6 +44,8 @@ from .bench_model import _training, hf_settings
 from .harness import Case, add_speedups, blank_row, time_ms, _stats
 
 SUITE = "reversible"
+TIMED_OP, LIVE_MEMORY_OP = "train_step", "train_step_live_memory"
+LIVE_MEMORY_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072"}
 SIZES = {"small": (1024, [2, 6]), "full": (4096, [2, 6, 12])}
 SHAPE = dict(batch=1, heads=4, head_dim=64, n_hashes=2, chunk_len=64, causal=True, dtype=torch.float32)
 VOCAB = 320
@@ -78,16 +86,17 @@ def build(competitor: str, config: dict):
     return _training(model, lambda: model(input_ids, labels=input_ids).loss, config)
 
 
-def worker(competitor: str, backend: str, seq_len: int, layers: int, repeats: int) -> dict:
-    """Measure one case in this (fresh) process and return its row."""
+def worker(op: str, competitor: str, backend: str, seq_len: int, layers: int, repeats: int) -> dict:
+    """Measure one case in this (fresh) process and return its row (``op`` LIVE_MEMORY_OP: memory only)."""
     config = _config(seq_len, layers)
-    row = blank_row(Case(SUITE, "train_step", competitor, backend, config, build=lambda: None))
+    row = blank_row(Case(SUITE, op, competitor, backend, config, build=lambda: None))
     try:
         step = build(competitor, config).train_step
         # Two steps (the first one builds the optimizer state) are also the timing's warm-up.
         row["peak_mem_mb"] = round(_peak_rss_bytes(step) / 2**20, 1)
-        _stats(row, "fwd_bwd", time_ms(step, CPU, warmup=0, repeats=repeats))
-        row["tokens_per_s"] = round(seq_len / (row["fwd_bwd_ms"] / 1e3), 1)
+        if op == TIMED_OP:
+            _stats(row, "fwd_bwd", time_ms(step, CPU, warmup=0, repeats=repeats))
+            row["tokens_per_s"] = round(seq_len / (row["fwd_bwd_ms"] / 1e3), 1)
         row["status"] = "ok"
     except c.MissingPeer as error:
         row.update(status="missing", error=str(error))
@@ -96,26 +105,29 @@ def worker(competitor: str, backend: str, seq_len: int, layers: int, repeats: in
     return row
 
 
-def run_case(competitor: str, backend: str, seq_len: int, layers: int, repeats: int) -> dict:
-    case = Case(SUITE, "train_step", competitor, backend, _config(seq_len, layers), build=lambda: None)
+def run_case(op: str, competitor: str, backend: str, seq_len: int, layers: int, repeats: int) -> dict:
+    case = Case(SUITE, op, competitor, backend, _config(seq_len, layers), build=lambda: None)
     return run_in_fresh_process("benchmarks.bench_reversible",
-                                [competitor, backend, str(seq_len), str(layers), "--repeats", str(repeats)], case)
+                                [op, competitor, backend, str(seq_len), str(layers), "--repeats", str(repeats)], case,
+                                env=LIVE_MEMORY_ENV if op == LIVE_MEMORY_OP else None)
 
 
 def summarize(rows: list[dict]) -> None:
-    ok = {(r["competitor"], r["layers"]): r for r in rows if r["status"] == "ok"}
+    ok = {(r["competitor"], r["layers"]): r for r in rows if r["status"] == "ok" and r["op"] == TIMED_OP}
     print("\nreversible overhead = reversible time / non-reversible time:")
     for (competitor, layers), row in ok.items():
         plain = ok.get((PLAIN[0], layers))
         if competitor == REVERSIBLE[0] and plain is not None:
             print(f"  {layers:>2} layers: {row['fwd_bwd_ms'] / plain['fwd_bwd_ms']:.2f}x "
                   f"(peak memory {row['peak_mem_mb']} vs {plain['peak_mem_mb']} MB)")
-    print("peak memory growth with depth (MB per added layer, from the fewest to the most layers):")
-    for competitor, _ in ROWS:
-        depths = sorted((layers, row["peak_mem_mb"]) for (name, layers), row in ok.items() if name == competitor)
-        if len(depths) >= 2:
-            (l0, m0), (l1, m1) = depths[0], depths[-1]
-            print(f"  {competitor:>32}: {m0} MB at {l0} -> {m1} MB at {l1} layers, {(m1 - m0) / (l1 - l0):+.1f} MB/layer")
+    for op in (TIMED_OP, LIVE_MEMORY_OP):
+        print(f"{op}: peak memory growth with depth (MB per added layer, from the fewest to the most layers):")
+        for competitor, _ in ROWS:
+            depths = sorted((r["layers"], r["peak_mem_mb"]) for r in rows
+                            if r["status"] == "ok" and r["op"] == op and r["competitor"] == competitor)
+            if len(depths) >= 2:
+                (l0, m0), (l1, m1) = depths[0], depths[-1]
+                print(f"  {competitor:>32}: {m0} MB at {l0} -> {m1} MB at {l1} layers, {(m1 - m0) / (l1 - l0):+.1f} MB/layer")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -123,15 +135,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", choices=sorted(SIZES), default="full")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--out", default=None, help="output folder (default: benchmarks/results/<cpu-name>/)")
-    p.add_argument("--worker", nargs=4, metavar=("COMPETITOR", "BACKEND", "SEQ_LEN", "LAYERS"), help=argparse.SUPPRESS)
+    p.add_argument("--worker", nargs=5, metavar=("OP", "COMPETITOR", "BACKEND", "SEQ_LEN", "LAYERS"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.repeats < 3:
         p.error("--repeats must be at least 3 (the time is a median)")
     if args.worker:
-        competitor, backend, seq_len, layers = args.worker
+        op, competitor, backend, seq_len, layers = args.worker
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # peers' deprecation noise; the row names what ran
-            print(json.dumps(worker(competitor, backend, int(seq_len), int(layers), args.repeats)))
+            print(json.dumps(worker(op, competitor, backend, int(seq_len), int(layers), args.repeats)))
         return 0
     if not os.path.exists("/proc/self/clear_refs"):
         print("bench_reversible: needs Linux (/proc/self/clear_refs) to measure peak memory per case", file=sys.stderr)
@@ -144,12 +156,13 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict] = []
     for layers in depths:
         for competitor, backend in ROWS:
-            rows.append(run_case(competitor, backend, seq_len, layers, args.repeats))
-            report.write_suite(out_dir, SUITE, rows, env)  # every finished row is on disk
-            print(f"  {competitor} {layers} layers: {rows[-1]['status']}", flush=True)
+            for op in (TIMED_OP, LIVE_MEMORY_OP):
+                rows.append(run_case(op, competitor, backend, seq_len, layers, args.repeats))
+                report.write_suite(out_dir, SUITE, rows, env)  # every finished row is on disk
+                print(f"  {competitor} {op} {layers} layers: {rows[-1]['status']}", flush=True)
     add_speedups(rows)
     report.write_suite(out_dir, SUITE, rows, env)
-    columns = ("competitor", "layers", "seq_len", "fwd_bwd_ms", "peak_mem_mb", "speedup_vs_transformers", "status")
+    columns = ("competitor", "op", "layers", "seq_len", "fwd_bwd_ms", "peak_mem_mb", "speedup_vs_transformers", "status")
     print("\n" + " ".join(f"{name:>32}" if name == "competitor" else f"{name:>12}" for name in columns))
     for row in rows:
         print(" ".join(f"{str(row[n]):>32}" if n == "competitor" else f"{str(row[n]):>12}" for n in columns))
