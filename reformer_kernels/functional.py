@@ -156,12 +156,25 @@ def _check_chunking(fn: str, chunk_len: object, n_chunks_before: object, n_chunk
     _check_int(fn, "n_chunks_after", n_chunks_after, 0)
 
 
-def _check_dropout_p(fn: str, dropout_p: object) -> float:
+def _check_dropout_p(fn: str, dropout_p: object, *, name: str = "dropout_p", allow_one: bool = False) -> float:
     if isinstance(dropout_p, bool) or not isinstance(dropout_p, (int, float)):
-        raise TypeError(f"{fn}: dropout_p must be a float, got {type(dropout_p).__name__} {dropout_p!r}")
-    if not 0.0 <= dropout_p < 1.0:
-        raise ValueError(f"{fn}: dropout_p must lie in [0, 1), got {dropout_p}")
+        raise TypeError(f"{fn}: {name} must be a float, got {type(dropout_p).__name__} {dropout_p!r}")
+    if not (0.0 <= dropout_p <= 1.0 if allow_one else 0.0 <= dropout_p < 1.0):
+        interval = "[0, 1]" if allow_one else "[0, 1)"
+        raise ValueError(f"{fn}: {name} must lie in {interval}, got {dropout_p}; pass the probability of dropping an element")
     return float(dropout_p)
+
+
+def _check_generator(fn: str, generator: object, like: torch.Tensor) -> None:
+    if generator is None:
+        return
+    if not isinstance(generator, torch.Generator):
+        raise TypeError(f"{fn}: generator must be a torch.Generator or None, got {type(generator).__name__}")
+    if generator.device.type != like.device.type:
+        raise ValueError(
+            f"{fn}: generator is on {generator.device} but the inputs are on {like.device}; "
+            f"pass torch.Generator(device={str(like.device)!r}) or None for the default one"
+        )
 
 
 def _check_sorted_idx(fn: str, sorted_idx: object, qk: torch.Tensor, n_hashes: int) -> torch.Tensor:
@@ -218,10 +231,24 @@ def _attention_impl(op: str, device: torch.device, backend: str | None, dropout_
     return None
 
 
-def _dropout_mask(shape: tuple[int, ...], dropout_p: float, like: torch.Tensor) -> torch.Tensor:
-    """Keep-mask scaled by 1 / (1 - p), drawn from the default torch generator."""
-    keep = torch.empty(shape, dtype=like.dtype, device=like.device).bernoulli_(1.0 - dropout_p)
-    return keep / (1.0 - dropout_p)
+def _dropout_mask(
+    shape: tuple[int, ...], dropout_p: float, like: torch.Tensor, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Keep-mask scaled by 1 / (1 - p) (p = 1: all zeros), drawn from ``generator`` or the default
+    torch generator as torch's dropout draws it."""
+    keep = torch.empty(shape, dtype=like.dtype, device=like.device).bernoulli_(1.0 - dropout_p, generator=generator)
+    return keep if dropout_p == 1.0 else keep / (1.0 - dropout_p)
+
+
+def _dropout_add_composed(residual, x, p, training=True, subtract=False, generator=None):
+    """The "cpu" and "reference" dropout_add: the PyTorch composition, whose autograd stores the mask."""
+    mask = _dropout_mask(x.shape, p, x, generator) if training and p > 0.0 else None
+    return reference.dropout_add(residual, x, mask, subtract=subtract)
+
+
+# CPU tensors run the composition too: dropout_add has no C++ kernel.
+backends.register("dropout_add", "reference", _dropout_add_composed)
+backends.register("dropout_add", "cpu", _dropout_add_composed)
 
 
 def _run_lsh_attention(
@@ -524,3 +551,56 @@ def lsh_self_attention(
         **masks,
     )
     return out[:, :, :seq_len]
+
+
+def dropout_add(
+    residual: torch.Tensor,
+    x: torch.Tensor,
+    p: float,
+    *,
+    training: bool = True,
+    subtract: bool = False,
+    generator: torch.Generator | None = None,
+    backend: str | None = None,
+) -> torch.Tensor:
+    """residual + dropout(x, p), or with ``subtract`` residual - dropout(x, p): the residual
+    connection of a reversible half (y1 = x1 + dropout(attention(x2))) and its inverse, the
+    backward's reconstruction (x1 = y1 - dropout(attention(x2))).
+
+    Dropout as torch's: elements of x kept with probability 1 - p and scaled by 1 / (1 - p). The
+    mask comes from ``generator`` (default: the default generator of the inputs' device), so
+    restoring the generator state before a second call regenerates it. The triton backend is one
+    fused kernel that stores no mask (its backward regenerates it from a saved Philox seed and
+    offset, see ``reformer_kernels.ops.triton_reversible``); "cpu" and "reference" run
+    ``residual ± torch's dropout(x)`` (same masks as ``F.dropout`` from the same generator state).
+    With ``training=False`` or p = 0 no random number is drawn.
+
+    Args:
+        residual: float tensor, any shape. x: float tensor of residual's shape and device; the dtypes
+            may differ (autocast), the result has their promoted dtype.
+        p: float in [0, 1], the probability of dropping an element of x (1: the result is residual).
+        training: bool, False for no dropout (eval). subtract: bool.
+        generator: a torch.Generator on the inputs' device type, or None.
+        backend: see ``reformer_kernels.backends``.
+
+    Returns:
+        A tensor of residual's shape, dtype torch.promote_types(residual.dtype, x.dtype).
+    """
+    fn = "dropout_add"
+    for name, t in (("residual", residual), ("x", x)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{fn}: {name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dtype not in FLOAT_DTYPES:
+            raise TypeError(f"{fn}: {name} must be float16, bfloat16, float32 or float64, got {t.dtype}; convert it with .float()")
+    if x.shape != residual.shape:
+        raise ValueError(
+            f"{fn}: x has shape {tuple(x.shape)} but residual has {tuple(residual.shape)}; they must match (no broadcasting)"
+        )
+    if x.device != residual.device:
+        raise ValueError(f"{fn}: x is on {x.device} but residual is on {residual.device}; move them to one device")
+    p = _check_dropout_p(fn, p, name="p", allow_one=True)
+    _check_bool(fn, "training", training)
+    _check_bool(fn, "subtract", subtract)
+    _check_generator(fn, generator, x)
+    _, impl = backends.select("dropout_add", x.device, backend)
+    return impl(residual, x, p, training=training, subtract=subtract, generator=generator)

@@ -6,6 +6,8 @@ import torch
 
 from reformer_kernels import backends, functional, reference
 
+from .marks import requires_extension
+
 B, H, L, D = 2, 2, 12, 4
 
 
@@ -294,3 +296,80 @@ def test_lsh_attention_returns_lse_per_round():
     out, lse = functional.lsh_attention(qk, v, sorted_idx, n_hashes=2, chunk_len=4, return_lse=True, backend="reference")
     assert out.shape == (B, H, L, D) and lse.shape == (B, H, 2, L)
     assert out.dtype == lse.dtype == qk.dtype
+
+
+# ----------------------------------------------------------------------------- dropout_add
+
+
+@pytest.mark.parametrize("backend", [pytest.param("cpu", marks=requires_extension), "reference"])
+@pytest.mark.parametrize("subtract", [False, True])
+def test_dropout_add_is_torch_dropout_from_the_same_generator_state(backend, subtract):
+    residual, x = torch.randn(4, 9), torch.randn(4, 9)
+    torch.manual_seed(3)
+    out = functional.dropout_add(residual, x, 0.25, subtract=subtract, backend=backend)
+    torch.manual_seed(3)
+    dropped = torch.nn.functional.dropout(x, 0.25)
+    assert torch.equal(out, residual - dropped if subtract else residual + dropped)
+
+
+def test_dropout_add_without_dropout_is_the_sum_and_draws_nothing():
+    residual, x = torch.randn(4, 9), torch.randn(4, 9)
+    state = torch.get_rng_state()
+    assert torch.equal(functional.dropout_add(residual, x, 0.0, backend="reference"), residual + x)
+    assert torch.equal(functional.dropout_add(residual, x, 0.5, training=False, subtract=True, backend="reference"), residual - x)
+    assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_dropout_add_with_p_one_is_the_residual():
+    residual, x = torch.randn(4, 9), torch.randn(4, 9, requires_grad=True)
+    out = functional.dropout_add(residual, x, 1.0, backend="reference")
+    assert torch.equal(out, residual)
+    out.sum().backward()
+    assert torch.equal(x.grad, torch.zeros_like(x))
+
+
+def test_dropout_add_draws_from_an_explicit_generator():
+    residual, x = torch.zeros(64), torch.ones(64)
+    state = torch.get_rng_state()
+    masks = [functional.dropout_add(residual, x, 0.5, generator=torch.Generator().manual_seed(1), backend="reference")
+             for _ in range(2)]
+    assert torch.equal(*masks)
+    assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_dropout_add_promotes_mixed_dtypes():
+    """Under autocast the residual stream stays fp32 while a sub-layer returns bf16."""
+    out = functional.dropout_add(torch.randn(3, 4), torch.randn(3, 4, dtype=torch.bfloat16), 0.1, backend="reference")
+    assert out.dtype == torch.float32
+
+
+@pytest.mark.parametrize(
+    "change, error, match",
+    [
+        (dict(p=1.5), ValueError, r"dropout_add: p must lie in \[0, 1\], got 1.5"),
+        (dict(p=-0.1), ValueError, r"p must lie in \[0, 1\], got -0.1"),
+        (dict(p=None), TypeError, "p must be a float, got NoneType"),
+        (dict(x=torch.randn(4, 8)), ValueError, r"x has shape \(4, 8\) but residual has \(4, 9\)"),
+        (dict(x=torch.randn(4, 9, device="meta")), ValueError, "x is on meta but residual is on cpu"),
+        (dict(x=torch.ones(4, 9, dtype=torch.long)), TypeError, "x must be float16, bfloat16, float32 or float64"),
+        (dict(residual=[1.0]), TypeError, "residual must be a torch.Tensor"),
+        (dict(subtract="yes"), TypeError, "subtract must be True or False"),
+        (dict(generator=0), TypeError, "generator must be a torch.Generator or None"),
+        (dict(backend="bogus"), ValueError, "'bogus' is not a backend"),
+        (dict(backend="cuda"), ValueError, "backend 'cuda'"),
+    ],
+)
+def test_dropout_add_rejects_bad_arguments(change, error, match):
+    arguments = {**dict(residual=torch.randn(4, 9), x=torch.randn(4, 9), p=0.1), **change}
+    with pytest.raises(error, match=match):
+        functional.dropout_add(**arguments)
+
+
+@requires_extension
+def test_dropout_add_auto_runs_the_cpu_path_on_cpu_tensors():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        name, _ = backends.select("dropout_add", torch.device("cpu"))
+    assert name == "cpu"
+    ops = backends.implemented_ops()
+    assert all("dropout_add" in ops[backend] for backend in ("cpu", "reference", "triton"))

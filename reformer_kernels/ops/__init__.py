@@ -7,6 +7,6 @@ __all__ = ["hashing", "local_attention", "lsh_attention", "sorting"]
 
 # The Triton kernels need triton (a CUDA build of torch ships it); the other backends do not.
 if importlib.util.find_spec("triton") is not None:
-    from . import triton_hashing, triton_local_attention, triton_lsh_attention
+    from . import triton_hashing, triton_local_attention, triton_lsh_attention, triton_reversible
 
-    __all__ += ["triton_hashing", "triton_local_attention", "triton_lsh_attention"]
+    __all__ += ["triton_hashing", "triton_local_attention", "triton_lsh_attention", "triton_reversible"]

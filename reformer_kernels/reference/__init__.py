@@ -7,13 +7,14 @@ from .chunked import dropout_mask_shape, pad_sequence
 from .hashing import bucket_factors, default_num_buckets, hash_vectors
 from .local_attention import local_attention, local_chunking
 from .lsh_attention import lsh_attention
-from .reversible import reversible_forward, reversible_inverse
+from .reversible import dropout_add, reversible_forward, reversible_inverse
 from .sorting import sort_buckets
 
 __all__ = [
     "axial_position_encodings",
     "bucket_factors",
     "default_num_buckets",
+    "dropout_add",
     "dropout_mask_shape",
     "hash_vectors",
     "local_attention",

@@ -22,3 +22,13 @@ def reversible_inverse(y1: torch.Tensor, y2: torch.Tensor, f: Block, g: Block) -
     x2 = y2 - g(y1)
     x1 = y1 - f(x2)
     return x1, x2
+
+
+def dropout_add(
+    residual: torch.Tensor, x: torch.Tensor, dropout_mask: torch.Tensor | None = None, *, subtract: bool = False
+) -> torch.Tensor:
+    """residual + x * dropout_mask (``subtract``: residual - x * dropout_mask), the residual connection
+    of a reversible half and, subtracted, its inverse. ``dropout_mask``: the keep-mask scaled by
+    1 / (1 - p), shaped like x, or None for no dropout."""
+    dropped = x if dropout_mask is None else x * dropout_mask
+    return residual - dropped if subtract else residual + dropped

@@ -8,7 +8,7 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from reformer_kernels import backends
-from reformer_kernels.ops import triton_hashing, triton_lsh_attention
+from reformer_kernels.ops import triton_hashing, triton_lsh_attention, triton_reversible
 
 pytestmark = [
     pytest.mark.slow,
@@ -63,3 +63,15 @@ def test_combine_and_hash_kernels_compile():
         compile_for(triton_hashing._hash_kernel, 90,
                     {"X": "*fp16", "Rotations": "*fp16", "Mask": "*u8", "Factors": "*i32", "Buckets": "*i64"},
                     dict(N_FACTORS=n_factors, HAS_PADDING=True, HEAD_BLOCK=64, ROT_BLOCK=16, BLOCK=64))
+
+
+@pytest.mark.parametrize("arch", [80, 90])
+def test_dropout_add_kernel_compiles(arch):
+    """Forward (fp32 residual stream + bf16 sub-layer output, as under autocast) and backward (no
+    residual), with and without dropout: the Philox draw and the int64 counters compile."""
+    for residual, has_residual in (("*fp32", True), ("*bf16", False)):
+        for dropout in (True, False):
+            compile_for(triton_reversible._dropout_add_kernel, arch,
+                        {"Residual": residual, "X": "*bf16", "Out": residual, "n_elements": "i64", "seed": "i64",
+                         "philox_offset": "i64", "p": "fp32", "scale": "fp32", "sign": "fp32"},
+                        dict(HAS_RESIDUAL=has_residual, DROPOUT=dropout, BLOCK=triton_reversible.BLOCK), num_warps=4)

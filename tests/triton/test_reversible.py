@@ -1,0 +1,213 @@
+"""The fused residual op of the reversible layers (out = residual ± dropout(x)) in Triton: against the
+float64 reference with the mask the kernel itself drew, the mask's determinism and statistics, the
+edge probabilities, torch.library's checks and errors."""
+import contextlib
+
+import pytest
+import torch
+
+from reformer_kernels import functional, reference
+from reformer_kernels.ops import triton_reversible
+from tests.tolerance import assert_within_rule
+
+from .helpers import ATOL
+
+pytestmark = pytest.mark.triton_interpret
+
+SHAPE = (3, 37, 29)  # 3219 elements: four blocks, the last one partial
+
+
+def rng_state(device):
+    return torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.get_rng_state()
+
+
+@contextlib.contextmanager
+def generator_at(state, device):
+    """Run the body with the device's default generator at ``state``, as the reversible backward does."""
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        if device.type == "cuda":
+            torch.cuda.set_rng_state(state, device)
+        else:
+            torch.set_rng_state(state)
+        yield
+
+
+def triton_dropout_add(residual, x, p, **kwargs):
+    return functional.dropout_add(residual, x, p, backend="triton", **kwargs)
+
+
+def drawn_scale(state, shape, p, device):
+    """The kernel's mask times 1 / (1 - p) in float64, recovered from the kernel itself: what
+    dropout_add(0, 1) draws from the generator at ``state``."""
+    with generator_at(state, device):
+        keep = triton_dropout_add(torch.zeros(shape, device=device), torch.ones(shape, device=device), p) != 0
+    return keep.double() / (1 - p)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("subtract", [False, True])
+def test_matches_float64_reference_with_the_kernels_own_mask(device, dtype, subtract):
+    p = 0.3
+    residual64, x64, weights = (torch.randn(SHAPE, device=device, dtype=torch.float64) for _ in range(3))
+    state = rng_state(device)
+    scale = drawn_scale(state, SHAPE, p, device)
+    assert 0 < scale.count_nonzero() < scale.numel()
+
+    def reference_run(dtype):
+        residual, x = (t.to(dtype).requires_grad_() for t in (residual64, x64))
+        out = reference.dropout_add(residual, x, scale.to(dtype), subtract=subtract)
+        return out, torch.autograd.grad(out, (residual, x), weights.to(dtype))
+
+    residual, x = (t.to(dtype).requires_grad_() for t in (residual64, x64))
+    with generator_at(state, device):
+        out = triton_dropout_add(residual, x, p, subtract=subtract)
+    grads = torch.autograd.grad(out, (residual, x), weights.to(dtype))
+    out64, grads64 = reference_run(torch.float64)
+    baseline, baseline_grads = reference_run(dtype)
+    assert out.dtype == dtype
+    assert_within_rule(out, out64, baseline, ATOL[dtype], "output")
+    for name, actual, ref64, base in zip(("residual", "x"), grads, grads64, baseline_grads):
+        assert actual.dtype == dtype
+        assert_within_rule(actual, ref64, base, ATOL[dtype], f"gradient of {name}")
+
+
+def test_mixed_dtypes_give_the_promoted_output_and_each_inputs_gradient_dtype(device):
+    """Under autocast the residual stream stays fp32 while a sub-layer returns fp16."""
+    p = 0.2
+    residual = torch.randn(SHAPE, device=device, requires_grad=True)
+    x = torch.randn(SHAPE, device=device, dtype=torch.float16, requires_grad=True)
+    state = rng_state(device)
+    scale = drawn_scale(state, SHAPE, p, device)
+    with generator_at(state, device):
+        out = triton_dropout_add(residual, x, p)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out.double(), residual.double() + x.double() * scale)
+    grad_residual, grad_x = torch.autograd.grad(out, (residual, x), torch.ones_like(out))
+    assert grad_residual.dtype == torch.float32 and grad_x.dtype == torch.float16
+    torch.testing.assert_close(grad_x.double(), scale, atol=1e-3, rtol=1e-3)
+
+
+def test_same_seed_and_offset_give_the_same_mask_and_others_do_not(device):
+    zeros, ones = torch.zeros(SHAPE, device=device), torch.ones(SHAPE, device=device)
+
+    def mask(seed, philox_offset):
+        return triton_reversible.dropout_add_op(zeros, ones, 0.5, seed, philox_offset, False, torch.float32) != 0
+
+    first = mask(12345, 8)
+    assert torch.equal(first, mask(12345, 8))
+    # int64 seeds (a uint64 key in two's complement) and offsets past 2^32, whose counter needs both words
+    for seed, philox_offset in [(12345, 12), (54321, 8), (-2**62, 8), (12345, 2**40)]:
+        other = mask(seed, philox_offset)
+        assert torch.equal(other, mask(seed, philox_offset))
+        assert 0.4 < (other != first).float().mean() < 0.6, (seed, philox_offset)
+
+
+def test_draws_from_the_default_generator_and_advances_it(device):
+    residual, x = torch.zeros(SHAPE, device=device), torch.ones(SHAPE, device=device)
+    state = rng_state(device)
+    first = triton_dropout_add(residual, x, 0.5)
+    assert not torch.equal(rng_state(device), state)
+    assert not torch.equal(triton_dropout_add(residual, x, 0.5), first), "the next call must draw a new mask"
+    with generator_at(state, device):
+        assert torch.equal(triton_dropout_add(residual, x, 0.5), first), "a restored generator must give the mask again"
+    if device.type == "cuda":
+        generator = torch.cuda.default_generators[device.index or 0]
+        offset = generator.get_offset()
+        triton_dropout_add(residual, x, 0.5)
+        assert generator.get_offset() == offset + triton_reversible.PHILOX_OFFSET_STEP
+
+
+def test_an_explicit_generator_leaves_the_default_one_alone(device):
+    residual, x = torch.zeros(SHAPE, device=device), torch.ones(SHAPE, device=device)
+    state = rng_state(device)
+    masks = [triton_dropout_add(residual, x, 0.5, generator=torch.Generator(device).manual_seed(3)) for _ in range(2)]
+    assert torch.equal(*masks)
+    assert torch.equal(rng_state(device), state)
+
+
+def test_kept_fraction_is_one_minus_p(device):
+    """2^18 draws: every fraction within 5 standard deviations, overall and for each of the four
+    Philox output words (element i takes word i % 4)."""
+    p, n = 0.3, 2**18
+    kept = triton_dropout_add(torch.zeros(n, device=device), torch.ones(n, device=device), p) != 0
+    for sample in (kept, *(kept[word::4] for word in range(4))):
+        bound = 5 * (p * (1 - p) / sample.numel()) ** 0.5
+        assert abs(sample.float().mean().item() - (1 - p)) < bound
+    # neighbours are independent: P(both kept) = (1 - p)^2
+    both = (kept[1:] & kept[:-1]).float().mean().item()
+    assert abs(both - (1 - p) ** 2) < 5 * ((1 - p) ** 2 * (1 - (1 - p) ** 2) / n) ** 0.5
+
+
+@pytest.mark.parametrize("subtract", [False, True])
+def test_no_dropout_is_the_exact_sum_and_draws_nothing(device, subtract):
+    residual, x = torch.randn(SHAPE, device=device), torch.randn(SHAPE, device=device)
+    expected = residual - x if subtract else residual + x
+    state = rng_state(device)
+    for kwargs in (dict(p=0.0), dict(p=0.5, training=False)):
+        assert torch.equal(triton_dropout_add(residual, x, subtract=subtract, **kwargs), expected)
+    assert torch.equal(rng_state(device), state)
+
+
+def test_p_one_gives_the_residual_and_no_gradient_to_x(device):
+    residual = torch.randn(SHAPE, device=device)
+    x = torch.randn(SHAPE, device=device, requires_grad=True)
+    out = triton_dropout_add(residual, x, 1.0, subtract=True)
+    assert torch.equal(out, residual)
+    (grad_x,) = torch.autograd.grad(out, x, torch.ones_like(out))
+    assert torch.equal(grad_x, torch.zeros_like(x))
+
+
+def test_empty_tensors(device):
+    residual, x = (torch.zeros(0, 5, device=device, requires_grad=True) for _ in range(2))
+    out = triton_dropout_add(residual, x, 0.5)
+    assert out.shape == (0, 5)
+    out.sum().backward()
+    assert x.grad.shape == (0, 5)
+
+
+def test_opcheck(device):
+    residual, x = (torch.randn(4, 33, device=device, requires_grad=True) for _ in range(2))
+    op = triton_reversible.dropout_add_op
+    torch.library.opcheck(op, (residual, x, 0.25, 7, 16, False, torch.float32))
+    torch.library.opcheck(op, (residual, x.detach().half().requires_grad_(), 0.25, -7, 2**33, True, torch.float32))
+    torch.library.opcheck(op, (None, x, 0.25, 7, 16, True, torch.float16))
+
+
+def test_compiles_fullgraph_forward_and_backward(device):
+    residual, x = (torch.randn(SHAPE, device=device, requires_grad=True) for _ in range(2))
+
+    def residual_step(residual, x):
+        return (triton_reversible.dropout_add_op(residual, x, 0.25, 11, 4, True, torch.float32) ** 2).sum()
+
+    # aot_eager traces forward and backward through the fake impl without compiling C++ on CPU.
+    compiled = torch.compile(residual_step, fullgraph=True, backend="aot_eager")
+    expected = torch.autograd.grad(residual_step(residual, x), (residual, x))
+    for actual, wanted in zip(torch.autograd.grad(compiled(residual, x), (residual, x)), expected):
+        assert torch.equal(actual, wanted)
+
+
+def test_bad_inputs_get_clear_errors(device):
+    residual, x = torch.randn(SHAPE, device=device), torch.randn(SHAPE, device=device)
+    with pytest.raises(ValueError, match=r"p must lie in \[0, 1\], got 1.5"):
+        triton_dropout_add(residual, x, 1.5)
+    with pytest.raises(ValueError, match=r"p must lie in \[0, 1\], got -0.1"):
+        triton_dropout_add(residual, x, -0.1)
+    with pytest.raises(TypeError, match="p must be a float"):
+        triton_dropout_add(residual, x, "0.1")
+    with pytest.raises(ValueError, match="x has shape"):
+        triton_dropout_add(residual, x[:, :5], 0.1)
+    with pytest.raises(ValueError, match="x is on meta"):
+        triton_dropout_add(residual, x.to("meta"), 0.1)
+    with pytest.raises(TypeError, match="x must be float16, bfloat16, float32 or float64"):
+        triton_dropout_add(residual, x.long(), 0.1)
+    with pytest.raises(TypeError, match="training must be True or False"):
+        triton_dropout_add(residual, x, 0.1, training=1)
+    with pytest.raises(TypeError, match="generator must be a torch.Generator"):
+        triton_dropout_add(residual, x, 0.1, generator=3)
+    if device.type == "cuda":
+        with pytest.raises(ValueError, match="generator is on cpu"):
+            triton_dropout_add(residual, x, 0.1, generator=torch.Generator())
+    # what only this backend refuses: it computes in fp32 from 16/32-bit inputs
+    with pytest.raises(TypeError, match="triton backend takes float16, bfloat16 or float32"):
+        triton_dropout_add(residual.double(), x.double(), 0.1)
+
