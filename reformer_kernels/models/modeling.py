@@ -40,13 +40,15 @@ IGNORE_INDEX = -100
 
 
 class ReformerSelfOutput(nn.Module):
+    """The attention's output projection; the hidden dropout after it (transformers applies it here)
+    is the reversible block's, fused with the residual add."""
+
     def __init__(self, config: ReformerConfig):
         super().__init__()
         self.dense = nn.Linear(config.num_attention_heads * config.attention_head_size, config.hidden_size, bias=False)
-        self.dropout = config.hidden_dropout_prob
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return nn.functional.dropout(self.dense(hidden_states), p=self.dropout, training=self.training)
+        return self.dense(hidden_states)
 
 
 def self_attention_from_config(config: ReformerConfig, kind: str) -> nn.Module:
@@ -142,7 +144,7 @@ class ReformerEncoder(ReversibleSequence):
                 chunk_size=config.chunk_size_feed_forward,
                 layer_norm_eps=config.layer_norm_eps,
             )
-            layers.append(ReversibleBlock(ReformerAttention(config, layer_id), feed_forward))
+            layers.append(ReversibleBlock(ReformerAttention(config, layer_id), feed_forward, dropout=config.hidden_dropout_prob))
         super().__init__(layers)
         self.layer_norm = nn.LayerNorm(2 * config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = config.hidden_dropout_prob

@@ -30,21 +30,23 @@ class _Dense(nn.Module):
 
 
 class _Output(nn.Module):
-    def __init__(self, feed_forward_size: int, hidden_size: int, dropout: float):
+    """The second Linear (transformers' dropout after it is the residual's: ReversibleBlock's ``dropout``)."""
+
+    def __init__(self, feed_forward_size: int, hidden_size: int):
         super().__init__()
         self.dense = nn.Linear(feed_forward_size, hidden_size)
-        self.dropout = dropout
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return nn.functional.dropout(self.dense(x), p=self.dropout, training=self.training)
+        return self.dense(x)
 
 
 class ChunkedFeedForward(nn.Module):
-    """LayerNorm -> Linear -> activation -> Linear, on ``chunk_size`` positions at a time.
+    """LayerNorm -> Linear -> dropout -> activation -> Linear, on ``chunk_size`` positions at a time.
 
     (B, L, hidden_size) -> (B, L, hidden_size). Chunking bounds the (chunk, feed_forward_size)
     intermediate; ``chunk_size=0`` processes the whole sequence at once. Any L works (the last chunk
-    may be shorter).
+    may be shorter). The dropout on the output belongs to the residual connection
+    (``ReversibleBlock(..., dropout=)``, fused with the residual add), not to this module.
     """
 
     def __init__(
@@ -61,7 +63,7 @@ class ChunkedFeedForward(nn.Module):
         self.chunk_size = chunk_size
         self.layer_norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
         self.dense = _Dense(hidden_size, feed_forward_size, hidden_act, dropout)
-        self.output = _Output(feed_forward_size, hidden_size, dropout)
+        self.output = _Output(feed_forward_size, hidden_size)
 
     def forward_chunk(self, x: torch.Tensor) -> torch.Tensor:
         return self.output(self.dense(self.layer_norm(x)))

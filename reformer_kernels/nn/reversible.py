@@ -4,12 +4,16 @@ The forward keeps no activations of the layers below the last: only their output
 sub-layer, the random-number-generator state it started from. The last layer runs with plain
 autograd (its activations are stored: one layer's worth, whatever the depth, and about what its
 recomputation would hold at the start of the backward anyway), so its forward is not computed
-twice. The backward then walks the other layers in reverse,
-reconstructs each layer's inputs from its outputs (x2 = y2 - g(y1), x1 = y1 - f(x2)), and
+twice. The backward then walks the other layers in reverse, reconstructs each layer's inputs from
+its outputs (x2 = y2 - dropout(g(y1)), x1 = y1 - dropout(f(x2))), and
 backpropagates through one recomputation of each sub-layer, replaying its saved RNG state so that
 dropout masks and hash rotations drawn from the global generator are exactly those of the forward.
 (transformers reseeds instead and its LSH layers draw the rotations only in the forward, so their
 dropout masks differ between the two passes and the gradients are wrong.)
+
+The residual connections, with the hidden dropout on the sub-layer's output, are one op
+(``functional.dropout_add``): on CUDA one Triton kernel for the forward's add and one for the
+reconstruction's subtraction, whose backward regenerates the dropout mask instead of storing it.
 """
 from __future__ import annotations
 
@@ -19,16 +23,30 @@ from typing import Any, Iterable, Iterator
 import torch
 from torch import nn
 
-from ..reference.reversible import reversible_forward
+from .. import functional
 
 
 class ReversibleBlock(nn.Module):
-    """y1 = x1 + attention(x2, **kwargs), y2 = x2 + feed_forward(y1)."""
+    """y1 = x1 + dropout(attention(x2, **kwargs)), y2 = x2 + dropout(feed_forward(y1)).
 
-    def __init__(self, attention: nn.Module, feed_forward: nn.Module):
+    ``dropout`` is the hidden dropout on each sub-layer's output (transformers applies it at the end
+    of its attention output and feed-forward modules), applied here with the residual add as one op.
+    """
+
+    def __init__(self, attention: nn.Module, feed_forward: nn.Module, *, dropout: float = 0.0):
         super().__init__()
         self.attention = attention
         self.feed_forward = feed_forward
+        self.dropout = dropout
+
+    def residual(self, stream: torch.Tensor, sub_layer_output: torch.Tensor, *, subtract: bool = False) -> torch.Tensor:
+        """stream + dropout(sub_layer_output); ``subtract``: its inverse, stream - dropout(...), which
+        regenerates the forward's mask when the generator state is the forward's."""
+        return functional.dropout_add(stream, sub_layer_output, self.dropout, training=self.training, subtract=subtract)
+
+    def forward(self, x1: torch.Tensor, x2: torch.Tensor, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        y1 = self.residual(x1, self.attention(x2, **kwargs))
+        return y1, self.residual(x2, self.feed_forward(y1))
 
 
 def _devices(x: torch.Tensor) -> list[int]:
@@ -83,9 +101,9 @@ class _ReversibleFunction(torch.autograd.Function):
             if hidden_states is not None:
                 hidden_states.append(x2)
             attention_state = _rng_state(devices)
-            x1 = x1 + block.attention(x2, **kwargs, **_collecting(attentions))
+            x1 = block.residual(x1, block.attention(x2, **kwargs, **_collecting(attentions)))
             feed_forward_state = _rng_state(devices)
-            x2 = x2 + block.feed_forward(x1)
+            x2 = block.residual(x2, block.feed_forward(x1))
             rng_states.append((attention_state, feed_forward_state))
         ctx.save_for_backward(x1, x2)
         ctx.blocks, ctx.kwargs, ctx.rng_states, ctx.devices = blocks, kwargs, rng_states, devices
@@ -97,7 +115,8 @@ class _ReversibleFunction(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx: Any, grad_y1: torch.Tensor, grad_y2: torch.Tensor):
-        y1, y2 = ctx.saved_tensors
+        # detached: saved outputs lead back into this backward, the reconstruction must not
+        y1, y2 = (y.detach() for y in ctx.saved_tensors)
         param_grads: list[torch.Tensor | None] = [None] * ctx.n_params
 
         def accumulate(params: list[torch.Tensor], grads: list[torch.Tensor | None]) -> None:
@@ -106,29 +125,31 @@ class _ReversibleFunction(torch.autograd.Function):
                     i = ctx.param_index[id(p)]
                     param_grads[i] = g if param_grads[i] is None else param_grads[i] + g
 
+        # Autograd differentiates the reconstruction x2 = y2 - dropout(g(y1)) as it runs (one fused op,
+        # whose backward regenerates the mask), and its derivative is minus the sub-layer's: so the
+        # loop carries the negated gradients -dL/dy1, -dL/dy2, which reach each sub-layer with the
+        # right sign, and negates twice in all instead of twice per layer.
+        neg_grad_y1, neg_grad_y2 = -grad_y1, -grad_y2
         for block, (attention_state, feed_forward_state) in zip(reversed(ctx.blocks), reversed(ctx.rng_states)):
             g_params = [p for p in block.feed_forward.parameters() if p.requires_grad]
             f_params = [p for p in block.attention.parameters() if p.requires_grad]
             with torch.enable_grad():
                 y1 = y1.detach().requires_grad_()
                 with _replay(feed_forward_state, ctx.devices, ctx.autocast):
-                    g_out = block.feed_forward(y1)
-                grad_from_g, grads = _param_grads(g_out, y1, g_params, grad_y2)
+                    x2 = block.residual(y2, block.feed_forward(y1), subtract=True)
+                grad_from_g, grads = _param_grads(x2, y1, g_params, neg_grad_y2)
             accumulate(g_params, grads)
-            grad_y1 = grad_y1 + grad_from_g
-            x2 = (y2 - g_out).detach()
-            del g_out
+            neg_grad_y1 = neg_grad_y1 - grad_from_g
+            x2 = x2.detach()
             with torch.enable_grad():
                 x2.requires_grad_()
                 with _replay(attention_state, ctx.devices, ctx.autocast):
-                    f_out = block.attention(x2, **ctx.kwargs)
-                grad_from_f, grads = _param_grads(f_out, x2, f_params, grad_y1)
+                    x1 = block.residual(y1.detach(), block.attention(x2, **ctx.kwargs), subtract=True)
+                grad_from_f, grads = _param_grads(x1, x2, f_params, neg_grad_y1)
             accumulate(f_params, grads)
-            x1 = (y1 - f_out).detach()
-            del f_out
-            y1, y2 = x1, x2.detach()
-            grad_y2 = grad_y2 + grad_from_f
-        return (grad_y1, grad_y2, None, None, None, None, *param_grads)
+            y1, y2 = x1.detach(), x2.detach()
+            neg_grad_y2 = neg_grad_y2 - grad_from_f
+        return (-neg_grad_y1, -neg_grad_y2, None, None, None, None, *param_grads)
 
 
 class ReversibleSequence(nn.Module):
@@ -168,9 +189,7 @@ class ReversibleSequence(nn.Module):
         for block in blocks:
             if hidden_states is not None:
                 hidden_states.append(x2)
-            x1, x2 = reversible_forward(
-                x1, x2, lambda x: block.attention(x, **kwargs, **_collecting(attentions)), block.feed_forward
-            )
+            x1, x2 = block(x1, x2, **kwargs, **_collecting(attentions))
         if hidden_states is not None:
             hidden_states.append(x2)
         return x1, x2
