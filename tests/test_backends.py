@@ -75,7 +75,7 @@ def test_explicit_backend_without_kernel_for_op_raises(monkeypatch):
 
 def test_info_lists_backends_and_ops():
     text = reformer_kernels.info()
-    for name in ("reference", "cpu", "cuda", "triton", "bucket_sort", "torch"):
+    for name in ("reference", "cpu", "cuda", "triton", "bucket_sort", "linear_cross_entropy", "torch"):
         assert name in text
 
 

@@ -1,75 +1,56 @@
-"""Linear projection to the vocabulary + cross-entropy, computed in chunks of tokens.
+"""Linear projection to the vocabulary + cross-entropy, without the (tokens x vocab) logits.
 
-A language-model head on N tokens with a vocabulary of V would hold an N x V logit tensor (and
-autograd its softmax) for backward; here only ``chunk_size`` x V logits exist at a time, in the
-forward and again, recomputed, in the backward. What is kept for backward is the inputs plus one
-log-sum-exp per token.
+The inputs are checked here, once for every backend; the op then runs on the backend chosen by
+``reformer_kernels.backends``: the Triton kernel (``ops/triton_cross_entropy``) on CUDA tensors,
+the chunked PyTorch one (``ops/cross_entropy``) on CPU tensors and as the reference.
 """
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
-DEFAULT_CHUNK_ELEMENTS = 1 << 22  # logits per chunk when no chunk size is given: 16 MiB in fp32
+from .. import backends
+from ..functional import FLOAT_DTYPES, _check_int
+
+FN = "linear_cross_entropy"
 
 
-def _accumulate_dtype(dtype: torch.dtype) -> torch.dtype:
-    # At least fp32 softmax statistics, as transformers upcasts its logits (fp64 stays fp64).
-    return torch.promote_types(dtype, torch.float32)
+def _autocast(tensors: tuple, device_type: str) -> tuple:
+    """What torch.autocast does to the inputs of F.linear: float tensors other than float64 go to
+    the autocast dtype, so that the head runs there on every backend, forward and backward."""
+    if not (torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type)):
+        return tensors
+    dtype = torch.get_autocast_dtype(device_type)
+    return tuple(t if t is None or t.dtype not in FLOAT_DTYPES or t.dtype == torch.float64 else t.to(dtype) for t in tensors)
 
 
-def _chunk_logits(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    return torch.nn.functional.linear(hidden, weight, bias).to(_accumulate_dtype(hidden.dtype))
-
-
-class _LinearCrossEntropy(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx: Any, hidden, weight, bias, labels, chunk_size: int, ignore_index: int):
-        valid = labels != ignore_index
-        n_valid = valid.sum()
-        dtype = _accumulate_dtype(hidden.dtype)
-        lse = torch.empty(labels.shape, dtype=dtype, device=hidden.device)
-        total = torch.zeros((), dtype=dtype, device=hidden.device)
-        for start in range(0, hidden.shape[0], chunk_size):
-            rows = slice(start, start + chunk_size)
-            logits = _chunk_logits(hidden[rows], weight, bias)
-            lse[rows] = torch.logsumexp(logits, dim=-1)
-            target = logits.gather(1, labels[rows].clamp(min=0)[:, None]).squeeze(1)
-            total += torch.where(valid[rows], lse[rows] - target, 0.0).sum()
-        ctx.save_for_backward(hidden, weight, bias, labels, lse, n_valid)
-        ctx.chunk_size, ctx.ignore_index = chunk_size, ignore_index
-        return total / n_valid
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx: Any, grad_loss: torch.Tensor):
-        hidden, weight, bias, labels, lse, n_valid = ctx.saved_tensors
-        grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
-        dtype = lse.dtype
-        grad_weight = torch.zeros(weight.shape, dtype=dtype, device=weight.device) if ctx.needs_input_grad[1] else None
-        grad_bias = torch.zeros(weight.shape[0], dtype=dtype, device=weight.device) if bias is not None and ctx.needs_input_grad[2] else None
-        scale = grad_loss / n_valid
-        for start in range(0, hidden.shape[0], ctx.chunk_size):
-            rows = slice(start, start + ctx.chunk_size)
-            chunk_labels = labels[rows]
-            valid = chunk_labels != ctx.ignore_index
-            # d loss / d logits = (softmax - one_hot(label)) / n_valid on the counted tokens.
-            grad_logits = torch.exp(_chunk_logits(hidden[rows], weight, bias) - lse[rows, None])
-            grad_logits[torch.arange(grad_logits.shape[0], device=grad_logits.device), chunk_labels.clamp(min=0)] -= 1.0
-            grad_logits = grad_logits * torch.where(valid, scale, 0.0)[:, None]
-            if grad_hidden is not None:
-                grad_hidden[rows] = (grad_logits @ weight.to(dtype)).to(hidden.dtype)
-            if grad_weight is not None:
-                grad_weight += grad_logits.t() @ hidden[rows].to(dtype)
-            if grad_bias is not None:
-                grad_bias += grad_logits.sum(0)
-        return (
-            grad_hidden,
-            None if grad_weight is None else grad_weight.to(weight.dtype),
-            None if grad_bias is None else grad_bias.to(bias.dtype),
-            None, None, None,
+def _check_inputs(hidden, weight, bias, labels):
+    """The inputs as the backends get them (cast under autocast), or the error that says what to fix."""
+    for name, t in (("hidden", hidden), ("weight", weight), ("labels", labels)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{FN}: {name} must be a torch.Tensor, got {type(t).__name__}")
+    if bias is not None and not isinstance(bias, torch.Tensor):
+        raise TypeError(f"{FN}: bias must be a torch.Tensor or None, got {type(bias).__name__}")
+    for name, t in (("weight", weight), ("bias", bias), ("labels", labels)):
+        if t is not None and t.device != hidden.device:
+            raise ValueError(f"{FN}: {name} must be on hidden's device {hidden.device}, got {t.device}; move them to one device")
+    hidden, weight, bias = _autocast((hidden, weight, bias), hidden.device.type)
+    if hidden.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{FN}: hidden must be float16, bfloat16, float32 or float64, got {hidden.dtype}; convert it with .float()")
+    if hidden.dim() != 2 or weight.dim() != 2 or hidden.shape[1] != weight.shape[1] or weight.shape[0] < 1:
+        raise ValueError(
+            f"{FN}: hidden must be (N, D) and weight (V, D) with V >= 1, got {tuple(hidden.shape)} and {tuple(weight.shape)}"
         )
+    if bias is not None and bias.shape != weight.shape[:1]:
+        raise ValueError(f"{FN}: bias must be (V,) = ({weight.shape[0]},), got {tuple(bias.shape)}")
+    for name, t in (("weight", weight), ("bias", bias)):
+        if t is not None and t.dtype != hidden.dtype:
+            raise TypeError(
+                f"{FN}: {name} is {t.dtype} but hidden is {hidden.dtype}; cast one with .to(hidden.dtype) "
+                "or run under torch.autocast"
+            )
+    if labels.shape != hidden.shape[:1] or labels.dtype != torch.int64:
+        raise ValueError(f"{FN}: labels must be int64 of shape ({hidden.shape[0]},), got {labels.dtype} {tuple(labels.shape)}")
+    return hidden, weight, bias
 
 
 def linear_cross_entropy(
@@ -80,26 +61,26 @@ def linear_cross_entropy(
     *,
     chunk_size: int = 0,
     ignore_index: int = -100,
+    backend: str | None = None,
 ) -> torch.Tensor:
     """Mean cross-entropy of ``hidden @ weight.T + bias`` against ``labels`` over the tokens whose
     label is not ``ignore_index``, without materializing the (N, V) logits.
 
-    hidden: (N, D) float; weight: (V, D); bias: (V,) or None; labels: (N,) int64 in [0, V) or
-    ``ignore_index``. ``chunk_size``: tokens per chunk (0: as many as fit in 2^22 logits).
+    hidden: (N, D) float16, bfloat16, float32 or float64; weight: (V, D) and bias: (V,) or None,
+    same dtype and device (under ``torch.autocast`` all three run in the autocast dtype, as
+    ``F.linear`` would); labels: (N,) int64 in [0, V) or ``ignore_index``. ``chunk_size``: tokens
+    per chunk of the PyTorch path (0: as many as fit in 2^22 logits); the Triton kernel tiles on
+    its own. ``backend``: see ``reformer_kernels.backends`` (the triton one takes no float64).
     Returns a 0-d tensor, at least fp32 (nan when no label counts, as torch's mean cross-entropy).
     """
-    if hidden.dim() != 2 or weight.dim() != 2 or hidden.shape[1] != weight.shape[1]:
-        raise ValueError(
-            f"linear_cross_entropy: hidden must be (N, D) and weight (V, D), got {tuple(hidden.shape)} and {tuple(weight.shape)}"
-        )
-    if labels.shape != hidden.shape[:1] or labels.dtype != torch.int64:
-        raise ValueError(f"linear_cross_entropy: labels must be int64 of shape ({hidden.shape[0]},), got {labels.dtype} {tuple(labels.shape)}")
+    hidden, weight, bias = _check_inputs(hidden, weight, bias, labels)
+    _check_int(FN, "chunk_size", chunk_size, 0)
+    _check_int(FN, "ignore_index", ignore_index, -(2**63))
     counted = labels[labels != ignore_index]
     if counted.numel() and (counted.min() < 0 or counted.max() >= weight.shape[0]):
         raise ValueError(
-            f"linear_cross_entropy: labels span [{counted.min().item()}, {counted.max().item()}] outside [0, vocab_size="
+            f"{FN}: labels span [{counted.min().item()}, {counted.max().item()}] outside [0, vocab_size="
             f"{weight.shape[0]}); use {ignore_index} for tokens without a label"
         )
-    if chunk_size <= 0:
-        chunk_size = max(1, DEFAULT_CHUNK_ELEMENTS // weight.shape[0])
-    return _LinearCrossEntropy.apply(hidden, weight, bias, labels, chunk_size, ignore_index)
+    _, impl = backends.select("linear_cross_entropy", hidden.device, backend)
+    return impl(hidden, weight, bias, labels, chunk_size=chunk_size, ignore_index=ignore_index)

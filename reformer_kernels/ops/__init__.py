@@ -1,9 +1,9 @@
 """Compiled and Triton kernels, one module per op family; importing a module registers its kernels."""
 import importlib.util
 
-from . import hashing, local_attention, lsh_attention, sorting
+from . import cross_entropy, hashing, local_attention, lsh_attention, sorting
 
-__all__ = ["hashing", "local_attention", "lsh_attention", "sorting"]
+__all__ = ["cross_entropy", "hashing", "local_attention", "lsh_attention", "sorting"]
 
 # The Triton kernels need triton (a CUDA build of torch ships it); the other backends do not.
 if importlib.util.find_spec("triton") is not None:

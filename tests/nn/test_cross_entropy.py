@@ -1,8 +1,12 @@
 """Chunked linear + cross-entropy: torch's loss and gradients without the (tokens x vocab) logits."""
+import warnings
+
 import pytest
 import torch
 
+from reformer_kernels import backends
 from reformer_kernels.nn import linear_cross_entropy
+from tests.marks import requires_extension
 from tests.tolerance import assert_within_rule
 
 
@@ -73,10 +77,45 @@ def test_saved_bytes_stay_below_the_logits():
         (dict(labels=torch.zeros(4, dtype=torch.int32)), "labels must be"),
         (dict(labels=torch.tensor([0, 1, 9, -100])), "outside"),
         (dict(labels=torch.tensor([0, -3, 1, 2])), "outside"),
+        (dict(bias=torch.zeros(8)), r"bias must be \(V,\) = \(9,\)"),
+        (dict(weight=torch.randn(9, 3, device="meta")), "weight must be on hidden's device cpu, got meta"),
+        (dict(chunk_size=-1), "chunk_size must be >= 0"),
     ],
 )
 def test_bad_inputs(kwargs, error):
     args = dict(hidden=torch.randn(4, 3), weight=torch.randn(9, 3), bias=None, labels=torch.zeros(4, dtype=torch.int64))
     args.update(kwargs)
     with pytest.raises(ValueError, match=error):
-        linear_cross_entropy(args["hidden"], args["weight"], args["bias"], args["labels"])
+        linear_cross_entropy(args["hidden"], args["weight"], args["bias"], args["labels"], chunk_size=args.get("chunk_size", 0))
+
+
+def test_mixed_dtypes_need_autocast():
+    hidden, weight, bias, labels = inputs(6, 4, 9, torch.float32)
+    with pytest.raises(TypeError, match="weight is torch.bfloat16 but hidden is torch.float32.*torch.autocast"):
+        linear_cross_entropy(hidden, weight.bfloat16(), bias, labels)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = linear_cross_entropy(hidden.bfloat16(), weight, bias, labels)
+        expected = torch_loss(hidden.bfloat16(), weight, bias, labels)
+    torch.testing.assert_close(loss, expected.float(), rtol=1e-2, atol=1e-2)
+    loss.backward()
+    assert weight.grad.dtype == torch.float32 and hidden.grad.dtype == torch.float32
+
+
+@requires_extension
+def test_auto_runs_the_cpu_backend_and_every_backend_agrees():
+    hidden, weight, bias, labels = inputs(37, 16, 50, torch.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert backends.select("linear_cross_entropy", hidden.device)[0] == "cpu"
+        auto = linear_cross_entropy(hidden, weight, bias, labels, chunk_size=8)
+    for name in ("cpu", "reference"):
+        assert torch.equal(linear_cross_entropy(hidden, weight, bias, labels, chunk_size=8, backend=name), auto)
+
+
+@pytest.mark.skipif(torch.cuda.is_available() or backends.triton_interpreted(), reason="checks the errors when no GPU is visible")
+def test_explicit_unavailable_backend_says_why():
+    hidden, weight, bias, labels = inputs(6, 4, 9, torch.float32)
+    with pytest.raises(ValueError, match="backend 'triton' is unavailable for linear_cross_entropy: .*TRITON_INTERPRET"):
+        linear_cross_entropy(hidden, weight, bias, labels, backend="triton")
+    with pytest.raises(ValueError, match="backend 'cuda' is unavailable|backend 'cuda' has no kernel"):
+        linear_cross_entropy(hidden, weight, bias, labels, backend="cuda")
