@@ -7,6 +7,6 @@ __all__ = ["cross_entropy", "hashing", "local_attention", "lsh_attention", "sort
 
 # The Triton kernels need triton (a CUDA build of torch ships it); the other backends do not.
 if importlib.util.find_spec("triton") is not None:
-    from . import triton_hashing, triton_local_attention, triton_lsh_attention, triton_reversible
+    from . import triton_cross_entropy, triton_hashing, triton_local_attention, triton_lsh_attention, triton_reversible
 
-    __all__ += ["triton_hashing", "triton_local_attention", "triton_lsh_attention", "triton_reversible"]
+    __all__ += ["triton_cross_entropy", "triton_hashing", "triton_local_attention", "triton_lsh_attention", "triton_reversible"]

@@ -28,9 +28,9 @@ from ..reference.lsh_attention import RMS_EPS
 _RMS_EPS = tl.constexpr(RMS_EPS)
 
 
-def _warp_configs() -> list[triton.Config]:
-    # Only warps and stages are tuned; the tiling (BLOCK) follows the chunk length, so the grid and
-    # the order in which blocks are summed are fixed. The winner is cached per key, so repeated
+def warp_configs() -> list[triton.Config]:
+    # Only warps and stages are tuned; the tiles follow the shapes (here the chunk length), so the
+    # grid and the order in which blocks are summed are fixed. The winner is cached per key, so repeated
     # calls give identical bits. The interpreter runs one config (several fail there).
     if backends.triton_interpreted():
         return [triton.Config({}, num_warps=1)]
@@ -123,7 +123,7 @@ def _masked_scores(s, q_pos, k_pos, k_real, in_window, b, Mask, stride_mb, mask_
     return s, replaced
 
 
-@triton.autotune(configs=_warp_configs(), key=["chunk_len", "HEAD_BLOCK", "BLOCK", "LSH", "CAUSAL", "HAS_MASK"])
+@triton.autotune(configs=warp_configs(), key=["chunk_len", "HEAD_BLOCK", "BLOCK", "LSH", "CAUSAL", "HAS_MASK"])
 @triton.jit
 def attention_fwd_kernel(
     Q, K, V, SortedIdx, Mask, Out, Lse,
@@ -185,7 +185,7 @@ def attention_fwd_kernel(
     tl.store(Lse + b * stride_sb + h * stride_sh + out_row, m_i + tl.log(l_i), mask=q_real)
 
 
-@triton.autotune(configs=_warp_configs(), key=["chunk_len", "HEAD_BLOCK", "BLOCK", "LSH", "CAUSAL", "HAS_MASK"])
+@triton.autotune(configs=warp_configs(), key=["chunk_len", "HEAD_BLOCK", "BLOCK", "LSH", "CAUSAL", "HAS_MASK"])
 @triton.jit
 def attention_bwd_kernel(
     Q, K, V, SortedIdx, Mask, DOut, RoundWeight, Lse, Delta, DQ, DK, DV,

@@ -8,7 +8,7 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from reformer_kernels import backends
-from reformer_kernels.ops import triton_hashing, triton_lsh_attention, triton_reversible
+from reformer_kernels.ops import triton_cross_entropy, triton_hashing, triton_lsh_attention, triton_reversible
 
 pytestmark = [
     pytest.mark.slow,
@@ -63,6 +63,30 @@ def test_combine_and_hash_kernels_compile():
         compile_for(triton_hashing._hash_kernel, 90,
                     {"X": "*fp16", "Rotations": "*fp16", "Mask": "*u8", "Factors": "*i32", "Buckets": "*i64"},
                     dict(N_FACTORS=n_factors, HAS_PADDING=True, HEAD_BLOCK=64, ROT_BLOCK=16, BLOCK=64))
+
+
+# The Reformer's LM head has D = 2 * hidden: 512 for the enwik8 and crime-and-punishment configs.
+@pytest.mark.parametrize("arch,dtype", [(90, torch.bfloat16), (80, torch.float32), (80, torch.float16)])
+def test_cross_entropy_kernels_compile(arch, dtype):
+    """The launchers' tiles for D = 512, forward and both backward kernels, within the GPU's shared memory."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(backends, "triton_interpreted", lambda: False)  # the GPU tile, not the test tile
+        forward_tile = triton_cross_entropy.forward_tiles(dtype)
+        backward_tile = triton_cross_entropy.backward_tiles(512, dtype)
+    element = TORCH_TO_TRITON[dtype]
+    types = {
+        **{name: f"*{element}" for name in ("Hidden", "Weight", "Bias")}, "Labels": "*i64",
+        **{name: "*fp32" for name in ("Losses", "Lse", "SoftmaxScale", "LabelScale", "GradScale", "GradHidden",
+                                      "GradWeight", "GradBias")},
+        "stride_gs": "i64",
+    }
+    shared_memory = {80: 166912, 90: 232448}[arch]
+    kernels = [(triton_cross_entropy.linear_cross_entropy_fwd_kernel, forward_tile),
+               (triton_cross_entropy.linear_cross_entropy_grad_hidden_kernel, backward_tile),
+               (triton_cross_entropy.linear_cross_entropy_grad_weight_kernel, backward_tile)]
+    for kernel, constexprs in kernels:
+        compiled = compile_for(kernel, arch, types, dict(HAS_BIAS=True, **constexprs), num_warps=8, num_stages=2)
+        assert compiled.metadata.shared <= shared_memory, f"{compiled.name} needs {compiled.metadata.shared} B of shared memory"
 
 
 @pytest.mark.parametrize("arch", [80, 90])
