@@ -365,11 +365,6 @@ def test_dropout_add_rejects_bad_arguments(change, error, match):
         functional.dropout_add(**arguments)
 
 
-@requires_extension
-def test_dropout_add_auto_runs_the_cpu_path_on_cpu_tensors():
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        name, _ = backends.select("dropout_add", torch.device("cpu"))
-    assert name == "cpu"
+def test_dropout_add_has_an_implementation_on_every_backend_but_cuda():
     ops = backends.implemented_ops()
     assert all("dropout_add" in ops[backend] for backend in ("cpu", "reference", "triton"))
