@@ -17,7 +17,9 @@ Two memory rows per case, because glibc's malloc keeps freed blocks resident: op
 the step above under the default malloc (the RSS a user sees; it grows with depth by what the heap
 retains), op "train_step_live_memory" is the same step, untimed, in a process run with
 MALLOC_MMAP_THRESHOLD_=131072, where every block of 128 KiB or more is its own mapping, unmapped
-when freed, so the peak RSS follows the bytes actually alive at once.
+when freed, so the peak RSS follows the bytes actually alive at once. And one time row per mode of
+ours, op "train_step_interleaved": reversible and plain-autograd steps of one model alternated in
+the parent process, whose ratio is the reversible overhead with the machine's drift shared.
 
 The non-reversible row: the model has no config switch for plain autograd; its encoder *is* a
 ReversibleSequence, whose public ``reversible`` attribute selects the mode, so the row sets
@@ -44,7 +46,7 @@ from .bench_model import _training, hf_settings
 from .harness import Case, add_speedups, blank_row, time_ms, _stats
 
 SUITE = "reversible"
-TIMED_OP, LIVE_MEMORY_OP = "train_step", "train_step_live_memory"
+TIMED_OP, LIVE_MEMORY_OP, INTERLEAVED_OP = "train_step", "train_step_live_memory", "train_step_interleaved"
 LIVE_MEMORY_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072"}
 SIZES = {"small": (1024, [2, 6]), "full": (4096, [2, 6, 12])}
 SHAPE = dict(batch=1, heads=4, head_dim=64, n_hashes=2, chunk_len=64, causal=True, dtype=torch.float32)
@@ -71,7 +73,7 @@ def _transformers_model(config: dict):
 
 
 def build(competitor: str, config: dict):
-    """The Prepared training step of one row."""
+    """The Prepared training step of one row, and its model."""
     from reformer_kernels.models import ReformerConfig, ReformerModelWithLMHead
 
     theirs = _transformers_model(config)
@@ -83,7 +85,7 @@ def build(competitor: str, config: dict):
         model.load_state_dict(theirs.state_dict())
         del theirs  # only its weights were wanted; freed before anything is measured
         model.reformer.encoder.reversible = competitor == REVERSIBLE[0]
-    return _training(model, lambda: model(input_ids, labels=input_ids).loss, config)
+    return _training(model, lambda: model(input_ids, labels=input_ids).loss, config), model
 
 
 def worker(op: str, competitor: str, backend: str, seq_len: int, layers: int, repeats: int) -> dict:
@@ -91,7 +93,7 @@ def worker(op: str, competitor: str, backend: str, seq_len: int, layers: int, re
     config = _config(seq_len, layers)
     row = blank_row(Case(SUITE, op, competitor, backend, config, build=lambda: None))
     try:
-        step = build(competitor, config).train_step
+        step = build(competitor, config)[0].train_step
         # Two steps (the first one builds the optimizer state) are also the timing's warm-up.
         row["peak_mem_mb"] = round(_peak_rss_bytes(step) / 2**20, 1)
         if op == TIMED_OP:
@@ -112,14 +114,44 @@ def run_case(op: str, competitor: str, backend: str, seq_len: int, layers: int, 
                                 env=LIVE_MEMORY_ENV if op == LIVE_MEMORY_OP else None)
 
 
+def interleaved_rows(seq_len: int, layers: int, repeats: int) -> list[dict]:
+    """Our reversible and plain-autograd training steps on one model, alternated in this process, so
+    that both see the same state of the machine (fresh-process rows taken minutes apart on a shared
+    machine do not): the reversible overhead is the ratio of these two rows' times."""
+    config = _config(seq_len, layers)
+    cases = [(Case(SUITE, INTERLEAVED_OP, name, backend, config, build=lambda: None), name == REVERSIBLE[0])
+             for name, backend in (REVERSIBLE, PLAIN)]
+    rows = [blank_row(case) for case, _ in cases]
+    try:
+        prepared, model = build(REVERSIBLE[0], config)
+        times: dict[bool, list[float]] = {True: [], False: []}
+
+        def step(reversible: bool) -> None:
+            model.reformer.encoder.reversible = reversible
+            prepared.train_step()
+
+        for reversible in times:  # warm-up; the first step also builds the optimizer state
+            step(reversible)
+        for _ in range(repeats):
+            for reversible in times:
+                times[reversible] += time_ms(lambda: step(reversible), CPU, warmup=0, repeats=1)
+        for row, (_, reversible) in zip(rows, cases):
+            _stats(row, "fwd_bwd", times[reversible])
+            row.update(tokens_per_s=round(seq_len / (row["fwd_bwd_ms"] / 1e3), 1), status="ok")
+    except Exception as error:  # a failure is a result, not a crash
+        for row in rows:
+            row.update(status="error", error=f"{type(error).__name__}: {error}"[:300])
+    return rows
+
+
 def summarize(rows: list[dict]) -> None:
-    ok = {(r["competitor"], r["layers"]): r for r in rows if r["status"] == "ok" and r["op"] == TIMED_OP}
-    print("\nreversible overhead = reversible time / non-reversible time:")
-    for (competitor, layers), row in ok.items():
-        plain = ok.get((PLAIN[0], layers))
-        if competitor == REVERSIBLE[0] and plain is not None:
-            print(f"  {layers:>2} layers: {row['fwd_bwd_ms'] / plain['fwd_bwd_ms']:.2f}x "
-                  f"(peak memory {row['peak_mem_mb']} vs {plain['peak_mem_mb']} MB)")
+    for op, how in ((TIMED_OP, "fresh processes"), (INTERLEAVED_OP, "alternated in one process")):
+        ok = {(r["competitor"], r["layers"]): r for r in rows if r["status"] == "ok" and r["op"] == op}
+        print(f"\nreversible overhead = reversible time / non-reversible time ({op}, {how}):")
+        for (competitor, layers), row in ok.items():
+            plain = ok.get((PLAIN[0], layers))
+            if competitor == REVERSIBLE[0] and plain is not None:
+                print(f"  {layers:>2} layers: {row['fwd_bwd_ms'] / plain['fwd_bwd_ms']:.2f}x")
     for op in (TIMED_OP, LIVE_MEMORY_OP):
         print(f"{op}: peak memory growth with depth (MB per added layer, from the fewest to the most layers):")
         for competitor, _ in ROWS:
@@ -160,6 +192,9 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append(run_case(op, competitor, backend, seq_len, layers, args.repeats))
                 report.write_suite(out_dir, SUITE, rows, env)  # every finished row is on disk
                 print(f"  {competitor} {op} {layers} layers: {rows[-1]['status']}", flush=True)
+        rows += interleaved_rows(seq_len, layers, args.repeats)
+        report.write_suite(out_dir, SUITE, rows, env)
+        print(f"  ours reversible and plain autograd alternated, {layers} layers: {rows[-1]['status']}", flush=True)
     add_speedups(rows)
     report.write_suite(out_dir, SUITE, rows, env)
     columns = ("competitor", "op", "layers", "seq_len", "fwd_bwd_ms", "peak_mem_mb", "speedup_vs_transformers", "status")
