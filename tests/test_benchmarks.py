@@ -281,3 +281,17 @@ def test_every_suite_lists_cases_for_every_size():
         for size in ("tiny", "small", "full"):
             cases = module.cases(size, CPU)
             assert cases and all(set(case.config) >= {"dtype", "batch", "heads", "head_dim", "seq_len"} for case in cases)
+
+
+def test_reversible_rows_time_both_modes_and_measure_memory_without_timing(monkeypatch):
+    """bench_reversible's in-process rows: both modes of our model timed; the live-memory op is untimed."""
+    from benchmarks import bench_reversible
+
+    monkeypatch.setattr(bench_reversible, "SHAPE", dict(bench_reversible.SHAPE, heads=2, head_dim=8, chunk_len=16))
+    rows = bench_reversible.interleaved_rows(64, 2, 1)
+    assert [(r["competitor"], r["op"], r["status"]) for r in rows] == [
+        (name, bench_reversible.INTERLEAVED_OP, "ok") for name, _ in (bench_reversible.REVERSIBLE, bench_reversible.PLAIN)
+    ]
+    assert all(r["fwd_bwd_ms"] > 0 for r in rows)
+    memory = bench_reversible.worker(bench_reversible.LIVE_MEMORY_OP, *bench_reversible.REVERSIBLE, 64, 2, 3)
+    assert memory["status"] == "ok" and memory["fwd_bwd_ms"] == "" and memory["peak_mem_mb"] != ""
