@@ -114,6 +114,16 @@ def run_in_fresh_process(module: str, worker_args: list[str], case: Case, env: d
     return json.loads(lines[-1])
 
 
+def per_case_environment(script: str) -> dict | None:
+    """The environment header of a suite whose cases each run in a fresh process, or None (after
+    saying why on stderr) where the peak RSS of a case cannot be measured."""
+    if not os.path.exists("/proc/self/clear_refs"):
+        print(f"{script}: needs Linux (/proc/self/clear_refs) to measure peak memory per case", file=sys.stderr)
+        return None
+    return dict(report.environment(CPU), threads=torch.get_num_threads(),
+                parent_max_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1))
+
+
 def run_case(op: str, competitor: str, backend: str, seq_len: int, repeats: int) -> dict:
     case = Case(SUITE, op, competitor, backend, dict(SHAPE, seq_len=seq_len, layers=1), build=lambda: None)
     return run_in_fresh_process("benchmarks.bench_cpu_attention",
@@ -133,13 +143,10 @@ def main(argv: list[str] | None = None) -> int:
             warnings.simplefilter("ignore")  # peers' deprecation noise; the row names what ran
             print(json.dumps(worker(op, competitor, backend, int(seq_len), args.repeats)))
         return 0
-    if not os.path.exists("/proc/self/clear_refs"):
-        print("bench_cpu_attention: needs Linux (/proc/self/clear_refs) to measure peak memory per case", file=sys.stderr)
+    env = per_case_environment("bench_cpu_attention")
+    if env is None:
         return 2
-
     out_dir = args.out or os.path.join(report.RESULTS, report.device_dir_name(CPU))
-    env = dict(report.environment(CPU), threads=torch.get_num_threads(),
-               parent_max_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1))
     rows: list[dict] = []
     columns = ("op", "competitor", "seq_len", "fwd_bwd_ms", "peak_mem_mb", "speedup_vs_transformers", "status")
     print(" ".join(f"{name:>18}" for name in columns), flush=True)

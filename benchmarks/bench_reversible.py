@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import sys
 import warnings
 
@@ -41,7 +40,7 @@ import torch
 
 from . import competitors as c
 from . import report
-from .bench_cpu_attention import _peak_rss_bytes, run_in_fresh_process
+from .bench_cpu_attention import _peak_rss_bytes, per_case_environment, run_in_fresh_process
 from .bench_model import _training, hf_settings
 from .harness import Case, add_speedups, blank_row, time_ms, _stats
 
@@ -177,13 +176,10 @@ def main(argv: list[str] | None = None) -> int:
             warnings.simplefilter("ignore")  # peers' deprecation noise; the row names what ran
             print(json.dumps(worker(op, competitor, backend, int(seq_len), int(layers), args.repeats)))
         return 0
-    if not os.path.exists("/proc/self/clear_refs"):
-        print("bench_reversible: needs Linux (/proc/self/clear_refs) to measure peak memory per case", file=sys.stderr)
+    env = per_case_environment("bench_reversible")
+    if env is None:
         return 2
-
     out_dir = args.out or os.path.join(report.RESULTS, report.device_dir_name(CPU))
-    env = dict(report.environment(CPU), threads=torch.get_num_threads(),
-               parent_max_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1))
     seq_len, depths = SIZES[args.size]
     rows: list[dict] = []
     for layers in depths:
