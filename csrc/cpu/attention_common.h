@@ -66,6 +66,13 @@ inline ivec_t<T> vload_int(const lane_int_t<T>* p) {
   return v;
 }
 
+// Asks the cache for the n elements at row (a hint: no effect on results).
+template <typename T>
+inline void prefetch_row(const T* row, int64_t n) {
+  const char* bytes = reinterpret_cast<const char*>(row);
+  for (int64_t offset = 0; offset < n * static_cast<int64_t>(sizeof(T)); offset += 64) __builtin_prefetch(bytes + offset);
+}
+
 inline int64_t round_up(int64_t n, int64_t multiple) { return (n + multiple - 1) / multiple * multiple; }
 
 // C (M x N, row stride ldc) = or += A (M x K) * B (K x N, row stride ldb), where A's element (m, k)
@@ -173,6 +180,23 @@ inline double exp_shifted(double* row, int64_t n, double shift) {
   return sum;
 }
 
+// x . y over n elements in the accumulation type T, summed in a fixed order (vector lanes, then the
+// lanes in order, then the tail): it vectorizes without -ffast-math and gives the same bits on
+// every thread count. Low-precision operands take the scalar loop (they are converted one by one).
+template <typename T, typename X, typename Y>
+inline T dot(const X* x, const Y* y, int64_t n) {
+  T sum = 0;
+  int64_t t = 0;
+  if constexpr (std::is_same_v<X, T> && std::is_same_v<Y, T>) {
+    constexpr int64_t W = Vec<T>::width;
+    vec_t<T> acc = {};
+    for (; t + W <= n; t += W) acc += vload(x + t) * vload(y + t);
+    for (int64_t w = 0; w < W; ++w) sum += acc[w];
+  }
+  for (; t < n; ++t) sum += static_cast<T>(x[t]) * static_cast<T>(y[t]);
+  return sum;
+}
+
 template <typename T>
 inline T row_max(const T* row, int64_t n) {
   constexpr int64_t W = Vec<T>::width;
@@ -246,10 +270,18 @@ struct ChunkAttention {
   // Positions and padding flags (-1 = forbidden key) as lane-wide integers for vector compares.
   std::vector<lane_int_t<T>> query_pos, key_pos, key_forbidden;
 
+  // Row stride of the key-indexed buffers: the key count rounded up to whole vectors, plus one
+  // vector when that is a multiple of 256 bytes, so that the columns of kt and vt (written one key
+  // at a time, a store per row) do not all fall into the same few cache sets.
+  static int64_t padded_key_stride(int64_t max_keys) {
+    const int64_t stride = round_up(max_keys, Vec<T>::width);
+    return (stride * static_cast<int64_t>(sizeof(T))) % 256 == 0 ? stride + Vec<T>::width : stride;
+  }
+
   ChunkAttention(int64_t max_queries, int64_t max_keys, int64_t head_dim, bool backward)
       : head_dim(head_dim),
         dim_stride(round_up(head_dim, Vec<T>::width)),
-        key_stride(round_up(max_keys, Vec<T>::width)),
+        key_stride(padded_key_stride(max_keys)),
         q(max_queries * dim_stride, 0),
         k(backward ? key_stride * dim_stride : 0, 0),
         kt(head_dim * key_stride, 0),

@@ -42,8 +42,10 @@ LocalShape check_local_inputs(const char* op, const at::Tensor& q, const at::Ten
 }
 
 // The queries of `chunk` and its window of keys; positions past the sequence end are padding.
+// Keys are kept in slots as in the LSH kernel (neighbour u = chunk + offset in slot u mod window):
+// unless `refill`, only the newest neighbour, chunk + after, is gathered.
 template <typename scalar_t, typename T>
-int64_t gather_chunk(ChunkAttention<T>& attn, const LocalShape& s, int64_t row, int64_t chunk,
+int64_t gather_chunk(ChunkAttention<T>& attn, const LocalShape& s, int64_t row, int64_t chunk, bool refill,
                      const RowView<scalar_t>& q, const RowView<scalar_t>& k, const RowView<scalar_t>& v,
                      const uint8_t* valid, const scalar_t* zeros) {
   const int64_t L = s.seq_len;
@@ -51,11 +53,12 @@ int64_t gather_chunk(ChunkAttention<T>& attn, const LocalShape& s, int64_t row, 
   const scalar_t *q_row = q.rows(row), *k_row = k.rows(row), *v_row = v.rows(row);
   const int64_t first = chunk * s.chunk_len, n_queries = std::min(s.chunk_len, L - first);
   for (int64_t i = 0; i < n_queries; ++i) attn.set_query(i, first + i, q_row + (first + i) * q.row_stride);
-  int64_t j = 0;
-  for (int64_t offset = -s.before; offset <= s.after; ++offset) {
-    const int64_t neighbour = ((chunk + offset) % s.n_chunks + s.n_chunks) % s.n_chunks;
-    for (int64_t i = 0; i < s.chunk_len; ++i, ++j) {
-      const int64_t pos = neighbour * s.chunk_len + i;
+  const int64_t window = 1 + s.before + s.after;
+  for (int64_t offset = refill ? -s.before : s.after; offset <= s.after; ++offset) {
+    const int64_t u = chunk + offset;
+    const int64_t neighbour = (u % s.n_chunks + s.n_chunks) % s.n_chunks, slot = (u % window + window) % window;
+    for (int64_t i = 0; i < s.chunk_len; ++i) {
+      const int64_t pos = neighbour * s.chunk_len + i, j = slot * s.chunk_len + i;
       if (pos < L) {
         attn.set_key(j, pos, valid != nullptr && !valid[pos], k_row + pos * k.row_stride, key_scale,
                      v_row + pos * v.row_stride);
@@ -85,7 +88,10 @@ void local_forward_kernel(const at::Tensor& q, const at::Tensor& k, const at::Te
       const int64_t row = task / s.n_chunks, chunk = task % s.n_chunks;
       const int64_t offset = row * L * d;
       const uint8_t* valid_row = valid_ptr == nullptr ? nullptr : valid_ptr + (row / s.heads) * L;
-      const int64_t n_queries = gather_chunk(attn, s, row, chunk, q_rows, k_rows, v_rows, valid_row, zeros.data());
+      // A task range holds consecutive chunks: the key window slides unless the row changed.
+      const bool refill = task == begin || chunk == 0;
+      const int64_t n_queries =
+          gather_chunk(attn, s, row, chunk, refill, q_rows, k_rows, v_rows, valid_row, zeros.data());
       attn.forward(n_queries, s.n_keys, causal, false, values);
       for (int64_t i = 0; i < n_queries; ++i) {
         const int64_t pos = attn.query_pos[i];
@@ -136,18 +142,15 @@ void local_backward_kernel(const at::Tensor& grad_out, const at::Tensor& q, cons
       std::fill(gk, gk + L * d, T(0));
       std::fill(gv, gv + L * d, T(0));
       for (int64_t chunk = 0; chunk < s.n_chunks; ++chunk) {
-        const int64_t n_queries = gather_chunk(attn, s, row, chunk, q_rows, k_rows, v_rows, valid_row, zeros.data());
+        const int64_t n_queries =
+            gather_chunk(attn, s, row, chunk, chunk == 0, q_rows, k_rows, v_rows, valid_row, zeros.data());
         for (int64_t i = 0; i < n_queries; ++i) {
           const int64_t pos = attn.query_pos[i];
           const scalar_t* g = g_rows.rows(row) + pos * g_rows.row_stride;
           const scalar_t* o = out_rows.rows(row) + pos * out_rows.row_stride;
           T* dst = attn.grad_out.data() + i * attn.dim_stride;
-          T g_dot_o = 0;
-          for (int64_t t = 0; t < d; ++t) {
-            dst[t] = static_cast<T>(g[t]);
-            g_dot_o += dst[t] * static_cast<T>(o[t]);
-          }
-          attn.delta[i] = g_dot_o;
+          for (int64_t t = 0; t < d; ++t) dst[t] = static_cast<T>(g[t]);
+          attn.delta[i] = dot<T>(dst, o, d);
           attn.lse[i] = lse_ptr[row * L + pos];
         }
         attn.backward(n_queries, s.n_keys, causal, false, values);

@@ -61,34 +61,45 @@ template <typename scalar_t, typename T>
 void key_scales(const scalar_t* qk, int64_t row_stride, int64_t seq_len, int64_t head_dim, T* scale) {
   const T inv_sqrt_dim = T(1) / std::sqrt(static_cast<T>(head_dim));
   for (int64_t p = 0; p < seq_len; ++p) {
-    T squares = 0;
-    for (int64_t t = 0; t < head_dim; ++t) {
-      const T x = static_cast<T>(qk[p * row_stride + t]);
-      squares += x * x;
-    }
+    const scalar_t* x = qk + p * row_stride;
+    const T squares = dot<T>(x, x, head_dim);
     scale[p] = inv_sqrt_dim / std::sqrt(squares / static_cast<T>(head_dim) + static_cast<T>(kRmsEps));
   }
 }
 
 // Gathers chunk `chunk` of the sorted sequence (queries) and its window of neighbour chunks,
 // circular over the concatenated rounds (keys); rounds[i] receives query i's hash round.
+// Neighbour u = chunk + offset (offset in [-n_chunks_before, n_chunks_after], not yet wrapped)
+// lives in key slot u mod window, so the window of chunk + 1 shares all but one slot with this
+// one: unless `refill`, only the slot of the newest neighbour, chunk + n_chunks_after, is gathered.
+// The order of the slots does not matter, since every key carries its own position for the masks.
 template <typename scalar_t, typename T>
 void gather_chunk(ChunkAttention<T>& attn, const LshShape& s, int64_t chunk, int64_t n_chunks_before,
-                  int64_t n_chunks_after, const int64_t* idx, const scalar_t* qk, int64_t qk_stride, const scalar_t* v,
-                  int64_t v_stride, const T* scale, const uint8_t* valid, int64_t* rounds) {
+                  int64_t n_chunks_after, bool refill, const int64_t* idx, const scalar_t* qk, int64_t qk_stride,
+                  const scalar_t* v, int64_t v_stride, const T* scale, const uint8_t* valid, int64_t* rounds) {
   for (int64_t i = 0; i < s.chunk_len; ++i) {
     const int64_t flat = idx[chunk * s.chunk_len + i];
     const int64_t pos = flat % s.seq_len;
     rounds[i] = flat / s.seq_len;
     attn.set_query(i, pos, qk + pos * qk_stride);
   }
-  int64_t j = 0;
-  for (int64_t offset = -n_chunks_before; offset <= n_chunks_after; ++offset) {
-    const int64_t neighbour = ((chunk + offset) % s.n_chunks + s.n_chunks) % s.n_chunks;
-    for (int64_t i = 0; i < s.chunk_len; ++i, ++j) {
+  const int64_t window = 1 + n_chunks_before + n_chunks_after;
+  for (int64_t offset = refill ? -n_chunks_before : n_chunks_after; offset <= n_chunks_after; ++offset) {
+    const int64_t u = chunk + offset;
+    const int64_t neighbour = (u % s.n_chunks + s.n_chunks) % s.n_chunks, slot = (u % window + window) % window;
+    for (int64_t i = 0; i < s.chunk_len; ++i) {
       const int64_t pos = idx[neighbour * s.chunk_len + i] % s.seq_len;
-      attn.set_key(j, pos, valid != nullptr && !valid[pos], qk + pos * qk_stride, scale[pos], v + pos * v_stride);
+      attn.set_key(slot * s.chunk_len + i, pos, valid != nullptr && !valid[pos], qk + pos * qk_stride, scale[pos],
+                   v + pos * v_stride);
     }
+  }
+  // The rows the next call gathers sit at random positions: ask for them now, so that they arrive
+  // while this chunk's attention runs instead of stalling the next gather.
+  const int64_t next = (chunk + 1 + n_chunks_after) % s.n_chunks;
+  for (int64_t i = 0; i < s.chunk_len; ++i) {
+    const int64_t pos = idx[next * s.chunk_len + i] % s.seq_len;
+    prefetch_row(qk + pos * qk_stride, s.head_dim);
+    prefetch_row(v + pos * v_stride, s.head_dim);
   }
 }
 
@@ -129,7 +140,7 @@ void lsh_forward_kernel(const at::Tensor& qk, const at::Tensor& v, const at::Ten
       std::fill(running_top.begin(), running_top.end(), -std::numeric_limits<T>::infinity());
       std::fill(lse_row, lse_row + total, -std::numeric_limits<T>::infinity());
       for (int64_t chunk = 0; chunk < s.n_chunks; ++chunk) {
-        gather_chunk(attn, s, chunk, n_chunks_before, n_chunks_after, idx, qk_row, qk_rows.row_stride, v_row,
+        gather_chunk(attn, s, chunk, n_chunks_before, n_chunks_after, chunk == 0, idx, qk_row, qk_rows.row_stride, v_row,
                      v_rows.row_stride, scale.data(), valid_row, rounds.data());
         attn.forward(s.chunk_len, s.n_keys, causal, true, values);
         // Combine rounds as they arrive: out_pos holds the softmax(lse)-weighted mean of the rounds
@@ -216,13 +227,10 @@ void lsh_backward_kernel(const at::Tensor& grad_out, const at::Tensor& grad_lse,
         T sum = 0;
         for (int64_t r = 0; r < s.n_hashes; ++r) sum += std::exp(lse_row[r * L + p] - top);
         lse_all[p] = top + std::log(sum);
-        T gdo = 0;
-        for (int64_t t = 0; t < d; ++t)
-          gdo += static_cast<T>(g_row[p * g_rows.row_stride + t]) * static_cast<T>(out_row[p * out_rows.row_stride + t]);
-        grad_dot_out[p] = gdo;
+        grad_dot_out[p] = dot<T>(g_row + p * g_rows.row_stride, out_row + p * out_rows.row_stride, d);
       }
       for (int64_t chunk = 0; chunk < s.n_chunks; ++chunk) {
-        gather_chunk(attn, s, chunk, n_chunks_before, n_chunks_after, idx, qk_row, qk_rows.row_stride, v_row,
+        gather_chunk(attn, s, chunk, n_chunks_before, n_chunks_after, chunk == 0, idx, qk_row, qk_rows.row_stride, v_row,
                      v_rows.row_stride, scale.data(), valid_row, rounds.data());
         // Round r's output enters out with weight w = exp(lse_r - lse_all), so its upstream
         // gradient is w * g; the combination also sends w * (g . (o_r - out)) into lse_r, and
@@ -249,8 +257,7 @@ void lsh_backward_kernel(const at::Tensor& grad_out, const at::Tensor& grad_lse,
           const int64_t pos = attn.key_pos[j];
           const T* dk = attn.grad_k.data() + j * attn.dim_stride;
           const scalar_t* x = qk_row + pos * qk_rows.row_stride;
-          T x_dot_dk = 0;
-          for (int64_t t = 0; t < d; ++t) x_dot_dk += static_cast<T>(x[t]) * dk[t];
+          const T x_dot_dk = dot<T>(x, dk, d);
           const T sc = scale[pos];
           const T radial = sc * sc * sc * x_dot_dk;
           T* dst = gqk + pos * d;
