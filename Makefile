@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 TORCH_VERSION := 2.14.1
 
-.PHONY: setup build test test-fast test-triton test-slow bench info clean
+.PHONY: setup build test test-slow bench info gpu-check clean
 
 $(VENV)/.installed: pyproject.toml setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,11 @@ test-slow: build
 
 bench: build
 	$(PY) -m benchmarks $(BENCH_ARGS)
+
+# On a GPU machine that has torch, triton and the test dependencies but no network (no .venv, nothing
+# fetched): build in place, run every GPU test and the benchmark suite, logs and results in $(OUT).
+gpu-check:
+	bash .ci/gpu-check
 
 info: build
 	$(VENV)/bin/reformer-kernels info
