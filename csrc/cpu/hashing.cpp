@@ -11,24 +11,37 @@ namespace {
 
 constexpr int64_t kBlock = 64;  // positions per task: one block's rotated rows stay in L1/L2
 
-// Index of the largest entry of [x, -x] (x has `half` entries); the first one on ties, as argmax.
+// Index of the largest entry of [x, -x] (x has `half` entries); the first one on ties, as argmax:
+// the x half wins a tie between the halves, so the answer is the first index of max(x) when
+// max(x) >= -min(x), else half + the first index of min(x). The extremes are found a vector at a
+// time; with NaNs in x the answer is some index in range (the rotated vector has no direction).
 template <typename T>
 int64_t signed_argmax(const T* x, int64_t half) {
-  int64_t best = 0;
-  T top = x[0];
-  for (int64_t j = 1; j < half; ++j) {
-    if (x[j] > top) {
-      top = x[j];
-      best = j;
+  constexpr int64_t W = Vec<T>::width;
+  T top = x[0], bottom = x[0];
+  int64_t j = 0;
+  if (half >= W) {
+    vec_t<T> hi = vload(x), lo = hi;
+    for (j = W; j + W <= half; j += W) {
+      const vec_t<T> v = vload(x + j);
+      hi = v > hi ? v : hi;
+      lo = v < lo ? v : lo;
+    }
+    for (int64_t w = 0; w < W; ++w) {
+      top = std::max(top, hi[w]);
+      bottom = std::min(bottom, lo[w]);
     }
   }
-  for (int64_t j = 0; j < half; ++j) {
-    if (-x[j] > top) {
-      top = -x[j];
-      best = half + j;
-    }
+  for (; j < half; ++j) {
+    top = std::max(top, x[j]);
+    bottom = std::min(bottom, x[j]);
   }
-  return best;
+  const bool positive = top >= -bottom;
+  const T target = positive ? top : bottom;
+  for (int64_t i = 0; i < half; ++i) {
+    if (x[i] == target) return positive ? i : half + i;
+  }
+  return 0;
 }
 
 template <typename scalar_t>
