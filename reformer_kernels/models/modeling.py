@@ -270,12 +270,8 @@ class ReformerPreTrainedModel(nn.Module):
         elif not has_base and any(k.startswith(prefix) for k in state):
             state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
         if has_base and hasattr(self, "lm_head"):
-            # transformers' LM head holds the same bias twice (older versions tied them, so a
-            # checkpoint may carry either name).
-            if "lm_head.decoder.bias" not in state and "lm_head.bias" in state:
-                state["lm_head.decoder.bias"] = state["lm_head.bias"]
-            if "lm_head.bias" not in state and "lm_head.decoder.bias" in state:
-                state["lm_head.bias"] = state["lm_head.decoder.bias"]
+            state = dict(state)
+            fill_lm_head_bias(state, "lm_head.")
         return state
 
 
@@ -433,6 +429,20 @@ class ReformerModel(ReformerPreTrainedModel):
         return input_ids, inputs_embeds, attention_mask, position_ids
 
 
+def fill_lm_head_bias(state: dict[str, torch.Tensor], prefix: str) -> None:
+    """Give a state dict that names the LM head's bias one way the other name too, in place.
+
+    transformers' Reformer LM head has a ``bias`` parameter and, depending on its version, a decoder
+    bias tied to it (4.x: both names in a checkpoint), none (5.0 to about 5.20: ``bias`` alone, which
+    its logits never use) or a separate one (later 5.x: both names). Ours adds ``decoder.bias`` to
+    the logits, so a checkpoint with either name loads, and one with only ``bias`` gets that as the
+    logits' bias (zeros, as initialized, for a model made by a version whose logits have none).
+    """
+    for present, absent in (("bias", "decoder.bias"), ("decoder.bias", "bias")):
+        if prefix + present in state and prefix + absent not in state:
+            state[prefix + absent] = state[prefix + present]
+
+
 class ReformerOnlyLMHead(nn.Module):
     """Linear(2 * hidden_size, vocab_size), applied ``chunk_size_lm_head`` positions at a time.
     ``bias`` mirrors transformers' separate (unused) parameter so that state dicts match."""
@@ -442,6 +452,12 @@ class ReformerOnlyLMHead(nn.Module):
         self.chunk_size_lm_head = config.chunk_size_lm_head
         self.decoder = nn.Linear(2 * config.hidden_size, config.vocab_size)
         self.bias = nn.Parameter(torch.zeros(config.vocab_size))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # load_state_dict hands every module the same copy of the caller's dict, so the name filled
+        # here reaches self.decoder (loaded after this module) and the caller's dict stays as it was.
+        fill_lm_head_bias(state_dict, prefix)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         if self.chunk_size_lm_head == 0:

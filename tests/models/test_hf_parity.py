@@ -163,6 +163,9 @@ def test_train_gradients_match_transformers(config_kwargs, seq_len, batch, mask)
     assert relative_error(actual.loss, expected.loss) < 1e-5
     their_params = dict(theirs.named_parameters())
     for name, param in ours.named_parameters():
+        if name not in their_params:  # transformers 5.0 to ~5.20: no decoder bias, none in its logits
+            assert name == "lm_head.decoder.bias", name
+            continue
         expected_grad = their_params[name].grad
         if expected_grad is None:  # lm_head.bias: a parameter transformers keeps but never uses
             assert param.grad is None, name
