@@ -113,7 +113,13 @@ inline void gemm_tail(int64_t rows, int64_t K, const T* a, int64_t a_rs, int64_t
 template <typename T, int NV>
 inline void gemm_rows(int64_t M, int64_t K, const T* a, int64_t a_rs, int64_t a_cs, const T* b, int64_t ldb, T* c,
                       int64_t ldc, bool accumulate) {
+#ifdef __AVX512VL__
+  // AVX-512 has 32 vector registers: 8 x 2 accumulators plus the loaded row fit, and the 64-row
+  // chunks need no tail tile.
+  constexpr int MR = 8;
+#else
   constexpr int MR = NV == 1 ? 8 : 6;  // as many accumulators as the 16 vector registers allow
+#endif
   int64_t m = 0;
   for (; m + MR <= M; m += MR) gemm_tile<T, MR, NV>(K, a + m * a_rs, a_rs, a_cs, b, ldb, c + m * ldc, ldc, accumulate);
   gemm_tail<T, MR - 1, NV>(M - m, K, a + m * a_rs, a_rs, a_cs, b, ldb, c + m * ldc, ldc, accumulate);
