@@ -69,23 +69,37 @@ def triton_interpreted() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+# What the installation provides, fixed for the process: (extension loaded, CUDA compiled into it,
+# triton importable). Found once and kept in a global, so that select() (on every op call) neither
+# calls into _C nor searches the import path again, which would also break torch.compile's graphs.
+_installed: tuple[bool, bool, bool] | None = None
+
+
+def _installation() -> tuple[bool, bool, bool]:
+    global _installed
+    if _installed is None:
+        _installed = (_extension.loaded(), _extension.with_cuda(), importlib.util.find_spec("triton") is not None)
+    return _installed
+
+
 def status() -> dict[str, tuple[bool, str]]:
     """For each backend: (available, reason it is not, or what it runs on)."""
     has_gpu = torch.cuda.is_available()
+    loaded, with_cuda, has_triton = _installation()
     result = {"reference": (True, "pure PyTorch, any device")}
-    if _extension.loaded():
+    if loaded:
         result["cpu"] = (True, "C++/OpenMP kernels in reformer_kernels._C")
     else:
         result["cpu"] = (False, f"reformer_kernels._C did not load ({_extension.LOAD_ERROR})")
-    if not _extension.loaded():
+    if not loaded:
         result["cuda"] = (False, f"reformer_kernels._C did not load ({_extension.LOAD_ERROR})")
-    elif not _extension.with_cuda():
+    elif not with_cuda:
         result["cuda"] = (False, "reformer_kernels._C was built without CUDA (CPU-only torch, no nvcc, or REFORMER_KERNELS_CUDA=0)")
     elif not has_gpu:
         result["cuda"] = (False, "no CUDA device is visible (torch.cuda.is_available() is False)")
     else:
         result["cuda"] = (True, "CUDA kernels in reformer_kernels._C")
-    if importlib.util.find_spec("triton") is None:
+    if not has_triton:
         result["triton"] = (False, "triton is not installed")
     elif has_gpu:
         result["triton"] = (True, "Triton kernels on CUDA tensors")
@@ -106,10 +120,16 @@ def implemented_ops() -> dict[str, list[str]]:
     return table
 
 
+_ops_loaded = False
+
+
 def _load_ops() -> None:
-    # The op modules register their implementations when imported.
-    importlib.import_module("reformer_kernels.functional")
-    importlib.import_module("reformer_kernels.ops")
+    # The op modules register their implementations when imported (once: see _installation).
+    global _ops_loaded
+    if not _ops_loaded:
+        importlib.import_module("reformer_kernels.functional")
+        importlib.import_module("reformer_kernels.ops")
+        _ops_loaded = True
 
 
 def _runs_on(backend: str, device: torch.device) -> bool:
