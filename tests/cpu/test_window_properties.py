@@ -24,6 +24,16 @@ from .helpers import lsh_inputs, outputs_and_grads, padding_mask, requires_exten
 pytestmark = requires_extension
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# What both kernels draw besides their shapes.
+DRAWS = dict(
+    chunk_len=st.integers(1, 9),
+    before=st.integers(0, 3),
+    after=st.integers(0, 2),
+    causal=st.booleans(),
+    mask_kind=st.sampled_from([None, "padded"]),
+    threads=st.sampled_from([1, 2]),
+    seed=st.integers(0, 2**16),
+)
 
 
 def _check(impl, reference_impl, inputs, upstream, threads, names):
@@ -41,18 +51,7 @@ def _check(impl, reference_impl, inputs, upstream, threads, names):
 
 
 @SETTINGS
-@given(
-    n_chunks=st.integers(1, 7),
-    chunk_len=st.integers(1, 9),
-    n_hashes=st.integers(1, 3),
-    head_dim=st.sampled_from([2, 5, 8, 20]),
-    before=st.integers(0, 3),
-    after=st.integers(0, 2),
-    causal=st.booleans(),
-    mask_kind=st.sampled_from([None, "padded"]),
-    threads=st.sampled_from([1, 2]),
-    seed=st.integers(0, 2**16),
-)
+@given(n_chunks=st.integers(1, 7), n_hashes=st.integers(1, 3), head_dim=st.sampled_from([2, 5, 8, 20]), **DRAWS)
 def test_lsh_kernel_meets_reference(n_chunks, chunk_len, n_hashes, head_dim, before, after, causal, mask_kind, threads, seed):
     torch.manual_seed(seed)
     seq_len = n_chunks * chunk_len  # the sorted sequence holds n_hashes * n_chunks chunks
@@ -71,17 +70,7 @@ def test_lsh_kernel_meets_reference(n_chunks, chunk_len, n_hashes, head_dim, bef
 
 
 @SETTINGS
-@given(
-    seq_len=st.integers(1, 60),
-    chunk_len=st.integers(1, 9),
-    head_dim=st.sampled_from([1, 5, 8, 20]),
-    before=st.integers(0, 3),
-    after=st.integers(0, 2),
-    causal=st.booleans(),
-    mask_kind=st.sampled_from([None, "padded"]),
-    threads=st.sampled_from([1, 2]),
-    seed=st.integers(0, 2**16),
-)
+@given(seq_len=st.integers(1, 60), head_dim=st.sampled_from([1, 5, 8, 20]), **DRAWS)
 def test_local_kernel_meets_reference(seq_len, chunk_len, head_dim, before, after, causal, mask_kind, threads, seed):
     torch.manual_seed(seed)
     q, k, v = (torch.randn(2, 3, seq_len, head_dim, dtype=torch.float64) for _ in range(3))
