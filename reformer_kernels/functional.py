@@ -204,27 +204,34 @@ def _check_sorted_idx(fn: str, sorted_idx: object, qk: torch.Tensor, n_hashes: i
 _warned_dropout: set[str] = set()
 
 
+# Backends whose attention kernels take the reference's dropout mask (``dropout_mask=``).
+_DROPOUT_MASK_BACKENDS = frozenset({"cpu"})
+
+
 def _attention_impl(op: str, device: torch.device, backend: str | None, dropout_p: float):
     """The backend implementation of ``op``, or None when dropout forces the reference.
 
-    The kernels have no dropout yet: with "auto" the reference runs instead (warned once per op),
-    with an explicitly chosen kernel backend that is an error rather than a silent switch.
+    The C++ kernels take the dropout mask that the reference would draw (the same draw from the
+    same generator, so the same mask). The Triton kernels have no dropout yet: with "auto" the
+    reference runs instead (warned once per op), with an explicitly chosen kernel backend that is an
+    error rather than a silent switch.
     """
     name, impl = backends.select(op, device, backend)
-    if dropout_p == 0.0:
+    if dropout_p == 0.0 or name in _DROPOUT_MASK_BACKENDS:
         return impl
     if name != "reference":
         requested = backend if backend is not None else backends.current_backend()
         if requested != "auto":
             raise ValueError(
                 f"{op}: dropout_p={dropout_p} is not supported by the {requested!r} kernels yet; "
-                "pass dropout_p=0.0, or backend='auto' or 'reference' to run the reference with dropout"
+                "pass dropout_p=0.0, or backend='auto' or 'reference' to run the reference with dropout "
+                "(or 'cpu' on CPU tensors)"
             )
         if op not in _warned_dropout:
             _warned_dropout.add(op)
             warnings.warn(
                 f"reformer_kernels: {op} with dropout_p > 0 runs on the slow reference implementation "
-                "(the kernels have no dropout yet)",
+                f"(the {name} kernels have no attention dropout yet)",
                 RuntimeWarning,
                 stacklevel=3,
             )
@@ -256,14 +263,13 @@ def _run_lsh_attention(
 ):
     impl = _attention_impl("lsh_attention", qk.device, backend, dropout_p)
     chunking = dict(n_hashes=n_hashes, chunk_len=chunk_len, n_chunks_before=n_chunks_before, n_chunks_after=n_chunks_after)
-    if impl is not None:
-        return impl(qk, v, sorted_idx, **chunking, causal=causal, attention_mask=attention_mask)
-    batch, heads, seq_len, _ = qk.shape
-    shape = reference.dropout_mask_shape(batch, heads, n_hashes * seq_len, chunk_len, n_chunks_before, n_chunks_after)
-    dropout_mask = _dropout_mask(shape, dropout_p, qk)
-    return reference.lsh_attention(
-        qk, v, sorted_idx, **chunking, causal=causal, attention_mask=attention_mask, dropout_mask=dropout_mask
-    )
+    dropout = {}
+    if dropout_p > 0.0:
+        batch, heads, seq_len, _ = qk.shape
+        shape = reference.dropout_mask_shape(batch, heads, n_hashes * seq_len, chunk_len, n_chunks_before, n_chunks_after)
+        dropout = dict(dropout_mask=_dropout_mask(shape, dropout_p, qk))
+    run = reference.lsh_attention if impl is None else impl
+    return run(qk, v, sorted_idx, **chunking, causal=causal, attention_mask=attention_mask, **dropout)
 
 
 # ----------------------------------------------------------------------------- public ops
@@ -376,7 +382,7 @@ def lsh_attention(
         n_hashes: int >= 1. chunk_len: int >= 1 dividing n_hashes * L (and L when n_hashes > 1).
         n_chunks_before, n_chunks_after: int >= 0.
         causal: bool. attention_mask: (B, L) or None.
-        dropout_p: float in [0, 1), dropout on the attention probabilities (reference backend only).
+        dropout_p: float in [0, 1), dropout on the attention probabilities (reference and cpu backends).
         return_lse: also return the per-round log-sum-exp.
         backend: see ``reformer_kernels.backends``.
 
@@ -445,7 +451,7 @@ def local_attention(
         q, k, v: (B, H, L, d), one float dtype, one device.
         chunk_len: int >= 1. n_chunks_before, n_chunks_after: int >= 0.
         causal: bool. attention_mask: (B, L) or None.
-        dropout_p: float in [0, 1), dropout on the attention probabilities (reference backend only).
+        dropout_p: float in [0, 1), dropout on the attention probabilities (reference and cpu backends).
         backend: see ``reformer_kernels.backends``.
 
     Returns:
@@ -462,14 +468,14 @@ def local_attention(
     dropout_p = _check_dropout_p(fn, dropout_p)
     chunking = dict(chunk_len=chunk_len, n_chunks_before=n_chunks_before, n_chunks_after=n_chunks_after)
     impl = _attention_impl("local_attention", q.device, backend, dropout_p)
-    if impl is not None:
-        return impl(q, k, v, **chunking, causal=causal, attention_mask=attention_mask)
-    batch, heads, seq_len, _ = q.shape
-    used_chunk_len, before, after, padded_len = reference.local_chunking(seq_len, chunk_len, n_chunks_before, n_chunks_after)
-    shape = reference.dropout_mask_shape(batch, heads, padded_len, used_chunk_len, before, after)
-    return reference.local_attention(
-        q, k, v, **chunking, causal=causal, attention_mask=attention_mask, dropout_mask=_dropout_mask(shape, dropout_p, q)
-    )
+    dropout = {}
+    if dropout_p > 0.0:
+        batch, heads, seq_len, _ = q.shape
+        used_chunk_len, before, after, padded_len = reference.local_chunking(seq_len, chunk_len, n_chunks_before, n_chunks_after)
+        shape = reference.dropout_mask_shape(batch, heads, padded_len, used_chunk_len, before, after)
+        dropout = dict(dropout_mask=_dropout_mask(shape, dropout_p, q))
+    run = reference.local_attention if impl is None else impl
+    return run(q, k, v, **chunking, causal=causal, attention_mask=attention_mask, **dropout)
 
 
 def lsh_self_attention(
@@ -498,7 +504,7 @@ def lsh_self_attention(
         n_buckets: even int or tuple of even factors; see ``default_num_buckets``.
         chunk_len: int >= 1. n_chunks_before, n_chunks_after: int >= 0.
         causal: bool. attention_mask: (B, L) or None.
-        dropout_p: float in [0, 1), dropout on the attention probabilities (reference backend only).
+        dropout_p: float in [0, 1), dropout on the attention probabilities (reference and cpu backends).
         backend: see ``reformer_kernels.backends``; used for every step.
 
     Returns:

@@ -265,6 +265,20 @@ inline at::Tensor key_padding(const std::optional<at::Tensor>& attention_mask, i
   return mask.ne(0).to(at::kByte).contiguous();
 }
 
+// dropout_mask as a contiguous (B, H, n_chunks, chunk_len, n_keys) tensor of `like`'s dtype (the
+// scaled keep-mask of the attention probabilities, chunk by chunk), or an undefined tensor.
+inline at::Tensor dropout_keep(const std::optional<at::Tensor>& dropout_mask, const at::Tensor& like,
+                               std::vector<int64_t> shape, const char* op) {
+  if (!dropout_mask.has_value() || !dropout_mask->defined()) return {};
+  const at::Tensor& mask = *dropout_mask;
+  TORCH_CHECK_VALUE(mask.sizes() == shape, op, ": dropout_mask must have the chunked score shape ", at::IntArrayRef(shape),
+                    " (reference.dropout_mask_shape), got ", mask.sizes());
+  TORCH_CHECK_TYPE(mask.scalar_type() == like.scalar_type(), op, ": dropout_mask must have the inputs' dtype (",
+                   like.scalar_type(), "), got ", mask.scalar_type());
+  TORCH_CHECK_VALUE(mask.device().is_cpu(), op, ": dropout_mask must be on the CPU, got ", mask.device());
+  return mask.contiguous();
+}
+
 // Scratch for attending one chunk of queries to its window of keys, all rows gathered by the
 // caller. Row strides are padded to the vector width with zeros (vectors) or -inf (scores), so
 // the inner loops never need a scalar tail.
@@ -273,6 +287,9 @@ struct ChunkAttention {
   int64_t head_dim, dim_stride, key_stride;
   std::vector<T> q, k, kt, v, vt, scores, out, grad_out, grad_scores, grad_q, grad_k, grad_v;
   std::vector<T> lse, delta;
+  // With attention dropout: each probability's scaled keep value (0 or 1 / (1 - p)), in the
+  // scores' layout; the padding columns stay 0.
+  std::vector<T> keep;
   // Positions and padding flags (-1 = forbidden key) as lane-wide integers for vector compares.
   std::vector<lane_int_t<T>> query_pos, key_pos, key_forbidden;
 
@@ -284,7 +301,7 @@ struct ChunkAttention {
     return (stride * static_cast<int64_t>(sizeof(T))) % 256 == 0 ? stride + Vec<T>::width : stride;
   }
 
-  ChunkAttention(int64_t max_queries, int64_t max_keys, int64_t head_dim, bool backward)
+  ChunkAttention(int64_t max_queries, int64_t max_keys, int64_t head_dim, bool backward, bool dropout)
       : head_dim(head_dim),
         dim_stride(round_up(head_dim, Vec<T>::width)),
         key_stride(padded_key_stride(max_keys)),
@@ -302,6 +319,7 @@ struct ChunkAttention {
         grad_v(backward ? key_stride * dim_stride : 0),
         lse(max_queries),
         delta(backward ? max_queries : 0),
+        keep(dropout ? max_queries * key_stride : 0, 0),
         query_pos(max_queries),
         key_pos(key_stride, -1),
         key_forbidden(key_stride, -1) {}
@@ -323,6 +341,17 @@ struct ChunkAttention {
     }
     if (!vt.empty()) {
       for (int64_t t = 0; t < head_dim; ++t) vt[t * key_stride + j] = static_cast<T>(value[t]);
+    }
+  }
+
+  // Query i's keep values from its row of the caller's dropout mask, whose columns run over the
+  // window in neighbour order (chunk - before first); here neighbour u sits in slot u mod window.
+  template <typename S>
+  void set_keep(int64_t i, const S* mask_row, int64_t chunk, int64_t before, int64_t window, int64_t chunk_len) {
+    T* dst = keep.data() + i * key_stride;
+    for (int64_t slot = 0; slot < window; ++slot) {
+      const S* src = mask_row + (((slot - chunk + before) % window + window) % window) * chunk_len;
+      for (int64_t c = 0; c < chunk_len; ++c) dst[slot * chunk_len + c] = static_cast<T>(src[c]);
     }
   }
 
@@ -362,7 +391,7 @@ struct ChunkAttention {
     }
   }
 
-  // out (n_queries x head_dim, stride dim_stride) and lse of the chunk.
+  // out (n_queries x head_dim, stride dim_stride) and lse of the chunk (lse before any dropout).
   void forward(int64_t n_queries, int64_t n_keys, bool causal, bool self_mask, MaskValues values) {
     const int64_t padded_keys = round_up(n_keys, Vec<T>::width);
     masked_scores(n_queries, n_keys, causal, self_mask, values);
@@ -373,6 +402,10 @@ struct ChunkAttention {
       lse[i] = shift + std::log(total);
       const T inverse = T(1) / total;
       for (int64_t j = 0; j < padded_keys; ++j) row[j] *= inverse;
+      if (!keep.empty()) {
+        const T* k_row = keep.data() + i * key_stride;
+        for (int64_t j = 0; j < padded_keys; ++j) row[j] *= k_row[j];
+      }
     }
     gemm<T>(n_queries, dim_stride, padded_keys, scores.data(), key_stride, 1, v.data(), dim_stride, out.data(),
             dim_stride, false);
@@ -380,29 +413,33 @@ struct ChunkAttention {
 
   // Given lse[i], grad_out (rows dO_i) and delta[i] = dO_i . o_i - dlse_i, fills grad_q (n_queries
   // rows), grad_k and grad_v (n_keys rows) for this chunk: FlashAttention's backward, recomputing
-  // the probabilities from the scores and lse.
+  // the probabilities P from the scores and lse. With dropout keep values K the output used P * K:
+  // dS = P * (K * dO V^T - delta) and grad_v = (P * K)^T dO.
   void backward(int64_t n_queries, int64_t n_keys, bool causal, bool self_mask, MaskValues values) {
     const int64_t padded_keys = round_up(n_keys, Vec<T>::width);
     masked_scores(n_queries, n_keys, causal, self_mask, values);
     for (int64_t i = 0; i < n_queries; ++i) exp_shifted(scores.data() + i * key_stride, padded_keys, lse[i]);
-    // grad_v = P^T dO
-    gemm<T>(n_keys, dim_stride, n_queries, scores.data(), 1, key_stride, grad_out.data(), dim_stride, grad_v.data(),
-            dim_stride, false);
-    // dP = dO V^T, then dS = P * (dP - delta) where the score was not overwritten by a mask
+    // dP = dO V^T, then dS = P * (K * dP - delta) where the score was not overwritten by a mask
     gemm<T>(n_queries, padded_keys, head_dim, grad_out.data(), dim_stride, 1, vt.data(), key_stride,
             grad_scores.data(), key_stride, false);
     for (int64_t i = 0; i < n_queries; ++i) {
-      const T* p = scores.data() + i * key_stride;
+      T* p = scores.data() + i * key_stride;
       T* ds = grad_scores.data() + i * key_stride;
+      const T* k_row = keep.empty() ? nullptr : keep.data() + i * key_stride;
       const vec_t<T> d_i = vsplat(delta[i]);
       for (int64_t j = 0; j < padded_keys; j += Vec<T>::width) {
         ivec_t<T> is_self;
         ivec_t<T> masked = forbidden_lanes(i, j, causal, is_self);
         if (self_mask) masked |= is_self;
-        const vec_t<T> grad = vload(p + j) * (vload(ds + j) - d_i);
+        const vec_t<T> dp = k_row == nullptr ? vload(ds + j) : vload(ds + j) * vload(k_row + j);
+        const vec_t<T> grad = vload(p + j) * (dp - d_i);
         vstore(ds + j, masked ? vsplat(T(0)) : grad);
+        if (k_row != nullptr) vstore(p + j, vload(p + j) * vload(k_row + j));
       }
     }
+    // grad_v = (P * K)^T dO
+    gemm<T>(n_keys, dim_stride, n_queries, scores.data(), 1, key_stride, grad_out.data(), dim_stride, grad_v.data(),
+            dim_stride, false);
     // grad_q = dS K, grad_k = dS^T Q
     gemm<T>(n_queries, dim_stride, padded_keys, grad_scores.data(), key_stride, 1, k.data(), dim_stride,
             grad_q.data(), dim_stride, false);
@@ -410,5 +447,17 @@ struct ChunkAttention {
             dim_stride, false);
   }
 };
+
+// Chunk `chunk`'s keep values for its first n_queries queries, from a dropout mask laid out
+// (rows, n_chunks, chunk_len, window * chunk_len) as the reference's dropout_mask_shape; nothing
+// without a mask.
+template <typename scalar_t, typename T>
+void set_chunk_keep(ChunkAttention<T>& attn, const scalar_t* keep, int64_t row, int64_t chunk, int64_t n_queries,
+                    int64_t n_chunks, int64_t chunk_len, int64_t before, int64_t window) {
+  if (keep == nullptr) return;
+  const int64_t n_keys = window * chunk_len;
+  const scalar_t* rows = keep + (row * n_chunks + chunk) * chunk_len * n_keys;
+  for (int64_t i = 0; i < n_queries; ++i) attn.set_keep(i, rows + i * n_keys, chunk, before, window, chunk_len);
+}
 
 }  // namespace reformer_kernels::cpu

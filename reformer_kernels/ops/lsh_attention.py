@@ -21,10 +21,12 @@ def lsh_attention_cpu(
     n_chunks_after: int,
     causal: bool,
     attention_mask: torch.Tensor | None = None,
+    dropout_mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The reference signature of ``lsh_attention`` (minus dropout): returns ``(out, lse)``."""
+    """The reference signature of ``lsh_attention``: returns ``(out, lse)``. ``dropout_mask``: the
+    scaled keep-mask of the attention probabilities (``reference.dropout_mask_shape``), as the reference takes it."""
     out, lse = torch.ops.reformer_kernels.lsh_attention_fwd(
-        qk, v, sorted_idx, n_hashes, chunk_len, n_chunks_before, n_chunks_after, causal, attention_mask
+        qk, v, sorted_idx, n_hashes, chunk_len, n_chunks_before, n_chunks_after, causal, attention_mask, dropout_mask
     )
     return out, lse.to(qk.dtype)
 
@@ -32,32 +34,35 @@ def lsh_attention_cpu(
 if _extension.loaded():
 
     @torch.library.register_fake("reformer_kernels::lsh_attention_fwd")
-    def _forward_fake(qk, v, sorted_idx, n_hashes, chunk_len, n_chunks_before, n_chunks_after, causal, attention_mask):
+    def _forward_fake(
+        qk, v, sorted_idx, n_hashes, chunk_len, n_chunks_before, n_chunks_after, causal, attention_mask, dropout_mask=None
+    ):
         batch, heads, seq_len, _ = qk.shape
         out = torch.empty_like(qk, memory_format=torch.contiguous_format)
         return out, qk.new_empty((batch, heads, n_hashes, seq_len), dtype=_lse_dtype(qk.dtype))
 
     @torch.library.register_fake("reformer_kernels::lsh_attention_bwd")
     def _backward_fake(
-        grad_out, grad_lse, qk, v, sorted_idx, out, lse, n_hashes, chunk_len, n_chunks_before, n_chunks_after, causal, attention_mask
+        grad_out, grad_lse, qk, v, sorted_idx, out, lse, n_hashes, chunk_len, n_chunks_before, n_chunks_after, causal,
+        attention_mask, dropout_mask=None,
     ):
         return torch.empty_like(qk, memory_format=torch.contiguous_format), torch.empty_like(v, memory_format=torch.contiguous_format)
 
     def _setup_context(ctx, inputs, output):
-        qk, v, sorted_idx, n_hashes, chunk_len, n_chunks_before, n_chunks_after, causal, attention_mask = inputs
+        qk, v, sorted_idx, n_hashes, chunk_len, n_chunks_before, n_chunks_after, causal, attention_mask, dropout_mask = inputs
         out, lse = output
-        ctx.save_for_backward(qk, v, sorted_idx, out, lse, attention_mask)
+        ctx.save_for_backward(qk, v, sorted_idx, out, lse, attention_mask, dropout_mask)
         ctx.config = (n_hashes, chunk_len, n_chunks_before, n_chunks_after, causal)
         ctx.set_materialize_grads(False)
 
     def _backward(ctx, grad_out, grad_lse):
-        qk, v, sorted_idx, out, lse, attention_mask = ctx.saved_tensors
+        qk, v, sorted_idx, out, lse, attention_mask, dropout_mask = ctx.saved_tensors
         if grad_out is None:
             grad_out = torch.zeros_like(out)
         grad_qk, grad_v = torch.ops.reformer_kernels.lsh_attention_bwd(
-            grad_out.to(out.dtype), grad_lse, qk, v, sorted_idx, out, lse, *ctx.config, attention_mask
+            grad_out.to(out.dtype), grad_lse, qk, v, sorted_idx, out, lse, *ctx.config, attention_mask, dropout_mask
         )
-        return grad_qk, grad_v, None, None, None, None, None, None, None
+        return grad_qk, grad_v, None, None, None, None, None, None, None, None
 
     torch.library.register_autograd("reformer_kernels::lsh_attention_fwd", _backward, setup_context=_setup_context)
     backends.register("lsh_attention", "cpu", lsh_attention_cpu)

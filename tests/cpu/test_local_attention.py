@@ -71,12 +71,14 @@ def test_gradcheck(causal):
     assert torch.autograd.gradcheck(fn, tuple(t.requires_grad_() for t in (q, k, v)))
 
 
-def test_opcheck():
+@pytest.mark.parametrize("dropout", [False, True])
+def test_opcheck(dropout):
     q, k, v, attention_mask = (t.float() if t is not None and t.is_floating_point() else t for t in _inputs(2, 2, 20, 8, "padded"))
-    fwd_args = (q.requires_grad_(), k.requires_grad_(), v.requires_grad_(), 8, 1, 0, True, attention_mask)
+    keep = (torch.rand(reference.dropout_mask_shape(2, 2, 24, 8, 1, 0)) > 0.3).float() / 0.7 if dropout else None
+    fwd_args = (q.requires_grad_(), k.requires_grad_(), v.requires_grad_(), 8, 1, 0, True, attention_mask, keep)
     torch.library.opcheck(torch.ops.reformer_kernels.local_attention_fwd.default, fwd_args)
-    out, lse = torch.ops.reformer_kernels.local_attention_fwd(q.detach(), k.detach(), v.detach(), 8, 1, 0, True, attention_mask)
-    bwd_args = (torch.randn_like(out), q.detach(), k.detach(), v.detach(), out, lse, 8, 1, 0, True, attention_mask)
+    out, lse = torch.ops.reformer_kernels.local_attention_fwd(q.detach(), k.detach(), v.detach(), 8, 1, 0, True, attention_mask, keep)
+    bwd_args = (torch.randn_like(out), q.detach(), k.detach(), v.detach(), out, lse, 8, 1, 0, True, attention_mask, keep)
     torch.library.opcheck(torch.ops.reformer_kernels.local_attention_bwd.default, bwd_args)
 
 
@@ -140,3 +142,22 @@ def test_head_split_views_are_read_in_place():
     contiguous = _run(local_attention_cpu, q.float(), k.float(), v.float(), *args)
     for a, b in zip(strided, contiguous):
         assert torch.equal(a, b)
+
+
+def test_cpu_backend_dropout_is_the_references_with_the_same_generator_state():
+    """As for LSH: the cpu backend applies the very mask the reference draws (float64)."""
+    q, k, v, attention_mask = _inputs(2, 2, 37, 8, "padded")
+    kwargs = dict(chunk_len=8, n_chunks_before=1, n_chunks_after=1, causal=False, attention_mask=attention_mask,
+                  dropout_p=0.3)
+    upstream = (torch.randn_like(q),)
+    results = {}
+    for backend in ("cpu", "reference"):
+        torch.manual_seed(7)
+        results[backend] = outputs_and_grads(
+            lambda q, k, v: functional.local_attention(q, k, v, **kwargs, backend=backend), (q, k, v), upstream
+        )
+    for a, e in zip(results["cpu"], results["reference"]):
+        torch.testing.assert_close(a, e, rtol=1e-7, atol=1e-7)
+    torch.manual_seed(8)
+    other = functional.local_attention(q, k, v, **kwargs, backend="cpu")
+    assert not torch.allclose(other, results["cpu"][0])

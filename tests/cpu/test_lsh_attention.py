@@ -84,14 +84,16 @@ def test_gradcheck(causal):
     assert torch.autograd.gradcheck(fn, (qk, v))
 
 
-def test_opcheck():
+@pytest.mark.parametrize("dropout", [False, True])
+def test_opcheck(dropout):
     qk, v, sorted_idx, attention_mask = lsh_inputs(2, 2, 16, 8, 2, "padded")
-    fwd_args = (qk.float().requires_grad_(), v.float().requires_grad_(), sorted_idx, 2, 8, 1, 0, True, attention_mask)
+    keep = (torch.rand(reference.dropout_mask_shape(2, 2, 32, 8, 1, 0)) > 0.3).float() / 0.7 if dropout else None
+    fwd_args = (qk.float().requires_grad_(), v.float().requires_grad_(), sorted_idx, 2, 8, 1, 0, True, attention_mask, keep)
     torch.library.opcheck(torch.ops.reformer_kernels.lsh_attention_fwd.default, fwd_args)
     out, lse = torch.ops.reformer_kernels.lsh_attention_fwd(*(a.detach() if isinstance(a, torch.Tensor) else a for a in fwd_args))
     grad_out, grad_lse = torch.randn_like(out), torch.randn_like(lse)
     for grad_lse_arg in (grad_lse, None):
-        bwd_args = (grad_out, grad_lse_arg, qk.float(), v.float(), sorted_idx, out, lse, 2, 8, 1, 0, True, attention_mask)
+        bwd_args = (grad_out, grad_lse_arg, qk.float(), v.float(), sorted_idx, out, lse, 2, 8, 1, 0, True, attention_mask, keep)
         torch.library.opcheck(torch.ops.reformer_kernels.lsh_attention_bwd.default, bwd_args)
 
 
@@ -178,10 +180,25 @@ def test_direct_op_calls_reject_bad_inputs():
         torch.ops.reformer_kernels.lsh_attention_bwd(out, None, qk, v, sorted_idx, out, lse.double(), 2, 4, 1, 0, False, None)
 
 
-def test_explicit_cpu_backend_refuses_dropout():
-    qk, v, sorted_idx, _ = lsh_inputs(1, 1, 8, 4, 1)
-    with pytest.raises(ValueError):
-        functional.lsh_attention(qk, v, sorted_idx, n_hashes=1, chunk_len=4, dropout_p=0.1, backend="cpu")
+def test_cpu_backend_dropout_is_the_references_with_the_same_generator_state():
+    """With dropout the cpu backend draws the reference's mask (same generator, same draw) and
+    applies it in the kernels: same forward and gradients as the reference (float64, where both are
+    exact to rounding), and the mask matters (a different seed gives a different output)."""
+    qk, v, sorted_idx, attention_mask = lsh_inputs(2, 2, 32, 8, 2, "padded")  # float64: no fp32 reference error
+    kwargs = dict(n_hashes=2, chunk_len=8, n_chunks_before=1, n_chunks_after=0, causal=True,
+                  attention_mask=attention_mask, dropout_p=0.3)
+    upstream = (torch.randn_like(qk),)
+    results = {}
+    for backend in ("cpu", "reference"):
+        torch.manual_seed(7)
+        results[backend] = outputs_and_grads(
+            lambda qk, v: functional.lsh_attention(qk, v, sorted_idx, **kwargs, backend=backend), (qk, v), upstream
+        )
+    for a, e in zip(results["cpu"], results["reference"]):
+        torch.testing.assert_close(a, e, rtol=1e-7, atol=1e-7)
+    torch.manual_seed(8)
+    other = functional.lsh_attention(qk, v, sorted_idx, **kwargs, backend="cpu")
+    assert not torch.allclose(other, results["cpu"][0])
 
 
 def test_head_split_views_are_read_in_place():
@@ -219,3 +236,16 @@ def test_torch_compile_fullgraph():
         eager = outputs_and_grads(fn, (qk, v), outputs)
         for a, b in zip(compiled, eager):
             assert torch.equal(a, b)
+
+
+def test_dropout_mask_of_the_wrong_shape_or_dtype_is_refused():
+    qk, v, sorted_idx, _ = lsh_inputs(1, 2, 16, 8, 2)
+    qk, v = qk.float(), v.float()
+    args = (qk, v, sorted_idx, 2, 8, 1, 0, True, None)
+    good = torch.ones(reference.dropout_mask_shape(1, 2, 32, 8, 1, 0))
+    with pytest.raises(ValueError, match=r"dropout_mask must have the chunked score shape \[1, 2, 4, 8, 16\]"):
+        torch.ops.reformer_kernels.lsh_attention_fwd(*args, good[..., :8])
+    with pytest.raises(TypeError, match="dropout_mask must have the inputs' dtype"):
+        torch.ops.reformer_kernels.lsh_attention_fwd(*args, good.double())
+    out, _ = torch.ops.reformer_kernels.lsh_attention_fwd(*args, good)
+    torch.testing.assert_close(out, torch.ops.reformer_kernels.lsh_attention_fwd(*args)[0], rtol=0, atol=0)

@@ -33,17 +33,30 @@ DRAWS = dict(
     mask_kind=st.sampled_from([None, "padded"]),
     threads=st.sampled_from([1, 2]),
     seed=st.integers(0, 2**16),
+    dropout=st.sampled_from([0.0, 0.3]),
 )
 
 
+def _keep_mask(shape: tuple[int, ...], p: float) -> torch.Tensor | None:
+    """The scaled float64 keep-mask that the reference multiplies the probabilities by, or None."""
+    return None if p == 0.0 else torch.bernoulli(torch.full(shape, 1.0 - p, dtype=torch.float64)) / (1.0 - p)
+
+
 def _check(impl, reference_impl, inputs, upstream, threads, names):
-    """impl on float32 copies of ``inputs`` against reference_impl in float64 and in float32."""
-    expected = outputs_and_grads(reference_impl, inputs, upstream)
-    baseline = outputs_and_grads(reference_impl, [t.float() for t in inputs], upstream)
+    """impl on float32 copies of ``inputs`` against reference_impl in float64 and in float32; the
+    last input is the dropout mask (or None), which takes no gradient."""
+    *tensors, mask = inputs
+
+    def call(fn, dtype):
+        return outputs_and_grads(lambda *xs: fn(*xs, None if mask is None else mask.to(dtype)),
+                                 [t.to(dtype) for t in tensors], upstream)
+
+    expected = call(reference_impl, torch.float64)
+    baseline = call(reference_impl, torch.float32)
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        actual = outputs_and_grads(impl, [t.float() for t in inputs], upstream)
+        actual = call(impl, torch.float32)
     finally:
         torch.set_num_threads(previous)
     for name, a, e, b in zip(names, actual, expected, baseline):
@@ -52,7 +65,8 @@ def _check(impl, reference_impl, inputs, upstream, threads, names):
 
 @SETTINGS
 @given(n_chunks=st.integers(1, 7), n_hashes=st.integers(1, 3), head_dim=st.sampled_from([2, 5, 8, 20]), **DRAWS)
-def test_lsh_kernel_meets_reference(n_chunks, chunk_len, n_hashes, head_dim, before, after, causal, mask_kind, threads, seed):
+def test_lsh_kernel_meets_reference(n_chunks, chunk_len, n_hashes, head_dim, before, after, causal, mask_kind, threads, seed,
+                                    dropout):
     torch.manual_seed(seed)
     seq_len = n_chunks * chunk_len  # the sorted sequence holds n_hashes * n_chunks chunks
     qk, v, sorted_idx, attention_mask = lsh_inputs(2, 2, seq_len, head_dim, n_hashes, mask_kind)
@@ -60,27 +74,32 @@ def test_lsh_kernel_meets_reference(n_chunks, chunk_len, n_hashes, head_dim, bef
     window = dict(n_hashes=n_hashes, chunk_len=chunk_len, n_chunks_before=before, n_chunks_after=after,
                   causal=causal, attention_mask=attention_mask)
 
-    def kernel(qk, v):
-        return lsh_attention_cpu(qk, v, sorted_idx, **window)
+    keep = _keep_mask(reference.dropout_mask_shape(2, 2, n_hashes * seq_len, chunk_len, before, after), dropout)
 
-    def oracle(qk, v):
-        return reference.lsh_attention(qk, v, sorted_idx, **window)
+    def kernel(qk, v, keep):
+        return lsh_attention_cpu(qk, v, sorted_idx, **window, dropout_mask=keep)
 
-    _check(kernel, oracle, (qk, v), upstream, threads, ("out", "lse", "grad_qk", "grad_v"))
+    def oracle(qk, v, keep):
+        return reference.lsh_attention(qk, v, sorted_idx, **window, dropout_mask=keep)
+
+    _check(kernel, oracle, (qk, v, keep), upstream, threads, ("out", "lse", "grad_qk", "grad_v"))
 
 
 @SETTINGS
 @given(seq_len=st.integers(1, 60), head_dim=st.sampled_from([1, 5, 8, 20]), **DRAWS)
-def test_local_kernel_meets_reference(seq_len, chunk_len, head_dim, before, after, causal, mask_kind, threads, seed):
+def test_local_kernel_meets_reference(seq_len, chunk_len, head_dim, before, after, causal, mask_kind, threads, seed, dropout):
     torch.manual_seed(seed)
     q, k, v = (torch.randn(2, 3, seq_len, head_dim, dtype=torch.float64) for _ in range(3))
     window = dict(chunk_len=chunk_len, n_chunks_before=before, n_chunks_after=after, causal=causal,
                   attention_mask=padding_mask(2, seq_len, mask_kind))
 
-    def kernel(q, k, v):
-        return local_attention_cpu(q, k, v, **window)
+    used_chunk_len, used_before, used_after, padded_len = reference.local_chunking(seq_len, chunk_len, before, after)
+    keep = _keep_mask(reference.dropout_mask_shape(2, 3, padded_len, used_chunk_len, used_before, used_after), dropout)
 
-    def oracle(q, k, v):
-        return reference.local_attention(q, k, v, **window)
+    def kernel(q, k, v, keep):
+        return local_attention_cpu(q, k, v, **window, dropout_mask=keep)
 
-    _check(kernel, oracle, (q, k, v), (torch.randn_like(q),), threads, ("out", "grad_q", "grad_k", "grad_v"))
+    def oracle(q, k, v, keep):
+        return reference.local_attention(q, k, v, **window, dropout_mask=keep)
+
+    _check(kernel, oracle, (q, k, v, keep), (torch.randn_like(q),), threads, ("out", "grad_q", "grad_k", "grad_v"))
