@@ -287,6 +287,9 @@ struct ChunkAttention {
   int64_t head_dim, dim_stride, key_stride;
   std::vector<T> q, k, kt, v, vt, scores, out, grad_out, grad_scores, grad_q, grad_k, grad_v;
   std::vector<T> lse, delta;
+  // The forward's lse in double: near the -1e5 self-mask score a float lse is rounded to steps of
+  // 2^-7, too coarse for weighing hash rounds against each other (see the LSH kernel).
+  std::vector<double> lse_wide;
   // With attention dropout: each probability's scaled keep value (0 or 1 / (1 - p)), in the
   // scores' layout; the padding columns stay 0.
   std::vector<T> keep;
@@ -319,6 +322,7 @@ struct ChunkAttention {
         grad_v(backward ? key_stride * dim_stride : 0),
         lse(max_queries),
         delta(backward ? max_queries : 0),
+        lse_wide(backward ? 0 : max_queries),
         keep(dropout ? max_queries * key_stride : 0, 0),
         query_pos(max_queries),
         key_pos(key_stride, -1),
@@ -399,7 +403,8 @@ struct ChunkAttention {
       T* row = scores.data() + i * key_stride;
       const T shift = row_max(row, padded_keys);
       const T total = exp_shifted(row, padded_keys, shift);
-      lse[i] = shift + std::log(total);
+      lse_wide[i] = static_cast<double>(shift) + std::log(static_cast<double>(total));
+      lse[i] = static_cast<T>(lse_wide[i]);
       const T inverse = T(1) / total;
       for (int64_t j = 0; j < padded_keys; ++j) row[j] *= inverse;
       if (!keep.empty()) {

@@ -120,7 +120,8 @@ void lsh_forward_kernel(const at::Tensor& qk, const at::Tensor& v, const at::Ten
 
   at::parallel_for(0, s.batch * s.heads, 1, [&](int64_t begin, int64_t end) {
     ChunkAttention<T> attn(s.chunk_len, s.n_keys, d, false, keep_ptr != nullptr);
-    std::vector<T> scale(L), running_top(L), running_sum(L);
+    std::vector<T> scale(L);
+    std::vector<double> running_top(L), running_sum(L);
     std::vector<T> staged(direct ? 0 : L * d);
     std::vector<int64_t> rounds(s.chunk_len);
     for (int64_t row = begin; row < end; ++row) {
@@ -138,7 +139,7 @@ void lsh_forward_kernel(const at::Tensor& qk, const at::Tensor& v, const at::Ten
       T* lse_row = lse_ptr + row * total;
       key_scales(qk_row, qk_rows.row_stride, L, d, scale.data());
       std::fill(acc, acc + L * d, T(0));
-      std::fill(running_top.begin(), running_top.end(), -std::numeric_limits<T>::infinity());
+      std::fill(running_top.begin(), running_top.end(), -std::numeric_limits<double>::infinity());
       std::fill(lse_row, lse_row + total, -std::numeric_limits<T>::infinity());
       for (int64_t chunk = 0; chunk < s.n_chunks; ++chunk) {
         gather_chunk(attn, s, chunk, n_chunks_before, n_chunks_after, chunk == 0, idx, qk_row, qk_rows.row_stride, v_row,
@@ -148,25 +149,26 @@ void lsh_forward_kernel(const at::Tensor& qk, const at::Tensor& v, const at::Ten
         attn.forward(s.chunk_len, s.n_keys, causal, true, values);
         // Combine rounds as they arrive: out_pos holds the softmax(lse)-weighted mean of the rounds
         // seen so far, whose log-sum-exp is running_top + log(running_sum). The weights are
-        // normalized by that sum rather than taken as exp(lse - log-sum-exp): near the -1e5 self-mask
-        // value a float32 log-sum-exp is rounded to steps of 2^-7, and weights computed from it
-        // would sum to 1 +- 0.4%, scaling the output of a token that only sees itself.
+        // normalized by that sum rather than taken as exp(lse - log-sum-exp), and the lse are the
+        // double ones: near the -1e5 self-mask value a float32 log-sum-exp is rounded to steps of
+        // 2^-7, and weights computed from it would sum to 1 +- 0.4% and be off by as much (a token
+        // that only sees itself, whose rounds differ under dropout).
         for (int64_t i = 0; i < s.chunk_len; ++i) {
           const int64_t pos = attn.query_pos[i];
-          const T chunk_lse = attn.lse[i];
-          lse_row[rounds[i] * L + pos] = chunk_lse;
+          const double chunk_lse = attn.lse_wide[i];
+          lse_row[rounds[i] * L + pos] = attn.lse[i];
           const T* o = attn.out.data() + i * attn.dim_stride;
           T* target = acc + pos * d;
-          if (running_top[pos] == -std::numeric_limits<T>::infinity()) {
+          if (running_top[pos] == -std::numeric_limits<double>::infinity()) {
             std::copy(o, o + d, target);
             running_top[pos] = chunk_lse;
             running_sum[pos] = 1;
             continue;
           }
-          const T top = std::max(running_top[pos], chunk_lse);
-          const T previous = running_sum[pos] * std::exp(running_top[pos] - top), added = std::exp(chunk_lse - top);
-          const T total = previous + added;
-          const T keep = previous / total, add = added / total;
+          const double top = std::max(running_top[pos], chunk_lse);
+          const double previous = running_sum[pos] * std::exp(running_top[pos] - top), added = std::exp(chunk_lse - top);
+          const double total = previous + added;
+          const T keep = static_cast<T>(previous / total), add = static_cast<T>(added / total);
           for (int64_t t = 0; t < d; ++t) target[t] = target[t] * keep + o[t] * add;
           running_top[pos] = top;
           running_sum[pos] = total;
