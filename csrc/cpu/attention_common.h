@@ -75,6 +75,10 @@ inline void prefetch_row(const T* row, int64_t n) {
 
 inline int64_t round_up(int64_t n, int64_t multiple) { return (n + multiple - 1) / multiple * multiple; }
 
+// a mod m in [0, m), for negative a too: wraps neighbour chunks around the sequence and places
+// neighbour u of a key window in slot u mod window.
+inline int64_t wrap(int64_t a, int64_t m) { return (a % m + m) % m; }
+
 // C (M x N, row stride ldc) = or += A (M x K) * B (K x N, row stride ldb), where A's element (m, k)
 // sits at a[m * a_rs + k * a_cs], so A can be read transposed in place. N must be a multiple of
 // Vec<T>::width (callers pad their scratch rows); M and K are arbitrary.
@@ -354,7 +358,7 @@ struct ChunkAttention {
   void set_keep(int64_t i, const S* mask_row, int64_t chunk, int64_t before, int64_t window, int64_t chunk_len) {
     T* dst = keep.data() + i * key_stride;
     for (int64_t slot = 0; slot < window; ++slot) {
-      const S* src = mask_row + (((slot - chunk + before) % window + window) % window) * chunk_len;
+      const S* src = mask_row + wrap(slot - chunk + before, window) * chunk_len;
       for (int64_t c = 0; c < chunk_len; ++c) dst[slot * chunk_len + c] = static_cast<T>(src[c]);
     }
   }

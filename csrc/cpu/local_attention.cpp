@@ -56,7 +56,7 @@ int64_t gather_chunk(ChunkAttention<T>& attn, const LocalShape& s, int64_t row, 
   const int64_t window = 1 + s.before + s.after;
   for (int64_t offset = refill ? -s.before : s.after; offset <= s.after; ++offset) {
     const int64_t u = chunk + offset;
-    const int64_t neighbour = (u % s.n_chunks + s.n_chunks) % s.n_chunks, slot = (u % window + window) % window;
+    const int64_t neighbour = wrap(u, s.n_chunks), slot = wrap(u, window);
     for (int64_t i = 0; i < s.chunk_len; ++i) {
       const int64_t pos = neighbour * s.chunk_len + i, j = slot * s.chunk_len + i;
       if (pos < L) {

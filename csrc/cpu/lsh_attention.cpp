@@ -86,7 +86,7 @@ void gather_chunk(ChunkAttention<T>& attn, const LshShape& s, int64_t chunk, int
   const int64_t window = 1 + n_chunks_before + n_chunks_after;
   for (int64_t offset = refill ? -n_chunks_before : n_chunks_after; offset <= n_chunks_after; ++offset) {
     const int64_t u = chunk + offset;
-    const int64_t neighbour = (u % s.n_chunks + s.n_chunks) % s.n_chunks, slot = (u % window + window) % window;
+    const int64_t neighbour = wrap(u, s.n_chunks), slot = wrap(u, window);
     for (int64_t i = 0; i < s.chunk_len; ++i) {
       const int64_t pos = idx[neighbour * s.chunk_len + i] % s.seq_len;
       attn.set_key(slot * s.chunk_len + i, pos, valid != nullptr && !valid[pos], qk + pos * qk_stride, scale[pos],
