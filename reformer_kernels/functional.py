@@ -9,7 +9,6 @@ of any dtype, 0 marking a padding token; every backend receives it as bool.
 from __future__ import annotations
 
 import math
-import warnings
 
 import torch
 
@@ -19,7 +18,7 @@ FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 def _lsh_attention_reference(
-    qk, v, sorted_idx, n_hashes, chunk_len, n_chunks_before, n_chunks_after, causal, attention_mask=None
+    qk, v, sorted_idx, n_hashes, chunk_len, n_chunks_before, n_chunks_after, causal, attention_mask=None, dropout_mask=None
 ):
     return reference.lsh_attention(
         qk,
@@ -31,10 +30,13 @@ def _lsh_attention_reference(
         n_chunks_after=n_chunks_after,
         causal=causal,
         attention_mask=attention_mask,
+        dropout_mask=dropout_mask,
     )
 
 
-def _local_attention_reference(q, k, v, chunk_len, n_chunks_before, n_chunks_after, causal, attention_mask=None):
+def _local_attention_reference(
+    q, k, v, chunk_len, n_chunks_before, n_chunks_after, causal, attention_mask=None, dropout_mask=None
+):
     return reference.local_attention(
         q,
         k,
@@ -44,6 +46,7 @@ def _local_attention_reference(q, k, v, chunk_len, n_chunks_before, n_chunks_aft
         n_chunks_after=n_chunks_after,
         causal=causal,
         attention_mask=attention_mask,
+        dropout_mask=dropout_mask,
     )
 
 
@@ -201,50 +204,24 @@ def _check_sorted_idx(fn: str, sorted_idx: object, qk: torch.Tensor, n_hashes: i
 
 # ----------------------------------------------------------------------------- dispatch
 
-_warned_dropout: set[str] = set()
-
-
-# Backends whose attention kernels take the reference's dropout mask (``dropout_mask=``).
-_DROPOUT_MASK_BACKENDS = frozenset({"cpu"})
-
-
-def _attention_impl(op: str, device: torch.device, backend: str | None, dropout_p: float):
-    """The backend implementation of ``op``, or None when dropout forces the reference.
-
-    The C++ kernels take the dropout mask that the reference would draw (the same draw from the
-    same generator, so the same mask). The Triton kernels have no dropout yet: with "auto" the
-    reference runs instead (warned once per op), with an explicitly chosen kernel backend that is an
-    error rather than a silent switch.
-    """
-    name, impl = backends.select(op, device, backend)
-    if dropout_p == 0.0 or name in _DROPOUT_MASK_BACKENDS:
-        return impl
-    if name != "reference":
-        requested = backend if backend is not None else backends.current_backend()
-        if requested != "auto":
-            raise ValueError(
-                f"{op}: dropout_p={dropout_p} is not supported by the {requested!r} kernels yet; "
-                "pass dropout_p=0.0, or backend='auto' or 'reference' to run the reference with dropout "
-                "(or 'cpu' on CPU tensors)"
-            )
-        if op not in _warned_dropout:
-            _warned_dropout.add(op)
-            warnings.warn(
-                f"reformer_kernels: {op} with dropout_p > 0 runs on the slow reference implementation "
-                f"(the {name} kernels have no attention dropout yet)",
-                RuntimeWarning,
-                stacklevel=3,
-            )
-    return None
-
 
 def _dropout_mask(
-    shape: tuple[int, ...], dropout_p: float, like: torch.Tensor, generator: torch.Generator | None = None
+    shape: tuple[int, ...], dropout_p: float, like: torch.Tensor, generator: torch.Generator | None = None,
+    draw_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
-    """Keep-mask scaled by 1 / (1 - p) (p = 1: all zeros), drawn from ``generator`` or the default
-    torch generator as torch's dropout draws it."""
-    keep = torch.empty(shape, dtype=like.dtype, device=like.device).bernoulli_(1.0 - dropout_p, generator=generator)
+    """Keep-mask scaled by 1 / (1 - p) (p = 1: all zeros) in ``like``'s dtype, drawn from
+    ``generator`` or the default torch generator as torch's dropout draws it (in ``draw_dtype``, by
+    default ``like``'s)."""
+    keep = torch.empty(shape, dtype=draw_dtype or like.dtype, device=like.device).bernoulli_(1.0 - dropout_p, generator=generator)
+    keep = keep.to(like.dtype)
     return keep if dropout_p == 1.0 else keep / (1.0 - dropout_p)
+
+
+def _attention_dropout_mask(shape: tuple[int, ...], dropout_p: float, like: torch.Tensor) -> torch.Tensor:
+    """The attention-probability dropout mask that every backend's kernels take (the reference's
+    chunked score layout), drawn in float32 whatever ``like``'s dtype, so that one generator state
+    gives one mask in every dtype (CUDA's draws differ between dtypes)."""
+    return _dropout_mask(shape, dropout_p, like, draw_dtype=torch.float32)
 
 
 def _dropout_add_composed(residual, x, p, training=True, subtract=False, generator=None):
@@ -261,14 +238,13 @@ backends.register("dropout_add", "cpu", _dropout_add_composed)
 def _run_lsh_attention(
     qk, v, sorted_idx, *, n_hashes, chunk_len, n_chunks_before, n_chunks_after, causal, attention_mask, dropout_p, backend
 ):
-    impl = _attention_impl("lsh_attention", qk.device, backend, dropout_p)
+    _, run = backends.select("lsh_attention", qk.device, backend)
     chunking = dict(n_hashes=n_hashes, chunk_len=chunk_len, n_chunks_before=n_chunks_before, n_chunks_after=n_chunks_after)
     dropout = {}
     if dropout_p > 0.0:
         batch, heads, seq_len, _ = qk.shape
         shape = reference.dropout_mask_shape(batch, heads, n_hashes * seq_len, chunk_len, n_chunks_before, n_chunks_after)
-        dropout = dict(dropout_mask=_dropout_mask(shape, dropout_p, qk))
-    run = reference.lsh_attention if impl is None else impl
+        dropout = dict(dropout_mask=_attention_dropout_mask(shape, dropout_p, qk))
     return run(qk, v, sorted_idx, **chunking, causal=causal, attention_mask=attention_mask, **dropout)
 
 
@@ -382,7 +358,8 @@ def lsh_attention(
         n_hashes: int >= 1. chunk_len: int >= 1 dividing n_hashes * L (and L when n_hashes > 1).
         n_chunks_before, n_chunks_after: int >= 0.
         causal: bool. attention_mask: (B, L) or None.
-        dropout_p: float in [0, 1), dropout on the attention probabilities (reference and cpu backends).
+        dropout_p: float in [0, 1), dropout on the attention probabilities (a mask drawn
+            from the default generator, as torch's dropout draws it; every backend).
         return_lse: also return the per-round log-sum-exp.
         backend: see ``reformer_kernels.backends``.
 
@@ -451,7 +428,8 @@ def local_attention(
         q, k, v: (B, H, L, d), one float dtype, one device.
         chunk_len: int >= 1. n_chunks_before, n_chunks_after: int >= 0.
         causal: bool. attention_mask: (B, L) or None.
-        dropout_p: float in [0, 1), dropout on the attention probabilities (reference and cpu backends).
+        dropout_p: float in [0, 1), dropout on the attention probabilities (a mask drawn
+            from the default generator, as torch's dropout draws it; every backend).
         backend: see ``reformer_kernels.backends``.
 
     Returns:
@@ -467,14 +445,13 @@ def local_attention(
     attention_mask = _check_attention_mask(fn, attention_mask, q)
     dropout_p = _check_dropout_p(fn, dropout_p)
     chunking = dict(chunk_len=chunk_len, n_chunks_before=n_chunks_before, n_chunks_after=n_chunks_after)
-    impl = _attention_impl("local_attention", q.device, backend, dropout_p)
+    _, run = backends.select("local_attention", q.device, backend)
     dropout = {}
     if dropout_p > 0.0:
         batch, heads, seq_len, _ = q.shape
         used_chunk_len, before, after, padded_len = reference.local_chunking(seq_len, chunk_len, n_chunks_before, n_chunks_after)
         shape = reference.dropout_mask_shape(batch, heads, padded_len, used_chunk_len, before, after)
-        dropout = dict(dropout_mask=_dropout_mask(shape, dropout_p, q))
-    run = reference.local_attention if impl is None else impl
+        dropout = dict(dropout_mask=_attention_dropout_mask(shape, dropout_p, q))
     return run(q, k, v, **chunking, causal=causal, attention_mask=attention_mask, **dropout)
 
 
@@ -504,7 +481,8 @@ def lsh_self_attention(
         n_buckets: even int or tuple of even factors; see ``default_num_buckets``.
         chunk_len: int >= 1. n_chunks_before, n_chunks_after: int >= 0.
         causal: bool. attention_mask: (B, L) or None.
-        dropout_p: float in [0, 1), dropout on the attention probabilities (reference and cpu backends).
+        dropout_p: float in [0, 1), dropout on the attention probabilities (a mask drawn
+            from the default generator, as torch's dropout draws it; every backend).
         backend: see ``reformer_kernels.backends``; used for every step.
 
     Returns:

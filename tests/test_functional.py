@@ -1,5 +1,4 @@
 """The public functional API: validation, backend selection, dropout routing, padding, masks."""
-import warnings
 
 import pytest
 import torch
@@ -184,40 +183,33 @@ def test_reference_impls_take_positional_and_keyword_arguments(op):
         assert torch.equal(torch.as_tensor(a), torch.as_tensor(b))
 
 
-class _FakeKernel:
-    """Stands in for a compiled kernel so dropout routing is tested whatever kernels exist."""
+class _RecordingKernel:
+    """Stands in for a backend's kernel: records the keyword arguments it was called with."""
 
     def __init__(self):
-        self.calls = 0
+        self.kwargs = None
 
     def __call__(self, *args, **kwargs):
-        self.calls += 1
-        raise AssertionError("a kernel without dropout must not run when dropout_p > 0")
+        self.kwargs = kwargs
+        return args[0].clone()
 
 
-def test_dropout_with_an_explicit_kernel_backend_is_an_error(monkeypatch):
-    """The Triton kernels have no attention dropout yet (the C++ ones take the mask)."""
-    kernel = _FakeKernel()
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.float64])
+def test_every_backend_receives_the_dropout_mask_drawn_in_float32(monkeypatch, dtype):
+    """With dropout_p > 0 the chosen kernel runs (no fallback) and gets the reference's mask, whose
+    keep pattern is the float32 draw of the default generator in every dtype."""
+    kernel = _RecordingKernel()
     monkeypatch.setattr(backends, "select", lambda op, device, backend=None: ("triton", kernel))
-    q = heads(B, H, L, D)
-    with pytest.raises(ValueError, match="dropout_p=0.1 is not supported by the 'triton' kernels"):
-        functional.local_attention(q, q, q, chunk_len=4, dropout_p=0.1, backend="triton")
-    with backends.use_backend("triton"), pytest.raises(ValueError, match="not supported by the 'triton' kernels"):
-        functional.local_attention(q, q, q, chunk_len=4, dropout_p=0.1)
-    assert kernel.calls == 0
-
-
-def test_dropout_with_auto_runs_the_reference_and_warns_once(monkeypatch):
-    kernel = _FakeKernel()
-    monkeypatch.setattr(backends, "select", lambda op, device, backend=None: ("triton", kernel))
-    monkeypatch.setattr(functional, "_warned_dropout", set())
-    q = heads(B, H, L, D)
-    with pytest.warns(RuntimeWarning, match="dropout_p > 0 runs on the slow reference"):
-        functional.local_attention(q, q, q, chunk_len=4, dropout_p=0.1, backend="auto")
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        functional.local_attention(q, q, q, chunk_len=4, dropout_p=0.1, backend="auto")
-    assert kernel.calls == 0
+    q = heads(B, H, L, D).to(dtype)
+    torch.manual_seed(3)
+    functional.local_attention(q, q, q, chunk_len=4, dropout_p=0.25, backend="triton")
+    mask = kernel.kwargs["dropout_mask"]
+    assert mask.shape == reference.dropout_mask_shape(B, H, L, 4, 1, 0) and mask.dtype == dtype
+    torch.manual_seed(3)
+    keep = torch.empty(mask.shape, dtype=torch.float32).bernoulli_(0.75)
+    assert torch.equal(mask, keep.to(dtype) / 0.75)
+    functional.local_attention(q, q, q, chunk_len=4, backend="triton")
+    assert "dropout_mask" not in kernel.kwargs, "without dropout no mask is drawn"
 
 
 def test_lsh_attention_dropout_draws_its_mask_from_the_default_generator():

@@ -5,7 +5,10 @@ concatenated, n_hashes * L slots). It reads its queries and the keys of the neig
 through ``sorted_idx`` (no gathered copies in memory), normalizes keys on the fly, applies the
 masks at original positions, runs an fp32 online softmax and writes the per-round output and lse
 at the un-sorted index. A small kernel then combines the rounds. The backward recomputes the scores
-from qk, v and the saved lse (no chunk x window score tensor is ever stored).
+from qk, v and the saved lse (no chunk x window score tensor is ever stored). Attention dropout
+takes the keep-mask that ``functional`` draws as the reference does (same generator, same mask:
+the backends agree and the reversible backward replays it); that mask is chunk x window sized,
+and the op keeps it for the backward.
 
 The kernels are shared with local attention (``triton_local_attention``): the ``LSH`` flag turns on
 the gather through sorted_idx, the key normalization of shared query/key and the self mask.
@@ -123,17 +126,26 @@ def _masked_scores(s, q_pos, k_pos, k_real, in_window, b, Mask, stride_mb, mask_
     return s, replaced
 
 
-@triton.autotune(configs=warp_configs(), key=["chunk_len", "HEAD_BLOCK", "BLOCK", "LSH", "CAUSAL", "HAS_MASK"])
+@triton.jit
+def _dropout_keep(DropMask, row_starts, cols, ok):
+    """A tile of the attention-dropout mask: the scaled keep values (0 or 1 / (1 - p)) at
+    ``row_starts[:, None] + cols[None, :]``. The mask has the reference's chunked score layout,
+    (query slot, window entry) with window entry e = (neighbour chunk + before) * chunk_len + key."""
+    return tl.load(DropMask + row_starts[:, None] + cols[None, :], mask=ok, other=0.0).to(tl.float32)
+
+
+@triton.autotune(configs=warp_configs(), key=["chunk_len", "HEAD_BLOCK", "BLOCK", "LSH", "CAUSAL", "HAS_MASK", "DROPOUT"])
 @triton.jit
 def attention_fwd_kernel(
-    Q, K, V, SortedIdx, Mask, Out, Lse,
+    Q, K, V, SortedIdx, Mask, DropMask, Out, Lse,
     stride_xb, stride_xh, stride_xl,  # q, k, v: (B, H, L, head_dim), head_dim contiguous
     stride_ob, stride_oh, stride_ol,  # Out: (B, H, rows, head_dim), rows = n_slots (LSH) or L (local)
     stride_sb, stride_sh,  # SortedIdx and Lse: (B, H, rows)
     stride_mb,  # Mask: (B, L)
+    stride_db, stride_dh,  # DropMask: (B, H, n_slots, window * chunk_len)
     seq_len, n_slots, chunk_len, n_chunks_before, window, head_dim,
     key_scale, mask_value, self_mask_value,
-    LSH: tl.constexpr, CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr,
+    LSH: tl.constexpr, CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, DROPOUT: tl.constexpr,
     HEAD_BLOCK: tl.constexpr, BLOCK: tl.constexpr,
 ):
     pid = tl.program_id(0)
@@ -150,11 +162,14 @@ def attention_fwd_kernel(
     K += x_base
     V += x_base
     SortedIdx += b * stride_sb + h * stride_sh
+    DropMask += b * stride_db + h * stride_dh
+    n_keys = window * chunk_len
 
     # this program's queries: BLOCK slots of one chunk
     q_in_chunk = (pid % blocks_per_chunk) * BLOCK + offs
     q_ok = q_in_chunk < chunk_len
-    q_index, q_pos = _slot_positions(SortedIdx, chunk.to(tl.int64) * chunk_len + q_in_chunk, q_ok, seq_len, LSH)
+    q_slot = chunk.to(tl.int64) * chunk_len + q_in_chunk
+    q_index, q_pos = _slot_positions(SortedIdx, q_slot, q_ok, seq_len, LSH)
     q_real = q_ok & (q_pos < seq_len)
     q = tl.load(Q + q_pos[:, None] * stride_xl + offs_d[None, :], mask=q_real[:, None] & d_ok[None, :], other=0.0)
 
@@ -163,7 +178,7 @@ def attention_fwd_kernel(
     acc = tl.zeros([BLOCK, HEAD_BLOCK], tl.float32)
     # the window: n_chunks_before chunks back to the chunk's own and after, circular over all rounds
     first_chunk = (chunk + n_chunks - n_chunks_before % n_chunks) % n_chunks
-    for start in range(0, window * chunk_len, BLOCK):
+    for start in range(0, n_keys, BLOCK):
         in_window, k_pos, k_real, k, v = _window_keys(K, V, SortedIdx, start + offs, first_chunk, window, chunk_len,
                                                      n_chunks, seq_len, offs_d, d_ok, stride_xl, head_dim, key_scale,
                                                      LSH)
@@ -175,6 +190,8 @@ def attention_fwd_kernel(
         alpha = tl.exp(m_i - m_new)
         p = tl.exp(s - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, axis=1)
+        if DROPOUT:  # the normalizer (and lse) count every key, the output only the kept ones
+            p = p * _dropout_keep(DropMask, q_slot * n_keys, start + offs, q_ok[:, None] & in_window[None, :])
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision="ieee")
         m_i = m_new
 
@@ -185,23 +202,26 @@ def attention_fwd_kernel(
     tl.store(Lse + b * stride_sb + h * stride_sh + out_row, m_i + tl.log(l_i), mask=q_real)
 
 
-@triton.autotune(configs=warp_configs(), key=["chunk_len", "HEAD_BLOCK", "BLOCK", "LSH", "CAUSAL", "HAS_MASK"])
+@triton.autotune(configs=warp_configs(), key=["chunk_len", "HEAD_BLOCK", "BLOCK", "LSH", "CAUSAL", "HAS_MASK", "DROPOUT"])
 @triton.jit
 def attention_bwd_kernel(
-    Q, K, V, SortedIdx, Mask, DOut, RoundWeight, Lse, Delta, DQ, DK, DV,
+    Q, K, V, SortedIdx, Mask, DropMask, DOut, RoundWeight, Lse, Delta, DQ, DK, DV,
     stride_xb, stride_xh, stride_xl,  # q, k, v, DOut: (B, H, L, head_dim)
     stride_gb, stride_gh, stride_gl,  # DQ, DK, DV: (B, H, rows, head_dim), rows = n_slots (LSH) or L
     stride_sb, stride_sh,  # SortedIdx, RoundWeight, Lse, Delta: (B, H, rows)
     stride_mb,
+    stride_db, stride_dh,  # DropMask: (B, H, n_slots, window * chunk_len)
     seq_len, n_slots, chunk_len, n_chunks_before, n_chunks_after, head_dim,
     key_scale, mask_value, self_mask_value,
-    LSH: tl.constexpr, CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr,
+    LSH: tl.constexpr, CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, DROPOUT: tl.constexpr,
     HEAD_BLOCK: tl.constexpr, BLOCK: tl.constexpr,
 ):
     """Gradients for BLOCK slots of one chunk, each slot once as a key (stage 1) and once as a query
     (stage 2). Every gradient row is summed inside one program in a fixed order: no atomics, so
     the result is bitwise deterministic. LSH adds the query part and the key part of the shared
-    qk at the slot's flat index; the caller sums the rounds."""
+    qk at the slot's flat index; the caller sums the rounds. With dropout (keep values K, the
+    probabilities P before dropout): dv = (P*K)^T do and ds = P * (K * (do v^T) - delta), where
+    delta = do . out is unchanged because out already holds the kept terms only."""
     pid = tl.program_id(0)
     h = tl.program_id(1).to(tl.int64)
     b = tl.program_id(2).to(tl.int64)
@@ -209,6 +229,7 @@ def attention_bwd_kernel(
     chunk = pid // blocks_per_chunk
     n_chunks = n_slots // chunk_len
     window = n_chunks_before + 1 + n_chunks_after
+    n_keys = window * chunk_len
     offs = tl.arange(0, BLOCK)
     offs_d = tl.arange(0, HEAD_BLOCK)
     d_ok = offs_d < head_dim
@@ -222,10 +243,12 @@ def attention_bwd_kernel(
     RoundWeight += row_base
     Lse += row_base
     Delta += row_base
+    DropMask += b * stride_db + h * stride_dh
 
     in_chunk = (pid % blocks_per_chunk) * BLOCK + offs
     own_ok = in_chunk < chunk_len
-    own_index, own_pos = _slot_positions(SortedIdx, chunk.to(tl.int64) * chunk_len + in_chunk, own_ok, seq_len, LSH)
+    own_slot = chunk.to(tl.int64) * chunk_len + in_chunk
+    own_index, own_pos = _slot_positions(SortedIdx, own_slot, own_ok, seq_len, LSH)
     own_real = own_ok & (own_pos < seq_len)
     own_mask_2d = own_real[:, None] & d_ok[None, :]
     own_row = own_index if LSH else own_pos
@@ -236,9 +259,9 @@ def attention_bwd_kernel(
     dk = tl.zeros([BLOCK, HEAD_BLOCK], tl.float32)
     dv = tl.zeros([BLOCK, HEAD_BLOCK], tl.float32)
     first_chunk = (chunk + n_chunks - n_chunks_after % n_chunks) % n_chunks
-    for start in range(0, window * chunk_len, BLOCK):
+    for start in range(0, n_keys, BLOCK):
         e = start + offs
-        in_window = e < window * chunk_len
+        in_window = e < n_keys
         q_slot = ((first_chunk + e // chunk_len) % n_chunks).to(tl.int64) * chunk_len + e % chunk_len
         q_index, q_pos = _slot_positions(SortedIdx, q_slot, in_window, seq_len, LSH)
         q_real = in_window & (q_pos < seq_len)
@@ -255,8 +278,17 @@ def attention_bwd_kernel(
         s, replaced = _masked_scores(s, q_pos, own_pos, own_real, own_ok, b, Mask, stride_mb, mask_value,
                                      self_mask_value, LSH, CAUSAL, HAS_MASK)
         p = tl.where(q_real[:, None], tl.exp(s - lse[:, None]), 0.0)
-        dv += tl.dot(tl.trans(p.to(v.dtype)), do, input_precision="ieee")
-        ds = p * (tl.dot(do, tl.trans(v), input_precision="ieee") - delta[:, None])
+        kept = p
+        dp = tl.dot(do, tl.trans(v), input_precision="ieee")
+        if DROPOUT:
+            # these queries' chunk sees this block's keys as its window's chunk number
+            # window - 1 - e // chunk_len (the queries run over the window backwards)
+            keep = _dropout_keep(DropMask, q_slot * n_keys + (window - 1 - e // chunk_len) * chunk_len, in_chunk,
+                                 in_window[:, None] & own_ok[None, :])
+            kept = p * keep
+            dp = dp * keep
+        dv += tl.dot(tl.trans(kept.to(v.dtype)), do, input_precision="ieee")
+        ds = p * (dp - delta[:, None])
         ds = tl.where(replaced, 0.0, ds)
         dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision="ieee")
 
@@ -276,7 +308,7 @@ def attention_bwd_kernel(
     delta = tl.load(Delta + own_row, mask=own_real, other=0.0)
     dq = tl.zeros([BLOCK, HEAD_BLOCK], tl.float32)
     first_chunk = (chunk + n_chunks - n_chunks_before % n_chunks) % n_chunks
-    for start in range(0, window * chunk_len, BLOCK):
+    for start in range(0, n_keys, BLOCK):
         in_window, k_pos, k_real, k, v_keys = _window_keys(K, V, SortedIdx, start + offs, first_chunk, window, chunk_len,
                                                      n_chunks, seq_len, offs_d, d_ok, stride_xl, head_dim, key_scale,
                                                      LSH)
@@ -284,7 +316,10 @@ def attention_bwd_kernel(
         s, replaced = _masked_scores(s, own_pos, k_pos, k_real, in_window, b, Mask, stride_mb, mask_value,
                                      self_mask_value, LSH, CAUSAL, HAS_MASK)
         p = tl.where(own_real[:, None], tl.exp(s - lse[:, None]), 0.0)
-        ds = p * (tl.dot(do, tl.trans(v_keys), input_precision="ieee") - delta[:, None])
+        dp = tl.dot(do, tl.trans(v_keys), input_precision="ieee")
+        if DROPOUT:
+            dp = dp * _dropout_keep(DropMask, own_slot * n_keys, start + offs, own_ok[:, None] & in_window[None, :])
+        ds = p * (dp - delta[:, None])
         ds = tl.where(replaced, 0.0, ds)
         dq += tl.dot(ds.to(k.dtype), k, input_precision="ieee")
 
@@ -342,29 +377,53 @@ def keep_mask_arg(attention_mask: Optional[torch.Tensor], like: torch.Tensor) ->
     return keep, keep.stride(0)
 
 
+def dropout_mask_arg(op: str, dropout_mask: Optional[torch.Tensor], like: torch.Tensor, n_slots: int, chunk_len: int,
+                     window: int) -> tuple[torch.Tensor, int, int]:
+    """The attention-dropout mask (the scaled keep values in the reference's chunked score layout,
+    ``reference.dropout_mask_shape``), checked, and its batch and head strides; ``like`` itself
+    (never read) when there is no dropout. The kernels index it unchecked, so its shape is checked here."""
+    if dropout_mask is None:
+        return like, 0, 0
+    shape = [like.shape[0], like.shape[1], n_slots // chunk_len, chunk_len, window * chunk_len]
+    if list(dropout_mask.shape) != shape:
+        raise ValueError(f"{op}: dropout_mask must have the chunked score shape {shape} (reference.dropout_mask_shape), "
+                         f"got {list(dropout_mask.shape)}")
+    if dropout_mask.dtype != like.dtype:
+        raise TypeError(f"{op}: dropout_mask must have the inputs' dtype ({like.dtype}), got {dropout_mask.dtype}")
+    if dropout_mask.device != like.device:
+        raise ValueError(f"{op}: dropout_mask must be on the inputs' device ({like.device}), got {dropout_mask.device}")
+    keep = dropout_mask.contiguous()
+    return keep, keep.stride(0), keep.stride(1)
+
+
 @torch.library.custom_op("reformer_kernels::triton_lsh_attention_fwd", mutates_args=())
 def lsh_attention_fwd(
     qk: torch.Tensor, v: torch.Tensor, sorted_idx: torch.Tensor, attention_mask: Optional[torch.Tensor],
-    n_hashes: int, chunk_len: int, n_chunks_before: int, n_chunks_after: int, causal: bool,
+    dropout_mask: Optional[torch.Tensor], n_hashes: int, chunk_len: int, n_chunks_before: int, n_chunks_after: int,
+    causal: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Returns out (B, H, L, d) in qk's dtype and lse (B, H, n_hashes, L) in fp32."""
+    """Returns out (B, H, L, d) in qk's dtype and lse (B, H, n_hashes, L) in fp32. ``dropout_mask``:
+    the scaled keep values of the attention probabilities (``reference.dropout_mask_shape``) or None."""
     qk, v, sorted_idx = qk.contiguous(), v.contiguous(), sorted_idx.contiguous()
     batch, heads, seq_len, head_dim = qk.shape
     n_slots = n_hashes * seq_len
+    window = n_chunks_before + 1 + n_chunks_after
+    keep, stride_db, stride_dh = dropout_mask_arg("lsh_attention", dropout_mask, qk, n_slots, chunk_len, window)
     out_rounds = torch.empty(batch, heads, n_slots, head_dim, dtype=torch.float32, device=qk.device)
     lse = torch.empty(batch, heads, n_slots, dtype=torch.float32, device=qk.device)
     mask, stride_mb = keep_mask_arg(attention_mask, qk)
     mask_value, self_mask_value = mask_values(qk.dtype)
     tile = tiles(chunk_len, head_dim, qk.dtype)
     attention_fwd_kernel[chunk_grid(n_slots, chunk_len, batch, heads, tile)](
-        qk, qk, v, sorted_idx, mask, out_rounds, lse,
+        qk, qk, v, sorted_idx, mask, keep, out_rounds, lse,
         qk.stride(0), qk.stride(1), qk.stride(2),
         out_rounds.stride(0), out_rounds.stride(1), out_rounds.stride(2),
         lse.stride(0), lse.stride(1),
         stride_mb,
-        seq_len, n_slots, chunk_len, n_chunks_before, n_chunks_before + 1 + n_chunks_after, head_dim,
+        stride_db, stride_dh,
+        seq_len, n_slots, chunk_len, n_chunks_before, window, head_dim,
         1.0 / math.sqrt(head_dim), mask_value, self_mask_value,
-        LSH=True, CAUSAL=causal, HAS_MASK=attention_mask is not None,
+        LSH=True, CAUSAL=causal, HAS_MASK=attention_mask is not None, DROPOUT=dropout_mask is not None,
         **tile,
     )
     out = torch.empty_like(qk)
@@ -381,8 +440,8 @@ def lsh_attention_fwd(
 
 
 @lsh_attention_fwd.register_fake
-def _lsh_attention_fwd_fake(qk, v, sorted_idx, attention_mask, n_hashes, chunk_len, n_chunks_before, n_chunks_after,
-                            causal):
+def _lsh_attention_fwd_fake(qk, v, sorted_idx, attention_mask, dropout_mask, n_hashes, chunk_len, n_chunks_before,
+                            n_chunks_after, causal):
     batch, heads, seq_len, _ = qk.shape
     return torch.empty_like(qk, memory_format=torch.contiguous_format), qk.new_empty(
         batch, heads, n_hashes, seq_len, dtype=torch.float32
@@ -392,7 +451,7 @@ def _lsh_attention_fwd_fake(qk, v, sorted_idx, attention_mask, n_hashes, chunk_l
 @torch.library.custom_op("reformer_kernels::triton_lsh_attention_bwd", mutates_args=())
 def lsh_attention_bwd(
     grad_out: torch.Tensor, grad_lse: torch.Tensor, qk: torch.Tensor, v: torch.Tensor, sorted_idx: torch.Tensor,
-    attention_mask: Optional[torch.Tensor], out: torch.Tensor, lse: torch.Tensor,
+    attention_mask: Optional[torch.Tensor], dropout_mask: Optional[torch.Tensor], out: torch.Tensor, lse: torch.Tensor,
     n_hashes: int, chunk_len: int, n_chunks_before: int, n_chunks_after: int, causal: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Gradients (d qk, d v) from the gradients of out (B, H, L, d) and lse (B, H, n_hashes, L)."""
@@ -400,6 +459,8 @@ def lsh_attention_bwd(
     grad_out = grad_out.contiguous()
     batch, heads, seq_len, head_dim = qk.shape
     n_slots = n_hashes * seq_len
+    keep, stride_db, stride_dh = dropout_mask_arg("lsh_attention", dropout_mask, qk, n_slots, chunk_len,
+                                                  n_chunks_before + 1 + n_chunks_after)
     # Round combination, differentiated: round r sees d out_r = w_r * d out and its lse gets
     # w_r * (d out . (out_r - out)) + d lse_r, so softmax's usual delta becomes
     # w_r * (d out . out) - d lse_r (the out_r terms cancel), with w_r = exp(lse_r - logsumexp lse).
@@ -414,14 +475,16 @@ def lsh_attention_bwd(
     mask_value, self_mask_value = mask_values(qk.dtype)
     tile = tiles(chunk_len, head_dim, qk.dtype)
     attention_bwd_kernel[chunk_grid(n_slots, chunk_len, batch, heads, tile)](
-        qk, qk, v, sorted_idx, mask, grad_out, round_weight, lse, delta, grad_qk_rounds, grad_qk_rounds, grad_v_rounds,
+        qk, qk, v, sorted_idx, mask, keep, grad_out, round_weight, lse, delta, grad_qk_rounds, grad_qk_rounds,
+        grad_v_rounds,
         qk.stride(0), qk.stride(1), qk.stride(2),
         grad_qk_rounds.stride(0), grad_qk_rounds.stride(1), grad_qk_rounds.stride(2),
         lse.stride(0), lse.stride(1),
         stride_mb,
+        stride_db, stride_dh,
         seq_len, n_slots, chunk_len, n_chunks_before, n_chunks_after, head_dim,
         1.0 / math.sqrt(head_dim), mask_value, self_mask_value,
-        LSH=True, CAUSAL=causal, HAS_MASK=attention_mask is not None,
+        LSH=True, CAUSAL=causal, HAS_MASK=attention_mask is not None, DROPOUT=dropout_mask is not None,
         **tile,
     )
     # Each position holds one slot per round; summing the rounds in order keeps it deterministic.
@@ -430,36 +493,38 @@ def lsh_attention_bwd(
 
 
 @lsh_attention_bwd.register_fake
-def _lsh_attention_bwd_fake(grad_out, grad_lse, qk, v, sorted_idx, attention_mask, out, lse, n_hashes, chunk_len,
-                            n_chunks_before, n_chunks_after, causal):
+def _lsh_attention_bwd_fake(grad_out, grad_lse, qk, v, sorted_idx, attention_mask, dropout_mask, out, lse, n_hashes,
+                            chunk_len, n_chunks_before, n_chunks_after, causal):
     return torch.empty_like(qk, memory_format=torch.contiguous_format), torch.empty_like(
         v, memory_format=torch.contiguous_format
     )
 
 
 def _lsh_setup_context(ctx, inputs, output):
-    qk, v, sorted_idx, attention_mask, n_hashes, chunk_len, n_chunks_before, n_chunks_after, causal = inputs
+    qk, v, sorted_idx, attention_mask, dropout_mask, n_hashes, chunk_len, n_chunks_before, n_chunks_after, causal = inputs
     out, lse = output
-    ctx.save_for_backward(qk, v, sorted_idx, attention_mask, out, lse)
+    ctx.save_for_backward(qk, v, sorted_idx, attention_mask, dropout_mask, out, lse)
     ctx.config = (n_hashes, chunk_len, n_chunks_before, n_chunks_after, causal)
 
 
 def _lsh_backward(ctx, grad_out, grad_lse):
-    qk, v, sorted_idx, attention_mask, out, lse = ctx.saved_tensors
+    qk, v, sorted_idx, attention_mask, dropout_mask, out, lse = ctx.saved_tensors
     # autograd passes None for an output whose gradient nobody asked for
     grad_out = torch.zeros_like(out) if grad_out is None else grad_out
     grad_lse = torch.zeros_like(lse) if grad_lse is None else grad_lse
-    grad_qk, grad_v = lsh_attention_bwd(grad_out, grad_lse, qk, v, sorted_idx, attention_mask, out, lse, *ctx.config)
-    return grad_qk, grad_v, None, None, None, None, None, None, None
+    grad_qk, grad_v = lsh_attention_bwd(grad_out, grad_lse, qk, v, sorted_idx, attention_mask, dropout_mask, out, lse,
+                                        *ctx.config)
+    return grad_qk, grad_v, None, None, None, None, None, None, None, None
 
 
 lsh_attention_fwd.register_autograd(_lsh_backward, setup_context=_lsh_setup_context)
 
 
-def lsh_attention(qk, v, sorted_idx, n_hashes, chunk_len, n_chunks_before, n_chunks_after, causal, attention_mask=None):
+def lsh_attention(qk, v, sorted_idx, n_hashes, chunk_len, n_chunks_before, n_chunks_after, causal, attention_mask=None,
+                  dropout_mask=None):
     """The "lsh_attention" backend impl: (out (B, H, L, d), lse (B, H, n_hashes, L)) in qk's dtype."""
     check_dtype("lsh_attention", qk)
-    out, lse = lsh_attention_fwd(qk, v, sorted_idx, attention_mask, n_hashes, chunk_len, n_chunks_before,
+    out, lse = lsh_attention_fwd(qk, v, sorted_idx, attention_mask, dropout_mask, n_hashes, chunk_len, n_chunks_before,
                                  n_chunks_after, causal)
     return out, lse.to(qk.dtype)
 

@@ -33,25 +33,27 @@ def attention_types(dtype: torch.dtype, lsh: bool) -> dict:
     # LSH writes fp32 per-round rows that are combined or summed afterwards; local writes results.
     rows = "*fp32" if lsh else f"*{element}"
     return {
-        **{name: f"*{element}" for name in ("Q", "K", "V", "DOut")},
+        **{name: f"*{element}" for name in ("Q", "K", "V", "DOut", "DropMask")},
         "SortedIdx": "*i64" if lsh else "*fp32", "Mask": "*u8", "Out": rows, "DQ": rows, "DK": rows, "DV": rows,
         **{name: "*fp32" for name in ("Lse", "RoundWeight", "Delta")},
         **{name: "fp32" for name in ("key_scale", "mask_value", "self_mask_value")},
-        **{name: "i64" for name in ("stride_xb", "stride_ob", "stride_gb", "stride_sb")},
+        **{name: "i64" for name in ("stride_xb", "stride_ob", "stride_gb", "stride_sb", "stride_db", "stride_dh")},
     }
 
 
 # fp32 with head_dim 128 has the largest tiles; the A100 (sm_80) has the least shared memory.
 @pytest.mark.parametrize("arch,dtype,head_dim", [(90, torch.bfloat16, 64), (80, torch.float32, 128)])
 @pytest.mark.parametrize("lsh", [True, False])
-def test_attention_kernels_compile(arch, dtype, head_dim, lsh):
-    """The launchers' tile for a chunk of 64, forward and backward, within the GPU's shared memory."""
+@pytest.mark.parametrize("dropout", [False, True])
+def test_attention_kernels_compile(arch, dtype, head_dim, lsh, dropout):
+    """The launchers' tile for a chunk of 64, forward and backward, with and without attention
+    dropout, within the GPU's shared memory."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(backends, "triton_interpreted", lambda: False)  # the GPU tile, not the test tile
         tile = triton_lsh_attention.tiles(64, head_dim, dtype)
     shared_memory = {80: 166912, 90: 232448}[arch]
     for kernel in (triton_lsh_attention.attention_fwd_kernel, triton_lsh_attention.attention_bwd_kernel):
-        compiled = compile_for(kernel, arch, attention_types(dtype, lsh), dict(LSH=lsh, CAUSAL=True, HAS_MASK=True, **tile),
+        compiled = compile_for(kernel, arch, attention_types(dtype, lsh), dict(LSH=lsh, CAUSAL=True, HAS_MASK=True, DROPOUT=dropout, **tile),
                                num_warps=8, num_stages=2)
         assert compiled.metadata.shared <= shared_memory, f"{compiled.name} needs {compiled.metadata.shared} B of shared memory"
 

@@ -27,23 +27,31 @@ def hashed_order(qk: torch.Tensor, n_hashes: int, mask: torch.Tensor | None) -> 
     return reference.sort_buckets(buckets, num_keys)[0]
 
 
-# dtype, batch, heads, seq_len, head_dim, n_hashes, chunk_len, before, after, causal, padding
+# dtype, batch, heads, seq_len, head_dim, n_hashes, chunk_len, before, after, causal, padding, dropout_p
 CASES = [
-    (torch.float32, 1, 2, 32, 16, 1, 16, 1, 0, False, "none"),
-    (torch.float32, 2, 1, 32, 64, 2, 16, 1, 0, True, "full_row"),
-    (torch.float32, 1, 1, 32, 16, 4, 32, 1, 1, False, "tail"),
+    (torch.float32, 1, 2, 32, 16, 1, 16, 1, 0, False, "none", 0.0),
+    (torch.float32, 2, 1, 32, 64, 2, 16, 1, 0, True, "full_row", 0.0),
+    (torch.float32, 1, 1, 32, 16, 4, 32, 1, 1, False, "tail", 0.0),
     # one chunk seen three times by its own window (fewer chunks than the window)
-    (torch.float32, 1, 1, 16, 16, 1, 16, 1, 1, True, "none"),
-    (torch.float16, 2, 1, 32, 16, 2, 16, 1, 0, True, "tail"),
+    (torch.float32, 1, 1, 16, 16, 1, 16, 1, 1, True, "none", 0.0),
+    (torch.float16, 2, 1, 32, 16, 2, 16, 1, 0, True, "tail", 0.0),
     # full attention over 64 positions, head_dim padded to 128 inside
-    (torch.float16, 1, 1, 64, 100, 1, 64, 0, 0, False, "full_row"),
-    (torch.bfloat16, 1, 2, 32, 64, 2, 16, 1, 0, True, "tail"),
+    (torch.float16, 1, 1, 64, 100, 1, 64, 0, 0, False, "full_row", 0.0),
+    (torch.bfloat16, 1, 2, 32, 64, 2, 16, 1, 0, True, "tail", 0.0),
+    # attention dropout: chunks of 8 in blocks of 16 (the interpreter's), windows before and after,
+    # a window wider than the chunk count, fp16
+    (torch.float32, 2, 1, 32, 16, 2, 8, 1, 1, True, "tail", 0.3),
+    (torch.float32, 1, 2, 32, 16, 1, 16, 2, 1, False, "none", 0.3),
+    (torch.float16, 1, 1, 32, 16, 4, 16, 1, 0, True, "full_row", 0.2),
+    (torch.bfloat16, 1, 1, 32, 64, 2, 16, 1, 0, True, "tail", 0.2),
 ]
 
 
-@pytest.mark.parametrize("dtype,batch,heads,seq_len,head_dim,n_hashes,chunk_len,before,after,causal,padding", CASES)
+@pytest.mark.parametrize(
+    "dtype,batch,heads,seq_len,head_dim,n_hashes,chunk_len,before,after,causal,padding,dropout_p", CASES
+)
 def test_lsh_attention_matches_reference(device, dtype, batch, heads, seq_len, head_dim, n_hashes, chunk_len, before,
-                                         after, causal, padding):
+                                         after, causal, padding, dropout_p):
     skip_if_interpreter_lacks(dtype)
     # (B, L, H, d) seen as (B, H, L, d), as the projections of a layer hand them over
     qk, v = (torch.randn(batch, seq_len, heads, head_dim, dtype=torch.float64, device=device).transpose(1, 2) for _ in range(2))
@@ -51,9 +59,10 @@ def test_lsh_attention_matches_reference(device, dtype, batch, heads, seq_len, h
     sorted_idx = hashed_order(qk, n_hashes, mask)
 
     def run(backend, qk, v):
+        torch.manual_seed(11)  # every run draws the same dropout mask (functional draws it in float32)
         return functional.lsh_attention(
             qk, v, sorted_idx, n_hashes=n_hashes, chunk_len=chunk_len, n_chunks_before=before, n_chunks_after=after,
-            causal=causal, attention_mask=mask, return_lse=True, backend=backend,
+            causal=causal, attention_mask=mask, dropout_p=dropout_p, return_lse=True, backend=backend,
         )
 
     assert_matches_reference(run, (qk, v), dtype, "lsh_attention")

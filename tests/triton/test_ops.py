@@ -3,7 +3,7 @@ errors users get through the shared validation of functional.py."""
 import pytest
 import torch
 
-from reformer_kernels import functional
+from reformer_kernels import functional, reference
 from reformer_kernels.ops import triton_hashing, triton_local_attention, triton_lsh_attention
 
 from .test_lsh_attention import hashed_order, padding_mask
@@ -11,38 +11,48 @@ from .test_lsh_attention import hashed_order, padding_mask
 pytestmark = pytest.mark.triton_interpret
 
 
-def lsh_inputs(device, requires_grad=True):
-    """Arguments of triton_lsh_attention_fwd: 2 rounds of 32 positions, chunks of 16, causal, padded."""
+def keep_mask(shape, device, p=0.3):
+    """An attention-dropout mask as functional draws it: keep values 0 or 1 / (1 - p)."""
+    return (torch.rand(shape, device=device) > p).float() / (1 - p)
+
+
+def lsh_inputs(device, requires_grad=True, dropout=False):
+    """Arguments of triton_lsh_attention_fwd: 2 rounds of 32 positions, chunks of 16, causal, padded,
+    with an attention-dropout mask or None."""
     qk, v = (torch.randn(1, 1, 32, 16, device=device, requires_grad=requires_grad) for _ in range(2))
     mask = padding_mask("tail", 1, 32, device)
-    return qk, v, hashed_order(qk.detach(), 2, mask), mask, 2, 16, 1, 0, True
+    keep = keep_mask(reference.dropout_mask_shape(1, 1, 64, 16, 1, 0), device) if dropout else None
+    return qk, v, hashed_order(qk.detach(), 2, mask), mask, keep, 2, 16, 1, 0, True
 
 
-def local_inputs(device):
-    """Arguments of triton_local_attention_fwd: 40 positions in chunks of 16 (padded inside)."""
+def local_inputs(device, dropout=False):
+    """Arguments of triton_local_attention_fwd: 40 positions in chunks of 16 (padded to 48 inside)."""
     q, k, v = (torch.randn(1, 1, 40, 16, device=device, requires_grad=True) for _ in range(3))
-    return q, k, v, padding_mask("tail", 1, 40, device), 16, 1, 0, True
+    keep = keep_mask(reference.dropout_mask_shape(1, 1, 48, 16, 1, 0), device) if dropout else None
+    return q, k, v, padding_mask("tail", 1, 40, device), keep, 16, 1, 0, True
 
 
-def test_opcheck_lsh_attention(device):
-    args = lsh_inputs(device)
+@pytest.mark.parametrize("dropout", [False, True])
+def test_opcheck_lsh_attention(device, dropout):
+    args = lsh_inputs(device, dropout=dropout)
     torch.library.opcheck(triton_lsh_attention.lsh_attention_fwd, args)
     with torch.no_grad():
         out, lse = triton_lsh_attention.lsh_attention_fwd(*args)
-    qk, v, sorted_idx, mask, *config = args
+    qk, v, sorted_idx, mask, keep, *config = args
     grads = (torch.randn_like(out), torch.randn_like(lse))
     torch.library.opcheck(triton_lsh_attention.lsh_attention_bwd,
-                          (*grads, qk.detach(), v.detach(), sorted_idx, mask, out, lse, *config))
+                          (*grads, qk.detach(), v.detach(), sorted_idx, mask, keep, out, lse, *config))
 
 
-def test_opcheck_local_attention(device):
-    args = local_inputs(device)
+@pytest.mark.parametrize("dropout", [False, True])
+def test_opcheck_local_attention(device, dropout):
+    args = local_inputs(device, dropout=dropout)
     torch.library.opcheck(triton_local_attention.local_attention_fwd, args)
     with torch.no_grad():
         out, lse = triton_local_attention.local_attention_fwd(*args)
-    q, k, v, mask, *config = args
+    q, k, v, mask, keep, *config = args
     torch.library.opcheck(triton_local_attention.local_attention_bwd,
-                          (torch.randn_like(out), q.detach(), k.detach(), v.detach(), mask, out, lse, *config))
+                          (torch.randn_like(out), q.detach(), k.detach(), v.detach(), mask, keep, out, lse, *config))
 
 
 def test_opcheck_lsh_hash(device):
@@ -53,7 +63,7 @@ def test_opcheck_lsh_hash(device):
 
 
 def test_compiles_fullgraph_forward_and_backward(device):
-    qk, v, sorted_idx, mask, n_hashes, chunk_len, before, after, causal = lsh_inputs(device)
+    qk, v, sorted_idx, mask, _, n_hashes, chunk_len, before, after, causal = lsh_inputs(device)
 
     def attention(qk, v):
         out, lse = triton_lsh_attention.lsh_attention(qk, v, sorted_idx, n_hashes, chunk_len, before, after, causal,
@@ -68,15 +78,17 @@ def test_compiles_fullgraph_forward_and_backward(device):
         torch.testing.assert_close(a, e)
 
 
-def test_two_runs_give_identical_bits(device):
-    qk, v, sorted_idx, mask, n_hashes, chunk_len, before, after, causal = lsh_inputs(device)
-    q, k, v_local, local_mask, *local_config = local_inputs(device)
+@pytest.mark.parametrize("dropout_p", [0.0, 0.2])
+def test_two_runs_give_identical_bits(device, dropout_p):
+    qk, v, sorted_idx, mask, _, n_hashes, chunk_len, before, after, causal = lsh_inputs(device)
+    q, k, v_local, local_mask, *_ = local_inputs(device)
 
     def run():
+        torch.manual_seed(7)  # the same dropout masks
         out, lse = functional.lsh_attention(qk, v, sorted_idx, n_hashes=n_hashes, chunk_len=chunk_len, causal=causal,
-                                            attention_mask=mask, return_lse=True, backend="triton")
+                                            attention_mask=mask, dropout_p=dropout_p, return_lse=True, backend="triton")
         local = functional.local_attention(q, k, v_local, chunk_len=16, causal=True, attention_mask=local_mask,
-                                           backend="triton")
+                                           dropout_p=dropout_p, backend="triton")
         loss = (out * out).sum() + lse.sum() + (local * local).sum()
         return (out, lse, local, *torch.autograd.grad(loss, (qk, v, q, k, v_local)))
 
@@ -85,7 +97,7 @@ def test_two_runs_give_identical_bits(device):
 
 
 def test_bad_inputs_get_the_shared_errors(device):
-    qk, v, sorted_idx, mask, *_ = lsh_inputs(device, requires_grad=False)
+    qk, v, sorted_idx, mask, keep, *config = lsh_inputs(device, requires_grad=False, dropout=True)
     triton = dict(backend="triton")
     with pytest.raises(TypeError, match="sorted_idx must be int64"):
         functional.lsh_attention(qk, v, sorted_idx.int(), n_hashes=2, chunk_len=16, **triton)
@@ -93,8 +105,6 @@ def test_bad_inputs_get_the_shared_errors(device):
         functional.lsh_attention(qk, v, sorted_idx, n_hashes=2, chunk_len=24, **triton)
     with pytest.raises(ValueError, match="v has shape"):
         functional.lsh_attention(qk, v[..., :8], sorted_idx, n_hashes=2, chunk_len=16, **triton)
-    with pytest.raises(ValueError, match="dropout_p=0.1 is not supported"):
-        functional.lsh_attention(qk, v, sorted_idx, n_hashes=2, chunk_len=16, dropout_p=0.1, **triton)
     with pytest.raises(ValueError, match="attention_mask must be"):
         functional.local_attention(qk, qk, v, chunk_len=16, attention_mask=mask[:, :5], **triton)
     with pytest.raises(ValueError, match="n_buckets"):
@@ -102,12 +112,19 @@ def test_bad_inputs_get_the_shared_errors(device):
     # what only this backend refuses: it computes in fp32 from 16/32-bit inputs
     with pytest.raises(TypeError, match="triton backend takes float16, bfloat16 or float32"):
         functional.local_attention(qk.double(), qk.double(), v.double(), chunk_len=16, **triton)
+    # the ops index the dropout mask unchecked: its shape, dtype and device are checked first
+    with pytest.raises(ValueError, match=r"dropout_mask must have the chunked score shape \[1, 1, 4, 16, 32\]"):
+        triton_lsh_attention.lsh_attention_fwd(qk, v, sorted_idx, mask, keep[..., :16], *config)
+    with pytest.raises(TypeError, match="dropout_mask must have the inputs' dtype"):
+        triton_lsh_attention.lsh_attention_fwd(qk, v, sorted_idx, mask, keep.half(), *config)
+    with pytest.raises(ValueError, match="dropout_mask must have the chunked score shape"):
+        triton_local_attention.local_attention_fwd(qk, qk, v, mask, keep, 16, 1, 1, False)
 
 
 def test_saves_only_linear_memory_for_backward(device):
     """The backward recomputes the scores: what the op keeps is qk, v, sorted_idx, the mask, out and
     lse, all linear in L, never the chunk x window probabilities."""
-    qk, v, sorted_idx, mask, n_hashes, chunk_len, before, after, causal = lsh_inputs(device)
+    qk, v, sorted_idx, mask, _, n_hashes, chunk_len, before, after, causal = lsh_inputs(device)
     saved = []
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
         out, lse = triton_lsh_attention.lsh_attention(qk, v, sorted_idx, n_hashes, chunk_len, before, after, causal,
