@@ -1,5 +1,6 @@
-"""Question 1, op level: hash, sort, LSH attention (forward and backward), local attention and the
-reversible block: ours per backend vs transformers' modules vs reformer-pytorch vs dense SDPA.
+"""Question 1, op level: hash, sort, LSH attention (forward and backward), local attention, the
+reversible block and the LM head's loss (vocabulary 32000): ours per backend vs transformers'
+modules vs reformer-pytorch vs dense SDPA.
 
 Run alone: ``python -m benchmarks.bench_ops [--size small|full] [--device cpu|cuda]``.
 """
@@ -62,6 +63,8 @@ def cases(size: str, device: torch.device) -> list[Case]:
             result.append(_peer(SUITE, "lsh_hash", "reformer-pytorch", "pytorch", c.reformer_pytorch_hash, config, device))
             result += _ours(SUITE, "bucket_sort", c.ours_sort, config, device)
             result.append(_peer(SUITE, "bucket_sort", "transformers", "pytorch", c.transformers_sort, config, device))
+            result += _ours(SUITE, "lm_head_loss", c.ours_lm_head_loss, config, device)
+            result.append(_peer(SUITE, "lm_head_loss", "transformers", "pytorch", c.transformers_lm_head_loss, config, device))
             for causal in causal_values:
                 config = dict(dtype=dtype, seq_len=seq_len, causal=causal, **shape)
                 result += _ours(SUITE, "lsh_attention", c.ours_lsh_attention, config, device)

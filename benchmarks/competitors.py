@@ -30,6 +30,7 @@ NEEDED_KERNELS = {
     "lsh_layer": ("lsh_hash", "bucket_sort", "lsh_attention"),
     "local_layer": ("local_attention",),
     "reversible_block": ("lsh_hash", "bucket_sort", "lsh_attention"),
+    "lm_head_loss": ("linear_cross_entropy",),
 }
 N_CHUNKS_BEFORE, N_CHUNKS_AFTER = 1, 0
 
@@ -425,3 +426,47 @@ def transformers_reversible_block(config: dict, device: torch.device) -> Prepare
     modules_to([encoder], config, device)
     encoder.train()
     return _prepared(lambda: encoder(hidden).hidden_states, [hidden, *encoder.parameters()], _block_work(config))
+
+
+# ---- LM head + loss: the projection to the vocabulary and the cross-entropy ----------------------
+
+LM_HEAD_VOCAB = 32000  # a sentencepiece vocabulary's size: its (tokens x vocab) logits are the cost
+
+
+def _lm_head_inputs(config: dict, device: torch.device):
+    """Hidden states (tokens, 2 * hidden): the LM head sees concat(y1, y2); the vocabulary
+    projection's weight and bias; labels."""
+    gen = generator_for(config, device)
+    size = 2 * hidden_size(config)
+    hidden = randn((config["batch"] * config["seq_len"], size), config, device, gen, requires_grad=True)
+    weight = randn((LM_HEAD_VOCAB, size), config, device, gen).mul_(size**-0.5).requires_grad_()
+    bias = randn((LM_HEAD_VOCAB,), config, device, gen).requires_grad_()
+    labels = torch.randint(0, LM_HEAD_VOCAB, (hidden.shape[0],), generator=gen, device=device)
+    return hidden, weight, bias, labels
+
+
+def _lm_head_work(config: dict) -> tuple[float, float]:
+    forward = flops.linear(config["batch"] * config["seq_len"], 2 * hidden_size(config), LM_HEAD_VOCAB)
+    return forward, flops.with_backward(forward)
+
+
+def ours_lm_head_loss(config: dict, device: torch.device, backend: str) -> Prepared:
+    require_kernels("lm_head_loss", backend)
+    hidden, weight, bias, labels = _lm_head_inputs(config, device)
+    return _prepared(lambda: ours_nn.linear_cross_entropy(hidden, weight, bias, labels, backend=backend),
+                     [hidden, weight, bias], _lm_head_work(config))
+
+
+def transformers_lm_head_loss(config: dict, device: torch.device) -> Prepared:
+    """transformers' ReformerOnlyLMHead (all tokens x vocab logits at once) + CrossEntropyLoss, as
+    its ReformerModelWithLMHead computes the loss."""
+    modeling = peer("transformers.models.reformer.modeling_reformer")
+    hidden, weight, bias, labels = _lm_head_inputs(config, device)
+    head = modeling.ReformerOnlyLMHead(hf_config(config, vocab_size=LM_HEAD_VOCAB))
+    with torch.no_grad():
+        head.decoder.weight.copy_(weight)
+        (head.decoder.bias if head.decoder.bias is not None else head.bias).copy_(bias)
+    modules_to([head], config, device)
+    loss = torch.nn.CrossEntropyLoss()
+    return _prepared(lambda: loss(head(hidden[None]).flatten(0, 1), labels), [hidden, *head.parameters()],
+                     _lm_head_work(config))

@@ -1,10 +1,17 @@
-"""linear_cross_entropy in PyTorch: the LM head projection + cross-entropy, computed in chunks of tokens.
+"""linear_cross_entropy in PyTorch: the LM head projection + cross-entropy, computed in tiles.
 
 A language-model head on N tokens with a vocabulary of V would hold an N x V logit tensor (and
-autograd its softmax) for backward; here only ``chunk_size`` x V logits exist at a time, in the
-forward and again, recomputed, in the backward. What is kept for backward is the inputs plus one
-log-sum-exp per token. It runs on any device and in float64, so it is both the "cpu" backend and
-the "reference" one; ``triton_cross_entropy`` is the GPU kernel.
+autograd its softmax) for backward; here only one tile of tokens x vocabulary entries exists at a
+time, in the forward (each token's log-sum-exp accumulated over the vocabulary tiles) and again,
+recomputed, in the backward. What is kept for backward is the inputs plus one log-sum-exp per token.
+
+Tiles are square-ish (up to 2048 tokens x as many entries as fit in 2^22 logits) rather than rows
+of the whole vocabulary: the backward's two products then both sum over 2048 or more terms. With
+rows of a 32K vocabulary only ~128 tokens fit, and the weight gradient became 250 passes over a
+V x D accumulator (on 2 CPU cores: 4.3 s instead of 2.6 s for N = 4096, D = 512).
+
+It runs on any device and in float64, so it is both the "cpu" backend and the "reference" one;
+``triton_cross_entropy`` is the GPU kernel.
 """
 from __future__ import annotations
 
@@ -14,7 +21,8 @@ import torch
 
 from .. import backends
 
-DEFAULT_CHUNK_ELEMENTS = 1 << 22  # logits per chunk when no chunk size is given: 16 MiB in fp32
+TILE_ELEMENTS = 1 << 22  # logits per tile: 16 MiB in fp32
+DEFAULT_TILE_TOKENS = 2048
 
 
 def _accumulate_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -22,8 +30,22 @@ def _accumulate_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32)
 
 
-def _chunk_logits(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    return torch.nn.functional.linear(hidden, weight, bias).to(_accumulate_dtype(hidden.dtype))
+def _tile_logits(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, columns: slice) -> torch.Tensor:
+    tile_bias = None if bias is None else bias[columns]
+    return torch.nn.functional.linear(hidden, weight[columns], tile_bias).to(_accumulate_dtype(hidden.dtype))
+
+
+def _labels_in_tile(labels: torch.Tensor, valid: torch.Tensor, columns: slice) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rows, columns within the tile) of the counted labels that fall in vocabulary ``columns``."""
+    rows = (valid & (labels >= columns.start) & (labels < columns.stop)).nonzero().squeeze(1)
+    return rows, labels[rows] - columns.start
+
+
+def _tiles(n_tokens: int, vocab: int, chunk_size: int) -> tuple[list[slice], list[slice]]:
+    tokens = chunk_size or DEFAULT_TILE_TOKENS
+    entries = min(vocab, max(1, TILE_ELEMENTS // tokens))
+    return ([slice(i, min(i + tokens, n_tokens)) for i in range(0, n_tokens, tokens)],
+            [slice(j, min(j + entries, vocab)) for j in range(0, vocab, entries)])
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
@@ -32,14 +54,16 @@ class _LinearCrossEntropy(torch.autograd.Function):
         valid = labels != ignore_index
         n_valid = valid.sum()
         dtype = _accumulate_dtype(hidden.dtype)
-        lse = torch.empty(labels.shape, dtype=dtype, device=hidden.device)
-        total = torch.zeros((), dtype=dtype, device=hidden.device)
-        for start in range(0, hidden.shape[0], chunk_size):
-            rows = slice(start, start + chunk_size)
-            logits = _chunk_logits(hidden[rows], weight, bias)
-            lse[rows] = torch.logsumexp(logits, dim=-1)
-            target = logits.gather(1, labels[rows].clamp(min=0)[:, None]).squeeze(1)
-            total += torch.where(valid[rows], lse[rows] - target, 0.0).sum()
+        lse = torch.full(labels.shape, float("-inf"), dtype=dtype, device=hidden.device)
+        target = torch.zeros(labels.shape, dtype=dtype, device=hidden.device)
+        token_tiles, vocab_tiles = _tiles(hidden.shape[0], weight.shape[0], chunk_size)
+        for rows in token_tiles:
+            for columns in vocab_tiles:
+                logits = _tile_logits(hidden[rows], weight, bias, columns)
+                lse[rows] = torch.logaddexp(lse[rows], torch.logsumexp(logits, dim=1))
+                hit, hit_columns = _labels_in_tile(labels[rows], valid[rows], columns)
+                target[rows][hit] = logits[hit, hit_columns]
+        total = torch.where(valid, lse - target, 0.0).sum()
         ctx.save_for_backward(hidden, weight, bias, labels, lse, n_valid)
         ctx.chunk_size, ctx.ignore_index = chunk_size, ignore_index
         return total / n_valid
@@ -48,27 +72,33 @@ class _LinearCrossEntropy(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx: Any, grad_loss: torch.Tensor):
         hidden, weight, bias, labels, lse, n_valid = ctx.saved_tensors
-        grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
         dtype = lse.dtype
-        grad_weight = torch.zeros(weight.shape, dtype=dtype, device=weight.device) if ctx.needs_input_grad[1] else None
-        grad_bias = torch.zeros(weight.shape[0], dtype=dtype, device=weight.device) if bias is not None and ctx.needs_input_grad[2] else None
-        scale = grad_loss / n_valid
-        for start in range(0, hidden.shape[0], ctx.chunk_size):
-            rows = slice(start, start + ctx.chunk_size)
-            chunk_labels = labels[rows]
-            valid = chunk_labels != ctx.ignore_index
-            # d loss / d logits = (softmax - one_hot(label)) / n_valid on the counted tokens.
-            grad_logits = torch.exp(_chunk_logits(hidden[rows], weight, bias) - lse[rows, None])
-            grad_logits[torch.arange(grad_logits.shape[0], device=grad_logits.device), chunk_labels.clamp(min=0)] -= 1.0
-            grad_logits = grad_logits * torch.where(valid, scale, 0.0)[:, None]
-            if grad_hidden is not None:
-                grad_hidden[rows] = (grad_logits @ weight.to(dtype)).to(hidden.dtype)
-            if grad_weight is not None:
-                grad_weight += grad_logits.t() @ hidden[rows].to(dtype)
-            if grad_bias is not None:
-                grad_bias += grad_logits.sum(0)
+
+        def zeros_if_needed(needed: bool, *shape: int) -> torch.Tensor | None:
+            return torch.zeros(shape, dtype=dtype, device=hidden.device) if needed else None
+
+        grad_hidden = zeros_if_needed(ctx.needs_input_grad[0], *hidden.shape)
+        grad_weight = zeros_if_needed(ctx.needs_input_grad[1], *weight.shape)
+        grad_bias = zeros_if_needed(bias is not None and ctx.needs_input_grad[2], weight.shape[0])
+        valid = labels != ctx.ignore_index
+        # d loss / d logits = (softmax - one_hot(label)) * grad_loss / n_valid on the counted tokens
+        token_scale = torch.where(valid, grad_loss / n_valid, 0.0).to(dtype)
+        token_tiles, vocab_tiles = _tiles(hidden.shape[0], weight.shape[0], ctx.chunk_size)
+        for rows in token_tiles:
+            tile_hidden = hidden[rows].to(dtype)
+            for columns in vocab_tiles:
+                grad_logits = _tile_logits(hidden[rows], weight, bias, columns).sub_(lse[rows, None]).exp_()
+                hit, hit_columns = _labels_in_tile(labels[rows], valid[rows], columns)
+                grad_logits[hit, hit_columns] -= 1.0
+                grad_logits.mul_(token_scale[rows, None])
+                if grad_hidden is not None:
+                    grad_hidden[rows].addmm_(grad_logits, weight[columns].to(dtype))
+                if grad_weight is not None:
+                    grad_weight[columns].addmm_(grad_logits.t(), tile_hidden)
+                if grad_bias is not None:
+                    grad_bias[columns] += grad_logits.sum(0)
         return (
-            grad_hidden,
+            None if grad_hidden is None else grad_hidden.to(hidden.dtype),
             None if grad_weight is None else grad_weight.to(weight.dtype),
             None if grad_bias is None else grad_bias.to(bias.dtype),
             None, None, None,
@@ -77,9 +107,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
 
 def linear_cross_entropy_chunked(hidden, weight, bias, labels, chunk_size=0, ignore_index=-100):
     """The "linear_cross_entropy" impl of the cpu and reference backends: the mean loss, a 0-d
-    tensor at least fp32. ``chunk_size`` 0 takes as many tokens as fit in 2^22 logits."""
-    if chunk_size == 0:
-        chunk_size = max(1, DEFAULT_CHUNK_ELEMENTS // weight.shape[0])
+    tensor at least fp32. Tiles of ``chunk_size`` tokens (0: 2048) x as many vocabulary entries as
+    fit in 2^22 logits (the whole vocabulary when the tokens alone take that many)."""
     return _LinearCrossEntropy.apply(hidden, weight, bias, labels, chunk_size, ignore_index)
 
 

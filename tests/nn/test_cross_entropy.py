@@ -6,6 +6,7 @@ import torch
 
 from reformer_kernels import backends
 from reformer_kernels.nn import linear_cross_entropy
+from reformer_kernels.ops import cross_entropy
 from tests.marks import requires_extension
 from tests.tolerance import assert_within_rule
 
@@ -41,6 +42,22 @@ def test_matches_torch_within_the_tolerance_rule(chunk_size):
     assert_within_rule(actual, expected64, baseline, atol=1e-6, what="loss")
     for name, got, ref, base in zip(("hidden", "weight", "bias"), actual_grads, reference, baseline_grads):
         assert_within_rule(got, ref.grad, base, atol=1e-6, what=f"grad {name}")
+
+
+@pytest.mark.parametrize("ignore_index", [-100, 3])
+def test_tiles_over_tokens_and_vocabulary(monkeypatch, ignore_index):
+    """Tiles of 5 tokens x 8 vocabulary entries: each token's log-sum-exp is accumulated over 7
+    tiles and its label falls in one of them; an ignore_index inside [0, V) is still ignored."""
+    monkeypatch.setattr(cross_entropy, "TILE_ELEMENTS", 40)
+    hidden, weight, bias, labels = inputs(37, 16, 50, torch.float64)
+    labels[labels == -100] = ignore_index
+    expected = torch.nn.functional.cross_entropy(torch.nn.functional.linear(hidden, weight, bias), labels,
+                                                 ignore_index=ignore_index)
+    actual = linear_cross_entropy(hidden, weight, bias, labels, chunk_size=5, ignore_index=ignore_index)
+    torch.testing.assert_close(actual, expected, rtol=1e-12, atol=0)
+    for got, want in zip(torch.autograd.grad(actual, (hidden, weight, bias)),
+                         torch.autograd.grad(expected, (hidden, weight, bias))):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-14)
 
 
 def test_no_bias_and_all_ignored():
