@@ -45,7 +45,9 @@ std::tuple<at::Tensor, at::Tensor> bucket_sort_cuda(const at::Tensor& buckets, i
   at::Tensor undo_sort = at::empty_like(keys_in64);
   if (total == 0) return {sorted_idx, undo_sort};
   const int64_t rows = total / n;
-  TORCH_CHECK_VALUE(rows <= INT32_MAX, "bucket_sort: too many rows (", rows, ") for one segmented sort");
+  // CUB's segmented radix sort counts items and segments in int.
+  TORCH_CHECK_VALUE(total <= INT32_MAX, "bucket_sort: ", total,
+                    " keys are more than one CUDA segmented sort takes (2^31 - 1); sort fewer rows per call");
 
   auto stream = at::cuda::getCurrentCUDAStream();
   const auto int_opts = keys_in64.options().dtype(at::kInt);
