@@ -38,24 +38,27 @@ TORCH_LIBRARY(reformer_kernels, m) {
   // Shared-QK LSH attention over bucket-sorted chunks. qk, v (B, H, L, d); sorted_idx (B, H,
   // n_hashes * L). Returns out (B, H, L, d) and lse (B, H, n_hashes, L), float32 (float64 for
   // float64 inputs). The backward recomputes the scores from qk, v, out and lse. dropout_mask:
-  // the attention probabilities' scaled keep-mask in the chunked score layout (B, H, n_chunks,
-  // chunk_len, window keys) of the reference's dropout_mask_shape, qk's dtype; lse is pre-dropout.
+  // bool, True where an attention probability is kept (and scaled by 1 / (1 - dropout_p)), in the
+  // chunked score layout (B, H, n_chunks, chunk_len, window keys) of the reference's
+  // dropout_mask_shape; lse is pre-dropout.
   m.def(
       "lsh_attention_fwd(Tensor qk, Tensor v, Tensor sorted_idx, int n_hashes, int chunk_len, int n_chunks_before, "
-      "int n_chunks_after, bool causal, Tensor? attention_mask, Tensor? dropout_mask=None) -> (Tensor out, Tensor lse)");
+      "int n_chunks_after, bool causal, Tensor? attention_mask, Tensor? dropout_mask=None, float dropout_p=0.) -> "
+      "(Tensor out, Tensor lse)");
   m.def(
       "lsh_attention_bwd(Tensor grad_out, Tensor? grad_lse, Tensor qk, Tensor v, Tensor sorted_idx, Tensor out, "
       "Tensor lse, int n_hashes, int chunk_len, int n_chunks_before, int n_chunks_after, bool causal, "
-      "Tensor? attention_mask, Tensor? dropout_mask=None) -> (Tensor grad_qk, Tensor grad_v)");
+      "Tensor? attention_mask, Tensor? dropout_mask=None, float dropout_p=0.) -> (Tensor grad_qk, Tensor grad_v)");
   // Local (chunked) attention on q, k, v (B, H, L, d), any L. Returns out and lse (B, H, L), float32
   // (float64 for float64 inputs), which the backward needs. dropout_mask as for LSH, over the
   // chunks that local_chunking gives (the padded length, or one chunk of L when L <= chunk_len).
   m.def(
       "local_attention_fwd(Tensor q, Tensor k, Tensor v, int chunk_len, int n_chunks_before, int n_chunks_after, "
-      "bool causal, Tensor? attention_mask, Tensor? dropout_mask=None) -> (Tensor out, Tensor lse)");
+      "bool causal, Tensor? attention_mask, Tensor? dropout_mask=None, float dropout_p=0.) -> (Tensor out, Tensor lse)");
   m.def(
       "local_attention_bwd(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, int chunk_len, "
-      "int n_chunks_before, int n_chunks_after, bool causal, Tensor? attention_mask, Tensor? dropout_mask=None) -> "
+      "int n_chunks_before, int n_chunks_after, bool causal, Tensor? attention_mask, Tensor? dropout_mask=None, "
+      "float dropout_p=0.) -> "
       "(Tensor grad_q, Tensor "
       "grad_k, Tensor grad_v)");
 }

@@ -18,7 +18,8 @@ FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 def _lsh_attention_reference(
-    qk, v, sorted_idx, n_hashes, chunk_len, n_chunks_before, n_chunks_after, causal, attention_mask=None, dropout_mask=None
+    qk, v, sorted_idx, n_hashes, chunk_len, n_chunks_before, n_chunks_after, causal, attention_mask=None, dropout_mask=None,
+    dropout_p=0.0,
 ):
     return reference.lsh_attention(
         qk,
@@ -31,11 +32,12 @@ def _lsh_attention_reference(
         causal=causal,
         attention_mask=attention_mask,
         dropout_mask=dropout_mask,
+        dropout_p=dropout_p,
     )
 
 
 def _local_attention_reference(
-    q, k, v, chunk_len, n_chunks_before, n_chunks_after, causal, attention_mask=None, dropout_mask=None
+    q, k, v, chunk_len, n_chunks_before, n_chunks_after, causal, attention_mask=None, dropout_mask=None, dropout_p=0.0
 ):
     return reference.local_attention(
         q,
@@ -47,6 +49,7 @@ def _local_attention_reference(
         causal=causal,
         attention_mask=attention_mask,
         dropout_mask=dropout_mask,
+        dropout_p=dropout_p,
     )
 
 
@@ -206,22 +209,23 @@ def _check_sorted_idx(fn: str, sorted_idx: object, qk: torch.Tensor, n_hashes: i
 
 
 def _dropout_mask(
-    shape: tuple[int, ...], dropout_p: float, like: torch.Tensor, generator: torch.Generator | None = None,
-    draw_dtype: torch.dtype | None = None,
+    shape: tuple[int, ...], dropout_p: float, like: torch.Tensor, generator: torch.Generator | None = None
 ) -> torch.Tensor:
-    """Keep-mask scaled by 1 / (1 - p) (p = 1: all zeros) in ``like``'s dtype, drawn from
-    ``generator`` or the default torch generator as torch's dropout draws it (in ``draw_dtype``, by
-    default ``like``'s)."""
-    keep = torch.empty(shape, dtype=draw_dtype or like.dtype, device=like.device).bernoulli_(1.0 - dropout_p, generator=generator)
-    keep = keep.to(like.dtype)
+    """Keep-mask scaled by 1 / (1 - p) (p = 1: all zeros), drawn from ``generator`` or the default
+    torch generator as torch's dropout draws it."""
+    keep = torch.empty(shape, dtype=like.dtype, device=like.device).bernoulli_(1.0 - dropout_p, generator=generator)
     return keep if dropout_p == 1.0 else keep / (1.0 - dropout_p)
 
 
-def _attention_dropout_mask(shape: tuple[int, ...], dropout_p: float, like: torch.Tensor) -> torch.Tensor:
-    """The attention-probability dropout mask that every backend's kernels take (the reference's
-    chunked score layout), drawn in float32 whatever ``like``'s dtype, so that one generator state
-    gives one mask in every dtype (CUDA's draws differ between dtypes)."""
-    return _dropout_mask(shape, dropout_p, like, draw_dtype=torch.float32)
+def _attention_dropout(shape: tuple[int, ...], dropout_p: float, device: torch.device) -> dict:
+    """The attention-dropout arguments of every backend's attention impl: ``dropout_mask``, bool in
+    the reference's chunked score layout, True where a probability is kept, drawn from the default
+    generator (one byte per probability, the same mask whatever the inputs' dtype), and
+    ``dropout_p``, whose 1 / (1 - p) scales the kept ones; none without dropout."""
+    if dropout_p == 0.0:
+        return {}
+    keep = torch.empty(shape, dtype=torch.bool, device=device).bernoulli_(1.0 - dropout_p)
+    return dict(dropout_mask=keep, dropout_p=dropout_p)
 
 
 def _dropout_add_composed(residual, x, p, training=True, subtract=False, generator=None):
@@ -240,11 +244,9 @@ def _run_lsh_attention(
 ):
     _, run = backends.select("lsh_attention", qk.device, backend)
     chunking = dict(n_hashes=n_hashes, chunk_len=chunk_len, n_chunks_before=n_chunks_before, n_chunks_after=n_chunks_after)
-    dropout = {}
-    if dropout_p > 0.0:
-        batch, heads, seq_len, _ = qk.shape
-        shape = reference.dropout_mask_shape(batch, heads, n_hashes * seq_len, chunk_len, n_chunks_before, n_chunks_after)
-        dropout = dict(dropout_mask=_attention_dropout_mask(shape, dropout_p, qk))
+    batch, heads, seq_len, _ = qk.shape
+    shape = reference.dropout_mask_shape(batch, heads, n_hashes * seq_len, chunk_len, n_chunks_before, n_chunks_after)
+    dropout = _attention_dropout(shape, dropout_p, qk.device)
     return run(qk, v, sorted_idx, **chunking, causal=causal, attention_mask=attention_mask, **dropout)
 
 
@@ -446,12 +448,10 @@ def local_attention(
     dropout_p = _check_dropout_p(fn, dropout_p)
     chunking = dict(chunk_len=chunk_len, n_chunks_before=n_chunks_before, n_chunks_after=n_chunks_after)
     _, run = backends.select("local_attention", q.device, backend)
-    dropout = {}
-    if dropout_p > 0.0:
-        batch, heads, seq_len, _ = q.shape
-        used_chunk_len, before, after, padded_len = reference.local_chunking(seq_len, chunk_len, n_chunks_before, n_chunks_after)
-        shape = reference.dropout_mask_shape(batch, heads, padded_len, used_chunk_len, before, after)
-        dropout = dict(dropout_mask=_attention_dropout_mask(shape, dropout_p, q))
+    batch, heads, seq_len, _ = q.shape
+    used_chunk_len, before, after, padded_len = reference.local_chunking(seq_len, chunk_len, n_chunks_before, n_chunks_after)
+    shape = reference.dropout_mask_shape(batch, heads, padded_len, used_chunk_len, before, after)
+    dropout = _attention_dropout(shape, dropout_p, q.device)
     return run(q, k, v, **chunking, causal=causal, attention_mask=attention_mask, **dropout)
 
 

@@ -195,19 +195,19 @@ class _RecordingKernel:
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.float64])
-def test_every_backend_receives_the_dropout_mask_drawn_in_float32(monkeypatch, dtype):
-    """With dropout_p > 0 the chosen kernel runs (no fallback) and gets the reference's mask, whose
-    keep pattern is the float32 draw of the default generator in every dtype."""
+def test_every_backend_receives_one_bool_dropout_mask(monkeypatch, dtype):
+    """With dropout_p > 0 the chosen kernel runs (no fallback) and gets the mask and p: bool, one
+    byte per probability, the same draw of the default generator whatever the dtype."""
     kernel = _RecordingKernel()
     monkeypatch.setattr(backends, "select", lambda op, device, backend=None: ("triton", kernel))
     q = heads(B, H, L, D).to(dtype)
     torch.manual_seed(3)
     functional.local_attention(q, q, q, chunk_len=4, dropout_p=0.25, backend="triton")
     mask = kernel.kwargs["dropout_mask"]
-    assert mask.shape == reference.dropout_mask_shape(B, H, L, 4, 1, 0) and mask.dtype == dtype
+    assert mask.shape == reference.dropout_mask_shape(B, H, L, 4, 1, 0) and mask.dtype == torch.bool
+    assert kernel.kwargs["dropout_p"] == 0.25
     torch.manual_seed(3)
-    keep = torch.empty(mask.shape, dtype=torch.float32).bernoulli_(0.75)
-    assert torch.equal(mask, keep.to(dtype) / 0.75)
+    assert torch.equal(mask, torch.empty(mask.shape).bernoulli_(0.75).bool())
     functional.local_attention(q, q, q, chunk_len=4, backend="triton")
     assert "dropout_mask" not in kernel.kwargs, "without dropout no mask is drawn"
 
@@ -220,8 +220,8 @@ def test_lsh_attention_dropout_draws_its_mask_from_the_default_generator():
     torch.manual_seed(5)
     out = functional.lsh_attention(qk, v, sorted_idx, **kwargs, dropout_p=p, backend="reference")
     torch.manual_seed(5)
-    keep = torch.empty(reference.dropout_mask_shape(B, H, 2 * L, 4, 1, 1)).bernoulli_(1 - p)
-    expected, _ = reference.lsh_attention(qk, v, sorted_idx, **kwargs, causal=False, dropout_mask=keep / (1 - p))
+    keep = torch.empty(reference.dropout_mask_shape(B, H, 2 * L, 4, 1, 1), dtype=torch.bool).bernoulli_(1 - p)
+    expected, _ = reference.lsh_attention(qk, v, sorted_idx, **kwargs, causal=False, dropout_mask=keep, dropout_p=p)
     assert torch.equal(out, expected)
     assert not torch.allclose(out, functional.lsh_attention(qk, v, sorted_idx, **kwargs, backend="reference"))
 

@@ -269,18 +269,26 @@ inline at::Tensor key_padding(const std::optional<at::Tensor>& attention_mask, i
   return mask.ne(0).to(at::kByte).contiguous();
 }
 
-// dropout_mask as a contiguous (B, H, n_chunks, chunk_len, n_keys) tensor of `like`'s dtype (the
-// scaled keep-mask of the attention probabilities, chunk by chunk), or an undefined tensor.
-inline at::Tensor dropout_keep(const std::optional<at::Tensor>& dropout_mask, const at::Tensor& like,
-                               std::vector<int64_t> shape, const char* op) {
+// Attention dropout: the mask as a contiguous bool (B, H, n_chunks, chunk_len, n_keys) tensor, True
+// where a probability is kept (the chunked score layout of the reference's dropout_mask_shape),
+// and the kept probabilities' scale 1 / (1 - dropout_p); an undefined mask without dropout.
+struct DropoutKeep {
+  at::Tensor mask;
+  double scale = 1.0;
+  const bool* data() const { return mask.defined() ? mask.data_ptr<bool>() : nullptr; }
+};
+
+inline DropoutKeep dropout_keep(const std::optional<at::Tensor>& dropout_mask, double dropout_p,
+                                std::vector<int64_t> shape, const char* op) {
   if (!dropout_mask.has_value() || !dropout_mask->defined()) return {};
   const at::Tensor& mask = *dropout_mask;
   TORCH_CHECK_VALUE(mask.sizes() == shape, op, ": dropout_mask must have the chunked score shape ", at::IntArrayRef(shape),
                     " (reference.dropout_mask_shape), got ", mask.sizes());
-  TORCH_CHECK_TYPE(mask.scalar_type() == like.scalar_type(), op, ": dropout_mask must have the inputs' dtype (",
-                   like.scalar_type(), "), got ", mask.scalar_type());
+  TORCH_CHECK_TYPE(mask.scalar_type() == at::kBool, op,
+                   ": dropout_mask must be bool (True where a probability is kept), got ", mask.scalar_type());
   TORCH_CHECK_VALUE(mask.device().is_cpu(), op, ": dropout_mask must be on the CPU, got ", mask.device());
-  return mask.contiguous();
+  TORCH_CHECK_VALUE(dropout_p >= 0.0 && dropout_p < 1.0, op, ": dropout_p must lie in [0, 1), got ", dropout_p);
+  return {mask.contiguous(), 1.0 / (1.0 - dropout_p)};
 }
 
 // Scratch for attending one chunk of queries to its window of keys, all rows gathered by the
@@ -294,7 +302,7 @@ struct ChunkAttention {
   // The forward's lse in double: near the -1e5 self-mask score a float lse is rounded to steps of
   // 2^-7, too coarse for weighing hash rounds against each other (see the LSH kernel).
   std::vector<double> lse_wide;
-  // With attention dropout: each probability's scaled keep value (0 or 1 / (1 - p)), in the
+  // With attention dropout: each probability's factor (0, or 1 / (1 - p) where kept), in the
   // scores' layout; the padding columns stay 0.
   std::vector<T> keep;
   // Positions and padding flags (-1 = forbidden key) as lane-wide integers for vector compares.
@@ -354,12 +362,12 @@ struct ChunkAttention {
 
   // Query i's keep values from its row of the caller's dropout mask, whose columns run over the
   // window in neighbour order (chunk - before first); here neighbour u sits in slot u mod window.
-  template <typename S>
-  void set_keep(int64_t i, const S* mask_row, int64_t chunk, int64_t before, int64_t window, int64_t chunk_len) {
+  void set_keep(int64_t i, const bool* mask_row, T scale, int64_t chunk, int64_t before, int64_t window,
+                int64_t chunk_len) {
     T* dst = keep.data() + i * key_stride;
     for (int64_t slot = 0; slot < window; ++slot) {
-      const S* src = mask_row + wrap(slot - chunk + before, window) * chunk_len;
-      for (int64_t c = 0; c < chunk_len; ++c) dst[slot * chunk_len + c] = static_cast<T>(src[c]);
+      const bool* src = mask_row + wrap(slot - chunk + before, window) * chunk_len;
+      for (int64_t c = 0; c < chunk_len; ++c) dst[slot * chunk_len + c] = src[c] ? scale : T(0);
     }
   }
 
@@ -457,16 +465,18 @@ struct ChunkAttention {
   }
 };
 
-// Chunk `chunk`'s keep values for its first n_queries queries, from a dropout mask laid out
+// Chunk `chunk`'s keep factors for its first n_queries queries, from a dropout mask laid out
 // (rows, n_chunks, chunk_len, window * chunk_len) as the reference's dropout_mask_shape; nothing
 // without a mask.
-template <typename scalar_t, typename T>
-void set_chunk_keep(ChunkAttention<T>& attn, const scalar_t* keep, int64_t row, int64_t chunk, int64_t n_queries,
+template <typename T>
+void set_chunk_keep(ChunkAttention<T>& attn, const DropoutKeep& keep, int64_t row, int64_t chunk, int64_t n_queries,
                     int64_t n_chunks, int64_t chunk_len, int64_t before, int64_t window) {
-  if (keep == nullptr) return;
+  const bool* mask = keep.data();
+  if (mask == nullptr) return;
   const int64_t n_keys = window * chunk_len;
-  const scalar_t* rows = keep + (row * n_chunks + chunk) * chunk_len * n_keys;
-  for (int64_t i = 0; i < n_queries; ++i) attn.set_keep(i, rows + i * n_keys, chunk, before, window, chunk_len);
+  const bool* rows = mask + (row * n_chunks + chunk) * chunk_len * n_keys;
+  const T scale = static_cast<T>(keep.scale);
+  for (int64_t i = 0; i < n_queries; ++i) attn.set_keep(i, rows + i * n_keys, scale, chunk, before, window, chunk_len);
 }
 
 }  // namespace reformer_kernels::cpu

@@ -72,19 +72,18 @@ int64_t gather_chunk(ChunkAttention<T>& attn, const LocalShape& s, int64_t row, 
 
 template <typename scalar_t>
 void local_forward_kernel(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& valid,
-                          const at::Tensor& keep, const LocalShape& s, bool causal, at::Tensor& out, at::Tensor& lse) {
+                          const DropoutKeep& keep, const LocalShape& s, bool causal, at::Tensor& out, at::Tensor& lse) {
   using T = acc_type<scalar_t>;
   const MaskValues values = mask_values(q.scalar_type());
   const int64_t L = s.seq_len, d = s.head_dim;
   const RowView<scalar_t> q_rows = row_view<scalar_t>(q), k_rows = row_view<scalar_t>(k), v_rows = row_view<scalar_t>(v);
   const uint8_t* valid_ptr = valid.defined() ? valid.data_ptr<uint8_t>() : nullptr;
-  const scalar_t* keep_ptr = keep.defined() ? keep.data_ptr<scalar_t>() : nullptr;
   const int64_t window = 1 + s.before + s.after;
   scalar_t* out_ptr = out.data_ptr<scalar_t>();
   T* lse_ptr = lse.data_ptr<T>();
 
   at::parallel_for(0, s.batch * s.heads * s.n_chunks, 1, [&](int64_t begin, int64_t end) {
-    ChunkAttention<T> attn(s.chunk_len, s.n_keys, d, false, keep_ptr != nullptr);
+    ChunkAttention<T> attn(s.chunk_len, s.n_keys, d, false, keep.data() != nullptr);
     const std::vector<scalar_t> zeros(d, scalar_t(0));
     for (int64_t task = begin; task < end; ++task) {
       const int64_t row = task / s.n_chunks, chunk = task % s.n_chunks;
@@ -94,7 +93,7 @@ void local_forward_kernel(const at::Tensor& q, const at::Tensor& k, const at::Te
       const bool refill = task == begin || chunk == 0;
       const int64_t n_queries =
           gather_chunk(attn, s, row, chunk, refill, q_rows, k_rows, v_rows, valid_row, zeros.data());
-      set_chunk_keep(attn, keep_ptr, row, chunk, n_queries, s.n_chunks, s.chunk_len, s.before, window);
+      set_chunk_keep(attn, keep, row, chunk, n_queries, s.n_chunks, s.chunk_len, s.before, window);
       attn.forward(n_queries, s.n_keys, causal, false, values);
       for (int64_t i = 0; i < n_queries; ++i) {
         const int64_t pos = attn.query_pos[i];
@@ -109,7 +108,7 @@ void local_forward_kernel(const at::Tensor& q, const at::Tensor& k, const at::Te
 
 template <typename scalar_t>
 void local_backward_kernel(const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                           const at::Tensor& out, const at::Tensor& lse, const at::Tensor& valid, const at::Tensor& keep,
+                           const at::Tensor& out, const at::Tensor& lse, const at::Tensor& valid, const DropoutKeep& keep,
                            const LocalShape& s, bool causal, at::Tensor& grad_q, at::Tensor& grad_k,
                            at::Tensor& grad_v) {
   using T = acc_type<scalar_t>;
@@ -121,14 +120,13 @@ void local_backward_kernel(const at::Tensor& grad_out, const at::Tensor& q, cons
   const RowView<scalar_t> q_rows = row_view<scalar_t>(q), k_rows = row_view<scalar_t>(k), v_rows = row_view<scalar_t>(v);
   const T* lse_ptr = lse.data_ptr<T>();
   const uint8_t* valid_ptr = valid.defined() ? valid.data_ptr<uint8_t>() : nullptr;
-  const scalar_t* keep_ptr = keep.defined() ? keep.data_ptr<scalar_t>() : nullptr;
   const int64_t window = 1 + s.before + s.after;
   scalar_t* gq_ptr = grad_q.data_ptr<scalar_t>();
   scalar_t* gk_ptr = grad_k.data_ptr<scalar_t>();
   scalar_t* gv_ptr = grad_v.data_ptr<scalar_t>();
 
   at::parallel_for(0, s.batch * s.heads, 1, [&](int64_t begin, int64_t end) {
-    ChunkAttention<T> attn(s.chunk_len, s.n_keys, d, true, keep_ptr != nullptr);
+    ChunkAttention<T> attn(s.chunk_len, s.n_keys, d, true, keep.data() != nullptr);
     const std::vector<scalar_t> zeros(d, scalar_t(0));
     std::vector<T> staged(direct ? 0 : 3 * L * d);
     for (int64_t row = begin; row < end; ++row) {
@@ -159,7 +157,7 @@ void local_backward_kernel(const at::Tensor& grad_out, const at::Tensor& q, cons
           attn.delta[i] = dot<T>(dst, o, d);
           attn.lse[i] = lse_ptr[row * L + pos];
         }
-        set_chunk_keep(attn, keep_ptr, row, chunk, n_queries, s.n_chunks, s.chunk_len, s.before, window);
+        set_chunk_keep(attn, keep, row, chunk, n_queries, s.n_chunks, s.chunk_len, s.before, window);
         attn.backward(n_queries, s.n_keys, causal, false, values);
         for (int64_t i = 0; i < n_queries; ++i) {
           const T* src = attn.grad_q.data() + i * attn.dim_stride;
@@ -195,13 +193,15 @@ std::tuple<at::Tensor, at::Tensor> local_attention_fwd_cpu(const at::Tensor& q_i
                                                            int64_t n_chunks_before, int64_t n_chunks_after,
                                                            bool causal,
                                                            const std::optional<at::Tensor>& attention_mask,
-                                                           const std::optional<at::Tensor>& dropout_mask) {
+                                                           const std::optional<at::Tensor>& dropout_mask,
+                                                           double dropout_p) {
   const char* op = "local_attention_fwd";
   const LocalShape s = check_local_inputs(op, q_in, k_in, v_in, chunk_len, n_chunks_before, n_chunks_after);
   // Inputs are read in place (head-split views included); only rows must be contiguous.
   const at::Tensor q = with_contiguous_rows(q_in), k = with_contiguous_rows(k_in), v = with_contiguous_rows(v_in);
   const at::Tensor valid = key_padding(attention_mask, s.batch, s.seq_len, op);
-  const at::Tensor keep = dropout_keep(dropout_mask, q, {s.batch, s.heads, s.n_chunks, s.chunk_len, s.n_keys}, op);
+  const DropoutKeep keep =
+      dropout_keep(dropout_mask, dropout_p, {s.batch, s.heads, s.n_chunks, s.chunk_len, s.n_keys}, op);
   at::Tensor out = at::empty_like(q, at::MemoryFormat::Contiguous);
   at::Tensor lse = at::empty({s.batch, s.heads, s.seq_len}, q.options().dtype(lse_dtype(q)));
   if (q.numel() == 0) return {out.zero_(), lse.zero_()};
@@ -214,7 +214,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> local_attention_bwd_cpu(
     const at::Tensor& grad_out_in, const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
     const at::Tensor& out_in, const at::Tensor& lse_in, int64_t chunk_len, int64_t n_chunks_before,
     int64_t n_chunks_after, bool causal, const std::optional<at::Tensor>& attention_mask,
-    const std::optional<at::Tensor>& dropout_mask) {
+    const std::optional<at::Tensor>& dropout_mask, double dropout_p) {
   const char* op = "local_attention_bwd";
   const LocalShape s = check_local_inputs(op, q_in, k_in, v_in, chunk_len, n_chunks_before, n_chunks_after);
   TORCH_CHECK_VALUE(grad_out_in.sizes() == q_in.sizes() && out_in.sizes() == q_in.sizes(), op,
@@ -229,7 +229,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> local_attention_bwd_cpu(
   const at::Tensor grad_out = with_contiguous_rows(grad_out_in), out = with_contiguous_rows(out_in);
   const at::Tensor lse = lse_in.contiguous();
   const at::Tensor valid = key_padding(attention_mask, s.batch, s.seq_len, op);
-  const at::Tensor keep = dropout_keep(dropout_mask, q, {s.batch, s.heads, s.n_chunks, s.chunk_len, s.n_keys}, op);
+  const DropoutKeep keep =
+      dropout_keep(dropout_mask, dropout_p, {s.batch, s.heads, s.n_chunks, s.chunk_len, s.n_keys}, op);
   at::Tensor grad_q = at::empty_like(q, at::MemoryFormat::Contiguous);
   at::Tensor grad_k = at::empty_like(k, at::MemoryFormat::Contiguous);
   at::Tensor grad_v = at::empty_like(v, at::MemoryFormat::Contiguous);

@@ -105,7 +105,7 @@ void gather_chunk(ChunkAttention<T>& attn, const LshShape& s, int64_t chunk, int
 
 template <typename scalar_t>
 void lsh_forward_kernel(const at::Tensor& qk, const at::Tensor& v, const at::Tensor& sorted_idx,
-                        const at::Tensor& valid, const at::Tensor& keep, const LshShape& s, int64_t n_chunks_before,
+                        const at::Tensor& valid, const DropoutKeep& keep, const LshShape& s, int64_t n_chunks_before,
                         int64_t n_chunks_after, bool causal, at::Tensor& out, at::Tensor& lse) {
   using T = acc_type<scalar_t>;
   constexpr bool direct = std::is_same_v<scalar_t, T>;
@@ -114,12 +114,11 @@ void lsh_forward_kernel(const at::Tensor& qk, const at::Tensor& v, const at::Ten
   const RowView<scalar_t> qk_rows = row_view<scalar_t>(qk), v_rows = row_view<scalar_t>(v);
   const int64_t* idx_ptr = sorted_idx.data_ptr<int64_t>();
   const uint8_t* valid_ptr = valid.defined() ? valid.data_ptr<uint8_t>() : nullptr;
-  const scalar_t* keep_ptr = keep.defined() ? keep.data_ptr<scalar_t>() : nullptr;
   scalar_t* out_ptr = out.data_ptr<scalar_t>();
   T* lse_ptr = lse.data_ptr<T>();
 
   at::parallel_for(0, s.batch * s.heads, 1, [&](int64_t begin, int64_t end) {
-    ChunkAttention<T> attn(s.chunk_len, s.n_keys, d, false, keep_ptr != nullptr);
+    ChunkAttention<T> attn(s.chunk_len, s.n_keys, d, false, keep.data() != nullptr);
     std::vector<T> scale(L);
     std::vector<double> running_top(L), running_sum(L);
     std::vector<T> staged(direct ? 0 : L * d);
@@ -144,7 +143,7 @@ void lsh_forward_kernel(const at::Tensor& qk, const at::Tensor& v, const at::Ten
       for (int64_t chunk = 0; chunk < s.n_chunks; ++chunk) {
         gather_chunk(attn, s, chunk, n_chunks_before, n_chunks_after, chunk == 0, idx, qk_row, qk_rows.row_stride, v_row,
                      v_rows.row_stride, scale.data(), valid_row, rounds.data());
-        set_chunk_keep(attn, keep_ptr, row, chunk, s.chunk_len, s.n_chunks, s.chunk_len, n_chunks_before,
+        set_chunk_keep(attn, keep, row, chunk, s.chunk_len, s.n_chunks, s.chunk_len, n_chunks_before,
                        1 + n_chunks_before + n_chunks_after);
         attn.forward(s.chunk_len, s.n_keys, causal, true, values);
         // Combine rounds as they arrive: out_pos holds the softmax(lse)-weighted mean of the rounds
@@ -168,8 +167,8 @@ void lsh_forward_kernel(const at::Tensor& qk, const at::Tensor& v, const at::Ten
           const double top = std::max(running_top[pos], chunk_lse);
           const double previous = running_sum[pos] * std::exp(running_top[pos] - top), added = std::exp(chunk_lse - top);
           const double total = previous + added;
-          const T keep = static_cast<T>(previous / total), add = static_cast<T>(added / total);
-          for (int64_t t = 0; t < d; ++t) target[t] = target[t] * keep + o[t] * add;
+          const T stay = static_cast<T>(previous / total), add = static_cast<T>(added / total);
+          for (int64_t t = 0; t < d; ++t) target[t] = target[t] * stay + o[t] * add;
           running_top[pos] = top;
           running_sum[pos] = total;
         }
@@ -185,7 +184,7 @@ void lsh_forward_kernel(const at::Tensor& qk, const at::Tensor& v, const at::Ten
 template <typename scalar_t>
 void lsh_backward_kernel(const at::Tensor& grad_out, const at::Tensor& grad_lse, const at::Tensor& qk,
                          const at::Tensor& v, const at::Tensor& sorted_idx, const at::Tensor& out, const at::Tensor& lse,
-                         const at::Tensor& valid, const at::Tensor& keep, const LshShape& s, int64_t n_chunks_before,
+                         const at::Tensor& valid, const DropoutKeep& keep, const LshShape& s, int64_t n_chunks_before,
                          int64_t n_chunks_after, bool causal, at::Tensor& grad_qk, at::Tensor& grad_v) {
   using T = acc_type<scalar_t>;
   constexpr bool direct = std::is_same_v<scalar_t, T>;
@@ -197,12 +196,11 @@ void lsh_backward_kernel(const at::Tensor& grad_out, const at::Tensor& grad_lse,
   const T* lse_ptr = lse.data_ptr<T>();
   const int64_t* idx_ptr = sorted_idx.data_ptr<int64_t>();
   const uint8_t* valid_ptr = valid.defined() ? valid.data_ptr<uint8_t>() : nullptr;
-  const scalar_t* keep_ptr = keep.defined() ? keep.data_ptr<scalar_t>() : nullptr;
   scalar_t* gqk_ptr = grad_qk.data_ptr<scalar_t>();
   scalar_t* gv_ptr = grad_v.data_ptr<scalar_t>();
 
   at::parallel_for(0, s.batch * s.heads, 1, [&](int64_t begin, int64_t end) {
-    ChunkAttention<T> attn(s.chunk_len, s.n_keys, d, true, keep_ptr != nullptr);
+    ChunkAttention<T> attn(s.chunk_len, s.n_keys, d, true, keep.data() != nullptr);
     std::vector<T> scale(L), lse_all(L), grad_dot_out(L);
     std::vector<T> staged_qk(direct ? 0 : L * d), staged_v(direct ? 0 : L * d);
     std::vector<int64_t> rounds(s.chunk_len);
@@ -250,7 +248,7 @@ void lsh_backward_kernel(const at::Tensor& grad_out, const at::Tensor& grad_lse,
           attn.lse[i] = lse_row[at];
           attn.delta[i] = weight * grad_dot_out[pos] - (glse_row == nullptr ? T(0) : glse_row[at]);
         }
-        set_chunk_keep(attn, keep_ptr, row, chunk, s.chunk_len, s.n_chunks, s.chunk_len, n_chunks_before,
+        set_chunk_keep(attn, keep, row, chunk, s.chunk_len, s.n_chunks, s.chunk_len, n_chunks_before,
                        1 + n_chunks_before + n_chunks_after);
         attn.backward(s.chunk_len, s.n_keys, causal, true, values);
         for (int64_t i = 0; i < s.chunk_len; ++i) {
@@ -296,14 +294,16 @@ std::tuple<at::Tensor, at::Tensor> lsh_attention_fwd_cpu(const at::Tensor& qk_in
                                                          int64_t chunk_len, int64_t n_chunks_before,
                                                          int64_t n_chunks_after, bool causal,
                                                          const std::optional<at::Tensor>& attention_mask,
-                                                         const std::optional<at::Tensor>& dropout_mask) {
+                                                         const std::optional<at::Tensor>& dropout_mask,
+                                                         double dropout_p) {
   const char* op = "lsh_attention_fwd";
   const LshShape s =
       check_lsh_inputs(op, qk_in, v_in, sorted_idx_in, n_hashes, chunk_len, n_chunks_before, n_chunks_after);
   const at::Tensor qk = with_contiguous_rows(qk_in), v = with_contiguous_rows(v_in);
   const at::Tensor sorted_idx = sorted_idx_in.contiguous();
   const at::Tensor valid = key_padding(attention_mask, s.batch, s.seq_len, op);
-  const at::Tensor keep = dropout_keep(dropout_mask, qk, {s.batch, s.heads, s.n_chunks, chunk_len, s.n_keys}, op);
+  const DropoutKeep keep =
+      dropout_keep(dropout_mask, dropout_p, {s.batch, s.heads, s.n_chunks, chunk_len, s.n_keys}, op);
   at::Tensor out = at::empty_like(qk, at::MemoryFormat::Contiguous);
   at::Tensor lse = at::empty({s.batch, s.heads, n_hashes, s.seq_len}, qk.options().dtype(lse_dtype(qk)));
   if (qk.numel() == 0) return {out.zero_(), lse.fill_(-std::numeric_limits<double>::infinity())};
@@ -317,7 +317,7 @@ std::tuple<at::Tensor, at::Tensor> lsh_attention_bwd_cpu(
     const at::Tensor& grad_out_in, const std::optional<at::Tensor>& grad_lse_in, const at::Tensor& qk_in,
     const at::Tensor& v_in, const at::Tensor& sorted_idx_in, const at::Tensor& out_in, const at::Tensor& lse_in,
     int64_t n_hashes, int64_t chunk_len, int64_t n_chunks_before, int64_t n_chunks_after, bool causal,
-    const std::optional<at::Tensor>& attention_mask, const std::optional<at::Tensor>& dropout_mask) {
+    const std::optional<at::Tensor>& attention_mask, const std::optional<at::Tensor>& dropout_mask, double dropout_p) {
   const char* op = "lsh_attention_bwd";
   const LshShape s =
       check_lsh_inputs(op, qk_in, v_in, sorted_idx_in, n_hashes, chunk_len, n_chunks_before, n_chunks_after);
@@ -340,7 +340,8 @@ std::tuple<at::Tensor, at::Tensor> lsh_attention_bwd_cpu(
   const at::Tensor grad_out = with_contiguous_rows(grad_out_in), out = with_contiguous_rows(out_in);
   const at::Tensor sorted_idx = sorted_idx_in.contiguous(), lse = lse_in.contiguous();
   const at::Tensor valid = key_padding(attention_mask, s.batch, s.seq_len, op);
-  const at::Tensor keep = dropout_keep(dropout_mask, qk, {s.batch, s.heads, s.n_chunks, chunk_len, s.n_keys}, op);
+  const DropoutKeep keep =
+      dropout_keep(dropout_mask, dropout_p, {s.batch, s.heads, s.n_chunks, chunk_len, s.n_keys}, op);
   at::Tensor grad_qk = at::empty_like(qk, at::MemoryFormat::Contiguous);
   at::Tensor grad_v = at::empty_like(v, at::MemoryFormat::Contiguous);
   if (qk.numel() == 0) return {grad_qk, grad_v};

@@ -22,11 +22,14 @@ def lsh_attention_cpu(
     causal: bool,
     attention_mask: torch.Tensor | None = None,
     dropout_mask: torch.Tensor | None = None,
+    dropout_p: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The reference signature of ``lsh_attention``: returns ``(out, lse)``. ``dropout_mask``: the
-    scaled keep-mask of the attention probabilities (``reference.dropout_mask_shape``), as the reference takes it."""
+    """The reference signature of ``lsh_attention``: returns ``(out, lse)``. ``dropout_mask``,
+    ``dropout_p``: the attention probabilities' bool keep-mask (``reference.dropout_mask_shape``)
+    and drop probability, as the reference takes them."""
     out, lse = torch.ops.reformer_kernels.lsh_attention_fwd(
-        qk, v, sorted_idx, n_hashes, chunk_len, n_chunks_before, n_chunks_after, causal, attention_mask, dropout_mask
+        qk, v, sorted_idx, n_hashes, chunk_len, n_chunks_before, n_chunks_after, causal, attention_mask, dropout_mask,
+        dropout_p,
     )
     return out, lse.to(qk.dtype)
 
@@ -35,7 +38,8 @@ if _extension.loaded():
 
     @torch.library.register_fake("reformer_kernels::lsh_attention_fwd")
     def _forward_fake(
-        qk, v, sorted_idx, n_hashes, chunk_len, n_chunks_before, n_chunks_after, causal, attention_mask, dropout_mask=None
+        qk, v, sorted_idx, n_hashes, chunk_len, n_chunks_before, n_chunks_after, causal, attention_mask, dropout_mask=None,
+        dropout_p=0.0,
     ):
         batch, heads, seq_len, _ = qk.shape
         out = torch.empty_like(qk, memory_format=torch.contiguous_format)
@@ -44,15 +48,17 @@ if _extension.loaded():
     @torch.library.register_fake("reformer_kernels::lsh_attention_bwd")
     def _backward_fake(
         grad_out, grad_lse, qk, v, sorted_idx, out, lse, n_hashes, chunk_len, n_chunks_before, n_chunks_after, causal,
-        attention_mask, dropout_mask=None,
+        attention_mask, dropout_mask=None, dropout_p=0.0,
     ):
         return torch.empty_like(qk, memory_format=torch.contiguous_format), torch.empty_like(v, memory_format=torch.contiguous_format)
 
     def _setup_context(ctx, inputs, output):
-        qk, v, sorted_idx, n_hashes, chunk_len, n_chunks_before, n_chunks_after, causal, attention_mask, dropout_mask = inputs
+        (qk, v, sorted_idx, n_hashes, chunk_len, n_chunks_before, n_chunks_after, causal, attention_mask, dropout_mask,
+         dropout_p) = inputs
         out, lse = output
         ctx.save_for_backward(qk, v, sorted_idx, out, lse, attention_mask, dropout_mask)
         ctx.config = (n_hashes, chunk_len, n_chunks_before, n_chunks_after, causal)
+        ctx.dropout_p = dropout_p
         ctx.set_materialize_grads(False)
 
     def _backward(ctx, grad_out, grad_lse):
@@ -60,9 +66,10 @@ if _extension.loaded():
         if grad_out is None:
             grad_out = torch.zeros_like(out)
         grad_qk, grad_v = torch.ops.reformer_kernels.lsh_attention_bwd(
-            grad_out.to(out.dtype), grad_lse, qk, v, sorted_idx, out, lse, *ctx.config, attention_mask, dropout_mask
+            grad_out.to(out.dtype), grad_lse, qk, v, sorted_idx, out, lse, *ctx.config, attention_mask, dropout_mask,
+            ctx.dropout_p,
         )
-        return grad_qk, grad_v, None, None, None, None, None, None, None, None
+        return grad_qk, grad_v, None, None, None, None, None, None, None, None, None
 
     torch.library.register_autograd("reformer_kernels::lsh_attention_fwd", _backward, setup_context=_setup_context)
     backends.register("lsh_attention", "cpu", lsh_attention_cpu)

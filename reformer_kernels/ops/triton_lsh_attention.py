@@ -7,8 +7,8 @@ masks at original positions, runs an fp32 online softmax and writes the per-roun
 at the un-sorted index. A small kernel then combines the rounds. The backward recomputes the scores
 from qk, v and the saved lse (no chunk x window score tensor is ever stored). Attention dropout
 takes the keep-mask that ``functional`` draws as the reference does (same generator, same mask:
-the backends agree and the reversible backward replays it); that mask is chunk x window sized,
-and the op keeps it for the backward.
+the backends agree and the reversible backward replays it); that mask is one byte per attention
+probability, and the op keeps it for the backward.
 
 The kernels are shared with local attention (``triton_local_attention``): the ``LSH`` flag turns on
 the gather through sorted_idx, the key normalization of shared query/key and the self mask.
@@ -127,11 +127,13 @@ def _masked_scores(s, q_pos, k_pos, k_real, in_window, b, Mask, stride_mb, mask_
 
 
 @triton.jit
-def _dropout_keep(DropMask, row_starts, cols, ok):
-    """A tile of the attention-dropout mask: the scaled keep values (0 or 1 / (1 - p)) at
-    ``row_starts[:, None] + cols[None, :]``. The mask has the reference's chunked score layout,
-    (query slot, window entry) with window entry e = (neighbour chunk + before) * chunk_len + key."""
-    return tl.load(DropMask + row_starts[:, None] + cols[None, :], mask=ok, other=0.0).to(tl.float32)
+def _dropout_keep(DropMask, row_starts, cols, ok, drop_scale):
+    """A tile of the attention-dropout factors: 1 / (1 - p) where the mask keeps the probability at
+    ``row_starts[:, None] + cols[None, :]``, else 0. The mask (one byte per probability) has the
+    reference's chunked score layout, (query slot, window entry) with window entry
+    e = (neighbour chunk + before) * chunk_len + key."""
+    kept = tl.load(DropMask + row_starts[:, None] + cols[None, :], mask=ok, other=0)
+    return tl.where(kept != 0, drop_scale, 0.0)
 
 
 @triton.autotune(configs=warp_configs(), key=["chunk_len", "HEAD_BLOCK", "BLOCK", "LSH", "CAUSAL", "HAS_MASK", "DROPOUT"])
@@ -144,7 +146,7 @@ def attention_fwd_kernel(
     stride_mb,  # Mask: (B, L)
     stride_db, stride_dh,  # DropMask: (B, H, n_slots, window * chunk_len)
     seq_len, n_slots, chunk_len, n_chunks_before, window, head_dim,
-    key_scale, mask_value, self_mask_value,
+    key_scale, mask_value, self_mask_value, drop_scale,
     LSH: tl.constexpr, CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, DROPOUT: tl.constexpr,
     HEAD_BLOCK: tl.constexpr, BLOCK: tl.constexpr,
 ):
@@ -191,7 +193,8 @@ def attention_fwd_kernel(
         p = tl.exp(s - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, axis=1)
         if DROPOUT:  # the normalizer (and lse) count every key, the output only the kept ones
-            p = p * _dropout_keep(DropMask, q_slot * n_keys, start + offs, q_ok[:, None] & in_window[None, :])
+            p = p * _dropout_keep(DropMask, q_slot * n_keys, start + offs, q_ok[:, None] & in_window[None, :],
+                                  drop_scale)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision="ieee")
         m_i = m_new
 
@@ -212,7 +215,7 @@ def attention_bwd_kernel(
     stride_mb,
     stride_db, stride_dh,  # DropMask: (B, H, n_slots, window * chunk_len)
     seq_len, n_slots, chunk_len, n_chunks_before, n_chunks_after, head_dim,
-    key_scale, mask_value, self_mask_value,
+    key_scale, mask_value, self_mask_value, drop_scale,
     LSH: tl.constexpr, CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, DROPOUT: tl.constexpr,
     HEAD_BLOCK: tl.constexpr, BLOCK: tl.constexpr,
 ):
@@ -284,7 +287,7 @@ def attention_bwd_kernel(
             # these queries' chunk sees this block's keys as its window's chunk number
             # window - 1 - e // chunk_len (the queries run over the window backwards)
             keep = _dropout_keep(DropMask, q_slot * n_keys + (window - 1 - e // chunk_len) * chunk_len, in_chunk,
-                                 in_window[:, None] & own_ok[None, :])
+                                 in_window[:, None] & own_ok[None, :], drop_scale)
             kept = p * keep
             dp = dp * keep
         dv += tl.dot(tl.trans(kept.to(v.dtype)), do, input_precision="ieee")
@@ -318,7 +321,8 @@ def attention_bwd_kernel(
         p = tl.where(own_real[:, None], tl.exp(s - lse[:, None]), 0.0)
         dp = tl.dot(do, tl.trans(v_keys), input_precision="ieee")
         if DROPOUT:
-            dp = dp * _dropout_keep(DropMask, own_slot * n_keys, start + offs, own_ok[:, None] & in_window[None, :])
+            dp = dp * _dropout_keep(DropMask, own_slot * n_keys, start + offs, own_ok[:, None] & in_window[None, :],
+                                    drop_scale)
         ds = p * (dp - delta[:, None])
         ds = tl.where(replaced, 0.0, ds)
         dq += tl.dot(ds.to(k.dtype), k, input_precision="ieee")
@@ -377,38 +381,43 @@ def keep_mask_arg(attention_mask: Optional[torch.Tensor], like: torch.Tensor) ->
     return keep, keep.stride(0)
 
 
-def dropout_mask_arg(op: str, dropout_mask: Optional[torch.Tensor], like: torch.Tensor, n_slots: int, chunk_len: int,
-                     window: int) -> tuple[torch.Tensor, int, int]:
-    """The attention-dropout mask (the scaled keep values in the reference's chunked score layout,
-    ``reference.dropout_mask_shape``), checked, and its batch and head strides; ``like`` itself
-    (never read) when there is no dropout. The kernels index it unchecked, so its shape is checked here."""
+def dropout_mask_arg(op: str, dropout_mask: Optional[torch.Tensor], dropout_p: float, like: torch.Tensor, n_slots: int,
+                     chunk_len: int, window: int) -> tuple[torch.Tensor, int, int, float]:
+    """The kernels' attention-dropout arguments: the bool keep-mask (the reference's chunked score
+    layout, ``reference.dropout_mask_shape``) as bytes, its batch and head strides, and the kept
+    probabilities' scale 1 / (1 - dropout_p); ``like`` itself (never read) without dropout. The
+    kernels index the mask unchecked, so it is checked here."""
     if dropout_mask is None:
-        return like, 0, 0
+        return like, 0, 0, 1.0
     shape = [like.shape[0], like.shape[1], n_slots // chunk_len, chunk_len, window * chunk_len]
     if list(dropout_mask.shape) != shape:
         raise ValueError(f"{op}: dropout_mask must have the chunked score shape {shape} (reference.dropout_mask_shape), "
                          f"got {list(dropout_mask.shape)}")
-    if dropout_mask.dtype != like.dtype:
-        raise TypeError(f"{op}: dropout_mask must have the inputs' dtype ({like.dtype}), got {dropout_mask.dtype}")
+    if dropout_mask.dtype != torch.bool:
+        raise TypeError(f"{op}: dropout_mask must be bool (True where a probability is kept), got {dropout_mask.dtype}")
     if dropout_mask.device != like.device:
         raise ValueError(f"{op}: dropout_mask must be on the inputs' device ({like.device}), got {dropout_mask.device}")
-    keep = dropout_mask.contiguous()
-    return keep, keep.stride(0), keep.stride(1)
+    if not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"{op}: dropout_p must lie in [0, 1), got {dropout_p}")
+    keep = dropout_mask.contiguous().view(torch.uint8)
+    return keep, keep.stride(0), keep.stride(1), 1.0 / (1.0 - dropout_p)
 
 
 @torch.library.custom_op("reformer_kernels::triton_lsh_attention_fwd", mutates_args=())
 def lsh_attention_fwd(
     qk: torch.Tensor, v: torch.Tensor, sorted_idx: torch.Tensor, attention_mask: Optional[torch.Tensor],
-    dropout_mask: Optional[torch.Tensor], n_hashes: int, chunk_len: int, n_chunks_before: int, n_chunks_after: int,
-    causal: bool,
+    dropout_mask: Optional[torch.Tensor], dropout_p: float, n_hashes: int, chunk_len: int, n_chunks_before: int,
+    n_chunks_after: int, causal: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Returns out (B, H, L, d) in qk's dtype and lse (B, H, n_hashes, L) in fp32. ``dropout_mask``:
-    the scaled keep values of the attention probabilities (``reference.dropout_mask_shape``) or None."""
+    bool, True where an attention probability is kept (and scaled by 1 / (1 - dropout_p)), in the
+    layout of ``reference.dropout_mask_shape``; or None."""
     qk, v, sorted_idx = qk.contiguous(), v.contiguous(), sorted_idx.contiguous()
     batch, heads, seq_len, head_dim = qk.shape
     n_slots = n_hashes * seq_len
     window = n_chunks_before + 1 + n_chunks_after
-    keep, stride_db, stride_dh = dropout_mask_arg("lsh_attention", dropout_mask, qk, n_slots, chunk_len, window)
+    keep, stride_db, stride_dh, drop_scale = dropout_mask_arg("lsh_attention", dropout_mask, dropout_p, qk, n_slots,
+                                                              chunk_len, window)
     out_rounds = torch.empty(batch, heads, n_slots, head_dim, dtype=torch.float32, device=qk.device)
     lse = torch.empty(batch, heads, n_slots, dtype=torch.float32, device=qk.device)
     mask, stride_mb = keep_mask_arg(attention_mask, qk)
@@ -422,7 +431,7 @@ def lsh_attention_fwd(
         stride_mb,
         stride_db, stride_dh,
         seq_len, n_slots, chunk_len, n_chunks_before, window, head_dim,
-        1.0 / math.sqrt(head_dim), mask_value, self_mask_value,
+        1.0 / math.sqrt(head_dim), mask_value, self_mask_value, drop_scale,
         LSH=True, CAUSAL=causal, HAS_MASK=attention_mask is not None, DROPOUT=dropout_mask is not None,
         **tile,
     )
@@ -440,8 +449,8 @@ def lsh_attention_fwd(
 
 
 @lsh_attention_fwd.register_fake
-def _lsh_attention_fwd_fake(qk, v, sorted_idx, attention_mask, dropout_mask, n_hashes, chunk_len, n_chunks_before,
-                            n_chunks_after, causal):
+def _lsh_attention_fwd_fake(qk, v, sorted_idx, attention_mask, dropout_mask, dropout_p, n_hashes, chunk_len,
+                            n_chunks_before, n_chunks_after, causal):
     batch, heads, seq_len, _ = qk.shape
     return torch.empty_like(qk, memory_format=torch.contiguous_format), qk.new_empty(
         batch, heads, n_hashes, seq_len, dtype=torch.float32
@@ -451,16 +460,16 @@ def _lsh_attention_fwd_fake(qk, v, sorted_idx, attention_mask, dropout_mask, n_h
 @torch.library.custom_op("reformer_kernels::triton_lsh_attention_bwd", mutates_args=())
 def lsh_attention_bwd(
     grad_out: torch.Tensor, grad_lse: torch.Tensor, qk: torch.Tensor, v: torch.Tensor, sorted_idx: torch.Tensor,
-    attention_mask: Optional[torch.Tensor], dropout_mask: Optional[torch.Tensor], out: torch.Tensor, lse: torch.Tensor,
-    n_hashes: int, chunk_len: int, n_chunks_before: int, n_chunks_after: int, causal: bool,
+    attention_mask: Optional[torch.Tensor], dropout_mask: Optional[torch.Tensor], dropout_p: float, out: torch.Tensor,
+    lse: torch.Tensor, n_hashes: int, chunk_len: int, n_chunks_before: int, n_chunks_after: int, causal: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Gradients (d qk, d v) from the gradients of out (B, H, L, d) and lse (B, H, n_hashes, L)."""
     qk, v, sorted_idx = qk.contiguous(), v.contiguous(), sorted_idx.contiguous()
     grad_out = grad_out.contiguous()
     batch, heads, seq_len, head_dim = qk.shape
     n_slots = n_hashes * seq_len
-    keep, stride_db, stride_dh = dropout_mask_arg("lsh_attention", dropout_mask, qk, n_slots, chunk_len,
-                                                  n_chunks_before + 1 + n_chunks_after)
+    keep, stride_db, stride_dh, drop_scale = dropout_mask_arg("lsh_attention", dropout_mask, dropout_p, qk, n_slots,
+                                                              chunk_len, n_chunks_before + 1 + n_chunks_after)
     # Round combination, differentiated: round r sees d out_r = w_r * d out and its lse gets
     # w_r * (d out . (out_r - out)) + d lse_r, so softmax's usual delta becomes
     # w_r * (d out . out) - d lse_r (the out_r terms cancel), with w_r = exp(lse_r - logsumexp lse).
@@ -483,7 +492,7 @@ def lsh_attention_bwd(
         stride_mb,
         stride_db, stride_dh,
         seq_len, n_slots, chunk_len, n_chunks_before, n_chunks_after, head_dim,
-        1.0 / math.sqrt(head_dim), mask_value, self_mask_value,
+        1.0 / math.sqrt(head_dim), mask_value, self_mask_value, drop_scale,
         LSH=True, CAUSAL=causal, HAS_MASK=attention_mask is not None, DROPOUT=dropout_mask is not None,
         **tile,
     )
@@ -493,18 +502,20 @@ def lsh_attention_bwd(
 
 
 @lsh_attention_bwd.register_fake
-def _lsh_attention_bwd_fake(grad_out, grad_lse, qk, v, sorted_idx, attention_mask, dropout_mask, out, lse, n_hashes,
-                            chunk_len, n_chunks_before, n_chunks_after, causal):
+def _lsh_attention_bwd_fake(grad_out, grad_lse, qk, v, sorted_idx, attention_mask, dropout_mask, dropout_p, out, lse,
+                            n_hashes, chunk_len, n_chunks_before, n_chunks_after, causal):
     return torch.empty_like(qk, memory_format=torch.contiguous_format), torch.empty_like(
         v, memory_format=torch.contiguous_format
     )
 
 
 def _lsh_setup_context(ctx, inputs, output):
-    qk, v, sorted_idx, attention_mask, dropout_mask, n_hashes, chunk_len, n_chunks_before, n_chunks_after, causal = inputs
+    (qk, v, sorted_idx, attention_mask, dropout_mask, dropout_p, n_hashes, chunk_len, n_chunks_before, n_chunks_after,
+     causal) = inputs
     out, lse = output
     ctx.save_for_backward(qk, v, sorted_idx, attention_mask, dropout_mask, out, lse)
     ctx.config = (n_hashes, chunk_len, n_chunks_before, n_chunks_after, causal)
+    ctx.dropout_p = dropout_p
 
 
 def _lsh_backward(ctx, grad_out, grad_lse):
@@ -512,20 +523,20 @@ def _lsh_backward(ctx, grad_out, grad_lse):
     # autograd passes None for an output whose gradient nobody asked for
     grad_out = torch.zeros_like(out) if grad_out is None else grad_out
     grad_lse = torch.zeros_like(lse) if grad_lse is None else grad_lse
-    grad_qk, grad_v = lsh_attention_bwd(grad_out, grad_lse, qk, v, sorted_idx, attention_mask, dropout_mask, out, lse,
-                                        *ctx.config)
-    return grad_qk, grad_v, None, None, None, None, None, None, None, None
+    grad_qk, grad_v = lsh_attention_bwd(grad_out, grad_lse, qk, v, sorted_idx, attention_mask, dropout_mask,
+                                        ctx.dropout_p, out, lse, *ctx.config)
+    return grad_qk, grad_v, None, None, None, None, None, None, None, None, None
 
 
 lsh_attention_fwd.register_autograd(_lsh_backward, setup_context=_lsh_setup_context)
 
 
 def lsh_attention(qk, v, sorted_idx, n_hashes, chunk_len, n_chunks_before, n_chunks_after, causal, attention_mask=None,
-                  dropout_mask=None):
+                  dropout_mask=None, dropout_p=0.0):
     """The "lsh_attention" backend impl: (out (B, H, L, d), lse (B, H, n_hashes, L)) in qk's dtype."""
     check_dtype("lsh_attention", qk)
-    out, lse = lsh_attention_fwd(qk, v, sorted_idx, attention_mask, dropout_mask, n_hashes, chunk_len, n_chunks_before,
-                                 n_chunks_after, causal)
+    out, lse = lsh_attention_fwd(qk, v, sorted_idx, attention_mask, dropout_mask, dropout_p, n_hashes, chunk_len,
+                                 n_chunks_before, n_chunks_after, causal)
     return out, lse.to(qk.dtype)
 
 

@@ -30,7 +30,7 @@ def with_neighbours(chunks: torch.Tensor, n_chunks_before: int, n_chunks_after: 
 def dropout_mask_shape(
     batch: int, heads: int, n_queries: int, chunk_len: int, n_chunks_before: int, n_chunks_after: int
 ) -> tuple[int, int, int, int, int]:
-    """Shape of the chunked score tensor of ``attend_in_chunks``, which a dropout mask multiplies."""
+    """Shape of the chunked score tensor of ``attend_in_chunks``, which a dropout mask covers."""
     return (batch, heads, n_queries // chunk_len, chunk_len, (1 + n_chunks_before + n_chunks_after) * chunk_len)
 
 
@@ -103,13 +103,17 @@ def attend_in_chunks(
     causal: bool,
     self_mask: bool,
     dropout_mask: torch.Tensor | None = None,
+    dropout_p: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Softmax attention of each chunk of ``chunk_len`` queries over its own and neighbour chunks' keys.
 
     queries, keys, values: (B, H, N, d), N a multiple of chunk_len, already in attention order
     (sorted by bucket for LSH). positions: (B, H, N) int64, each row's position in the original
     sequence, for the causal and self masks. key_valid: (B, H, N) bool, False for padding keys, or
-    None. Returns ``(out, lse)``: (B, H, N, d) and the log-sum-exp of each query's scores (B, H, N).
+    None. dropout_mask: bool (B, H, N / chunk_len, chunk_len, window * chunk_len) as
+    ``dropout_mask_shape``, True where a probability is kept (then scaled by 1 / (1 - dropout_p)),
+    or None. Returns ``(out, lse)``: (B, H, N, d) and the log-sum-exp of each query's scores
+    (B, H, N), before dropout.
     """
     batch, heads, n, head_dim = queries.shape
     scores = chunk_scores(
@@ -119,7 +123,7 @@ def attend_in_chunks(
     lse = torch.logsumexp(scores, dim=-1, keepdim=True)
     probs = torch.exp(scores - lse)
     if dropout_mask is not None:
-        probs = probs * dropout_mask
+        probs = torch.where(dropout_mask, probs * (1.0 / (1.0 - dropout_p)), 0.0)
     around_values = with_neighbours(values.reshape(batch, heads, n // chunk_len, chunk_len, head_dim), n_chunks_before, n_chunks_after)
     out = probs @ around_values
     return out.reshape(batch, heads, n, head_dim), lse.reshape(batch, heads, n)

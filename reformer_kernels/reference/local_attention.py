@@ -29,14 +29,15 @@ def local_attention(
     causal: bool,
     attention_mask: torch.Tensor | None = None,
     dropout_mask: torch.Tensor | None = None,
+    dropout_p: float = 0.0,
 ) -> torch.Tensor:
     """Chunked attention in sequence order.
 
     q, k, v: (B, H, L, d) float, any L. Keys are scaled by 1 / sqrt(d). attention_mask: (B, L),
     0 = padding key, or None. Padding and (if causal) future keys get -1e9 (fp16: -1e4); there is no
-    self mask. Neighbour chunks wrap around the (padded) sequence. dropout_mask: shape
-    ``dropout_mask_shape(B, H, padded_len, chunk_len', before', after')`` with the values of
-    ``local_chunking``, already scaled by 1 / (1 - p), or None. Returns out (B, H, L, d).
+    self mask. Neighbour chunks wrap around the (padded) sequence. dropout_mask: bool of
+    shape ``dropout_mask_shape(B, H, padded_len, chunk_len', before', after')`` with the values of
+    ``local_chunking``, True where a probability is kept (and scaled by 1 / (1 - dropout_p)), or None. Returns out (B, H, L, d).
     """
     batch, heads, seq_len, head_dim = q.shape
     chunk_len, n_chunks_before, n_chunks_after, padded_len = local_chunking(seq_len, chunk_len, n_chunks_before, n_chunks_after)
@@ -58,5 +59,6 @@ def local_attention(
         causal=causal,
         self_mask=False,
         dropout_mask=dropout_mask,
+        dropout_p=dropout_p,
     )
     return out[:, :, :seq_len]

@@ -36,14 +36,15 @@ def lsh_attention(
     causal: bool,
     attention_mask: torch.Tensor | None = None,
     dropout_mask: torch.Tensor | None = None,
+    dropout_p: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Chunked attention in bucket order, un-sorted and combined over hash rounds.
 
     qk, v: (B, H, L, d) float. sorted_idx: (B, H, n_hashes * L) int64, a permutation of the flat
     round-major indices (entry r * L + i is position i in round r), as ``sort_buckets`` returns.
     (n_hashes * L) % chunk_len == 0. attention_mask: (B, L), 0 = padding key, or None.
-    dropout_mask: ``dropout_mask_shape(B, H, n_hashes * L, chunk_len, before, after)``, already
-    scaled by 1 / (1 - p), multiplying the attention probabilities, or None.
+    dropout_mask: bool ``dropout_mask_shape(B, H, n_hashes * L, chunk_len, before, after)``, True
+    where an attention probability is kept (and scaled by 1 / (1 - dropout_p)), or None.
 
     Masks: padding keys and (if causal) keys after the query get -1e9, the query's own position
     -1e5 (fp16: -1e4, -1e3). Returns ``(out, lse)``: out (B, H, L, d); lse (B, H, n_hashes, L), the
@@ -67,6 +68,7 @@ def lsh_attention(
         causal=causal,
         self_mask=True,
         dropout_mask=dropout_mask,
+        dropout_p=dropout_p,
     )
 
     undo_sort = torch.argsort(sorted_idx, dim=-1)

@@ -74,11 +74,12 @@ def test_gradcheck(causal):
 @pytest.mark.parametrize("dropout", [False, True])
 def test_opcheck(dropout):
     q, k, v, attention_mask = (t.float() if t is not None and t.is_floating_point() else t for t in _inputs(2, 2, 20, 8, "padded"))
-    keep = (torch.rand(reference.dropout_mask_shape(2, 2, 24, 8, 1, 0)) > 0.3).float() / 0.7 if dropout else None
-    fwd_args = (q.requires_grad_(), k.requires_grad_(), v.requires_grad_(), 8, 1, 0, True, attention_mask, keep)
+    keep = torch.rand(reference.dropout_mask_shape(2, 2, 24, 8, 1, 0)) > 0.3 if dropout else None
+    fwd_args = (q.requires_grad_(), k.requires_grad_(), v.requires_grad_(), 8, 1, 0, True, attention_mask, keep, 0.3)
     torch.library.opcheck(torch.ops.reformer_kernels.local_attention_fwd.default, fwd_args)
-    out, lse = torch.ops.reformer_kernels.local_attention_fwd(q.detach(), k.detach(), v.detach(), 8, 1, 0, True, attention_mask, keep)
-    bwd_args = (torch.randn_like(out), q.detach(), k.detach(), v.detach(), out, lse, 8, 1, 0, True, attention_mask, keep)
+    out, lse = torch.ops.reformer_kernels.local_attention_fwd(q.detach(), k.detach(), v.detach(), 8, 1, 0, True, attention_mask, keep,
+                                                              0.3)
+    bwd_args = (torch.randn_like(out), q.detach(), k.detach(), v.detach(), out, lse, 8, 1, 0, True, attention_mask, keep, 0.3)
     torch.library.opcheck(torch.ops.reformer_kernels.local_attention_bwd.default, bwd_args)
 
 

@@ -87,13 +87,15 @@ def test_gradcheck(causal):
 @pytest.mark.parametrize("dropout", [False, True])
 def test_opcheck(dropout):
     qk, v, sorted_idx, attention_mask = lsh_inputs(2, 2, 16, 8, 2, "padded")
-    keep = (torch.rand(reference.dropout_mask_shape(2, 2, 32, 8, 1, 0)) > 0.3).float() / 0.7 if dropout else None
-    fwd_args = (qk.float().requires_grad_(), v.float().requires_grad_(), sorted_idx, 2, 8, 1, 0, True, attention_mask, keep)
+    keep = torch.rand(reference.dropout_mask_shape(2, 2, 32, 8, 1, 0)) > 0.3 if dropout else None
+    fwd_args = (qk.float().requires_grad_(), v.float().requires_grad_(), sorted_idx, 2, 8, 1, 0, True, attention_mask, keep,
+                0.3)
     torch.library.opcheck(torch.ops.reformer_kernels.lsh_attention_fwd.default, fwd_args)
     out, lse = torch.ops.reformer_kernels.lsh_attention_fwd(*(a.detach() if isinstance(a, torch.Tensor) else a for a in fwd_args))
     grad_out, grad_lse = torch.randn_like(out), torch.randn_like(lse)
     for grad_lse_arg in (grad_lse, None):
-        bwd_args = (grad_out, grad_lse_arg, qk.float(), v.float(), sorted_idx, out, lse, 2, 8, 1, 0, True, attention_mask, keep)
+        bwd_args = (grad_out, grad_lse_arg, qk.float(), v.float(), sorted_idx, out, lse, 2, 8, 1, 0, True, attention_mask, keep,
+                    0.3)
         torch.library.opcheck(torch.ops.reformer_kernels.lsh_attention_bwd.default, bwd_args)
 
 
@@ -238,14 +240,17 @@ def test_torch_compile_fullgraph():
             assert torch.equal(a, b)
 
 
-def test_dropout_mask_of_the_wrong_shape_or_dtype_is_refused():
+def test_bad_dropout_mask_or_p_is_refused():
     qk, v, sorted_idx, _ = lsh_inputs(1, 2, 16, 8, 2)
     qk, v = qk.float(), v.float()
     args = (qk, v, sorted_idx, 2, 8, 1, 0, True, None)
-    good = torch.ones(reference.dropout_mask_shape(1, 2, 32, 8, 1, 0))
+    good = torch.ones(reference.dropout_mask_shape(1, 2, 32, 8, 1, 0), dtype=torch.bool)
     with pytest.raises(ValueError, match=r"dropout_mask must have the chunked score shape \[1, 2, 4, 8, 16\]"):
-        torch.ops.reformer_kernels.lsh_attention_fwd(*args, good[..., :8])
-    with pytest.raises(TypeError, match="dropout_mask must have the inputs' dtype"):
-        torch.ops.reformer_kernels.lsh_attention_fwd(*args, good.double())
-    out, _ = torch.ops.reformer_kernels.lsh_attention_fwd(*args, good)
-    torch.testing.assert_close(out, torch.ops.reformer_kernels.lsh_attention_fwd(*args)[0], rtol=0, atol=0)
+        torch.ops.reformer_kernels.lsh_attention_fwd(*args, good[..., :8], 0.1)
+    with pytest.raises(TypeError, match=r"dropout_mask must be bool \(True where a probability is kept\)"):
+        torch.ops.reformer_kernels.lsh_attention_fwd(*args, good.float(), 0.1)
+    with pytest.raises(ValueError, match=r"dropout_p must lie in \[0, 1\), got 1"):
+        torch.ops.reformer_kernels.lsh_attention_fwd(*args, good, 1.0)
+    # an all-True mask keeps every probability, scaled by 1 / (1 - p)
+    out, _ = torch.ops.reformer_kernels.lsh_attention_fwd(*args, good, 0.5)
+    torch.testing.assert_close(out, 2 * torch.ops.reformer_kernels.lsh_attention_fwd(*args)[0], rtol=1e-6, atol=0)

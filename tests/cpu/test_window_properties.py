@@ -38,8 +38,8 @@ DRAWS = dict(
 
 
 def _keep_mask(shape: tuple[int, ...], p: float) -> torch.Tensor | None:
-    """The scaled float64 keep-mask that the reference multiplies the probabilities by, or None."""
-    return None if p == 0.0 else torch.bernoulli(torch.full(shape, 1.0 - p, dtype=torch.float64)) / (1.0 - p)
+    """The bool attention-dropout mask (True = kept, with probability 1 - p), or None."""
+    return None if p == 0.0 else torch.empty(shape, dtype=torch.bool).bernoulli_(1.0 - p)
 
 
 def _check(impl, reference_impl, inputs, upstream, threads, names):
@@ -48,8 +48,7 @@ def _check(impl, reference_impl, inputs, upstream, threads, names):
     *tensors, mask = inputs
 
     def call(fn, dtype):
-        return outputs_and_grads(lambda *xs: fn(*xs, None if mask is None else mask.to(dtype)),
-                                 [t.to(dtype) for t in tensors], upstream)
+        return outputs_and_grads(lambda *xs: fn(*xs, mask), [t.to(dtype) for t in tensors], upstream)
 
     expected = call(reference_impl, torch.float64)
     baseline = call(reference_impl, torch.float32)
@@ -77,10 +76,10 @@ def test_lsh_kernel_meets_reference(n_chunks, chunk_len, n_hashes, head_dim, bef
     keep = _keep_mask(reference.dropout_mask_shape(2, 2, n_hashes * seq_len, chunk_len, before, after), dropout)
 
     def kernel(qk, v, keep):
-        return lsh_attention_cpu(qk, v, sorted_idx, **window, dropout_mask=keep)
+        return lsh_attention_cpu(qk, v, sorted_idx, **window, dropout_mask=keep, dropout_p=dropout)
 
     def oracle(qk, v, keep):
-        return reference.lsh_attention(qk, v, sorted_idx, **window, dropout_mask=keep)
+        return reference.lsh_attention(qk, v, sorted_idx, **window, dropout_mask=keep, dropout_p=dropout)
 
     _check(kernel, oracle, (qk, v, keep), upstream, threads, ("out", "lse", "grad_qk", "grad_v"))
 
@@ -97,9 +96,9 @@ def test_local_kernel_meets_reference(seq_len, chunk_len, head_dim, before, afte
     keep = _keep_mask(reference.dropout_mask_shape(2, 3, padded_len, used_chunk_len, used_before, used_after), dropout)
 
     def kernel(q, k, v, keep):
-        return local_attention_cpu(q, k, v, **window, dropout_mask=keep)
+        return local_attention_cpu(q, k, v, **window, dropout_mask=keep, dropout_p=dropout)
 
     def oracle(q, k, v, keep):
-        return reference.local_attention(q, k, v, **window, dropout_mask=keep)
+        return reference.local_attention(q, k, v, **window, dropout_mask=keep, dropout_p=dropout)
 
     _check(kernel, oracle, (q, k, v, keep), (torch.randn_like(q),), threads, ("out", "grad_q", "grad_k", "grad_v"))

@@ -33,10 +33,10 @@ def attention_types(dtype: torch.dtype, lsh: bool) -> dict:
     # LSH writes fp32 per-round rows that are combined or summed afterwards; local writes results.
     rows = "*fp32" if lsh else f"*{element}"
     return {
-        **{name: f"*{element}" for name in ("Q", "K", "V", "DOut", "DropMask")},
+        **{name: f"*{element}" for name in ("Q", "K", "V", "DOut")}, "DropMask": "*u8",
         "SortedIdx": "*i64" if lsh else "*fp32", "Mask": "*u8", "Out": rows, "DQ": rows, "DK": rows, "DV": rows,
         **{name: "*fp32" for name in ("Lse", "RoundWeight", "Delta")},
-        **{name: "fp32" for name in ("key_scale", "mask_value", "self_mask_value")},
+        **{name: "fp32" for name in ("key_scale", "mask_value", "self_mask_value", "drop_scale")},
         **{name: "i64" for name in ("stride_xb", "stride_ob", "stride_gb", "stride_sb", "stride_db", "stride_dh")},
     }
 

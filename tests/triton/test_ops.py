@@ -11,25 +11,28 @@ from .test_lsh_attention import hashed_order, padding_mask
 pytestmark = pytest.mark.triton_interpret
 
 
-def keep_mask(shape, device, p=0.3):
-    """An attention-dropout mask as functional draws it: keep values 0 or 1 / (1 - p)."""
-    return (torch.rand(shape, device=device) > p).float() / (1 - p)
+P = 0.3
+
+
+def keep_mask(shape, device):
+    """An attention-dropout mask as functional draws it: bool, True (kept) with probability 1 - P."""
+    return torch.rand(shape, device=device) > P
 
 
 def lsh_inputs(device, requires_grad=True, dropout=False):
     """Arguments of triton_lsh_attention_fwd: 2 rounds of 32 positions, chunks of 16, causal, padded,
-    with an attention-dropout mask or None."""
+    with an attention-dropout mask and p, or None and 0."""
     qk, v = (torch.randn(1, 1, 32, 16, device=device, requires_grad=requires_grad) for _ in range(2))
     mask = padding_mask("tail", 1, 32, device)
     keep = keep_mask(reference.dropout_mask_shape(1, 1, 64, 16, 1, 0), device) if dropout else None
-    return qk, v, hashed_order(qk.detach(), 2, mask), mask, keep, 2, 16, 1, 0, True
+    return qk, v, hashed_order(qk.detach(), 2, mask), mask, keep, P if dropout else 0.0, 2, 16, 1, 0, True
 
 
 def local_inputs(device, dropout=False):
     """Arguments of triton_local_attention_fwd: 40 positions in chunks of 16 (padded to 48 inside)."""
     q, k, v = (torch.randn(1, 1, 40, 16, device=device, requires_grad=True) for _ in range(3))
     keep = keep_mask(reference.dropout_mask_shape(1, 1, 48, 16, 1, 0), device) if dropout else None
-    return q, k, v, padding_mask("tail", 1, 40, device), keep, 16, 1, 0, True
+    return q, k, v, padding_mask("tail", 1, 40, device), keep, P if dropout else 0.0, 16, 1, 0, True
 
 
 @pytest.mark.parametrize("dropout", [False, True])
@@ -38,10 +41,10 @@ def test_opcheck_lsh_attention(device, dropout):
     torch.library.opcheck(triton_lsh_attention.lsh_attention_fwd, args)
     with torch.no_grad():
         out, lse = triton_lsh_attention.lsh_attention_fwd(*args)
-    qk, v, sorted_idx, mask, keep, *config = args
+    qk, v, sorted_idx, mask, keep, p, *config = args
     grads = (torch.randn_like(out), torch.randn_like(lse))
     torch.library.opcheck(triton_lsh_attention.lsh_attention_bwd,
-                          (*grads, qk.detach(), v.detach(), sorted_idx, mask, keep, out, lse, *config))
+                          (*grads, qk.detach(), v.detach(), sorted_idx, mask, keep, p, out, lse, *config))
 
 
 @pytest.mark.parametrize("dropout", [False, True])
@@ -50,9 +53,9 @@ def test_opcheck_local_attention(device, dropout):
     torch.library.opcheck(triton_local_attention.local_attention_fwd, args)
     with torch.no_grad():
         out, lse = triton_local_attention.local_attention_fwd(*args)
-    q, k, v, mask, keep, *config = args
+    q, k, v, mask, keep, p, *config = args
     torch.library.opcheck(triton_local_attention.local_attention_bwd,
-                          (torch.randn_like(out), q.detach(), k.detach(), v.detach(), mask, keep, out, lse, *config))
+                          (torch.randn_like(out), q.detach(), k.detach(), v.detach(), mask, keep, p, out, lse, *config))
 
 
 def test_opcheck_lsh_hash(device):
@@ -63,7 +66,7 @@ def test_opcheck_lsh_hash(device):
 
 
 def test_compiles_fullgraph_forward_and_backward(device):
-    qk, v, sorted_idx, mask, _, n_hashes, chunk_len, before, after, causal = lsh_inputs(device)
+    qk, v, sorted_idx, mask, _, _, n_hashes, chunk_len, before, after, causal = lsh_inputs(device)
 
     def attention(qk, v):
         out, lse = triton_lsh_attention.lsh_attention(qk, v, sorted_idx, n_hashes, chunk_len, before, after, causal,
@@ -80,7 +83,7 @@ def test_compiles_fullgraph_forward_and_backward(device):
 
 @pytest.mark.parametrize("dropout_p", [0.0, 0.2])
 def test_two_runs_give_identical_bits(device, dropout_p):
-    qk, v, sorted_idx, mask, _, n_hashes, chunk_len, before, after, causal = lsh_inputs(device)
+    qk, v, sorted_idx, mask, _, _, n_hashes, chunk_len, before, after, causal = lsh_inputs(device)
     q, k, v_local, local_mask, *_ = local_inputs(device)
 
     def run():
@@ -97,7 +100,7 @@ def test_two_runs_give_identical_bits(device, dropout_p):
 
 
 def test_bad_inputs_get_the_shared_errors(device):
-    qk, v, sorted_idx, mask, keep, *config = lsh_inputs(device, requires_grad=False, dropout=True)
+    qk, v, sorted_idx, mask, keep, p, *config = lsh_inputs(device, requires_grad=False, dropout=True)
     triton = dict(backend="triton")
     with pytest.raises(TypeError, match="sorted_idx must be int64"):
         functional.lsh_attention(qk, v, sorted_idx.int(), n_hashes=2, chunk_len=16, **triton)
@@ -114,17 +117,19 @@ def test_bad_inputs_get_the_shared_errors(device):
         functional.local_attention(qk.double(), qk.double(), v.double(), chunk_len=16, **triton)
     # the ops index the dropout mask unchecked: its shape, dtype and device are checked first
     with pytest.raises(ValueError, match=r"dropout_mask must have the chunked score shape \[1, 1, 4, 16, 32\]"):
-        triton_lsh_attention.lsh_attention_fwd(qk, v, sorted_idx, mask, keep[..., :16], *config)
-    with pytest.raises(TypeError, match="dropout_mask must have the inputs' dtype"):
-        triton_lsh_attention.lsh_attention_fwd(qk, v, sorted_idx, mask, keep.half(), *config)
+        triton_lsh_attention.lsh_attention_fwd(qk, v, sorted_idx, mask, keep[..., :16], p, *config)
+    with pytest.raises(TypeError, match=r"dropout_mask must be bool \(True where a probability is kept\)"):
+        triton_lsh_attention.lsh_attention_fwd(qk, v, sorted_idx, mask, keep.float(), p, *config)
+    with pytest.raises(ValueError, match=r"dropout_p must lie in \[0, 1\), got 1.0"):
+        triton_lsh_attention.lsh_attention_fwd(qk, v, sorted_idx, mask, keep, 1.0, *config)
     with pytest.raises(ValueError, match="dropout_mask must have the chunked score shape"):
-        triton_local_attention.local_attention_fwd(qk, qk, v, mask, keep, 16, 1, 1, False)
+        triton_local_attention.local_attention_fwd(qk, qk, v, mask, keep, p, 16, 1, 1, False)
 
 
 def test_saves_only_linear_memory_for_backward(device):
     """The backward recomputes the scores: what the op keeps is qk, v, sorted_idx, the mask, out and
     lse, all linear in L, never the chunk x window probabilities."""
-    qk, v, sorted_idx, mask, _, n_hashes, chunk_len, before, after, causal = lsh_inputs(device)
+    qk, v, sorted_idx, mask, _, _, n_hashes, chunk_len, before, after, causal = lsh_inputs(device)
     saved = []
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
         out, lse = triton_lsh_attention.lsh_attention(qk, v, sorted_idx, n_hashes, chunk_len, before, after, causal,
