@@ -360,8 +360,8 @@ def lsh_attention(
         n_hashes: int >= 1. chunk_len: int >= 1 dividing n_hashes * L (and L when n_hashes > 1).
         n_chunks_before, n_chunks_after: int >= 0.
         causal: bool. attention_mask: (B, L) or None.
-        dropout_p: float in [0, 1), dropout on the attention probabilities (a mask drawn
-            from the default generator, as torch's dropout draws it; every backend).
+        dropout_p: float in [0, 1), dropout on the attention probabilities (every backend;
+            the mask is drawn from the default generator, so seeding it reproduces the mask).
         return_lse: also return the per-round log-sum-exp.
         backend: see ``reformer_kernels.backends``.
 
@@ -430,8 +430,8 @@ def local_attention(
         q, k, v: (B, H, L, d), one float dtype, one device.
         chunk_len: int >= 1. n_chunks_before, n_chunks_after: int >= 0.
         causal: bool. attention_mask: (B, L) or None.
-        dropout_p: float in [0, 1), dropout on the attention probabilities (a mask drawn
-            from the default generator, as torch's dropout draws it; every backend).
+        dropout_p: float in [0, 1), dropout on the attention probabilities (every backend;
+            the mask is drawn from the default generator, so seeding it reproduces the mask).
         backend: see ``reformer_kernels.backends``.
 
     Returns:
@@ -481,8 +481,8 @@ def lsh_self_attention(
         n_buckets: even int or tuple of even factors; see ``default_num_buckets``.
         chunk_len: int >= 1. n_chunks_before, n_chunks_after: int >= 0.
         causal: bool. attention_mask: (B, L) or None.
-        dropout_p: float in [0, 1), dropout on the attention probabilities (a mask drawn
-            from the default generator, as torch's dropout draws it; every backend).
+        dropout_p: float in [0, 1), dropout on the attention probabilities (every backend;
+            the mask is drawn from the default generator, so seeding it reproduces the mask).
         backend: see ``reformer_kernels.backends``; used for every step.
 
     Returns:

@@ -363,7 +363,7 @@ struct ChunkAttention {
     }
   }
 
-  // Query i's keep values from its row of the caller's dropout mask, whose columns run over the
+  // Query i's keep factors from its row of the caller's dropout mask, whose columns run over the
   // window in neighbour order (chunk - before first); here neighbour u sits in slot u mod window.
   void set_keep(int64_t i, const bool* mask_row, T scale, int64_t chunk, int64_t before, int64_t window,
                 int64_t chunk_len) {
@@ -433,8 +433,8 @@ struct ChunkAttention {
 
   // Given lse[i], grad_out (rows dO_i) and delta[i] = dO_i . o_i - dlse_i, fills grad_q (n_queries
   // rows), grad_k and grad_v (n_keys rows) for this chunk: FlashAttention's backward, recomputing
-  // the probabilities P from the scores and lse. With dropout keep values K the output used P * K:
-  // dS = P * (K * dO V^T - delta) and grad_v = (P * K)^T dO.
+  // the probabilities P from the scores and lse. With dropout factors K (0, or 1 / (1 - p) where
+  // kept) the output used P * K: dS = P * (K * dO V^T - delta) and grad_v = (P * K)^T dO.
   void backward(int64_t n_queries, int64_t n_keys, bool causal, bool self_mask, MaskValues values) {
     const int64_t padded_keys = round_up(n_keys, Vec<T>::width);
     masked_scores(n_queries, n_keys, causal, self_mask, values);

@@ -222,9 +222,10 @@ def attention_bwd_kernel(
     """Gradients for BLOCK slots of one chunk, each slot once as a key (stage 1) and once as a query
     (stage 2). Every gradient row is summed inside one program in a fixed order: no atomics, so
     the result is bitwise deterministic. LSH adds the query part and the key part of the shared
-    qk at the slot's flat index; the caller sums the rounds. With dropout (keep values K, the
-    probabilities P before dropout): dv = (P*K)^T do and ds = P * (K * (do v^T) - delta), where
-    delta = do . out is unchanged because out already holds the kept terms only."""
+    qk at the slot's flat index; the caller sums the rounds. With dropout (factors K: 0, or
+    1 / (1 - p) where kept; P the probabilities before dropout): dv = (P*K)^T do and
+    ds = P * (K * (do v^T) - delta), where delta = do . out is unchanged because out already holds
+    the kept terms only."""
     pid = tl.program_id(0)
     h = tl.program_id(1).to(tl.int64)
     b = tl.program_id(2).to(tl.int64)
