@@ -69,7 +69,7 @@ def linear_cross_entropy(
     hidden: (N, D) float16, bfloat16, float32 or float64; weight: (V, D) and bias: (V,) or None,
     same dtype and device (under ``torch.autocast`` all three run in the autocast dtype, as
     ``F.linear`` would); labels: (N,) int64 in [0, V) or ``ignore_index``. ``chunk_size``: tokens
-    per tile of the PyTorch path (0: 2048; a tile spans as many vocabulary entries as fit in 2^22
+    per tile of the PyTorch path (0: up to 2048; a tile spans as many vocabulary entries as fit in 2^22
     logits); the Triton kernel tiles on its own. ``backend``: see ``reformer_kernels.backends`` (the triton one takes no float64).
     Returns a 0-d tensor, at least fp32 (nan when no label counts, as torch's mean cross-entropy).
     """

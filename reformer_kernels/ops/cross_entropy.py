@@ -42,7 +42,7 @@ def _labels_in_tile(labels: torch.Tensor, valid: torch.Tensor, columns: slice) -
 
 
 def _tiles(n_tokens: int, vocab: int, chunk_size: int) -> tuple[list[slice], list[slice]]:
-    tokens = chunk_size or DEFAULT_TILE_TOKENS
+    tokens = chunk_size or max(1, min(n_tokens, DEFAULT_TILE_TOKENS))
     entries = min(vocab, max(1, TILE_ELEMENTS // tokens))
     return ([slice(i, min(i + tokens, n_tokens)) for i in range(0, n_tokens, tokens)],
             [slice(j, min(j + entries, vocab)) for j in range(0, vocab, entries)])
@@ -107,7 +107,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
 
 def linear_cross_entropy_chunked(hidden, weight, bias, labels, chunk_size=0, ignore_index=-100):
     """The "linear_cross_entropy" impl of the cpu and reference backends: the mean loss, a 0-d
-    tensor at least fp32. Tiles of ``chunk_size`` tokens (0: 2048) x as many vocabulary entries as
+    tensor at least fp32. Tiles of ``chunk_size`` tokens (0: up to 2048) x as many vocabulary entries as
     fit in 2^22 logits (the whole vocabulary when the tokens alone take that many)."""
     return _LinearCrossEntropy.apply(hidden, weight, bias, labels, chunk_size, ignore_index)
 

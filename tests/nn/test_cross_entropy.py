@@ -60,6 +60,24 @@ def test_tiles_over_tokens_and_vocabulary(monkeypatch, ignore_index):
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-14)
 
 
+def test_no_op_allocates_tokens_x_vocab_floats():
+    """Forward and backward never create a (tokens x vocab) tensor: the most memory any op takes
+    (torch.profiler's accounting) stays under half the fp32 logits, where F.linear + cross_entropy
+    take all of it (which shows the measure sees such a tensor)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    n, d, v = 512, 32, 32768
+    hidden, weight, bias, labels = inputs(n, d, v, torch.float32)
+
+    def largest_allocation(loss_fn) -> int:
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            loss_fn(hidden, weight, bias, labels).backward()
+        return max(event.cpu_memory_usage for event in prof.events())
+
+    logits_bytes = n * v * 4
+    assert largest_allocation(linear_cross_entropy) < logits_bytes / 2 <= largest_allocation(torch_loss)
+
+
 def test_no_bias_and_all_ignored():
     hidden, weight, _, labels = inputs(6, 4, 9, torch.float32)
     assert torch.allclose(linear_cross_entropy(hidden, weight, None, labels), torch_loss(hidden, weight, None, labels))
