@@ -2,31 +2,34 @@
 LM at 2, 6 and 12 layers, ours with the reversible backward (the default), ours with plain autograd
 through the same blocks, and transformers' ReformerModelWithLMHead, all three with the same weights.
 
-    python -m benchmarks.bench_reversible [--size small|full] [--repeats N] [--out DIR]
+    python -m benchmarks.bench_reversible [--size small|full] [--repeats N] [--device cpu|cuda] [--out DIR]
 
 Model: hidden 256 = 4 heads of 64, feed-forward 1024, vocab 320, layers alternating LSH / local,
-2 hashes, chunk 64, causal (is_decoder), axial positions, dropout 0, batch 1, float32, on the CPU.
+2 hashes, chunk 64, causal (is_decoder), axial positions, dropout 0, batch 1, float32, on the CPU
+(default) or the GPU (--device cuda: our Triton/CUDA kernels, transformers in PyTorch).
 --size full: 2, 6, 12 layers at L = 4096; --size small: 2 and 6 layers at L = 1024.
 
 A training step is forward + loss + backward + AdamW step; its time is the median of --repeats
-calls after warm-up. Each case runs in a fresh subprocess and its peak memory is the peak resident
-set size one step adds (bench_cpu_attention's method), so every byte counts, the optimizer's and
-the C++ kernels' scratch included.
+calls after warm-up. Each case runs in a fresh subprocess. On the CPU its peak memory is the peak
+resident set size one step adds (bench_cpu_attention's method), so every byte counts, the
+optimizer's and the C++ kernels' scratch included; on the GPU it is the peak of the CUDA caching
+allocator's bytes in use during one step (max_memory_allocated), which counts every tensor.
 
 Two memory rows per case, because glibc's malloc keeps freed blocks resident: op "train_step" is
 the step above under the default malloc (the RSS a user sees; it grows with depth by what the heap
 retains), op "train_step_live_memory" is the same step, untimed, in a process run with
 MALLOC_MMAP_THRESHOLD_=131072, where every block of 128 KiB or more is its own mapping, unmapped
-when freed, so the peak RSS follows the bytes actually alive at once. And one time row per mode of
-ours, op "train_step_interleaved": reversible and plain-autograd steps of one model alternated in
-the parent process, whose ratio is the reversible overhead with the machine's drift shared.
+when freed, so the peak RSS follows the bytes actually alive at once (CPU only: the GPU's peak
+already counts live bytes). And one time row per mode of ours, op "train_step_interleaved":
+reversible and plain-autograd steps of one model alternated in the parent process, whose ratio is
+the reversible overhead with the machine's drift shared.
 
 The non-reversible row: the model has no config switch for plain autograd; its encoder *is* a
 ReversibleSequence, whose public ``reversible`` attribute selects the mode, so the row sets
 ``model.reformer.encoder.reversible = False`` on an otherwise identical model.
 
-Writes reversible.csv/.json to benchmarks/results/<cpu-name>/, prints the table, the reversible
-overhead (reversible time / non-reversible time) and how peak memory grows with depth.
+Writes reversible.csv/.json to benchmarks/results/<cpu-or-gpu-name>/, prints the table, the
+reversible overhead (reversible time / non-reversible time) and how peak memory grows with depth.
 """
 from __future__ import annotations
 
@@ -42,7 +45,7 @@ from . import competitors as c
 from . import report
 from .bench_cpu_attention import _peak_rss_bytes, per_case_environment, run_in_fresh_process
 from .bench_model import _training, hf_settings
-from .harness import Case, add_speedups, blank_row, time_ms, _stats
+from .harness import Case, add_speedups, blank_row, peak_memory_bytes, time_ms, _stats
 
 SUITE = "reversible"
 TIMED_OP, LIVE_MEMORY_OP, INTERLEAVED_OP = "train_step", "train_step_live_memory", "train_step_interleaved"
@@ -50,7 +53,6 @@ LIVE_MEMORY_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072"}
 SIZES = {"small": (1024, [2, 6]), "full": (4096, [2, 6, 12])}
 SHAPE = dict(batch=1, heads=4, head_dim=64, n_hashes=2, chunk_len=64, causal=True, dtype=torch.float32)
 VOCAB = 320
-CPU = torch.device("cpu")
 # (competitor, backend): the backend column names the kernels ours runs with ("auto": the C++ ones).
 REVERSIBLE, PLAIN, TRANSFORMERS = ("reformer_kernels", "auto"), ("reformer_kernels-plain-autograd", "auto"), ("transformers", "pytorch")
 ROWS = (REVERSIBLE, PLAIN, TRANSFORMERS)
@@ -71,12 +73,12 @@ def _transformers_model(config: dict):
     return transformers.ReformerModelWithLMHead(transformers.ReformerConfig(**_settings(config))).train()
 
 
-def build(competitor: str, config: dict):
-    """The Prepared training step of one row, and its model."""
+def build(competitor: str, config: dict, device: torch.device):
+    """The Prepared training step of one row on ``device``, and its model."""
     from reformer_kernels.models import ReformerConfig, ReformerModelWithLMHead
 
     theirs = _transformers_model(config)
-    input_ids = torch.randint(3, VOCAB, (config["batch"], config["seq_len"]), generator=c.generator_for(config, CPU))
+    input_ids = torch.randint(3, VOCAB, (config["batch"], config["seq_len"]), generator=c.generator_for(config, torch.device("cpu")))
     if competitor == TRANSFORMERS[0]:
         model = theirs
     else:
@@ -84,19 +86,30 @@ def build(competitor: str, config: dict):
         model.load_state_dict(theirs.state_dict())
         del theirs  # only its weights were wanted; freed before anything is measured
         model.reformer.encoder.reversible = competitor == REVERSIBLE[0]
+    model, input_ids = model.to(device), input_ids.to(device)
     return _training(model, lambda: model(input_ids, labels=input_ids).loss, config), model
 
 
-def worker(op: str, competitor: str, backend: str, seq_len: int, layers: int, repeats: int) -> dict:
+def _peak_step_bytes(step, device: torch.device) -> int:
+    """Peak memory of a training step after a first one (which builds the optimizer state): on the
+    CPU the resident set size it adds, on the GPU the allocator's peak above what was in use."""
+    if device.type == "cuda":
+        step()
+        return peak_memory_bytes(step, device)
+    return _peak_rss_bytes(step)
+
+
+def worker(op: str, competitor: str, backend: str, seq_len: int, layers: int, repeats: int,
+           device: torch.device = torch.device("cpu")) -> dict:
     """Measure one case in this (fresh) process and return its row (``op`` LIVE_MEMORY_OP: memory only)."""
     config = _config(seq_len, layers)
     row = blank_row(Case(SUITE, op, competitor, backend, config, build=lambda: None))
     try:
-        step = build(competitor, config)[0].train_step
+        step = build(competitor, config, device)[0].train_step
         # Two steps (the first one builds the optimizer state) are also the timing's warm-up.
-        row["peak_mem_mb"] = round(_peak_rss_bytes(step) / 2**20, 1)
+        row["peak_mem_mb"] = round(_peak_step_bytes(step, device) / 2**20, 1)
         if op == TIMED_OP:
-            _stats(row, "fwd_bwd", time_ms(step, CPU, warmup=0, repeats=repeats))
+            _stats(row, "fwd_bwd", time_ms(step, device, warmup=0, repeats=repeats))
             row["tokens_per_s"] = round(seq_len / (row["fwd_bwd_ms"] / 1e3), 1)
         row["status"] = "ok"
     except c.MissingPeer as error:
@@ -106,14 +119,16 @@ def worker(op: str, competitor: str, backend: str, seq_len: int, layers: int, re
     return row
 
 
-def run_case(op: str, competitor: str, backend: str, seq_len: int, layers: int, repeats: int) -> dict:
+def run_case(op: str, competitor: str, backend: str, seq_len: int, layers: int, repeats: int,
+             device: torch.device) -> dict:
     case = Case(SUITE, op, competitor, backend, _config(seq_len, layers), build=lambda: None)
     return run_in_fresh_process("benchmarks.bench_reversible",
-                                [op, competitor, backend, str(seq_len), str(layers), "--repeats", str(repeats)], case,
+                                [op, competitor, backend, str(seq_len), str(layers), "--repeats", str(repeats),
+                                 "--device", device.type], case,
                                 env=LIVE_MEMORY_ENV if op == LIVE_MEMORY_OP else None)
 
 
-def interleaved_rows(seq_len: int, layers: int, repeats: int) -> list[dict]:
+def interleaved_rows(seq_len: int, layers: int, repeats: int, device: torch.device = torch.device("cpu")) -> list[dict]:
     """Our reversible and plain-autograd training steps on one model, alternated in this process, so
     that both see the same state of the machine (fresh-process rows taken minutes apart on a shared
     machine do not): the reversible overhead is the ratio of these two rows' times."""
@@ -122,7 +137,7 @@ def interleaved_rows(seq_len: int, layers: int, repeats: int) -> list[dict]:
              for name, backend in (REVERSIBLE, PLAIN)]
     rows = [blank_row(case) for case, _ in cases]
     try:
-        prepared, model = build(REVERSIBLE[0], config)
+        prepared, model = build(REVERSIBLE[0], config, device)
         times: dict[bool, list[float]] = {True: [], False: []}
 
         def step(reversible: bool) -> None:
@@ -133,7 +148,7 @@ def interleaved_rows(seq_len: int, layers: int, repeats: int) -> list[dict]:
             step(reversible)
         for _ in range(repeats):
             for reversible in times:
-                times[reversible] += time_ms(lambda: step(reversible), CPU, warmup=0, repeats=1)
+                times[reversible] += time_ms(lambda: step(reversible), device, warmup=0, repeats=1)
         for row, (_, reversible) in zip(rows, cases):
             _stats(row, "fwd_bwd", times[reversible])
             row.update(tokens_per_s=round(seq_len / (row["fwd_bwd_ms"] / 1e3), 1), status="ok")
@@ -165,30 +180,37 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--size", choices=sorted(SIZES), default="full")
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--out", default=None, help="output folder (default: benchmarks/results/<cpu-name>/)")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where the models train (default: cpu)")
+    p.add_argument("--out", default=None, help="output folder (default: benchmarks/results/<cpu-or-gpu-name>/)")
     p.add_argument("--worker", nargs=5, metavar=("OP", "COMPETITOR", "BACKEND", "SEQ_LEN", "LAYERS"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.repeats < 3:
         p.error("--repeats must be at least 3 (the time is a median)")
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda but torch.cuda.is_available() is False; use --device cpu")
     if args.worker:
         op, competitor, backend, seq_len, layers = args.worker
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # peers' deprecation noise; the row names what ran
-            print(json.dumps(worker(op, competitor, backend, int(seq_len), int(layers), args.repeats)))
+            print(json.dumps(worker(op, competitor, backend, int(seq_len), int(layers), args.repeats, device)))
         return 0
-    env = per_case_environment("bench_reversible")
-    if env is None:
-        return 2
-    out_dir = args.out or os.path.join(report.RESULTS, report.device_dir_name(CPU))
+    if device.type == "cuda":
+        env, ops = report.environment(device), (TIMED_OP,)
+    else:
+        env, ops = per_case_environment("bench_reversible"), (TIMED_OP, LIVE_MEMORY_OP)
+        if env is None:
+            return 2
+    out_dir = args.out or os.path.join(report.RESULTS, report.device_dir_name(device))
     seq_len, depths = SIZES[args.size]
     rows: list[dict] = []
     for layers in depths:
         for competitor, backend in ROWS:
-            for op in (TIMED_OP, LIVE_MEMORY_OP):
-                rows.append(run_case(op, competitor, backend, seq_len, layers, args.repeats))
+            for op in ops:
+                rows.append(run_case(op, competitor, backend, seq_len, layers, args.repeats, device))
                 report.write_suite(out_dir, SUITE, rows, env)  # every finished row is on disk
                 print(f"  {competitor} {op} {layers} layers: {rows[-1]['status']}", flush=True)
-        rows += interleaved_rows(seq_len, layers, args.repeats)
+        rows += interleaved_rows(seq_len, layers, args.repeats, device)
         report.write_suite(out_dir, SUITE, rows, env)
         print(f"  ours reversible and plain autograd alternated, {layers} layers: {rows[-1]['status']}", flush=True)
     add_speedups(rows)

@@ -295,3 +295,13 @@ def test_reversible_rows_time_both_modes_and_measure_memory_without_timing(monke
     assert all(r["fwd_bwd_ms"] > 0 for r in rows)
     memory = bench_reversible.worker(bench_reversible.LIVE_MEMORY_OP, *bench_reversible.REVERSIBLE, 64, 2, 3)
     assert memory["status"] == "ok" and memory["fwd_bwd_ms"] == "" and memory["peak_mem_mb"] != ""
+
+
+def test_reversible_on_cuda_without_a_gpu_is_a_clear_error(monkeypatch, capsys):
+    from benchmarks import bench_reversible
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit) as stop:
+        bench_reversible.main(["--device", "cuda"])
+    assert stop.value.code == 2
+    assert "--device cuda but torch.cuda.is_available() is False" in capsys.readouterr().err
