@@ -5,7 +5,10 @@ transformers' ``ReformerTokenizer`` on the same file: no BOS and no EOS are adde
 tokens (``eos_token``, ``unk_token``, ``pad_token``, ``additional_special_tokens``, which by
 default are the model's control pieces, as transformers makes them) are cut out of the raw text
 before sentencepiece sees it (leftmost-longest match, as transformers does); each piece of text
-between them is encoded by sentencepiece on its own (so it gets its own leading '▁'); a special
+between them is encoded by sentencepiece on its own (so it gets its own leading '▁'), and a
+piece whose normalized text ends in whitespace (at the end of the string or before a special
+token) gets one more '▁' token, as transformers' Metaspace pre-tokenizer makes it ("a </s> b" ->
+['▁a', '▁', '</s>', '▁b'], which decodes back to "a </s> b"); a special
 token that is not a piece of the model gets the next id after the vocabulary (in the order eos,
 unk, pad, additional, as transformers assigns them). Decoding joins the tokens (special ones and
 ``<unk>`` as their text, as transformers does, not as sentencepiece's ' ⁇ '), turns '▁' into a
@@ -23,8 +26,6 @@ special tokens past the vocabulary come from ``added_tokens_decoder`` or ``token
 Where transformers' tokenizers-backed conversion departs from sentencepiece, we follow
 sentencepiece (each case is a test in tests/test_tokenization.py):
 
-- whitespace at the end of a piece of text (the end of the string, or before a special token)
-  gives transformers an extra '▁' token; sentencepiece drops it ("a " -> ['▁a'], "  " -> []).
 - a letter with two or more combining marks: sentencepiece composes the longest prefix it has
   a rule for ("e" + U+0301 + U+0301 -> "é" + U+0301); transformers' normalizer leaves the whole
   grapheme decomposed.
@@ -359,6 +360,7 @@ class ReformerTokenizer(_TokenizerBase):
                 "pass a spiece.model written by sentencepiece or by save_pretrained"
             ) from e
         self._tokens = [self._sp.id_to_piece(i) for i in range(self._sp.get_piece_size())]
+        self._space_id = self._sp.piece_to_id(SPIECE_UNDERLINE)
         unk_piece = self._tokens[self._sp.unk_id()]
         if unk_token != unk_piece:
             raise ValueError(f"unk_token={unk_token!r} is not the model's unknown piece {unk_piece!r}: pass unk_token={unk_piece!r}")
@@ -531,10 +533,13 @@ class ReformerTokenizer(_TokenizerBase):
                 layout.append(None)
             layouts.append(layout)
         try:
-            encoded = iter(self._sp.encode(chunks))
+            encoded = self._sp.encode(chunks)
         except (RuntimeError, TypeError) as e:
             _raise_if_not_unicode(texts, e)
             raise
+        for i in self._ends_in_space(chunks):
+            encoded[i].append(self._space_id)
+        encoded = iter(encoded)
         rows = []
         for layout in layouts:
             if layout is None:
@@ -548,6 +553,24 @@ class ReformerTokenizer(_TokenizerBase):
                     row.append(item)
             rows.append(row)
         return rows
+
+    def _ends_in_space(self, chunks):
+        """The indices of the chunks whose normalized text ends in whitespace.
+
+        transformers' Metaspace pre-tokenizer turns that whitespace into a '▁' token of its own
+        ("a " -> ['▁a', '▁'], "a </s> b" -> ['▁a', '▁', '</s>', '▁b']), which sentencepiece drops;
+        we add it back so that ids, tokens and decode match transformers. Normalization (NFKC,
+        spaces folded into one, control characters removed) decides, seen between two sentinels
+        that normalize to themselves (so that sentencepiece neither strips the trailing space nor
+        adds its dummy-prefix '▁' to an empty result): the chunk ends in whitespace when
+        normalize("x" + chunk + "x") ends in "▁x".
+        """
+        # A printable ASCII character other than space normalizes to itself: no lookup needed.
+        candidates = [i for i, c in enumerate(chunks) if c and not "!" <= c[-1] <= "~"]
+        if not candidates:
+            return []
+        normalized = self._sp.normalize(["x" + chunks[i] + "x" for i in candidates])
+        return [i for i, n in zip(candidates, normalized) if n.endswith(SPIECE_UNDERLINE + "x")]
 
     def _decode_ids(self, ids, skip_special_tokens):
         tokens = [self._tokens[i] for i in ids if not (skip_special_tokens and i in self._special_id_set)]

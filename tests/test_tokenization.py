@@ -3,8 +3,9 @@ the enwik8 checkpoint's scheme (id = UTF-8 byte + 2, 0 = pad).
 
 The models are trained here, in milliseconds, on tests/data/english.txt (English prose written
 for this project). The oracle for our ids is sentencepiece run on each piece of text between
-special tokens; transformers must agree with it except where its tokenizers-backed conversion
-departs from sentencepiece, and every such departure is spelled out in a test below.
+special tokens, plus the '▁' token that transformers gives whitespace ending a piece;
+transformers must agree with it except where its tokenizers-backed conversion departs from
+sentencepiece, and every such departure is spelled out in a test below.
 """
 
 import json
@@ -120,9 +121,10 @@ def _normalization_departs(piece, sp, hf):
 def _oracle(text, ours, sp, hf):
     """(our expected ids, transformers' expected ids or None where its normalization departs).
 
-    Ours: sentencepiece on each piece between special tokens. transformers: the same, plus one
-    '▁' after every piece whose normalized text ends in a space (test_difference_trailing_whitespace);
-    not predicted for a piece that its normalizer changes differently (test_difference_stacked_combining_marks).
+    Both: sentencepiece on each piece between special tokens, plus one '▁' after every piece
+    whose normalized text ends in a space (test_trailing_whitespace_matches_transformers);
+    transformers' not predicted for a piece that its normalizer changes differently
+    (test_difference_stacked_combining_marks).
     """
     space = ours.convert_tokens_to_ids("▁")
     mine, theirs = [], []
@@ -135,7 +137,7 @@ def _oracle(text, ours, sp, hf):
             if _normalization_departs(piece, sp, hf):
                 assert _has_stacked_combining_marks(piece), piece
                 theirs = None
-        mine += ids
+        mine += ids + extra
         if theirs is not None:
             theirs += ids + extra
     return mine, theirs
@@ -143,11 +145,6 @@ def _oracle(text, ours, sp, hf):
 
 def _has_stacked_combining_marks(text):
     return any(unicodedata.combining(a) and unicodedata.combining(b) for a, b in zip(text, text[1:]))
-
-
-def _has_trailing_space_piece(text, ours, hf):
-    normalize = hf.backend_tokenizer.normalizer.normalize_str
-    return any(not s and normalize(p).endswith(" ") for p, s in _split(text, ours.all_special_tokens))
 
 
 # ---- against transformers -----------------------------------------------------------------
@@ -166,15 +163,13 @@ def test_corpus_matches_sentencepiece_and_transformers(both, bpe_dir):
         if theirs is None:
             departs += 1
         else:
-            assert hf_ids == theirs, text
-        exact += ids == hf_ids
-        if ids == hf_ids:
+            assert hf_ids == theirs == ids, text
             assert ours.tokenize(text) == hf.tokenize(text), text
             assert ours(text)["attention_mask"] == hf(text)["attention_mask"], text
         for seq in (ids, hf_ids):
             for skip in (False, True):
                 assert ours.decode(seq, skip_special_tokens=skip) == hf.decode(seq, skip_special_tokens=skip), text
-    assert exact >= 200 and departs <= 10, (exact, departs)
+    assert departs <= 10, departs
 
 
 def test_edge_classes_are_exact(both):
@@ -291,6 +286,40 @@ def test_return_types(both):
     assert ours([]) == {"input_ids": [], "attention_mask": []}
 
 
+def test_trailing_whitespace_matches_transformers(both, bpe_dir):
+    # Whitespace that ends a piece of text (at the end, or before a special token) is a '▁' token
+    # of its own in transformers; sentencepiece alone drops it, and we add it back.
+    ours, hf = both
+    sp = sentencepiece.SentencePieceProcessor(model_file=str(bpe_dir / "spiece.model"))
+    space = ours.convert_tokens_to_ids("▁")
+    assert ours.tokenize("a </s> b") == hf.tokenize("a </s> b") == ["▁a", "▁", "</s>", "▁b"]
+    assert ours.decode(ours.encode("a </s> b")) == hf.decode(hf.encode("a </s> b")) == "a </s> b"
+    for text in ["a </s> b", "</s> </s>", " </s>", "x\n<mask>", "a\u200b<sep> "]:
+        assert ours(text)["input_ids"] == hf(text)["input_ids"] == _oracle(text, ours, sp, hf)[0], text
+    for text in ["a ", "the sea  ", "   ", "\t\n", "a\u3000", "a\u200b"]:
+        assert ours(text)["input_ids"] == hf(text)["input_ids"] == sp.encode(text) + [space], text
+    assert ours("a\x07")["input_ids"] == sp.encode("a\x07")  # a control character normalizes to nothing
+
+
+_AROUND_SPECIALS = st.lists(
+    st.sampled_from(["a", "sea", "the", "日本", "😀", ".", "<", ">", " ", "  ", "\t", "\n", "\u3000", "\u00a0", "\u200b", "\x07"]
+                    + ["</s>", "<unk>", "<mask>", "<sep>", "<pad>"]),
+    max_size=24,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(_AROUND_SPECIALS)
+def test_random_text_around_special_tokens_matches_transformers(both, parts):
+    ours, hf = both
+    text = "".join(parts)
+    ids = ours(text)["input_ids"]
+    assert ids == hf(text)["input_ids"]
+    assert ours.tokenize(text) == hf.tokenize(text)
+    for skip in (False, True):
+        assert ours.decode(ids, skip_special_tokens=skip) == hf.decode(ids, skip_special_tokens=skip)
+
+
 # ---- save / load round trips --------------------------------------------------------------
 
 
@@ -305,8 +334,7 @@ def test_our_folder_loads_in_transformers(bpe_dir, tmp_path):
         assert hf.all_special_tokens == ours.all_special_tokens and len(hf) == len(ours)
         assert hf.pad_token_id == ours.pad_token_id and hf.model_max_length == 4096 and hf.padding_side == "left"
         for text in CORPUS[::3]:
-            if not _has_trailing_space_piece(text, ours, hf):
-                assert hf(text)["input_ids"] == ours(text)["input_ids"], text[:50]
+            assert hf(text)["input_ids"] == ours(text)["input_ids"], text[:50]
     reloaded = ReformerTokenizer.from_pretrained(tmp_path)
     assert reloaded.get_vocab() == ours.get_vocab() and reloaded.model_max_length == 4096
 
@@ -323,8 +351,7 @@ def test_transformers_folder_loads_in_ours(bpe_dir, tmp_path):
     assert ours.pad_token == "[PAD]" and ours.pad_token_id == hf.pad_token_id
     assert ours.get_vocab() == hf.get_vocab() and sorted(ours.all_special_ids) == sorted(hf.all_special_ids)
     for text in CORPUS[::3] + ["<cls>[PAD] x <mask>"]:
-        if not _has_trailing_space_piece(text, ours, hf):
-            assert ours(text)["input_ids"] == hf(text)["input_ids"], text[:50]
+        assert ours(text)["input_ids"] == hf(text)["input_ids"], text[:50]
 
 
 def test_bare_spiece_folder_loads_in_both(bpe_dir, tmp_path):
@@ -354,17 +381,6 @@ def test_from_pretrained_overrides_and_reads_transformers_style_config(bpe_dir, 
 # ---- where transformers departs from sentencepiece (we follow sentencepiece) ---------------
 
 
-def test_difference_trailing_whitespace(both, bpe_dir):
-    ours, hf = both
-    sp = sentencepiece.SentencePieceProcessor(model_file=str(bpe_dir / "spiece.model"))
-    space = ours.convert_tokens_to_ids("▁")
-    for text in ["a ", "the sea  ", "   ", "\t\n", "a </s> b", "</s> </s>"]:
-        assert ours(text)["input_ids"] == _oracle(text, ours, sp, hf)[0]
-        assert hf(text)["input_ids"].count(space) == ours(text)["input_ids"].count(space) + 1, text
-    assert ours("   ")["input_ids"] == sp.encode("   ") == []
-    assert hf("   ")["input_ids"] == [space]
-
-
 def test_difference_unigram_segmentation(tmp_path):
     transformers = pytest.importorskip("transformers")
     ReformerTokenizer.train(ENGLISH, vocab_size=400, model_type="unigram", progress=False).save_pretrained(tmp_path)
@@ -372,9 +388,9 @@ def test_difference_unigram_segmentation(tmp_path):
     hf = transformers.ReformerTokenizer.from_pretrained(str(tmp_path))
     sp = sentencepiece.SentencePieceProcessor(model_file=str(tmp_path / "spiece.model"))
     texts = [t for t in CORPUS[:120] if "</s>" not in t and "<unk>" not in t]
-    assert all(ours(t)["input_ids"] == sp.encode(t) for t in texts)
+    assert all(ours(t)["input_ids"] == _oracle(t, ours, sp, hf)[0] for t in texts)
     # transformers rebuilds every model as BPE, so a unigram model segments differently.
-    assert any(hf(t)["input_ids"] != sp.encode(t) for t in texts if not t.endswith(" "))
+    assert any(hf(t)["input_ids"] != ours(t)["input_ids"] for t in texts)
 
 
 def test_difference_user_defined_symbols(tmp_path):
