@@ -25,6 +25,7 @@ from ..nn import (
     ReversibleSequence,
     linear_cross_entropy,
 )
+from . import generation
 from .config import CONFIG_NAME, ReformerConfig
 from .outputs import (
     MaskedLMOutput,
@@ -526,6 +527,39 @@ class ReformerModelWithLMHead(ReformerPreTrainedModel):
             return_logits = labels is None
         logits = self.lm_head(hidden) if return_logits else None
         return ReformerModelWithLMHeadOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions)
+
+    def generate(
+        self,
+        input_ids: torch.Tensor,
+        max_new_tokens: int = 20,
+        *,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        eos_token_id: int | list[int] | None = None,
+        pad_token_id: int | None = None,
+        attention_mask: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        use_cache: bool = True,
+    ) -> torch.LongTensor:
+        """Continue the prompts ``input_ids`` (B, prompt_len) by up to ``max_new_tokens`` tokens:
+        returns (B, prompt_len + n_new) int64, n_new <= max_new_tokens (fewer when every row has
+        produced an ``eos_token_id``; finished rows are filled with ``pad_token_id``, default
+        config.pad_token_id, else the first eos id).
+
+        Greedy (``do_sample=False``: the argmax) or sampled from softmax(logits / temperature)
+        restricted to the ``top_k`` most likely tokens and the ``top_p`` nucleus, drawn with
+        ``generator`` (the same generator state gives the same tokens). ``attention_mask`` (B,
+        prompt_len), 0 = padding (left-pad prompts of unequal length); generated tokens count as 1.
+        Runs without autograd in the model's current mode (call ``eval()`` to turn dropout off).
+        ``use_cache`` is accepted for transformers' signature; every step is a full forward here.
+        """
+        return generation.generate(
+            self, input_ids, max_new_tokens, do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p,
+            eos_token_id=eos_token_id, pad_token_id=pad_token_id, attention_mask=attention_mask, generator=generator,
+            use_cache=use_cache,
+        )
 
 
 class ReformerForMaskedLM(ReformerPreTrainedModel):
