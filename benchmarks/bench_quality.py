@@ -4,7 +4,8 @@ attention finds when the hash puts the matching positions in one bucket. Reporte
 second w against the number of hashes used at evaluation, for a model trained with 2 hashes.
 
 "small" trains a tiny model for seconds on a CPU and mostly shows the pipeline runs; "full"
-(length 512, a few thousand steps) is the one to read, on a GPU.
+(length 512, a few thousand steps) is the one to read, on a GPU. The task and the model settings
+come from reformer_kernels.training, which ``reformer-kernels train --task duplication`` runs.
 
 Run alone: ``python -m benchmarks.bench_quality [--size small|full] [--device cpu|cuda]``.
 """
@@ -15,12 +16,15 @@ import sys
 
 import torch
 
+from reformer_kernels import training
+from reformer_kernels.models import ReformerConfig, ReformerModelWithLMHead
+
 from . import competitors as c
-from .harness import Case, NotAvailable, Prepared
+from .harness import Case, Prepared
 
 SUITE = "quality"
 TRAIN_HASHES = 2
-EVAL_HASHES = (1, 2, 4, 8)
+EVAL_HASHES = training.EVAL_HASHES
 
 
 def shape(size: str) -> dict:
@@ -31,23 +35,15 @@ def shape(size: str) -> dict:
     return dict(batch=32, heads=4, head_dim=64, seq_len=512, chunk_len=32, vocab=128, steps=3000)
 
 
-def duplication_batch(config: dict, gen: torch.Generator, device: torch.device) -> torch.Tensor:
-    """(batch, seq_len) of 0 w 0 w, symbols of w drawn from 1..vocab-1."""
-    half = config["seq_len"] // 2
-    w = torch.randint(1, config["vocab"], (config["batch"], half - 1), generator=gen, device=device)
-    zero = torch.zeros(config["batch"], 1, dtype=torch.long, device=device)
-    return torch.cat([zero, w, zero, w], dim=1)
-
-
 def _settings(config: dict) -> dict:
-    hidden = c.hidden_size(config)
-    return dict(
-        vocab_size=config["vocab"], hidden_size=hidden, num_attention_heads=config["heads"], attention_head_size=config["head_dim"],
-        feed_forward_size=2 * hidden, attn_layers=["lsh", "lsh"], num_hashes=TRAIN_HASHES,
-        num_buckets=c.config_num_buckets(config), lsh_attn_chunk_length=config["chunk_len"],
-        max_position_embeddings=config["seq_len"], axial_pos_embds=False, is_decoder=True, hidden_dropout_prob=0.0,
-        lsh_attention_probs_dropout_prob=0.0, pad_token_id=None, eos_token_id=None,
+    return training.model_settings(
+        vocab_size=config["vocab"], seq_len=config["seq_len"], heads=config["heads"], head_dim=config["head_dim"],
+        chunk_len=config["chunk_len"], attn_layers=["lsh", "lsh"], num_hashes=TRAIN_HASHES,
     )
+
+
+def _batch(config: dict, gen: torch.Generator) -> torch.Tensor:
+    return training.duplication_batch(config["batch"], config["seq_len"], config["vocab"], gen)
 
 
 def _model(competitor: str, config: dict):
@@ -55,10 +51,6 @@ def _model(competitor: str, config: dict):
     if competitor == "transformers":
         transformers = c.peer("transformers")
         return transformers.ReformerModelWithLMHead(transformers.ReformerConfig(**settings))
-    try:
-        from reformer_kernels.models import ReformerConfig, ReformerModelWithLMHead
-    except ImportError as error:
-        raise NotAvailable(f"reformer_kernels.models.ReformerModelWithLMHead is not available yet ({error})") from error
     return ReformerModelWithLMHead(ReformerConfig(**settings))
 
 
@@ -73,7 +65,7 @@ def trained(competitor: str, size: str, device_name: str):
     gen = torch.Generator(device=device).manual_seed(0)
     model.train()
     for _ in range(config["steps"]):
-        tokens = duplication_batch(config, gen, device)
+        tokens = _batch(config, gen)
         loss = model(tokens, labels=tokens).loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -85,18 +77,8 @@ def accuracy(competitor: str, size: str, device: torch.device, n_hashes: int) ->
     config = shape(size)
     model = trained(competitor, size, str(device))
     gen = torch.Generator(device=device).manual_seed(1)
-    tokens = duplication_batch(config, gen, device)
-    half = config["seq_len"] // 2
-    with torch.no_grad():
-        # Changing the number of hashes at evaluation, as the paper does (the rotations are redrawn).
-        model.config.num_hashes = n_hashes
-        for module in model.modules():
-            if hasattr(module, "num_hashes"):
-                module.num_hashes = n_hashes
-        logits = model(tokens).logits
-    # Position t predicts token t + 1; score the predictions of the second w.
-    predicted = logits[:, half:-1].argmax(-1)
-    return Prepared(accuracy=(predicted == tokens[:, half + 1 :]).float().mean().item())
+    # Changing the number of hashes at evaluation, as the paper does (the rotations are redrawn).
+    return Prepared(accuracy=training.duplication_accuracy(model, _batch(config, gen), n_hashes))
 
 
 def cases(size: str, device: torch.device) -> list[Case]:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import os
 import sys
@@ -22,11 +23,94 @@ def _benchmarks_run():
         ) from error
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive integer")
+    return value
+
+
+def _add_train_arguments(train: argparse.ArgumentParser) -> None:
+    """Options left unset take the data source's defaults (reformer_kernels.training) or, with
+    --resume, the checkpoint's values."""
+    data = train.add_mutually_exclusive_group()
+    data.add_argument("--text", metavar="FILE", help="train a language model on this UTF-8 text file")
+    data.add_argument("--task", choices=["duplication"], help="the paper's duplication task (sequences 0 w 0 w)")
+    train.add_argument("--out", metavar="DIR", required=True, help="checkpoint folder (new, or the run to --resume)")
+    train.add_argument("--resume", action="store_true", help="continue the run saved in DIR (up to --steps)")
+    train.add_argument("--tokenizer", help="'byte' (default), 'sentencepiece' (trained on --text) or a saved ReformerTokenizer folder")
+    train.add_argument("--vocab-size", type=_positive_int, help="sentencepiece pieces (8000), or the task's symbols (32)")
+    train.add_argument("--seq-len", type=_positive_int, help="tokens per training sequence (text 256, task 64)")
+    train.add_argument("--batch-size", type=_positive_int, help="sequences per step (text 8, task 16)")
+    train.add_argument("--steps", type=_positive_int, help="total optimizer steps (text 1000, task 300)")
+    train.add_argument("--lr", type=float, help="AdamW learning rate (1e-3)")
+    train.add_argument("--heads", type=_positive_int, help="attention heads (text 4, task 2)")
+    train.add_argument("--head-dim", type=_positive_int, help="size of a head (32)")
+    train.add_argument("--chunk-len", type=_positive_int, help="attention chunk length (text 32, task 8)")
+    train.add_argument("--layers", type=lambda s: tuple(s.split(",")), dest="attn_layers",
+                       help="comma-separated attention kinds, one per layer (text local,lsh,local,lsh; task lsh,lsh)")
+    train.add_argument("--num-hashes", type=_positive_int, help="LSH hash rounds in training (2)")
+    train.add_argument("--seed", type=int, help="seed of the weights, the data and the hashing (0)")
+    train.add_argument("--device", default="auto", help="'auto' (CUDA when present), 'cpu' or 'cuda'")
+    train.add_argument("--save-every", type=int, default=0, metavar="N", help="also save every N steps (default: at the end and on Ctrl-C)")
+    train.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _add_generate_arguments(generate: argparse.ArgumentParser) -> None:
+    generate.add_argument("dir", metavar="DIR", help="a checkpoint folder of reformer-kernels train")
+    generate.add_argument("--prompt", required=True, help="the text to continue (a task's model: token ids, e.g. '0 5 3')")
+    generate.add_argument("--max-new-tokens", type=_positive_int, default=20, help="tokens to add (20)")
+    generate.add_argument("--do-sample", action="store_true", help="sample instead of the greedy argmax")
+    generate.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (1.0)")
+    generate.add_argument("--top-k", type=_positive_int, help="sample from the k most likely tokens")
+    generate.add_argument("--top-p", type=float, help="sample from the nucleus of probability p")
+    generate.add_argument("--seed", type=int, default=0, help="seed of the sampling (0)")
+    generate.add_argument("--device", default="auto", help="'auto' (CUDA when present), 'cpu' or 'cuda'")
+
+
+def _train(args: argparse.Namespace) -> int:
+    from . import training
+
+    options = {f.name: getattr(args, f.name) for f in dataclasses.fields(training.TrainingArguments)}
+    try:
+        result = training.train(training.TrainingArguments(**options), resume=args.resume, progress=not args.quiet)
+    except ValueError as error:
+        raise SystemExit(f"reformer-kernels train: {error}") from None
+    loss = f", loss {result.losses[-1]:.4f}" if result.losses else ""
+    if result.interrupted:
+        print(f"interrupted: saved step {result.step}{loss} to {result.out}; "
+              f"continue with: reformer-kernels train --out {result.out} --resume")
+        return 0
+    print(f"saved step {result.step}{loss} to {result.out}")
+    if result.accuracy is not None:
+        print("accuracy on the second half of fresh 0w0w sequences:")
+        print("| eval hashes | accuracy |\n|---|---|")
+        for n, value in result.accuracy.items():
+            print(f"| {n} | {value:.4f} |")
+    return 0
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from . import training
+
+    try:
+        text = training.generate(
+            args.dir, args.prompt, args.max_new_tokens, do_sample=args.do_sample, temperature=args.temperature,
+            top_k=args.top_k, top_p=args.top_p, seed=args.seed, device=args.device,
+        )
+    except ValueError as error:
+        raise SystemExit(f"reformer-kernels generate: {error}") from None
+    print(text)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="reformer-kernels", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("info", help="versions, devices, backends and the ops each implements")
     bench = commands.add_parser("bench", help="benchmark ops and models against transformers, reformer-pytorch and SDPA")
+    _add_train_arguments(commands.add_parser("train", help="train a causal Reformer LM on a text file or the duplication task"))
+    _add_generate_arguments(commands.add_parser("generate", help="continue a prompt with a model saved by train"))
     argv = sys.argv[1:] if argv is None else argv
     # The suite's options come from benchmarks/, which only a source checkout has: load it only
     # when asked for, so that `info` works everywhere.
@@ -39,6 +123,10 @@ def main(argv: list[str] | None = None) -> int:
         print(info())
     elif args.command == "bench":
         return _benchmarks_run().run(args)
+    elif args.command == "train":
+        return _train(args)
+    elif args.command == "generate":
+        return _generate(args)
     return 0
 
 
