@@ -53,6 +53,8 @@ def _add_train_arguments(train: argparse.ArgumentParser) -> None:
     train.add_argument("--seed", type=int, help="seed of the weights, the data and the hashing (0)")
     train.add_argument("--device", default="auto", help="'auto' (CUDA when present), 'cpu' or 'cuda'")
     train.add_argument("--save-every", type=int, default=0, metavar="N", help="also save every N steps (default: at the end and on Ctrl-C)")
+    train.add_argument("--eval-sequences", type=_positive_int, default=1024, metavar="N",
+                       help="fresh sequences of the task's final accuracy evaluation (1024)")
     train.add_argument("--quiet", action="store_true", help="no progress bars")
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
-import math
 import os
 import signal
 import threading
@@ -52,7 +51,7 @@ _TEXT_DEFAULTS = dict(
     attn_layers=("local", "lsh", "local", "lsh"), num_hashes=2,
 )
 # What a resumed run may change; every other argument is fixed by the checkpoint.
-_RESUMABLE = ("out", "steps", "device", "save_every")
+_RESUMABLE = ("out", "steps", "device", "save_every", "eval_sequences")
 
 
 @dataclasses.dataclass
@@ -66,7 +65,7 @@ class TrainingArguments:
     pieces, or the duplication task's number of symbols (0 is the separator). steps: the total
     number of optimizer steps (a resumed run goes on up to it). device: "auto" (CUDA when
     present) or a torch device. save_every: also save a checkpoint every that many steps (0: only
-    at the end and on Ctrl-C).
+    at the end and on Ctrl-C). eval_sequences: fresh sequences of the task's final evaluation.
     """
 
     out: str
@@ -86,6 +85,7 @@ class TrainingArguments:
     seed: int | None = None
     device: str = "auto"
     save_every: int = 0
+    eval_sequences: int = 1024
 
 
 def _given(args: TrainingArguments) -> dict:
@@ -399,6 +399,10 @@ def train(
             raise ValueError(f"--out {out!r} is a file: pass a folder path")
         args = _resolve(args)
         step, losses = 0, []
+    if not isinstance(args.save_every, int) or isinstance(args.save_every, bool) or args.save_every < 0:
+        raise ValueError(f"--save-every {args.save_every!r}: pass a number of steps, or 0 to save only at the end")
+    if not isinstance(args.eval_sequences, int) or isinstance(args.eval_sequences, bool) or args.eval_sequences < 1:
+        raise ValueError(f"--eval-sequences {args.eval_sequences!r}: pass a positive number of sequences")
     device = _device(args.device)
     data_generator = torch.Generator().manual_seed(args.seed)
 
@@ -456,7 +460,7 @@ def train(
     save()
     accuracy = None
     if args.task == "duplication" and not interrupted:
-        accuracy = evaluate_duplication(model, args, device)
+        accuracy = evaluate_duplication(model, args, device, args.eval_sequences)
         write_accuracy(accuracy, os.path.join(out, ACCURACY_FILE))
     return TrainingResult(out, step, losses, interrupted, accuracy)
 
@@ -468,9 +472,9 @@ def evaluate_duplication(
     own, seed + 1) for each number of hashes in EVAL_HASHES."""
     model.eval()
     generator = torch.Generator().manual_seed(args.seed + 1)
-    batches = [duplication_batch(batch_size, args.seq_len, args.vocab_size, generator).to(device)
-               for _ in range(math.ceil(sequences / batch_size))]
-    return {n: sum(duplication_accuracy(model, b, n) for b in batches) / len(batches) for n in EVAL_HASHES}
+    sizes = [min(batch_size, sequences - start) for start in range(0, sequences, batch_size)]
+    batches = [duplication_batch(size, args.seq_len, args.vocab_size, generator).to(device) for size in sizes]
+    return {n: sum(duplication_accuracy(model, b, n) * len(b) for b in batches) / sequences for n in EVAL_HASHES}
 
 
 def write_accuracy(accuracy: dict[int, float], path: str) -> None:

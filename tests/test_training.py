@@ -15,7 +15,9 @@ from reformer_kernels.training import TrainingArguments
 
 ENGLISH = os.path.join(os.path.dirname(__file__), "data", "english.txt")
 # A model small enough that a step takes milliseconds.
-TINY_TASK = dict(task="duplication", vocab_size=8, seq_len=16, batch_size=4, heads=1, head_dim=8, chunk_len=4, steps=4)
+TINY_TASK = dict(
+    task="duplication", vocab_size=8, seq_len=16, batch_size=4, heads=1, head_dim=8, chunk_len=4, steps=4, eval_sequences=64,
+)
 TINY_TEXT = dict(text=ENGLISH, seq_len=32, batch_size=2, heads=1, head_dim=8, chunk_len=8, steps=3)
 
 
@@ -33,7 +35,8 @@ def _assert_same_checkpoint(a, b):
     for name in wa:
         assert torch.equal(wa[name], wb[name]), name
     sa, sb = training.read_state(a), training.read_state(b)
-    assert sa["step"] == sb["step"] and sa["losses"] == sb["losses"] and sa["args"] == sb["args"]
+    assert sa["step"] == sb["step"] and sa["losses"] == sb["losses"]
+    assert {**sa["args"], "save_every": 0} == {**sb["args"], "save_every": 0}
     oa = torch.load(os.path.join(a, training.OPTIMIZER_FILE), weights_only=True)
     ob = torch.load(os.path.join(b, training.OPTIMIZER_FILE), weights_only=True)
     for key in ("torch", "data"):
@@ -84,10 +87,18 @@ def test_duplication_reaches_95_percent(tmp_path):
 
 
 def test_resume_continues_exactly_as_the_uninterrupted_run(tmp_path):
-    whole = training.train(_tiny_task(tmp_path / "whole"), progress=False)
+    saved_steps = []
+
+    def read_saved_step(step, loss):
+        if step > 2:
+            saved_steps.append(training.read_state(tmp_path / "whole")["step"])
+
+    # --save-every 2 writes step 2's checkpoint, which steps 3 and 4 see; saving changes no result.
+    whole = training.train(_tiny_task(tmp_path / "whole", save_every=2), progress=False, on_step=read_saved_step)
+    assert saved_steps == [2, 2]
     first = training.train(_tiny_task(tmp_path / "parts", steps=2), progress=False)
     assert first.step == 2 and training.read_state(tmp_path / "parts")["step"] == 2
-    rest = training.train(TrainingArguments(out=str(tmp_path / "parts"), steps=4), resume=True, progress=False)
+    rest = training.train(TrainingArguments(out=str(tmp_path / "parts"), steps=4, eval_sequences=64), resume=True, progress=False)
     assert rest.step == whole.step == 4 and len(rest.losses) == 4
     assert rest.losses == whole.losses
     assert rest.accuracy == whole.accuracy and set(whole.accuracy) == {1, 2, 4, 8}
@@ -104,7 +115,7 @@ def test_ctrl_c_saves_after_the_step_and_resumes(tmp_path):
     assert signal.getsignal(signal.SIGINT) is previous  # the handler is put back
     assert stopped.interrupted and stopped.step == 2 and stopped.accuracy is None
     assert training.read_state(tmp_path / "stopped")["step"] == 2
-    resumed = training.train(TrainingArguments(out=str(tmp_path / "stopped")), resume=True, progress=False)
+    resumed = training.train(TrainingArguments(out=str(tmp_path / "stopped"), eval_sequences=64), resume=True, progress=False)
     assert resumed.step == 4 and not resumed.interrupted  # --steps comes from the checkpoint
     training.train(_tiny_task(tmp_path / "whole"), progress=False)
     _assert_same_checkpoint(tmp_path / "whole", tmp_path / "stopped")
@@ -204,6 +215,7 @@ def test_bad_arguments_name_the_argument(tmp_path):
     assert "--seq-len 4 < --chunk-len 8" in _error(["train", "--task", "duplication", "--seq-len", "4", "--out", out])
     assert "an even --seq-len" in _error(["train", "--task", "duplication", "--seq-len", "17", "--chunk-len", "4", "--out", out])
     assert "--lr -1.0" in _error(["train", "--task", "duplication", "--lr", "-1", "--out", out])
+    assert "--save-every -2" in _error(["train", "--task", "duplication", "--save-every", "-2", "--out", out])
     assert "fewer than --seq-len 100000" in _error(["train", "--text", ENGLISH, "--seq-len", "100000", "--chunk-len", "64", "--out", out])
     assert "has no trainer_state.json" in _error(["train", "--out", out, "--resume"])
     with pytest.raises(SystemExit) as both:  # argparse: not allowed with argument --text
