@@ -47,7 +47,7 @@ def _add_train_arguments(train: argparse.ArgumentParser) -> None:
     train.add_argument("--heads", type=_positive_int, help="attention heads (text 4, task 2)")
     train.add_argument("--head-dim", type=_positive_int, help="size of a head (32)")
     train.add_argument("--chunk-len", type=_positive_int, help="attention chunk length (text 32, task 8)")
-    train.add_argument("--layers", type=lambda s: tuple(s.split(",")), dest="attn_layers",
+    train.add_argument("--layers", type=lambda s: tuple(s.split(",")), dest="attn_layers", metavar="KINDS",
                        help="comma-separated attention kinds, one per layer (text local,lsh,local,lsh; task lsh,lsh)")
     train.add_argument("--num-hashes", type=_positive_int, help="LSH hash rounds in training (2)")
     train.add_argument("--seed", type=int, help="seed of the weights, the data and the hashing (0)")
