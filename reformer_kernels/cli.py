@@ -82,7 +82,7 @@ def _train(args: argparse.Namespace) -> int:
     if result.interrupted:
         print(f"interrupted: saved step {result.step}{loss} to {result.out}; "
               f"continue with: reformer-kernels train --out {result.out} --resume")
-        return 0
+        return 130  # the shell's code for a run ended by Ctrl-C: `train && generate` does not go on
     print(f"saved step {result.step}{loss} to {result.out}")
     if result.accuracy is not None:
         print("accuracy on the second half of fresh 0w0w sequences:")
