@@ -22,13 +22,13 @@ from torch import nn
 from ..nn import (
     AxialPositionEmbeddings,
     ChunkedFeedForward,
+    DecodingCache,
     LocalSelfAttention,
     LSHSelfAttention,
     ReversibleBlock,
     ReversibleSequence,
     linear_cross_entropy,
 )
-from ..nn import DecodingCache
 from . import generation
 from .config import CONFIG_NAME, ReformerConfig
 from .generation import ReformerDecodingCache
@@ -364,6 +364,8 @@ class ReformerModel(ReformerPreTrainedModel):
         chunk; the last position when the only LSH layer is the top one. Otherwise it does not and
         cannot: appending a token re-sorts an LSH layer's buckets and shifts the chunks of the
         earlier tokens, so a full forward changes their states, which a cache of past states keeps.
+        ``use_cache=None`` means False (transformers reads config.use_cache, True by default, which
+        would make every eval forward build a cache).
         """
         if use_cache or past_buckets_states is not None:
             return self._cached_forward(

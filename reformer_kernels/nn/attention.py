@@ -64,9 +64,11 @@ class DecodingCache:
         self.buckets: torch.Tensor | None = None
         self.hashed_with: tuple | None = None
         self.n_hashed = 0
+        self.length = 0
 
     def write(self, position: int, keys: torch.Tensor, values: torch.Tensor, capacity: int) -> None:
-        """Store keys, values (B, H, n, d) at positions [position, position + n)."""
+        """Store keys, values (B, H, n, d) at positions [position, position + n); the cache then
+        holds positions [0, position + n)."""
         end = position + keys.shape[2]
         if self.keys is None or self.keys.shape[2] < end:
             size = max(capacity, end)
@@ -78,9 +80,12 @@ class DecodingCache:
             self.buckets, self.hashed_with, self.n_hashed = None, None, 0
         self.keys[:, :, position:end] = keys
         self.values[:, :, position:end] = values
+        self.length = end
 
 
-def _check_decoding(module: nn.Module, hidden_states: torch.Tensor, key_valid: torch.Tensor, layout_len: int | None) -> int:
+def _check_decoding(
+    module: nn.Module, hidden_states: torch.Tensor, cache: DecodingCache, key_valid: torch.Tensor, layout_len: int | None
+) -> int:
     _check_hidden_states(module, hidden_states, module.hidden_size)
     if not module.causal:
         raise ValueError(f"{type(module).__name__}: decode_step needs causal=True (a decoder); bidirectional layers cannot decode")
@@ -90,6 +95,12 @@ def _check_decoding(module: nn.Module, hidden_states: torch.Tensor, key_valid: t
             or key_valid.shape[0] != hidden_states.shape[0]:
         raise ValueError(f"{type(module).__name__}: key_valid must be a bool tensor (batch, position + 1)")
     position = key_valid.shape[1] - 1
+    if not isinstance(cache, DecodingCache) or cache.length != position:
+        held = cache.length if isinstance(cache, DecodingCache) else type(cache).__name__
+        raise ValueError(
+            f"{type(module).__name__}: key_valid says the new position is {position} but the cache holds {held} positions: "
+            "fill_cache the prompt, then step one position at a time"
+        )
     if layout_len is not None and layout_len <= position:
         raise ValueError(f"{type(module).__name__}: layout_len {layout_len} must exceed the position {position}")
     return position
@@ -232,7 +243,7 @@ class LSHSelfAttention(nn.Module):
         Cost per step: one sort of n_hashes * layout_len ids and one chunk window of attention.
         Inference only: no dropout. ``capacity``: positions to allocate the cache for.
         """
-        position = _check_decoding(self, hidden_states, key_valid, layout_len)
+        position = _check_decoding(self, hidden_states, cache, key_valid, layout_len)
         seq_len = position + 1 if layout_len is None else layout_len
         qk = split_heads(self.query_key(hidden_states), self.num_attention_heads)
         cache.write(position, qk, split_heads(self.value(hidden_states), self.num_attention_heads), capacity)
@@ -365,7 +376,7 @@ class LocalSelfAttention(nn.Module):
         meaningful output: forward averages every key of its window there, future ones included,
         and the step differs.
         """
-        position = _check_decoding(self, hidden_states, key_valid, layout_len)
+        position = _check_decoding(self, hidden_states, cache, key_valid, layout_len)
         seq_len = position + 1 if layout_len is None else layout_len
         heads = self.num_attention_heads
         q, k, v = (split_heads(proj(hidden_states), heads) for proj in (self.query, self.key, self.value))

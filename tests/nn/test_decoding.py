@@ -117,10 +117,14 @@ def test_steps_write_into_the_preallocated_cache():
     assert set(pointers) == {"keys", "values", "buckets"} and cache.keys.shape[2] == SEQ_LEN
 
 
-def test_decode_step_refuses_bidirectional_layers_and_several_positions():
+def test_decode_step_refuses_bidirectional_layers_several_positions_and_a_cache_out_of_step():
     module = LocalSelfAttention(HIDDEN, HEADS, HEAD_DIM, chunk_len=CHUNK, causal=False)
     with pytest.raises(ValueError, match="causal"):
         module.decode_step(torch.randn(1, 1, HIDDEN), DecodingCache(), torch.ones(1, 1, dtype=torch.bool))
     module = LocalSelfAttention(HIDDEN, HEADS, HEAD_DIM, chunk_len=CHUNK, causal=True)
     with pytest.raises(ValueError, match="one position"):
         module.decode_step(torch.randn(1, 2, HIDDEN), DecodingCache(), torch.ones(1, 2, dtype=torch.bool))
+    cache = DecodingCache()
+    module.fill_cache(torch.randn(1, 3, HIDDEN), cache)
+    with pytest.raises(ValueError, match="holds 3 positions"):
+        module.decode_step(torch.randn(1, 1, HIDDEN), cache, torch.ones(1, 5, dtype=torch.bool))
