@@ -305,3 +305,18 @@ def test_reversible_on_cuda_without_a_gpu_is_a_clear_error(monkeypatch, capsys):
         bench_reversible.main(["--device", "cuda"])
     assert stop.value.code == 2
     assert "--device cuda but torch.cuda.is_available() is False" in capsys.readouterr().err
+
+
+def test_bench_generate_writes_its_csv(tmp_path, monkeypatch):
+    from benchmarks import bench_generate
+
+    monkeypatch.setattr(bench_generate, "SIZES", {"small": [70]})
+    monkeypatch.setattr(bench_generate, "BATCHES", (2,))
+    monkeypatch.setattr(bench_generate, "NEW_TOKENS", 3)
+    bench_generate.main(["--repeats", "1", "--out", str(tmp_path)])
+    with open(tmp_path / "generate.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert {r["generator"] for r in rows} == {"ours use_cache=True", "ours use_cache=False", "transformers"}
+    cached = next(r for r in rows if r["generator"] == "ours use_cache=True")
+    assert float(cached["ms_per_token"]) > 0 and float(cached["cache_mb"]) > 0
+    assert {r["same_tokens_as_full_forwards"] for r in rows} <= {"True", "False"}

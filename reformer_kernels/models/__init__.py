@@ -1,5 +1,6 @@
 """Reformer models with transformers' state-dict layout and config, without depending on transformers."""
 from .config import ReformerConfig
+from .generation import ReformerDecodingCache
 from .modeling import (
     ReformerForMaskedLM,
     ReformerForQuestionAnswering,
@@ -20,6 +21,7 @@ __all__ = [
     "MaskedLMOutput",
     "QuestionAnsweringModelOutput",
     "ReformerConfig",
+    "ReformerDecodingCache",
     "ReformerForMaskedLM",
     "ReformerForQuestionAnswering",
     "ReformerForSequenceClassification",

@@ -115,14 +115,23 @@ def generate(
         model.config, input_ids, max_new_tokens, do_sample, temperature, top_k, top_p, eos_token_id, pad_token_id,
         attention_mask, generator,
     )
+    if not isinstance(use_cache, bool):
+        raise ValueError(f"generate: use_cache must be True or False, got {use_cache!r}")
+    if use_cache and model.training:
+        raise ValueError("generate: use_cache=True runs in eval mode: call model.eval() first (or pass use_cache=False)")
     if eos_ids and pad_token_id is None:
         raise ValueError("generate: finished rows need a pad_token_id: pass pad_token_id or set config.pad_token_id")
     batch = input_ids.shape[0]
     finished = torch.zeros(batch, dtype=torch.bool, device=input_ids.device)
     eos = torch.tensor(eos_ids, dtype=torch.long, device=input_ids.device)
     tokens = input_ids
-    for _ in range(max_new_tokens):
-        logits = model(input_ids=tokens, attention_mask=attention_mask).logits[:, -1]
+    cache = ReformerDecodingCache(capacity=input_ids.shape[1] + max_new_tokens) if use_cache else None
+    for step in range(max_new_tokens):
+        if cache is None:
+            logits = model(input_ids=tokens, attention_mask=attention_mask).logits[:, -1]
+        else:
+            step_ids = tokens if step == 0 else tokens[:, -1:]
+            logits = model(input_ids=step_ids, attention_mask=attention_mask, past_buckets_states=cache, use_cache=True).logits[:, -1]
         new = next_tokens(logits, do_sample, temperature, top_k, top_p, generator)
         if eos_ids:
             new = torch.where(finished, torch.full_like(new, pad_token_id), new)
@@ -133,3 +142,39 @@ def generate(
         if bool(finished.all()):
             break
     return tokens
+
+
+class ReformerDecodingCache:
+    """The ``past_buckets_states`` of our models: what cached decoding keeps per layer
+    (``layers[i]``, a ``reformer_kernels.nn.DecodingCache``), the padding mask of the positions
+    seen so far (``attention_mask``, (B, capacity) bool) and their number (``length``).
+
+    Not interchangeable with transformers' ReformerDynamicCache (which keeps hidden states and
+    buckets): this one keeps each layer's projections, so a step recomputes no past position.
+    Memory: per layer 2 * B * H * capacity * d floats (+ n_hashes * B * H * capacity int64 for LSH
+    layers), allocated once for ``capacity`` positions (``generate`` asks for prompt + new tokens);
+    a step past the capacity doubles it.
+    """
+
+    def __init__(self, capacity: int = 0):
+        if not _is_int(capacity) or capacity < 0:
+            raise ValueError(f"ReformerDecodingCache: capacity must be an int >= 0 (positions to allocate for), got {capacity!r}")
+        self.capacity = capacity
+        self.length = 0
+        self.attention_mask: torch.Tensor | None = None
+        self.layers: list = []
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def get_seq_length(self) -> int:
+        return self.length
+
+    def reserve(self, length: int) -> None:
+        """Make room for ``length`` positions (doubling the capacity when it grows)."""
+        if length > self.capacity:
+            self.capacity = max(length, 2 * self.capacity)
+        if self.attention_mask is not None and self.attention_mask.shape[1] < self.capacity:
+            grown = self.attention_mask.new_zeros(self.attention_mask.shape[0], self.capacity)
+            grown[:, : self.length] = self.attention_mask[:, : self.length]
+            self.attention_mask = grown

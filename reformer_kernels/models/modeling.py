@@ -4,7 +4,10 @@ They run on ``reformer_kernels.nn`` (hence on the functional ops and their backe
 from transformers, each on purpose: any sequence length works in training and eval (padded with a
 mask inside and cropped); the config is never mutated (num_buckets=None is resolved per call);
 the reversible backward replays the RNG, so dropout gradients are right; with labels the LM heads
-compute the loss in chunks without the (tokens x vocab) logits; no cached decoding.
+compute the loss in chunks without the (tokens x vocab) logits; cached decoding
+(``use_cache``/``past_buckets_states``) works per row for any batch and padding mask, and each
+step computes what the layers' full forward computes at the new position from the cached layer
+inputs (see ``ReformerModel.forward`` for when that equals a full recompute).
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ from torch import nn
 from ..nn import (
     AxialPositionEmbeddings,
     ChunkedFeedForward,
+    DecodingCache,
     LocalSelfAttention,
     LSHSelfAttention,
     ReversibleBlock,
@@ -27,6 +31,7 @@ from ..nn import (
 )
 from . import generation
 from .config import CONFIG_NAME, ReformerConfig
+from .generation import ReformerDecodingCache
 from .outputs import (
     MaskedLMOutput,
     QuestionAnsweringModelOutput,
@@ -99,6 +104,19 @@ class ReformerAttention(nn.Module):
             return self.output(self.self_attention(normed, attention_mask, num_hashes, attentions))
         return self.output(self.self_attention(normed, attention_mask, attentions))
 
+    def decode_step(
+        self, hidden_states: torch.Tensor, cache: DecodingCache, key_valid: torch.Tensor, layout_len: int,
+        num_hashes: int | None, capacity: int,
+    ) -> torch.Tensor:
+        """``forward``'s output at the one position of hidden_states (B, 1, hidden), from the cache."""
+        normed = self.layer_norm(hidden_states)
+        if isinstance(self.self_attention, LSHSelfAttention):
+            return self.output(self.self_attention.decode_step(normed, cache, key_valid, layout_len, num_hashes, capacity))
+        return self.output(self.self_attention.decode_step(normed, cache, key_valid, layout_len, capacity))
+
+    def fill_cache(self, hidden_states: torch.Tensor, cache: DecodingCache, capacity: int) -> None:
+        self.self_attention.fill_cache(self.layer_norm(hidden_states), cache, capacity)
+
 
 class PositionEmbeddings(nn.Module):
     """One learned vector per position (``axial_pos_embds=False``)."""
@@ -164,6 +182,18 @@ class ReformerEncoder(ReversibleSequence):
         )
         out = self.layer_norm(torch.cat([y1, y2], dim=-1))
         return nn.functional.dropout(out, p=self.dropout, training=self.training)
+
+    def decode_step(
+        self, embeddings: torch.Tensor, caches: list[DecodingCache], key_valid: torch.Tensor, layout_len: int,
+        num_hashes: int | None, capacity: int,
+    ) -> torch.Tensor:
+        """``forward`` at one new position (B, 1, hidden) -> (B, 1, 2 * hidden), in eval mode,
+        each layer attending through its cache."""
+        x1 = x2 = embeddings
+        for block, cache in zip(self.layers, caches):
+            x1 = block.residual(x1, block.attention.decode_step(x2, cache, key_valid, layout_len, num_hashes, capacity))
+            x2 = block.residual(x2, block.feed_forward(x1))
+        return self.layer_norm(torch.cat([x1, x2], dim=-1))
 
 
 def _checkpoint_error(path: str, why: str) -> ValueError:
@@ -281,6 +311,13 @@ def _lcm_and_min_chunk(config: ReformerConfig) -> tuple[int, int]:
     return math.lcm(*chunks), min(chunks)
 
 
+def layout_len(config: ReformerConfig, seq_len: int) -> int:
+    """The length the layers see for an input of ``seq_len``: padded to a multiple of the chunk
+    lengths' lcm when longer than the shortest chunk."""
+    lcm_chunk, min_chunk = _lcm_and_min_chunk(config)
+    return seq_len + ((-seq_len) % lcm_chunk if seq_len > min_chunk else 0)
+
+
 class ReformerModel(ReformerPreTrainedModel):
     """Embeddings -> reversible LSH/local layers -> LayerNorm: (B, L) ids -> (B, L, 2 * hidden_size)."""
 
@@ -305,12 +342,36 @@ class ReformerModel(ReformerPreTrainedModel):
         num_hashes: int | None = None,
         output_hidden_states: bool | None = None,
         output_attentions: bool | None = None,
+        past_buckets_states: ReformerDecodingCache | None = None,
+        use_cache: bool | None = None,
     ) -> ReformerModelOutput:
         """input_ids (B, L) int64 in [0, vocab_size), or inputs_embeds (B, L, hidden_size);
         attention_mask (B, L), 0 = padding; position_ids (B, L) or (L,); num_hashes overrides
         config.num_hashes. Any L <= max_position_embeddings (and <= prod(axial_pos_shape)).
         ``output_attentions``: per layer, the attention probabilities (before dropout) in
-        transformers' layout, over the internally padded length (as transformers)."""
+        transformers' layout, over the internally padded length (as transformers).
+
+        Cached decoding (eval mode, causal models): ``use_cache=True`` with no or an empty
+        ``past_buckets_states`` runs the forward on the prompt and returns, as
+        ``past_buckets_states``, a ReformerDecodingCache holding every layer's projections of it;
+        passing that cache back with the next tokens (B, n) (attention_mask None or (B, cached + n),
+        of which the last n entries are used; no position_ids) runs only those positions, each
+        layer attending through its cache, and appends them. Each step computes exactly what the
+        layers' full forward computes at that position from the cached layer inputs (same
+        rotations, bucket count for the current length, sorted chunks, masks), for every row on its
+        own. It equals a full recompute on the whole prefix where the full forward is
+        prefix-stable: every position for local-only models and for prefixes that fit in one LSH
+        chunk; the last position when the only LSH layer is the top one. Otherwise it does not and
+        cannot: appending a token re-sorts an LSH layer's buckets and shifts the chunks of the
+        earlier tokens, so a full forward changes their states, which a cache of past states keeps.
+        ``use_cache=None`` means False (transformers reads config.use_cache, True by default, which
+        would make every eval forward build a cache).
+        """
+        if use_cache or past_buckets_states is not None:
+            return self._cached_forward(
+                input_ids, attention_mask, position_ids, inputs_embeds, num_hashes, output_hidden_states, output_attentions,
+                ReformerDecodingCache() if past_buckets_states is None else past_buckets_states,
+            )
         if output_hidden_states is None:
             output_hidden_states = self.config.output_hidden_states
         if output_attentions is None:
@@ -321,11 +382,10 @@ class ReformerModel(ReformerPreTrainedModel):
         else:
             position_ids = position_ids.long().expand(batch, seq_len)
 
-        lcm_chunk, min_chunk = _lcm_and_min_chunk(self.config)
-        padding = (-seq_len) % lcm_chunk if seq_len > min_chunk else 0
+        padding = layout_len(self.config, seq_len) - seq_len
         if padding:
             input_ids, inputs_embeds, attention_mask, position_ids = self._pad(
-                input_ids, inputs_embeds, attention_mask, position_ids, seq_len, padding, lcm_chunk
+                input_ids, inputs_embeds, attention_mask, position_ids, seq_len, padding, _lcm_and_min_chunk(self.config)[0]
             )
         if attention_mask is not None:
             attention_mask = attention_mask.bool()
@@ -342,6 +402,73 @@ class ReformerModel(ReformerPreTrainedModel):
             hidden_states=hidden_states,
             attentions=None if all_attentions is None else tuple(all_attentions),
         )
+
+    def _cached_forward(
+        self, input_ids, attention_mask, position_ids, inputs_embeds, num_hashes, output_hidden_states, output_attentions,
+        cache: ReformerDecodingCache,
+    ) -> ReformerModelOutput:
+        if not isinstance(cache, ReformerDecodingCache):
+            raise TypeError(
+                f"past_buckets_states must be the ReformerDecodingCache of an earlier use_cache=True call, got "
+                f"{type(cache).__name__} (transformers' caches hold other things and do not load here)"
+            )
+        if self.training:
+            raise ValueError("use_cache / past_buckets_states are for inference: call model.eval() first")
+        if not self.config.is_decoder:
+            raise ValueError("cached decoding needs a causal model: config.is_decoder=True")
+        if position_ids is not None:
+            raise ValueError("cached decoding places the tokens at positions 0, 1, ...: pass position_ids=None")
+        if cache.length == 0:
+            outputs = self.forward(
+                input_ids, attention_mask, None, inputs_embeds, num_hashes, output_hidden_states=True,
+                output_attentions=output_attentions,
+            )
+            batch, seq_len = outputs.last_hidden_state.shape[:2]
+            device = outputs.last_hidden_state.device
+            cache.reserve(seq_len)
+            cache.attention_mask = torch.ones(batch, cache.capacity, dtype=torch.bool, device=device)
+            if attention_mask is not None:
+                cache.attention_mask[:, :seq_len] = attention_mask.bool()
+            cache.layers = [DecodingCache() for _ in self.encoder.layers]
+            with torch.no_grad():
+                for block, layer_cache, x2 in zip(self.encoder.layers, cache.layers, outputs.hidden_states):
+                    block.attention.fill_cache(x2, layer_cache, cache.capacity)
+            cache.length = seq_len
+            outputs.past_buckets_states = cache
+            if not (output_hidden_states or self.config.output_hidden_states):
+                outputs.hidden_states = None
+            return outputs
+        if output_hidden_states or output_attentions:
+            raise ValueError("hidden_states / attentions are not returned by cached decoding steps: pass output_*=False")
+        batch, n_new, device = self._check_inputs(input_ids, None, None, inputs_embeds, num_hashes)
+        if batch != cache.attention_mask.shape[0]:
+            raise ValueError(f"the cache holds {cache.attention_mask.shape[0]} rows but the input has {batch}: pass one token per row")
+        total = cache.length + n_new
+        limit = self.config.max_position_embeddings
+        if self.config.axial_pos_embds:
+            limit = min(limit, math.prod(self.config.axial_pos_shape))
+        if total > limit:
+            raise ValueError(f"cached length {cache.length} + {n_new} new tokens > the {limit} positions the model has")
+        if attention_mask is not None:
+            if not isinstance(attention_mask, torch.Tensor) or attention_mask.shape != (batch, total):
+                shape = tuple(attention_mask.shape) if isinstance(attention_mask, torch.Tensor) else type(attention_mask).__name__
+                raise ValueError(f"attention_mask must be (batch, cached + new) = {(batch, total)} with a cache, got {shape}")
+        cache.reserve(total)
+        steps = []
+        for j in range(n_new):
+            position = cache.length
+            cache.attention_mask[:, position] = True if attention_mask is None else attention_mask[:, position].bool()
+            embeddings = self.embeddings(
+                None if input_ids is None else input_ids[:, j : j + 1].long(),
+                torch.full((batch, 1), position, dtype=torch.long, device=device),
+                None if inputs_embeds is None else inputs_embeds[:, j : j + 1],
+            )
+            steps.append(self.encoder.decode_step(
+                embeddings, cache.layers, cache.attention_mask[:, : position + 1], layout_len(self.config, position + 1),
+                num_hashes, cache.capacity,
+            ))
+            cache.length += 1
+        return ReformerModelOutput(last_hidden_state=torch.cat(steps, dim=1), past_buckets_states=cache)
 
     def _check_inputs(self, input_ids, attention_mask, position_ids, inputs_embeds, num_hashes) -> tuple[int, int, torch.device]:
         config = self.config
@@ -514,9 +641,13 @@ class ReformerModelWithLMHead(ReformerPreTrainedModel):
         output_attentions: bool | None = None,
         labels: torch.Tensor | None = None,
         return_logits: bool | None = None,
+        past_buckets_states: ReformerDecodingCache | None = None,
+        use_cache: bool | None = None,
     ) -> ReformerModelWithLMHeadOutput:
+        """See ReformerModel.forward for cached decoding (``use_cache``, ``past_buckets_states``)."""
         outputs = self.reformer(
-            input_ids, attention_mask, position_ids, inputs_embeds, num_hashes, output_hidden_states, output_attentions
+            input_ids, attention_mask, position_ids, inputs_embeds, num_hashes, output_hidden_states, output_attentions,
+            past_buckets_states, use_cache,
         )
         hidden = outputs.last_hidden_state
         loss = None
@@ -526,7 +657,10 @@ class ReformerModelWithLMHead(ReformerPreTrainedModel):
         if return_logits is None:
             return_logits = labels is None
         logits = self.lm_head(hidden) if return_logits else None
-        return ReformerModelWithLMHeadOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions)
+        return ReformerModelWithLMHeadOutput(
+            loss=loss, logits=logits, past_buckets_states=outputs.past_buckets_states, hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )
 
     def generate(
         self,
@@ -552,8 +686,11 @@ class ReformerModelWithLMHead(ReformerPreTrainedModel):
         restricted to the ``top_k`` most likely tokens and the ``top_p`` nucleus, drawn with
         ``generator`` (the same generator state gives the same tokens). ``attention_mask`` (B,
         prompt_len), 0 = padding (left-pad prompts of unequal length); generated tokens count as 1.
-        Runs without autograd in the model's current mode (call ``eval()`` to turn dropout off).
-        ``use_cache`` is accepted for transformers' signature; every step is a full forward here.
+        Runs without autograd. ``use_cache=True`` (eval mode only): the prompt runs once and each
+        new token is one cached step (see ``forward``), with the cache allocated once for prompt +
+        max_new_tokens positions; greedy output then equals ``use_cache=False`` (a full forward on
+        the whole prefix per token, in the model's current mode) wherever the full forward is
+        prefix-stable (see ``ReformerModel.forward``), and differs from it slightly elsewhere.
         """
         return generation.generate(
             self, input_ids, max_new_tokens, do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p,

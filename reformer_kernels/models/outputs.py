@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from .generation import ReformerDecodingCache
 
 
 class ModelOutput:
@@ -22,19 +26,23 @@ class ModelOutput:
 class ReformerModelOutput(ModelOutput):
     """last_hidden_state (B, L, 2 * hidden): the final LayerNorm of concat(y1, y2);
     hidden_states: x2 before each layer and after the last, each (B, L, hidden), when asked;
-    attentions: each layer's attention probabilities, when asked."""
+    attentions: each layer's attention probabilities, when asked;
+    past_buckets_states: the ReformerDecodingCache, with use_cache (see ReformerModel.forward)."""
 
     last_hidden_state: torch.Tensor
+    past_buckets_states: ReformerDecodingCache | None = None
     hidden_states: tuple[torch.Tensor, ...] | None = None
     attentions: tuple[torch.Tensor, ...] | None = None
 
 
 @dataclasses.dataclass
 class ReformerModelWithLMHeadOutput(ModelOutput):
-    """loss: next-token cross-entropy when labels were given; logits (B, L, vocab) when asked."""
+    """loss: next-token cross-entropy when labels were given; logits (B, L, vocab) when asked;
+    past_buckets_states: the cache, with use_cache."""
 
     loss: torch.Tensor | None = None
     logits: torch.Tensor | None = None
+    past_buckets_states: ReformerDecodingCache | None = None
     hidden_states: tuple[torch.Tensor, ...] | None = None
     attentions: tuple[torch.Tensor, ...] | None = None
 

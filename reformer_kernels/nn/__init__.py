@@ -1,5 +1,5 @@
 """Reformer building blocks as ``torch.nn`` modules, running on the ops of ``reformer_kernels.functional``."""
-from .attention import LocalSelfAttention, LSHSelfAttention
+from .attention import DecodingCache, LocalSelfAttention, LSHSelfAttention
 from .cross_entropy import linear_cross_entropy
 from .embeddings import AxialPositionEmbeddings
 from .feed_forward import ChunkedFeedForward
@@ -8,6 +8,7 @@ from .reversible import ReversibleBlock, ReversibleSequence
 __all__ = [
     "AxialPositionEmbeddings",
     "ChunkedFeedForward",
+    "DecodingCache",
     "LSHSelfAttention",
     "LocalSelfAttention",
     "ReversibleBlock",

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from .. import functional
-from ..reference.chunked import chunk_scores
+from ..reference.chunked import chunk_scores, mask_scores
 from ..reference.hashing import bucket_factors
 from ..reference.local_attention import local_chunking
 from ..reference.lsh_attention import gather_rows, shared_qk_keys
@@ -46,6 +46,79 @@ def _check_hidden_states(module: nn.Module, hidden_states: torch.Tensor, hidden_
     if not isinstance(hidden_states, torch.Tensor) or hidden_states.dim() != 3 or hidden_states.shape[-1] != hidden_size:
         shape = tuple(hidden_states.shape) if isinstance(hidden_states, torch.Tensor) else type(hidden_states).__name__
         raise ValueError(f"{type(module).__name__}: hidden_states must be (batch, seq_len, {hidden_size}), got {shape}")
+
+
+class DecodingCache:
+    """What one attention layer keeps of the positions decoded so far, for the next position.
+
+    Local layers: their keys and values; LSH layers: their shared query/key projections and values,
+    plus the buckets of those positions for the rotations and bucket count they were hashed with
+    (a fixed ``hash_seed`` lets them be reused; a change of count or fresh rotations rehashes).
+    Tensors (B, H, capacity, d), preallocated for ``capacity`` positions: a step writes in place
+    and allocates nothing that stays; writing past the capacity reallocates to the capacity asked.
+    """
+
+    def __init__(self) -> None:
+        self.keys: torch.Tensor | None = None
+        self.values: torch.Tensor | None = None
+        self.buckets: torch.Tensor | None = None
+        self.hashed_with: tuple | None = None
+        self.n_hashed = 0
+        self.length = 0
+
+    def write(self, position: int, keys: torch.Tensor, values: torch.Tensor, capacity: int) -> None:
+        """Store keys, values (B, H, n, d) at positions [position, position + n); the cache then
+        holds positions [0, position + n)."""
+        end = position + keys.shape[2]
+        if self.keys is None or self.keys.shape[2] < end:
+            size = max(capacity, end)
+            grown = [t.new_zeros(*t.shape[:2], size, t.shape[3]) for t in (keys, values)]
+            if self.keys is not None:
+                for new, old in zip(grown, (self.keys, self.values)):
+                    new[:, :, :position] = old[:, :, :position]
+            self.keys, self.values = grown
+            self.buckets, self.hashed_with, self.n_hashed = None, None, 0
+        self.keys[:, :, position:end] = keys
+        self.values[:, :, position:end] = values
+        self.length = end
+
+
+def _check_decoding(
+    module: nn.Module, hidden_states: torch.Tensor, cache: DecodingCache, key_valid: torch.Tensor, layout_len: int | None
+) -> int:
+    _check_hidden_states(module, hidden_states, module.hidden_size)
+    if not module.causal:
+        raise ValueError(f"{type(module).__name__}: decode_step needs causal=True (a decoder); bidirectional layers cannot decode")
+    if hidden_states.shape[1] != 1:
+        raise ValueError(f"{type(module).__name__}: decode_step takes one position, hidden_states (batch, 1, hidden), got {tuple(hidden_states.shape)}")
+    if not isinstance(key_valid, torch.Tensor) or key_valid.dtype != torch.bool or key_valid.dim() != 2 \
+            or key_valid.shape[0] != hidden_states.shape[0]:
+        raise ValueError(f"{type(module).__name__}: key_valid must be a bool tensor (batch, position + 1)")
+    position = key_valid.shape[1] - 1
+    if not isinstance(cache, DecodingCache) or cache.length != position:
+        held = cache.length if isinstance(cache, DecodingCache) else type(cache).__name__
+        raise ValueError(
+            f"{type(module).__name__}: key_valid says the new position is {position} but the cache holds {held} positions: "
+            "fill_cache the prompt, then step one position at a time"
+        )
+    if layout_len is not None and layout_len <= position:
+        raise ValueError(f"{type(module).__name__}: layout_len {layout_len} must exceed the position {position}")
+    return position
+
+
+def _attend_window(
+    query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, position: int, key_positions: torch.Tensor,
+    key_valid: torch.Tensor, *, causal: bool, self_mask: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One query per row (..., 1, d) against its window of keys and values (..., W, d), with the
+    chunked attention's masks (key_positions, key_valid broadcast to (..., W)): returns the output
+    (..., d) and the log-sum-exp (...) of the scores."""
+    scores = mask_scores(
+        query @ keys.transpose(-1, -2), torch.tensor(position, device=query.device), key_positions[..., None, :],
+        key_valid[..., None, :], causal=causal, self_mask=self_mask,
+    )
+    lse = torch.logsumexp(scores, dim=-1, keepdim=True)
+    return (torch.exp(scores - lse) @ values).squeeze(-2), lse[..., 0, 0]
 
 
 class LSHSelfAttention(nn.Module):
@@ -147,6 +220,93 @@ class LSHSelfAttention(nn.Module):
         return merge_heads(out)
 
 
+    def decode_step(
+        self,
+        hidden_states: torch.Tensor,
+        cache: DecodingCache,
+        key_valid: torch.Tensor,
+        layout_len: int | None = None,
+        num_hashes: int | None = None,
+        capacity: int = 0,
+    ) -> torch.Tensor:
+        """Cached decoding: the output (B, 1, H * d) at position t = key_valid.shape[1] - 1 that
+        ``forward`` computes there on the whole sequence, from that position's input alone.
+
+        hidden_states (B, 1, hidden_size): position t's input; ``cache`` holds positions < t (from
+        ``fill_cache`` and earlier steps) and receives t. key_valid (B, t + 1) bool, False at
+        padding. layout_len: the length of the sequence ``forward`` would see (>= t + 1; positions
+        past t count as padding, as the models pad to a chunk multiple; default t + 1), which sets
+        the bucket count when num_buckets is unset, the internal padding and so the chunks. The step
+        hashes position t (and every cached position when the count changes or rotations are drawn
+        fresh), sorts the rounds by (bucket, position) as ``forward`` does, and attends, per round,
+        within position t's chunk and its neighbours of the sorted order; rounds combine by lse.
+        Cost per step: one sort of n_hashes * layout_len ids and one chunk window of attention.
+        Inference only: no dropout. ``capacity``: positions to allocate the cache for.
+        """
+        position = _check_decoding(self, hidden_states, cache, key_valid, layout_len)
+        seq_len = position + 1 if layout_len is None else layout_len
+        qk = split_heads(self.query_key(hidden_states), self.num_attention_heads)
+        cache.write(position, qk, split_heads(self.value(hidden_states), self.num_attention_heads), capacity)
+        keys, values = cache.keys[:, :, : position + 1], cache.values[:, :, : position + 1]
+        if seq_len <= self.chunk_len:
+            out, _ = _attend_window(
+                qk, shared_qk_keys(keys), values, position, torch.arange(position + 1, device=qk.device),
+                key_valid[:, None, :], causal=True, self_mask=True,
+            )
+            return merge_heads(out[:, :, None])
+        n_hashes = self.num_hashes if num_hashes is None else num_hashes
+        n_buckets = self.num_buckets
+        if n_buckets is None:
+            n_buckets = functional.default_num_buckets(seq_len, self.chunk_len, self.max_position_embeddings)
+        buckets = self._decoding_buckets(cache, position, n_hashes, n_buckets)
+        # The layout of forward: padding (masked tokens and the positions past t) in an extra bucket
+        # after the others of its round, each round padded to a whole number of chunks.
+        padding_bucket = math.prod(bucket_factors(n_buckets))
+        padded_len = math.ceil(seq_len / self.chunk_len) * self.chunk_len
+        batch, heads = qk.shape[:2]
+        layout = buckets.new_full((batch, heads, n_hashes, padded_len), padding_bucket)
+        layout[..., : position + 1] = torch.where(key_valid[:, None, None, :], buckets, padding_bucket)
+        offsets = torch.arange(n_hashes, device=qk.device)[:, None] * (padding_bucket + 1)
+        sorted_idx, undo_sort = functional.bucket_sort((layout + offsets).flatten(2), n_hashes * (padding_bucket + 1))
+        query_sorted = undo_sort[..., torch.arange(n_hashes, device=qk.device) * padded_len + position]
+        n_chunks = n_hashes * padded_len // self.chunk_len
+        neighbours = torch.arange(-self.n_chunks_before, self.n_chunks_after + 1, device=qk.device)
+        window_chunks = (query_sorted[..., None] // self.chunk_len + neighbours) % n_chunks
+        window = (window_chunks[..., None] * self.chunk_len + torch.arange(self.chunk_len, device=qk.device)).flatten(-2)
+        key_positions = sorted_idx.gather(-1, window.flatten(2)).view(window.shape) % padded_len
+        real = key_positions.clamp(max=position)
+        valid = (key_positions <= position) & key_valid[:, None, None, :].expand(*window.shape[:3], -1).gather(-1, real)
+        rows = real.flatten(2)
+        out, lse = _attend_window(
+            qk[:, :, None], shared_qk_keys(gather_rows(keys, rows)).view(*window.shape, -1),
+            gather_rows(values, rows).view(*window.shape, -1), position, key_positions, valid, causal=True, self_mask=True,
+        )
+        round_weights = torch.exp(lse - torch.logsumexp(lse, dim=2, keepdim=True))
+        return merge_heads((out * round_weights[..., None]).sum(dim=2, keepdim=True))
+
+    def fill_cache(self, hidden_states: torch.Tensor, cache: DecodingCache, capacity: int = 0) -> None:
+        """Store the projections of positions [0, L) of hidden_states (B, L, hidden_size) (this
+        layer's inputs on a prompt) in ``cache``, for ``decode_step`` at position L and on."""
+        _check_hidden_states(self, hidden_states, self.hidden_size)
+        heads = self.num_attention_heads
+        cache.write(0, split_heads(self.query_key(hidden_states), heads), split_heads(self.value(hidden_states), heads), capacity)
+
+    def _decoding_buckets(self, cache: DecodingCache, position: int, n_hashes: int, n_buckets) -> torch.Tensor:
+        """Buckets (B, H, n_hashes, position + 1) of the cached positions, without the padding
+        bucket and round offsets; hashed once per position while the rotations stay the same."""
+        rotations = self.draw_rotations(n_hashes, n_buckets, cache.keys)
+        if self.hash_seed is None or cache.hashed_with != (n_hashes, n_buckets):
+            cache.n_hashed = 0
+        if cache.buckets is None or cache.n_hashed == 0:
+            cache.buckets = cache.keys.new_zeros((*cache.keys.shape[:2], n_hashes, cache.keys.shape[2]), dtype=torch.long)
+        vectors = cache.keys[:, :, cache.n_hashed : position + 1]
+        new, _ = functional.lsh_hash(vectors, rotations, n_buckets)
+        offsets = torch.arange(n_hashes, device=new.device)[:, None] * math.prod(bucket_factors(n_buckets))
+        cache.buckets[..., cache.n_hashed : position + 1] = new.unflatten(2, (n_hashes, -1)) - offsets
+        cache.hashed_with, cache.n_hashed = (n_hashes, n_buckets), position + 1
+        return cache.buckets[..., : position + 1]
+
+
 class LocalSelfAttention(nn.Module):
     """Chunked local self-attention: each chunk of ``chunk_len`` attends to itself and its
     neighbour chunks (circularly, as transformers). Input (B, L, hidden_size) -> output
@@ -202,3 +362,40 @@ class LocalSelfAttention(nn.Module):
             )
             attentions.append(_probabilities(scores, full=seq_len <= self.chunk_len))
         return merge_heads(out)
+
+    def decode_step(
+        self, hidden_states: torch.Tensor, cache: DecodingCache, key_valid: torch.Tensor, layout_len: int | None = None,
+        capacity: int = 0,
+    ) -> torch.Tensor:
+        """Cached decoding: the output (B, 1, H * d) at position t = key_valid.shape[1] - 1 that
+        ``forward`` computes there on the whole sequence, from that position's input alone.
+
+        Arguments as ``LSHSelfAttention.decode_step``; layout_len sets the chunk count, hence which
+        chunks the circular neighbour window reaches. Cost per step: one chunk window of attention.
+        A padding position t whose keys are all padding (there is no self mask here) has no
+        meaningful output: forward averages every key of its window there, future ones included,
+        and the step differs.
+        """
+        position = _check_decoding(self, hidden_states, cache, key_valid, layout_len)
+        seq_len = position + 1 if layout_len is None else layout_len
+        heads = self.num_attention_heads
+        q, k, v = (split_heads(proj(hidden_states), heads) for proj in (self.query, self.key, self.value))
+        cache.write(position, k, v, capacity)
+        chunk_len, before, after, padded_len = local_chunking(seq_len, self.chunk_len, self.n_chunks_before, self.n_chunks_after)
+        neighbours = torch.arange(-before, after + 1, device=q.device)
+        window_chunks = (position // chunk_len + neighbours) % (padded_len // chunk_len)
+        key_positions = (window_chunks[:, None] * chunk_len + torch.arange(chunk_len, device=q.device)).flatten()
+        real = key_positions.clamp(max=position)
+        valid = (key_positions <= position) & key_valid[:, real]
+        out, _ = _attend_window(
+            q, cache.keys[:, :, real] / math.sqrt(self.attention_head_size), cache.values[:, :, real], position,
+            key_positions, valid[:, None, :], causal=True, self_mask=False,
+        )
+        return merge_heads(out[:, :, None])
+
+    def fill_cache(self, hidden_states: torch.Tensor, cache: DecodingCache, capacity: int = 0) -> None:
+        """Store the keys and values of positions [0, L) of hidden_states (B, L, hidden_size) (this
+        layer's inputs on a prompt) in ``cache``, for ``decode_step`` at position L and on."""
+        _check_hidden_states(self, hidden_states, self.hidden_size)
+        heads = self.num_attention_heads
+        cache.write(0, split_heads(self.key(hidden_states), heads), split_heads(self.value(hidden_states), heads), capacity)

@@ -73,11 +73,26 @@ def chunk_scores(
         return with_neighbours(chunked(t), n_chunks_before, n_chunks_after)
 
     scores = chunked(queries) @ around(keys).transpose(-1, -2)
-    query_positions = chunked(positions)[..., :, None]
-    key_positions = around(positions)[..., None, :]
-    mask_value, self_mask_value = mask_values(scores.dtype)
+    return mask_scores(
+        scores, chunked(positions)[..., :, None], around(positions)[..., None, :],
+        None if key_valid is None else around(key_valid)[..., None, :], causal=causal, self_mask=self_mask,
+    )
 
-    allowed = None if key_valid is None else around(key_valid)[..., None, :]
+
+def mask_scores(
+    scores: torch.Tensor,
+    query_positions: torch.Tensor,
+    key_positions: torch.Tensor,
+    key_valid: torch.Tensor | None,
+    *,
+    causal: bool,
+    self_mask: bool,
+) -> torch.Tensor:
+    """The one masking rule: ``scores`` (..., queries, keys) with padding keys (``key_valid``
+    False) and, if causal, keys after the query set to -1e9, then the query's own position to
+    -1e5 if ``self_mask`` (fp16: -1e4, -1e3). Positions and key_valid broadcast against scores."""
+    mask_value, self_mask_value = mask_values(scores.dtype)
+    allowed = key_valid
     if causal:
         not_future = query_positions >= key_positions
         allowed = not_future if allowed is None else allowed & not_future

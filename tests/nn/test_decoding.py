@@ -1,0 +1,130 @@
+"""Cached decoding at layer level: decode_step at position t equals the module's forward on
+positions [0, t] at its last position, in float64 to 1e-10."""
+import pytest
+import torch
+
+from reformer_kernels import use_backend
+from reformer_kernels.nn import DecodingCache, LocalSelfAttention, LSHSelfAttention
+
+HIDDEN, HEADS, HEAD_DIM, CHUNK, SEQ_LEN, PROMPT = 16, 2, 8, 4, 23, 2
+
+
+def padding_mask(batch: int, padded: bool) -> torch.Tensor:
+    mask = torch.ones(batch, SEQ_LEN, dtype=torch.bool)
+    if padded:
+        mask[-1, :3] = False  # a left-padded row
+        mask[0, 5] = False  # a padding token inside row 0
+    return mask
+
+
+def max_step_error(module, batch: int, padded: bool, *, reseed: bool = False, **step_kwargs) -> float:
+    """Worst |decode_step - forward[:, -1]| over positions PROMPT..SEQ_LEN-1 whose query is a token.
+
+    A padding query in a local layer has every key masked, so forward averages scores that are all
+    -1e9, padding it made up included: that output is meaningless and not compared."""
+    x = torch.randn(batch, SEQ_LEN, HIDDEN, dtype=torch.float64)
+    mask = padding_mask(batch, padded)
+    cache = DecodingCache()
+    module.fill_cache(x[:, :PROMPT], cache)
+    worst = 0.0
+    with torch.no_grad():
+        for t in range(PROMPT, SEQ_LEN):
+            if reseed:
+                torch.manual_seed(t)
+            step = module.decode_step(x[:, t : t + 1], cache, mask[:, : t + 1], **step_kwargs)
+            if reseed:
+                torch.manual_seed(t)
+            full = module(x[:, : t + 1], mask[:, : t + 1] if padded else None)[:, -1:]
+            error = (step - full).abs().amax(dim=-1)[:, 0]
+            worst = max(worst, error.masked_fill(~mask[:, t], 0.0).max().item())
+    return worst
+
+
+@pytest.fixture(params=["auto", "reference"])
+def backend(request):
+    with use_backend(request.param):
+        yield
+
+
+@pytest.mark.parametrize("num_buckets", [None, 4, (2, 4)])
+@pytest.mark.parametrize("padded", [False, True])
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("n_hashes", [1, 2, 4])
+def test_lsh_decode_step_equals_forward_at_the_last_position(backend, n_hashes, batch, padded, num_buckets):
+    torch.manual_seed(n_hashes * 10 + batch)
+    module = LSHSelfAttention(
+        HIDDEN, HEADS, HEAD_DIM, num_hashes=n_hashes, num_buckets=num_buckets, chunk_len=CHUNK, n_chunks_before=1,
+        causal=True, hash_seed=3, max_position_embeddings=64,
+    ).double()
+    assert max_step_error(module, batch, padded) < 1e-10
+
+
+@pytest.mark.parametrize("n_chunks", [(1, 0), (2, 0), (1, 1)])
+def test_lsh_decode_step_with_other_windows_and_fresh_rotations(n_chunks):
+    """hash_seed=None: the step draws the rotations from the global generator as forward does (and
+    rehashes the cached positions); chunks after the query's in sorted order hold earlier tokens."""
+    torch.manual_seed(0)
+    module = LSHSelfAttention(
+        HIDDEN, HEADS, HEAD_DIM, num_hashes=2, chunk_len=CHUNK, n_chunks_before=n_chunks[0], n_chunks_after=n_chunks[1],
+        causal=True, hash_seed=None, max_position_embeddings=64,
+    ).double()
+    assert max_step_error(module, 3, True, reseed=True) < 1e-10
+
+
+def test_lsh_decode_step_follows_a_longer_layout():
+    """layout_len: the step reproduces forward on the sequence padded with masked positions (the
+    models pad to a chunk multiple): bucket count and chunks of that length."""
+    torch.manual_seed(1)
+    module = LSHSelfAttention(HIDDEN, HEADS, HEAD_DIM, num_hashes=2, chunk_len=CHUNK, causal=True, hash_seed=5,
+                              max_position_embeddings=64).double()
+    x = torch.randn(3, 13, HIDDEN, dtype=torch.float64)
+    mask = padding_mask(3, True)[:, :13]
+    cache = DecodingCache()
+    module.fill_cache(x[:, :12], cache)
+    with torch.no_grad():
+        step = module.decode_step(x[:, 12:], cache, mask, layout_len=32)
+        padded_x = torch.cat([x, torch.zeros(3, 19, HIDDEN, dtype=torch.float64)], dim=1)
+        padded_mask = torch.cat([mask, torch.zeros(3, 19, dtype=torch.bool)], dim=1)
+        full = module(padded_x, padded_mask)[:, 12:13]
+    assert (step - full).abs().max().item() < 1e-10
+
+
+@pytest.mark.parametrize("n_chunks_before", [1, 2])
+@pytest.mark.parametrize("padded", [False, True])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_local_decode_step_equals_forward_at_the_last_position(backend, batch, padded, n_chunks_before):
+    torch.manual_seed(batch)
+    module = LocalSelfAttention(HIDDEN, HEADS, HEAD_DIM, chunk_len=CHUNK, n_chunks_before=n_chunks_before, causal=True).double()
+    assert max_step_error(module, batch, padded) < 1e-10
+
+
+def test_steps_write_into_the_preallocated_cache():
+    """Memory per step is constant: with room for every position, no step reallocates."""
+    torch.manual_seed(2)
+    module = LSHSelfAttention(HIDDEN, HEADS, HEAD_DIM, num_hashes=2, num_buckets=4, chunk_len=CHUNK, causal=True, hash_seed=1).double()
+    x = torch.randn(2, SEQ_LEN, HIDDEN, dtype=torch.float64)
+    cache = DecodingCache()
+    module.fill_cache(x[:, :PROMPT], cache, capacity=SEQ_LEN)
+    mask = torch.ones(2, SEQ_LEN, dtype=torch.bool)
+    pointers: dict[str, int] = {}
+    with torch.no_grad():
+        for t in range(PROMPT, SEQ_LEN):
+            module.decode_step(x[:, t : t + 1], cache, mask[:, : t + 1], capacity=SEQ_LEN)
+            for name in ("keys", "values", "buckets"):  # buckets from the first hashed step (t >= CHUNK) on
+                tensor = getattr(cache, name)
+                if tensor is not None:
+                    assert pointers.setdefault(name, tensor.data_ptr()) == tensor.data_ptr(), (name, t)
+    assert set(pointers) == {"keys", "values", "buckets"} and cache.keys.shape[2] == SEQ_LEN
+
+
+def test_decode_step_refuses_bidirectional_layers_several_positions_and_a_cache_out_of_step():
+    module = LocalSelfAttention(HIDDEN, HEADS, HEAD_DIM, chunk_len=CHUNK, causal=False)
+    with pytest.raises(ValueError, match="causal"):
+        module.decode_step(torch.randn(1, 1, HIDDEN), DecodingCache(), torch.ones(1, 1, dtype=torch.bool))
+    module = LocalSelfAttention(HIDDEN, HEADS, HEAD_DIM, chunk_len=CHUNK, causal=True)
+    with pytest.raises(ValueError, match="one position"):
+        module.decode_step(torch.randn(1, 2, HIDDEN), DecodingCache(), torch.ones(1, 2, dtype=torch.bool))
+    cache = DecodingCache()
+    module.fill_cache(torch.randn(1, 3, HIDDEN), cache)
+    with pytest.raises(ValueError, match="holds 3 positions"):
+        module.decode_step(torch.randn(1, 1, HIDDEN), cache, torch.ones(1, 5, dtype=torch.bool))
