@@ -3,6 +3,7 @@ LM at 1, 2, 6 and 12 layers, ours with the reversible backward (the default), ou
 through the same blocks, and transformers' ReformerModelWithLMHead, all three with the same weights.
 
     python -m benchmarks.bench_reversible [--size small|full] [--repeats N] [--device cpu|cuda] [--out DIR]
+                                          [--competitors NAME ...]
 
 Model: hidden 256 = 4 heads of 64, feed-forward 1024, vocab 320, layers alternating LSH / local,
 2 hashes, chunk 64, causal (is_decoder), axial positions, dropout 0, batch 1, float32, on the CPU
@@ -182,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", choices=sorted(SIZES), default="full")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where the models train (default: cpu)")
+    p.add_argument("--competitors", nargs="+", choices=[name for name, _ in ROWS], default=[name for name, _ in ROWS],
+                   help="rows to run (default: all; the alternated rows need both of ours)")
     p.add_argument("--out", default=None, help="output folder (default: bench-results/<cpu-or-gpu-name>/, untracked)")
     p.add_argument("--worker", nargs=5, metavar=("OP", "COMPETITOR", "BACKEND", "SEQ_LEN", "LAYERS"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -206,14 +209,15 @@ def main(argv: list[str] | None = None) -> int:
     seq_len, depths = SIZES[args.size]
     rows: list[dict] = []
     for layers in depths:
-        for competitor, backend in ROWS:
+        for competitor, backend in (row for row in ROWS if row[0] in args.competitors):
             for op in ops:
                 rows.append(run_case(op, competitor, backend, seq_len, layers, args.repeats, device))
                 report.write_suite(out_dir, SUITE, rows, env)  # every finished row is on disk
                 print(f"  {competitor} {op} {layers} layers: {rows[-1]['status']}", flush=True)
-        rows += interleaved_rows(seq_len, layers, args.repeats, device)
-        report.write_suite(out_dir, SUITE, rows, env)
-        print(f"  ours reversible and plain autograd alternated, {layers} layers: {rows[-1]['status']}", flush=True)
+        if {REVERSIBLE[0], PLAIN[0]} <= set(args.competitors):
+            rows += interleaved_rows(seq_len, layers, args.repeats, device)
+            report.write_suite(out_dir, SUITE, rows, env)
+            print(f"  ours reversible and plain autograd alternated, {layers} layers: {rows[-1]['status']}", flush=True)
     add_speedups(rows)
     report.write_suite(out_dir, SUITE, rows, env)
     columns = ("competitor", "op", "layers", "seq_len", "fwd_bwd_ms", "peak_mem_mb", "speedup_vs_transformers", "status")
