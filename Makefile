@@ -28,6 +28,8 @@ test: build
 test-slow: build
 	$(PY) -m pytest -q -m slow
 
+# Results go to bench-results/<device>/ (git-ignored); BENCH_ARGS="--out benchmarks/results/<device>"
+# rewrites the committed reference results instead.
 bench: build
 	$(PY) -m benchmarks $(BENCH_ARGS)
 

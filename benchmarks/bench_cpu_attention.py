@@ -9,7 +9,7 @@ L = 4K, 8K, 16K (--size small: 4K). Each case runs in a fresh subprocess, so tha
 is the peak resident set size of that process (Linux VmHWM, reset right before a measured call
 that follows one warm-up call) minus its resident size just before: this sees every allocation,
 the C++ kernels' scratch included, which torch's profiler would miss. Time is the median of
---repeats further calls. Writes cpu_attention.csv/.json to benchmarks/results/<cpu-name>/ and prints the table.
+--repeats further calls. Writes cpu_attention.csv/.json to bench-results/<cpu-name>/ (or --out) and prints the table.
 """
 from __future__ import annotations
 
@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--size", choices=sorted(LENGTHS), default="full")
     p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--out", default=None, help="output folder (default: benchmarks/results/<cpu-name>/)")
+    p.add_argument("--out", default=None, help="output folder (default: bench-results/<cpu-name>/, untracked)")
     p.add_argument("--worker", nargs=4, metavar=("OP", "COMPETITOR", "BACKEND", "SEQ_LEN"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     env = per_case_environment("bench_cpu_attention")
     if env is None:
         return 2
-    out_dir = args.out or os.path.join(report.RESULTS, report.device_dir_name(CPU))
+    out_dir = args.out or report.default_out_dir(CPU)
     rows: list[dict] = []
     columns = ("op", "competitor", "seq_len", "fwd_bwd_ms", "peak_mem_mb", "speedup_vs_transformers", "status")
     print(" ".join(f"{name:>18}" for name in columns), flush=True)

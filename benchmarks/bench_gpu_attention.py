@@ -4,7 +4,7 @@ forward + backward and peak memory. GPU only: Triton's interpreter times nothing
 
     python -m benchmarks.bench_gpu_attention [--dtype float16|bfloat16|float32] [--out DIR]
 
-Writes gpu_attention.csv/.json to benchmarks/results/<gpu-name>/ and prints the table.
+Writes gpu_attention.csv/.json to bench-results/<gpu-name>/ (or --out) and prints the table.
 """
 from __future__ import annotations
 
@@ -44,14 +44,14 @@ def cases(dtype: torch.dtype, device: torch.device) -> list[Case]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--dtype", choices=["float16", "bfloat16", "float32"], default="float16")
-    p.add_argument("--out", default=None, help="output folder (default: benchmarks/results/<gpu-name>/)")
+    p.add_argument("--out", default=None, help="output folder (default: bench-results/<gpu-name>/, untracked)")
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
         print("bench_gpu_attention: needs a CUDA GPU (torch.cuda.is_available() is False); "
               "on a CPU run `python -m benchmarks --suite scaling` instead", file=sys.stderr)
         return 2
     device = torch.device("cuda")
-    out_dir = args.out or os.path.join(report.RESULTS, report.device_dir_name(device))
+    out_dir = args.out or report.default_out_dir(device)
     env = report.environment(device)
     rows: list[dict] = []
     with warnings.catch_warnings():

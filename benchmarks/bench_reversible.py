@@ -1,13 +1,15 @@
 """What the reversible layers cost and save: training-step time and peak memory of a causal Reformer
-LM at 2, 6 and 12 layers, ours with the reversible backward (the default), ours with plain autograd
+LM at 1, 2, 6 and 12 layers, ours with the reversible backward (the default), ours with plain autograd
 through the same blocks, and transformers' ReformerModelWithLMHead, all three with the same weights.
 
     python -m benchmarks.bench_reversible [--size small|full] [--repeats N] [--device cpu|cuda] [--out DIR]
+                                          [--competitors NAME ...]
 
 Model: hidden 256 = 4 heads of 64, feed-forward 1024, vocab 320, layers alternating LSH / local,
 2 hashes, chunk 64, causal (is_decoder), axial positions, dropout 0, batch 1, float32, on the CPU
 (default) or the GPU (--device cuda: our Triton/CUDA kernels, transformers in PyTorch).
---size full: 2, 6, 12 layers at L = 4096; --size small: 2 and 6 layers at L = 1024.
+--size full: 1, 2, 6, 12 layers at L = 4096; --size small: 1, 2 and 6 layers at L = 1024. (With one
+layer there is nothing to recompute: the reversible and plain rows run the same plain autograd.)
 
 A training step is forward + loss + backward + AdamW step; its time is the median of --repeats
 calls after warm-up. Each case runs in a fresh subprocess. On the CPU its peak memory is the peak
@@ -16,8 +18,8 @@ optimizer's and the C++ kernels' scratch included; on the GPU it is the peak of 
 allocator's bytes in use during one step (max_memory_allocated), which counts every tensor.
 
 Two memory rows per case, because glibc's malloc keeps freed blocks resident: op "train_step" is
-the step above under the default malloc (the RSS a user sees; it grows with depth by what the heap
-retains), op "train_step_live_memory" is the same step, untimed, in a process run with
+the step above under the default malloc (the RSS a user sees: ours hands freed heap pages back
+between sub-layers, see reformer_kernels.nn.reversible), op "train_step_live_memory" is the same step, untimed, in a process run with
 MALLOC_MMAP_THRESHOLD_=131072, where every block of 128 KiB or more is its own mapping, unmapped
 when freed, so the peak RSS follows the bytes actually alive at once (CPU only: the GPU's peak
 already counts live bytes). And one time row per mode of ours, op "train_step_interleaved":
@@ -28,7 +30,7 @@ The non-reversible row: the model has no config switch for plain autograd; its e
 ReversibleSequence, whose public ``reversible`` attribute selects the mode, so the row sets
 ``model.reformer.encoder.reversible = False`` on an otherwise identical model.
 
-Writes reversible.csv/.json to benchmarks/results/<cpu-or-gpu-name>/, prints the table, the
+Writes reversible.csv/.json to bench-results/<cpu-or-gpu-name>/ (or --out), prints the table, the
 reversible overhead (reversible time / non-reversible time) and how peak memory grows with depth.
 """
 from __future__ import annotations
@@ -50,7 +52,7 @@ from .harness import Case, add_speedups, blank_row, peak_memory_bytes, time_ms, 
 SUITE = "reversible"
 TIMED_OP, LIVE_MEMORY_OP, INTERLEAVED_OP = "train_step", "train_step_live_memory", "train_step_interleaved"
 LIVE_MEMORY_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072"}
-SIZES = {"small": (1024, [2, 6]), "full": (4096, [2, 6, 12])}
+SIZES = {"small": (1024, [1, 2, 6]), "full": (4096, [1, 2, 6, 12])}
 SHAPE = dict(batch=1, heads=4, head_dim=64, n_hashes=2, chunk_len=64, causal=True, dtype=torch.float32)
 VOCAB = 320
 # (competitor, backend): the backend column names the kernels ours runs with ("auto": the C++ ones).
@@ -64,7 +66,7 @@ def _config(seq_len: int, layers: int) -> dict:
 
 def _settings(config: dict) -> dict:
     # bench_model's model, with this benchmark's vocabulary and an LSH layer first.
-    return dict(hf_settings(config), vocab_size=VOCAB, attn_layers=["lsh", "local"] * (config["layers"] // 2))
+    return dict(hf_settings(config), vocab_size=VOCAB, attn_layers=(["lsh", "local"] * config["layers"])[:config["layers"]])
 
 
 def _transformers_model(config: dict):
@@ -94,7 +96,6 @@ def _peak_step_bytes(step, device: torch.device) -> int:
     """Peak memory of a training step after a first one (which builds the optimizer state): on the
     CPU the resident set size it adds, on the GPU the allocator's peak above what was in use."""
     if device.type == "cuda":
-        step()
         return peak_memory_bytes(step, device)
     return _peak_rss_bytes(step)
 
@@ -173,7 +174,8 @@ def summarize(rows: list[dict]) -> None:
                             if r["status"] == "ok" and r["op"] == op and r["competitor"] == competitor)
             if len(depths) >= 2:
                 (l0, m0), (l1, m1) = depths[0], depths[-1]
-                print(f"  {competitor:>32}: {m0} MB at {l0} -> {m1} MB at {l1} layers, {(m1 - m0) / (l1 - l0):+.1f} MB/layer")
+                print(f"  {competitor:>32}: {m0} MB at {l0} -> {m1} MB at {l1} layers, {(m1 - m0) / (l1 - l0):+.1f} MB/layer, "
+                      f"{m1 / m0:.2f}x")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -181,7 +183,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", choices=sorted(SIZES), default="full")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where the models train (default: cpu)")
-    p.add_argument("--out", default=None, help="output folder (default: benchmarks/results/<cpu-or-gpu-name>/)")
+    p.add_argument("--competitors", nargs="+", choices=[name for name, _ in ROWS], default=[name for name, _ in ROWS],
+                   help="rows to run (default: all; the alternated rows need both of ours)")
+    p.add_argument("--out", default=None, help="output folder (default: bench-results/<cpu-or-gpu-name>/, untracked)")
     p.add_argument("--worker", nargs=5, metavar=("OP", "COMPETITOR", "BACKEND", "SEQ_LEN", "LAYERS"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.repeats < 3:
@@ -201,18 +205,19 @@ def main(argv: list[str] | None = None) -> int:
         env, ops = per_case_environment("bench_reversible"), (TIMED_OP, LIVE_MEMORY_OP)
         if env is None:
             return 2
-    out_dir = args.out or os.path.join(report.RESULTS, report.device_dir_name(device))
+    out_dir = args.out or report.default_out_dir(device)
     seq_len, depths = SIZES[args.size]
     rows: list[dict] = []
     for layers in depths:
-        for competitor, backend in ROWS:
+        for competitor, backend in (row for row in ROWS if row[0] in args.competitors):
             for op in ops:
                 rows.append(run_case(op, competitor, backend, seq_len, layers, args.repeats, device))
                 report.write_suite(out_dir, SUITE, rows, env)  # every finished row is on disk
                 print(f"  {competitor} {op} {layers} layers: {rows[-1]['status']}", flush=True)
-        rows += interleaved_rows(seq_len, layers, args.repeats, device)
-        report.write_suite(out_dir, SUITE, rows, env)
-        print(f"  ours reversible and plain autograd alternated, {layers} layers: {rows[-1]['status']}", flush=True)
+        if {REVERSIBLE[0], PLAIN[0]} <= set(args.competitors):
+            rows += interleaved_rows(seq_len, layers, args.repeats, device)
+            report.write_suite(out_dir, SUITE, rows, env)
+            print(f"  ours reversible and plain autograd alternated, {layers} layers: {rows[-1]['status']}", flush=True)
     add_speedups(rows)
     report.write_suite(out_dir, SUITE, rows, env)
     columns = ("competitor", "op", "layers", "seq_len", "fwd_bwd_ms", "peak_mem_mb", "speedup_vs_transformers", "status")

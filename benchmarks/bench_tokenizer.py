@@ -15,7 +15,7 @@ followed by the standard library's own sources until the size is reached (small:
 
 Two modes: "lists" (one call on all texts, ids as lists) and "tensors" (batches of 256 texts,
 padding=True, truncation to 1024, return_tensors="pt"). Prints a table and writes
-benchmarks/results/<device-name>/tokenizer.csv.
+bench-results/<device-name>/tokenizer.csv (or --out).
 """
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ import torch
 
 from reformer_kernels.tokenization import ByteTokenizer, ReformerTokenizer
 
-from .report import RESULTS, _version, device_dir_name, environment
+from .report import _version, default_out_dir, environment
 
 # A full-size call takes seconds, so one is enough there; small calls take the median of three.
 SIZES = {"small": dict(megabytes=1, vocab_size=4000, repeats=3), "full": dict(megabytes=10, vocab_size=16000, repeats=1)}
@@ -105,7 +105,7 @@ def measure(fn, repeats: int) -> tuple[float, object]:
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(prog="python -m benchmarks.bench_tokenizer", description=__doc__.splitlines()[0])
     p.add_argument("--size", choices=SIZES, default="small", help="small: 1 MB (< 1 min on 2 cores); full: 10 MB")
-    p.add_argument("--out", default=None, help="output folder (default: benchmarks/results/<device-name>/)")
+    p.add_argument("--out", default=None, help="output folder (default: bench-results/<device-name>/, untracked)")
     args = p.parse_args(argv)
     size = SIZES[args.size]
     cpu = torch.device("cpu")
@@ -148,7 +148,7 @@ def main(argv=None) -> None:
         same = fast is not None and "Byte" not in row["tokenizer"]
         row["same_ids_as_transformers_fast"] = round(sum(a == b for a, b in zip(ids, fast)) / len(fast), 4) if same else ""
 
-    out_dir = args.out or os.path.join(RESULTS, device_dir_name(cpu))
+    out_dir = args.out or default_out_dir(cpu)
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, "tokenizer.csv")
     with open(path, "w", newline="") as f:

@@ -3,10 +3,12 @@
 A case is one competitor on one input configuration. Building it may fail (a peer not installed,
 a backend without a kernel for the op, an error inside the peer); every failure becomes a row that
 says what happened, and the suite goes on with the next case. Timings are medians of at least
-five calls after warm-up; memory is measured in one extra call.
+five calls after warm-up; memory is measured first, in the second of two extra calls.
 """
 from __future__ import annotations
 
+import gc
+import os
 import statistics
 import time
 from dataclasses import dataclass
@@ -103,30 +105,49 @@ def time_ms(fn: Callable[[], object], device: torch.device, warmup: int, repeats
     return times
 
 
+_SECOND_CALL = "peak_memory_bytes: measured call"
+
+
 def peak_memory_bytes(fn: Callable[[], object], device: torch.device) -> int:
-    """Peak bytes allocated by torch during one call of ``fn``, above what was allocated before.
+    """Peak bytes allocated by torch during the second of two calls of ``fn`` (the first one pays
+    one-time costs: an optimizer's state, caches), above what was allocated when it started.
 
     CUDA: the caching allocator's max_memory_allocated. CPU: torch's CPU allocator has no peak
-    counter, so the call runs under the profiler with memory events on and the peak is the
-    largest running sum of its allocations and frees (scratch memory a C++ kernel takes from
-    malloc instead of torch is not seen).
+    counter, so both calls run under the profiler with memory events on and the peak is the
+    largest running sum of the second call's allocations and frees (scratch memory a C++ kernel
+    takes from malloc instead of torch is not seen). The profiler starts before the first call,
+    with the garbage collected, so that everything the second call frees was allocated under it:
+    freeing an older block would make the profiler warn ("Memory block of unknown size") and
+    leave that free out of the sum.
     """
     if device.type == "cuda":
+        fn()
         synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
         before = torch.cuda.memory_allocated(device)
         fn()
         synchronize(device)
         return torch.cuda.max_memory_allocated(device) - before
+    # Kineto logs its collection stages ("USDT ... profiler_start"/"profiler_stop") and, in a CUDA
+    # build on a machine without a driver, "gpuGetDeviceCount failed" while it reads the GPUs'
+    # properties for a trace we do not write; level 6 is above its highest (USDT = 5). Read once,
+    # when the first profiler starts.
+    os.environ.setdefault("KINETO_LOG_LEVEL", "6")
+    gc.collect()
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
-    events = sorted(
+        with torch.profiler.record_function(_SECOND_CALL):
+            fn()
+    events = prof.profiler.kineto_results.events()
+    second_call_ns = next(event.start_ns() for event in events if event.name() == _SECOND_CALL)
+    memory = sorted(
         (event.start_ns(), event.nbytes())
-        for event in prof.profiler.kineto_results.events()
+        for event in events
         if event.name() == "[memory]" and event.device_type() == torch.autograd.DeviceType.CPU
+        and event.start_ns() >= second_call_ns
     )
     current = peak = 0
-    for _, nbytes in events:
+    for _, nbytes in memory:
         current += nbytes
         peak = max(peak, current)
     return peak
@@ -166,6 +187,8 @@ def measure(case: Case, settings: Settings) -> dict:
                 with torch.no_grad():
                     return prepared.forward()
 
+            # First, while nothing but the case's own tensors exists (see peak_memory_bytes).
+            row["peak_mem_mb"] = round(peak_memory_bytes(prepared.train_step or forward, settings.device) / 2**20, 3)
             _stats(row, "fwd", time_ms(forward, settings.device, settings.warmup, settings.repeats, settings.min_total_s))
             seconds = row["fwd_ms"] / 1e3
             flops = prepared.fwd_flops
@@ -173,7 +196,6 @@ def measure(case: Case, settings: Settings) -> dict:
                 _stats(row, "fwd_bwd", time_ms(prepared.train_step, settings.device, settings.warmup, settings.repeats, settings.min_total_s))
                 seconds = row["fwd_bwd_ms"] / 1e3
                 flops = prepared.train_flops
-            row["peak_mem_mb"] = round(peak_memory_bytes(prepared.train_step or forward, settings.device) / 2**20, 3)
             if case.tokens and seconds > 0:
                 row["tokens_per_s"] = round(case.tokens / seconds, 1)
             if flops and seconds > 0:

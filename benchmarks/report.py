@@ -15,6 +15,10 @@ import torch
 from .harness import COLUMNS, CONFIG_COLUMNS, OK
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Where a run writes unless told otherwise: a folder git ignores, so that running the suite never
+# modifies committed files.
+OUT = os.path.join(ROOT, "bench-results")
+# The committed reference results; written only by a run given this folder (or one under it) as --out.
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
 SUITE_ORDER = ("ops", "model", "scaling", "quality")
 
@@ -59,11 +63,16 @@ def environment(device: torch.device) -> dict:
 
 
 def device_dir_name(device: torch.device) -> str:
-    """benchmarks/results/<this name>/: the GPU model on CUDA, else the CPU model."""
+    """<results folder>/<this name>/: the GPU model on CUDA, else the CPU model."""
     from reformer_kernels._info import _cpu_name
 
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu {_cpu_name()}"
     return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:80]
+
+
+def default_out_dir(device: torch.device) -> str:
+    """bench-results/<device name>/, the folder every script writes to without --out."""
+    return os.path.join(OUT, device_dir_name(device))
 
 
 def write_suite(out_dir: str, suite: str, rows: list[dict], env: dict) -> None:

@@ -4,7 +4,8 @@
                            [--device cpu|cuda] [--out DIR] [--threads N]
 
 Defaults: every suite, on the GPU at "full" size when there is one, else on the CPU at "small"
-size (a few minutes on 2 cores). Results land in ``benchmarks/results/<device-name>/``:
+size (a few minutes on 2 cores). Results land in ``bench-results/<device-name>/`` (ignored by git;
+``--out DIR`` elsewhere, e.g. ``benchmarks/results/<device-name>`` to replace the committed ones):
 <suite>.csv, <suite>.json, PNG plots and summary.md. Ctrl-C stops the run and keeps the rows
 finished so far (files, plots and summary are written either way).
 """
@@ -38,7 +39,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--suite", choices=[*SUITES, "all"], default="all", help="which question to answer (default: all)")
     p.add_argument("--size", choices=SIZES, default=None, help="problem sizes (default: full on a GPU, small on a CPU; tiny checks the harness)")
     p.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda when available")
-    p.add_argument("--out", default=None, help="output folder (default: benchmarks/results/<device-name>/)")
+    p.add_argument("--out", default=None, help="output folder (default: bench-results/<device-name>/, untracked)")
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads for torch (default: torch's choice); 1 gives steadier numbers on a busy machine")
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
@@ -55,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
             return 2
         torch.set_num_threads(args.threads)
     size = args.size or ("full" if device.type == "cuda" else "small")
-    out_dir = args.out or os.path.join(report.RESULTS, report.device_dir_name(device))
+    out_dir = args.out or report.default_out_dir(device)
     settings = Settings(device=device, **SETTINGS[size])
     env = report.environment(device)
     print(f"reformer_kernels bench: size {size} on {env['gpu'] if device.type == 'cuda' else env['cpu']}; "

@@ -25,3 +25,10 @@ def loaded() -> bool:
 
 def with_cuda() -> bool:
     return _C is not None and bool(_C.with_cuda())
+
+
+def release_free_heap() -> bool:
+    """Hand malloc's free heap pages back to the system (glibc's malloc_trim); False where it cannot
+    (no _C, or a C library without it). The reversible layers call it on the CPU between sub-layers,
+    so that what one layer freed does not stay resident while the next allocates fresh pages."""
+    return _C is not None and bool(_C.release_free_heap())

@@ -3,6 +3,8 @@ rows, Ctrl-C, plots and summary. Tiny shapes; no test looks at a time."""
 import csv
 import json
 import os
+import subprocess
+import sys
 import types
 
 import pytest
@@ -213,6 +215,67 @@ def test_peak_memory_sees_torch_cpu_allocations():
         return b.sum()
 
     assert 8 * 2**20 <= harness.peak_memory_bytes(allocate, CPU) < 9 * 2**20
+
+
+def test_peak_memory_counts_frees_of_what_the_first_call_left():
+    """The measured call frees the 4 MiB the previous call kept (as a training step frees the previous
+    gradients): the profiler saw that block allocated, so the free lowers the running sum, and the
+    peak is the 8 MiB temporary (12 MiB if the free were left out)."""
+    kept = []
+
+    def step():
+        kept.clear()
+        kept.append(torch.ones(1024, 1024))
+        return torch.ones(2048, 1024).sum()
+
+    assert 8 * 2**20 <= harness.peak_memory_bytes(step, CPU) < 9 * 2**20
+
+
+# What torch's profiler, kineto and c10 print when a benchmark measures CPU memory carelessly.
+NOISE = ("USDT", "profiler_start", "profiler_stop", "gpuGetDeviceCount", "Memory block of unknown size")
+
+
+def test_a_measured_training_case_prints_no_profiler_noise():
+    """One case through harness.measure in a fresh process (the profiler's logs appear once per
+    process): a model trained with AdamW and zero_grad(set_to_none=True), whose second step frees the
+    first one's gradients, times and memory measured; nothing on stdout or stderr but the row."""
+    script = """
+import json, torch
+from benchmarks import harness
+model = torch.nn.Linear(256, 256)
+optimizer = torch.optim.AdamW(model.parameters())
+x = torch.randn(512, 256)
+def step():
+    optimizer.zero_grad(set_to_none=True)
+    model(x).square().mean().backward()
+    optimizer.step()
+case = harness.Case("fake", "train", "ours", "pytorch", {}, lambda: harness.Prepared(lambda: model(x), step))
+row = harness.measure(case, harness.Settings(device=torch.device("cpu"), warmup=1, repeats=3))
+print(json.dumps([row["status"], row["peak_mem_mb"]]))
+"""
+    env = {k: v for k, v in os.environ.items() if k != "KINETO_LOG_LEVEL"}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=report.ROOT, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    status, peak_mb = json.loads(done.stdout.strip().splitlines()[-1])
+    assert status == "ok" and peak_mb > 0
+    output = done.stdout + done.stderr
+    assert not [word for word in NOISE if word in output], output
+
+
+def test_results_go_to_an_untracked_folder_unless_out_says_otherwise(tmp_path, monkeypatch):
+    suite = types.SimpleNamespace(cases=lambda size, device: [fake_case("transformers", working)])
+    monkeypatch.setattr(run, "SUITES", {"fake": suite})
+    monkeypatch.setattr(report, "OUT", str(tmp_path / "bench-results"))
+    assert run.main(["--suite", "fake", "--size", "tiny", "--device", "cpu", "--no-progress"]) == 0
+    assert os.path.exists(os.path.join(report.default_out_dir(CPU), "fake.csv"))
+    assert report.default_out_dir(CPU) == str(tmp_path / "bench-results" / report.device_dir_name(CPU))
+
+
+def test_the_default_results_folder_is_ignored_by_git():
+    """So that `make bench` never modifies committed files (benchmarks/results/ holds those)."""
+    done = subprocess.run(["git", "check-ignore", "-q", os.path.join(report.OUT, "any-device", "ops.csv")], cwd=report.ROOT)
+    assert done.returncode == 0
+    assert not os.path.relpath(report.OUT, report.ROOT).startswith(os.path.relpath(report.RESULTS, report.ROOT))
 
 
 def test_csv_json_plots_and_summary(tmp_path):

@@ -11,6 +11,10 @@ dropout masks and hash rotations drawn from the global generator are exactly tho
 (transformers reseeds instead and its LSH layers draw the rotations only in the forward, so their
 dropout masks differ between the two passes and the gradients are wrong.)
 
+On the CPU both passes hand the heap pages that a sub-layer's temporaries freed back to the system
+after each sub-layer (``_release_freed``); otherwise, under glibc's default malloc, the peak
+resident memory of a training step grows with depth although the live bytes do not.
+
 The residual connections, with the hidden dropout on the sub-layer's output, are one op
 (``functional.dropout_add``): on CUDA one Triton kernel for the forward's add and one for the
 reconstruction's subtraction, whose backward regenerates the dropout mask instead of storing it.
@@ -23,7 +27,7 @@ from typing import Any, Iterable, Iterator
 import torch
 from torch import nn
 
-from .. import functional
+from .. import _extension, functional
 
 
 class ReversibleBlock(nn.Module):
@@ -76,6 +80,18 @@ def _replay(
         yield
 
 
+def _release_freed(x: torch.Tensor) -> None:
+    """After a sub-layer on the CPU: return the heap pages its temporaries freed to the system
+    (malloc_trim). glibc's mmap threshold rises to the size of each large block freed (up to
+    32 MiB), so after the first step every activation-sized tensor lives in the heap, and freed
+    blocks stay resident there; a freed block next to a tiny one still in use (the leftovers of
+    torch's 64-byte-aligned posix_memalign, kept in malloc's thread cache) does not merge with its
+    free neighbour, so the next layer's temporaries often fit no hole, take fresh pages at the top,
+    and the resident set grows by tens of MB per layer (measured: benchmarks/bench_reversible.py)."""
+    if x.device.type == "cpu":
+        _extension.release_free_heap()
+
+
 def _collecting(attentions: list[torch.Tensor] | None) -> dict[str, list[torch.Tensor]]:
     # Only the forward collects attention probabilities; the backward's recomputation must not.
     return {} if attentions is None else {"attentions": attentions}
@@ -102,8 +118,10 @@ class _ReversibleFunction(torch.autograd.Function):
                 hidden_states.append(x2)
             attention_state = _rng_state(devices)
             x1 = block.residual(x1, block.attention(x2, **kwargs, **_collecting(attentions)))
+            _release_freed(x1)
             feed_forward_state = _rng_state(devices)
             x2 = block.residual(x2, block.feed_forward(x1))
+            _release_freed(x2)
             rng_states.append((attention_state, feed_forward_state))
         ctx.save_for_backward(x1, x2)
         ctx.blocks, ctx.kwargs, ctx.rng_states, ctx.devices = blocks, kwargs, rng_states, devices
@@ -130,6 +148,7 @@ class _ReversibleFunction(torch.autograd.Function):
         # loop carries the negated gradients -dL/dy1, -dL/dy2, which reach each sub-layer with the
         # right sign, and negates twice in all instead of twice per layer.
         neg_grad_y1, neg_grad_y2 = -grad_y1, -grad_y2
+        _release_freed(y1)  # what the plain-autograd backward above this one freed
         for block, (attention_state, feed_forward_state) in zip(reversed(ctx.blocks), reversed(ctx.rng_states)):
             g_params = [p for p in block.feed_forward.parameters() if p.requires_grad]
             f_params = [p for p in block.attention.parameters() if p.requires_grad]
@@ -138,6 +157,7 @@ class _ReversibleFunction(torch.autograd.Function):
                 with _replay(feed_forward_state, ctx.devices, ctx.autocast):
                     x2 = block.residual(y2, block.feed_forward(y1), subtract=True)
                 grad_from_g, grads = _param_grads(x2, y1, g_params, neg_grad_y2)
+            _release_freed(x2)
             accumulate(g_params, grads)
             neg_grad_y1 = neg_grad_y1 - grad_from_g
             x2 = x2.detach()
@@ -146,6 +166,7 @@ class _ReversibleFunction(torch.autograd.Function):
                 with _replay(attention_state, ctx.devices, ctx.autocast):
                     x1 = block.residual(y1.detach(), block.attention(x2, **ctx.kwargs), subtract=True)
                 grad_from_f, grads = _param_grads(x1, x2, f_params, neg_grad_y1)
+            _release_freed(x1)
             accumulate(f_params, grads)
             y1, y2 = x1.detach(), x2.detach()
             neg_grad_y2 = neg_grad_y2 - grad_from_f
