@@ -121,7 +121,11 @@ def attend_in_chunks(
         n_chunks_after=n_chunks_after, causal=causal, self_mask=self_mask,
     )
     lse = torch.logsumexp(scores, dim=-1, keepdim=True)
-    probs = torch.exp(scores - lse)
+    # Not exp(scores - lse): when every key of a query is masked, its scores all equal the mask
+    # value and, below float64, the lse rounds back to it (-1e9 + log(n) == -1e9 in float32), so
+    # each probability would be 1 and the query would get the sum of the values instead of their
+    # mean. softmax subtracts the row maximum first and normalizes by the sum.
+    probs = torch.softmax(scores, dim=-1)
     if dropout_mask is not None:
         probs = torch.where(dropout_mask, probs * (1.0 / (1.0 - dropout_p)), 0.0)
     around_values = with_neighbours(values.reshape(batch, heads, n // chunk_len, chunk_len, head_dim), n_chunks_before, n_chunks_after)
