@@ -120,12 +120,14 @@ def attend_in_chunks(
         queries, keys, positions, key_valid, chunk_len=chunk_len, n_chunks_before=n_chunks_before,
         n_chunks_after=n_chunks_after, causal=causal, self_mask=self_mask,
     )
+    mask_value, _ = mask_values(scores.dtype)
     lse = torch.logsumexp(scores, dim=-1, keepdim=True)
-    # Not exp(scores - lse): when every key of a query is masked, its scores all equal the mask
-    # value and, below float64, the lse rounds back to it (-1e9 + log(n) == -1e9 in float32), so
-    # each probability would be 1 and the query would get the sum of the values instead of their
-    # mean. softmax subtracts the row maximum first and normalizes by the sum.
-    probs = torch.softmax(scores, dim=-1)
+    probs = torch.exp(scores - lse)
+    # A query whose every key is masked has equal scores, so softmax is uniform: the mean of the
+    # window's values. exp(scores - lse) is not, below float64: lse = -1e9 + log(n) rounds back to
+    # -1e9 (float32 steps are 64 there), each probability would be 1 and the query get their sum.
+    sees_nothing = (scores == mask_value).all(dim=-1, keepdim=True)
+    probs = torch.where(sees_nothing, 1.0 / scores.shape[-1], probs)
     if dropout_mask is not None:
         probs = torch.where(dropout_mask, probs * (1.0 / (1.0 - dropout_p)), 0.0)
     around_values = with_neighbours(values.reshape(batch, heads, n // chunk_len, chunk_len, head_dim), n_chunks_before, n_chunks_after)
