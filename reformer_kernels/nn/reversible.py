@@ -164,7 +164,7 @@ class ReversibleSequence(nn.Module):
     Inside ``torch.compile`` the blocks run as plain autograd too: the memory-saving backward calls
     ``torch.autograd.grad`` and sets RNG states, which a compiled graph cannot contain. The compiled
     graph gives the same outputs and gradients; what it saves for backward is AOTAutograd's choice
-    and grows with depth (compile the blocks one by one, not the model, to keep the reversible backward).
+    and grows with depth.
     """
 
     def __init__(self, blocks: Iterable[ReversibleBlock], *, reversible: bool = True):
