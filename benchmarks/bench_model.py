@@ -99,6 +99,17 @@ def transformers_lm(config: dict, device: torch.device) -> Prepared:
     return _training(model, lambda: model(input_ids, labels=input_ids).loss, config)
 
 
+def transformers_patched_lm(config: dict, device: torch.device) -> Prepared:
+    """transformers' model with its attention swapped for our ops by patch_hf_reformer: the same
+    weights and code as the transformers row but for the attention (tests/models/test_hf_integration.py
+    shows it gives the same logits and gradients)."""
+    from reformer_kernels.integrations.hf import patch_hf_reformer
+
+    model = patch_hf_reformer(_transformers_model(config, device))
+    input_ids = _input_ids(config, device)
+    return _training(model, lambda: model(input_ids, labels=input_ids).loss, config)
+
+
 def ours_lm(config: dict, device: torch.device, backend: str) -> Prepared:
     from reformer_kernels import backends
 
@@ -147,6 +158,8 @@ def cases(size: str, device: torch.device) -> list[Case]:
         tokens = config["batch"] * config["seq_len"]
         result.append(Case(SUITE, "train_step", "reformer_kernels", "auto", config, functools.partial(ours_lm, config, device, "auto"), tokens))
         result.append(Case(SUITE, "train_step", "transformers", "pytorch", config, functools.partial(transformers_lm, config, device), tokens))
+        result.append(Case(SUITE, "train_step", "transformers+patch_hf_reformer", "auto", config,
+                           functools.partial(transformers_patched_lm, config, device), tokens))
         result.append(Case(SUITE, "train_step", "reformer-pytorch", "pytorch", config, functools.partial(reformer_pytorch_lm, config, device), tokens))
     return result
 

@@ -17,6 +17,11 @@ from .models import (
 )
 from .tokenization import ByteTokenizer, ReformerTokenizer
 
+# Register every kernel and look the installation up now rather than at the first op call, which
+# may be inside torch.compile, where an import or a call into _C breaks the graph.
+backends._load_ops()
+backends._installation()
+
 __version__ = "0.1.0"
 
 __all__ = [

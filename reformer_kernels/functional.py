@@ -62,6 +62,13 @@ backends.register("local_attention", "reference", _local_attention_reference)
 # ----------------------------------------------------------------------------- validation
 
 
+def checks_values() -> bool:
+    """Whether the checks that read tensor values (ids in range, a mask that pads something) run:
+    in eager, yes; inside torch.compile, no, since each would read a tensor into Python and break
+    the graph. There the kernels' own checks (C++ range checks, index bounds) still raise."""
+    return not torch.compiler.is_compiling()
+
+
 def _check_int(fn: str, name: str, value: object, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{fn}: {name} must be an int, got {type(value).__name__} {value!r}")
@@ -197,11 +204,12 @@ def _check_sorted_idx(fn: str, sorted_idx: object, qk: torch.Tensor, n_hashes: i
         )
     if sorted_idx.device != qk.device:
         raise ValueError(f"{fn}: sorted_idx is on {sorted_idx.device} but qk is on {qk.device}; move it")
-    low, high = torch.aminmax(sorted_idx)
-    if low.item() < 0 or high.item() >= n:
-        raise ValueError(
-            f"{fn}: sorted_idx spans [{low.item()}, {high.item()}] but must be a permutation of [0, n_hashes * seq_len = {n})"
-        )
+    if checks_values():
+        low, high = torch.aminmax(sorted_idx)
+        if low.item() < 0 or high.item() >= n:
+            raise ValueError(
+                f"{fn}: sorted_idx spans [{low.item()}, {high.item()}] but must be a permutation of [0, n_hashes * seq_len = {n})"
+            )
     return sorted_idx
 
 
@@ -319,7 +327,7 @@ def bucket_sort(buckets: torch.Tensor, num_buckets: int, *, backend: str | None 
         raise ValueError("bucket_sort: buckets must have at least one dimension (..., N), got a 0-d tensor")
     if isinstance(num_buckets, bool) or not isinstance(num_buckets, int) or num_buckets < 1:
         raise ValueError(f"bucket_sort: num_buckets must be a positive int, got {num_buckets!r}")
-    if buckets.numel() > 0:
+    if buckets.numel() > 0 and checks_values():
         low, high = torch.aminmax(buckets)
         if low.item() < 0 or high.item() >= num_buckets:
             raise ValueError(

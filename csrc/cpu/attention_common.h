@@ -438,7 +438,19 @@ struct ChunkAttention {
   void backward(int64_t n_queries, int64_t n_keys, bool causal, bool self_mask, MaskValues values) {
     const int64_t padded_keys = round_up(n_keys, Vec<T>::width);
     masked_scores(n_queries, n_keys, causal, self_mask, values);
-    for (int64_t i = 0; i < n_queries; ++i) exp_shifted(scores.data() + i * key_stride, padded_keys, lse[i]);
+    for (int64_t i = 0; i < n_queries; ++i) {
+      T* row = scores.data() + i * key_stride;
+      const T total = exp_shifted(row, padded_keys, lse[i]);
+      // Without the self mask a query may see no key: then lse = -1e9 + log(n) is -1e9 in float,
+      // each exp(s - lse) is 1, and grad_v would get the sum of dO where the forward took the mean,
+      // so normalize by the row's sum as the forward's softmax does. With it (LSH) every query sees
+      // itself, and the rounding of lse near -1e5 is left in P: it cancels against the same rounding
+      // in the round weights exp(lse_r - lse_all).
+      if (!self_mask) {
+        const T inverse = T(1) / total;
+        for (int64_t j = 0; j < padded_keys; ++j) row[j] *= inverse;
+      }
+    }
     // dP = dO V^T, then dS = P * (K * dP - delta) where the score was not overwritten by a mask
     gemm<T>(n_queries, padded_keys, head_dim, grad_out.data(), dim_stride, 1, vt.data(), key_stride,
             grad_scores.data(), key_stride, false);

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .. import functional
 from ..nn import (
     AxialPositionEmbeddings,
     ChunkedFeedForward,
@@ -377,7 +378,8 @@ class ReformerModel(ReformerPreTrainedModel):
         if output_attentions is None:
             output_attentions = self.config.output_attentions
         batch, seq_len, device = self._check_inputs(input_ids, attention_mask, position_ids, inputs_embeds, num_hashes)
-        if position_ids is None:
+        default_positions = position_ids is None
+        if default_positions:
             position_ids = torch.arange(seq_len, device=device).expand(batch, seq_len)
         else:
             position_ids = position_ids.long().expand(batch, seq_len)
@@ -385,7 +387,8 @@ class ReformerModel(ReformerPreTrainedModel):
         padding = layout_len(self.config, seq_len) - seq_len
         if padding:
             input_ids, inputs_embeds, attention_mask, position_ids = self._pad(
-                input_ids, inputs_embeds, attention_mask, position_ids, seq_len, padding, _lcm_and_min_chunk(self.config)[0]
+                input_ids, inputs_embeds, attention_mask, position_ids, seq_len, padding, _lcm_and_min_chunk(self.config)[0],
+                default_positions,
             )
         if attention_mask is not None:
             attention_mask = attention_mask.bool()
@@ -481,7 +484,7 @@ class ReformerModel(ReformerPreTrainedModel):
                 raise TypeError(f"input_ids must hold integer token ids (int64), got {input_ids.dtype}; pass vectors as inputs_embeds")
             if input_ids.dim() != 2:
                 raise ValueError(f"input_ids must be (batch, seq_len), got shape {tuple(input_ids.shape)}; add a batch dimension with input_ids[None]")
-            if input_ids.numel() and (input_ids.min() < 0 or input_ids.max() >= config.vocab_size):
+            if input_ids.numel() and functional.checks_values() and (input_ids.min() < 0 or input_ids.max() >= config.vocab_size):
                 raise ValueError(
                     f"input_ids span [{input_ids.min().item()}, {input_ids.max().item()}] but must lie in [0, vocab_size="
                     f"{config.vocab_size}): check the tokenizer or raise config.vocab_size"
@@ -517,7 +520,7 @@ class ReformerModel(ReformerPreTrainedModel):
             if not isinstance(position_ids, torch.Tensor) or position_ids.dtype.is_floating_point or position_ids.shape[-1] != seq_len \
                     or position_ids.dim() not in (1, 2) or (position_ids.dim() == 2 and position_ids.shape[0] not in (1, batch)):
                 raise ValueError(f"position_ids must be an integer tensor of shape (batch, seq_len) = {(batch, seq_len)} or (seq_len,)")
-            if position_ids.min() < 0 or position_ids.max() >= config.max_position_embeddings:
+            if functional.checks_values() and (position_ids.min() < 0 or position_ids.max() >= config.max_position_embeddings):
                 raise ValueError(
                     f"position_ids span [{position_ids.min().item()}, {position_ids.max().item()}] outside "
                     f"[0, max_position_embeddings={config.max_position_embeddings})"
@@ -526,7 +529,7 @@ class ReformerModel(ReformerPreTrainedModel):
             raise ValueError(f"num_hashes must be a positive int or None (config.num_hashes), got {num_hashes!r}")
         return batch, seq_len, device
 
-    def _pad(self, input_ids, inputs_embeds, attention_mask, position_ids, seq_len, padding, lcm_chunk):
+    def _pad(self, input_ids, inputs_embeds, attention_mask, position_ids, seq_len, padding, lcm_chunk, default_positions):
         """Pad to a multiple of the chunk lengths' lcm with masked pad tokens, as transformers does in eval."""
         padded_len = seq_len + padding
         limit = self.config.max_position_embeddings
@@ -549,8 +552,11 @@ class ReformerModel(ReformerPreTrainedModel):
         if attention_mask is None:
             attention_mask = torch.ones(batch, seq_len, dtype=torch.bool, device=device)
         attention_mask = torch.cat([attention_mask.bool(), torch.zeros(batch, padding, dtype=torch.bool, device=device)], dim=1)
-        # Padded positions are masked keys and cropped queries: any valid position id works.
-        if bool((position_ids == torch.arange(seq_len, device=device)).all()):
+        # Padded positions are masked keys and cropped queries: any valid position id works (under
+        # torch.compile, which cannot read given ids without breaking the graph, the last one repeated).
+        if default_positions or (
+            functional.checks_values() and bool((position_ids == torch.arange(seq_len, device=device)).all())
+        ):
             position_ids = torch.arange(padded_len, device=device).expand(batch, padded_len)
         else:
             position_ids = torch.cat([position_ids, position_ids[:, -1:].expand(batch, padding)], dim=1)

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from .. import functional
+from ..ops.hashing import seeded_randn
 from ..reference.chunked import chunk_scores, mask_scores
 from ..reference.hashing import bucket_factors
 from ..reference.local_attention import local_chunking
@@ -167,10 +168,9 @@ class LSHSelfAttention(nn.Module):
     def draw_rotations(self, n_hashes: int, n_buckets: int | tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
         """Random rotations (H, d, n_hashes, R / 2), R = sum of the bucket factors, in ``like``'s dtype and device."""
         shape = (self.num_attention_heads, self.attention_head_size, n_hashes, sum(bucket_factors(n_buckets)) // 2)
-        generator = None
         if self.hash_seed is not None:
-            generator = torch.Generator(device=like.device).manual_seed(self.hash_seed)
-        return torch.randn(shape, generator=generator, device=like.device, dtype=like.dtype)
+            return seeded_randn(list(shape), self.hash_seed, like.dtype, like.device)
+        return torch.randn(shape, device=like.device, dtype=like.dtype)
 
     def forward(
         self,

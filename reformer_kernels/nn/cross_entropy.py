@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from .. import backends
-from ..functional import FLOAT_DTYPES, _check_int
+from ..functional import FLOAT_DTYPES, _check_int, checks_values
 
 FN = "linear_cross_entropy"
 
@@ -76,11 +76,12 @@ def linear_cross_entropy(
     hidden, weight, bias = _check_inputs(hidden, weight, bias, labels)
     _check_int(FN, "chunk_size", chunk_size, 0)
     _check_int(FN, "ignore_index", ignore_index, -(2**63))
-    counted = labels[labels != ignore_index]
-    if counted.numel() and (counted.min() < 0 or counted.max() >= weight.shape[0]):
-        raise ValueError(
-            f"{FN}: labels span [{counted.min().item()}, {counted.max().item()}] outside [0, vocab_size="
-            f"{weight.shape[0]}); use {ignore_index} for tokens without a label"
-        )
+    if checks_values():
+        counted = labels[labels != ignore_index]
+        if counted.numel() and (counted.min() < 0 or counted.max() >= weight.shape[0]):
+            raise ValueError(
+                f"{FN}: labels span [{counted.min().item()}, {counted.max().item()}] outside [0, vocab_size="
+                f"{weight.shape[0]}); use {ignore_index} for tokens without a label"
+            )
     _, impl = backends.select("linear_cross_entropy", hidden.device, backend)
     return impl(hidden, weight, bias, labels, chunk_size=chunk_size, ignore_index=ignore_index)

@@ -6,6 +6,7 @@ import math
 import torch
 from torch import nn
 
+from ..functional import checks_values
 from ..reference.axial import axial_position_encodings
 
 
@@ -41,7 +42,7 @@ class AxialPositionEmbeddings(nn.Module):
 
     def forward(self, position_ids: torch.Tensor) -> torch.Tensor:
         """position_ids (B, L) int64 in [0, prod(axial_pos_shape)) -> (B, L, sum(axial_pos_embds_dim))."""
-        if position_ids.numel() and (position_ids.min() < 0 or position_ids.max() >= self.max_positions):
+        if position_ids.numel() and checks_values() and (position_ids.min() < 0 or position_ids.max() >= self.max_positions):
             raise ValueError(
                 f"AxialPositionEmbeddings: position ids span [{position_ids.min().item()}, {position_ids.max().item()}] "
                 f"but axial_pos_shape {self.axial_pos_shape} covers [0, {self.max_positions}): shorten the input or "

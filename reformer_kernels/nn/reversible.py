@@ -181,6 +181,11 @@ class ReversibleSequence(nn.Module):
     the same blocks with plain autograd (same RNG use, so the same dropout masks), which stores
     every activation; it exists to check and to measure the reversible backward against.
     Keyword arguments of ``forward`` go to every block's attention.
+
+    Inside ``torch.compile`` the blocks run as plain autograd too: the memory-saving backward calls
+    ``torch.autograd.grad`` and sets RNG states, which a compiled graph cannot contain. The compiled
+    graph gives the same outputs and gradients; what it saves for backward is AOTAutograd's choice
+    and grows with depth.
     """
 
     def __init__(self, blocks: Iterable[ReversibleBlock], *, reversible: bool = True):
@@ -204,7 +209,7 @@ class ReversibleSequence(nn.Module):
         blocks = list(self.layers)
         params = [p for block in blocks[:-1] for p in block.parameters() if p.requires_grad]
         needs_grad = torch.is_grad_enabled() and (x1.requires_grad or x2.requires_grad or bool(params))
-        if self.reversible and needs_grad and len(blocks) > 1:
+        if self.reversible and needs_grad and len(blocks) > 1 and not torch.compiler.is_compiling():
             x1, x2 = _ReversibleFunction.apply(x1, x2, blocks[:-1], kwargs, hidden_states, attentions, *params)
             blocks = blocks[-1:]
         for block in blocks:

@@ -36,9 +36,12 @@ def _tile_logits(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
 
 
 def _labels_in_tile(labels: torch.Tensor, valid: torch.Tensor, columns: slice) -> tuple[torch.Tensor, torch.Tensor]:
-    """(rows, columns within the tile) of the counted labels that fall in vocabulary ``columns``."""
-    rows = (valid & (labels >= columns.start) & (labels < columns.stop)).nonzero().squeeze(1)
-    return rows, labels[rows] - columns.start
+    """Per token: whether its label is counted and falls in vocabulary ``columns`` (bool), and that
+    label's column within the tile (int64, clamped into the tile where it does not fall there).
+    Masks rather than the hit rows' indices, whose number depends on the labels' values: a
+    data-dependent shape that torch.compile cannot keep in one graph."""
+    hit = valid & (labels >= columns.start) & (labels < columns.stop)
+    return hit, (labels - columns.start).clamp(0, columns.stop - columns.start - 1)
 
 
 def _tiles(n_tokens: int, vocab: int, chunk_size: int) -> tuple[list[slice], list[slice]]:
@@ -61,8 +64,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
             for columns in vocab_tiles:
                 logits = _tile_logits(hidden[rows], weight, bias, columns)
                 lse[rows] = torch.logaddexp(lse[rows], torch.logsumexp(logits, dim=1))
-                hit, hit_columns = _labels_in_tile(labels[rows], valid[rows], columns)
-                target[rows][hit] = logits[hit, hit_columns]
+                hit, column = _labels_in_tile(labels[rows], valid[rows], columns)
+                target[rows] += torch.where(hit, logits.gather(1, column[:, None]).squeeze(1), 0.0)
         total = torch.where(valid, lse - target, 0.0).sum()
         ctx.save_for_backward(hidden, weight, bias, labels, lse, n_valid)
         ctx.chunk_size, ctx.ignore_index = chunk_size, ignore_index
@@ -88,8 +91,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
             tile_hidden = hidden[rows].to(dtype)
             for columns in vocab_tiles:
                 grad_logits = _tile_logits(hidden[rows], weight, bias, columns).sub_(lse[rows, None]).exp_()
-                hit, hit_columns = _labels_in_tile(labels[rows], valid[rows], columns)
-                grad_logits[hit, hit_columns] -= 1.0
+                hit, column = _labels_in_tile(labels[rows], valid[rows], columns)
+                grad_logits.scatter_add_(1, column[:, None], -hit[:, None].to(dtype))
                 grad_logits.mul_(token_scale[rows, None])
                 if grad_hidden is not None:
                     grad_hidden[rows].addmm_(grad_logits, weight[columns].to(dtype))

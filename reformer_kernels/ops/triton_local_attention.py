@@ -77,10 +77,17 @@ def local_attention_bwd(
     chunk_len, n_chunks_before, n_chunks_after, n_slots = local_chunking(seq_len, chunk_len, n_chunks_before, n_chunks_after)
     keep, stride_db, stride_dh, drop_scale = dropout_mask_arg("local_attention", dropout_mask, dropout_p, q, n_slots,
                                                               chunk_len, n_chunks_before + 1 + n_chunks_after)
+    mask_value, _ = mask_values(q.dtype)
+    # A query whose keys are all masked has lse = mask_value + log(n_keys), which fp32 rounds to
+    # about mask_value, so the kernel's exp(s - lse) is about 1 instead of 1 / n_keys (grad_v would
+    # get the sum of dO, the forward took the mean): scale such a row's dO, hence delta, by the ratio.
+    n_keys = chunk_len * (n_chunks_before + 1 + n_chunks_after)
+    fully_masked = lse <= mask_value / 2
+    row_scale = torch.where(fully_masked, torch.exp(lse.double() - mask_value) / n_keys, 1.0)
+    grad_out = (grad_out * row_scale[..., None].to(grad_out.dtype)).contiguous()
     delta = (grad_out.float() * out.float()).sum(-1)
     grad_q, grad_k, grad_v = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     mask, stride_mb = keep_mask_arg(attention_mask, q)
-    mask_value, _ = mask_values(q.dtype)
     tile = tiles(chunk_len, head_dim, q.dtype)
     attention_bwd_kernel[chunk_grid(n_slots, chunk_len, batch, heads, tile)](
         q, k, v, lse, mask, keep, grad_out, lse, lse, delta, grad_q, grad_k, grad_v,

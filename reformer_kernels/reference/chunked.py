@@ -135,8 +135,14 @@ def attend_in_chunks(
         queries, keys, positions, key_valid, chunk_len=chunk_len, n_chunks_before=n_chunks_before,
         n_chunks_after=n_chunks_after, causal=causal, self_mask=self_mask,
     )
+    mask_value, _ = mask_values(scores.dtype)
     lse = torch.logsumexp(scores, dim=-1, keepdim=True)
     probs = torch.exp(scores - lse)
+    # A query whose every key is masked has equal scores, so softmax is uniform: the mean of the
+    # window's values. exp(scores - lse) is not, below float64: lse = -1e9 + log(n) rounds back to
+    # -1e9 (float32 steps are 64 there), each probability would be 1 and the query get their sum.
+    sees_nothing = (scores == mask_value).all(dim=-1, keepdim=True)
+    probs = torch.where(sees_nothing, 1.0 / scores.shape[-1], probs)
     if dropout_mask is not None:
         probs = torch.where(dropout_mask, probs * (1.0 / (1.0 - dropout_p)), 0.0)
     around_values = with_neighbours(values.reshape(batch, heads, n // chunk_len, chunk_len, head_dim), n_chunks_before, n_chunks_after)

@@ -23,6 +23,15 @@ def bucket_factors(n_buckets: int | tuple[int, ...]) -> tuple[int, ...]:
     return (n_buckets,) if isinstance(n_buckets, int) else tuple(n_buckets)
 
 
+def pads_anything(attention_mask: torch.Tensor | None) -> bool:
+    """Whether ``attention_mask`` pads some token, which gives padding its own bucket. Inside
+    torch.compile the answer cannot be read from the mask without breaking the graph, so any mask
+    counts: an empty padding bucket changes the ids but not the sort order, hence not the attention."""
+    if attention_mask is None:
+        return False
+    return torch.compiler.is_compiling() or not bool(attention_mask.bool().all())
+
+
 def hash_vectors(
     vectors: torch.Tensor,
     rotations: torch.Tensor,
@@ -52,7 +61,7 @@ def hash_vectors(
         buckets = factor_buckets if buckets is None else buckets + n_buckets_per_round * factor_buckets
         n_buckets_per_round *= factor
 
-    if attention_mask is not None and not attention_mask.bool().all():
+    if pads_anything(attention_mask):
         padding_bucket = n_buckets_per_round
         n_buckets_per_round += 1
         buckets = torch.where(attention_mask.bool()[:, None, None, :], buckets, padding_bucket)

@@ -95,10 +95,15 @@ def test_eval_matches_transformers(config_kwargs, seq_len, batch, mask):
     with torch.no_grad():
         expected = run(theirs, ids, attention_mask, seed=11)
         actual = run(ours, ids, attention_mask, seed=11)
-    assert relative_error(actual.logits, expected.logits) < 1e-5
+    # Left padding with a causal mask: a padding position sees no key, and there transformers gives
+    # the sum of the values in fp32 where we give their mean (README); compare the other positions.
+    compared = torch.ones(batch, seq_len, dtype=torch.bool)
+    if mask == "left" and config_kwargs.get("is_decoder"):
+        compared = attention_mask.bool()
+    assert relative_error(actual.logits[compared], expected.logits[compared]) < 1e-5
     assert len(actual.hidden_states) == len(expected.hidden_states)
     for ours_h, theirs_h in zip(actual.hidden_states, expected.hidden_states):
-        assert relative_error(ours_h, theirs_h[:, :seq_len]) < 1e-5
+        assert relative_error(ours_h[compared], theirs_h[:, :seq_len][compared]) < 1e-5
 
 
 @pytest.mark.parametrize("config_kwargs, seq_len, batch, mask", EVAL_CASES)

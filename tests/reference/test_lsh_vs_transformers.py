@@ -9,10 +9,15 @@ from transformers.models.reformer.modeling_reformer import LocalSelfAttention, L
 
 from reformer_kernels import functional, reference  # noqa: E402
 
+from ..tolerance import assert_within_rule  # noqa: E402
+
 HIDDEN, HEADS, HEAD_DIM, HASH_SEED, MAX_POSITIONS = 16, 2, 8, 7, 1024
 # Half precision is held to a few units of its last place: it checks the fp16 mask values
-# (-1e4 / -1e3, since -1e9 does not fit in fp16) against transformers'.
-RELATIVE_TOLERANCE = {torch.float16: 4e-3, torch.bfloat16: 3e-2, torch.float32: 1e-5, torch.float64: 1e-12}
+# (-1e4 / -1e3, since -1e9 does not fit in fp16) against transformers'. Below float64 these are the
+# atol of the tolerance rule (relative to the output's scale), see assert_matches_transformers.
+# In float64 transformers' own round-off decides: its hash rounds are combined with exp(lse -
+# logsumexp(lse)), rounded in steps of 1.5e-11 near the -1e5 self mask (3.3e-12 relative seen).
+RELATIVE_TOLERANCE = {torch.float16: 4e-3, torch.bfloat16: 3e-2, torch.float32: 1e-5, torch.float64: 1e-11}
 DTYPES = list(RELATIVE_TOLERANCE)
 
 
@@ -45,6 +50,42 @@ def padding_mask(batch: int, seq_len: int, padding: str | None) -> torch.Tensor 
 def assert_close_relative(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype) -> None:
     error = ((actual - expected).abs().max() / expected.abs().max()).item()
     assert error <= RELATIVE_TOLERANCE[dtype], f"relative error {error:.2e} > {RELATIVE_TOLERANCE[dtype]:.0e}"
+
+
+def fully_masked_queries(mask, seq_len, chunk_len, before, after, causal) -> torch.Tensor:
+    """(B, L) bool: the queries of local attention that see no key (padding, future, or outside
+    their chunk's window), from the definition, position by position."""
+    batch = 1 if mask is None else mask.shape[0]
+    if mask is None:
+        return torch.zeros(batch, seq_len, dtype=torch.bool)
+    position = torch.arange(seq_len)
+    if seq_len <= chunk_len:
+        in_window = torch.ones(seq_len, seq_len, dtype=torch.bool)
+    else:
+        n_chunks = -(-seq_len // chunk_len)
+        distance = (position[None, :] // chunk_len - position[:, None] // chunk_len) % n_chunks
+        in_window = torch.stack([distance == offset % n_chunks for offset in range(-before, after + 1)]).any(0)
+    visible = in_window & mask.bool()[:, None, :]
+    if causal:
+        visible &= position[None, :] <= position[:, None]
+    return ~visible.any(-1)
+
+
+def assert_matches_transformers(
+    ours: torch.Tensor, theirs: torch.Tensor, ours64: torch.Tensor, dtype: torch.dtype, fully_masked: torch.Tensor | None = None
+) -> None:
+    """float64: ours equals transformers to round-off, except at ``fully_masked`` (B, L) queries.
+    Below float64 transformers' own rounding is the yardstick (the tolerance rule with transformers
+    in ``dtype`` as the baseline and ``ours64``, the reference in float64 on the same inputs, as the
+    truth), not equality: there transformers gives a query whose keys are all masked the sum of
+    their values instead of the mean (README: bugs we do not reproduce). In float64 that sum is a
+    mean off by up to 1e-7 relative (-1e9 + log(n) rounded); ours is the mean, shown by
+    test_fully_masked.py."""
+    if dtype == torch.float64:
+        compared = slice(None) if fully_masked is None else ~fully_masked
+        assert_close_relative(ours[compared], theirs[compared], dtype)
+        return
+    assert_within_rule(ours, ours64, theirs, atol=RELATIVE_TOLERANCE[dtype] * ours64.abs().max().item(), what=str(dtype))
 
 
 # causal, n_hashes, n_buckets (None = transformers' default rule), chunk_len, before, after, batch, seq_len, padding
@@ -118,7 +159,16 @@ def test_lsh_attention_matches_transformers(
             attention_mask=mask,
             backend="reference",
         )
-    assert_close_relative(merge_heads(out), expected, dtype)
+        # float64 on the same inputs and the same buckets (hashing in float64 could pick others)
+        if seq_len > chunk_len:
+            chunking = dict(n_hashes=n_hashes, chunk_len=chunk_len, n_chunks_before=before, n_chunks_after=after)
+        else:
+            sorted_idx = torch.arange(seq_len).expand(batch, HEADS, seq_len)
+            chunking = dict(n_hashes=1, chunk_len=seq_len, n_chunks_before=0, n_chunks_after=0)
+        out64 = functional.lsh_attention(
+            qk.double(), v.double(), sorted_idx, **chunking, causal=causal, attention_mask=mask, backend="reference"
+        )
+    assert_matches_transformers(merge_heads(out), expected, merge_heads(out64), dtype)
 
 
 # causal, chunk_len, before, after, batch, seq_len, padding
@@ -163,7 +213,12 @@ def test_local_attention_matches_transformers(dtype, causal, chunk_len, before, 
             attention_mask=mask,
             backend="reference",
         )
-    assert_close_relative(merge_heads(out), expected, dtype)
+        out64 = functional.local_attention(
+            q.double(), k.double(), v.double(), chunk_len=chunk_len, n_chunks_before=before, n_chunks_after=after,
+            causal=causal, attention_mask=mask, backend="reference",
+        )
+    fully_masked = fully_masked_queries(mask, seq_len, chunk_len, before, after, causal).expand(batch, seq_len)
+    assert_matches_transformers(merge_heads(out), expected, merge_heads(out64), dtype, fully_masked)
 
 
 @pytest.mark.parametrize(
