@@ -67,28 +67,47 @@ void key_scales(const scalar_t* qk, int64_t row_stride, int64_t seq_len, int64_t
   }
 }
 
+// The entries of chunk `chunk` (offsets into it) in position order when `by_position`, else in
+// bucket order. A chunk is sorted by (bucket, position): a few ascending runs.
+void chunk_order(const LshShape& s, const int64_t* idx, int64_t chunk, bool by_position, std::vector<int64_t>& order) {
+  const int64_t* entries = idx + chunk * s.chunk_len;
+  for (int64_t i = 0; i < s.chunk_len; ++i) order[i] = i;
+  if (by_position) {
+    std::stable_sort(order.begin(), order.end(),
+                     [&](int64_t a, int64_t b) { return entries[a] % s.seq_len < entries[b] % s.seq_len; });
+  }
+}
+
 // Gathers chunk `chunk` of the sorted sequence (queries) and its window of neighbour chunks,
 // circular over the concatenated rounds (keys); rounds[i] receives query i's hash round.
 // Neighbour u = chunk + offset (offset in [-n_chunks_before, n_chunks_after], not yet wrapped)
 // lives in key slot u mod window, so the window of chunk + 1 shares all but one slot with this
 // one: unless `refill`, only the slot of the newest neighbour, chunk + n_chunks_after, is gathered.
 // The order of the slots does not matter, since every key carries its own position for the masks.
+// With `by_position` (no dropout mask, whose columns follow the bucket order) queries and each
+// slot's keys are gathered in position order, which lets a causal chunk skip most of the key
+// blocks that its early queries cannot see (ChunkAttention::plan_blocks).
 template <typename scalar_t, typename T>
 void gather_chunk(ChunkAttention<T>& attn, const LshShape& s, int64_t chunk, int64_t n_chunks_before,
-                  int64_t n_chunks_after, bool refill, const int64_t* idx, const scalar_t* qk, int64_t qk_stride,
-                  const scalar_t* v, int64_t v_stride, const T* scale, const uint8_t* valid, int64_t* rounds) {
+                  int64_t n_chunks_after, bool refill, bool by_position, const int64_t* idx, const scalar_t* qk,
+                  int64_t qk_stride, const scalar_t* v, int64_t v_stride, const T* scale, const uint8_t* valid,
+                  int64_t* rounds, std::vector<int64_t>& order) {
+  chunk_order(s, idx, chunk, by_position, order);
   for (int64_t i = 0; i < s.chunk_len; ++i) {
-    const int64_t flat = idx[chunk * s.chunk_len + i];
+    const int64_t flat = idx[chunk * s.chunk_len + order[i]];
     const int64_t pos = flat % s.seq_len;
     rounds[i] = flat / s.seq_len;
     attn.set_query(i, pos, qk + pos * qk_stride);
   }
   const int64_t window = 1 + n_chunks_before + n_chunks_after;
+  int64_t ordered = chunk;
   for (int64_t offset = refill ? -n_chunks_before : n_chunks_after; offset <= n_chunks_after; ++offset) {
     const int64_t u = chunk + offset;
     const int64_t neighbour = wrap(u, s.n_chunks), slot = wrap(u, window);
+    if (neighbour != ordered) chunk_order(s, idx, neighbour, by_position, order);
+    ordered = neighbour;
     for (int64_t i = 0; i < s.chunk_len; ++i) {
-      const int64_t pos = idx[neighbour * s.chunk_len + i] % s.seq_len;
+      const int64_t pos = idx[neighbour * s.chunk_len + order[i]] % s.seq_len;
       attn.set_key(slot * s.chunk_len + i, pos, valid != nullptr && !valid[pos], qk + pos * qk_stride, scale[pos],
                    v + pos * v_stride);
     }
@@ -122,7 +141,7 @@ void lsh_forward_kernel(const at::Tensor& qk, const at::Tensor& v, const at::Ten
     std::vector<T> scale(L);
     std::vector<double> running_top(L), running_sum(L);
     std::vector<T> staged(direct ? 0 : L * d);
-    std::vector<int64_t> rounds(s.chunk_len);
+    std::vector<int64_t> rounds(s.chunk_len), order(s.chunk_len);
     for (int64_t row = begin; row < end; ++row) {
       const int64_t* idx = idx_ptr + row * total;
       check_sorted_row(idx, total, row);
@@ -141,8 +160,8 @@ void lsh_forward_kernel(const at::Tensor& qk, const at::Tensor& v, const at::Ten
       std::fill(running_top.begin(), running_top.end(), -std::numeric_limits<double>::infinity());
       std::fill(lse_row, lse_row + total, -std::numeric_limits<T>::infinity());
       for (int64_t chunk = 0; chunk < s.n_chunks; ++chunk) {
-        gather_chunk(attn, s, chunk, n_chunks_before, n_chunks_after, chunk == 0, idx, qk_row, qk_rows.row_stride, v_row,
-                     v_rows.row_stride, scale.data(), valid_row, rounds.data());
+        gather_chunk(attn, s, chunk, n_chunks_before, n_chunks_after, chunk == 0, keep.data() == nullptr, idx, qk_row,
+                     qk_rows.row_stride, v_row, v_rows.row_stride, scale.data(), valid_row, rounds.data(), order);
         set_chunk_keep(attn, keep, row, chunk, s.chunk_len, s.n_chunks, s.chunk_len, n_chunks_before,
                        1 + n_chunks_before + n_chunks_after);
         attn.forward(s.chunk_len, s.n_keys, causal, true, values);
@@ -203,7 +222,7 @@ void lsh_backward_kernel(const at::Tensor& grad_out, const at::Tensor& grad_lse,
     ChunkAttention<T> attn(s.chunk_len, s.n_keys, d, true, keep.data() != nullptr);
     std::vector<T> scale(L), lse_all(L), grad_dot_out(L);
     std::vector<T> staged_qk(direct ? 0 : L * d), staged_v(direct ? 0 : L * d);
-    std::vector<int64_t> rounds(s.chunk_len);
+    std::vector<int64_t> rounds(s.chunk_len), order(s.chunk_len);
     for (int64_t row = begin; row < end; ++row) {
       const int64_t* idx = idx_ptr + row * total;
       check_sorted_row(idx, total, row);
@@ -234,8 +253,8 @@ void lsh_backward_kernel(const at::Tensor& grad_out, const at::Tensor& grad_lse,
         grad_dot_out[p] = dot<T>(g_row + p * g_rows.row_stride, out_row + p * out_rows.row_stride, d);
       }
       for (int64_t chunk = 0; chunk < s.n_chunks; ++chunk) {
-        gather_chunk(attn, s, chunk, n_chunks_before, n_chunks_after, chunk == 0, idx, qk_row, qk_rows.row_stride, v_row,
-                     v_rows.row_stride, scale.data(), valid_row, rounds.data());
+        gather_chunk(attn, s, chunk, n_chunks_before, n_chunks_after, chunk == 0, keep.data() == nullptr, idx, qk_row,
+                     qk_rows.row_stride, v_row, v_rows.row_stride, scale.data(), valid_row, rounds.data(), order);
         // Round r's output enters out with weight w = exp(lse_r - lse_all), so its upstream
         // gradient is w * g; the combination also sends w * (g . (o_r - out)) into lse_r, and
         // dO_r . o_r - dlse_r collapses to w * (g . out) - grad_lse_r: o_r is never needed.
@@ -260,6 +279,7 @@ void lsh_backward_kernel(const at::Tensor& grad_out, const at::Tensor& grad_lse,
         // normalization, d(qk) = scale * dk - scale^3 * (qk . dk) * qk. The map is linear in dk, so
         // each chunk's key gradient goes straight into grad_qk.
         for (int64_t j = 0; j < s.n_keys; ++j) {
+          if (!attn.key_used(j, s.chunk_len)) continue;
           const int64_t pos = attn.key_pos[j];
           const T* dk = attn.grad_k.data() + j * attn.dim_stride;
           const scalar_t* x = qk_row + pos * qk_rows.row_stride;
