@@ -305,3 +305,22 @@ def test_reversible_on_cuda_without_a_gpu_is_a_clear_error(monkeypatch, capsys):
         bench_reversible.main(["--device", "cuda"])
     assert stop.value.code == 2
     assert "--device cuda but torch.cuda.is_available() is False" in capsys.readouterr().err
+
+
+def test_lsh_phases_table_has_every_phase_and_rates(tmp_path, capsys):
+    from benchmarks import bench_lsh_phases
+
+    assert bench_lsh_phases.main(["--lengths", "256", "--repeats", "1", "--peak-gflops", "100", "--out", str(tmp_path)]) == 0
+    with open(tmp_path / "lsh_phases.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [row["phase"] for row in rows] == [
+        "projections fwd", "hash", "sort", "attention fwd", "attention bwd", "projections bwd", "module step",
+    ]
+    for row in rows:
+        assert float(row["ms"]) > 0
+        if row["phase"] != "sort":
+            assert float(row["gflop_per_s"]) > 0
+            assert float(row["fraction_of_peak"]) == pytest.approx(float(row["gflop_per_s"]) / 100, abs=2e-3)
+    with open(tmp_path / "lsh_phases.json") as f:
+        assert json.load(f)["environment"]["peak_gflops"] == 100
+    assert "sum of phases" in capsys.readouterr().out
