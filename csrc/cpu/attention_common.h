@@ -226,15 +226,16 @@ inline T row_max(const T* row, const int64_t* columns, int64_t n_blocks) {
   return result;
 }
 
-// A (B, H, L, d) tensor read in place, row by row: rows must be contiguous but the other strides
-// are followed, so the head-split views of (B, L, H * d) projections need no copy.
-template <typename scalar_t>
+// A (B, H, L, d) tensor read (or, with element_t = scalar_t, written) in place, row by row: rows
+// must be contiguous but the other strides are followed, so the head-split views of (B, L, H * d)
+// projections need no copy, and outputs laid out like them merge back into (B, L, H * d) without one.
+template <typename scalar_t, typename element_t = const scalar_t>
 struct RowView {
-  const scalar_t* data;
+  element_t* data;
   int64_t heads, batch_stride, head_stride, row_stride;
 
   // The first row of (batch, head) row `bh` = batch * heads + head.
-  const scalar_t* rows(int64_t bh) const { return data + (bh / heads) * batch_stride + (bh % heads) * head_stride; }
+  element_t* rows(int64_t bh) const { return data + (bh / heads) * batch_stride + (bh % heads) * head_stride; }
 };
 
 inline at::Tensor with_contiguous_rows(const at::Tensor& t) {
@@ -244,6 +245,18 @@ inline at::Tensor with_contiguous_rows(const at::Tensor& t) {
 template <typename scalar_t>
 RowView<scalar_t> row_view(const at::Tensor& t) {
   return {t.data_ptr<scalar_t>(), t.size(1), t.stride(0), t.stride(1), t.stride(2)};
+}
+
+template <typename scalar_t>
+RowView<scalar_t, scalar_t> output_rows(at::Tensor& t) {
+  return {t.data_ptr<scalar_t>(), t.size(1), t.stride(0), t.stride(1), t.stride(2)};
+}
+
+// An output shaped and strided like `like` where that is dense (the head-split view of a
+// (B, L, H * d) projection: the output then merges back into (B, L, H * d) as a view), else
+// contiguous. The kernels write it through output_rows.
+inline at::Tensor empty_like_rows(const at::Tensor& like) {
+  return at::empty_like(like, at::MemoryFormat::Preserve);
 }
 
 // The scores that the masks write (transformers' values; fp16 cannot hold -1e9).

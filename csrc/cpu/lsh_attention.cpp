@@ -133,7 +133,7 @@ void lsh_forward_kernel(const at::Tensor& qk, const at::Tensor& v, const at::Ten
   const RowView<scalar_t> qk_rows = row_view<scalar_t>(qk), v_rows = row_view<scalar_t>(v);
   const int64_t* idx_ptr = sorted_idx.data_ptr<int64_t>();
   const uint8_t* valid_ptr = valid.defined() ? valid.data_ptr<uint8_t>() : nullptr;
-  scalar_t* out_ptr = out.data_ptr<scalar_t>();
+  const RowView<scalar_t, scalar_t> out_rows = output_rows<scalar_t>(out);
   T* lse_ptr = lse.data_ptr<T>();
 
   at::parallel_for(0, s.batch * s.heads, 1, [&](int64_t begin, int64_t end) {
@@ -148,15 +148,19 @@ void lsh_forward_kernel(const at::Tensor& qk, const at::Tensor& v, const at::Ten
       const scalar_t* qk_row = qk_rows.rows(row);
       const scalar_t* v_row = v_rows.rows(row);
       const uint8_t* valid_row = valid_ptr == nullptr ? nullptr : valid_ptr + (row / s.heads) * L;
+      // acc: the output rows (row stride acc_stride), or float rows staged for a low-precision output
       T* acc;
+      int64_t acc_stride;
       if constexpr (direct) {
-        acc = out_ptr + row * L * d;
+        acc = out_rows.rows(row);
+        acc_stride = out_rows.row_stride;
       } else {
         acc = staged.data();
+        acc_stride = d;
       }
       T* lse_row = lse_ptr + row * total;
       key_scales(qk_row, qk_rows.row_stride, L, d, scale.data());
-      std::fill(acc, acc + L * d, T(0));
+      for (int64_t p = 0; p < L; ++p) std::fill(acc + p * acc_stride, acc + p * acc_stride + d, T(0));
       std::fill(running_top.begin(), running_top.end(), -std::numeric_limits<double>::infinity());
       std::fill(lse_row, lse_row + total, -std::numeric_limits<T>::infinity());
       for (int64_t chunk = 0; chunk < s.n_chunks; ++chunk) {
@@ -176,7 +180,7 @@ void lsh_forward_kernel(const at::Tensor& qk, const at::Tensor& v, const at::Ten
           const double chunk_lse = attn.lse_wide[i];
           lse_row[rounds[i] * L + pos] = attn.lse[i];
           const T* o = attn.out.data() + i * attn.dim_stride;
-          T* target = acc + pos * d;
+          T* target = acc + pos * acc_stride;
           if (running_top[pos] == -std::numeric_limits<double>::infinity()) {
             std::copy(o, o + d, target);
             running_top[pos] = chunk_lse;
@@ -193,8 +197,10 @@ void lsh_forward_kernel(const at::Tensor& qk, const at::Tensor& v, const at::Ten
         }
       }
       if constexpr (!direct) {
-        scalar_t* dst = out_ptr + row * L * d;
-        for (int64_t e = 0; e < L * d; ++e) dst[e] = static_cast<scalar_t>(acc[e]);
+        scalar_t* dst = out_rows.rows(row);
+        for (int64_t p = 0; p < L; ++p) {
+          for (int64_t t = 0; t < d; ++t) dst[p * out_rows.row_stride + t] = static_cast<scalar_t>(acc[p * d + t]);
+        }
       }
     }
   });
@@ -215,8 +221,7 @@ void lsh_backward_kernel(const at::Tensor& grad_out, const at::Tensor& grad_lse,
   const T* lse_ptr = lse.data_ptr<T>();
   const int64_t* idx_ptr = sorted_idx.data_ptr<int64_t>();
   const uint8_t* valid_ptr = valid.defined() ? valid.data_ptr<uint8_t>() : nullptr;
-  scalar_t* gqk_ptr = grad_qk.data_ptr<scalar_t>();
-  scalar_t* gv_ptr = grad_v.data_ptr<scalar_t>();
+  const RowView<scalar_t, scalar_t> gqk_rows = output_rows<scalar_t>(grad_qk), gv_rows = output_rows<scalar_t>(grad_v);
 
   at::parallel_for(0, s.batch * s.heads, 1, [&](int64_t begin, int64_t end) {
     ChunkAttention<T> attn(s.chunk_len, s.n_keys, d, true, keep.data() != nullptr);
@@ -233,16 +238,23 @@ void lsh_backward_kernel(const at::Tensor& grad_out, const at::Tensor& grad_lse,
       const T* lse_row = lse_ptr + row * total;
       const T* glse_row = glse_ptr == nullptr ? nullptr : glse_ptr + row * total;
       const uint8_t* valid_row = valid_ptr == nullptr ? nullptr : valid_ptr + (row / s.heads) * L;
+      // The gradient rows (row strides gqk_stride, gv_stride), or float rows staged for low precision.
       T *gqk, *gv;
+      int64_t gqk_stride, gv_stride;
       if constexpr (direct) {
-        gqk = gqk_ptr + row * L * d;
-        gv = gv_ptr + row * L * d;
+        gqk = gqk_rows.rows(row);
+        gv = gv_rows.rows(row);
+        gqk_stride = gqk_rows.row_stride;
+        gv_stride = gv_rows.row_stride;
       } else {
         gqk = staged_qk.data();
         gv = staged_v.data();
+        gqk_stride = gv_stride = d;
       }
-      std::fill(gqk, gqk + L * d, T(0));
-      std::fill(gv, gv + L * d, T(0));
+      for (int64_t p = 0; p < L; ++p) {
+        std::fill(gqk + p * gqk_stride, gqk + p * gqk_stride + d, T(0));
+        std::fill(gv + p * gv_stride, gv + p * gv_stride + d, T(0));
+      }
       key_scales(qk_row, qk_rows.row_stride, L, d, scale.data());
       for (int64_t p = 0; p < L; ++p) {
         T top = -std::numeric_limits<T>::infinity();
@@ -272,7 +284,7 @@ void lsh_backward_kernel(const at::Tensor& grad_out, const at::Tensor& grad_lse,
         attn.backward(s.chunk_len, s.n_keys, causal, true, values);
         for (int64_t i = 0; i < s.chunk_len; ++i) {
           const T* src = attn.grad_q.data() + i * attn.dim_stride;
-          T* dst = gqk + attn.query_pos[i] * d;
+          T* dst = gqk + attn.query_pos[i] * gqk_stride;
           for (int64_t t = 0; t < d; ++t) dst[t] += src[t];
         }
         // Keys are qk * scale(qk) with scale = (mean(qk^2) + eps)^(-1/2) / sqrt(d); through the
@@ -286,19 +298,21 @@ void lsh_backward_kernel(const at::Tensor& grad_out, const at::Tensor& grad_lse,
           const T x_dot_dk = dot<T>(x, dk, d);
           const T sc = scale[pos];
           const T radial = sc * sc * sc * x_dot_dk;
-          T* dst = gqk + pos * d;
+          T* dst = gqk + pos * gqk_stride;
           for (int64_t t = 0; t < d; ++t) dst[t] += sc * dk[t] - radial * static_cast<T>(x[t]);
           const T* dvj = attn.grad_v.data() + j * attn.dim_stride;
-          T* dvdst = gv + pos * d;
+          T* dvdst = gv + pos * gv_stride;
           for (int64_t t = 0; t < d; ++t) dvdst[t] += dvj[t];
         }
       }
       if constexpr (!direct) {
-        scalar_t* dq = gqk_ptr + row * L * d;
-        scalar_t* dv = gv_ptr + row * L * d;
-        for (int64_t e = 0; e < L * d; ++e) {
-          dq[e] = static_cast<scalar_t>(gqk[e]);
-          dv[e] = static_cast<scalar_t>(gv[e]);
+        scalar_t* dq = gqk_rows.rows(row);
+        scalar_t* dv = gv_rows.rows(row);
+        for (int64_t p = 0; p < L; ++p) {
+          for (int64_t t = 0; t < d; ++t) {
+            dq[p * gqk_rows.row_stride + t] = static_cast<scalar_t>(gqk[p * d + t]);
+            dv[p * gv_rows.row_stride + t] = static_cast<scalar_t>(gv[p * d + t]);
+          }
         }
       }
     }
@@ -324,7 +338,7 @@ std::tuple<at::Tensor, at::Tensor> lsh_attention_fwd_cpu(const at::Tensor& qk_in
   const at::Tensor valid = key_padding(attention_mask, s.batch, s.seq_len, op);
   const DropoutKeep keep =
       dropout_keep(dropout_mask, dropout_p, {s.batch, s.heads, s.n_chunks, chunk_len, s.n_keys}, op);
-  at::Tensor out = at::empty_like(qk, at::MemoryFormat::Contiguous);
+  at::Tensor out = empty_like_rows(qk);
   at::Tensor lse = at::empty({s.batch, s.heads, n_hashes, s.seq_len}, qk.options().dtype(lse_dtype(qk)));
   if (qk.numel() == 0) return {out.zero_(), lse.fill_(-std::numeric_limits<double>::infinity())};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, qk.scalar_type(), "lsh_attention", [&] {
@@ -362,8 +376,8 @@ std::tuple<at::Tensor, at::Tensor> lsh_attention_bwd_cpu(
   const at::Tensor valid = key_padding(attention_mask, s.batch, s.seq_len, op);
   const DropoutKeep keep =
       dropout_keep(dropout_mask, dropout_p, {s.batch, s.heads, s.n_chunks, chunk_len, s.n_keys}, op);
-  at::Tensor grad_qk = at::empty_like(qk, at::MemoryFormat::Contiguous);
-  at::Tensor grad_v = at::empty_like(v, at::MemoryFormat::Contiguous);
+  at::Tensor grad_qk = empty_like_rows(qk);
+  at::Tensor grad_v = empty_like_rows(v);
   if (qk.numel() == 0) return {grad_qk, grad_v};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, qk.scalar_type(), "lsh_attention", [&] {
     lsh_backward_kernel<scalar_t>(grad_out, grad_lse, qk, v, sorted_idx, out, lse, valid, keep, s, n_chunks_before,
