@@ -20,8 +20,6 @@ Writes lsh_phases.csv/.json to benchmarks/results/<cpu-name>/ and prints the tab
 from __future__ import annotations
 
 import argparse
-import csv
-import json
 import os
 import sys
 import time
@@ -145,14 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{'':>16} {'sum of phases':>16} {phase_sum:>16.2f}")
         rows.extend(measured)
     out_dir = args.out or os.path.join(report.RESULTS, report.device_dir_name(CPU))
-    os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, f"{SUITE}.csv"), "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
-    with open(os.path.join(out_dir, f"{SUITE}.json"), "w") as f:
-        # "phases", not "rows": these are not rows of report.COLUMNS for the summary
-        json.dump({"environment": env, "phases": rows}, f, indent=1)
+    report.write_suite(out_dir, SUITE, rows, env, columns=COLUMNS, rows_key="phases")
     print(f"wrote {os.path.join(out_dir, SUITE + '.csv')}")
     return 0
 
