@@ -521,15 +521,22 @@ struct ChunkAttention {
     return first_tile[j / Vec<T>::width] * kQueryTile < n_queries;
   }
 
-  // out (n_queries x head_dim, stride dim_stride) and lse of the chunk (lse before any dropout).
-  // With the causal and the self mask on, blocks that the causal mask hides are skipped (plan_blocks).
-  void forward(int64_t n_queries, int64_t n_keys, bool causal, bool self_mask, MaskValues values) {
+  // Plans the blocks (causal skipping with the causal and the self mask on), then per query tile t
+  // (rows i0 .. i0 + rows) writes its masked scores and calls body(t, i0, rows, its block columns).
+  template <typename F>
+  void for_tiles(int64_t n_queries, int64_t n_keys, bool causal, bool self_mask, MaskValues values, F body) {
     plan_blocks(n_queries, n_keys, causal && self_mask);
     const int64_t n_blocks = static_cast<int64_t>(first_tile.size());
     for (int64_t t = 0; t * kQueryTile < n_queries; ++t) {
       const int64_t i0 = t * kQueryTile, rows = std::min(kQueryTile, n_queries - i0);
-      const int64_t* columns = tile_columns.data() + t * n_blocks;
       masked_scores(t, rows, n_keys, causal, self_mask, values);
+      body(t, i0, rows, tile_columns.data() + t * n_blocks);
+    }
+  }
+
+  // out (n_queries x head_dim, stride dim_stride) and lse of the chunk (lse before any dropout).
+  void forward(int64_t n_queries, int64_t n_keys, bool causal, bool self_mask, MaskValues values) {
+    for_tiles(n_queries, n_keys, causal, self_mask, values, [&](int64_t t, int64_t i0, int64_t rows, const int64_t* columns) {
       for (int64_t i = i0; i < i0 + rows; ++i) {
         T* row = scores.data() + i * key_stride;
         const T shift = row_max(row, columns, tile_blocks[t]);
@@ -545,7 +552,7 @@ struct ChunkAttention {
         }
       }
       tile_times(t, rows, scores.data() + i0 * key_stride, v.data(), out.data() + i0 * dim_stride);
-    }
+    });
   }
 
   // Given lse[i], grad_out (rows dO_i) and delta[i] = dO_i . o_i - dlse_i, fills grad_q (n_queries
@@ -553,12 +560,7 @@ struct ChunkAttention {
   // the probabilities P from the scores and lse. With dropout factors K (0, or 1 / (1 - p) where
   // kept) the output used P * K: dS = P * (K * dO V^T - delta) and grad_v = (P * K)^T dO.
   void backward(int64_t n_queries, int64_t n_keys, bool causal, bool self_mask, MaskValues values) {
-    plan_blocks(n_queries, n_keys, causal && self_mask);
-    const int64_t n_blocks = static_cast<int64_t>(first_tile.size());
-    for (int64_t t = 0; t * kQueryTile < n_queries; ++t) {
-      const int64_t i0 = t * kQueryTile, rows = std::min(kQueryTile, n_queries - i0);
-      const int64_t* columns = tile_columns.data() + t * n_blocks;
-      masked_scores(t, rows, n_keys, causal, self_mask, values);
+    for_tiles(n_queries, n_keys, causal, self_mask, values, [&](int64_t t, int64_t i0, int64_t rows, const int64_t* columns) {
       for (int64_t i = i0; i < i0 + rows; ++i) exp_shifted(scores.data() + i * key_stride, columns, tile_blocks[t], lse[i]);
       // dP = dO V^T, then dS = P * (K * dP - delta) where the score was not overwritten by a mask
       for_runs(t, [&](int64_t c0, int64_t width) {
@@ -583,7 +585,7 @@ struct ChunkAttention {
       }
       // grad_q = dS K
       tile_times(t, rows, grad_scores.data() + i0 * key_stride, k.data(), grad_q.data() + i0 * dim_stride);
-    }
+    });
     // grad_v = (P * K)^T dO, grad_k = dS^T Q
     keys_times(n_queries, n_keys, scores.data(), grad_out.data(), grad_v.data());
     keys_times(n_queries, n_keys, grad_scores.data(), q.data(), grad_k.data());
