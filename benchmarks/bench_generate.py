@@ -29,7 +29,7 @@ import torch
 
 from reformer_kernels import models
 
-from .report import RESULTS, device_dir_name, environment
+from .report import default_out_dir, environment
 
 SIZES = {"small": [256, 1024], "full": [1024, 3072]}
 BATCHES, NEW_TOKENS = (1, 4), 32
@@ -59,7 +59,7 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(prog="python -m benchmarks.bench_generate", description=__doc__.splitlines()[0])
     p.add_argument("--size", choices=SIZES, default="small", help="small: prompts 256, 1024; full: 1024, 3072")
     p.add_argument("--repeats", type=int, default=3, help="interleaved rounds per case (median)")
-    p.add_argument("--out", default=None, help="output folder (default: benchmarks/results/<device-name>/)")
+    p.add_argument("--out", default=None, help="output folder (default: bench-results/<device-name>/, not tracked by git)")
     args = p.parse_args(argv)
     cpu = torch.device("cpu")
     env = environment(cpu)
@@ -115,7 +115,7 @@ def main(argv=None) -> None:
                 print(f"  L={prompt_len:<5} B={batch}  {row['generator']:<22} {row['ms_per_token']:9.2f} ms/token")
             rows.extend(case)
 
-    out_dir = args.out or os.path.join(RESULTS, device_dir_name(cpu))
+    out_dir = args.out or default_out_dir(cpu)
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, "generate.csv")
     with open(path, "w", newline="") as f:

@@ -251,21 +251,27 @@ def _prepared(fn, leaves, work) -> Prepared:
 
 
 def ours_lsh_layer(config: dict, device: torch.device, backend: str) -> Prepared:
+    """The module a user builds, ``reformer_kernels.nn.LSHSelfAttention``, with the peers' weights
+    (its rotations are drawn per call, as the module does; max_position_embeddings = seq_len gives
+    the peers' bucket count)."""
     require_kernels("lsh_layer", backend)
     hidden, gen = _hidden_states(config, device)
     weights = _projections(("query_key", "value"), config, device, gen)
-    rotations, n_buckets = _rotations(config, device, gen)
+    module = ours_nn.LSHSelfAttention(
+        hidden_size(config), config["heads"], config["head_dim"], num_hashes=config["n_hashes"],
+        num_buckets=n_buckets_for(config), chunk_len=config["chunk_len"], n_chunks_before=N_CHUNKS_BEFORE,
+        n_chunks_after=N_CHUNKS_AFTER, causal=config["causal"], max_position_embeddings=config["seq_len"],
+    )
+    with torch.no_grad():
+        for name, weight in weights.items():
+            getattr(module, name).weight.copy_(weight)
+    modules_to([module], config, device)
 
     def fn():
-        qk = split_heads(hidden @ weights["query_key"].t(), config["heads"])
-        v = split_heads(hidden @ weights["value"].t(), config["heads"])
-        out = functional.lsh_self_attention(
-            qk, v, rotations, n_buckets, chunk_len=config["chunk_len"], n_chunks_before=N_CHUNKS_BEFORE,
-            n_chunks_after=N_CHUNKS_AFTER, causal=config["causal"], backend=backend,
-        )
-        return merge_heads(out)
+        with backends.use_backend(backend):
+            return module(hidden)
 
-    return _prepared(fn, [hidden, *weights.values()], _lsh_layer_work(config))
+    return _prepared(fn, [hidden, *module.parameters()], _lsh_layer_work(config))
 
 
 def transformers_lsh_layer(config: dict, device: torch.device) -> Prepared:

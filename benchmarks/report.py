@@ -75,16 +75,18 @@ def default_out_dir(device: torch.device) -> str:
     return os.path.join(OUT, device_dir_name(device))
 
 
-def write_suite(out_dir: str, suite: str, rows: list[dict], env: dict) -> None:
-    """<suite>.csv (the COLUMNS schema) and <suite>.json (environment + rows); rewritten whole, so a
-    file always holds every row finished so far."""
+def write_suite(out_dir: str, suite: str, rows: list[dict], env: dict, columns: tuple[str, ...] = COLUMNS,
+                rows_key: str = "rows") -> None:
+    """<suite>.csv (the COLUMNS schema, or ``columns``) and <suite>.json (environment + rows under
+    ``rows_key``: a table of other columns goes under another key, so that the summary, which reads
+    "rows", leaves it out); rewritten whole, so a file always holds every row finished so far."""
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, f"{suite}.csv"), "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
     with open(os.path.join(out_dir, f"{suite}.json"), "w") as f:
-        json.dump({"environment": env, "rows": rows}, f, indent=1)
+        json.dump({"environment": env, rows_key: rows}, f, indent=1)
 
 
 def load_suites(out_dir: str) -> dict[str, dict]:

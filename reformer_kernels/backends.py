@@ -113,6 +113,7 @@ def status() -> dict[str, tuple[bool, str]]:
 def implemented_ops() -> dict[str, list[str]]:
     """For each backend, the ops it implements."""
     _load_ops()
+    _load_triton_ops()
     table: dict[str, list[str]] = {name: [] for name in BACKENDS if name != "auto"}
     for op, impls in sorted(_registry.items()):
         for backend in impls:
@@ -121,6 +122,7 @@ def implemented_ops() -> dict[str, list[str]]:
 
 
 _ops_loaded = False
+_triton_loaded = False
 
 
 def _load_ops() -> None:
@@ -130,6 +132,14 @@ def _load_ops() -> None:
         importlib.import_module("reformer_kernels.functional")
         importlib.import_module("reformer_kernels.ops")
         _ops_loaded = True
+
+
+def _load_triton_ops() -> None:
+    # Separate from _load_ops: a process that only runs CPU tensors never maps triton's library.
+    global _triton_loaded
+    if not _triton_loaded:
+        importlib.import_module("reformer_kernels.ops").load_triton()
+        _triton_loaded = True
 
 
 def _runs_on(backend: str, device: torch.device) -> bool:
@@ -146,6 +156,8 @@ def select(op: str, device: torch.device, backend: str | None = None) -> tuple[s
     """The (backend name, implementation) that runs ``op`` on tensors on ``device``."""
     _load_ops()
     name = current_backend() if backend is None else _check_name(backend, "backend")
+    if device.type == "cuda" or name == "triton":
+        _load_triton_ops()
     impls = _registry.get(op)
     if not impls:
         raise ValueError(f"unknown op {op!r}: known ops are {', '.join(sorted(_registry))}")

@@ -1,4 +1,6 @@
 """Backend selection: argument > use_backend > REFORMER_KERNELS_BACKEND > auto; clear errors."""
+import importlib.util
+import os
 import subprocess
 import sys
 import warnings
@@ -100,3 +102,26 @@ def test_import_without_extension_warns_and_falls_back():
         "assert any('_C could not be loaded' in m for m in messages), messages\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@requires_extension
+def test_cpu_ops_do_not_import_triton():
+    """A process that runs only CPU tensors never maps triton's compiler library (~90 MB of its
+    first step's memory); an explicit backend="triton" still registers the Triton kernels."""
+    code = (
+        "import sys, torch, reformer_kernels\n"
+        "from reformer_kernels import backends\n"
+        "layer = reformer_kernels.nn.LSHSelfAttention(16, 2, 8, num_hashes=2, chunk_len=4, causal=True)\n"
+        "layer(torch.randn(1, 32, 16, requires_grad=True)).sum().backward()\n"
+        "print('triton' in sys.modules)\n"
+        "try:\n"
+        "    backends.select('lsh_attention', torch.device('cpu'), 'triton')\n"
+        "except ValueError:\n"
+        "    pass\n"
+        "print('triton' in backends._registry['lsh_attention'])\n"
+    )
+    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    imported, registered = result.stdout.split()
+    assert imported == "False"
+    assert registered == str(importlib.util.find_spec("triton") is not None)

@@ -383,3 +383,22 @@ def test_bench_generate_writes_its_csv(tmp_path, monkeypatch):
     cached = next(r for r in rows if r["generator"] == "ours use_cache=True")
     assert float(cached["ms_per_token"]) > 0 and float(cached["cache_mb"]) > 0
     assert {r["same_tokens_as_full_forwards"] for r in rows} <= {"True", "False"}
+
+
+def test_lsh_phases_table_has_every_phase_and_rates(tmp_path, capsys):
+    from benchmarks import bench_lsh_phases
+
+    assert bench_lsh_phases.main(["--lengths", "256", "--repeats", "1", "--peak-gflops", "100", "--out", str(tmp_path)]) == 0
+    with open(tmp_path / "lsh_phases.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [row["phase"] for row in rows] == [
+        "projections fwd", "hash", "sort", "attention fwd", "attention bwd", "projections bwd", "module step",
+    ]
+    for row in rows:
+        assert float(row["ms"]) > 0
+        if row["phase"] != "sort":
+            assert float(row["gflop_per_s"]) > 0
+            assert float(row["fraction_of_peak"]) == pytest.approx(float(row["gflop_per_s"]) / 100, abs=2e-3)
+    with open(tmp_path / "lsh_phases.json") as f:
+        assert json.load(f)["environment"]["peak_gflops"] == 100
+    assert "sum of phases" in capsys.readouterr().out

@@ -168,14 +168,15 @@ inline vec_t<float> vexp(vec_t<float> x) {
   return underflow ? vsplat(0.0f) : result;
 }
 
-// row[j] = exp(row[j] - shift) for j < n (n a multiple of the vector width); returns their sum,
-// added up in a fixed order.
-inline float exp_shifted(float* row, int64_t n, float shift) {
+// row[j] = exp(row[j] - shift) for the vector-wide column blocks starting at columns[0..n_blocks);
+// returns their sum, added up in a fixed order.
+inline float exp_shifted(float* row, const int64_t* columns, int64_t n_blocks, float shift) {
   constexpr int64_t W = Vec<float>::width;
   vec_t<float> total = {};
-  for (int64_t j = 0; j < n; j += W) {
-    const vec_t<float> e = vexp(vload(row + j) - vsplat(shift));
-    vstore(row + j, e);
+  for (int64_t b = 0; b < n_blocks; ++b) {
+    float* x = row + columns[b];
+    const vec_t<float> e = vexp(vload(x) - vsplat(shift));
+    vstore(x, e);
     total += e;
   }
   float sum = 0;
@@ -184,11 +185,13 @@ inline float exp_shifted(float* row, int64_t n, float shift) {
 }
 
 // Double is the precision of the gradient checks, so it keeps the correctly rounded libm exp.
-inline double exp_shifted(double* row, int64_t n, double shift) {
+inline double exp_shifted(double* row, const int64_t* columns, int64_t n_blocks, double shift) {
   double sum = 0;
-  for (int64_t j = 0; j < n; ++j) {
-    row[j] = std::exp(row[j] - shift);
-    sum += row[j];
+  for (int64_t b = 0; b < n_blocks; ++b) {
+    for (int64_t j = columns[b]; j < columns[b] + Vec<double>::width; ++j) {
+      row[j] = std::exp(row[j] - shift);
+      sum += row[j];
+    }
   }
   return sum;
 }
@@ -211,11 +214,11 @@ inline T dot(const X* x, const Y* y, int64_t n) {
 }
 
 template <typename T>
-inline T row_max(const T* row, int64_t n) {
+inline T row_max(const T* row, const int64_t* columns, int64_t n_blocks) {
   constexpr int64_t W = Vec<T>::width;
   vec_t<T> best = vsplat(-std::numeric_limits<T>::infinity());
-  for (int64_t j = 0; j < n; j += W) {
-    const vec_t<T> x = vload(row + j);
+  for (int64_t b = 0; b < n_blocks; ++b) {
+    const vec_t<T> x = vload(row + columns[b]);
     best = x > best ? x : best;
   }
   T result = best[0];
@@ -223,15 +226,16 @@ inline T row_max(const T* row, int64_t n) {
   return result;
 }
 
-// A (B, H, L, d) tensor read in place, row by row: rows must be contiguous but the other strides
-// are followed, so the head-split views of (B, L, H * d) projections need no copy.
-template <typename scalar_t>
+// A (B, H, L, d) tensor read (or, with element_t = scalar_t, written) in place, row by row: rows
+// must be contiguous but the other strides are followed, so the head-split views of (B, L, H * d)
+// projections need no copy, and outputs laid out like them merge back into (B, L, H * d) without one.
+template <typename scalar_t, typename element_t = const scalar_t>
 struct RowView {
-  const scalar_t* data;
+  element_t* data;
   int64_t heads, batch_stride, head_stride, row_stride;
 
   // The first row of (batch, head) row `bh` = batch * heads + head.
-  const scalar_t* rows(int64_t bh) const { return data + (bh / heads) * batch_stride + (bh % heads) * head_stride; }
+  element_t* rows(int64_t bh) const { return data + (bh / heads) * batch_stride + (bh % heads) * head_stride; }
 };
 
 inline at::Tensor with_contiguous_rows(const at::Tensor& t) {
@@ -241,6 +245,18 @@ inline at::Tensor with_contiguous_rows(const at::Tensor& t) {
 template <typename scalar_t>
 RowView<scalar_t> row_view(const at::Tensor& t) {
   return {t.data_ptr<scalar_t>(), t.size(1), t.stride(0), t.stride(1), t.stride(2)};
+}
+
+template <typename scalar_t>
+RowView<scalar_t, scalar_t> output_rows(at::Tensor& t) {
+  return {t.data_ptr<scalar_t>(), t.size(1), t.stride(0), t.stride(1), t.stride(2)};
+}
+
+// An output shaped and strided like `like` where that is dense (the head-split view of a
+// (B, L, H * d) projection: the output then merges back into (B, L, H * d) as a view), else
+// contiguous. The kernels write it through output_rows.
+inline at::Tensor empty_like_rows(const at::Tensor& like) {
+  return at::empty_like(like, at::MemoryFormat::Preserve);
 }
 
 // The scores that the masks write (transformers' values; fp16 cannot hold -1e9).
@@ -391,44 +407,152 @@ struct ChunkAttention {
     return causal ? (forbidden | (qp < kp)) : forbidden;
   }
 
-  // scores = q k^T with the masks written in; columns past n_keys get -inf so they vanish in exp.
-  void masked_scores(int64_t n_queries, int64_t n_keys, bool causal, bool self_mask, MaskValues values) {
-    const int64_t padded_keys = round_up(n_keys, Vec<T>::width);
-    gemm<T>(n_queries, padded_keys, head_dim, q.data(), dim_stride, 1, kt.data(), key_stride, scores.data(),
-            key_stride, false);
+  // Causal skipping. Queries are processed in tiles of kQueryTile rows and keys in blocks of one
+  // vector; block b is computed for tile t only if t >= first_tile[b], i.e. if some key of the
+  // block is not later than the latest query of tiles 0..t. A skipped block holds only keys that
+  // the causal mask forbids to every query of the tile, and with the self mask on, every query
+  // also sees its own position at >= the self-mask score (-1e5, -1e3 in fp16) while a forbidden
+  // score is -1e9 (-1e4): exp(forbidden - max) is exactly 0, so a skipped block would have added
+  // exactly nothing (no probability, no gradient). Using the running maximum of the tiles makes
+  // the computed tiles of every block a suffix, which the key-side products of the backward
+  // need; callers that gather queries and keys in position order make the skipped share large
+  // (about half of a window), any order is correct.
+  static constexpr int64_t kQueryTile = 8;
+  std::vector<int64_t> first_tile;
+  // Per query tile, the first column of each block it computes, and how many there are.
+  std::vector<int64_t> tile_columns, tile_blocks;
+
+  void plan_blocks(int64_t n_queries, int64_t n_keys, bool skip) {
+    constexpr int64_t W = Vec<T>::width;
+    const int64_t n_tiles = (n_queries + kQueryTile - 1) / kQueryTile, n_blocks = round_up(n_keys, W) / W;
+    first_tile.assign(n_blocks, 0);
+    if (skip) {
+      std::vector<lane_int_t<T>> latest(n_tiles);
+      lane_int_t<T> running = std::numeric_limits<lane_int_t<T>>::min();
+      for (int64_t t = 0; t < n_tiles; ++t) {
+        for (int64_t i = t * kQueryTile; i < std::min(n_queries, (t + 1) * kQueryTile); ++i)
+          running = std::max(running, query_pos[i]);
+        latest[t] = running;
+      }
+      for (int64_t b = 0; b < n_blocks; ++b) {
+        lane_int_t<T> earliest = std::numeric_limits<lane_int_t<T>>::max();
+        for (int64_t j = b * W; j < std::min(n_keys, (b + 1) * W); ++j) earliest = std::min(earliest, key_pos[j]);
+        int64_t t = 0;
+        while (t < n_tiles && latest[t] < earliest) ++t;
+        first_tile[b] = t;
+      }
+    }
+    tile_columns.resize(n_tiles * n_blocks);
+    tile_blocks.assign(n_tiles, 0);
+    for (int64_t t = 0; t < n_tiles; ++t) {
+      for (int64_t b = 0; b < n_blocks; ++b) {
+        if (first_tile[b] <= t) tile_columns[t * n_blocks + tile_blocks[t]++] = b * W;
+      }
+    }
+  }
+
+  // f(first column, column count) for each run of adjacent blocks that tile t computes.
+  template <typename F>
+  void for_runs(int64_t t, F f) const {
+    const int64_t n_blocks = static_cast<int64_t>(first_tile.size());
+    const int64_t* columns = tile_columns.data() + t * n_blocks;
+    for (int64_t b = 0; b < tile_blocks[t];) {
+      int64_t e = b + 1;
+      while (e < tile_blocks[t] && columns[e] == columns[e - 1] + Vec<T>::width) ++e;
+      f(columns[b], columns[e - 1] + Vec<T>::width - columns[b]);
+      b = e;
+    }
+  }
+
+  // Scores of tile t's rows (q k^T) in the blocks it computes, with the masks written in; columns
+  // past n_keys get -inf so they vanish in exp.
+  void masked_scores(int64_t t, int64_t rows, int64_t n_keys, bool causal, bool self_mask, MaskValues values) {
+    const int64_t i0 = t * kQueryTile;
+    for_runs(t, [&](int64_t c0, int64_t width) {
+      gemm<T>(rows, width, head_dim, q.data() + i0 * dim_stride, dim_stride, 1, kt.data() + c0, key_stride,
+              scores.data() + i0 * key_stride + c0, key_stride, false);
+    });
     const vec_t<T> forbidden = vsplat(static_cast<T>(values.forbidden)), self = vsplat(static_cast<T>(values.self));
-    for (int64_t i = 0; i < n_queries; ++i) {
+    const int64_t n_blocks = static_cast<int64_t>(first_tile.size()), padded_keys = n_blocks * Vec<T>::width;
+    const int64_t* columns = tile_columns.data() + t * n_blocks;
+    for (int64_t i = i0; i < i0 + rows; ++i) {
       T* row = scores.data() + i * key_stride;
-      for (int64_t j = 0; j < padded_keys; j += Vec<T>::width) {
+      for (int64_t b = 0; b < tile_blocks[t]; ++b) {
+        const int64_t j = columns[b];
         ivec_t<T> is_self;
         const ivec_t<T> drop = forbidden_lanes(i, j, causal, is_self);
         vec_t<T> x = drop ? forbidden : vload(row + j);
         if (self_mask) x = is_self ? self : x;
         vstore(row + j, x);
       }
-      for (int64_t j = n_keys; j < padded_keys; ++j) row[j] = -std::numeric_limits<T>::infinity();
+      if (first_tile.back() <= t) {
+        for (int64_t j = n_keys; j < padded_keys; ++j) row[j] = -std::numeric_limits<T>::infinity();
+      }
+    }
+  }
+
+  // rows of tile t (rows x K, stride key_stride, the blocks it computes) times B's matching rows
+  // (stride ldb) into c (rows x dim_stride).
+  void tile_times(int64_t t, int64_t rows, const T* a, const T* b, T* c) const {
+    bool accumulate = false;
+    for_runs(t, [&](int64_t c0, int64_t width) {
+      gemm<T>(rows, dim_stride, width, a + c0, key_stride, 1, b + c0 * dim_stride, dim_stride, c, dim_stride, accumulate);
+      accumulate = true;
+    });
+  }
+
+  // a^T b for the keys of every block: block b's rows sum over the queries of the tiles that
+  // computed it, a suffix; a block no tile computed gets zero rows.
+  void keys_times(int64_t n_queries, int64_t n_keys, const T* a, const T* b, T* c) const {
+    constexpr int64_t W = Vec<T>::width;
+    for (int64_t blk = 0; blk < static_cast<int64_t>(first_tile.size()); ++blk) {
+      const int64_t j0 = blk * W, rows = std::min(W, n_keys - j0), i0 = first_tile[blk] * kQueryTile;
+      if (i0 >= n_queries) {
+        std::fill(c + j0 * dim_stride, c + (j0 + rows) * dim_stride, T(0));
+        continue;
+      }
+      gemm<T>(rows, dim_stride, n_queries - i0, a + i0 * key_stride + j0, 1, key_stride, b + i0 * dim_stride, dim_stride,
+              c + j0 * dim_stride, dim_stride, false);
+    }
+  }
+
+  // Whether key j's gradient rows (grad_k, grad_v) can be nonzero after backward.
+  bool key_used(int64_t j, int64_t n_queries) const {
+    return first_tile[j / Vec<T>::width] * kQueryTile < n_queries;
+  }
+
+  // Plans the blocks (causal skipping with the causal and the self mask on), then per query tile t
+  // (rows i0 .. i0 + rows) writes its masked scores and calls body(t, i0, rows, its block columns).
+  template <typename F>
+  void for_tiles(int64_t n_queries, int64_t n_keys, bool causal, bool self_mask, MaskValues values, F body) {
+    plan_blocks(n_queries, n_keys, causal && self_mask);
+    const int64_t n_blocks = static_cast<int64_t>(first_tile.size());
+    for (int64_t t = 0; t * kQueryTile < n_queries; ++t) {
+      const int64_t i0 = t * kQueryTile, rows = std::min(kQueryTile, n_queries - i0);
+      masked_scores(t, rows, n_keys, causal, self_mask, values);
+      body(t, i0, rows, tile_columns.data() + t * n_blocks);
     }
   }
 
   // out (n_queries x head_dim, stride dim_stride) and lse of the chunk (lse before any dropout).
   void forward(int64_t n_queries, int64_t n_keys, bool causal, bool self_mask, MaskValues values) {
-    const int64_t padded_keys = round_up(n_keys, Vec<T>::width);
-    masked_scores(n_queries, n_keys, causal, self_mask, values);
-    for (int64_t i = 0; i < n_queries; ++i) {
-      T* row = scores.data() + i * key_stride;
-      const T shift = row_max(row, padded_keys);
-      const T total = exp_shifted(row, padded_keys, shift);
-      lse_wide[i] = static_cast<double>(shift) + std::log(static_cast<double>(total));
-      lse[i] = static_cast<T>(lse_wide[i]);
-      const T inverse = T(1) / total;
-      for (int64_t j = 0; j < padded_keys; ++j) row[j] *= inverse;
-      if (!keep.empty()) {
-        const T* k_row = keep.data() + i * key_stride;
-        for (int64_t j = 0; j < padded_keys; ++j) row[j] *= k_row[j];
+    for_tiles(n_queries, n_keys, causal, self_mask, values, [&](int64_t t, int64_t i0, int64_t rows, const int64_t* columns) {
+      for (int64_t i = i0; i < i0 + rows; ++i) {
+        T* row = scores.data() + i * key_stride;
+        const T shift = row_max(row, columns, tile_blocks[t]);
+        const T total = exp_shifted(row, columns, tile_blocks[t], shift);
+        lse_wide[i] = static_cast<double>(shift) + std::log(static_cast<double>(total));
+        lse[i] = static_cast<T>(lse_wide[i]);
+        const vec_t<T> inverse = vsplat(T(1) / total);
+        const T* k_row = keep.empty() ? nullptr : keep.data() + i * key_stride;
+        for (int64_t b = 0; b < tile_blocks[t]; ++b) {
+          const int64_t j = columns[b];
+          const vec_t<T> p = vload(row + j) * inverse;
+          vstore(row + j, k_row == nullptr ? p : p * vload(k_row + j));
+        }
       }
-    }
-    gemm<T>(n_queries, dim_stride, padded_keys, scores.data(), key_stride, 1, v.data(), dim_stride, out.data(),
-            dim_stride, false);
+      tile_times(t, rows, scores.data() + i0 * key_stride, v.data(), out.data() + i0 * dim_stride);
+    });
   }
 
   // Given lse[i], grad_out (rows dO_i) and delta[i] = dO_i . o_i - dlse_i, fills grad_q (n_queries
@@ -436,47 +560,47 @@ struct ChunkAttention {
   // the probabilities P from the scores and lse. With dropout factors K (0, or 1 / (1 - p) where
   // kept) the output used P * K: dS = P * (K * dO V^T - delta) and grad_v = (P * K)^T dO.
   void backward(int64_t n_queries, int64_t n_keys, bool causal, bool self_mask, MaskValues values) {
-    const int64_t padded_keys = round_up(n_keys, Vec<T>::width);
-    masked_scores(n_queries, n_keys, causal, self_mask, values);
-    for (int64_t i = 0; i < n_queries; ++i) {
-      T* row = scores.data() + i * key_stride;
-      const T total = exp_shifted(row, padded_keys, lse[i]);
-      // Without the self mask a query may see no key: then lse = -1e9 + log(n) is -1e9 in float,
-      // each exp(s - lse) is 1, and grad_v would get the sum of dO where the forward took the mean,
-      // so normalize by the row's sum as the forward's softmax does. With it (LSH) every query sees
-      // itself, and the rounding of lse near -1e5 is left in P: it cancels against the same rounding
-      // in the round weights exp(lse_r - lse_all).
-      if (!self_mask) {
-        const T inverse = T(1) / total;
-        for (int64_t j = 0; j < padded_keys; ++j) row[j] *= inverse;
+    for_tiles(n_queries, n_keys, causal, self_mask, values, [&](int64_t t, int64_t i0, int64_t rows, const int64_t* columns) {
+      for (int64_t i = i0; i < i0 + rows; ++i) {
+        T* row = scores.data() + i * key_stride;
+        const T total = exp_shifted(row, columns, tile_blocks[t], lse[i]);
+        // Without the self mask a query may see no key: then lse = -1e9 + log(n) is -1e9 in float,
+        // each exp(s - lse) is 1, and grad_v would get the sum of dO where the forward took the mean,
+        // so normalize by the row's sum as the forward's softmax does. With it (LSH) every query sees
+        // itself, and the rounding of lse near -1e5 is left in P: it cancels against the same rounding
+        // in the round weights exp(lse_r - lse_all). Without the self mask no block is skipped.
+        if (!self_mask) {
+          const vec_t<T> inverse = vsplat(T(1) / total);
+          for (int64_t b = 0; b < tile_blocks[t]; ++b) vstore(row + columns[b], vload(row + columns[b]) * inverse);
+        }
       }
-    }
-    // dP = dO V^T, then dS = P * (K * dP - delta) where the score was not overwritten by a mask
-    gemm<T>(n_queries, padded_keys, head_dim, grad_out.data(), dim_stride, 1, vt.data(), key_stride,
-            grad_scores.data(), key_stride, false);
-    for (int64_t i = 0; i < n_queries; ++i) {
-      T* p = scores.data() + i * key_stride;
-      T* ds = grad_scores.data() + i * key_stride;
-      const T* k_row = keep.empty() ? nullptr : keep.data() + i * key_stride;
-      const vec_t<T> d_i = vsplat(delta[i]);
-      for (int64_t j = 0; j < padded_keys; j += Vec<T>::width) {
-        ivec_t<T> is_self;
-        ivec_t<T> masked = forbidden_lanes(i, j, causal, is_self);
-        if (self_mask) masked |= is_self;
-        const vec_t<T> dp = k_row == nullptr ? vload(ds + j) : vload(ds + j) * vload(k_row + j);
-        const vec_t<T> grad = vload(p + j) * (dp - d_i);
-        vstore(ds + j, masked ? vsplat(T(0)) : grad);
-        if (k_row != nullptr) vstore(p + j, vload(p + j) * vload(k_row + j));
+      // dP = dO V^T, then dS = P * (K * dP - delta) where the score was not overwritten by a mask
+      for_runs(t, [&](int64_t c0, int64_t width) {
+        gemm<T>(rows, width, head_dim, grad_out.data() + i0 * dim_stride, dim_stride, 1, vt.data() + c0, key_stride,
+                grad_scores.data() + i0 * key_stride + c0, key_stride, false);
+      });
+      for (int64_t i = i0; i < i0 + rows; ++i) {
+        T* p = scores.data() + i * key_stride;
+        T* ds = grad_scores.data() + i * key_stride;
+        const T* k_row = keep.empty() ? nullptr : keep.data() + i * key_stride;
+        const vec_t<T> d_i = vsplat(delta[i]);
+        for (int64_t b = 0; b < tile_blocks[t]; ++b) {
+          const int64_t j = columns[b];
+          ivec_t<T> is_self;
+          ivec_t<T> masked = forbidden_lanes(i, j, causal, is_self);
+          if (self_mask) masked |= is_self;
+          const vec_t<T> dp = k_row == nullptr ? vload(ds + j) : vload(ds + j) * vload(k_row + j);
+          const vec_t<T> grad = vload(p + j) * (dp - d_i);
+          vstore(ds + j, masked ? vsplat(T(0)) : grad);
+          if (k_row != nullptr) vstore(p + j, vload(p + j) * vload(k_row + j));
+        }
       }
-    }
-    // grad_v = (P * K)^T dO
-    gemm<T>(n_keys, dim_stride, n_queries, scores.data(), 1, key_stride, grad_out.data(), dim_stride, grad_v.data(),
-            dim_stride, false);
-    // grad_q = dS K, grad_k = dS^T Q
-    gemm<T>(n_queries, dim_stride, padded_keys, grad_scores.data(), key_stride, 1, k.data(), dim_stride,
-            grad_q.data(), dim_stride, false);
-    gemm<T>(n_keys, dim_stride, n_queries, grad_scores.data(), 1, key_stride, q.data(), dim_stride, grad_k.data(),
-            dim_stride, false);
+      // grad_q = dS K
+      tile_times(t, rows, grad_scores.data() + i0 * key_stride, k.data(), grad_q.data() + i0 * dim_stride);
+    });
+    // grad_v = (P * K)^T dO, grad_k = dS^T Q
+    keys_times(n_queries, n_keys, scores.data(), grad_out.data(), grad_v.data());
+    keys_times(n_queries, n_keys, grad_scores.data(), q.data(), grad_k.data());
   }
 };
 

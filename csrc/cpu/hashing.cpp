@@ -56,7 +56,7 @@ void hash_kernel(const at::Tensor& vectors, const at::Tensor& rotations, const s
   // With padding present, padded positions get bucket n_buckets and every round one more bucket.
   const int64_t round_size = valid.defined() ? n_buckets + 1 : n_buckets;
   const int64_t n_blocks = (L + kBlock - 1) / kBlock;
-  const scalar_t* x_ptr = vectors.data_ptr<scalar_t>();
+  const RowView<scalar_t> x_rows = row_view<scalar_t>(vectors);
   const scalar_t* rot_ptr = rotations.data_ptr<scalar_t>();
   const uint8_t* valid_ptr = valid.defined() ? valid.data_ptr<uint8_t>() : nullptr;
   int64_t* out_ptr = buckets.data_ptr<int64_t>();
@@ -74,8 +74,10 @@ void hash_kernel(const at::Tensor& vectors, const at::Tensor& rotations, const s
         loaded_head = h;
       }
       const int64_t first = block * kBlock, rows = std::min(kBlock, L - first);
-      const scalar_t* src = x_ptr + (row * L + first) * d;
-      for (int64_t e = 0; e < rows * d; ++e) x[e] = static_cast<T>(src[e]);
+      const scalar_t* src = x_rows.rows(row) + first * x_rows.row_stride;
+      for (int64_t i = 0; i < rows; ++i) {
+        for (int64_t t = 0; t < d; ++t) x[i * d + t] = static_cast<T>(src[i * x_rows.row_stride + t]);
+      }
       gemm<T>(rows, col_stride, d, x.data(), d, 1, rot.data(), col_stride, rotated.data(), col_stride, false);
       int64_t* out_row = out_ptr + row * n_hashes * L;
       for (int64_t i = 0; i < rows; ++i) {
@@ -104,7 +106,8 @@ at::Tensor lsh_hash_cpu(const at::Tensor& vectors_in, const at::Tensor& rotation
                         const std::optional<at::Tensor>& attention_mask) {
   const char* op = "lsh_hash";
   check_lsh_hash_inputs(vectors_in, rotations_in, n_buckets, op);
-  const at::Tensor vectors = vectors_in.contiguous(), rotations = rotations_in.contiguous();
+  // The vectors are read in place (head-split views of a projection included); only rows must be contiguous.
+  const at::Tensor vectors = with_contiguous_rows(vectors_in), rotations = rotations_in.contiguous();
   const at::Tensor valid = key_padding(attention_mask, vectors.size(0), vectors.size(2), op);
   at::Tensor buckets = at::empty({vectors.size(0), vectors.size(1), rotations.size(2) * vectors.size(2)},
                                  vectors.options().dtype(at::kLong));

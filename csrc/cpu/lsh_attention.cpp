@@ -67,28 +67,47 @@ void key_scales(const scalar_t* qk, int64_t row_stride, int64_t seq_len, int64_t
   }
 }
 
+// The entries of chunk `chunk` (offsets into it) in position order when `by_position`, else in
+// bucket order. A chunk is sorted by (bucket, position): a few ascending runs.
+void chunk_order(const LshShape& s, const int64_t* idx, int64_t chunk, bool by_position, std::vector<int64_t>& order) {
+  const int64_t* entries = idx + chunk * s.chunk_len;
+  for (int64_t i = 0; i < s.chunk_len; ++i) order[i] = i;
+  if (by_position) {
+    std::stable_sort(order.begin(), order.end(),
+                     [&](int64_t a, int64_t b) { return entries[a] % s.seq_len < entries[b] % s.seq_len; });
+  }
+}
+
 // Gathers chunk `chunk` of the sorted sequence (queries) and its window of neighbour chunks,
 // circular over the concatenated rounds (keys); rounds[i] receives query i's hash round.
 // Neighbour u = chunk + offset (offset in [-n_chunks_before, n_chunks_after], not yet wrapped)
 // lives in key slot u mod window, so the window of chunk + 1 shares all but one slot with this
 // one: unless `refill`, only the slot of the newest neighbour, chunk + n_chunks_after, is gathered.
 // The order of the slots does not matter, since every key carries its own position for the masks.
+// With `by_position` (no dropout mask, whose columns follow the bucket order) queries and each
+// slot's keys are gathered in position order, which lets a causal chunk skip most of the key
+// blocks that its early queries cannot see (ChunkAttention::plan_blocks).
 template <typename scalar_t, typename T>
 void gather_chunk(ChunkAttention<T>& attn, const LshShape& s, int64_t chunk, int64_t n_chunks_before,
-                  int64_t n_chunks_after, bool refill, const int64_t* idx, const scalar_t* qk, int64_t qk_stride,
-                  const scalar_t* v, int64_t v_stride, const T* scale, const uint8_t* valid, int64_t* rounds) {
+                  int64_t n_chunks_after, bool refill, bool by_position, const int64_t* idx, const scalar_t* qk,
+                  int64_t qk_stride, const scalar_t* v, int64_t v_stride, const T* scale, const uint8_t* valid,
+                  int64_t* rounds, std::vector<int64_t>& order) {
+  chunk_order(s, idx, chunk, by_position, order);
   for (int64_t i = 0; i < s.chunk_len; ++i) {
-    const int64_t flat = idx[chunk * s.chunk_len + i];
+    const int64_t flat = idx[chunk * s.chunk_len + order[i]];
     const int64_t pos = flat % s.seq_len;
     rounds[i] = flat / s.seq_len;
     attn.set_query(i, pos, qk + pos * qk_stride);
   }
   const int64_t window = 1 + n_chunks_before + n_chunks_after;
+  int64_t ordered = chunk;
   for (int64_t offset = refill ? -n_chunks_before : n_chunks_after; offset <= n_chunks_after; ++offset) {
     const int64_t u = chunk + offset;
     const int64_t neighbour = wrap(u, s.n_chunks), slot = wrap(u, window);
+    if (neighbour != ordered) chunk_order(s, idx, neighbour, by_position, order);
+    ordered = neighbour;
     for (int64_t i = 0; i < s.chunk_len; ++i) {
-      const int64_t pos = idx[neighbour * s.chunk_len + i] % s.seq_len;
+      const int64_t pos = idx[neighbour * s.chunk_len + order[i]] % s.seq_len;
       attn.set_key(slot * s.chunk_len + i, pos, valid != nullptr && !valid[pos], qk + pos * qk_stride, scale[pos],
                    v + pos * v_stride);
     }
@@ -114,7 +133,7 @@ void lsh_forward_kernel(const at::Tensor& qk, const at::Tensor& v, const at::Ten
   const RowView<scalar_t> qk_rows = row_view<scalar_t>(qk), v_rows = row_view<scalar_t>(v);
   const int64_t* idx_ptr = sorted_idx.data_ptr<int64_t>();
   const uint8_t* valid_ptr = valid.defined() ? valid.data_ptr<uint8_t>() : nullptr;
-  scalar_t* out_ptr = out.data_ptr<scalar_t>();
+  const RowView<scalar_t, scalar_t> out_rows = output_rows<scalar_t>(out);
   T* lse_ptr = lse.data_ptr<T>();
 
   at::parallel_for(0, s.batch * s.heads, 1, [&](int64_t begin, int64_t end) {
@@ -122,27 +141,31 @@ void lsh_forward_kernel(const at::Tensor& qk, const at::Tensor& v, const at::Ten
     std::vector<T> scale(L);
     std::vector<double> running_top(L), running_sum(L);
     std::vector<T> staged(direct ? 0 : L * d);
-    std::vector<int64_t> rounds(s.chunk_len);
+    std::vector<int64_t> rounds(s.chunk_len), order(s.chunk_len);
     for (int64_t row = begin; row < end; ++row) {
       const int64_t* idx = idx_ptr + row * total;
       check_sorted_row(idx, total, row);
       const scalar_t* qk_row = qk_rows.rows(row);
       const scalar_t* v_row = v_rows.rows(row);
       const uint8_t* valid_row = valid_ptr == nullptr ? nullptr : valid_ptr + (row / s.heads) * L;
+      // acc: the output rows (row stride acc_stride), or float rows staged for a low-precision output
       T* acc;
+      int64_t acc_stride;
       if constexpr (direct) {
-        acc = out_ptr + row * L * d;
+        acc = out_rows.rows(row);
+        acc_stride = out_rows.row_stride;
       } else {
         acc = staged.data();
+        acc_stride = d;
       }
       T* lse_row = lse_ptr + row * total;
       key_scales(qk_row, qk_rows.row_stride, L, d, scale.data());
-      std::fill(acc, acc + L * d, T(0));
+      for (int64_t p = 0; p < L; ++p) std::fill(acc + p * acc_stride, acc + p * acc_stride + d, T(0));
       std::fill(running_top.begin(), running_top.end(), -std::numeric_limits<double>::infinity());
       std::fill(lse_row, lse_row + total, -std::numeric_limits<T>::infinity());
       for (int64_t chunk = 0; chunk < s.n_chunks; ++chunk) {
-        gather_chunk(attn, s, chunk, n_chunks_before, n_chunks_after, chunk == 0, idx, qk_row, qk_rows.row_stride, v_row,
-                     v_rows.row_stride, scale.data(), valid_row, rounds.data());
+        gather_chunk(attn, s, chunk, n_chunks_before, n_chunks_after, chunk == 0, keep.data() == nullptr, idx, qk_row,
+                     qk_rows.row_stride, v_row, v_rows.row_stride, scale.data(), valid_row, rounds.data(), order);
         set_chunk_keep(attn, keep, row, chunk, s.chunk_len, s.n_chunks, s.chunk_len, n_chunks_before,
                        1 + n_chunks_before + n_chunks_after);
         attn.forward(s.chunk_len, s.n_keys, causal, true, values);
@@ -157,7 +180,7 @@ void lsh_forward_kernel(const at::Tensor& qk, const at::Tensor& v, const at::Ten
           const double chunk_lse = attn.lse_wide[i];
           lse_row[rounds[i] * L + pos] = attn.lse[i];
           const T* o = attn.out.data() + i * attn.dim_stride;
-          T* target = acc + pos * d;
+          T* target = acc + pos * acc_stride;
           if (running_top[pos] == -std::numeric_limits<double>::infinity()) {
             std::copy(o, o + d, target);
             running_top[pos] = chunk_lse;
@@ -174,8 +197,10 @@ void lsh_forward_kernel(const at::Tensor& qk, const at::Tensor& v, const at::Ten
         }
       }
       if constexpr (!direct) {
-        scalar_t* dst = out_ptr + row * L * d;
-        for (int64_t e = 0; e < L * d; ++e) dst[e] = static_cast<scalar_t>(acc[e]);
+        scalar_t* dst = out_rows.rows(row);
+        for (int64_t p = 0; p < L; ++p) {
+          for (int64_t t = 0; t < d; ++t) dst[p * out_rows.row_stride + t] = static_cast<scalar_t>(acc[p * d + t]);
+        }
       }
     }
   });
@@ -196,14 +221,13 @@ void lsh_backward_kernel(const at::Tensor& grad_out, const at::Tensor& grad_lse,
   const T* lse_ptr = lse.data_ptr<T>();
   const int64_t* idx_ptr = sorted_idx.data_ptr<int64_t>();
   const uint8_t* valid_ptr = valid.defined() ? valid.data_ptr<uint8_t>() : nullptr;
-  scalar_t* gqk_ptr = grad_qk.data_ptr<scalar_t>();
-  scalar_t* gv_ptr = grad_v.data_ptr<scalar_t>();
+  const RowView<scalar_t, scalar_t> gqk_rows = output_rows<scalar_t>(grad_qk), gv_rows = output_rows<scalar_t>(grad_v);
 
   at::parallel_for(0, s.batch * s.heads, 1, [&](int64_t begin, int64_t end) {
     ChunkAttention<T> attn(s.chunk_len, s.n_keys, d, true, keep.data() != nullptr);
     std::vector<T> scale(L), lse_all(L), grad_dot_out(L);
     std::vector<T> staged_qk(direct ? 0 : L * d), staged_v(direct ? 0 : L * d);
-    std::vector<int64_t> rounds(s.chunk_len);
+    std::vector<int64_t> rounds(s.chunk_len), order(s.chunk_len);
     for (int64_t row = begin; row < end; ++row) {
       const int64_t* idx = idx_ptr + row * total;
       check_sorted_row(idx, total, row);
@@ -214,16 +238,23 @@ void lsh_backward_kernel(const at::Tensor& grad_out, const at::Tensor& grad_lse,
       const T* lse_row = lse_ptr + row * total;
       const T* glse_row = glse_ptr == nullptr ? nullptr : glse_ptr + row * total;
       const uint8_t* valid_row = valid_ptr == nullptr ? nullptr : valid_ptr + (row / s.heads) * L;
+      // The gradient rows (row strides gqk_stride, gv_stride), or float rows staged for low precision.
       T *gqk, *gv;
+      int64_t gqk_stride, gv_stride;
       if constexpr (direct) {
-        gqk = gqk_ptr + row * L * d;
-        gv = gv_ptr + row * L * d;
+        gqk = gqk_rows.rows(row);
+        gv = gv_rows.rows(row);
+        gqk_stride = gqk_rows.row_stride;
+        gv_stride = gv_rows.row_stride;
       } else {
         gqk = staged_qk.data();
         gv = staged_v.data();
+        gqk_stride = gv_stride = d;
       }
-      std::fill(gqk, gqk + L * d, T(0));
-      std::fill(gv, gv + L * d, T(0));
+      for (int64_t p = 0; p < L; ++p) {
+        std::fill(gqk + p * gqk_stride, gqk + p * gqk_stride + d, T(0));
+        std::fill(gv + p * gv_stride, gv + p * gv_stride + d, T(0));
+      }
       key_scales(qk_row, qk_rows.row_stride, L, d, scale.data());
       for (int64_t p = 0; p < L; ++p) {
         T top = -std::numeric_limits<T>::infinity();
@@ -234,8 +265,8 @@ void lsh_backward_kernel(const at::Tensor& grad_out, const at::Tensor& grad_lse,
         grad_dot_out[p] = dot<T>(g_row + p * g_rows.row_stride, out_row + p * out_rows.row_stride, d);
       }
       for (int64_t chunk = 0; chunk < s.n_chunks; ++chunk) {
-        gather_chunk(attn, s, chunk, n_chunks_before, n_chunks_after, chunk == 0, idx, qk_row, qk_rows.row_stride, v_row,
-                     v_rows.row_stride, scale.data(), valid_row, rounds.data());
+        gather_chunk(attn, s, chunk, n_chunks_before, n_chunks_after, chunk == 0, keep.data() == nullptr, idx, qk_row,
+                     qk_rows.row_stride, v_row, v_rows.row_stride, scale.data(), valid_row, rounds.data(), order);
         // Round r's output enters out with weight w = exp(lse_r - lse_all), so its upstream
         // gradient is w * g; the combination also sends w * (g . (o_r - out)) into lse_r, and
         // dO_r . o_r - dlse_r collapses to w * (g . out) - grad_lse_r: o_r is never needed.
@@ -253,32 +284,35 @@ void lsh_backward_kernel(const at::Tensor& grad_out, const at::Tensor& grad_lse,
         attn.backward(s.chunk_len, s.n_keys, causal, true, values);
         for (int64_t i = 0; i < s.chunk_len; ++i) {
           const T* src = attn.grad_q.data() + i * attn.dim_stride;
-          T* dst = gqk + attn.query_pos[i] * d;
+          T* dst = gqk + attn.query_pos[i] * gqk_stride;
           for (int64_t t = 0; t < d; ++t) dst[t] += src[t];
         }
         // Keys are qk * scale(qk) with scale = (mean(qk^2) + eps)^(-1/2) / sqrt(d); through the
         // normalization, d(qk) = scale * dk - scale^3 * (qk . dk) * qk. The map is linear in dk, so
         // each chunk's key gradient goes straight into grad_qk.
         for (int64_t j = 0; j < s.n_keys; ++j) {
+          if (!attn.key_used(j, s.chunk_len)) continue;
           const int64_t pos = attn.key_pos[j];
           const T* dk = attn.grad_k.data() + j * attn.dim_stride;
           const scalar_t* x = qk_row + pos * qk_rows.row_stride;
           const T x_dot_dk = dot<T>(x, dk, d);
           const T sc = scale[pos];
           const T radial = sc * sc * sc * x_dot_dk;
-          T* dst = gqk + pos * d;
+          T* dst = gqk + pos * gqk_stride;
           for (int64_t t = 0; t < d; ++t) dst[t] += sc * dk[t] - radial * static_cast<T>(x[t]);
           const T* dvj = attn.grad_v.data() + j * attn.dim_stride;
-          T* dvdst = gv + pos * d;
+          T* dvdst = gv + pos * gv_stride;
           for (int64_t t = 0; t < d; ++t) dvdst[t] += dvj[t];
         }
       }
       if constexpr (!direct) {
-        scalar_t* dq = gqk_ptr + row * L * d;
-        scalar_t* dv = gv_ptr + row * L * d;
-        for (int64_t e = 0; e < L * d; ++e) {
-          dq[e] = static_cast<scalar_t>(gqk[e]);
-          dv[e] = static_cast<scalar_t>(gv[e]);
+        scalar_t* dq = gqk_rows.rows(row);
+        scalar_t* dv = gv_rows.rows(row);
+        for (int64_t p = 0; p < L; ++p) {
+          for (int64_t t = 0; t < d; ++t) {
+            dq[p * gqk_rows.row_stride + t] = static_cast<scalar_t>(gqk[p * d + t]);
+            dv[p * gv_rows.row_stride + t] = static_cast<scalar_t>(gv[p * d + t]);
+          }
         }
       }
     }
@@ -304,7 +338,7 @@ std::tuple<at::Tensor, at::Tensor> lsh_attention_fwd_cpu(const at::Tensor& qk_in
   const at::Tensor valid = key_padding(attention_mask, s.batch, s.seq_len, op);
   const DropoutKeep keep =
       dropout_keep(dropout_mask, dropout_p, {s.batch, s.heads, s.n_chunks, chunk_len, s.n_keys}, op);
-  at::Tensor out = at::empty_like(qk, at::MemoryFormat::Contiguous);
+  at::Tensor out = empty_like_rows(qk);
   at::Tensor lse = at::empty({s.batch, s.heads, n_hashes, s.seq_len}, qk.options().dtype(lse_dtype(qk)));
   if (qk.numel() == 0) return {out.zero_(), lse.fill_(-std::numeric_limits<double>::infinity())};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, qk.scalar_type(), "lsh_attention", [&] {
@@ -342,8 +376,8 @@ std::tuple<at::Tensor, at::Tensor> lsh_attention_bwd_cpu(
   const at::Tensor valid = key_padding(attention_mask, s.batch, s.seq_len, op);
   const DropoutKeep keep =
       dropout_keep(dropout_mask, dropout_p, {s.batch, s.heads, s.n_chunks, chunk_len, s.n_keys}, op);
-  at::Tensor grad_qk = at::empty_like(qk, at::MemoryFormat::Contiguous);
-  at::Tensor grad_v = at::empty_like(v, at::MemoryFormat::Contiguous);
+  at::Tensor grad_qk = empty_like_rows(qk);
+  at::Tensor grad_v = empty_like_rows(v);
   if (qk.numel() == 0) return {grad_qk, grad_v};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, qk.scalar_type(), "lsh_attention", [&] {
     lsh_backward_kernel<scalar_t>(grad_out, grad_lse, qk, v, sorted_idx, out, lse, valid, keep, s, n_chunks_before,

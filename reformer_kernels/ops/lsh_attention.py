@@ -42,7 +42,8 @@ if _extension.loaded():
         dropout_p=0.0,
     ):
         batch, heads, seq_len, _ = qk.shape
-        out = torch.empty_like(qk, memory_format=torch.contiguous_format)
+        # laid out like qk where qk is dense (a head-split projection), as the kernel allocates it
+        out = torch.empty_like(qk)
         return out, qk.new_empty((batch, heads, n_hashes, seq_len), dtype=_lse_dtype(qk.dtype))
 
     @torch.library.register_fake("reformer_kernels::lsh_attention_bwd")
@@ -50,7 +51,7 @@ if _extension.loaded():
         grad_out, grad_lse, qk, v, sorted_idx, out, lse, n_hashes, chunk_len, n_chunks_before, n_chunks_after, causal,
         attention_mask, dropout_mask=None, dropout_p=0.0,
     ):
-        return torch.empty_like(qk, memory_format=torch.contiguous_format), torch.empty_like(v, memory_format=torch.contiguous_format)
+        return torch.empty_like(qk), torch.empty_like(v)
 
     def _setup_context(ctx, inputs, output):
         (qk, v, sorted_idx, n_hashes, chunk_len, n_chunks_before, n_chunks_after, causal, attention_mask, dropout_mask,

@@ -88,3 +88,13 @@ def test_direct_op_calls_reject_bad_inputs():
         call(rotations=rotations[:1])
     with pytest.raises(ValueError, match="attention_mask"):
         call(mask=torch.ones(1, 9, dtype=torch.bool))
+
+
+def test_head_split_views_are_read_in_place():
+    """Vectors as (B, L, H, d).transpose(1, 2) views, as a layer's projection gives them: same buckets."""
+    torch.manual_seed(5)
+    vectors = torch.randn(2, 3, 40, 8)
+    rotations = torch.randn(3, 8, 2, 4)
+    view = vectors.transpose(1, 2).contiguous().transpose(1, 2)
+    assert not view.is_contiguous()
+    assert torch.equal(_lsh_hash_compiled(view, rotations, 8)[0], _lsh_hash_compiled(vectors, rotations, 8)[0])
