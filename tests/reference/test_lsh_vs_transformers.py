@@ -15,9 +15,8 @@ HIDDEN, HEADS, HEAD_DIM, HASH_SEED, MAX_POSITIONS = 16, 2, 8, 7, 1024
 # Half precision is held to a few units of its last place: it checks the fp16 mask values
 # (-1e4 / -1e3, since -1e9 does not fit in fp16) against transformers'. Below float64 these are the
 # atol of the tolerance rule (relative to the output's scale), see assert_matches_transformers.
-# In float64 transformers' own round-off decides: its hash rounds are combined with exp(lse -
-# logsumexp(lse)), rounded in steps of 1.5e-11 near the -1e5 self mask (3.3e-12 relative seen).
-RELATIVE_TOLERANCE = {torch.float16: 4e-3, torch.bfloat16: 3e-2, torch.float32: 1e-5, torch.float64: 1e-11}
+# In float64 ours equals transformers to 1e-12 relative (the contract).
+RELATIVE_TOLERANCE = {torch.float16: 4e-3, torch.bfloat16: 3e-2, torch.float32: 1e-5, torch.float64: 1e-12}
 DTYPES = list(RELATIVE_TOLERANCE)
 
 
