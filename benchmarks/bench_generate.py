@@ -14,13 +14,11 @@ median time per new token, the prompt's forward included (every generator runs o
 says whether the tokens equal ours with use_cache=False (a model with an LSH layer below another
 layer is not prefix-stable beyond one chunk, so cached greedy tokens may differ from recompute
 ones there; see ReformerModel.forward). "cache_mb" is our ReformerDecodingCache's size, allocated
-once for prompt + new tokens. Writes benchmarks/results/<device-name>/generate.csv.
+once for prompt + new tokens. Writes bench-results/<device-name>/generate.csv (or --out).
 """
 from __future__ import annotations
 
 import argparse
-import csv
-import os
 import statistics
 import time
 import warnings
@@ -29,7 +27,7 @@ import torch
 
 from reformer_kernels import models
 
-from .report import default_out_dir, environment
+from .report import default_out_dir, environment, write_table
 
 SIZES = {"small": [256, 1024], "full": [1024, 3072]}
 BATCHES, NEW_TOKENS = (1, 4), 32
@@ -115,23 +113,11 @@ def main(argv=None) -> None:
                 print(f"  L={prompt_len:<5} B={batch}  {row['generator']:<22} {row['ms_per_token']:9.2f} ms/token")
             rows.extend(case)
 
-    out_dir = args.out or default_out_dir(cpu)
-    os.makedirs(out_dir, exist_ok=True)
-    path = os.path.join(out_dir, "generate.csv")
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
     shown = ("generator", "batch", "prompt_len", "ms_per_token", "speedup_vs_full_forwards", "speedup_vs_transformers",
              "same_tokens_as_full_forwards", "cache_mb")
-    widths = [max(len(c), *(len(str(r[c])) for r in rows)) for c in shown]
-    print(f"\ncpu: {env['cpu']} ({shared['threads']} threads), torch {env['torch']}, transformers {env['transformers']}, "
-          f"commit {shared['commit']}; {NEW_TOKENS} new tokens, median of {args.repeats} interleaved rounds")
-    print("  ".join(c.ljust(w) for c, w in zip(shown, widths)))
-    for r in rows:
-        print("  ".join(str(r[c]).ljust(w) for c, w in zip(shown, widths)))
-    print(f"\nwrote {path}")
-
+    header = [f"cpu: {env['cpu']} ({shared['threads']} threads), torch {env['torch']}, transformers {env['transformers']}, "
+              f"commit {shared['commit']}; {NEW_TOKENS} new tokens, median of {args.repeats} interleaved rounds"]
+    write_table(args.out or default_out_dir(cpu), "generate", COLUMNS, rows, shown, header)
 
 if __name__ == "__main__":
     main()

@@ -20,7 +20,6 @@ bench-results/<device-name>/tokenizer.csv (or --out).
 from __future__ import annotations
 
 import argparse
-import csv
 import glob
 import os
 import statistics
@@ -32,7 +31,7 @@ import torch
 
 from reformer_kernels.tokenization import ByteTokenizer, ReformerTokenizer
 
-from .report import _version, default_out_dir, environment
+from .report import _version, default_out_dir, environment, write_table
 
 # A full-size call takes seconds, so one is enough there; small calls take the median of three.
 SIZES = {"small": dict(megabytes=1, vocab_size=4000, repeats=3), "full": dict(megabytes=10, vocab_size=16000, repeats=1)}
@@ -148,24 +147,13 @@ def main(argv=None) -> None:
         same = fast is not None and "Byte" not in row["tokenizer"]
         row["same_ids_as_transformers_fast"] = round(sum(a == b for a, b in zip(ids, fast)) / len(fast), 4) if same else ""
 
-    out_dir = args.out or default_out_dir(cpu)
-    os.makedirs(out_dir, exist_ok=True)
-    path = os.path.join(out_dir, "tokenizer.csv")
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
-
     shown = ("tokenizer", "mode", "seconds", "mb_per_s", "tokens_per_s", "speedup_vs_transformers_fast", "same_ids_as_transformers_fast")
-    widths = [max(len(c), *(len(str(r[c])) for r in rows)) for c in shown]
-    print(f"\ncpu: {env['cpu']} ({os.cpu_count()} threads), torch {env['torch']}, transformers {env['transformers']}, "
-          f"tokenizers {shared['tokenizers']}, sentencepiece {shared['sentencepiece']}, commit {shared['commit']}")
-    print(f"text: {megabytes:.2f} MB, {len(texts)} texts; tensors mode: batches of {BATCH}, max_length {MAX_LENGTH}")
-    print("  ".join(c.ljust(w) for c, w in zip(shown, widths)))
-    for r in rows:
-        print("  ".join(str(r[c]).ljust(w) for c, w in zip(shown, widths)))
-    print(f"\nwrote {path}")
-
+    header = [
+        f"cpu: {env['cpu']} ({os.cpu_count()} threads), torch {env['torch']}, transformers {env['transformers']}, "
+        f"tokenizers {shared['tokenizers']}, sentencepiece {shared['sentencepiece']}, commit {shared['commit']}",
+        f"text: {megabytes:.2f} MB, {len(texts)} texts; tensors mode: batches of {BATCH}, max_length {MAX_LENGTH}",
+    ]
+    write_table(args.out or default_out_dir(cpu), "tokenizer", COLUMNS, rows, shown, header)
 
 if __name__ == "__main__":
     main()

@@ -75,6 +75,25 @@ def default_out_dir(device: torch.device) -> str:
     return os.path.join(OUT, device_dir_name(device))
 
 
+def write_table(out_dir: str, name: str, columns: tuple[str, ...], rows: list[dict], shown: tuple[str, ...],
+                header: list[str]) -> str:
+    """<name>.csv of ``rows`` (all ``columns``) in ``out_dir``, and the ``shown`` columns printed as an
+    aligned table under the ``header`` lines; returns the CSV's path."""
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, f"{name}.csv")
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    widths = [max(len(c), *(len(str(r[c])) for r in rows)) for c in shown]
+    print("\n" + "\n".join(header))
+    print("  ".join(c.ljust(w) for c, w in zip(shown, widths)))
+    for r in rows:
+        print("  ".join(str(r[c]).ljust(w) for c, w in zip(shown, widths)))
+    print(f"\nwrote {path}")
+    return path
+
+
 def write_suite(out_dir: str, suite: str, rows: list[dict], env: dict, columns: tuple[str, ...] = COLUMNS,
                 rows_key: str = "rows") -> None:
     """<suite>.csv (the COLUMNS schema, or ``columns``) and <suite>.json (environment + rows under
