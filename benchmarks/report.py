@@ -49,6 +49,8 @@ def environment(device: torch.device) -> dict:
         "device": str(device),
         "cpu": _cpu_name(),
         "cpu_threads": torch.get_num_threads(),
+        # the widest vector ISA torch found ("AVX2", "AVX512", ...): one CPU name covers several generations
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else "none",
         "python": platform.python_version(),
         "torch": torch.__version__,
