@@ -66,13 +66,14 @@ inline ivec_t<T> vload_int(const lane_int_t<T>* p) {
   return v;
 }
 
-// Asks the L2 cache for the n elements at row (a hint: no effect on results). Not L1: rows asked
-// for one chunk ahead would be evicted again by the chunk's own ~100-200 KB of scratch before use.
-template <typename T>
+// Asks the L2 cache for the n elements at row (a hint: no effect on results), to read them or,
+// with kForWrite, to update them. Not L1: rows asked for one chunk ahead would be evicted again by
+// the chunk's own ~100-200 KB of scratch before use.
+template <bool kForWrite = false, typename T>
 inline void prefetch_row(const T* row, int64_t n) {
   const char* bytes = reinterpret_cast<const char*>(row);
   for (int64_t offset = 0; offset < n * static_cast<int64_t>(sizeof(T)); offset += 64) {
-    __builtin_prefetch(bytes + offset, 0, 2);
+    __builtin_prefetch(bytes + offset, kForWrite ? 1 : 0, 2);
   }
 }
 
@@ -502,17 +503,18 @@ struct ChunkAttention {
   }
 
   // a^T b for the keys of every block: block b's rows sum over the queries of the tiles that
-  // computed it, a suffix; a block no tile computed gets zero rows.
-  void keys_times(int64_t n_queries, int64_t n_keys, const T* a, const T* b, T* c) const {
+  // computed it, a suffix; a block no tile computed gets zero rows (or, when accumulating into c,
+  // is left as it is).
+  void keys_times(int64_t n_queries, int64_t n_keys, const T* a, const T* b, T* c, bool accumulate) const {
     constexpr int64_t W = Vec<T>::width;
     for (int64_t blk = 0; blk < static_cast<int64_t>(first_tile.size()); ++blk) {
       const int64_t j0 = blk * W, rows = std::min(W, n_keys - j0), i0 = first_tile[blk] * kQueryTile;
       if (i0 >= n_queries) {
-        std::fill(c + j0 * dim_stride, c + (j0 + rows) * dim_stride, T(0));
+        if (!accumulate) std::fill(c + j0 * dim_stride, c + (j0 + rows) * dim_stride, T(0));
         continue;
       }
       gemm<T>(rows, dim_stride, n_queries - i0, a + i0 * key_stride + j0, 1, key_stride, b + i0 * dim_stride, dim_stride,
-              c + j0 * dim_stride, dim_stride, false);
+              c + j0 * dim_stride, dim_stride, accumulate);
     }
   }
 
@@ -556,10 +558,13 @@ struct ChunkAttention {
   }
 
   // Given lse[i], grad_out (rows dO_i) and delta[i] = dO_i . o_i - dlse_i, fills grad_q (n_queries
-  // rows), grad_k and grad_v (n_keys rows) for this chunk: FlashAttention's backward, recomputing
+  // rows), grad_k and grad_v (n_keys rows; with accumulate_keys, adds to what those rows hold, so
+  // that a caller can sum a key's gradient over the windows it is part of before writing it out)
+  // for this chunk: FlashAttention's backward, recomputing
   // the probabilities P from the scores and lse. With dropout factors K (0, or 1 / (1 - p) where
   // kept) the output used P * K: dS = P * (K * dO V^T - delta) and grad_v = (P * K)^T dO.
-  void backward(int64_t n_queries, int64_t n_keys, bool causal, bool self_mask, MaskValues values) {
+  void backward(int64_t n_queries, int64_t n_keys, bool causal, bool self_mask, MaskValues values,
+                bool accumulate_keys = false) {
     for_tiles(n_queries, n_keys, causal, self_mask, values, [&](int64_t t, int64_t i0, int64_t rows, const int64_t* columns) {
       for (int64_t i = i0; i < i0 + rows; ++i) {
         T* row = scores.data() + i * key_stride;
@@ -599,8 +604,8 @@ struct ChunkAttention {
       tile_times(t, rows, grad_scores.data() + i0 * key_stride, k.data(), grad_q.data() + i0 * dim_stride);
     });
     // grad_v = (P * K)^T dO, grad_k = dS^T Q
-    keys_times(n_queries, n_keys, scores.data(), grad_out.data(), grad_v.data());
-    keys_times(n_queries, n_keys, grad_scores.data(), q.data(), grad_k.data());
+    keys_times(n_queries, n_keys, scores.data(), grad_out.data(), grad_v.data(), accumulate_keys);
+    keys_times(n_queries, n_keys, grad_scores.data(), q.data(), grad_k.data(), accumulate_keys);
   }
 };
 

@@ -169,6 +169,12 @@ void lsh_forward_kernel(const at::Tensor& qk, const at::Tensor& v, const at::Ten
         set_chunk_keep(attn, keep, row, chunk, s.chunk_len, s.n_chunks, s.chunk_len, n_chunks_before,
                        1 + n_chunks_before + n_chunks_after);
         attn.forward(s.chunk_len, s.n_keys, causal, true, values);
+        // The rows the next chunk combines into sit at random positions too.
+        if (chunk + 1 < s.n_chunks) {
+          for (int64_t i = 0; i < s.chunk_len; ++i) {
+            prefetch_row<true>(acc + (idx[(chunk + 1) * s.chunk_len + i] % L) * acc_stride, d);
+          }
+        }
         // Combine rounds as they arrive: out_pos holds the softmax(lse)-weighted mean of the rounds
         // seen so far, whose log-sum-exp is running_top + log(running_sum). The weights are
         // normalized by that sum rather than taken as exp(lse - log-sum-exp), and the lse are the
@@ -187,8 +193,11 @@ void lsh_forward_kernel(const at::Tensor& qk, const at::Tensor& v, const at::Ten
             running_sum[pos] = 1;
             continue;
           }
-          const double top = std::max(running_top[pos], chunk_lse);
-          const double previous = running_sum[pos] * std::exp(running_top[pos] - top), added = std::exp(chunk_lse - top);
+          // Relative to the larger of the two log-sum-exps one weight is exp(0) = 1: one exp is enough.
+          const bool larger = chunk_lse > running_top[pos];
+          const double top = larger ? chunk_lse : running_top[pos];
+          const double previous = larger ? running_sum[pos] * std::exp(running_top[pos] - top) : running_sum[pos];
+          const double added = larger ? 1.0 : std::exp(chunk_lse - top);
           const double total = previous + added;
           const T stay = static_cast<T>(previous / total), add = static_cast<T>(added / total);
           for (int64_t t = 0; t < d; ++t) target[t] = target[t] * stay + o[t] * add;
@@ -228,6 +237,13 @@ void lsh_backward_kernel(const at::Tensor& grad_out, const at::Tensor& grad_lse,
     std::vector<T> scale(L), lse_all(L), grad_dot_out(L);
     std::vector<T> staged_qk(direct ? 0 : L * d), staged_v(direct ? 0 : L * d);
     std::vector<int64_t> rounds(s.chunk_len), order(s.chunk_len);
+    // Key slot j's gradients are summed in attn.grad_k / attn.grad_v (and, for the slot of the
+    // chunk's own queries, which are the same entries in the same order, the query gradient in
+    // slot_grad_q) over every window that the slot is part of, and written out once, when the slot
+    // is refilled: one update of each gradient row per entry instead of one per window and role.
+    const int64_t window = 1 + n_chunks_before + n_chunks_after;
+    std::vector<T> slot_grad_q(s.n_keys * attn.dim_stride, T(0));
+    std::vector<uint8_t> slot_has_grad(s.n_keys, 0);
     for (int64_t row = begin; row < end; ++row) {
       const int64_t* idx = idx_ptr + row * total;
       check_sorted_row(idx, total, row);
@@ -256,6 +272,29 @@ void lsh_backward_kernel(const at::Tensor& grad_out, const at::Tensor& grad_lse,
         std::fill(gv + p * gv_stride, gv + p * gv_stride + d, T(0));
       }
       key_scales(qk_row, qk_rows.row_stride, L, d, scale.data());
+      // Keys are qk * scale(qk) with scale = (mean(qk^2) + eps)^(-1/2) / sqrt(d); through the
+      // normalization, d(qk) = scale * dk - scale^3 * (qk . dk) * qk, which is linear in dk, so a
+      // slot's summed key gradient goes through it once. Leaves the slot's sums at zero.
+      auto write_out_slot = [&](int64_t slot) {
+        for (int64_t j = slot * s.chunk_len; j < (slot + 1) * s.chunk_len; ++j) {
+          if (!slot_has_grad[j]) continue;
+          slot_has_grad[j] = 0;
+          const int64_t pos = attn.key_pos[j];
+          T* dq = slot_grad_q.data() + j * attn.dim_stride;
+          T* dk = attn.grad_k.data() + j * attn.dim_stride;
+          T* dv = attn.grad_v.data() + j * attn.dim_stride;
+          const scalar_t* x = qk_row + pos * qk_rows.row_stride;
+          const T sc = scale[pos];
+          const T radial = sc * sc * sc * dot<T>(x, dk, d);
+          T* dst_qk = gqk + pos * gqk_stride;
+          for (int64_t t = 0; t < d; ++t) dst_qk[t] += dq[t] + sc * dk[t] - radial * static_cast<T>(x[t]);
+          T* dst_v = gv + pos * gv_stride;
+          for (int64_t t = 0; t < d; ++t) dst_v[t] += dv[t];
+          std::fill(dq, dq + attn.dim_stride, T(0));
+          std::fill(dk, dk + attn.dim_stride, T(0));
+          std::fill(dv, dv + attn.dim_stride, T(0));
+        }
+      };
       for (int64_t p = 0; p < L; ++p) {
         T top = -std::numeric_limits<T>::infinity();
         for (int64_t r = 0; r < s.n_hashes; ++r) top = std::max(top, lse_row[r * L + p]);
@@ -265,6 +304,8 @@ void lsh_backward_kernel(const at::Tensor& grad_out, const at::Tensor& grad_lse,
         grad_dot_out[p] = dot<T>(g_row + p * g_rows.row_stride, out_row + p * out_rows.row_stride, d);
       }
       for (int64_t chunk = 0; chunk < s.n_chunks; ++chunk) {
+        // The slot that gather_chunk refills has been in its last window.
+        if (chunk > 0) write_out_slot(wrap(chunk + n_chunks_after, window));
         gather_chunk(attn, s, chunk, n_chunks_before, n_chunks_after, chunk == 0, keep.data() == nullptr, idx, qk_row,
                      qk_rows.row_stride, v_row, v_rows.row_stride, scale.data(), valid_row, rounds.data(), order);
         // Round r's output enters out with weight w = exp(lse_r - lse_all), so its upstream
@@ -281,30 +322,30 @@ void lsh_backward_kernel(const at::Tensor& grad_out, const at::Tensor& grad_lse,
         }
         set_chunk_keep(attn, keep, row, chunk, s.chunk_len, s.n_chunks, s.chunk_len, n_chunks_before,
                        1 + n_chunks_before + n_chunks_after);
-        attn.backward(s.chunk_len, s.n_keys, causal, true, values);
+        attn.backward(s.chunk_len, s.n_keys, causal, true, values, true);
+        const int64_t own = wrap(chunk, window) * s.chunk_len;
         for (int64_t i = 0; i < s.chunk_len; ++i) {
           const T* src = attn.grad_q.data() + i * attn.dim_stride;
-          T* dst = gqk + attn.query_pos[i] * gqk_stride;
+          T* dst = slot_grad_q.data() + (own + i) * attn.dim_stride;
           for (int64_t t = 0; t < d; ++t) dst[t] += src[t];
+          slot_has_grad[own + i] = 1;
         }
-        // Keys are qk * scale(qk) with scale = (mean(qk^2) + eps)^(-1/2) / sqrt(d); through the
-        // normalization, d(qk) = scale * dk - scale^3 * (qk . dk) * qk. The map is linear in dk, so
-        // each chunk's key gradient goes straight into grad_qk.
-        for (int64_t j = 0; j < s.n_keys; ++j) {
-          if (!attn.key_used(j, s.chunk_len)) continue;
-          const int64_t pos = attn.key_pos[j];
-          const T* dk = attn.grad_k.data() + j * attn.dim_stride;
-          const scalar_t* x = qk_row + pos * qk_rows.row_stride;
-          const T x_dot_dk = dot<T>(x, dk, d);
-          const T sc = scale[pos];
-          const T radial = sc * sc * sc * x_dot_dk;
-          T* dst = gqk + pos * gqk_stride;
-          for (int64_t t = 0; t < d; ++t) dst[t] += sc * dk[t] - radial * static_cast<T>(x[t]);
-          const T* dvj = attn.grad_v.data() + j * attn.dim_stride;
-          T* dvdst = gv + pos * gv_stride;
-          for (int64_t t = 0; t < d; ++t) dvdst[t] += dvj[t];
+        for (int64_t j = 0; j < s.n_keys; ++j) slot_has_grad[j] |= attn.key_used(j, s.chunk_len);
+        // Ask for the rows that the next chunk reads (its queries' upstream gradients) and updates
+        // (those of the slot written out before its gather), which sit at random positions.
+        if (chunk + 1 < s.n_chunks) {
+          for (int64_t i = 0; i < s.chunk_len; ++i) {
+            prefetch_row(g_row + (idx[(chunk + 1) * s.chunk_len + i] % L) * g_rows.row_stride, d);
+          }
+          const int64_t next_slot = wrap(chunk + 1 + n_chunks_after, window);
+          for (int64_t j = next_slot * s.chunk_len; j < (next_slot + 1) * s.chunk_len; ++j) {
+            if (!slot_has_grad[j]) continue;
+            prefetch_row<true>(gqk + attn.key_pos[j] * gqk_stride, d);
+            prefetch_row<true>(gv + attn.key_pos[j] * gv_stride, d);
+          }
         }
       }
+      for (int64_t slot = 0; slot < window; ++slot) write_out_slot(slot);
       if constexpr (!direct) {
         scalar_t* dq = gqk_rows.rows(row);
         scalar_t* dv = gv_rows.rows(row);
