@@ -320,8 +320,7 @@ void lsh_backward_kernel(const at::Tensor& grad_out, const at::Tensor& grad_lse,
           attn.lse[i] = lse_row[at];
           attn.delta[i] = weight * grad_dot_out[pos] - (glse_row == nullptr ? T(0) : glse_row[at]);
         }
-        set_chunk_keep(attn, keep, row, chunk, s.chunk_len, s.n_chunks, s.chunk_len, n_chunks_before,
-                       1 + n_chunks_before + n_chunks_after);
+        set_chunk_keep(attn, keep, row, chunk, s.chunk_len, s.n_chunks, s.chunk_len, n_chunks_before, window);
         attn.backward(s.chunk_len, s.n_keys, causal, true, values, true);
         const int64_t own = wrap(chunk, window) * s.chunk_len;
         for (int64_t i = 0; i < s.chunk_len; ++i) {
