@@ -44,17 +44,29 @@ LshShape check_lsh_inputs(const char* op, const at::Tensor& qk, const at::Tensor
   TORCH_CHECK_VALUE(total % chunk_len == 0, op, ": n_hashes * seq_len = ", total,
                     " must be a multiple of chunk_len = ", chunk_len,
                     "; pad the sequence (lsh_self_attention does) or pick another chunk_len");
+  // Positions are compared as 32-bit lanes (and sorted as the high half of 64-bit keys).
+  TORCH_CHECK_VALUE(s.seq_len <= std::numeric_limits<int32_t>::max(), op, ": seq_len = ", s.seq_len,
+                    " is more than the kernels' 2^31 - 1 positions; split the sequence");
   s.n_chunks = total / chunk_len;
   s.n_keys = (1 + n_chunks_before + n_chunks_after) * chunk_len;
   return s;
 }
 
-void check_sorted_row(const int64_t* idx, int64_t total, int64_t row) {
-  for (int64_t i = 0; i < total; ++i) {
-    TORCH_CHECK_VALUE(idx[i] >= 0 && idx[i] < total, "lsh_attention: sorted_idx[", row, "] holds ", idx[i],
-                      ", outside [0, n_hashes * seq_len = ", total, "); pass the sorted_idx of bucket_sort");
+// Each sorted entry's position and hash round (entry = round * seq_len + position), after checking
+// it: one division per entry here, where the chunk loops would need several.
+struct SortedEntries {
+  std::vector<int64_t> pos, round;
+  explicit SortedEntries(int64_t total) : pos(total), round(total) {}
+
+  void split(const int64_t* idx, int64_t total, int64_t seq_len, int64_t row) {
+    for (int64_t i = 0; i < total; ++i) {
+      TORCH_CHECK_VALUE(idx[i] >= 0 && idx[i] < total, "lsh_attention: sorted_idx[", row, "] holds ", idx[i],
+                        ", outside [0, n_hashes * seq_len = ", total, "); pass the sorted_idx of bucket_sort");
+      round[i] = idx[i] / seq_len;
+      pos[i] = idx[i] - round[i] * seq_len;
+    }
   }
-}
+};
 
 // Per position, 1 / (RMS(qk) * sqrt(d)): shared-QK keys are qk times this.
 template <typename scalar_t, typename T>
@@ -68,14 +80,18 @@ void key_scales(const scalar_t* qk, int64_t row_stride, int64_t seq_len, int64_t
 }
 
 // The entries of chunk `chunk` (offsets into it) in position order when `by_position`, else in
-// bucket order. A chunk is sorted by (bucket, position): a few ascending runs.
-void chunk_order(const LshShape& s, const int64_t* idx, int64_t chunk, bool by_position, std::vector<int64_t>& order) {
-  const int64_t* entries = idx + chunk * s.chunk_len;
-  for (int64_t i = 0; i < s.chunk_len; ++i) order[i] = i;
-  if (by_position) {
-    std::stable_sort(order.begin(), order.end(),
-                     [&](int64_t a, int64_t b) { return entries[a] % s.seq_len < entries[b] % s.seq_len; });
+// bucket order; ties (one position from two rounds) keep the bucket order. keys: chunk_len scratch.
+void chunk_order(const LshShape& s, const SortedEntries& entries, int64_t chunk, bool by_position,
+                 std::vector<int64_t>& order, std::vector<uint64_t>& keys) {
+  if (!by_position) {
+    for (int64_t i = 0; i < s.chunk_len; ++i) order[i] = i;
+    return;
   }
+  // Position in the high half, offset in the low one: distinct keys, whose order is the stable one.
+  const int64_t* pos = entries.pos.data() + chunk * s.chunk_len;
+  for (int64_t i = 0; i < s.chunk_len; ++i) keys[i] = static_cast<uint64_t>(pos[i]) << 32 | static_cast<uint64_t>(i);
+  std::sort(keys.begin(), keys.end());
+  for (int64_t i = 0; i < s.chunk_len; ++i) order[i] = static_cast<int64_t>(keys[i] & 0xffffffffu);
 }
 
 // Gathers chunk `chunk` of the sorted sequence (queries) and its window of neighbour chunks,
@@ -89,14 +105,13 @@ void chunk_order(const LshShape& s, const int64_t* idx, int64_t chunk, bool by_p
 // blocks that its early queries cannot see (ChunkAttention::plan_blocks).
 template <typename scalar_t, typename T>
 void gather_chunk(ChunkAttention<T>& attn, const LshShape& s, int64_t chunk, int64_t n_chunks_before,
-                  int64_t n_chunks_after, bool refill, bool by_position, const int64_t* idx, const scalar_t* qk,
-                  int64_t qk_stride, const scalar_t* v, int64_t v_stride, const T* scale, const uint8_t* valid,
-                  int64_t* rounds, std::vector<int64_t>& order) {
-  chunk_order(s, idx, chunk, by_position, order);
+                  int64_t n_chunks_after, bool refill, bool by_position, const SortedEntries& entries,
+                  const scalar_t* qk, int64_t qk_stride, const scalar_t* v, int64_t v_stride, const T* scale,
+                  const uint8_t* valid, int64_t* rounds, std::vector<int64_t>& order, std::vector<uint64_t>& keys) {
+  chunk_order(s, entries, chunk, by_position, order, keys);
   for (int64_t i = 0; i < s.chunk_len; ++i) {
-    const int64_t flat = idx[chunk * s.chunk_len + order[i]];
-    const int64_t pos = flat % s.seq_len;
-    rounds[i] = flat / s.seq_len;
+    const int64_t entry = chunk * s.chunk_len + order[i], pos = entries.pos[entry];
+    rounds[i] = entries.round[entry];
     attn.set_query(i, pos, qk + pos * qk_stride);
   }
   const int64_t window = 1 + n_chunks_before + n_chunks_after;
@@ -104,10 +119,10 @@ void gather_chunk(ChunkAttention<T>& attn, const LshShape& s, int64_t chunk, int
   for (int64_t offset = refill ? -n_chunks_before : n_chunks_after; offset <= n_chunks_after; ++offset) {
     const int64_t u = chunk + offset;
     const int64_t neighbour = wrap(u, s.n_chunks), slot = wrap(u, window);
-    if (neighbour != ordered) chunk_order(s, idx, neighbour, by_position, order);
+    if (neighbour != ordered) chunk_order(s, entries, neighbour, by_position, order, keys);
     ordered = neighbour;
     for (int64_t i = 0; i < s.chunk_len; ++i) {
-      const int64_t pos = idx[neighbour * s.chunk_len + order[i]] % s.seq_len;
+      const int64_t pos = entries.pos[neighbour * s.chunk_len + order[i]];
       attn.set_key(slot * s.chunk_len + i, pos, valid != nullptr && !valid[pos], qk + pos * qk_stride, scale[pos],
                    v + pos * v_stride);
     }
@@ -116,9 +131,27 @@ void gather_chunk(ChunkAttention<T>& attn, const LshShape& s, int64_t chunk, int
   // while this chunk's attention runs instead of stalling the next gather.
   const int64_t next = (chunk + 1 + n_chunks_after) % s.n_chunks;
   for (int64_t i = 0; i < s.chunk_len; ++i) {
-    const int64_t pos = idx[next * s.chunk_len + i] % s.seq_len;
+    const int64_t pos = entries.pos[next * s.chunk_len + i];
     prefetch_row(qk + pos * qk_stride, s.head_dim);
     prefetch_row(v + pos * v_stride, s.head_dim);
+  }
+}
+
+// x[i] = exp(x[i]) for the n values at x, in the precision of T: float's vector exp (whatever x's
+// own type) where the results weigh float outputs or gradients, the correctly rounded libm exp for
+// double ones.
+template <typename T, typename X>
+void exp_in_place(X* x, int64_t n) {
+  if constexpr (std::is_same_v<T, float>) {
+    constexpr int64_t W = Vec<float>::width;
+    float lanes[W];
+    for (int64_t i = 0; i < n; i += W) {
+      for (int64_t w = 0; w < W; ++w) lanes[w] = i + w < n ? static_cast<float>(x[i + w]) : 0.0f;
+      vstore(lanes, vexp(vload(lanes)));
+      for (int64_t w = 0; w < W && i + w < n; ++w) x[i + w] = static_cast<X>(lanes[w]);
+    }
+  } else {
+    for (int64_t i = 0; i < n; ++i) x[i] = std::exp(x[i]);
   }
 }
 
@@ -139,12 +172,13 @@ void lsh_forward_kernel(const at::Tensor& qk, const at::Tensor& v, const at::Ten
   at::parallel_for(0, s.batch * s.heads, 1, [&](int64_t begin, int64_t end) {
     ChunkAttention<T> attn(s.chunk_len, s.n_keys, d, false, keep.data() != nullptr);
     std::vector<T> scale(L);
-    std::vector<double> running_top(L), running_sum(L);
+    std::vector<double> running_top(L), running_sum(L), gap(s.chunk_len), other(s.chunk_len);
     std::vector<T> staged(direct ? 0 : L * d);
     std::vector<int64_t> rounds(s.chunk_len), order(s.chunk_len);
+    std::vector<uint64_t> keys(s.chunk_len);
+    SortedEntries entries(total);
     for (int64_t row = begin; row < end; ++row) {
-      const int64_t* idx = idx_ptr + row * total;
-      check_sorted_row(idx, total, row);
+      entries.split(idx_ptr + row * total, total, L, row);
       const scalar_t* qk_row = qk_rows.rows(row);
       const scalar_t* v_row = v_rows.rows(row);
       const uint8_t* valid_row = valid_ptr == nullptr ? nullptr : valid_ptr + (row / s.heads) * L;
@@ -162,17 +196,19 @@ void lsh_forward_kernel(const at::Tensor& qk, const at::Tensor& v, const at::Ten
       key_scales(qk_row, qk_rows.row_stride, L, d, scale.data());
       for (int64_t p = 0; p < L; ++p) std::fill(acc + p * acc_stride, acc + p * acc_stride + d, T(0));
       std::fill(running_top.begin(), running_top.end(), -std::numeric_limits<double>::infinity());
+      std::fill(running_sum.begin(), running_sum.end(), 0.0);
       std::fill(lse_row, lse_row + total, -std::numeric_limits<T>::infinity());
       for (int64_t chunk = 0; chunk < s.n_chunks; ++chunk) {
-        gather_chunk(attn, s, chunk, n_chunks_before, n_chunks_after, chunk == 0, keep.data() == nullptr, idx, qk_row,
-                     qk_rows.row_stride, v_row, v_rows.row_stride, scale.data(), valid_row, rounds.data(), order);
+        gather_chunk(attn, s, chunk, n_chunks_before, n_chunks_after, chunk == 0, keep.data() == nullptr, entries,
+                     qk_row, qk_rows.row_stride, v_row, v_rows.row_stride, scale.data(), valid_row, rounds.data(), order,
+                     keys);
         set_chunk_keep(attn, keep, row, chunk, s.chunk_len, s.n_chunks, s.chunk_len, n_chunks_before,
                        1 + n_chunks_before + n_chunks_after);
         attn.forward(s.chunk_len, s.n_keys, causal, true, values);
         // The rows the next chunk combines into sit at random positions too.
         if (chunk + 1 < s.n_chunks) {
           for (int64_t i = 0; i < s.chunk_len; ++i) {
-            prefetch_row<true>(acc + (idx[(chunk + 1) * s.chunk_len + i] % L) * acc_stride, d);
+            prefetch_row<true>(acc + entries.pos[(chunk + 1) * s.chunk_len + i] * acc_stride, d);
           }
         }
         // Combine rounds as they arrive: out_pos holds the softmax(lse)-weighted mean of the rounds
@@ -180,29 +216,28 @@ void lsh_forward_kernel(const at::Tensor& qk, const at::Tensor& v, const at::Ten
         // normalized by that sum rather than taken as exp(lse - log-sum-exp), and the lse are the
         // double ones: near the -1e5 self-mask value a float32 log-sum-exp is rounded to steps of
         // 2^-7, and weights computed from it would sum to 1 +- 0.4% and be off by as much (a token
-        // that only sees itself, whose rounds differ under dropout).
+        // that only sees itself, whose rounds differ under dropout). Relative to the larger of the
+        // two log-sum-exps one weight is exp(0) = 1, the other exp(-|gap|): one exp per query, for
+        // all of the chunk's queries at once (a first round has gap +inf: weight 0 for the zeros).
         for (int64_t i = 0; i < s.chunk_len; ++i) {
           const int64_t pos = attn.query_pos[i];
-          const double chunk_lse = attn.lse_wide[i];
+          gap[i] = attn.lse_wide[i] - running_top[pos];
+          other[i] = -std::abs(gap[i]);
+        }
+        exp_in_place<T>(other.data(), s.chunk_len);
+        for (int64_t i = 0; i < s.chunk_len; ++i) {
+          const int64_t pos = attn.query_pos[i];
           lse_row[rounds[i] * L + pos] = attn.lse[i];
+          const bool larger = gap[i] > 0;
+          const double previous = larger ? running_sum[pos] * other[i] : running_sum[pos];
+          const double added = larger ? 1.0 : other[i];
+          const double sum = previous + added;
+          const T stay = static_cast<T>(previous / sum), add = static_cast<T>(added / sum);
           const T* o = attn.out.data() + i * attn.dim_stride;
           T* target = acc + pos * acc_stride;
-          if (running_top[pos] == -std::numeric_limits<double>::infinity()) {
-            std::copy(o, o + d, target);
-            running_top[pos] = chunk_lse;
-            running_sum[pos] = 1;
-            continue;
-          }
-          // Relative to the larger of the two log-sum-exps one weight is exp(0) = 1: one exp is enough.
-          const bool larger = chunk_lse > running_top[pos];
-          const double top = larger ? chunk_lse : running_top[pos];
-          const double previous = larger ? running_sum[pos] * std::exp(running_top[pos] - top) : running_sum[pos];
-          const double added = larger ? 1.0 : std::exp(chunk_lse - top);
-          const double total = previous + added;
-          const T stay = static_cast<T>(previous / total), add = static_cast<T>(added / total);
           for (int64_t t = 0; t < d; ++t) target[t] = target[t] * stay + o[t] * add;
-          running_top[pos] = top;
-          running_sum[pos] = total;
+          if (larger) running_top[pos] = attn.lse_wide[i];
+          running_sum[pos] = sum;
         }
       }
       if constexpr (!direct) {
@@ -237,6 +272,8 @@ void lsh_backward_kernel(const at::Tensor& grad_out, const at::Tensor& grad_lse,
     std::vector<T> scale(L), lse_all(L), grad_dot_out(L);
     std::vector<T> staged_qk(direct ? 0 : L * d), staged_v(direct ? 0 : L * d);
     std::vector<int64_t> rounds(s.chunk_len), order(s.chunk_len);
+    std::vector<uint64_t> keys(s.chunk_len);
+    SortedEntries entries(total);
     // Key slot j's gradients are summed in attn.grad_k / attn.grad_v (and, for the slot of the
     // chunk's own queries, which are the same entries in the same order, the query gradient in
     // slot_grad_q) over every window that the slot is part of, and written out once, when the slot
@@ -245,8 +282,7 @@ void lsh_backward_kernel(const at::Tensor& grad_out, const at::Tensor& grad_lse,
     std::vector<T> slot_grad_q(s.n_keys * attn.dim_stride, T(0));
     std::vector<uint8_t> slot_has_grad(s.n_keys, 0);
     for (int64_t row = begin; row < end; ++row) {
-      const int64_t* idx = idx_ptr + row * total;
-      check_sorted_row(idx, total, row);
+      entries.split(idx_ptr + row * total, total, L, row);
       const scalar_t* qk_row = qk_rows.rows(row);
       const scalar_t* v_row = v_rows.rows(row);
       const scalar_t* g_row = g_rows.rows(row);
@@ -306,8 +342,9 @@ void lsh_backward_kernel(const at::Tensor& grad_out, const at::Tensor& grad_lse,
       for (int64_t chunk = 0; chunk < s.n_chunks; ++chunk) {
         // The slot that gather_chunk refills has been in its last window.
         if (chunk > 0) write_out_slot(wrap(chunk + n_chunks_after, window));
-        gather_chunk(attn, s, chunk, n_chunks_before, n_chunks_after, chunk == 0, keep.data() == nullptr, idx, qk_row,
-                     qk_rows.row_stride, v_row, v_rows.row_stride, scale.data(), valid_row, rounds.data(), order);
+        gather_chunk(attn, s, chunk, n_chunks_before, n_chunks_after, chunk == 0, keep.data() == nullptr, entries,
+                     qk_row, qk_rows.row_stride, v_row, v_rows.row_stride, scale.data(), valid_row, rounds.data(), order,
+                     keys);
         // Round r's output enters out with weight w = exp(lse_r - lse_all), so its upstream
         // gradient is w * g; the combination also sends w * (g . (o_r - out)) into lse_r, and
         // dO_r . o_r - dlse_r collapses to w * (g . out) - grad_lse_r: o_r is never needed.
@@ -334,7 +371,7 @@ void lsh_backward_kernel(const at::Tensor& grad_out, const at::Tensor& grad_lse,
         // (those of the slot written out before its gather), which sit at random positions.
         if (chunk + 1 < s.n_chunks) {
           for (int64_t i = 0; i < s.chunk_len; ++i) {
-            prefetch_row(g_row + (idx[(chunk + 1) * s.chunk_len + i] % L) * g_rows.row_stride, d);
+            prefetch_row(g_row + entries.pos[(chunk + 1) * s.chunk_len + i] * g_rows.row_stride, d);
           }
           const int64_t next_slot = wrap(chunk + 1 + n_chunks_after, window);
           for (int64_t j = next_slot * s.chunk_len; j < (next_slot + 1) * s.chunk_len; ++j) {
