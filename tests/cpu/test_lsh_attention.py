@@ -177,6 +177,10 @@ def test_direct_op_calls_reject_bad_inputs():
         _direct(qk, v, sorted_idx + 100)
     with pytest.raises(ValueError, match="attention_mask"):
         _direct(qk, v, sorted_idx, mask=torch.ones(1, 7, dtype=torch.bool))
+    # 2^31 positions, as stride-0 views: the length check comes before any data is read.
+    huge = torch.zeros(1, 1, 1, 4).expand(1, 1, 2**31, 4)
+    with pytest.raises(ValueError, match="2\\^31 - 1 positions"):
+        _direct(huge, huge, torch.zeros(1, 1, 1, dtype=torch.long).expand(1, 1, 2**31), n_hashes=1, chunk_len=64)
     out, lse = _direct(qk, v, sorted_idx)
     with pytest.raises(TypeError, match="lse must be"):
         torch.ops.reformer_kernels.lsh_attention_bwd(out, None, qk, v, sorted_idx, out, lse.double(), 2, 4, 1, 0, False, None)
