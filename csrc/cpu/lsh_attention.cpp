@@ -309,8 +309,9 @@ void lsh_backward_kernel(const at::Tensor& grad_out, const at::Tensor& grad_lse,
       }
       key_scales(qk_row, qk_rows.row_stride, L, d, scale.data());
       // Keys are qk * scale(qk) with scale = (mean(qk^2) + eps)^(-1/2) / sqrt(d); through the
-      // normalization, d(qk) = scale * dk - scale^3 * (qk . dk) * qk, which is linear in dk, so a
-      // slot's summed key gradient goes through it once. Leaves the slot's sums at zero.
+      // normalization, d(qk) = scale * dk - scale^3 * (qk . dk) * qk = scale * (dk - (k . dk) * k),
+      // which is linear in dk, so a slot's summed key gradient goes through it once; the slot's
+      // scaled key rows are still in attn.k, so qk is not read again. Leaves the slot's sums at zero.
       auto write_out_slot = [&](int64_t slot) {
         for (int64_t j = slot * s.chunk_len; j < (slot + 1) * s.chunk_len; ++j) {
           if (!slot_has_grad[j]) continue;
@@ -319,11 +320,11 @@ void lsh_backward_kernel(const at::Tensor& grad_out, const at::Tensor& grad_lse,
           T* dq = slot_grad_q.data() + j * attn.dim_stride;
           T* dk = attn.grad_k.data() + j * attn.dim_stride;
           T* dv = attn.grad_v.data() + j * attn.dim_stride;
-          const scalar_t* x = qk_row + pos * qk_rows.row_stride;
           const T sc = scale[pos];
-          const T radial = sc * sc * sc * dot<T>(x, dk, d);
           T* dst_qk = gqk + pos * gqk_stride;
-          for (int64_t t = 0; t < d; ++t) dst_qk[t] += dq[t] + sc * dk[t] - radial * static_cast<T>(x[t]);
+          const T* key = attn.k.data() + j * attn.dim_stride;
+          const T radial = sc * dot<T>(key, dk, d);
+          for (int64_t t = 0; t < d; ++t) dst_qk[t] += dq[t] + sc * dk[t] - radial * key[t];
           T* dst_v = gv + pos * gv_stride;
           for (int64_t t = 0; t < d; ++t) dst_v[t] += dv[t];
           std::fill(dq, dq + attn.dim_stride, T(0));
