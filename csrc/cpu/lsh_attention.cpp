@@ -205,12 +205,12 @@ void lsh_forward_kernel(const at::Tensor& qk, const at::Tensor& v, const at::Ten
         set_chunk_keep(attn, keep, row, chunk, s.chunk_len, s.n_chunks, s.chunk_len, n_chunks_before,
                        1 + n_chunks_before + n_chunks_after);
         attn.forward(s.chunk_len, s.n_keys, causal, true, values);
-        // The rows the next chunk combines into sit at random positions too.
-        if (chunk + 1 < s.n_chunks) {
-          for (int64_t i = 0; i < s.chunk_len; ++i) {
-            prefetch_row<true>(acc + entries.pos[(chunk + 1) * s.chunk_len + i] * acc_stride, d);
-          }
-        }
+        // The output rows that chunk + kCombineAhead combines into sit at random positions too: one
+        // is asked for per row combined here, so that the requests are spread over the loop (a
+        // burst of a chunk's requests stalls on the cache's miss queue) and have two chunks' time.
+        constexpr int64_t kCombineAhead = 2;
+        const int64_t* ahead =
+            chunk + kCombineAhead < s.n_chunks ? entries.pos.data() + (chunk + kCombineAhead) * s.chunk_len : nullptr;
         // Combine rounds as they arrive: out_pos holds the softmax(lse)-weighted mean of the rounds
         // seen so far, whose log-sum-exp is running_top + log(running_sum). The weights are
         // normalized by that sum rather than taken as exp(lse - log-sum-exp), and the lse are the
@@ -235,6 +235,7 @@ void lsh_forward_kernel(const at::Tensor& qk, const at::Tensor& v, const at::Ten
           const T stay = static_cast<T>(previous / sum), add = static_cast<T>(added / sum);
           const T* o = attn.out.data() + i * attn.dim_stride;
           T* target = acc + pos * acc_stride;
+          if (ahead != nullptr) prefetch_row<true>(acc + ahead[i] * acc_stride, d);
           for (int64_t t = 0; t < d; ++t) target[t] = target[t] * stay + o[t] * add;
           if (larger) running_top[pos] = attn.lse_wide[i];
           running_sum[pos] = sum;
