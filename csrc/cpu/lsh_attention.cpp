@@ -137,18 +137,17 @@ void gather_chunk(ChunkAttention<T>& attn, const LshShape& s, int64_t chunk, int
   }
 }
 
-// x[i] = exp(x[i]) for the n values at x, in the precision of T: float's vector exp (whatever x's
-// own type) where the results weigh float outputs or gradients, the correctly rounded libm exp for
-// double ones.
-template <typename T, typename X>
-void exp_in_place(X* x, int64_t n) {
+// x[i] = exp(x[i]) for the n doubles at x, in the precision of T: float's vector exp where the
+// results weigh float outputs, the correctly rounded libm exp for double ones.
+template <typename T>
+void exp_in_place(double* x, int64_t n) {
   if constexpr (std::is_same_v<T, float>) {
     constexpr int64_t W = Vec<float>::width;
     float lanes[W];
     for (int64_t i = 0; i < n; i += W) {
       for (int64_t w = 0; w < W; ++w) lanes[w] = i + w < n ? static_cast<float>(x[i + w]) : 0.0f;
       vstore(lanes, vexp(vload(lanes)));
-      for (int64_t w = 0; w < W && i + w < n; ++w) x[i + w] = static_cast<X>(lanes[w]);
+      for (int64_t w = 0; w < W && i + w < n; ++w) x[i + w] = lanes[w];
     }
   } else {
     for (int64_t i = 0; i < n; ++i) x[i] = std::exp(x[i]);
