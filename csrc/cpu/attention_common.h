@@ -142,6 +142,58 @@ inline void gemm(int64_t M, int64_t N, int64_t K, const T* a, int64_t a_rs, int6
   for (; n < N; n += W) gemm_rows<T, 1>(M, K, a, a_rs, a_cs, b + n, ldb, c + n, ldc, accumulate);
 }
 
+// The W x W block held in rows r[0..W) (W = Vec<T>::width) transposed in registers: afterwards
+// r[i] holds what was column i. Three rounds of two-input shuffles (two for double's 4 x 4).
+inline void transpose_block(vec_t<float> (&r)[8]) {
+  vec_t<float> pairs[8], quads[8];
+  for (int i = 0; i < 4; ++i) {  // interleave rows 2i and 2i + 1
+    pairs[2 * i] = __builtin_shufflevector(r[2 * i], r[2 * i + 1], 0, 8, 1, 9, 4, 12, 5, 13);
+    pairs[2 * i + 1] = __builtin_shufflevector(r[2 * i], r[2 * i + 1], 2, 10, 3, 11, 6, 14, 7, 15);
+  }
+  for (int h = 0; h < 2; ++h) {  // rows 4h .. 4h + 3: quads[4h + c] holds columns c and c + 4 of them
+    const vec_t<float>* p = pairs + 4 * h;
+    quads[4 * h] = __builtin_shufflevector(p[0], p[2], 0, 1, 8, 9, 4, 5, 12, 13);
+    quads[4 * h + 1] = __builtin_shufflevector(p[0], p[2], 2, 3, 10, 11, 6, 7, 14, 15);
+    quads[4 * h + 2] = __builtin_shufflevector(p[1], p[3], 0, 1, 8, 9, 4, 5, 12, 13);
+    quads[4 * h + 3] = __builtin_shufflevector(p[1], p[3], 2, 3, 10, 11, 6, 7, 14, 15);
+  }
+  for (int c = 0; c < 4; ++c) {
+    r[c] = __builtin_shufflevector(quads[c], quads[c + 4], 0, 1, 2, 3, 8, 9, 10, 11);
+    r[c + 4] = __builtin_shufflevector(quads[c], quads[c + 4], 4, 5, 6, 7, 12, 13, 14, 15);
+  }
+}
+
+inline void transpose_block(vec_t<double> (&r)[4]) {
+  const vec_t<double> even01 = __builtin_shufflevector(r[0], r[1], 0, 4, 2, 6);
+  const vec_t<double> odd01 = __builtin_shufflevector(r[0], r[1], 1, 5, 3, 7);
+  const vec_t<double> even23 = __builtin_shufflevector(r[2], r[3], 0, 4, 2, 6);
+  const vec_t<double> odd23 = __builtin_shufflevector(r[2], r[3], 1, 5, 3, 7);
+  r[0] = __builtin_shufflevector(even01, even23, 0, 1, 4, 5);
+  r[1] = __builtin_shufflevector(odd01, odd23, 0, 1, 4, 5);
+  r[2] = __builtin_shufflevector(even01, even23, 2, 3, 6, 7);
+  r[3] = __builtin_shufflevector(odd01, odd23, 2, 3, 6, 7);
+}
+
+// dst[t * dst_stride + j] = src[j * src_stride + t] for rows j < n and columns t < cols: whole
+// W x W blocks through registers (a vector store per column instead of one store per element),
+// the edges element by element.
+template <typename T>
+inline void transpose_into(const T* src, int64_t src_stride, int64_t n, int64_t cols, T* dst, int64_t dst_stride) {
+  constexpr int64_t W = Vec<T>::width;
+  const int64_t full_rows = n / W * W, full_cols = cols / W * W;
+  for (int64_t j = 0; j < full_rows; j += W) {
+    for (int64_t t = 0; t < full_cols; t += W) {
+      vec_t<T> block[W];
+      for (int64_t i = 0; i < W; ++i) block[i] = vload(src + (j + i) * src_stride + t);
+      transpose_block(block);
+      for (int64_t i = 0; i < W; ++i) vstore(dst + (t + i) * dst_stride + j, block[i]);
+    }
+  }
+  for (int64_t j = 0; j < n; ++j) {
+    for (int64_t t = j < full_rows ? full_cols : 0; t < cols; ++t) dst[t * dst_stride + j] = src[j * src_stride + t];
+  }
+}
+
 // exp for float vectors: 2^n * exp(r) with |r| <= ln2/2 and a degree-7 Taylor polynomial (error
 // below half an ulp before rounding); inputs under the float range give exactly 0, as std::exp.
 inline vec_t<float> vexp(vec_t<float> x) {
@@ -341,9 +393,9 @@ struct ChunkAttention {
         dim_stride(round_up(head_dim, Vec<T>::width)),
         key_stride(padded_key_stride(max_keys)),
         q(max_queries * dim_stride, 0),
-        k(backward ? key_stride * dim_stride : 0, 0),
+        k(key_stride * dim_stride, 0),
         kt(head_dim * key_stride, 0),
-        v(backward ? 0 : key_stride * dim_stride, 0),
+        v(key_stride * dim_stride, 0),
         vt(backward ? head_dim * key_stride : 0, 0),
         scores(max_queries * key_stride),
         out(backward ? 0 : max_queries * dim_stride),
@@ -360,24 +412,23 @@ struct ChunkAttention {
         key_pos(key_stride, -1),
         key_forbidden(key_stride, -1) {}
 
-  // Key j's row (already scaled) into k / kt, and its value row into v / vt; `forbidden` marks
-  // padding keys. Only the buffers of the current direction exist.
+  // Key j's row (already scaled) into k, and its value row into v; `forbidden` marks padding keys.
+  // The transposed copies that the score products read are made by transpose_keys, once a run
+  // of keys is set.
   template <typename S>
   void set_key(int64_t j, int64_t position, bool forbidden, const S* key, T key_scale, const S* value) {
     key_pos[j] = static_cast<lane_int_t<T>>(position);
     key_forbidden[j] = forbidden ? -1 : 0;
-    for (int64_t t = 0; t < head_dim; ++t) kt[t * key_stride + j] = static_cast<T>(key[t]) * key_scale;
-    if (!k.empty()) {
-      T* row = k.data() + j * dim_stride;
-      for (int64_t t = 0; t < head_dim; ++t) row[t] = static_cast<T>(key[t]) * key_scale;
-    }
-    if (!v.empty()) {
-      T* row = v.data() + j * dim_stride;
-      for (int64_t t = 0; t < head_dim; ++t) row[t] = static_cast<T>(value[t]);
-    }
-    if (!vt.empty()) {
-      for (int64_t t = 0; t < head_dim; ++t) vt[t * key_stride + j] = static_cast<T>(value[t]);
-    }
+    T* k_row = k.data() + j * dim_stride;
+    for (int64_t t = 0; t < head_dim; ++t) k_row[t] = static_cast<T>(key[t]) * key_scale;
+    T* v_row = v.data() + j * dim_stride;
+    for (int64_t t = 0; t < head_dim; ++t) v_row[t] = static_cast<T>(value[t]);
+  }
+
+  // kt (and, for the backward, vt) columns j0 .. j0 + n from the rows that set_key wrote.
+  void transpose_keys(int64_t j0, int64_t n) {
+    transpose_into(k.data() + j0 * dim_stride, dim_stride, n, head_dim, kt.data() + j0, key_stride);
+    if (!vt.empty()) transpose_into(v.data() + j0 * dim_stride, dim_stride, n, head_dim, vt.data() + j0, key_stride);
   }
 
   // Query i's keep factors from its row of the caller's dropout mask, whose columns run over the

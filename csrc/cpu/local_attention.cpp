@@ -66,6 +66,7 @@ int64_t gather_chunk(ChunkAttention<T>& attn, const LocalShape& s, int64_t row, 
         attn.set_key(j, pos, true, zeros, key_scale, zeros);
       }
     }
+    attn.transpose_keys(slot * s.chunk_len, s.chunk_len);
   }
   return n_queries;
 }

@@ -126,6 +126,7 @@ void gather_chunk(ChunkAttention<T>& attn, const LshShape& s, int64_t chunk, int
       attn.set_key(slot * s.chunk_len + i, pos, valid != nullptr && !valid[pos], qk + pos * qk_stride, scale[pos],
                    v + pos * v_stride);
     }
+    attn.transpose_keys(slot * s.chunk_len, s.chunk_len);
   }
   // The rows the next call gathers sit at random positions: ask for them now, so that they arrive
   // while this chunk's attention runs instead of stalling the next gather.

@@ -20,6 +20,7 @@ CASES = [
     (1, 1, 100, 64, 128, 1, 0, True, "padded"),
     (3, 1, 50, 16, 4, 0, 0, True, "fully_padded"),
     (1, 8, 37, 16, 4, 1, 0, False, "padded"),
+    (2, 2, 70, 20, 12, 1, 1, True, "padded"),
 ]
 
 

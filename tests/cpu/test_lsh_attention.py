@@ -22,6 +22,8 @@ CASES = [
     (3, 1, 48, 16, 8, 4, 0, 0, True, "fully_padded"),
     (1, 8, 40, 1, 2, 4, 1, 0, False, "padded"),
     (3, 1, 64, 16, 1, 64, 1, 0, True, "padded"),
+    # head_dim and chunk_len of whole vectors plus a remainder (the key transposes' edges)
+    (2, 2, 90, 20, 2, 12, 1, 1, True, "padded"),
 ]
 
 
@@ -64,10 +66,12 @@ def test_low_precision_matches_reference(dtype):
         assert_within_rule(a, e, b, atol=1e-3, what=name)
 
 
-def test_float64_matches_reference_closely():
-    qk, v, sorted_idx, attention_mask = lsh_inputs(2, 3, 32, 8, 2, "padded")
-    upstream = (torch.randn_like(qk), torch.randn(2, 3, 2, 32, dtype=torch.float64))
-    args = (sorted_idx, 2, 8, 1, 1, True, attention_mask, upstream)
+# (seq_len, head_dim, chunk_len): whole 4-lane double vectors, then vectors plus a remainder
+@pytest.mark.parametrize("seq_len, head_dim, chunk_len", [(32, 8, 8), (30, 6, 6)])
+def test_float64_matches_reference_closely(seq_len, head_dim, chunk_len):
+    qk, v, sorted_idx, attention_mask = lsh_inputs(2, 3, seq_len, head_dim, 2, "padded")
+    upstream = (torch.randn_like(qk), torch.randn(2, 3, 2, seq_len, dtype=torch.float64))
+    args = (sorted_idx, 2, chunk_len, 1, 1, True, attention_mask, upstream)
     for a, e in zip(_run(lsh_attention_cpu, qk, v, *args), _run(_reference, qk, v, *args)):
         torch.testing.assert_close(a, e, rtol=1e-10, atol=1e-10)
 
