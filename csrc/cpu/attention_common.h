@@ -381,8 +381,8 @@ struct ChunkAttention {
   std::vector<lane_int_t<T>> query_pos, key_pos, key_forbidden;
 
   // Row stride of the key-indexed buffers: the key count rounded up to whole vectors, plus one
-  // vector when that is a multiple of 256 bytes, so that the columns of kt and vt (written one key
-  // at a time, a store per row) do not all fall into the same few cache sets.
+  // vector when that is a multiple of 256 bytes, so that the columns of kt and vt (written one
+  // vector of keys at a time, a store per row) do not all fall into the same few cache sets.
   static int64_t padded_key_stride(int64_t max_keys) {
     const int64_t stride = round_up(max_keys, Vec<T>::width);
     return (stride * static_cast<int64_t>(sizeof(T))) % 256 == 0 ? stride + Vec<T>::width : stride;
