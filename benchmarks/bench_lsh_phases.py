@@ -5,7 +5,7 @@ its achieved GFLOP/s and the fraction of the machine's peak.
 
 The layer: ``reformer_kernels.nn.LSHSelfAttention(256, 4, 64, num_hashes=4, chunk_len=64,
 causal=True)`` on x of (1, L, 256), float32, L = 4K and 16K (--size small: 4K). Phases, each timed
-alone on the tensors the step itself sees: the two projections (forward), hashing, the bucket sort,
+alone on the tensors the step itself sees: the two head projections (forward), hashing, the bucket sort,
 the attention forward and backward (the C++ ops), the projections' backward (input and weight
 gradients), and the whole module step for comparison (its time minus the phases' sum is the
 autograd and Python overhead). Times are the minimum of --repeats calls after one warm-up.
@@ -28,7 +28,6 @@ import torch
 
 from reformer_kernels import functional
 from reformer_kernels.nn import LSHSelfAttention
-from reformer_kernels.nn.attention import split_heads
 
 from . import flops, report
 
@@ -68,26 +67,20 @@ def phases(seq_len: int) -> list[tuple[str, object, float]]:
     x = torch.randn(1, seq_len, HIDDEN, requires_grad=True)
     n_buckets = functional.default_num_buckets(seq_len, CHUNK_LEN, layer.max_position_embeddings)
     rotations = layer.draw_rotations(N_HASHES, n_buckets, x)
-    with torch.no_grad():
-        qk = split_heads(layer.query_key(x), HEADS)
-        v = split_heads(layer.value(x), HEADS)
+    weights = [layer.query_key.weight.detach(), layer.value.weight.detach()]
+    inputs = x.detach()
+    qk, v = functional.head_projections(inputs, weights, HEADS)
     buckets, num_keys = functional.lsh_hash(qk, rotations, n_buckets, backend="cpu")
     sorted_idx, _ = functional.bucket_sort(buckets, num_keys, backend="cpu")
     ops = torch.ops.reformer_kernels
     window = (CHUNK_LEN, 1, 0, True, None, None, 0.0)
     out, lse = ops.lsh_attention_fwd(qk, v, sorted_idx, N_HASHES, *window)
     grad_out = torch.randn_like(out)
-    grad_proj = torch.randn(seq_len, HIDDEN)
-    inputs = x.detach().view(seq_len, HIDDEN)
-
-    def projections_forward():
-        with torch.no_grad():
-            layer.query_key(x), layer.value(x)
+    grad_heads = [torch.randn_like(qk), torch.randn_like(v)]
 
     def projections_backward():
-        for weight in (layer.query_key.weight, layer.value.weight):
-            grad_proj @ weight.detach()
-            grad_proj.t() @ inputs
+        ops.head_projections_grad_input(grad_heads, weights)
+        ops.head_projections_grad_weights(grad_heads, inputs)
 
     def step():
         x.grad = None
@@ -99,7 +92,7 @@ def phases(seq_len: int) -> list[tuple[str, object, float]]:
     hashing = flops.hashing(1, HEADS, seq_len, HEAD_DIM, N_HASHES, n_buckets)
     _, step_flops = flops.lsh_layer(1, HEADS, seq_len, HEAD_DIM, HIDDEN, N_HASHES, n_buckets, CHUNK_LEN, 1, 0)
     return [
-        ("projections fwd", projections_forward, 2 * linear),
+        ("projections fwd", lambda: ops.head_projections(inputs, weights, HEADS), 2 * linear),
         ("hash", lambda: functional.lsh_hash(qk, rotations, n_buckets, backend="cpu"), hashing),
         ("sort", lambda: functional.bucket_sort(buckets, num_keys, backend="cpu"), 0.0),
         ("attention fwd", lambda: ops.lsh_attention_fwd(qk, v, sorted_idx, N_HASHES, *window), attention),

@@ -72,6 +72,13 @@ TORCH_LIBRARY(reformer_kernels, m) {
       "lsh_attention_bwd(Tensor grad_out, Tensor? grad_lse, Tensor qk, Tensor v, Tensor sorted_idx, Tensor out, "
       "Tensor lse, int n_hashes, int chunk_len, int n_chunks_before, int n_chunks_after, bool causal, "
       "Tensor? attention_mask, Tensor? dropout_mask=None, float dropout_p=0.) -> (Tensor grad_qk, Tensor grad_v)");
+  // The attention layers' input projections straight into heads: x (B, L, D) and weights, each
+  // (H * d, D) with H = heads, float32 or float64; returns x W^T per weight as (B, H, L, d),
+  // contiguous (one head's rows dense, which the attention kernels' random row reads want). The
+  // backward is two ops: the gradient of x, summed over every projection, and of each weight.
+  m.def("head_projections(Tensor x, Tensor[] weights, int heads) -> Tensor[]");
+  m.def("head_projections_grad_input(Tensor[] grads, Tensor[] weights) -> Tensor");
+  m.def("head_projections_grad_weights(Tensor[] grads, Tensor x) -> Tensor[]");
   // Local (chunked) attention on q, k, v (B, H, L, d), any L. Returns out and lse (B, H, L), float32
   // (float64 for float64 inputs), which the backward needs. dropout_mask as for LSH, over the
   // chunks that local_chunking gives (the padded length, or one chunk of L when L <= chunk_len).

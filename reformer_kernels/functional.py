@@ -57,6 +57,7 @@ backends.register("bucket_sort", "reference", reference.sort_buckets)
 backends.register("lsh_hash", "reference", reference.hash_vectors)
 backends.register("lsh_attention", "reference", _lsh_attention_reference)
 backends.register("local_attention", "reference", _local_attention_reference)
+backends.register("head_projections", "reference", reference.head_projections)
 
 
 # ----------------------------------------------------------------------------- validation
@@ -269,6 +270,52 @@ def default_num_buckets(seq_len: int, chunk_len: int, max_position_embeddings: i
     _check_int(fn, "seq_len", seq_len, chunk_len)
     _check_int(fn, "max_position_embeddings", max_position_embeddings, 1)
     return reference.default_num_buckets(seq_len, chunk_len, max_position_embeddings)
+
+
+def head_projections(
+    x: torch.Tensor, weights: list[torch.Tensor] | tuple[torch.Tensor, ...], heads: int, *, backend: str | None = None
+) -> list[torch.Tensor]:
+    """An attention layer's input projections (bias-free linear maps) split into heads.
+
+    Args:
+        x: (B, L, D) float.
+        weights: one or more (H * d, D) weights of x's dtype and device (``nn.Linear.weight``:
+            the product is ``x @ weight.T``).
+        heads: H, which must divide the weights' H * d rows.
+        backend: see ``reformer_kernels.backends``.
+
+    Returns:
+        One (B, H, L, d) tensor per weight. The CPU kernels (float32, float64) write each head's
+        rows densely, which the attention kernels read faster than a head-split view; other
+        backends and dtypes return head-split views of torch's matmul.
+    """
+    fn = "head_projections"
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{fn}: x must be a torch.Tensor, got {type(x).__name__}")
+    if x.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{fn}: x must be float16, bfloat16, float32 or float64, got {x.dtype}; convert it with .float()")
+    if x.dim() != 3:
+        raise ValueError(f"{fn}: x must be (batch, seq_len, hidden), got shape {tuple(x.shape)}")
+    if not isinstance(weights, (list, tuple)) or not weights:
+        raise TypeError(f"{fn}: weights must be a non-empty list of (heads * head_dim, hidden) tensors, got {weights!r:.80}")
+    _check_int(fn, "heads", heads, 1)
+    for i, weight in enumerate(weights):
+        name = f"weights[{i}]"
+        if not isinstance(weight, torch.Tensor):
+            raise TypeError(f"{fn}: {name} must be a torch.Tensor, got {type(weight).__name__}")
+        if weight.dim() != 2 or weight.shape[1] != x.shape[2] or weight.shape != weights[0].shape:
+            raise ValueError(
+                f"{fn}: {name} must be (heads * head_dim, {x.shape[2]}) like weights[0] {tuple(weights[0].shape)}, "
+                f"got {tuple(weight.shape)}"
+            )
+        if weight.dtype != x.dtype:
+            raise TypeError(f"{fn}: {name} is {weight.dtype} but x is {x.dtype}; cast one with .to(x.dtype)")
+        if weight.device != x.device:
+            raise ValueError(f"{fn}: {name} is on {weight.device} but x is on {x.device}; move them to one device")
+    if weights[0].shape[0] % heads:
+        raise ValueError(f"{fn}: the weights' {weights[0].shape[0]} rows do not split into heads = {heads}; pass a divisor")
+    _, impl = backends.select("head_projections", x.device, backend)
+    return impl(x, list(weights), heads)
 
 
 def lsh_hash(

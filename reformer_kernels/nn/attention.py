@@ -131,6 +131,9 @@ class LSHSelfAttention(nn.Module):
     ``torch.manual_seed(hash_seed); torch.randn(...)`` would give, without touching the global
     RNG), else from the global RNG, drawn like transformers draws them so the same seed gives the
     same buckets. ``num_buckets=None`` picks the count from each call's length (nothing is stored).
+    The projections are computed from ``query_key.weight`` and ``value.weight`` by
+    ``functional.head_projections`` (on the CPU straight into dense heads), so hooks on those two
+    submodules do not run.
     """
 
     def __init__(
@@ -185,8 +188,7 @@ class LSHSelfAttention(nn.Module):
         bucket order, or (B, H, L, L) for one chunk."""
         _check_hidden_states(self, hidden_states, self.hidden_size)
         n_hashes = self.num_hashes if num_hashes is None else num_hashes
-        qk = split_heads(self.query_key(hidden_states), self.num_attention_heads)
-        v = split_heads(self.value(hidden_states), self.num_attention_heads)
+        qk, v = functional.head_projections(hidden_states, [self.query_key.weight, self.value.weight], self.num_attention_heads)
         seq_len = qk.shape[2]
         masks = dict(causal=self.causal, attention_mask=attention_mask, dropout_p=self.dropout if self.training else 0.0)
         if seq_len <= self.chunk_len:

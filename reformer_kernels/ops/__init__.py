@@ -8,9 +8,9 @@ library, which a process that only runs CPU tensors would otherwise pay for on i
 import importlib
 import importlib.util
 
-from . import cross_entropy, hashing, local_attention, lsh_attention, sorting
+from . import cross_entropy, hashing, local_attention, lsh_attention, projections, sorting
 
-__all__ = ["cross_entropy", "hashing", "local_attention", "lsh_attention", "sorting", "load_triton"]
+__all__ = ["cross_entropy", "hashing", "local_attention", "lsh_attention", "projections", "sorting", "load_triton"]
 
 TRITON_MODULES = ("triton_cross_entropy", "triton_hashing", "triton_local_attention", "triton_lsh_attention", "triton_reversible")
 

@@ -7,6 +7,7 @@ from .chunked import dropout_mask_shape, pad_sequence
 from .hashing import bucket_factors, default_num_buckets, hash_vectors
 from .local_attention import local_attention, local_chunking
 from .lsh_attention import lsh_attention
+from .projections import head_projections
 from .reversible import dropout_add, reversible_forward, reversible_inverse
 from .sorting import sort_buckets
 
@@ -17,6 +18,7 @@ __all__ = [
     "dropout_add",
     "dropout_mask_shape",
     "hash_vectors",
+    "head_projections",
     "local_attention",
     "local_chunking",
     "lsh_attention",
