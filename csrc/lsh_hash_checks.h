@@ -26,9 +26,13 @@ inline int64_t check_lsh_hash_inputs(const at::Tensor& vectors, const at::Tensor
                     rotations.sizes(), " must start with (heads, head_dim) = (", vectors.size(1), ", ",
                     vectors.size(3), ")");
   TORCH_CHECK_VALUE(!n_buckets.empty(), op, ": n_buckets must name at least one bucket factor");
-  int64_t half_width = 0;
+  int64_t half_width = 0, product = 1;
   for (int64_t f : n_buckets) {
     TORCH_CHECK_VALUE(f >= 2 && f % 2 == 0, op, ": every bucket factor must be even and >= 2, got ", n_buckets);
+    // Bucket ids are computed in 32-bit lanes.
+    TORCH_CHECK_VALUE(product <= (int64_t{1} << 30) / f, op, ": n_buckets ", n_buckets,
+                      " make more than 2^30 buckets; use fewer or smaller factors");
+    product *= f;
     half_width += f / 2;
   }
   TORCH_CHECK_VALUE(rotations.size(3) == half_width, op, ": rotations.size(3) = ", rotations.size(3),

@@ -11,46 +11,35 @@ namespace {
 
 constexpr int64_t kBlock = 64;  // positions per task: one block's rotated rows stay in L1/L2
 
-// Index of the largest entry of [x, -x] (x has `half` entries); the first one on ties, as argmax:
-// the x half wins a tie between the halves, so the answer is the first index of max(x) when
-// max(x) >= -min(x), else half + the first index of min(x). The extremes are found a vector at a
-// time; with NaNs in x the answer is some index in range (the rotated vector has no direction).
+// Per lane (a position), the index of the largest entry of [x, -x], where x's `half` entries sit
+// `stride` apart; the first one on ties, as argmax: the x half wins a tie between the halves, so
+// the answer is the first index of max(x) when max(x) >= -min(x), else half + the first index of
+// min(x). Branch-free: Vec<T>::width positions at a time. With NaNs in x the answer is some index
+// in range (the rotated vector has no direction).
 template <typename T>
-int64_t signed_argmax(const T* x, int64_t half) {
-  constexpr int64_t W = Vec<T>::width;
-  T top = x[0], bottom = x[0];
-  int64_t j = 0;
-  if (half >= W) {
-    vec_t<T> hi = vload(x), lo = hi;
-    for (j = W; j + W <= half; j += W) {
-      const vec_t<T> v = vload(x + j);
-      hi = v > hi ? v : hi;
-      lo = v < lo ? v : lo;
-    }
-    for (int64_t w = 0; w < W; ++w) {
-      top = std::max(top, hi[w]);
-      bottom = std::min(bottom, lo[w]);
-    }
+ivec_t<T> signed_argmax(const T* x, int64_t half, int64_t stride) {
+  vec_t<T> top = vload(x), bottom = top;
+  ivec_t<T> top_at = {}, bottom_at = {};
+  for (int64_t j = 1; j < half; ++j) {
+    const vec_t<T> v = vload(x + j * stride);
+    const ivec_t<T> at = ivec_t<T>{} + static_cast<lane_int_t<T>>(j);
+    const ivec_t<T> higher = v > top, lower = v < bottom;
+    top = higher ? v : top;
+    top_at = higher ? at : top_at;
+    bottom = lower ? v : bottom;
+    bottom_at = lower ? at : bottom_at;
   }
-  for (; j < half; ++j) {
-    top = std::max(top, x[j]);
-    bottom = std::min(bottom, x[j]);
-  }
-  const bool positive = top >= -bottom;
-  const T target = positive ? top : bottom;
-  for (int64_t i = 0; i < half; ++i) {
-    if (x[i] == target) return positive ? i : half + i;
-  }
-  return 0;
+  return top >= -bottom ? top_at : bottom_at + static_cast<lane_int_t<T>>(half);
 }
 
 template <typename scalar_t>
 void hash_kernel(const at::Tensor& vectors, const at::Tensor& rotations, const std::vector<int64_t>& factors,
                  const at::Tensor& valid, at::Tensor& buckets) {
   using T = acc_type<scalar_t>;
+  constexpr int64_t W = Vec<T>::width;
   const int64_t batch = vectors.size(0), heads = vectors.size(1), L = vectors.size(2), d = vectors.size(3);
   const int64_t n_hashes = rotations.size(2), half_width = rotations.size(3);
-  const int64_t cols = n_hashes * half_width, col_stride = round_up(cols, Vec<T>::width);
+  const int64_t cols = n_hashes * half_width;
   int64_t n_buckets = 1;
   for (int64_t f : factors) n_buckets *= f;
   // With padding present, padded positions get bucket n_buckets and every round one more bucket.
@@ -61,8 +50,10 @@ void hash_kernel(const at::Tensor& vectors, const at::Tensor& rotations, const s
   const uint8_t* valid_ptr = valid.defined() ? valid.data_ptr<uint8_t>() : nullptr;
   int64_t* out_ptr = buckets.data_ptr<int64_t>();
 
+  // The block is rotated transposed, rotated^T = R^T x^T (cols x positions), so that each rotated
+  // coordinate is a row over the block's positions and the argmax runs a vector of positions at once.
   at::parallel_for(0, batch * heads * n_blocks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> rot(d * col_stride, 0), x(kBlock * d), rotated(kBlock * col_stride);
+    std::vector<T> rot_t(cols * d), xt(d * kBlock, 0), rotated(cols * kBlock);
     int64_t loaded_head = -1;
     for (int64_t task = begin; task < end; ++task) {
       const int64_t row = task / n_blocks, block = task % n_blocks;
@@ -70,32 +61,35 @@ void hash_kernel(const at::Tensor& vectors, const at::Tensor& rotations, const s
       if (h != loaded_head) {
         const scalar_t* src = rot_ptr + h * d * cols;
         for (int64_t t = 0; t < d; ++t)
-          for (int64_t c = 0; c < cols; ++c) rot[t * col_stride + c] = static_cast<T>(src[t * cols + c]);
+          for (int64_t c = 0; c < cols; ++c) rot_t[c * d + t] = static_cast<T>(src[t * cols + c]);
         loaded_head = h;
       }
       const int64_t first = block * kBlock, rows = std::min(kBlock, L - first);
       const scalar_t* src = x_rows.rows(row) + first * x_rows.row_stride;
-      for (int64_t i = 0; i < rows; ++i) {
-        for (int64_t t = 0; t < d; ++t) x[i * d + t] = static_cast<T>(src[i * x_rows.row_stride + t]);
+      if constexpr (std::is_same_v<scalar_t, T>) {
+        transpose_into(src, x_rows.row_stride, rows, d, xt.data(), kBlock);
+      } else {
+        for (int64_t i = 0; i < rows; ++i) {
+          for (int64_t t = 0; t < d; ++t) xt[t * kBlock + i] = static_cast<T>(src[i * x_rows.row_stride + t]);
+        }
       }
-      gemm<T>(rows, col_stride, d, x.data(), d, 1, rot.data(), col_stride, rotated.data(), col_stride, false);
+      gemm<T>(cols, kBlock, d, rot_t.data(), d, 1, xt.data(), kBlock, rotated.data(), kBlock, false);
       int64_t* out_row = out_ptr + row * n_hashes * L;
-      for (int64_t i = 0; i < rows; ++i) {
-        const int64_t pos = first + i;
-        const bool padded = valid_ptr != nullptr && !valid_ptr[b * L + pos];
+      for (int64_t i0 = 0; i0 < rows; i0 += W) {
         for (int64_t r = 0; r < n_hashes; ++r) {
-          int64_t bucket = n_buckets;
-          if (!padded) {
-            const T* part = rotated.data() + i * col_stride + r * half_width;
-            bucket = 0;
-            int64_t product = 1;
-            for (int64_t f : factors) {
-              bucket += product * signed_argmax(part, f / 2);
-              part += f / 2;
-              product *= f;
-            }
+          ivec_t<T> bucket = {};
+          lane_int_t<T> product = 1;
+          const T* part = rotated.data() + r * half_width * kBlock + i0;
+          for (int64_t f : factors) {
+            bucket += product * signed_argmax(part, f / 2, kBlock);
+            part += f / 2 * kBlock;
+            product *= static_cast<lane_int_t<T>>(f);
           }
-          out_row[r * L + pos] = r * round_size + bucket;
+          for (int64_t w = 0; w < W && i0 + w < rows; ++w) {
+            const int64_t pos = first + i0 + w;
+            const bool padded = valid_ptr != nullptr && !valid_ptr[b * L + pos];
+            out_row[r * L + pos] = r * round_size + (padded ? n_buckets : static_cast<int64_t>(bucket[w]));
+          }
         }
       }
     }

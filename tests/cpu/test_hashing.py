@@ -98,3 +98,10 @@ def test_head_split_views_are_read_in_place():
     view = vectors.transpose(1, 2).contiguous().transpose(1, 2)
     assert not view.is_contiguous()
     assert torch.equal(_lsh_hash_compiled(view, rotations, 8)[0], _lsh_hash_compiled(vectors, rotations, 8)[0])
+
+
+def test_more_buckets_than_32_bit_ids_hold_is_an_error():
+    vectors = torch.randn(1, 1, 4, 4)
+    rotations = torch.randn(1, 4, 1, 31)
+    with pytest.raises(ValueError, match=r"make more than 2\^30 buckets"):
+        torch.ops.reformer_kernels.lsh_hash(vectors, rotations, [2] * 31, None)
