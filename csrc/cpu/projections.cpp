@@ -64,6 +64,23 @@ struct Shape {
   int64_t batch, seq_len, hidden, heads, head_dim;
 };
 
+// The forward and the input gradient: tasks of kRowBlock positions of one batch row, each walked
+// in panels of kPanel rows; panel(b, l, rows, target) computes rows l .. l + rows of batch row b
+// through the task's PanelTarget of `cols` columns (padded to whole strips).
+template <typename T, typename F>
+void for_row_panels(const Shape& s, int64_t cols, F panel) {
+  constexpr int64_t S = strip_width<T>();
+  const int64_t n_blocks = (s.seq_len + kRowBlock - 1) / kRowBlock;
+  at::parallel_for(0, s.batch * n_blocks, 1, [&](int64_t begin, int64_t end) {
+    PanelTarget<T> target(cols, (cols + S - 1) / S * S);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t b = task / n_blocks, first = task % n_blocks * kRowBlock;
+      const int64_t last = std::min(s.seq_len, first + kRowBlock);
+      for (int64_t l = first; l < last; l += kPanel) panel(b, l, std::min(kPanel, last - l), target);
+    }
+  });
+}
+
 // y_p[b, h, l, :] = x[b, l, :] W_p[h * d : (h + 1) * d, :]^T.
 template <typename T>
 void project_kernel(const at::Tensor& x, const std::vector<at::Tensor>& weights, const Shape& s,
@@ -78,26 +95,16 @@ void project_kernel(const at::Tensor& x, const std::vector<at::Tensor>& weights,
   const T* x_ptr = x.data_ptr<T>();
   std::vector<T*> out_ptrs;
   for (at::Tensor& y : outputs) out_ptrs.push_back(y.data_ptr<T>());
-  const int64_t n_blocks = (s.seq_len + kRowBlock - 1) / kRowBlock;
-  at::parallel_for(0, s.batch * n_blocks, 1, [&](int64_t begin, int64_t end) {
-    PanelTarget<T> target(d, n_strips * S);
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t b = task / n_blocks, first = task % n_blocks * kRowBlock;
-      const int64_t last = std::min(s.seq_len, first + kRowBlock);
-      for (int64_t l = first; l < last; l += kPanel) {
-        const int64_t rows = std::min(kPanel, last - l);
-        const T* a = x_ptr + (b * s.seq_len + l) * D;
-        for (size_t ph = 0; ph < packed.size(); ++ph) {
-          const int64_t p = static_cast<int64_t>(ph) / s.heads, h = static_cast<int64_t>(ph) % s.heads;
-          T* out = out_ptrs[p] + ((b * s.heads + h) * s.seq_len + l) * d;
-          T* c = target.rows(out);
-          for (int64_t strip = 0; strip < n_strips; ++strip) {
-            gemm_rows<T, 2>(rows, D, a, D, 1, packed[ph].data() + strip * D * S, S, c + strip * S, target.stride(d),
-                            false);
-          }
-          target.finish(rows, out, d);
-        }
+  for_row_panels<T>(s, d, [&](int64_t b, int64_t l, int64_t rows, PanelTarget<T>& target) {
+    const T* a = x_ptr + (b * s.seq_len + l) * D;
+    for (size_t ph = 0; ph < packed.size(); ++ph) {
+      const int64_t p = static_cast<int64_t>(ph) / s.heads, h = static_cast<int64_t>(ph) % s.heads;
+      T* out = out_ptrs[p] + ((b * s.heads + h) * s.seq_len + l) * d;
+      T* c = target.rows(out);
+      for (int64_t strip = 0; strip < n_strips; ++strip) {
+        gemm_rows<T, 2>(rows, D, a, D, 1, packed[ph].data() + strip * D * S, S, c + strip * S, target.stride(d), false);
       }
+      target.finish(rows, out, d);
     }
   });
 }
@@ -128,26 +135,17 @@ void grad_input_kernel(const std::vector<at::Tensor>& grads, const at::Tensor& s
   const std::vector<T> packed = pack_strips(stacked_weights.data_ptr<T>(), K, D, D, 1);
   const std::vector<HeadRows<T>> g = head_rows<T>(grads);
   T* out_ptr = grad_x.data_ptr<T>();
-  const int64_t n_blocks = (s.seq_len + kRowBlock - 1) / kRowBlock;
-  at::parallel_for(0, s.batch * n_blocks, 1, [&](int64_t begin, int64_t end) {
-    PanelTarget<T> target(D, n_strips * S);
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t b = task / n_blocks, first = task % n_blocks * kRowBlock;
-      const int64_t last = std::min(s.seq_len, first + kRowBlock);
-      for (int64_t l = first; l < last; l += kPanel) {
-        const int64_t rows = std::min(kPanel, last - l);
-        T* out = out_ptr + (b * s.seq_len + l) * D;
-        T* c = target.rows(out);
-        for (int64_t strip = 0; strip < n_strips; ++strip) {
-          for (int64_t seg = 0; seg < n_segments; ++seg) {
-            const HeadRows<T>& rows_p = g[seg / s.heads];
-            gemm_rows<T, 2>(rows, d, rows_p.row(b, seg % s.heads, l), rows_p.row_stride, 1,
-                            packed.data() + (strip * K + seg * d) * S, S, c + strip * S, target.stride(D), seg > 0);
-          }
-        }
-        target.finish(rows, out, D);
+  for_row_panels<T>(s, D, [&](int64_t b, int64_t l, int64_t rows, PanelTarget<T>& target) {
+    T* out = out_ptr + (b * s.seq_len + l) * D;
+    T* c = target.rows(out);
+    for (int64_t strip = 0; strip < n_strips; ++strip) {
+      for (int64_t seg = 0; seg < n_segments; ++seg) {
+        const HeadRows<T>& rows_p = g[seg / s.heads];
+        gemm_rows<T, 2>(rows, d, rows_p.row(b, seg % s.heads, l), rows_p.row_stride, 1,
+                        packed.data() + (strip * K + seg * d) * S, S, c + strip * S, target.stride(D), seg > 0);
       }
     }
+    target.finish(rows, out, D);
   });
 }
 
