@@ -16,11 +16,7 @@ from ..reference.chunked import chunk_scores, mask_scores
 from ..reference.hashing import bucket_factors
 from ..reference.local_attention import local_chunking
 from ..reference.lsh_attention import gather_rows, shared_qk_keys
-
-
-def split_heads(x: torch.Tensor, n_heads: int) -> torch.Tensor:
-    """(B, L, H * d) -> (B, H, L, d)."""
-    return x.unflatten(-1, (n_heads, -1)).transpose(1, 2)
+from ..reference.projections import split_heads
 
 
 def merge_heads(x: torch.Tensor) -> torch.Tensor:
