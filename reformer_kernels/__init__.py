@@ -4,7 +4,7 @@ The public surface: ``reformer_kernels.functional`` (ops), ``reformer_kernels.nn
 ``reformer_kernels.models`` (HF-compatible Reformer models), the tokenizers, backend selection
 (``use_backend``) and ``info()``.
 """
-from . import _extension, backends, functional, models, nn
+from . import _extension, backends, functional, models, nn, ops
 from ._info import info
 from .backends import current_backend, use_backend
 from .models import (
@@ -17,9 +17,9 @@ from .models import (
 )
 from .tokenization import ByteTokenizer, ReformerTokenizer
 
-# Register every kernel and look the installation up now rather than at the first op call, which
-# may be inside torch.compile, where an import or a call into _C breaks the graph.
-backends._load_ops()
+# Every op registered its kernels when ``ops`` was imported above; look the installation up now
+# rather than at the first op call, which may be inside torch.compile, where an import or a call
+# into _C breaks the graph.
 backends._installation()
 
 __version__ = "0.1.0"

@@ -6,8 +6,10 @@ The choice comes, in order of precedence, from the op's ``backend=`` argument, t
 falls back to the reference implementation only where no compiled kernel exists, with one warning
 per op and device. Asking for a backend explicitly never falls back: it runs or raises.
 
-Ops register their implementations here (``register``); every implementation of an op takes the
-same arguments as the public function in ``reformer_kernels.functional``, minus ``backend``.
+Ops register their implementations here (``register``), each from its own module under
+``reformer_kernels.ops``; every implementation of an op takes the same arguments. This module is a
+leaf: it imports nothing of the package but the extension loader, and the ops register into it
+when ``reformer_kernels`` is imported (the Triton kernels through ``set_triton_loader``, lazily).
 """
 from __future__ import annotations
 
@@ -112,8 +114,7 @@ def status() -> dict[str, tuple[bool, str]]:
 
 def implemented_ops() -> dict[str, list[str]]:
     """For each backend, the ops it implements."""
-    _load_ops()
-    _load_triton_ops()
+    _load_triton()
     table: dict[str, list[str]] = {name: [] for name in BACKENDS if name != "auto"}
     for op, impls in sorted(_registry.items()):
         for backend in impls:
@@ -121,24 +122,22 @@ def implemented_ops() -> dict[str, list[str]]:
     return table
 
 
-_ops_loaded = False
+_triton_loader: Callable[[], None] | None = None
 _triton_loaded = False
 
 
-def _load_ops() -> None:
-    # The op modules register their implementations when imported (once: see _installation).
-    global _ops_loaded
-    if not _ops_loaded:
-        importlib.import_module("reformer_kernels.functional")
-        importlib.import_module("reformer_kernels.ops")
-        _ops_loaded = True
+def set_triton_loader(load: Callable[[], None]) -> None:
+    """``load`` imports (and so registers) the Triton kernels; it runs the first time one could run.
+    Deferred because importing triton maps its compiler library, which a process that only runs CPU
+    tensors never needs."""
+    global _triton_loader
+    _triton_loader = load
 
 
-def _load_triton_ops() -> None:
-    # Separate from _load_ops: a process that only runs CPU tensors never maps triton's library.
+def _load_triton() -> None:
     global _triton_loaded
-    if not _triton_loaded:
-        importlib.import_module("reformer_kernels.ops").load_triton()
+    if not _triton_loaded and _triton_loader is not None:
+        _triton_loader()
         _triton_loaded = True
 
 
@@ -154,10 +153,9 @@ def _runs_on(backend: str, device: torch.device) -> bool:
 
 def select(op: str, device: torch.device, backend: str | None = None) -> tuple[str, Callable]:
     """The (backend name, implementation) that runs ``op`` on tensors on ``device``."""
-    _load_ops()
     name = current_backend() if backend is None else _check_name(backend, "backend")
     if device.type == "cuda" or name == "triton":
-        _load_triton_ops()
+        _load_triton()
     impls = _registry.get(op)
     if not impls:
         raise ValueError(f"unknown op {op!r}: known ops are {', '.join(sorted(_registry))}")

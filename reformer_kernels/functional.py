@@ -13,51 +13,9 @@ import math
 import torch
 
 from . import backends, reference
+from . import ops  # noqa: F401  (importing it registers every op's implementations into backends)
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-
-
-def _lsh_attention_reference(
-    qk, v, sorted_idx, n_hashes, chunk_len, n_chunks_before, n_chunks_after, causal, attention_mask=None, dropout_mask=None,
-    dropout_p=0.0,
-):
-    return reference.lsh_attention(
-        qk,
-        v,
-        sorted_idx,
-        n_hashes=n_hashes,
-        chunk_len=chunk_len,
-        n_chunks_before=n_chunks_before,
-        n_chunks_after=n_chunks_after,
-        causal=causal,
-        attention_mask=attention_mask,
-        dropout_mask=dropout_mask,
-        dropout_p=dropout_p,
-    )
-
-
-def _local_attention_reference(
-    q, k, v, chunk_len, n_chunks_before, n_chunks_after, causal, attention_mask=None, dropout_mask=None, dropout_p=0.0
-):
-    return reference.local_attention(
-        q,
-        k,
-        v,
-        chunk_len=chunk_len,
-        n_chunks_before=n_chunks_before,
-        n_chunks_after=n_chunks_after,
-        causal=causal,
-        attention_mask=attention_mask,
-        dropout_mask=dropout_mask,
-        dropout_p=dropout_p,
-    )
-
-
-backends.register("bucket_sort", "reference", reference.sort_buckets)
-backends.register("lsh_hash", "reference", reference.hash_vectors)
-backends.register("lsh_attention", "reference", _lsh_attention_reference)
-backends.register("local_attention", "reference", _local_attention_reference)
-backends.register("head_projections", "reference", reference.head_projections)
 
 
 # ----------------------------------------------------------------------------- validation
@@ -217,15 +175,6 @@ def _check_sorted_idx(fn: str, sorted_idx: object, qk: torch.Tensor, n_hashes: i
 # ----------------------------------------------------------------------------- dispatch
 
 
-def _dropout_mask(
-    shape: tuple[int, ...], dropout_p: float, like: torch.Tensor, generator: torch.Generator | None = None
-) -> torch.Tensor:
-    """Keep-mask scaled by 1 / (1 - p) (p = 1: all zeros), drawn from ``generator`` or the default
-    torch generator as torch's dropout draws it."""
-    keep = torch.empty(shape, dtype=like.dtype, device=like.device).bernoulli_(1.0 - dropout_p, generator=generator)
-    return keep if dropout_p == 1.0 else keep / (1.0 - dropout_p)
-
-
 def _attention_dropout(shape: tuple[int, ...], dropout_p: float, device: torch.device) -> dict:
     """The attention-dropout arguments of every backend's attention impl: ``dropout_mask``, bool in
     the reference's chunked score layout, True where a probability is kept, drawn from the default
@@ -235,17 +184,6 @@ def _attention_dropout(shape: tuple[int, ...], dropout_p: float, device: torch.d
         return {}
     keep = torch.empty(shape, dtype=torch.bool, device=device).bernoulli_(1.0 - dropout_p)
     return dict(dropout_mask=keep, dropout_p=dropout_p)
-
-
-def _dropout_add_composed(residual, x, p, training=True, subtract=False, generator=None):
-    """The "cpu" and "reference" dropout_add: the PyTorch composition, whose autograd stores the mask."""
-    mask = _dropout_mask(x.shape, p, x, generator) if training and p > 0.0 else None
-    return reference.dropout_add(residual, x, mask, subtract=subtract)
-
-
-# CPU tensors run the composition too: dropout_add has no C++ kernel.
-backends.register("dropout_add", "reference", _dropout_add_composed)
-backends.register("dropout_add", "cpu", _dropout_add_composed)
 
 
 def _run_lsh_attention(
@@ -459,7 +397,7 @@ def lsh_attention(
         dropout_p=dropout_p,
         backend=backend,
     )
-    return (out, lse) if return_lse else out
+    return (out, lse.to(qk.dtype)) if return_lse else out
 
 
 def local_attention(
@@ -610,7 +548,7 @@ def dropout_add(
     mask comes from ``generator`` (default: the default generator of the inputs' device), so
     restoring the generator state before a second call regenerates it. The triton backend is one
     fused kernel that stores no mask (its backward regenerates it from a saved Philox seed and
-    offset, see ``reformer_kernels.ops.triton_reversible``); "cpu" and "reference" run
+    offset, see ``reformer_kernels.ops.dropout_add.triton_kernels``); "cpu" and "reference" run
     ``residual ± torch's dropout(x)`` (same masks as ``F.dropout`` from the same generator state).
     With ``training=False`` or p = 0 no random number is drawn.
 

@@ -160,27 +160,27 @@ def test_use_backend_context_is_obeyed():
         functional.lsh_self_attention(qk, v, rotations, 4, chunk_len=4)
 
 
+@pytest.mark.parametrize("backend", ["reference", pytest.param("cpu", marks=requires_extension)])
 @pytest.mark.parametrize("op", ["lsh_hash", "lsh_attention", "local_attention"])
-def test_reference_impls_take_positional_and_keyword_arguments(op):
+def test_backend_impls_take_the_schema_arguments_by_name(op, backend):
+    """One schema per op: functional calls every backend's impl with the schema's argument names
+    (csrc/reformer.cpp), and each gives the reference's answer."""
     qk, v, rotations = lsh_inputs()
+    qk, v, rotations = qk.double(), v.double(), rotations.double()
     mask = torch.ones(B, L, dtype=torch.bool)
     mask[1, -3:] = False
-    _, impl = backends.select(op, qk.device, "reference")
+    _, impl = backends.select(op, qk.device, backend)
+    _, reference_impl = backends.select(op, qk.device, "reference")
     if op == "lsh_hash":
-        positional = impl(qk, rotations, 4, mask)
-        keywords = impl(vectors=qk, rotations=rotations, n_buckets=4, attention_mask=mask)
+        kwargs = dict(vectors=qk, rotations=rotations, n_buckets=4, attention_mask=mask)
     elif op == "lsh_attention":
-        sorted_idx = sorted_idx_for(qk, rotations)
-        positional = impl(qk, v, sorted_idx, 2, 4, 1, 0, True, mask)
-        keywords = impl(
-            qk=qk, v=v, sorted_idx=sorted_idx, n_hashes=2, chunk_len=4, n_chunks_before=1, n_chunks_after=0, causal=True,
-            attention_mask=mask,
-        )
+        kwargs = dict(qk=qk, v=v, sorted_idx=sorted_idx_for(qk, rotations), n_hashes=2, chunk_len=4, n_chunks_before=1,
+                      n_chunks_after=0, causal=True, attention_mask=mask)
     else:
-        positional = impl(qk, qk, v, 4, 1, 0, True, mask)
-        keywords = impl(q=qk, k=qk, v=v, chunk_len=4, n_chunks_before=1, n_chunks_after=0, causal=True, attention_mask=mask)
-    for a, b in zip(positional, keywords) if isinstance(positional, tuple) else [(positional, keywords)]:
-        assert torch.equal(torch.as_tensor(a), torch.as_tensor(b))
+        kwargs = dict(q=qk, k=qk, v=v, chunk_len=4, n_chunks_before=1, n_chunks_after=0, causal=True, attention_mask=mask)
+    actual, expected = impl(**kwargs), reference_impl(**kwargs)
+    for a, e in zip(actual, expected) if isinstance(expected, tuple) else [(actual, expected)]:
+        torch.testing.assert_close(torch.as_tensor(a), torch.as_tensor(e), rtol=1e-10, atol=1e-10)
 
 
 class _RecordingKernel:

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from .. import functional
-from ..ops.hashing import seeded_randn
+from ..ops.seeded_randn import seeded_randn
 from ..reference.chunked import chunk_scores, mask_scores
 from ..reference.hashing import bucket_factors
 from ..reference.local_attention import local_chunking

@@ -1,8 +1,8 @@
 """Linear projection to the vocabulary + cross-entropy, without the (tokens x vocab) logits.
 
 The inputs are checked here, once for every backend; the op then runs on the backend chosen by
-``reformer_kernels.backends``: the Triton kernel (``ops/triton_cross_entropy``) on CUDA tensors,
-the chunked PyTorch one (``ops/cross_entropy``) on CPU tensors and as the reference.
+``reformer_kernels.backends``: the Triton kernel (``ops/linear_cross_entropy/triton_kernels.py``) on CUDA tensors,
+the chunked PyTorch one (``ops/linear_cross_entropy``) on CPU tensors and as the reference.
 """
 from __future__ import annotations
 

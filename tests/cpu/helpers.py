@@ -2,7 +2,7 @@
 sorted_idx that the reference hash + sort gives them."""
 import torch
 
-from reformer_kernels import reference
+from reformer_kernels import backends, reference
 
 from ..marks import requires_extension
 
@@ -37,3 +37,18 @@ def outputs_and_grads(fn, inputs, upstream):
     loss = sum((o * u.to(o.dtype)).sum() for o, u in zip(outputs, upstream))
     grads = torch.autograd.grad(loss, leaves)
     return [o.detach() for o in outputs] + [g.detach() for g in grads]
+
+
+def lsh_attention_cpu(*args, **kwargs):
+    """The C++ op reformer_kernels::lsh_attention_fwd: (out, lse)."""
+    return torch.ops.reformer_kernels.lsh_attention_fwd(*args, **kwargs)
+
+
+def local_attention_cpu(*args, **kwargs):
+    """The "cpu" backend impl of local_attention (reformer_kernels::local_attention_fwd's out)."""
+    return backends.select("local_attention", torch.device("cpu"), "cpu")[1](*args, **kwargs)
+
+
+def lsh_hash_cpu(*args, **kwargs):
+    """The "cpu" backend impl of lsh_hash: (buckets, num_keys)."""
+    return backends.select("lsh_hash", torch.device("cpu"), "cpu")[1](*args, **kwargs)

@@ -4,9 +4,8 @@ import pytest
 import torch
 
 from reformer_kernels import functional, reference
-from reformer_kernels.ops.hashing import _lsh_hash_compiled
 
-from .helpers import padding_mask, requires_extension
+from .helpers import lsh_hash_cpu, padding_mask, requires_extension
 
 pytestmark = requires_extension
 
@@ -30,7 +29,7 @@ def test_matches_reference_float64(batch, heads, seq_len, head_dim, n_hashes, n_
     rotations = _rotations(heads, head_dim, n_hashes, n_buckets)
     attention_mask = padding_mask(batch, seq_len, mask_kind)
     expected, expected_keys = reference.hash_vectors(vectors, rotations, n_buckets, attention_mask)
-    actual, num_keys = _lsh_hash_compiled(vectors, rotations, n_buckets, attention_mask)
+    actual, num_keys = lsh_hash_cpu(vectors, rotations, n_buckets, attention_mask)
     assert num_keys == expected_keys
     assert torch.equal(actual, expected)
 
@@ -38,8 +37,8 @@ def test_matches_reference_float64(batch, heads, seq_len, head_dim, n_hashes, n_
 def test_all_ones_mask_adds_no_padding_bucket():
     vectors = torch.randn(2, 2, 16, 8, dtype=torch.float64)
     rotations = _rotations(2, 8, 2, 4)
-    unmasked = _lsh_hash_compiled(vectors, rotations, 4)
-    masked = _lsh_hash_compiled(vectors, rotations, 4, torch.ones(2, 16, dtype=torch.bool))
+    unmasked = lsh_hash_cpu(vectors, rotations, 4)
+    masked = lsh_hash_cpu(vectors, rotations, 4, torch.ones(2, 16, dtype=torch.bool))
     assert unmasked[1] == masked[1] == 8
     assert torch.equal(unmasked[0], masked[0])
 
@@ -49,7 +48,7 @@ def test_low_precision_agrees_except_near_ties(dtype):
     """Rounding may flip an argmax only where the two best rotated values nearly tie."""
     vectors = torch.randn(2, 4, 64, 32).to(dtype)
     rotations = _rotations(4, 32, 2, 8, dtype=torch.float32).to(dtype)
-    actual, _ = _lsh_hash_compiled(vectors, rotations, 8)
+    actual, _ = lsh_hash_cpu(vectors, rotations, 8)
     expected, _ = reference.hash_vectors(vectors.double(), rotations.double(), 8)
     rotated = torch.einsum("bhld,hdnr->bhnlr", vectors.double(), rotations.double())
     top2 = torch.cat([rotated, -rotated], dim=-1).topk(2, dim=-1).values
@@ -97,7 +96,7 @@ def test_head_split_views_are_read_in_place():
     rotations = torch.randn(3, 8, 2, 4)
     view = vectors.transpose(1, 2).contiguous().transpose(1, 2)
     assert not view.is_contiguous()
-    assert torch.equal(_lsh_hash_compiled(view, rotations, 8)[0], _lsh_hash_compiled(vectors, rotations, 8)[0])
+    assert torch.equal(lsh_hash_cpu(view, rotations, 8)[0], lsh_hash_cpu(vectors, rotations, 8)[0])
 
 
 def test_more_buckets_than_32_bit_ids_hold_is_an_error():

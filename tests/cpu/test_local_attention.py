@@ -4,10 +4,9 @@ import pytest
 import torch
 
 from reformer_kernels import functional, reference
-from reformer_kernels.ops.local_attention import local_attention_cpu
 from tests.tolerance import assert_within_rule
 
-from .helpers import outputs_and_grads, padding_mask, requires_extension
+from .helpers import local_attention_cpu, outputs_and_grads, padding_mask, requires_extension
 
 pytestmark = requires_extension
 

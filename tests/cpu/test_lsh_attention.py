@@ -4,10 +4,9 @@ import pytest
 import torch
 
 from reformer_kernels import functional, reference
-from reformer_kernels.ops.lsh_attention import lsh_attention_cpu
 from tests.tolerance import assert_within_rule
 
-from .helpers import lsh_inputs, outputs_and_grads, padding_mask, requires_extension
+from .helpers import local_attention_cpu, lsh_attention_cpu, lsh_inputs, outputs_and_grads, padding_mask, requires_extension
 
 pytestmark = requires_extension
 
@@ -62,7 +61,8 @@ def test_low_precision_matches_reference(dtype):
     baseline = _run(_reference, qk.to(dtype), v.to(dtype), *args)
     actual = _run(lsh_attention_cpu, qk.to(dtype), v.to(dtype), *args)
     for name, a, e, b in zip(("out", "lse", "grad_qk", "grad_v"), actual, expected, baseline):
-        assert a.dtype == dtype, name
+        # the kernel keeps lse in float32 for its backward; functional hands it out in the input dtype
+        assert a.dtype == (torch.float32 if name == "lse" else dtype), name
         assert_within_rule(a, e, b, atol=1e-3, what=name)
 
 
@@ -246,7 +246,6 @@ def test_outputs_are_laid_out_like_head_split_inputs():
 
 @pytest.mark.slow
 def test_torch_compile_fullgraph():
-    from reformer_kernels.ops.local_attention import local_attention_cpu
 
     qk, v, sorted_idx, attention_mask = lsh_inputs(1, 2, 32, 8, 2, "padded")
     qk, v = qk.float(), v.float()

@@ -14,12 +14,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from reformer_kernels import reference
-from reformer_kernels.ops.local_attention import local_attention_cpu
-from reformer_kernels.ops.lsh_attention import lsh_attention_cpu
 
 from tests.tolerance import assert_within_rule
 
-from .helpers import lsh_inputs, outputs_and_grads, padding_mask, requires_extension
+from .helpers import local_attention_cpu, lsh_attention_cpu, lsh_inputs, outputs_and_grads, padding_mask, requires_extension
 
 pytestmark = requires_extension
 

@@ -6,7 +6,7 @@ import torch
 
 from reformer_kernels import backends
 from reformer_kernels.nn import linear_cross_entropy
-from reformer_kernels.ops import cross_entropy
+from reformer_kernels.ops import linear_cross_entropy as chunked_cross_entropy
 from tests.marks import requires_extension
 from tests.tolerance import assert_within_rule
 
@@ -48,7 +48,7 @@ def test_matches_torch_within_the_tolerance_rule(chunk_size):
 def test_tiles_over_tokens_and_vocabulary(monkeypatch, ignore_index):
     """Tiles of 5 tokens x 8 vocabulary entries: each token's log-sum-exp is accumulated over 7
     tiles and its label falls in one of them; an ignore_index inside [0, V) is still ignored."""
-    monkeypatch.setattr(cross_entropy, "TILE_ELEMENTS", 40)
+    monkeypatch.setattr(chunked_cross_entropy, "TILE_ELEMENTS", 40)
     hidden, weight, bias, labels = inputs(37, 16, 50, torch.float64)
     labels[labels == -100] = ignore_index
     expected = torch.nn.functional.cross_entropy(torch.nn.functional.linear(hidden, weight, bias), labels,

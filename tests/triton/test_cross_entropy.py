@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from reformer_kernels.nn import linear_cross_entropy
-from reformer_kernels.ops import triton_cross_entropy
+from reformer_kernels.ops.linear_cross_entropy import triton_kernels as triton_cross_entropy
 from tests.tolerance import assert_within_rule
 
 from .helpers import ATOL, skip_if_interpreter_lacks

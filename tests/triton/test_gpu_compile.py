@@ -8,7 +8,11 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from reformer_kernels import backends
-from reformer_kernels.ops import triton_cross_entropy, triton_hashing, triton_lsh_attention, triton_reversible
+from reformer_kernels.ops import chunk_attention_triton
+from reformer_kernels.ops.dropout_add import triton_kernels as triton_reversible
+from reformer_kernels.ops.linear_cross_entropy import triton_kernels as triton_cross_entropy
+from reformer_kernels.ops.lsh_attention import triton_kernels as triton_lsh_attention
+from reformer_kernels.ops.lsh_hash import triton_kernels as triton_hashing
 
 pytestmark = [
     pytest.mark.slow,
@@ -50,9 +54,9 @@ def test_attention_kernels_compile(arch, dtype, head_dim, lsh, dropout):
     dropout, within the GPU's shared memory."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(backends, "triton_interpreted", lambda: False)  # the GPU tile, not the test tile
-        tile = triton_lsh_attention.tiles(64, head_dim, dtype)
+        tile = chunk_attention_triton.tiles(64, head_dim, dtype)
     shared_memory = {80: 166912, 90: 232448}[arch]
-    for kernel in (triton_lsh_attention.attention_fwd_kernel, triton_lsh_attention.attention_bwd_kernel):
+    for kernel in (chunk_attention_triton.attention_fwd_kernel, chunk_attention_triton.attention_bwd_kernel):
         compiled = compile_for(kernel, arch, attention_types(dtype, lsh), dict(LSH=lsh, CAUSAL=True, HAS_MASK=True, DROPOUT=dropout, **tile),
                                num_warps=8, num_stages=2)
         assert compiled.metadata.shared <= shared_memory, f"{compiled.name} needs {compiled.metadata.shared} B of shared memory"

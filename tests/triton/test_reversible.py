@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from reformer_kernels import backends, functional, nn, reference
-from reformer_kernels.ops import triton_reversible
+from reformer_kernels.ops.dropout_add import triton_kernels as triton_reversible
 from tests.tolerance import assert_within_rule
 
 from .helpers import ATOL

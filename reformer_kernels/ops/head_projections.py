@@ -1,17 +1,17 @@
-"""head_projections: the C++ kernels of csrc/cpu/projections.cpp behind
-reformer_kernels::head_projections, which compute an attention layer's input projections straight
-into dense heads (B, H, L, d), and its two backward ops (the input's gradient, summed over the
-projections, and each weight's). Float32 and float64; other dtypes and GPU tensors take torch's
-matmul, whose head-split views the GPU kernels read as well as dense heads."""
+"""head_projections: the C++ kernels of csrc/cpu/projections.cpp behind the schema
+reformer_kernels::head_projections (csrc/reformer.cpp), which compute an attention layer's input
+projections straight into dense heads (B, H, L, d), and its two backward ops (the input's
+gradient, summed over the projections, and each weight's). Float32 and float64; other dtypes and
+GPU tensors take ``reference.head_projections`` (torch's matmul), whose head-split views the GPU
+kernels read as well as dense heads."""
 import torch
 
-from .. import _extension, backends
-from ..reference.projections import head_projections as head_projections_composed
+from .. import _extension, backends, reference
 
 
 def head_projections_cpu(x: torch.Tensor, weights: list[torch.Tensor], heads: int) -> list[torch.Tensor]:
     if x.dtype not in (torch.float32, torch.float64):
-        return head_projections_composed(x, weights, heads)
+        return reference.head_projections(x, weights, heads)
     return list(torch.ops.reformer_kernels.head_projections(x, list(weights), heads))
 
 
@@ -47,5 +47,5 @@ if _extension.loaded():
 
     torch.library.register_autograd("reformer_kernels::head_projections", _backward, setup_context=_setup_context)
     backends.register("head_projections", "cpu", head_projections_cpu)
-for gpu_backend in ("triton", "cuda"):
-    backends.register("head_projections", gpu_backend, head_projections_composed)
+for composed in ("reference", "triton", "cuda"):
+    backends.register("head_projections", composed, reference.head_projections)

@@ -1,10 +1,7 @@
-"""Angular LSH in Triton: rotate (tl.dot) -> argmax over [xR, -xR] per bucket factor -> padding
-bucket -> round offset, for every hash round in one launch. The ids it writes are the sort keys of
-bucket_sort (round-major, so one stable sort orders by (round, bucket, position)).
-
-The sort itself has no Triton kernel: the triton backend's bucket_sort is the compiled one (CUB
-radix sort on GPU, the C++ counting sort on CPU tensors under the interpreter), so that a whole
-hash -> sort -> attend pipeline runs with backend="triton"."""
+"""lsh_hash in Triton: rotate (tl.dot) -> argmax over [xR, -xR] per bucket factor -> padding
+bucket -> round offset, for every hash round in one launch, behind reformer_kernels::triton_lsh_hash
+(the arguments of the lsh_hash schema, see ``__init__``). The ids it writes are the sort keys of
+bucket_sort (round-major, so one stable sort orders by (round, bucket, position))."""
 import math
 from typing import Optional
 
@@ -12,10 +9,9 @@ import torch
 import triton
 import triton.language as tl
 
-from .. import _extension, backends
-from ..reference.hashing import bucket_factors
-from .sorting import _bucket_sort_compiled
-from .triton_lsh_attention import check_dtype, head_block
+from ... import backends
+from ..triton_utils import check_dtype, head_block
+from . import hash_with
 
 
 @triton.jit
@@ -71,22 +67,24 @@ def _hash_kernel(
 
 
 @torch.library.custom_op("reformer_kernels::triton_lsh_hash", mutates_args=())
-def lsh_hash_op(
-    vectors: torch.Tensor, rotations: torch.Tensor, factors: list[int], padding_mask: Optional[torch.Tensor]
+def lsh_hash(
+    vectors: torch.Tensor, rotations: torch.Tensor, n_buckets: list[int], attention_mask: Optional[torch.Tensor]
 ) -> torch.Tensor:
-    """Bucket ids (B, H, n_hashes * L) int64. ``padding_mask`` (B, L), given only when it pads
-    something: padding tokens then get bucket prod(factors) and rounds prod(factors) + 1 ids."""
+    """Bucket ids (B, H, n_hashes * L) int64 for the bucket factors ``n_buckets``. ``attention_mask``
+    (B, L), given only when it pads something: padding tokens then get bucket prod(n_buckets) and
+    rounds prod(n_buckets) + 1 ids."""
+    check_dtype("lsh_hash", vectors)
     vectors, rotations = vectors.contiguous(), rotations.contiguous()
     batch, heads, seq_len, head_dim = vectors.shape
     n_hashes, half_rotation = rotations.shape[2], rotations.shape[3]
-    n_buckets = math.prod(factors)
-    ids_per_round = n_buckets + (padding_mask is not None)
+    buckets_per_round = math.prod(n_buckets)
+    ids_per_round = buckets_per_round + (attention_mask is not None)
     buckets = torch.empty(batch, heads, n_hashes * seq_len, dtype=torch.int64, device=vectors.device)
-    factor_sizes = torch.tensor(factors, dtype=torch.int32, device=vectors.device)
-    if padding_mask is None:
+    factor_sizes = torch.tensor(n_buckets, dtype=torch.int32, device=vectors.device)
+    if attention_mask is None:
         mask, stride_mb = factor_sizes, 0
     else:
-        mask = (padding_mask != 0).to(torch.uint8).contiguous()
+        mask = (attention_mask != 0).to(torch.uint8).contiguous()
         stride_mb = mask.stride(0)
     block = 16 if backends.triton_interpreted() else 64
     _hash_kernel[(n_hashes * triton.cdiv(seq_len, block), heads, batch)](
@@ -95,29 +93,11 @@ def lsh_hash_op(
         rotations.stride(0), rotations.stride(1), rotations.stride(2),
         buckets.stride(0), buckets.stride(1),
         stride_mb,
-        seq_len, head_dim, half_rotation, n_buckets, ids_per_round,
-        N_FACTORS=len(factors), HAS_PADDING=padding_mask is not None,
+        seq_len, head_dim, half_rotation, buckets_per_round, ids_per_round,
+        N_FACTORS=len(n_buckets), HAS_PADDING=attention_mask is not None,
         HEAD_BLOCK=head_block(head_dim), ROT_BLOCK=max(16, triton.next_power_of_2(half_rotation)), BLOCK=block,
     )
     return buckets
 
 
-@lsh_hash_op.register_fake
-def _lsh_hash_fake(vectors, rotations, factors, padding_mask):
-    batch, heads, seq_len, _ = vectors.shape
-    return vectors.new_empty(batch, heads, rotations.shape[2] * seq_len, dtype=torch.int64)
-
-
-def lsh_hash(vectors, rotations, n_buckets, attention_mask=None):
-    """The "lsh_hash" backend impl: (buckets (B, H, n_hashes * L) int64, num_keys)."""
-    check_dtype("lsh_hash", vectors)
-    factors = list(bucket_factors(n_buckets))
-    # As transformers: the padding bucket exists only when the mask pads something in the batch.
-    padding_mask = attention_mask if attention_mask is not None and not attention_mask.bool().all() else None
-    ids_per_round = math.prod(factors) + (padding_mask is not None)
-    return lsh_hash_op(vectors, rotations, factors, padding_mask), rotations.shape[2] * ids_per_round
-
-
-backends.register("lsh_hash", "triton", lsh_hash)
-if _extension.loaded():
-    backends.register("bucket_sort", "triton", _bucket_sort_compiled)
+backends.register("lsh_hash", "triton", hash_with(lsh_hash))

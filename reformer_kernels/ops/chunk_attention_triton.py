@@ -1,17 +1,16 @@
-"""LSH attention in Triton: chunked attention over the bucket-sorted sequence, FlashAttention style.
+"""Chunked attention in Triton, FlashAttention style: the kernels that LSH attention and local
+attention share (``lsh_attention/triton_kernels.py``, ``local_attention/triton_kernels.py``).
 
-One forward program handles BLOCK query slots of one chunk of the sorted sequence (all hash rounds
-concatenated, n_hashes * L slots). It reads its queries and the keys of the neighbouring chunks
-through ``sorted_idx`` (no gathered copies in memory), normalizes keys on the fly, applies the
-masks at original positions, runs an fp32 online softmax and writes the per-round output and lse
-at the un-sorted index. A small kernel then combines the rounds. The backward recomputes the scores
-from qk, v and the saved lse (no chunk x window score tensor is ever stored). Attention dropout
-takes the keep-mask that ``functional`` draws as the reference does (same generator, same mask:
-the backends agree and the reversible backward replays it); that mask is one byte per attention
-probability, and the op keeps it for the backward.
-
-The kernels are shared with local attention (``triton_local_attention``): the ``LSH`` flag turns on
-the gather through sorted_idx, the key normalization of shared query/key and the self mask.
+One forward program handles BLOCK query slots of one chunk. For LSH the slots are the
+bucket-sorted sequence (all hash rounds concatenated, n_hashes * L slots): the program reads its
+queries and the keys of the neighbouring chunks through ``sorted_idx`` (no gathered copies in
+memory), normalizes the shared query/keys on the fly and applies the self mask; for local
+attention the slots are positions. The masks apply at original positions, the softmax is an fp32
+online one, and the output and lse are written at the un-sorted index. The backward recomputes
+the scores from the inputs and the saved lse (no chunk x window score tensor is ever stored).
+Attention dropout takes the keep-mask that ``functional`` draws as the reference does (same
+generator, same mask: the backends agree and the reversible backward replays it); that mask is one
+byte per attention probability, and the op keeps it for the backward.
 
 Every tl.dot asks for input_precision="ieee": fp32 inputs must not silently drop to tf32 on tensor
 cores (the fp32 tolerance rule is tight); fp16/bf16 inputs ignore the option.
@@ -26,32 +25,10 @@ import triton.language as tl
 from .. import backends
 from ..reference.chunked import mask_values
 from ..reference.lsh_attention import RMS_EPS
+from .triton_utils import head_block, warp_configs
 
 # Jitted code may read module globals only when they are constexpr.
 _RMS_EPS = tl.constexpr(RMS_EPS)
-
-
-def warp_configs() -> list[triton.Config]:
-    # Only warps and stages are tuned; the tiles follow the shapes (here the chunk length), so the
-    # grid and the order in which blocks are summed are fixed. The winner is cached per key, so repeated
-    # calls give identical bits. The interpreter runs one config (several fail there).
-    if backends.triton_interpreted():
-        return [triton.Config({}, num_warps=1)]
-    return [triton.Config({}, num_warps=4, num_stages=2), triton.Config({}, num_warps=8, num_stages=2)]
-
-
-def check_dtype(op: str, tensor: torch.Tensor) -> None:
-    """The kernels compute in fp32 from fp16, bf16 or fp32 inputs; float64 is the reference's."""
-    if tensor.dtype not in (torch.float16, torch.bfloat16, torch.float32):
-        raise TypeError(
-            f"{op}: the triton backend takes float16, bfloat16 or float32, got {tensor.dtype}; "
-            "cast with .float() or use backend='cpu' or 'reference' for float64"
-        )
-
-
-def head_block(head_dim: int) -> int:
-    """head_dim padded to the next power of two (at least 16, the smallest tl.dot side)."""
-    return max(16, triton.next_power_of_2(head_dim))
 
 
 def tiles(chunk_len: int, head_dim: int, dtype: torch.dtype) -> dict:
@@ -337,38 +314,6 @@ def attention_bwd_kernel(
     tl.store(DV + grad_offsets, dv, mask=own_mask_2d)
 
 
-@triton.jit
-def _combine_rounds_kernel(
-    OutRounds, Lse, Out,
-    stride_rb, stride_rh, stride_rl,  # OutRounds: (B, H, n_hashes * L, head_dim), fp32
-    stride_lb, stride_lh,  # Lse: (B, H, n_hashes * L), fp32
-    stride_ob, stride_oh, stride_ol,  # Out: (B, H, L, head_dim)
-    seq_len, n_hashes, head_dim,
-    HEAD_BLOCK: tl.constexpr, BLOCK: tl.constexpr,
-):
-    """out = sum_r out_r * exp(lse_r - logsumexp_r lse_r), per position."""
-    h = tl.program_id(1).to(tl.int64)
-    b = tl.program_id(2).to(tl.int64)
-    pos = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    ok = pos < seq_len
-    offs_d = tl.arange(0, HEAD_BLOCK)
-    mask_2d = ok[:, None] & (offs_d < head_dim)[None, :]
-    OutRounds += b * stride_rb + h * stride_rh
-    Lse += b * stride_lb + h * stride_lh
-    top = tl.full([BLOCK], float("-inf"), tl.float32)
-    for r in range(n_hashes):
-        top = tl.maximum(top, tl.load(Lse + r * seq_len + pos, mask=ok, other=0.0))
-    total = tl.zeros([BLOCK], tl.float32)
-    acc = tl.zeros([BLOCK, HEAD_BLOCK], tl.float32)
-    for r in range(n_hashes):
-        rows = r * seq_len + pos
-        weight = tl.exp(tl.load(Lse + rows, mask=ok, other=0.0) - top)
-        total += weight
-        acc += weight[:, None] * tl.load(OutRounds + rows[:, None] * stride_rl + offs_d[None, :], mask=mask_2d, other=0.0)
-    tl.store(Out + b * stride_ob + h * stride_oh + pos[:, None] * stride_ol + offs_d[None, :], acc / total[:, None],
-             mask=mask_2d)
-
-
 def chunk_grid(n_slots: int, chunk_len: int, batch: int, heads: int, tile: dict) -> tuple[int, int, int]:
     """One program per slot block of each chunk, per head and batch entry."""
     return (n_slots // chunk_len) * triton.cdiv(chunk_len, tile["BLOCK"]), heads, batch
@@ -404,141 +349,62 @@ def dropout_mask_arg(op: str, dropout_mask: Optional[torch.Tensor], dropout_p: f
     return keep, keep.stride(0), keep.stride(1), 1.0 / (1.0 - dropout_p)
 
 
-@torch.library.custom_op("reformer_kernels::triton_lsh_attention_fwd", mutates_args=())
-def lsh_attention_fwd(
-    qk: torch.Tensor, v: torch.Tensor, sorted_idx: torch.Tensor, attention_mask: Optional[torch.Tensor],
-    dropout_mask: Optional[torch.Tensor], dropout_p: float, n_hashes: int, chunk_len: int, n_chunks_before: int,
-    n_chunks_after: int, causal: bool,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Returns out (B, H, L, d) in qk's dtype and lse (B, H, n_hashes, L) in fp32. ``dropout_mask``:
-    bool, True where an attention probability is kept (and scaled by 1 / (1 - dropout_p)), in the
-    layout of ``reference.dropout_mask_shape``; or None."""
-    qk, v, sorted_idx = qk.contiguous(), v.contiguous(), sorted_idx.contiguous()
-    batch, heads, seq_len, head_dim = qk.shape
-    n_slots = n_hashes * seq_len
+def attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sorted_idx: Optional[torch.Tensor],
+                      out: torch.Tensor, lse: torch.Tensor, *, op: str, n_slots: int, chunk_len: int,
+                      n_chunks_before: int, n_chunks_after: int, causal: bool, attention_mask: Optional[torch.Tensor],
+                      dropout_mask: Optional[torch.Tensor], dropout_p: float) -> None:
+    """Launches ``attention_fwd_kernel`` over ``n_slots`` query slots of (B, H, L, d) inputs whose
+    rows are contiguous. LSH when ``sorted_idx`` is given (slots are its entries, k is q), else
+    local (slots are positions). Writes each query's output and lse at its row of ``out``
+    (B, H, rows, d) and ``lse`` (B, H, rows)."""
+    batch, heads, seq_len, head_dim = q.shape
+    lsh = sorted_idx is not None
     window = n_chunks_before + 1 + n_chunks_after
-    keep, stride_db, stride_dh, drop_scale = dropout_mask_arg("lsh_attention", dropout_mask, dropout_p, qk, n_slots,
-                                                              chunk_len, window)
-    out_rounds = torch.empty(batch, heads, n_slots, head_dim, dtype=torch.float32, device=qk.device)
-    lse = torch.empty(batch, heads, n_slots, dtype=torch.float32, device=qk.device)
-    mask, stride_mb = keep_mask_arg(attention_mask, qk)
-    mask_value, self_mask_value = mask_values(qk.dtype)
-    tile = tiles(chunk_len, head_dim, qk.dtype)
+    keep, stride_db, stride_dh, drop_scale = dropout_mask_arg(op, dropout_mask, dropout_p, q, n_slots, chunk_len, window)
+    mask, stride_mb = keep_mask_arg(attention_mask, q)
+    mask_value, self_mask_value = mask_values(q.dtype)
+    tile = tiles(chunk_len, head_dim, q.dtype)
     attention_fwd_kernel[chunk_grid(n_slots, chunk_len, batch, heads, tile)](
-        qk, qk, v, sorted_idx, mask, keep, out_rounds, lse,
-        qk.stride(0), qk.stride(1), qk.stride(2),
-        out_rounds.stride(0), out_rounds.stride(1), out_rounds.stride(2),
+        q, k, v, sorted_idx if lsh else lse, mask, keep, out, lse,
+        q.stride(0), q.stride(1), q.stride(2),
+        out.stride(0), out.stride(1), out.stride(2),
         lse.stride(0), lse.stride(1),
         stride_mb,
         stride_db, stride_dh,
         seq_len, n_slots, chunk_len, n_chunks_before, window, head_dim,
-        1.0 / math.sqrt(head_dim), mask_value, self_mask_value, drop_scale,
-        LSH=True, CAUSAL=causal, HAS_MASK=attention_mask is not None, DROPOUT=dropout_mask is not None,
+        1.0 / math.sqrt(head_dim), mask_value, self_mask_value if lsh else 0.0, drop_scale,
+        LSH=lsh, CAUSAL=causal, HAS_MASK=attention_mask is not None, DROPOUT=dropout_mask is not None,
         **tile,
     )
-    out = torch.empty_like(qk)
-    block = 16  # positions per program: the combination is a memory-bound pass over n_hashes rows each
-    _combine_rounds_kernel[(triton.cdiv(seq_len, block), heads, batch)](
-        out_rounds, lse, out,
-        out_rounds.stride(0), out_rounds.stride(1), out_rounds.stride(2),
-        lse.stride(0), lse.stride(1),
-        out.stride(0), out.stride(1), out.stride(2),
-        seq_len, n_hashes, head_dim,
-        HEAD_BLOCK=head_block(head_dim), BLOCK=block,
-    )
-    return out, lse.view(batch, heads, n_hashes, seq_len)
 
 
-@lsh_attention_fwd.register_fake
-def _lsh_attention_fwd_fake(qk, v, sorted_idx, attention_mask, dropout_mask, dropout_p, n_hashes, chunk_len,
-                            n_chunks_before, n_chunks_after, causal):
-    batch, heads, seq_len, _ = qk.shape
-    return torch.empty_like(qk, memory_format=torch.contiguous_format), qk.new_empty(
-        batch, heads, n_hashes, seq_len, dtype=torch.float32
-    )
-
-
-@torch.library.custom_op("reformer_kernels::triton_lsh_attention_bwd", mutates_args=())
-def lsh_attention_bwd(
-    grad_out: torch.Tensor, grad_lse: torch.Tensor, qk: torch.Tensor, v: torch.Tensor, sorted_idx: torch.Tensor,
-    attention_mask: Optional[torch.Tensor], dropout_mask: Optional[torch.Tensor], dropout_p: float, out: torch.Tensor,
-    lse: torch.Tensor, n_hashes: int, chunk_len: int, n_chunks_before: int, n_chunks_after: int, causal: bool,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Gradients (d qk, d v) from the gradients of out (B, H, L, d) and lse (B, H, n_hashes, L)."""
-    qk, v, sorted_idx = qk.contiguous(), v.contiguous(), sorted_idx.contiguous()
-    grad_out = grad_out.contiguous()
-    batch, heads, seq_len, head_dim = qk.shape
-    n_slots = n_hashes * seq_len
-    keep, stride_db, stride_dh, drop_scale = dropout_mask_arg("lsh_attention", dropout_mask, dropout_p, qk, n_slots,
-                                                              chunk_len, n_chunks_before + 1 + n_chunks_after)
-    # Round combination, differentiated: round r sees d out_r = w_r * d out and its lse gets
-    # w_r * (d out . (out_r - out)) + d lse_r, so softmax's usual delta becomes
-    # w_r * (d out . out) - d lse_r (the out_r terms cancel), with w_r = exp(lse_r - logsumexp lse).
-    round_weight = torch.exp(lse - torch.logsumexp(lse, dim=2, keepdim=True))
-    delta = round_weight * (grad_out.float() * out.float()).sum(-1).unsqueeze(2) - grad_lse.float()
-    round_weight = round_weight.reshape(batch, heads, n_slots).contiguous()
-    delta = delta.reshape(batch, heads, n_slots).contiguous()
-    lse = lse.reshape(batch, heads, n_slots).contiguous()
-    grad_qk_rounds = torch.empty(batch, heads, n_slots, head_dim, dtype=torch.float32, device=qk.device)
-    grad_v_rounds = torch.empty_like(grad_qk_rounds)
-    mask, stride_mb = keep_mask_arg(attention_mask, qk)
-    mask_value, self_mask_value = mask_values(qk.dtype)
-    tile = tiles(chunk_len, head_dim, qk.dtype)
+def attention_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sorted_idx: Optional[torch.Tensor],
+                       grad_out: torch.Tensor, round_weight: Optional[torch.Tensor], lse: torch.Tensor,
+                       delta: torch.Tensor, grad_q: torch.Tensor, grad_k: torch.Tensor, grad_v: torch.Tensor, *, op: str,
+                       n_slots: int, chunk_len: int, n_chunks_before: int, n_chunks_after: int, causal: bool,
+                       attention_mask: Optional[torch.Tensor], dropout_mask: Optional[torch.Tensor],
+                       dropout_p: float) -> None:
+    """Launches ``attention_bwd_kernel``: the gradients of every slot's rows into ``grad_q``,
+    ``grad_k``, ``grad_v`` (B, H, rows, d), from ``grad_out`` (B, H, L, d) and the per-row ``lse``
+    and ``delta`` (B, H, rows). LSH when ``sorted_idx`` is given (then k is q, grad_k is grad_q, and
+    ``round_weight`` (B, H, rows) scales each round's upstream gradient), else local."""
+    batch, heads, seq_len, head_dim = q.shape
+    lsh = sorted_idx is not None
+    window = n_chunks_before + 1 + n_chunks_after
+    keep, stride_db, stride_dh, drop_scale = dropout_mask_arg(op, dropout_mask, dropout_p, q, n_slots, chunk_len, window)
+    mask, stride_mb = keep_mask_arg(attention_mask, q)
+    mask_value, self_mask_value = mask_values(q.dtype)
+    tile = tiles(chunk_len, head_dim, q.dtype)
     attention_bwd_kernel[chunk_grid(n_slots, chunk_len, batch, heads, tile)](
-        qk, qk, v, sorted_idx, mask, keep, grad_out, round_weight, lse, delta, grad_qk_rounds, grad_qk_rounds,
-        grad_v_rounds,
-        qk.stride(0), qk.stride(1), qk.stride(2),
-        grad_qk_rounds.stride(0), grad_qk_rounds.stride(1), grad_qk_rounds.stride(2),
+        q, k, v, sorted_idx if lsh else lse, mask, keep, grad_out, round_weight if lsh else lse, lse, delta, grad_q,
+        grad_k, grad_v,
+        q.stride(0), q.stride(1), q.stride(2),
+        grad_q.stride(0), grad_q.stride(1), grad_q.stride(2),
         lse.stride(0), lse.stride(1),
         stride_mb,
         stride_db, stride_dh,
         seq_len, n_slots, chunk_len, n_chunks_before, n_chunks_after, head_dim,
-        1.0 / math.sqrt(head_dim), mask_value, self_mask_value, drop_scale,
-        LSH=True, CAUSAL=causal, HAS_MASK=attention_mask is not None, DROPOUT=dropout_mask is not None,
+        1.0 / math.sqrt(head_dim), mask_value, self_mask_value if lsh else 0.0, drop_scale,
+        LSH=lsh, CAUSAL=causal, HAS_MASK=attention_mask is not None, DROPOUT=dropout_mask is not None,
         **tile,
     )
-    # Each position holds one slot per round; summing the rounds in order keeps it deterministic.
-    per_round = (batch, heads, n_hashes, seq_len, head_dim)
-    return grad_qk_rounds.view(per_round).sum(dim=2).to(qk.dtype), grad_v_rounds.view(per_round).sum(dim=2).to(v.dtype)
-
-
-@lsh_attention_bwd.register_fake
-def _lsh_attention_bwd_fake(grad_out, grad_lse, qk, v, sorted_idx, attention_mask, dropout_mask, dropout_p, out, lse,
-                            n_hashes, chunk_len, n_chunks_before, n_chunks_after, causal):
-    return torch.empty_like(qk, memory_format=torch.contiguous_format), torch.empty_like(
-        v, memory_format=torch.contiguous_format
-    )
-
-
-def _lsh_setup_context(ctx, inputs, output):
-    (qk, v, sorted_idx, attention_mask, dropout_mask, dropout_p, n_hashes, chunk_len, n_chunks_before, n_chunks_after,
-     causal) = inputs
-    out, lse = output
-    ctx.save_for_backward(qk, v, sorted_idx, attention_mask, dropout_mask, out, lse)
-    ctx.config = (n_hashes, chunk_len, n_chunks_before, n_chunks_after, causal)
-    ctx.dropout_p = dropout_p
-
-
-def _lsh_backward(ctx, grad_out, grad_lse):
-    qk, v, sorted_idx, attention_mask, dropout_mask, out, lse = ctx.saved_tensors
-    # autograd passes None for an output whose gradient nobody asked for
-    grad_out = torch.zeros_like(out) if grad_out is None else grad_out
-    grad_lse = torch.zeros_like(lse) if grad_lse is None else grad_lse
-    grad_qk, grad_v = lsh_attention_bwd(grad_out, grad_lse, qk, v, sorted_idx, attention_mask, dropout_mask,
-                                        ctx.dropout_p, out, lse, *ctx.config)
-    return grad_qk, grad_v, None, None, None, None, None, None, None, None, None
-
-
-lsh_attention_fwd.register_autograd(_lsh_backward, setup_context=_lsh_setup_context)
-
-
-def lsh_attention(qk, v, sorted_idx, n_hashes, chunk_len, n_chunks_before, n_chunks_after, causal, attention_mask=None,
-                  dropout_mask=None, dropout_p=0.0):
-    """The "lsh_attention" backend impl: (out (B, H, L, d), lse (B, H, n_hashes, L)) in qk's dtype."""
-    check_dtype("lsh_attention", qk)
-    out, lse = lsh_attention_fwd(qk, v, sorted_idx, attention_mask, dropout_mask, dropout_p, n_hashes, chunk_len,
-                                 n_chunks_before, n_chunks_after, causal)
-    return out, lse.to(qk.dtype)
-
-
-backends.register("lsh_attention", "triton", lsh_attention)

@@ -1,4 +1,4 @@
-"""The residual connection of a reversible half in Triton: out = residual ± dropout(x), one pass.
+"""dropout_add in Triton: out = residual ± dropout(x), the residual connection of a reversible half, one pass.
 
 Forward (y = x + dropout(f)) and the backward's reconstruction (x = y - dropout(f)) are the same
 kernel with a sign. The dropout mask is never stored: element i's keep decision is a pure function
@@ -28,8 +28,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .. import backends
-from .triton_lsh_attention import check_dtype
+from ... import backends
+from ..triton_utils import check_dtype
 
 # Generator offsets one call reserves: 4 numbers per Philox counter, one counter per thread.
 PHILOX_OFFSET_STEP = 4

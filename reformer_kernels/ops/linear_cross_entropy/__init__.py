@@ -11,7 +11,8 @@ rows of a 32K vocabulary only ~128 tokens fit, and the weight gradient became 25
 V x D accumulator (on 2 CPU cores: 4.3 s instead of 2.6 s for N = 4096, D = 512).
 
 It runs on any device and in float64, so it is both the "cpu" backend and the "reference" one;
-``triton_cross_entropy`` is the GPU kernel.
+``triton_kernels.py`` is the GPU kernel, with the same arguments. The public function, with its
+checks, is ``reformer_kernels.nn.linear_cross_entropy``.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from typing import Any
 
 import torch
 
-from .. import backends
+from ... import backends
 
 TILE_ELEMENTS = 1 << 22  # logits per tile: 16 MiB in fp32
 DEFAULT_TILE_TOKENS = 2048

@@ -25,8 +25,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .. import backends
-from .triton_lsh_attention import check_dtype, warp_configs
+from ... import backends
+from ..triton_utils import check_dtype, warp_configs
 
 # Output tiles (programs) a backward launch aims for before it splits its sum into segments: enough
 # to fill a GPU's SMs several times over. A constant, not the device's SM count, so that the

@@ -1,0 +1,28 @@
+"""bucket_sort: the stable sort of LSH bucket ids by (round, bucket, position), emitting sorted_idx
+and its inverse undo_sort (the public function, with its checks, is
+``reformer_kernels.functional.bucket_sort``).
+
+One schema, declared in csrc/reformer.cpp: bucket_sort(buckets, num_buckets) -> (sorted_idx,
+undo_sort), implemented by the counting sort of csrc/cpu/sorting.cpp and the CUB radix sort of
+csrc/cuda/sorting.cu; ``reference.sort_buckets`` takes the same arguments. The sort has no Triton
+kernel: the triton backend's bucket_sort is the compiled one (CUB on GPU, the C++ sort on CPU
+tensors under the interpreter), so that a whole hash -> sort -> attend pipeline runs with
+backend="triton".
+"""
+import torch
+
+from .. import _extension, backends, reference
+
+
+backends.register("bucket_sort", "reference", reference.sort_buckets)
+if _extension.loaded():
+
+    @torch.library.register_fake("reformer_kernels::bucket_sort")
+    def _bucket_sort_fake(buckets, num_buckets):
+        return tuple(torch.empty_like(buckets, memory_format=torch.contiguous_format) for _ in range(2))
+
+    compiled = torch.ops.reformer_kernels.bucket_sort
+    backends.register("bucket_sort", "cpu", compiled)
+    backends.register("bucket_sort", "triton", compiled)
+    if _extension.with_cuda():
+        backends.register("bucket_sort", "cuda", compiled)

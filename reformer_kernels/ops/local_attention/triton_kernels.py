@@ -1,0 +1,68 @@
+"""local_attention in Triton: the chunked attention kernels of ``chunk_attention_triton`` with
+LSH=False, i.e. slots are positions (no sort, no gather), separate keys scaled by 1/sqrt(d), no
+self mask, behind reformer_kernels::triton_local_attention_fwd and _bwd, which take the arguments
+of the local_attention_fwd/_bwd schema (see ``__init__``). A length that is not a multiple of the
+chunk is padded virtually: the kernels treat positions past the end as masked zero keys, so
+nothing is copied."""
+from typing import Optional
+
+import torch
+
+from ... import backends
+from ...reference.chunked import mask_values
+from ...reference.local_attention import local_chunking
+from ..chunk_attention_triton import attention_backward, attention_forward
+from ..triton_utils import check_dtype
+from . import out_only, register
+
+
+@torch.library.custom_op("reformer_kernels::triton_local_attention_fwd", mutates_args=())
+def local_attention_fwd(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, chunk_len: int, n_chunks_before: int, n_chunks_after: int,
+    causal: bool, attention_mask: Optional[torch.Tensor], dropout_mask: Optional[torch.Tensor] = None,
+    dropout_p: float = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Returns out (B, H, L, d) in q's dtype and lse (B, H, L) in fp32. ``dropout_mask``: bool, True
+    where an attention probability is kept (and scaled by 1 / (1 - dropout_p)), shaped as the
+    reference takes it; or None."""
+    check_dtype("local_attention", q)
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    batch, heads, seq_len, _ = q.shape
+    chunk_len, n_chunks_before, n_chunks_after, n_slots = local_chunking(seq_len, chunk_len, n_chunks_before, n_chunks_after)
+    out = torch.empty_like(q)
+    lse = torch.empty(batch, heads, seq_len, dtype=torch.float32, device=q.device)
+    attention_forward(q, k, v, None, out, lse, op="local_attention", n_slots=n_slots, chunk_len=chunk_len,
+                      n_chunks_before=n_chunks_before, n_chunks_after=n_chunks_after, causal=causal,
+                      attention_mask=attention_mask, dropout_mask=dropout_mask, dropout_p=dropout_p)
+    return out, lse
+
+
+@torch.library.custom_op("reformer_kernels::triton_local_attention_bwd", mutates_args=())
+def local_attention_bwd(
+    grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
+    chunk_len: int, n_chunks_before: int, n_chunks_after: int, causal: bool, attention_mask: Optional[torch.Tensor],
+    dropout_mask: Optional[torch.Tensor] = None, dropout_p: float = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients (d q, d k, d v) from the gradient of out (B, H, L, d)."""
+    q, k, v, grad_out, lse = q.contiguous(), k.contiguous(), v.contiguous(), grad_out.contiguous(), lse.contiguous()
+    seq_len = q.shape[2]
+    chunk_len, n_chunks_before, n_chunks_after, n_slots = local_chunking(seq_len, chunk_len, n_chunks_before, n_chunks_after)
+    mask_value, _ = mask_values(q.dtype)
+    # A query whose keys are all masked has lse = mask_value + log(n_keys), which fp32 rounds to
+    # about mask_value, so the kernel's exp(s - lse) is about 1 instead of 1 / n_keys (grad_v would
+    # get the sum of dO, the forward took the mean): scale such a row's dO, hence delta, by the ratio.
+    n_keys = chunk_len * (n_chunks_before + 1 + n_chunks_after)
+    fully_masked = lse <= mask_value / 2
+    row_scale = torch.where(fully_masked, torch.exp(lse.double() - mask_value) / n_keys, 1.0)
+    grad_out = (grad_out * row_scale[..., None].to(grad_out.dtype)).contiguous()
+    delta = (grad_out.float() * out.float()).sum(-1)
+    grad_q, grad_k, grad_v = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    attention_backward(q, k, v, None, grad_out, None, lse, delta, grad_q, grad_k, grad_v, op="local_attention",
+                       n_slots=n_slots, chunk_len=chunk_len, n_chunks_before=n_chunks_before,
+                       n_chunks_after=n_chunks_after, causal=causal, attention_mask=attention_mask,
+                       dropout_mask=dropout_mask, dropout_p=dropout_p)
+    return grad_q, grad_k, grad_v
+
+
+register(local_attention_fwd, local_attention_bwd)
+backends.register("local_attention", "triton", out_only(local_attention_fwd))

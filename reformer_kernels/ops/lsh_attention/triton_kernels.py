@@ -1,0 +1,116 @@
+"""lsh_attention in Triton: the chunked attention kernels of ``chunk_attention_triton`` with LSH=True,
+plus the kernel that combines the hash rounds, behind reformer_kernels::triton_lsh_attention_fwd
+and _bwd, which take the arguments of the lsh_attention_fwd/_bwd schema (see ``__init__``)."""
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+from ... import backends
+from ..chunk_attention_triton import attention_backward, attention_forward
+from ..triton_utils import check_dtype, head_block
+from . import register, rows_like
+
+
+@triton.jit
+def _combine_rounds_kernel(
+    OutRounds, Lse, Out,
+    stride_rb, stride_rh, stride_rl,  # OutRounds: (B, H, n_hashes * L, head_dim), fp32
+    stride_lb, stride_lh,  # Lse: (B, H, n_hashes * L), fp32
+    stride_ob, stride_oh, stride_ol,  # Out: (B, H, L, head_dim)
+    seq_len, n_hashes, head_dim,
+    HEAD_BLOCK: tl.constexpr, BLOCK: tl.constexpr,
+):
+    """out = sum_r out_r * exp(lse_r - logsumexp_r lse_r), per position."""
+    h = tl.program_id(1).to(tl.int64)
+    b = tl.program_id(2).to(tl.int64)
+    pos = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    ok = pos < seq_len
+    offs_d = tl.arange(0, HEAD_BLOCK)
+    mask_2d = ok[:, None] & (offs_d < head_dim)[None, :]
+    OutRounds += b * stride_rb + h * stride_rh
+    Lse += b * stride_lb + h * stride_lh
+    top = tl.full([BLOCK], float("-inf"), tl.float32)
+    for r in range(n_hashes):
+        top = tl.maximum(top, tl.load(Lse + r * seq_len + pos, mask=ok, other=0.0))
+    total = tl.zeros([BLOCK], tl.float32)
+    acc = tl.zeros([BLOCK, HEAD_BLOCK], tl.float32)
+    for r in range(n_hashes):
+        rows = r * seq_len + pos
+        weight = tl.exp(tl.load(Lse + rows, mask=ok, other=0.0) - top)
+        total += weight
+        acc += weight[:, None] * tl.load(OutRounds + rows[:, None] * stride_rl + offs_d[None, :], mask=mask_2d, other=0.0)
+    tl.store(Out + b * stride_ob + h * stride_oh + pos[:, None] * stride_ol + offs_d[None, :], acc / total[:, None],
+             mask=mask_2d)
+
+
+@torch.library.custom_op("reformer_kernels::triton_lsh_attention_fwd", mutates_args=())
+def lsh_attention_fwd(
+    qk: torch.Tensor, v: torch.Tensor, sorted_idx: torch.Tensor, n_hashes: int, chunk_len: int, n_chunks_before: int,
+    n_chunks_after: int, causal: bool, attention_mask: Optional[torch.Tensor], dropout_mask: Optional[torch.Tensor] = None,
+    dropout_p: float = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Returns out (B, H, L, d) in qk's dtype and lse (B, H, n_hashes, L) in fp32. ``dropout_mask``:
+    bool, True where an attention probability is kept (and scaled by 1 / (1 - dropout_p)), in the
+    layout of ``reference.dropout_mask_shape``; or None."""
+    check_dtype("lsh_attention", qk)
+    out = rows_like(qk)
+    qk, v, sorted_idx = qk.contiguous(), v.contiguous(), sorted_idx.contiguous()
+    batch, heads, seq_len, head_dim = qk.shape
+    n_slots = n_hashes * seq_len
+    out_rounds = torch.empty(batch, heads, n_slots, head_dim, dtype=torch.float32, device=qk.device)
+    lse = torch.empty(batch, heads, n_slots, dtype=torch.float32, device=qk.device)
+    attention_forward(qk, qk, v, sorted_idx, out_rounds, lse, op="lsh_attention", n_slots=n_slots, chunk_len=chunk_len,
+                      n_chunks_before=n_chunks_before, n_chunks_after=n_chunks_after, causal=causal,
+                      attention_mask=attention_mask, dropout_mask=dropout_mask, dropout_p=dropout_p)
+    block = 16  # positions per program: the combination is a memory-bound pass over n_hashes rows each
+    _combine_rounds_kernel[(triton.cdiv(seq_len, block), heads, batch)](
+        out_rounds, lse, out,
+        out_rounds.stride(0), out_rounds.stride(1), out_rounds.stride(2),
+        lse.stride(0), lse.stride(1),
+        out.stride(0), out.stride(1), out.stride(2),
+        seq_len, n_hashes, head_dim,
+        HEAD_BLOCK=head_block(head_dim), BLOCK=block,
+    )
+    return out, lse.view(batch, heads, n_hashes, seq_len)
+
+
+@torch.library.custom_op("reformer_kernels::triton_lsh_attention_bwd", mutates_args=())
+def lsh_attention_bwd(
+    grad_out: torch.Tensor, grad_lse: Optional[torch.Tensor], qk: torch.Tensor, v: torch.Tensor, sorted_idx: torch.Tensor,
+    out: torch.Tensor, lse: torch.Tensor, n_hashes: int, chunk_len: int, n_chunks_before: int, n_chunks_after: int,
+    causal: bool, attention_mask: Optional[torch.Tensor], dropout_mask: Optional[torch.Tensor] = None,
+    dropout_p: float = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gradients (d qk, d v) from the gradients of out (B, H, L, d) and lse (B, H, n_hashes, L; None: zero)."""
+    grad_qk, grad_v = rows_like(qk), rows_like(v)
+    qk, v, sorted_idx = qk.contiguous(), v.contiguous(), sorted_idx.contiguous()
+    grad_out = grad_out.contiguous()
+    batch, heads, seq_len, head_dim = qk.shape
+    n_slots = n_hashes * seq_len
+    # Round combination, differentiated: round r sees d out_r = w_r * d out and its lse gets
+    # w_r * (d out . (out_r - out)) + d lse_r, so softmax's usual delta becomes
+    # w_r * (d out . out) - d lse_r (the out_r terms cancel), with w_r = exp(lse_r - logsumexp lse).
+    round_weight = torch.exp(lse - torch.logsumexp(lse, dim=2, keepdim=True))
+    delta = round_weight * (grad_out.float() * out.float()).sum(-1).unsqueeze(2)
+    if grad_lse is not None:
+        delta = delta - grad_lse.float()
+    round_weight = round_weight.reshape(batch, heads, n_slots).contiguous()
+    delta = delta.reshape(batch, heads, n_slots).contiguous()
+    lse = lse.reshape(batch, heads, n_slots).contiguous()
+    grad_qk_rounds = torch.empty(batch, heads, n_slots, head_dim, dtype=torch.float32, device=qk.device)
+    grad_v_rounds = torch.empty_like(grad_qk_rounds)
+    attention_backward(qk, qk, v, sorted_idx, grad_out, round_weight, lse, delta, grad_qk_rounds, grad_qk_rounds,
+                       grad_v_rounds, op="lsh_attention", n_slots=n_slots, chunk_len=chunk_len,
+                       n_chunks_before=n_chunks_before, n_chunks_after=n_chunks_after, causal=causal,
+                       attention_mask=attention_mask, dropout_mask=dropout_mask, dropout_p=dropout_p)
+    # Each position holds one slot per round; summing the rounds in order keeps it deterministic.
+    per_round = (batch, heads, n_hashes, seq_len, head_dim)
+    grad_qk.copy_(grad_qk_rounds.view(per_round).sum(dim=2))
+    grad_v.copy_(grad_v_rounds.view(per_round).sum(dim=2))
+    return grad_qk, grad_v
+
+
+register(lsh_attention_fwd, lsh_attention_bwd)
+backends.register("lsh_attention", "triton", lsh_attention_fwd)
