@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from reformer_kernels import cli, training
+from reformer_kernels.models import ReformerModelWithLMHead
 from reformer_kernels.training import TrainingArguments
 
 ENGLISH = os.path.join(os.path.dirname(__file__), "data", "english.txt")
@@ -126,7 +127,7 @@ def test_checkpoint_folder_loads_in_transformers(tmp_path):
     out = tmp_path / "run"
     training.train(_tiny_task(out, steps=1), progress=False)
     hf = transformers.ReformerModelWithLMHead.from_pretrained(str(out))
-    ours = training.ReformerModelWithLMHead.from_pretrained(out)
+    ours = ReformerModelWithLMHead.from_pretrained(out)
     # One chunk (4 tokens) is full attention: no random rotations, so the outputs must agree.
     tokens = training.duplication_batch(2, 16, 8, torch.Generator().manual_seed(0))[:, :4]
     with torch.no_grad():
