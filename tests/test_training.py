@@ -1,5 +1,6 @@
 """reformer_kernels.training and the `reformer-kernels train | generate` commands: the duplication
 task and its accuracy, checkpoints that resume bit for bit, Ctrl-C, the loss plot, bad arguments."""
+import errno
 import json
 import os
 import signal
@@ -231,3 +232,35 @@ def test_bad_arguments_name_the_argument(tmp_path):
     assert "ids [9] outside the vocabulary [0, 8)" in _error(["generate", out, "--prompt", "0 9"])
     assert "gives no tokens" in _error(["generate", out, "--prompt", " "])
     assert "is not a folder" in _error(["generate", str(tmp_path / "nothing"), "--prompt", "0"])
+
+
+# ---- failures: a save that fails, a diverged run, a damaged checkpoint ------------------------
+
+
+def _files(folder):
+    """{name: bytes} of every file in ``folder`` (temporary files of a save included)."""
+    return {name: (folder / name).read_bytes() for name in sorted(os.listdir(folder))}
+
+
+def test_a_save_that_fails_midway_leaves_the_previous_checkpoint_whole(tmp_path, monkeypatch):
+    out = tmp_path / "parts"
+    training.train(_tiny_task(out, steps=2, eval_sequences=8), progress=False)
+    before = _files(out)
+    save = torch.save
+
+    def disk_full(obj, f, *args, **kwargs):
+        # optimizer.pt comes after the model's and before trainer_state.json: the first files are written.
+        assert any(name.startswith(".model.safetensors.") for name in os.listdir(out))
+        raise OSError(errno.ENOSPC, "No space left on device", f.name)
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    message = _error(["train", "--out", str(out), "--resume", "--steps", "4", "--quiet"])
+    assert message.startswith("reformer-kernels train: [Errno 28] No space left on device") and "\n" not in message
+    assert _files(out) == before  # no new file, no temporary file left, the step-2 checkpoint whole
+    monkeypatch.setattr(torch, "save", save)
+
+    resumed = training.train(TrainingArguments(out=str(out), steps=4, eval_sequences=8), resume=True, progress=False)
+    assert resumed.step == 4
+    training.train(_tiny_task(tmp_path / "whole", eval_sequences=8), progress=False)
+    _assert_same_checkpoint(tmp_path / "whole", out)
+

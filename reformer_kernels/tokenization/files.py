@@ -14,6 +14,8 @@ special tokens past the vocabulary come from ``added_tokens_decoder`` or ``token
 import json
 import os
 
+from .._atomic import atomic_write
+
 CONFIG_FILE = "tokenizer_config.json"
 SPECIAL_TOKENS_MAP_FILE = "special_tokens_map.json"
 MODEL_FILE = "spiece.model"
@@ -32,7 +34,7 @@ def read_json(path):
 
 
 def write_json(path, obj):
-    with open(path, "w", encoding="utf-8") as f:
+    with atomic_write(path, "w", encoding="utf-8") as f:
         f.write(json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
 
 

@@ -42,6 +42,7 @@ import re
 
 import sentencepiece
 
+from .._atomic import all_or_nothing, atomic_write
 from .base import TokenizerBase, raise_if_not_unicode
 from .files import (
     CONFIG_FILE, MODEL_FILE, MODEL_FILES, SETTINGS, SPECIAL_TOKENS_MAP_FILE, check_folder, read_json, settings_config,
@@ -307,12 +308,10 @@ class ReformerTokenizer(TokenizerBase):
     # ---- files ----------------------------------------------------------------------------
 
     def save_pretrained(self, save_directory):
-        """Write spiece.model, tokenizer_config.json and special_tokens_map.json; return their paths."""
+        """Write spiece.model, tokenizer_config.json and special_tokens_map.json, all three or none
+        (a failed save leaves the previous files); return their paths."""
         path = os.fspath(save_directory)
         os.makedirs(path, exist_ok=True)
-        model_path = os.path.join(path, MODEL_FILE)
-        with open(model_path, "wb") as f:
-            f.write(self._model_proto)
         named = {"eos_token": self.eos_token, "unk_token": self.unk_token, "pad_token": self._pad_token}
         named = {k: v for k, v in named.items() if v is not None}
         added = {
@@ -326,10 +325,14 @@ class ReformerTokenizer(TokenizerBase):
             "added_tokens_decoder": added,
             **settings_config(self),
         }
+        model_path = os.path.join(path, MODEL_FILE)
         config_path = os.path.join(path, CONFIG_FILE)
-        write_json(config_path, config)
         map_path = os.path.join(path, SPECIAL_TOKENS_MAP_FILE)
-        write_json(map_path, {**named, "additional_special_tokens": self.additional_special_tokens})
+        with all_or_nothing():
+            with atomic_write(model_path) as f:
+                f.write(self._model_proto)
+            write_json(config_path, config)
+            write_json(map_path, {**named, "additional_special_tokens": self.additional_special_tokens})
         return model_path, config_path, map_path
 
     @classmethod

@@ -12,6 +12,7 @@ import os
 
 import torch
 
+from .._atomic import all_or_nothing, atomic_write
 from ..tokenization import ByteTokenizer
 from .plots import LOSS_PLOT, plot_losses
 
@@ -36,20 +37,24 @@ def set_rng_states(states: dict, data_generator: torch.Generator, device: torch.
 
 
 def save_checkpoint(out, args, model, tokenizer, optimizer, data_generator, device, step, losses) -> None:
-    model.save_pretrained(out)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(out)
-    torch.save({"optimizer": optimizer.state_dict(), "rng": rng_states(data_generator, device)}, os.path.join(out, OPTIMIZER_FILE))
+    """Write the checkpoint of ``step`` into ``out``: every file or none (reformer_kernels._atomic),
+    so that a failed or interrupted save leaves the previous checkpoint whole. trainer_state.json,
+    the record of the step, is written and renamed last."""
     state = {
         "step": step,
         "tokenizer": IDS if tokenizer is None else "byte" if isinstance(tokenizer, ByteTokenizer) else "sentencepiece",
         "args": {k: v for k, v in dataclasses.asdict(args).items() if k != "out"},
         "losses": losses,
     }
-    # Written last: a folder with a trainer_state.json has every other file of that step.
-    with open(os.path.join(out, STATE_FILE), "w", encoding="utf-8") as f:
-        json.dump(state, f, indent=1)
-    plot_losses(losses, os.path.join(out, LOSS_PLOT))
+    with all_or_nothing():
+        model.save_pretrained(out)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(out)
+        with atomic_write(os.path.join(out, OPTIMIZER_FILE)) as f:
+            torch.save({"optimizer": optimizer.state_dict(), "rng": rng_states(data_generator, device)}, f)
+        plot_losses(losses, os.path.join(out, LOSS_PLOT))
+        with atomic_write(os.path.join(out, STATE_FILE), "w", encoding="utf-8") as f:
+            json.dump(state, f, indent=1)
 
 
 def read_state(out: str) -> dict:

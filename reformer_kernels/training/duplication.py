@@ -9,6 +9,7 @@ import csv
 
 import torch
 
+from .._atomic import atomic_write
 from .arguments import TrainingArguments
 
 EVAL_HASHES = (1, 2, 4, 8)
@@ -59,7 +60,7 @@ def evaluate_duplication(
 
 
 def write_accuracy(accuracy: dict[int, float], path: str) -> None:
-    with open(path, "w", newline="", encoding="utf-8") as f:
+    with atomic_write(path, "w", encoding="utf-8", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["eval_num_hashes", "accuracy"])
         for n, value in accuracy.items():

@@ -8,6 +8,8 @@ import os
 import torch
 from tqdm import tqdm
 
+from .._atomic import atomic_write
+
 LOSS_PLOT = "loss.png"
 
 
@@ -34,5 +36,6 @@ def plot_losses(losses: list[float], path: str) -> bool:
     ax.set_ylabel("loss (nats/token)")
     ax.legend()
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
+    with atomic_write(path) as f:
+        figure.savefig(f, format="png", dpi=100)
     return True
