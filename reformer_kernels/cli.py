@@ -76,7 +76,7 @@ def _train(args: argparse.Namespace) -> int:
     options = {f.name: getattr(args, f.name) for f in dataclasses.fields(training.TrainingArguments)}
     try:
         result = training.train(training.TrainingArguments(**options), resume=args.resume, progress=not args.quiet)
-    except (ValueError, OSError) as error:
+    except (ValueError, OSError, training.DivergedError) as error:
         raise SystemExit(f"reformer-kernels train: {error}") from None
     loss = f", loss {result.losses[-1]:.4f}" if result.losses else ""
     if result.interrupted:

@@ -264,3 +264,32 @@ def test_a_save_that_fails_midway_leaves_the_previous_checkpoint_whole(tmp_path,
     training.train(_tiny_task(tmp_path / "whole", eval_sequences=8), progress=False)
     _assert_same_checkpoint(tmp_path / "whole", out)
 
+def test_a_non_finite_loss_stops_the_run_without_saving(tmp_path, monkeypatch):
+    # --lr inf: step 1's update makes the weights infinite, so step 2's loss is NaN.
+    out = tmp_path / "inf"
+    message = _error(["train", *_flags(TINY_TASK), "--lr", "inf", "--out", str(out), "--quiet"])
+    assert message.startswith("reformer-kernels train: step 2: the loss is nan, not finite") and "nothing was saved" in message
+    assert "\n" not in message and not out.exists()
+    # A single step: the weights are checked before the save.
+    message = _error(["train", *_flags(dict(TINY_TASK, steps=1)), "--lr", "inf", "--out", str(out), "--quiet"])
+    assert "step 1: the weights are not finite after the update (loss 2." in message and not out.exists()
+
+    # Resumed: a step that ruins the weights leaves the last good checkpoint as it was.
+    good = tmp_path / "good"
+    training.train(_tiny_task(good, steps=2), progress=False)
+    before = _files(good)
+    step = torch.optim.AdamW.step
+
+    def ruin(self, *args, **kwargs):
+        result = step(self, *args, **kwargs)
+        with torch.no_grad():
+            for group in self.param_groups:
+                for p in group["params"]:
+                    p.fill_(float("nan"))
+        return result
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", ruin)
+    message = _error(["train", "--out", str(good), "--resume", "--steps", "4", "--quiet"])
+    assert f"step 4: the loss is nan, not finite: the run diverged and stops without saving ({str(good)!r} keeps its checkpoint of step 2)" in message
+    assert _files(good) == before
+

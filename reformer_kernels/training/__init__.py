@@ -10,7 +10,9 @@ A checkpoint folder holds ``config.json`` + ``model.safetensors`` (``save_pretra
 by transformers), the tokenizer's files, ``trainer_state.json`` (the run's arguments, step, loss
 history, tokenizer kind) and ``optimizer.pt`` (AdamW state and the RNG states of the data and of
 torch, which draws the hashing rotations), so that a resumed run continues bit for bit as the
-uninterrupted one would. ``loss.png`` plots the loss curve when matplotlib is installed.
+uninterrupted one would. ``loss.png`` plots the loss curve when matplotlib is installed. A save
+is all or nothing (reformer_kernels._atomic); a loss or weights that stop being finite end the
+run with ``DivergedError``, saving nothing of them.
 
 One concern per module, each importing only those listed before it: ``arguments``, ``model``
 (the config of the model trained), ``duplication`` (the task), ``data`` (text and tokenizers),
@@ -21,12 +23,13 @@ from .checkpoints import IDS, OPTIMIZER_FILE, STATE_FILE, read_state
 from .data import encode_text_file, load_tokenizer
 from .duplication import ACCURACY_FILE, EVAL_HASHES, duplication_accuracy, duplication_batch, evaluate_duplication, write_accuracy
 from .generation import generate
-from .loop import TrainingResult, train
+from .loop import DivergedError, TrainingResult, train
 from .model import model_settings
 from .plots import LOSS_PLOT, plot_losses
 
 __all__ = [
     "ACCURACY_FILE",
+    "DivergedError",
     "EVAL_HASHES",
     "IDS",
     "LOSS_PLOT",

@@ -3,7 +3,9 @@ saves (every ``save_every`` steps, at the end and on Ctrl-C) and the task's fina
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import math
 import os
 import time
 from typing import Callable
@@ -18,6 +20,24 @@ from .data import TextData, encode_text_file, load_tokenizer, new_tokenizer
 from .duplication import ACCURACY_FILE, DuplicationData, evaluate_duplication, write_accuracy
 from .model import model_settings
 from .signals import CtrlC
+
+
+class DivergedError(RuntimeError):
+    """The loss or the weights stopped being finite; the run stops without saving them."""
+
+
+@contextlib.contextmanager
+def _folder(out: str):
+    """Make the checkpoint folder ``out``; a new run that fails before its first save removes it
+    again, so that a failed run leaves no folder behind."""
+    created = not os.path.exists(out)
+    os.makedirs(out, exist_ok=True)
+    try:
+        yield
+    except BaseException:
+        if created and not os.listdir(out):
+            os.rmdir(out)
+        raise
 
 
 @dataclasses.dataclass
@@ -76,38 +96,48 @@ def train(
         optimizer.load_state_dict(saved["optimizer"])
         # After building the model, whose initialization draws from the same generator.
         set_rng_states(saved["rng"], data_generator, device)
-    os.makedirs(out, exist_ok=True)
+    saved_step = step if resume else None
+
+    def stopped():
+        kept = "nothing was saved" if saved_step is None else f"{out!r} keeps its checkpoint of step {saved_step}"
+        return f": the run diverged and stops without saving ({kept}); lower --lr {args.lr}"
 
     def save():
+        nonlocal saved_step
+        if not all(torch.isfinite(p).all() for p in model.parameters()):
+            raise DivergedError(f"step {step}: the weights are not finite after the update (loss {losses[-1]}){stopped()}")
         save_checkpoint(out, args, model, tokenizer, optimizer, data_generator, device, step, losses)
+        saved_step = step
 
     tokens_per_step = args.batch_size * args.seq_len
     model.train()
-    bar = tqdm(total=args.steps, initial=step, desc="train", unit="step", disable=not progress)
     interrupted = False
-    with CtrlC() as ctrl_c:
-        while step < args.steps:
-            started = time.perf_counter()
-            tokens = data.batch(data_generator).to(device)
-            loss = model(tokens, labels=tokens).loss
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            step += 1
-            losses.append(loss.item())
-            bar.update(1)
-            bar.set_postfix(loss=f"{losses[-1]:.4f}", tokens_per_s=f"{tokens_per_step / (time.perf_counter() - started):.0f}")
-            if on_step is not None:
-                on_step(step, losses[-1])
-            if ctrl_c.requested:
-                interrupted = True
-                break
-            if args.save_every and step % args.save_every == 0 and step < args.steps:
-                save()
-    bar.close()
-    save()
-    accuracy = None
-    if args.task == "duplication" and not interrupted:
-        accuracy = evaluate_duplication(model, args, device, args.eval_sequences)
-        write_accuracy(accuracy, os.path.join(out, ACCURACY_FILE))
+    with _folder(out):
+        with tqdm(total=args.steps, initial=step, desc="train", unit="step", disable=not progress) as bar, CtrlC() as ctrl_c:
+            while step < args.steps:
+                started = time.perf_counter()
+                tokens = data.batch(data_generator).to(device)
+                loss = model(tokens, labels=tokens).loss
+                value = loss.item()
+                if not math.isfinite(value):
+                    raise DivergedError(f"step {step + 1}: the loss is {value}, not finite{stopped()}")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                step += 1
+                losses.append(value)
+                bar.update(1)
+                bar.set_postfix(loss=f"{value:.4f}", tokens_per_s=f"{tokens_per_step / (time.perf_counter() - started):.0f}")
+                if on_step is not None:
+                    on_step(step, value)
+                if ctrl_c.requested:
+                    interrupted = True
+                    break
+                if args.save_every and step % args.save_every == 0 and step < args.steps:
+                    save()
+        save()
+        accuracy = None
+        if args.task == "duplication" and not interrupted:
+            accuracy = evaluate_duplication(model, args, device, args.eval_sequences)
+            write_accuracy(accuracy, os.path.join(out, ACCURACY_FILE))
     return TrainingResult(out, step, losses, interrupted, accuracy)
