@@ -3,6 +3,7 @@ task and its accuracy, checkpoints that resume bit for bit, Ctrl-C, the loss plo
 import errno
 import json
 import os
+import shutil
 import signal
 import sys
 import types
@@ -13,7 +14,7 @@ from safetensors.torch import load_file
 
 from reformer_kernels import cli, training
 from reformer_kernels.models import ReformerModelWithLMHead
-from reformer_kernels.training import TrainingArguments
+from reformer_kernels.training import TrainingArguments, loop
 
 ENGLISH = os.path.join(os.path.dirname(__file__), "data", "english.txt")
 # A model small enough that a step takes milliseconds.
@@ -264,6 +265,7 @@ def test_a_save_that_fails_midway_leaves_the_previous_checkpoint_whole(tmp_path,
     training.train(_tiny_task(tmp_path / "whole", eval_sequences=8), progress=False)
     _assert_same_checkpoint(tmp_path / "whole", out)
 
+
 def test_a_non_finite_loss_stops_the_run_without_saving(tmp_path, monkeypatch):
     # --lr inf: step 1's update makes the weights infinite, so step 2's loss is NaN.
     out = tmp_path / "inf"
@@ -293,3 +295,42 @@ def test_a_non_finite_loss_stops_the_run_without_saving(tmp_path, monkeypatch):
     assert f"step 4: the loss is nan, not finite: the run diverged and stops without saving ({str(good)!r} keeps its checkpoint of step 2)" in message
     assert _files(good) == before
 
+
+def test_a_damaged_checkpoint_is_a_one_line_error_that_changes_nothing(tmp_path):
+    good = tmp_path / "good"
+    training.train(_tiny_task(good, steps=1), progress=False)
+    damages = {
+        "no optimizer": (lambda d: (d / "optimizer.pt").unlink(), "optimizer.pt' is missing"),
+        "truncated optimizer": (lambda d: (d / "optimizer.pt").write_bytes((good / "optimizer.pt").read_bytes()[:500]),
+                                "optimizer.pt' could not be read"),
+        "empty state": (lambda d: (d / "trainer_state.json").write_text("{}"), "trainer_state.json' has step None"),
+        "truncated state": (lambda d: (d / "trainer_state.json").write_text('{"step": 1'), "trainer_state.json' is not valid JSON"),
+        "no weights": (lambda d: (d / "model.safetensors").unlink(), "no weights in"),
+    }
+    for name, (damage, expected) in damages.items():
+        folder = tmp_path / name.replace(" ", "-")
+        shutil.copytree(good, folder)
+        damage(folder)
+        before = _files(folder)
+        message = _error(["train", "--out", str(folder), "--resume", "--steps", "3", "--quiet"])
+        assert expected in message and "\n" not in message, (name, message)
+        assert _files(folder) == before, name
+
+    under_a_file = good / "config.json" / "run"
+    message = _error(["train", *_flags(TINY_TASK), "--out", str(under_a_file), "--quiet"])
+    assert f"is under {str(good / 'config.json')!r}, which is a file" in message
+    (good / "tokenizer_config.json").write_text("{")
+    message = _error(["generate", str(good), "--prompt", "0 1"])
+    assert "tokenizer_config.json is not valid JSON" in message and "\n" not in message
+
+
+def test_a_second_ctrl_c_during_a_save_is_one_line_and_saves_nothing(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+
+    def second_ctrl_c(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "save_checkpoint", second_ctrl_c)
+    assert cli.main(["train", *_flags(dict(TINY_TASK, steps=1)), "--out", str(out), "--quiet"]) == 130
+    assert capsys.readouterr().err == f"reformer-kernels train: interrupted without saving; --out {str(out)!r} keeps its last checkpoint\n"
+    assert not out.exists()

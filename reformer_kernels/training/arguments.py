@@ -125,6 +125,20 @@ def resumed_arguments(args: TrainingArguments, saved: dict, step: int) -> Traini
     return TrainingArguments(**values)
 
 
+def check_new_out(out: str) -> None:
+    """Check that a new run can make its checkpoint folder ``out``: empty or not there yet, and not
+    under a file."""
+    if os.path.isdir(out) and os.listdir(out):
+        raise ValueError(f"--out {out!r} exists and is not empty: pass --resume to continue its run, or a new --out")
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ValueError(f"--out {out!r} is a file: pass a folder path")
+    above = os.path.dirname(os.path.abspath(out))
+    while not os.path.exists(above):
+        above = os.path.dirname(above)
+    if not os.path.isdir(above):
+        raise ValueError(f"--out {out!r} is under {above!r}, which is a file: pass a path under a folder")
+
+
 def check_run_options(args: TrainingArguments) -> None:
     """Check the options that a resumed run may change too."""
     if not isinstance(args.save_every, int) or isinstance(args.save_every, bool) or args.save_every < 0:

@@ -14,6 +14,7 @@ import torch
 
 from .._atomic import all_or_nothing, atomic_write
 from ..tokenization import ByteTokenizer
+from .arguments import TrainingArguments
 from .plots import LOSS_PLOT, plot_losses
 
 STATE_FILE = "trainer_state.json"
@@ -58,8 +59,56 @@ def save_checkpoint(out, args, model, tokenizer, optimizer, data_generator, devi
 
 
 def read_state(out: str) -> dict:
+    """The checked contents of ``out``'s trainer_state.json: step, losses (one per step), args
+    (every TrainingArguments field but out) and tokenizer kind."""
     path = os.path.join(out, STATE_FILE)
     if not os.path.isfile(path):
         raise ValueError(f"--out {out!r} has no {STATE_FILE}: pass the folder of a run of reformer-kernels train")
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+    try:
+        with open(path, encoding="utf-8") as f:
+            state = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path!r} is not valid JSON ({error}): the checkpoint is damaged; train into a new --out") from None
+    problem = _state_problem(state)
+    if problem:
+        raise ValueError(f"{path!r} {problem}: it is not a checkpoint of reformer-kernels train; train into a new --out")
+    return state
+
+
+def _state_problem(state) -> str | None:
+    if not isinstance(state, dict):
+        return f"holds a {type(state).__name__}, not a JSON object"
+    step = state.get("step")
+    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+        return f"has step {step!r}, not a number of steps"
+    losses = state.get("losses")
+    if not isinstance(losses, list) or len(losses) != step or not all(isinstance(x, (int, float)) for x in losses):
+        return f"does not hold the {step} losses of its steps"
+    fields = {f.name for f in dataclasses.fields(TrainingArguments)} - {"out"}
+    if not isinstance(state.get("args"), dict) or set(state["args"]) != fields:
+        return "does not hold the run's arguments (args)"
+    if state.get("tokenizer") not in (IDS, "byte", "sentencepiece"):
+        return f"has tokenizer {state.get('tokenizer')!r}, not {IDS!r}, 'byte' or 'sentencepiece'"
+    return None
+
+
+def restore_training_state(out: str, optimizer, data_generator: torch.Generator, device: torch.device) -> None:
+    """Load ``out``'s optimizer.pt into ``optimizer`` and set the RNG states it saved."""
+    path = os.path.join(out, OPTIMIZER_FILE)
+    if not os.path.isfile(path):
+        raise ValueError(f"{path!r} is missing: the checkpoint is incomplete; train into a new --out")
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch.load raises many types (pickle, zip, EOF) for a damaged file
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        raise ValueError(
+            f"{path!r} could not be read ({type(error).__name__}: {reason}): the checkpoint is damaged; train into a new --out"
+        ) from None
+    try:
+        optimizer.load_state_dict(saved["optimizer"])
+        set_rng_states(saved["rng"], data_generator, device)
+    except (KeyError, TypeError, ValueError, RuntimeError) as error:
+        raise ValueError(
+            f"{path!r} does not hold this model's optimizer and RNG states ({type(error).__name__}: {error}): "
+            "the checkpoint is damaged; train into a new --out"
+        ) from None

@@ -4,14 +4,13 @@ resume find a checkpoint's tokenizer the same way.
 """
 from __future__ import annotations
 
-import json
 import os
 
 import torch
 from tqdm import tqdm
 
 from ..tokenization import ByteTokenizer, ReformerTokenizer
-from ..tokenization.files import CONFIG_FILE, MODEL_FILES
+from ..tokenization.files import CONFIG_FILE, MODEL_FILES, read_json
 from .arguments import TrainingArguments
 
 
@@ -63,10 +62,8 @@ def load_tokenizer(directory: str):
     """The tokenizer saved in a checkpoint folder: ByteTokenizer, ReformerTokenizer, or None where
     tokens are plain ids (a task, or a folder with no tokenizer files)."""
     config_path = os.path.join(directory, CONFIG_FILE)
-    if os.path.isfile(config_path):
-        with open(config_path, encoding="utf-8") as f:
-            if json.load(f).get("tokenizer_class") == "ByteTokenizer":
-                return ByteTokenizer.from_pretrained(directory)
+    if os.path.isfile(config_path) and read_json(config_path).get("tokenizer_class") == "ByteTokenizer":
+        return ByteTokenizer.from_pretrained(directory)
     if any(os.path.isfile(os.path.join(directory, name)) for name in MODEL_FILES):
         return ReformerTokenizer.from_pretrained(directory)
     return None

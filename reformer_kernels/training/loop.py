@@ -14,8 +14,8 @@ import torch
 from tqdm import tqdm
 
 from ..models import ReformerConfig, ReformerModelWithLMHead
-from .arguments import TrainingArguments, check_run_options, resolve_arguments, resolve_device, resumed_arguments
-from .checkpoints import OPTIMIZER_FILE, read_state, save_checkpoint, set_rng_states
+from .arguments import TrainingArguments, check_new_out, check_run_options, resolve_arguments, resolve_device, resumed_arguments
+from .checkpoints import read_state, restore_training_state, save_checkpoint
 from .data import TextData, encode_text_file, load_tokenizer, new_tokenizer
 from .duplication import ACCURACY_FILE, DuplicationData, evaluate_duplication, write_accuracy
 from .model import model_settings
@@ -64,10 +64,7 @@ def train(
         step, losses = state["step"], state["losses"]
         args = resumed_arguments(args, state["args"], step)
     else:
-        if os.path.isdir(out) and os.listdir(out):
-            raise ValueError(f"--out {out!r} exists and is not empty: pass --resume to continue its run, or a new --out")
-        if os.path.exists(out) and not os.path.isdir(out):
-            raise ValueError(f"--out {out!r} is a file: pass a folder path")
+        check_new_out(out)
         args = resolve_arguments(args)
         step, losses = 0, []
     check_run_options(args)
@@ -81,7 +78,6 @@ def train(
         data = TextData(encode_text_file(args.text, tokenizer, progress), args)
     if resume:
         model = ReformerModelWithLMHead.from_pretrained(out).to(device)
-        saved = torch.load(os.path.join(out, OPTIMIZER_FILE), map_location="cpu", weights_only=True)
     else:
         torch.manual_seed(args.seed)
         vocab = args.vocab_size if tokenizer is None else len(tokenizer)
@@ -93,9 +89,8 @@ def train(
         model = ReformerModelWithLMHead(ReformerConfig(**settings)).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr)
     if resume:
-        optimizer.load_state_dict(saved["optimizer"])
         # After building the model, whose initialization draws from the same generator.
-        set_rng_states(saved["rng"], data_generator, device)
+        restore_training_state(out, optimizer, data_generator, device)
     saved_step = step if resume else None
 
     def stopped():
