@@ -5,8 +5,10 @@ A file is written to a temporary name in its own folder (so that the rename stay
 system), flushed and fsynced, then ``os.replace``d onto its name: a reader sees the old file or
 the new one, never a part. Inside ``all_or_nothing()`` the renames wait until the whole block has
 written its files, then happen in the order the files were written; an error anywhere in the block
-removes every temporary file and renames nothing, so a checkpoint never mixes two saves. Writing
-is what fails (a full disk, a quota, Ctrl-C); the renames that follow allocate nothing.
+removes every temporary file and renames nothing, so a failed save never mixes two checkpoints.
+Writing is what fails (a full disk, a quota, Ctrl-C); the renames that follow allocate nothing.
+The one window left: a kill or power loss between two renames (microseconds apart) can leave
+some files of the new save beside the old trainer_state.json, which is renamed last.
 """
 from __future__ import annotations
 
