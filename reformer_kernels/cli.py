@@ -76,8 +76,11 @@ def _train(args: argparse.Namespace) -> int:
     options = {f.name: getattr(args, f.name) for f in dataclasses.fields(training.TrainingArguments)}
     try:
         result = training.train(training.TrainingArguments(**options), resume=args.resume, progress=not args.quiet)
-    except ValueError as error:
+    except (ValueError, OSError, training.DivergedError) as error:
         raise SystemExit(f"reformer-kernels train: {error}") from None
+    except KeyboardInterrupt:  # the second Ctrl-C: the folder keeps its last checkpoint
+        print(f"reformer-kernels train: interrupted without saving; --out {args.out!r} keeps its last checkpoint", file=sys.stderr)
+        return 130
     loss = f", loss {result.losses[-1]:.4f}" if result.losses else ""
     if result.interrupted:
         print(f"interrupted: saved step {result.step}{loss} to {result.out}; "
@@ -100,7 +103,7 @@ def _generate(args: argparse.Namespace) -> int:
             args.dir, args.prompt, args.max_new_tokens, do_sample=args.do_sample, temperature=args.temperature,
             top_k=args.top_k, top_p=args.top_p, seed=args.seed, device=args.device,
         )
-    except ValueError as error:
+    except (ValueError, OSError) as error:
         raise SystemExit(f"reformer-kernels generate: {error}") from None
     print(text)
     return 0

@@ -1,7 +1,9 @@
 """reformer_kernels.training and the `reformer-kernels train | generate` commands: the duplication
 task and its accuracy, checkpoints that resume bit for bit, Ctrl-C, the loss plot, bad arguments."""
+import errno
 import json
 import os
+import shutil
 import signal
 import sys
 import types
@@ -11,7 +13,8 @@ import torch
 from safetensors.torch import load_file
 
 from reformer_kernels import cli, training
-from reformer_kernels.training import TrainingArguments
+from reformer_kernels.models import ReformerModelWithLMHead
+from reformer_kernels.training import TrainingArguments, loop
 
 ENGLISH = os.path.join(os.path.dirname(__file__), "data", "english.txt")
 # A model small enough that a step takes milliseconds.
@@ -126,7 +129,7 @@ def test_checkpoint_folder_loads_in_transformers(tmp_path):
     out = tmp_path / "run"
     training.train(_tiny_task(out, steps=1), progress=False)
     hf = transformers.ReformerModelWithLMHead.from_pretrained(str(out))
-    ours = training.ReformerModelWithLMHead.from_pretrained(out)
+    ours = ReformerModelWithLMHead.from_pretrained(out)
     # One chunk (4 tokens) is full attention: no random rotations, so the outputs must agree.
     tokens = training.duplication_batch(2, 16, 8, torch.Generator().manual_seed(0))[:, :4]
     with torch.no_grad():
@@ -230,3 +233,104 @@ def test_bad_arguments_name_the_argument(tmp_path):
     assert "ids [9] outside the vocabulary [0, 8)" in _error(["generate", out, "--prompt", "0 9"])
     assert "gives no tokens" in _error(["generate", out, "--prompt", " "])
     assert "is not a folder" in _error(["generate", str(tmp_path / "nothing"), "--prompt", "0"])
+
+
+# ---- failures: a save that fails, a diverged run, a damaged checkpoint ------------------------
+
+
+def _files(folder):
+    """{name: bytes} of every file in ``folder`` (temporary files of a save included)."""
+    return {name: (folder / name).read_bytes() for name in sorted(os.listdir(folder))}
+
+
+def test_a_save_that_fails_midway_leaves_the_previous_checkpoint_whole(tmp_path, monkeypatch):
+    out = tmp_path / "parts"
+    training.train(_tiny_task(out, steps=2, eval_sequences=8), progress=False)
+    before = _files(out)
+    save = torch.save
+
+    def disk_full(obj, f, *args, **kwargs):
+        # optimizer.pt comes after the model's and before trainer_state.json: the first files are written.
+        assert any(name.startswith(".model.safetensors.") for name in os.listdir(out))
+        raise OSError(errno.ENOSPC, "No space left on device", f.name)
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    message = _error(["train", "--out", str(out), "--resume", "--steps", "4", "--quiet"])
+    assert message.startswith("reformer-kernels train: [Errno 28] No space left on device") and "\n" not in message
+    assert _files(out) == before  # no new file, no temporary file left, the step-2 checkpoint whole
+    monkeypatch.setattr(torch, "save", save)
+
+    resumed = training.train(TrainingArguments(out=str(out), steps=4, eval_sequences=8), resume=True, progress=False)
+    assert resumed.step == 4
+    training.train(_tiny_task(tmp_path / "whole", eval_sequences=8), progress=False)
+    _assert_same_checkpoint(tmp_path / "whole", out)
+
+
+def test_a_non_finite_loss_stops_the_run_without_saving(tmp_path, monkeypatch):
+    # --lr inf: step 1's update makes the weights infinite, so step 2's loss is NaN.
+    out = tmp_path / "inf"
+    message = _error(["train", *_flags(TINY_TASK), "--lr", "inf", "--out", str(out), "--quiet"])
+    assert message.startswith("reformer-kernels train: step 2: the loss is nan, not finite") and "nothing was saved" in message
+    assert "\n" not in message and not out.exists()
+    # A single step: the weights are checked before the save.
+    message = _error(["train", *_flags(dict(TINY_TASK, steps=1)), "--lr", "inf", "--out", str(out), "--quiet"])
+    assert "step 1: the weights are not finite after the update (loss 2." in message and not out.exists()
+
+    # Resumed: a step that ruins the weights leaves the last good checkpoint as it was.
+    good = tmp_path / "good"
+    training.train(_tiny_task(good, steps=2), progress=False)
+    before = _files(good)
+    step = torch.optim.AdamW.step
+
+    def ruin(self, *args, **kwargs):
+        result = step(self, *args, **kwargs)
+        with torch.no_grad():
+            for group in self.param_groups:
+                for p in group["params"]:
+                    p.fill_(float("nan"))
+        return result
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", ruin)
+    message = _error(["train", "--out", str(good), "--resume", "--steps", "4", "--quiet"])
+    assert f"step 4: the loss is nan, not finite: the run diverged and stops without saving ({str(good)!r} keeps its checkpoint of step 2)" in message
+    assert _files(good) == before
+
+
+def test_a_damaged_checkpoint_is_a_one_line_error_that_changes_nothing(tmp_path):
+    good = tmp_path / "good"
+    training.train(_tiny_task(good, steps=1), progress=False)
+    damages = {
+        "no optimizer": (lambda d: (d / "optimizer.pt").unlink(), "optimizer.pt' is missing"),
+        "truncated optimizer": (lambda d: (d / "optimizer.pt").write_bytes((good / "optimizer.pt").read_bytes()[:500]),
+                                "optimizer.pt' could not be read"),
+        "empty state": (lambda d: (d / "trainer_state.json").write_text("{}"), "trainer_state.json' has step None"),
+        "truncated state": (lambda d: (d / "trainer_state.json").write_text('{"step": 1'), "trainer_state.json' is not valid JSON"),
+        "no weights": (lambda d: (d / "model.safetensors").unlink(), "no weights in"),
+    }
+    for name, (damage, expected) in damages.items():
+        folder = tmp_path / name.replace(" ", "-")
+        shutil.copytree(good, folder)
+        damage(folder)
+        before = _files(folder)
+        message = _error(["train", "--out", str(folder), "--resume", "--steps", "3", "--quiet"])
+        assert expected in message and "\n" not in message, (name, message)
+        assert _files(folder) == before, name
+
+    under_a_file = good / "config.json" / "run"
+    message = _error(["train", *_flags(TINY_TASK), "--out", str(under_a_file), "--quiet"])
+    assert f"is under {str(good / 'config.json')!r}, which is a file" in message
+    (good / "tokenizer_config.json").write_text("{")
+    message = _error(["generate", str(good), "--prompt", "0 1"])
+    assert "tokenizer_config.json is not valid JSON" in message and "\n" not in message
+
+
+def test_a_second_ctrl_c_during_a_save_is_one_line_and_saves_nothing(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+
+    def second_ctrl_c(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "save_checkpoint", second_ctrl_c)
+    assert cli.main(["train", *_flags(dict(TINY_TASK, steps=1)), "--out", str(out), "--quiet"]) == 130
+    assert capsys.readouterr().err == f"reformer-kernels train: interrupted without saving; --out {str(out)!r} keeps its last checkpoint\n"
+    assert not out.exists()

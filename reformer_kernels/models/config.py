@@ -11,6 +11,8 @@ import json
 import os
 from typing import Any
 
+from .._atomic import atomic_write
+
 CONFIG_NAME = "config.json"
 ATTENTION_TYPES = ("lsh", "local")
 
@@ -185,7 +187,7 @@ class ReformerConfig:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
 
     def to_json_file(self, path: str | os.PathLike) -> None:
-        with open(path, "w", encoding="utf-8") as f:
+        with atomic_write(path, "w", encoding="utf-8") as f:
             f.write(self.to_json_string())
 
     @classmethod

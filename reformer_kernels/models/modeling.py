@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from .. import functional
+from .._atomic import all_or_nothing, atomic_write
 from ..nn import (
     AxialPositionEmbeddings,
     ChunkedFeedForward,
@@ -257,14 +258,17 @@ class ReformerPreTrainedModel(nn.Module):
                 nn.init.normal_(weight, std=self.config.axial_norm_std)
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
-        """Write ``config.json`` and ``model.safetensors`` (readable by transformers' from_pretrained)."""
-        from safetensors.torch import save_file
+        """Write ``config.json`` and ``model.safetensors`` (readable by transformers' from_pretrained),
+        both or neither (see reformer_kernels._atomic): a failed save leaves the previous ones."""
+        from safetensors.torch import save
 
         os.makedirs(directory, exist_ok=True)
         config = ReformerConfig.from_dict({**self.config.to_dict(), "architectures": [type(self).__name__]})
-        config.save_pretrained(directory)
         state = {name: tensor.detach().contiguous().cpu() for name, tensor in self.state_dict().items()}
-        save_file(state, os.path.join(directory, SAFETENSORS_NAME), metadata={"format": "pt"})
+        with all_or_nothing():
+            config.save_pretrained(directory)
+            with atomic_write(os.path.join(directory, SAFETENSORS_NAME)) as f:
+                f.write(save(state, metadata={"format": "pt"}))
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, **config_overrides: Any) -> "ReformerPreTrainedModel":

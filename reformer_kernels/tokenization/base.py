@@ -1,0 +1,259 @@
+"""What both tokenizers share: the call that encodes one text or a batch (padding, truncation,
+lists or tensors, attention masks), decoding and id checks, and ``BatchEncoding``. Separate from
+the tokenizers so that each of them holds only how its text becomes ids and back.
+"""
+from itertools import chain
+
+import torch
+
+# transformers' VERY_LARGE_INTEGER: a model_max_length that stands for "no limit".
+_NO_LIMIT = int(1e30)
+_SIDES = ("left", "right")
+_PADDING = {True: "longest", "longest": "longest", "max_length": "max_length", False: None, "do_not_pad": None}
+_TRUNCATION = {True: True, "longest_first": True, "only_first": True, False: False, "do_not_truncate": False}
+
+
+class BatchEncoding(dict):
+    """What a tokenizer call returns: ``input_ids`` and ``attention_mask``, as keys or attributes."""
+
+    def __getattr__(self, name):
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def to(self, device):
+        """Move the tensors (``return_tensors="pt"``) to ``device``."""
+        return BatchEncoding({k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in self.items()})
+
+
+
+class TokenizerBase:
+    """Padding, truncation, tensors and decoding shared by both tokenizers."""
+
+    _text_types = (str,)
+
+    def __init__(self, model_max_length, padding_side, truncation_side):
+        if model_max_length is not None and (not isinstance(model_max_length, int) or model_max_length < 0):
+            raise ValueError(f"model_max_length={model_max_length!r}: pass a non-negative int or None (no limit)")
+        self.model_max_length = None if model_max_length is None or model_max_length >= _NO_LIMIT else model_max_length
+        self.padding_side = padding_side
+        self.truncation_side = truncation_side
+        self._check_side("padding_side", padding_side)
+        self._check_side("truncation_side", truncation_side)
+
+    @staticmethod
+    def _check_side(name, side):
+        if side not in _SIDES:
+            raise ValueError(f"{name}={side!r}: pass 'left' or 'right'")
+
+    def __len__(self):
+        return len(self._tokens)
+
+    def get_vocab(self):
+        """{token: id} for every id, the added special tokens included."""
+        return {token: i for i, token in enumerate(self._tokens) if token is not None}
+
+    # ---- encoding -------------------------------------------------------------------------
+
+    def __call__(
+        self,
+        text,
+        *,
+        padding=False,
+        truncation=None,
+        max_length=None,
+        pad_to_multiple_of=None,
+        padding_side=None,
+        return_tensors=None,
+        return_attention_mask=None,
+    ):
+        """Tokenize one text or a batch.
+
+        text: a str (ids are a flat list; a (1, L) tensor with ``return_tensors="pt"``) or a list
+        of str. ``padding``: False | True/"longest" | "max_length" (to ``max_length``, else
+        ``model_max_length``), rounded up to ``pad_to_multiple_of``; needs ``pad_token``.
+        ``truncation``: True keeps ``max_length`` (else ``model_max_length``) tokens from the
+        ``truncation_side``; left unset, it is on when ``max_length`` is given without padding,
+        as in transformers. ``return_tensors``: None (lists) or "pt" (int64 tensors, (B, L)).
+        Returns a BatchEncoding with ``input_ids`` and (unless ``return_attention_mask=False``)
+        ``attention_mask`` (1 = token, 0 = padding).
+        """
+        texts, is_batch = self._as_batch(text)
+        strategy, truncate_to, pad_to = self._resolve_lengths(padding, truncation, max_length, pad_to_multiple_of)
+        side = self.padding_side if padding_side is None else padding_side
+        self._check_side("padding_side", side)
+        self._check_side("truncation_side", self.truncation_side)
+        if return_tensors not in (None, "pt"):
+            raise ValueError(f"return_tensors={return_tensors!r}: pass 'pt' for torch tensors or None for lists")
+
+        rows = self._encode_batch(texts)
+        if truncate_to is not None:
+            keep_end = self.truncation_side == "left"
+            rows = [
+                r if len(r) <= truncate_to else r[len(r) - truncate_to :] if keep_end else r[:truncate_to] for r in rows
+            ]
+        target = 0
+        if strategy == "longest":
+            target = max(map(len, rows), default=0)
+        elif strategy == "max_length":
+            target = pad_to
+        if strategy is not None and pad_to_multiple_of is not None:
+            target = -(-target // pad_to_multiple_of) * pad_to_multiple_of
+        lengths = [len(r) for r in rows]
+        padded = [max(n, target) for n in lengths]
+
+        if return_tensors == "pt":
+            input_ids, attention_mask = self._to_tensors(rows, lengths, padded, side)
+        else:
+            input_ids, attention_mask = self._to_lists(rows, lengths, padded, side)
+            if not is_batch:
+                input_ids, attention_mask = input_ids[0], attention_mask[0]
+        encoding = BatchEncoding(input_ids=input_ids)
+        if return_attention_mask is None or return_attention_mask:
+            encoding["attention_mask"] = attention_mask
+        return encoding
+
+    def encode(self, text, **kwargs):
+        """The ``input_ids`` of one text (keyword arguments as in ``__call__``)."""
+        if not isinstance(text, self._text_types):
+            raise TypeError(
+                f"text must be a {' or '.join(t.__name__ for t in self._text_types)}, got {type(text).__name__}: "
+                "call the tokenizer itself on a list of texts"
+            )
+        return self(text, **kwargs)["input_ids"]
+
+    def tokenize(self, text):
+        """The tokens of one text."""
+        return self.convert_ids_to_tokens(self.encode(text))
+
+    def _as_batch(self, text):
+        allowed = " or ".join(t.__name__ for t in self._text_types)
+        if isinstance(text, self._text_types):
+            return [text], False
+        if not isinstance(text, (list, tuple)):
+            raise TypeError(f"text must be a {allowed} or a list of them, got {type(text).__name__}")
+        for i, t in enumerate(text):
+            if not isinstance(t, self._text_types):
+                raise TypeError(f"text[{i}] must be a {allowed}, got {type(t).__name__}")
+        return list(text), True
+
+    def _resolve_lengths(self, padding, truncation, max_length, pad_to_multiple_of):
+        """(padding strategy, length to truncate to or None, length for padding="max_length")."""
+        if not isinstance(padding, (bool, str)) or padding not in _PADDING:
+            raise ValueError(f"padding={padding!r}: pass False, True, 'longest', 'max_length' or 'do_not_pad'")
+        if truncation is not None and (not isinstance(truncation, (bool, str)) or truncation not in _TRUNCATION):
+            raise ValueError(f"truncation={truncation!r}: pass True, False, 'longest_first' or 'do_not_truncate'")
+        for name, value in (("max_length", max_length), ("pad_to_multiple_of", pad_to_multiple_of)):
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+                raise ValueError(f"{name}={value!r}: pass a non-negative int or None")
+        if pad_to_multiple_of == 0:
+            raise ValueError("pad_to_multiple_of=0: pass a positive int or None")
+        strategy = _PADDING[padding]
+        # transformers turns truncation on for a bare max_length only when padding is literally False.
+        truncate = (max_length is not None and padding is False) if truncation is None else _TRUNCATION[truncation]
+        limit = self.model_max_length if max_length is None else max_length
+        if strategy is not None and self.pad_token_id is None:
+            raise ValueError(
+                f"padding={padding!r} but this tokenizer has no pad_token: set one first, "
+                "e.g. tokenizer.pad_token = tokenizer.eos_token, or pass pad_token='<pad>' when loading"
+            )
+        if strategy == "max_length" and limit is None:
+            raise ValueError(
+                "padding='max_length' needs a length: pass max_length=..., or set model_max_length, "
+                "or use padding=True to pad to the longest text"
+            )
+        if truncate and strategy is not None and pad_to_multiple_of is not None and limit is not None:
+            if limit % pad_to_multiple_of:
+                raise ValueError(
+                    f"truncation to max_length={limit} and padding to pad_to_multiple_of={pad_to_multiple_of} disagree: "
+                    "pass a max_length that is a multiple of pad_to_multiple_of"
+                )
+        return strategy, limit if truncate else None, limit
+
+    def _to_lists(self, rows, lengths, padded, side):
+        pad_id = self.pad_token_id
+        input_ids, attention_mask = [], []
+        for row, n, width in zip(rows, lengths, padded):
+            pad = [pad_id] * (width - n)
+            ones, zeros = [1] * n, [0] * (width - n)
+            input_ids.append(pad + row if side == "left" else row + pad)
+            attention_mask.append(zeros + ones if side == "left" else ones + zeros)
+        return input_ids, attention_mask
+
+    def _to_tensors(self, rows, lengths, padded, side):
+        width = padded[0] if padded else 0
+        if any(w != width for w in padded):
+            raise ValueError(
+                f"return_tensors='pt' needs rows of one length, got lengths from {min(padded)} to {max(padded)}: "
+                "pass padding=True (and truncation=True with max_length to cap the length)"
+            )
+        n = torch.tensor(lengths, dtype=torch.long)
+        positions = torch.arange(width)
+        # Filling a boolean mask writes in row-major order, which is the order of the flat ids.
+        mask = positions >= (width - n)[:, None] if side == "left" else positions < n[:, None]
+        fill = 0 if self.pad_token_id is None else self.pad_token_id
+        input_ids = torch.full((len(rows), width), fill, dtype=torch.long)
+        input_ids[mask] = torch.tensor(list(chain.from_iterable(rows)), dtype=torch.long)
+        return input_ids, mask.long()
+
+    # ---- decoding -------------------------------------------------------------------------
+
+    def decode(self, token_ids, skip_special_tokens=False):
+        """The text of a sequence of ids (an int, a list of ints, or a 0-D/1-D tensor)."""
+        return self._decode_ids(self._as_id_list(token_ids), skip_special_tokens)
+
+    def batch_decode(self, sequences, skip_special_tokens=False):
+        """The texts of a list of id sequences or of a 2-D tensor."""
+        if isinstance(sequences, torch.Tensor):
+            if sequences.dim() != 2:
+                raise ValueError(f"sequences has shape {tuple(sequences.shape)}: pass a 2-D tensor (batch, length)")
+            sequences = sequences.tolist()
+        if not isinstance(sequences, (list, tuple)):
+            raise TypeError(f"sequences must be a list of id sequences or a 2-D tensor, got {type(sequences).__name__}")
+        return [self.decode(ids, skip_special_tokens) for ids in sequences]
+
+    def convert_ids_to_tokens(self, ids, skip_special_tokens=False):
+        """The token of an id, or the list of tokens of a sequence of ids."""
+        single = isinstance(ids, int) or (isinstance(ids, torch.Tensor) and ids.dim() == 0)
+        valid = self._as_id_list(ids, "ids")
+        special = self.all_special_ids if skip_special_tokens else ()
+        tokens = [self._tokens[i] for i in valid if i not in special]
+        return tokens[0] if single and tokens else tokens
+
+    def _as_id_list(self, token_ids, name="token_ids"):
+        if isinstance(token_ids, torch.Tensor):
+            if token_ids.dim() > 1:
+                raise ValueError(
+                    f"{name} has shape {tuple(token_ids.shape)}: pass one sequence (use batch_decode for a batch)"
+                )
+            token_ids = token_ids.tolist()
+        if isinstance(token_ids, int):
+            token_ids = [token_ids]
+        if not isinstance(token_ids, (list, tuple)):
+            raise TypeError(f"{name} must be an int, a list of ints or a tensor, got {type(token_ids).__name__}")
+        size = len(self._tokens)
+        for i in token_ids:
+            if not isinstance(i, int):
+                raise TypeError(f"{name} contains {i!r} of type {type(i).__name__}: pass integer ids")
+            if not 0 <= i < size or self._tokens[i] is None:
+                raise ValueError(
+                    f"{name} contains id {i}, which is outside this tokenizer's vocabulary [0, {size}): "
+                    "pass ids produced by this tokenizer (or one with the same spiece.model)"
+                )
+        return list(token_ids)
+
+
+
+def raise_if_not_unicode(texts, cause):
+    """Name the first text that cannot be UTF-8 encoded (a lone surrogate), if there is one."""
+    for i, text in enumerate(texts):
+        if isinstance(text, str):
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as e:
+                raise ValueError(
+                    f"text[{i}] has a lone surrogate {text[e.start]!r} at position {e.start}, which is not Unicode: "
+                    "clean the text (e.g. text.encode('utf-8', 'replace').decode())"
+                ) from cause
+
