@@ -64,7 +64,7 @@ def test_model_save_pretrained_that_fails_keeps_config_and_weights(tmp_path, mon
     model.save_pretrained(tmp_path)
     before = _files(tmp_path)
     model.config.vocab_size = 9  # config.json would change: it is written before the weights
-    monkeypatch.setattr(safetensors.torch, "save", _disk_full)
+    monkeypatch.setattr(safetensors.torch, "save_file", _disk_full)
     with pytest.raises(OSError, match="No space left"):
         model.save_pretrained(tmp_path)
     assert _files(tmp_path) == before

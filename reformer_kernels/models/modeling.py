@@ -260,15 +260,17 @@ class ReformerPreTrainedModel(nn.Module):
     def save_pretrained(self, directory: str | os.PathLike) -> None:
         """Write ``config.json`` and ``model.safetensors`` (readable by transformers' from_pretrained),
         both or neither (see reformer_kernels._atomic): a failed save leaves the previous ones."""
-        from safetensors.torch import save
+        from safetensors.torch import save_file
 
         os.makedirs(directory, exist_ok=True)
         config = ReformerConfig.from_dict({**self.config.to_dict(), "architectures": [type(self).__name__]})
         state = {name: tensor.detach().contiguous().cpu() for name, tensor in self.state_dict().items()}
         with all_or_nothing():
             config.save_pretrained(directory)
+            # safetensors writes the temporary file by its name, streaming the tensors (no copy of
+            # the whole file in memory); atomic_write then fsyncs that same file and renames it.
             with atomic_write(os.path.join(directory, SAFETENSORS_NAME)) as f:
-                f.write(save(state, metadata={"format": "pt"}))
+                save_file(state, f.name, metadata={"format": "pt"})
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, **config_overrides: Any) -> "ReformerPreTrainedModel":
