@@ -349,6 +349,21 @@ def dropout_mask_arg(op: str, dropout_mask: Optional[torch.Tensor], dropout_p: f
     return keep, keep.stride(0), keep.stride(1), 1.0 / (1.0 - dropout_p)
 
 
+def _launch_arguments(q: torch.Tensor, op: str, n_slots: int, chunk_len: int, window: int, lsh: bool,
+                      attention_mask: Optional[torch.Tensor], dropout_mask: Optional[torch.Tensor],
+                      dropout_p: float) -> tuple[tuple, tuple, dict, tuple[int, int, int]]:
+    """What the forward and backward launches share: the mask and dropout tensors, their strides
+    (keep, mask, (stride_mb, stride_db, stride_dh)), the scalars (key_scale, mask_value,
+    self_mask_value, drop_scale), the tile and the grid."""
+    batch, heads, _, head_dim = q.shape
+    keep, stride_db, stride_dh, drop_scale = dropout_mask_arg(op, dropout_mask, dropout_p, q, n_slots, chunk_len, window)
+    mask, stride_mb = keep_mask_arg(attention_mask, q)
+    mask_value, self_mask_value = mask_values(q.dtype)
+    tile = tiles(chunk_len, head_dim, q.dtype)
+    scalars = (1.0 / math.sqrt(head_dim), mask_value, self_mask_value if lsh else 0.0, drop_scale)
+    return (keep, mask, (stride_mb, stride_db, stride_dh)), scalars, tile, chunk_grid(n_slots, chunk_len, batch, heads, tile)
+
+
 def attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sorted_idx: Optional[torch.Tensor],
                       out: torch.Tensor, lse: torch.Tensor, *, op: str, n_slots: int, chunk_len: int,
                       n_chunks_before: int, n_chunks_after: int, causal: bool, attention_mask: Optional[torch.Tensor],
@@ -357,22 +372,18 @@ def attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sorted_
     rows are contiguous. LSH when ``sorted_idx`` is given (slots are its entries, k is q), else
     local (slots are positions). Writes each query's output and lse at its row of ``out``
     (B, H, rows, d) and ``lse`` (B, H, rows)."""
-    batch, heads, seq_len, head_dim = q.shape
     lsh = sorted_idx is not None
     window = n_chunks_before + 1 + n_chunks_after
-    keep, stride_db, stride_dh, drop_scale = dropout_mask_arg(op, dropout_mask, dropout_p, q, n_slots, chunk_len, window)
-    mask, stride_mb = keep_mask_arg(attention_mask, q)
-    mask_value, self_mask_value = mask_values(q.dtype)
-    tile = tiles(chunk_len, head_dim, q.dtype)
-    attention_fwd_kernel[chunk_grid(n_slots, chunk_len, batch, heads, tile)](
+    (keep, mask, strides), scalars, tile, grid = _launch_arguments(q, op, n_slots, chunk_len, window, lsh, attention_mask,
+                                                                   dropout_mask, dropout_p)
+    attention_fwd_kernel[grid](
         q, k, v, sorted_idx if lsh else lse, mask, keep, out, lse,
         q.stride(0), q.stride(1), q.stride(2),
         out.stride(0), out.stride(1), out.stride(2),
         lse.stride(0), lse.stride(1),
-        stride_mb,
-        stride_db, stride_dh,
-        seq_len, n_slots, chunk_len, n_chunks_before, window, head_dim,
-        1.0 / math.sqrt(head_dim), mask_value, self_mask_value if lsh else 0.0, drop_scale,
+        *strides,
+        q.shape[2], n_slots, chunk_len, n_chunks_before, window, q.shape[3],
+        *scalars,
         LSH=lsh, CAUSAL=causal, HAS_MASK=attention_mask is not None, DROPOUT=dropout_mask is not None,
         **tile,
     )
@@ -388,23 +399,19 @@ def attention_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sorted
     ``grad_k``, ``grad_v`` (B, H, rows, d), from ``grad_out`` (B, H, L, d) and the per-row ``lse``
     and ``delta`` (B, H, rows). LSH when ``sorted_idx`` is given (then k is q, grad_k is grad_q, and
     ``round_weight`` (B, H, rows) scales each round's upstream gradient), else local."""
-    batch, heads, seq_len, head_dim = q.shape
     lsh = sorted_idx is not None
     window = n_chunks_before + 1 + n_chunks_after
-    keep, stride_db, stride_dh, drop_scale = dropout_mask_arg(op, dropout_mask, dropout_p, q, n_slots, chunk_len, window)
-    mask, stride_mb = keep_mask_arg(attention_mask, q)
-    mask_value, self_mask_value = mask_values(q.dtype)
-    tile = tiles(chunk_len, head_dim, q.dtype)
-    attention_bwd_kernel[chunk_grid(n_slots, chunk_len, batch, heads, tile)](
+    (keep, mask, strides), scalars, tile, grid = _launch_arguments(q, op, n_slots, chunk_len, window, lsh, attention_mask,
+                                                                   dropout_mask, dropout_p)
+    attention_bwd_kernel[grid](
         q, k, v, sorted_idx if lsh else lse, mask, keep, grad_out, round_weight if lsh else lse, lse, delta, grad_q,
         grad_k, grad_v,
         q.stride(0), q.stride(1), q.stride(2),
         grad_q.stride(0), grad_q.stride(1), grad_q.stride(2),
         lse.stride(0), lse.stride(1),
-        stride_mb,
-        stride_db, stride_dh,
-        seq_len, n_slots, chunk_len, n_chunks_before, n_chunks_after, head_dim,
-        1.0 / math.sqrt(head_dim), mask_value, self_mask_value if lsh else 0.0, drop_scale,
+        *strides,
+        q.shape[2], n_slots, chunk_len, n_chunks_before, n_chunks_after, q.shape[3],
+        *scalars,
         LSH=lsh, CAUSAL=causal, HAS_MASK=attention_mask is not None, DROPOUT=dropout_mask is not None,
         **tile,
     )
