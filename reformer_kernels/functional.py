@@ -83,6 +83,15 @@ def _check_attention_mask(fn: str, attention_mask: object, like: torch.Tensor) -
         )
     if attention_mask.device != like.device:
         raise ValueError(f"{fn}: attention_mask is on {attention_mask.device} but the inputs are on {like.device}; move it")
+    if attention_mask.dtype != torch.bool and attention_mask.numel() and checks_values():
+        # .bool() would read an additive mask (0 for tokens, -10000 for padding) inverted
+        if not ((attention_mask == 0) | (attention_mask == 1)).all():
+            low, high = torch.aminmax(attention_mask)
+            raise ValueError(
+                f"{fn}: attention_mask must hold 1 for tokens and 0 for padding (bool, or 0/1 of any dtype), got values "
+                f"in [{low.item()}, {high.item()}]; an additive mask (0 for tokens, a large negative number for padding) "
+                "converts with attention_mask = (additive == 0)"
+            )
     return attention_mask.bool()
 
 
@@ -126,6 +135,20 @@ def _check_chunking(fn: str, chunk_len: object, n_chunks_before: object, n_chunk
     _check_int(fn, "chunk_len", chunk_len, 1)
     _check_int(fn, "n_chunks_before", n_chunks_before, 0)
     _check_int(fn, "n_chunks_after", n_chunks_after, 0)
+
+
+def _check_window(fn: str, n_chunks: int, n_chunks_before: int, n_chunks_after: int) -> None:
+    """Neighbour chunks lie on the ring of the input's ``n_chunks`` chunks, at most ``n_chunks``
+    away. Up to there transformers, which slices instead of rolling, takes the same chunks (a shift
+    of n_chunks is the chunk itself in both); further out the two disagree, and a huge value would
+    also size the window past what memory or index arithmetic can hold."""
+    for name, value in (("n_chunks_before", n_chunks_before), ("n_chunks_after", n_chunks_after)):
+        if value > n_chunks:
+            raise ValueError(
+                f"{fn}: {name} {value} reaches past the {n_chunks} chunk(s) of this input (n_hashes * seq_len / "
+                f"chunk_len, padded): a neighbour chunk can be at most {n_chunks} away on that ring; lower {name} to at "
+                f"most {n_chunks} or attend over a longer sequence"
+            )
 
 
 def _check_dropout_p(fn: str, dropout_p: object, *, name: str = "dropout_p", allow_one: bool = False) -> float:
@@ -380,6 +403,7 @@ def lsh_attention(
             f"{fn}: with n_hashes {n_hashes} > 1, chunk_len {chunk_len} must divide seq_len {seq_len} "
             "so no chunk spans two rounds; pad the sequence (lsh_self_attention does it for you)"
         )
+    _check_window(fn, n_hashes * seq_len // chunk_len, n_chunks_before, n_chunks_after)
     _check_bool(fn, "causal", causal)
     _check_bool(fn, "return_lse", return_lse)
     attention_mask = _check_attention_mask(fn, attention_mask, qk)
@@ -443,6 +467,7 @@ def local_attention(
     _, run = backends.select("local_attention", q.device, backend)
     batch, heads, seq_len, _ = q.shape
     used_chunk_len, before, after, padded_len = reference.local_chunking(seq_len, chunk_len, n_chunks_before, n_chunks_after)
+    _check_window(fn, padded_len // used_chunk_len, before, after)
     shape = reference.dropout_mask_shape(batch, heads, padded_len, used_chunk_len, before, after)
     dropout = _attention_dropout(shape, dropout_p, q.device)
     return run(q, k, v, **chunking, causal=causal, attention_mask=attention_mask, **dropout)
@@ -510,6 +535,7 @@ def lsh_self_attention(
         return out
 
     padded_len = math.ceil(seq_len / chunk_len) * chunk_len
+    _check_window(fn, rotations.shape[2] * padded_len // chunk_len, n_chunks_before, n_chunks_after)
     if padded_len > seq_len:
         (qk, v), attention_mask = reference.pad_sequence((qk, v), attention_mask, padded_len)
     _, hash_impl = backends.select("lsh_hash", qk.device, backend)
