@@ -6,9 +6,20 @@
 // they arrive (a running log-sum-exp per position). Because a task owns its positions, gradients
 // are accumulated in a fixed order and the result does not depend on the number of threads.
 // Memory: the outputs plus, per thread, one chunk's scores and O(seq_len) scalars.
+#include <ATen/Parallel.h>
 #include <torch/library.h>
 
-#include "attention_common.h"
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <vector>
+
+#include "attention_checks.h"
+#include "chunk_attention.h"
+#include "masks.h"
+#include "rows.h"
+#include "vec.h"
 
 namespace reformer_kernels::cpu {
 namespace {
@@ -31,10 +42,7 @@ LshShape check_lsh_inputs(const char* op, const at::Tensor& qk, const at::Tensor
                    sorted_idx.scalar_type());
   TORCH_CHECK_VALUE(sorted_idx.device().is_cpu(), op, ": sorted_idx must be on the CPU, got ", sorted_idx.device());
   TORCH_CHECK_VALUE(n_hashes >= 1, op, ": n_hashes must be >= 1, got ", n_hashes);
-  TORCH_CHECK_VALUE(chunk_len >= 1, op, ": chunk_len must be >= 1, got ", chunk_len);
-  TORCH_CHECK_VALUE(n_chunks_before >= 0 && n_chunks_after >= 0, op,
-                    ": n_chunks_before and n_chunks_after must be >= 0, got ", n_chunks_before, " and ",
-                    n_chunks_after);
+  check_chunking(op, chunk_len, n_chunks_before, n_chunks_after);
   LshShape s{qk.size(0), qk.size(1), qk.size(2), qk.size(3), n_hashes, chunk_len, 0, 0};
   const int64_t total = n_hashes * s.seq_len;
   TORCH_CHECK_VALUE(sorted_idx.dim() == 3 && sorted_idx.size(0) == s.batch && sorted_idx.size(1) == s.heads &&
@@ -401,10 +409,6 @@ void lsh_backward_kernel(const at::Tensor& grad_out, const at::Tensor& grad_lse,
       }
     }
   });
-}
-
-at::ScalarType lse_dtype(const at::Tensor& qk) {
-  return qk.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
 }
 
 std::tuple<at::Tensor, at::Tensor> lsh_attention_fwd_cpu(const at::Tensor& qk_in, const at::Tensor& v_in,
