@@ -42,8 +42,9 @@ LocalShape check_local_inputs(const char* op, const at::Tensor& q, const at::Ten
     s.chunk_len = std::max<int64_t>(s.seq_len, 1);
     s.before = s.after = 0;
   }
+  check_positions(op, s.seq_len);
   s.n_chunks = (s.seq_len + s.chunk_len - 1) / s.chunk_len;
-  s.n_keys = (1 + s.before + s.after) * s.chunk_len;
+  s.n_keys = window_keys(op, s.chunk_len, s.n_chunks, s.before, s.after);
   return s;
 }
 

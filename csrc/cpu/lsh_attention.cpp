@@ -44,7 +44,12 @@ LshShape check_lsh_inputs(const char* op, const at::Tensor& qk, const at::Tensor
   TORCH_CHECK_VALUE(n_hashes >= 1, op, ": n_hashes must be >= 1, got ", n_hashes);
   check_chunking(op, chunk_len, n_chunks_before, n_chunks_after);
   LshShape s{qk.size(0), qk.size(1), qk.size(2), qk.size(3), n_hashes, chunk_len, 0, 0};
-  const int64_t total = n_hashes * s.seq_len;
+  // Positions are compared as 32-bit lanes (and sorted as the high half of 64-bit keys).
+  check_positions(op, s.seq_len);
+  int64_t total = 0;
+  TORCH_CHECK_VALUE(!__builtin_mul_overflow(n_hashes, s.seq_len, &total), op, ": n_hashes = ", n_hashes,
+                    " rounds of seq_len = ", s.seq_len, " positions are more entries than int64 counts; pass the ",
+                    "n_hashes that sorted_idx was sorted with");
   TORCH_CHECK_VALUE(sorted_idx.dim() == 3 && sorted_idx.size(0) == s.batch && sorted_idx.size(1) == s.heads &&
                         sorted_idx.size(2) == total,
                     op, ": sorted_idx must have shape (batch, heads, n_hashes * seq_len) = (", s.batch, ", ", s.heads,
@@ -52,11 +57,8 @@ LshShape check_lsh_inputs(const char* op, const at::Tensor& qk, const at::Tensor
   TORCH_CHECK_VALUE(total % chunk_len == 0, op, ": n_hashes * seq_len = ", total,
                     " must be a multiple of chunk_len = ", chunk_len,
                     "; pad the sequence (lsh_self_attention does) or pick another chunk_len");
-  // Positions are compared as 32-bit lanes (and sorted as the high half of 64-bit keys).
-  TORCH_CHECK_VALUE(s.seq_len <= std::numeric_limits<int32_t>::max(), op, ": seq_len = ", s.seq_len,
-                    " is more than the kernels' 2^31 - 1 positions; split the sequence");
   s.n_chunks = total / chunk_len;
-  s.n_keys = (1 + n_chunks_before + n_chunks_after) * chunk_len;
+  s.n_keys = window_keys(op, chunk_len, s.n_chunks, n_chunks_before, n_chunks_after);
   return s;
 }
 
