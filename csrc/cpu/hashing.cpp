@@ -1,10 +1,17 @@
 // Angular LSH on the CPU in one pass per block of positions: rotate (a small GEMM against the
 // head's rotations), argmax over [xR, -xR] per bucket factor, padding bucket, round offset, and the
 // int64 sort key written in round-major order, ready for bucket_sort.
+#include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
+#include <vector>
+
 #include "../lsh_hash_checks.h"
-#include "attention_common.h"
+#include "gemm.h"
+#include "masks.h"
+#include "rows.h"
+#include "vec.h"
 
 namespace reformer_kernels::cpu {
 namespace {

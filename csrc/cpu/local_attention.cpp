@@ -5,9 +5,18 @@
 // as masked keys with zero values, exactly as if the caller had zero-padded and masked them, and
 // the missing query rows are simply not computed. The forward runs one task per (row, chunk); the
 // backward one task per (batch, head) row so that key gradients add up in a fixed order.
+#include <ATen/Parallel.h>
 #include <torch/library.h>
 
-#include "attention_common.h"
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "attention_checks.h"
+#include "chunk_attention.h"
+#include "masks.h"
+#include "rows.h"
+#include "vec.h"
 
 namespace reformer_kernels::cpu {
 namespace {
@@ -26,18 +35,16 @@ LocalShape check_local_inputs(const char* op, const at::Tensor& q, const at::Ten
                     q.sizes(), ", got ", k.sizes(), " and ", v.sizes());
   TORCH_CHECK_TYPE(k.scalar_type() == q.scalar_type() && v.scalar_type() == q.scalar_type(), op,
                    ": k and v must have the dtype of q (", q.scalar_type(), ")");
-  TORCH_CHECK_VALUE(chunk_len >= 1, op, ": chunk_len must be >= 1, got ", chunk_len);
-  TORCH_CHECK_VALUE(n_chunks_before >= 0 && n_chunks_after >= 0, op,
-                    ": n_chunks_before and n_chunks_after must be >= 0, got ", n_chunks_before, " and ",
-                    n_chunks_after);
+  check_chunking(op, chunk_len, n_chunks_before, n_chunks_after);
   LocalShape s{q.size(0), q.size(1), q.size(2), q.size(3), chunk_len, 0, n_chunks_before, n_chunks_after, 0};
   if (s.seq_len <= chunk_len) {
     // One chunk: plain full attention over the sequence.
     s.chunk_len = std::max<int64_t>(s.seq_len, 1);
     s.before = s.after = 0;
   }
+  check_positions(op, s.seq_len);
   s.n_chunks = (s.seq_len + s.chunk_len - 1) / s.chunk_len;
-  s.n_keys = (1 + s.before + s.after) * s.chunk_len;
+  s.n_keys = window_keys(op, s.chunk_len, s.n_chunks, s.before, s.after);
   return s;
 }
 
@@ -186,8 +193,6 @@ void local_backward_kernel(const at::Tensor& grad_out, const at::Tensor& q, cons
     }
   });
 }
-
-at::ScalarType lse_dtype(const at::Tensor& q) { return q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat; }
 
 std::tuple<at::Tensor, at::Tensor> local_attention_fwd_cpu(const at::Tensor& q_in, const at::Tensor& k_in,
                                                            const at::Tensor& v_in, int64_t chunk_len,

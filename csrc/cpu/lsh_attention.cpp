@@ -6,9 +6,20 @@
 // they arrive (a running log-sum-exp per position). Because a task owns its positions, gradients
 // are accumulated in a fixed order and the result does not depend on the number of threads.
 // Memory: the outputs plus, per thread, one chunk's scores and O(seq_len) scalars.
+#include <ATen/Parallel.h>
 #include <torch/library.h>
 
-#include "attention_common.h"
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <vector>
+
+#include "attention_checks.h"
+#include "chunk_attention.h"
+#include "masks.h"
+#include "rows.h"
+#include "vec.h"
 
 namespace reformer_kernels::cpu {
 namespace {
@@ -31,12 +42,14 @@ LshShape check_lsh_inputs(const char* op, const at::Tensor& qk, const at::Tensor
                    sorted_idx.scalar_type());
   TORCH_CHECK_VALUE(sorted_idx.device().is_cpu(), op, ": sorted_idx must be on the CPU, got ", sorted_idx.device());
   TORCH_CHECK_VALUE(n_hashes >= 1, op, ": n_hashes must be >= 1, got ", n_hashes);
-  TORCH_CHECK_VALUE(chunk_len >= 1, op, ": chunk_len must be >= 1, got ", chunk_len);
-  TORCH_CHECK_VALUE(n_chunks_before >= 0 && n_chunks_after >= 0, op,
-                    ": n_chunks_before and n_chunks_after must be >= 0, got ", n_chunks_before, " and ",
-                    n_chunks_after);
+  check_chunking(op, chunk_len, n_chunks_before, n_chunks_after);
   LshShape s{qk.size(0), qk.size(1), qk.size(2), qk.size(3), n_hashes, chunk_len, 0, 0};
-  const int64_t total = n_hashes * s.seq_len;
+  // Positions are compared as 32-bit lanes (and sorted as the high half of 64-bit keys).
+  check_positions(op, s.seq_len);
+  int64_t total = 0;
+  TORCH_CHECK_VALUE(!__builtin_mul_overflow(n_hashes, s.seq_len, &total), op, ": n_hashes = ", n_hashes,
+                    " rounds of seq_len = ", s.seq_len, " positions are more entries than int64 counts; pass the ",
+                    "n_hashes that sorted_idx was sorted with");
   TORCH_CHECK_VALUE(sorted_idx.dim() == 3 && sorted_idx.size(0) == s.batch && sorted_idx.size(1) == s.heads &&
                         sorted_idx.size(2) == total,
                     op, ": sorted_idx must have shape (batch, heads, n_hashes * seq_len) = (", s.batch, ", ", s.heads,
@@ -44,11 +57,8 @@ LshShape check_lsh_inputs(const char* op, const at::Tensor& qk, const at::Tensor
   TORCH_CHECK_VALUE(total % chunk_len == 0, op, ": n_hashes * seq_len = ", total,
                     " must be a multiple of chunk_len = ", chunk_len,
                     "; pad the sequence (lsh_self_attention does) or pick another chunk_len");
-  // Positions are compared as 32-bit lanes (and sorted as the high half of 64-bit keys).
-  TORCH_CHECK_VALUE(s.seq_len <= std::numeric_limits<int32_t>::max(), op, ": seq_len = ", s.seq_len,
-                    " is more than the kernels' 2^31 - 1 positions; split the sequence");
   s.n_chunks = total / chunk_len;
-  s.n_keys = (1 + n_chunks_before + n_chunks_after) * chunk_len;
+  s.n_keys = window_keys(op, chunk_len, s.n_chunks, n_chunks_before, n_chunks_after);
   return s;
 }
 
@@ -401,10 +411,6 @@ void lsh_backward_kernel(const at::Tensor& grad_out, const at::Tensor& grad_lse,
       }
     }
   });
-}
-
-at::ScalarType lse_dtype(const at::Tensor& qk) {
-  return qk.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
 }
 
 std::tuple<at::Tensor, at::Tensor> lsh_attention_fwd_cpu(const at::Tensor& qk_in, const at::Tensor& v_in,

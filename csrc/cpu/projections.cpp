@@ -10,9 +10,16 @@
 // over blocks of positions that stay in L2. All three run on gemm_tile over weights packed into
 // strips of 2 vectors of columns; every sum runs in a fixed order, so any thread count gives the
 // same bits.
+#include <ATen/Parallel.h>
 #include <torch/library.h>
 
-#include "attention_common.h"
+#include <algorithm>
+#include <string>
+#include <vector>
+
+#include "gemm.h"
+#include "rows.h"
+#include "vec.h"
 
 namespace reformer_kernels::cpu {
 namespace {
@@ -72,7 +79,7 @@ void for_row_panels(const Shape& s, int64_t cols, F panel) {
   constexpr int64_t S = strip_width<T>();
   const int64_t n_blocks = (s.seq_len + kRowBlock - 1) / kRowBlock;
   at::parallel_for(0, s.batch * n_blocks, 1, [&](int64_t begin, int64_t end) {
-    PanelTarget<T> target(cols, (cols + S - 1) / S * S);
+    PanelTarget<T> target(cols, round_up(cols, S));
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / n_blocks, first = task % n_blocks * kRowBlock;
       const int64_t last = std::min(s.seq_len, first + kRowBlock);
@@ -156,7 +163,7 @@ template <typename T>
 void grad_weight_kernel(const std::vector<at::Tensor>& grads, const at::Tensor& x, const Shape& s,
                         std::vector<at::Tensor>& grad_weights) {
   constexpr int64_t S = strip_width<T>();
-  const int64_t D = s.hidden, d = s.head_dim, padded = (D + S - 1) / S * S;
+  const int64_t D = s.hidden, d = s.head_dim, padded = round_up(D, S);
   const int64_t panels_per_head = (d + kPanel - 1) / kPanel;
   const int64_t n_panels = static_cast<int64_t>(grads.size()) * s.heads * panels_per_head;
   const std::vector<HeadRows<T>> g = head_rows<T>(grads);

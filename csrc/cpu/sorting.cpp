@@ -1,9 +1,14 @@
-// Stable counting sort of bucket ids per row: O(N + num_buckets) per (batch, head) row, rows in
-// parallel. Stability (ties keep position order) is what makes the LSH sort match the reference.
+// Stable sort of bucket ids per (batch, head) row, rows in parallel. Stability (ties keep position
+// order) is what makes the LSH sort match the reference. A counting sort, O(N + num_buckets), where
+// num_buckets is at most the row length N, as it is for LSH's buckets; past that its counters would
+// make memory follow the argument instead of the input (num_buckets = 2^33 on four ids asks for
+// 64 GiB), so those rows sort (id, position) pairs instead: O(N log N), the same permutation.
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 #include <torch/types.h>
 
+#include <algorithm>
+#include <utility>
 #include <vector>
 
 namespace reformer_kernels {
@@ -25,8 +30,10 @@ std::tuple<at::Tensor, at::Tensor> bucket_sort_cpu(const at::Tensor& buckets, in
   // Range errors are collected per row and raised after the parallel region.
   std::vector<int64_t> bad_value(rows, 0);
   std::vector<char> bad(rows, 0);
+  const bool counting = num_buckets <= n;
   at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
-    std::vector<int64_t> start(num_buckets + 1);
+    std::vector<int64_t> start(counting ? num_buckets + 1 : 0);
+    std::vector<std::pair<int64_t, int64_t>> pairs(counting ? 0 : n);
     for (int64_t row = begin; row < end; ++row) {
       const int64_t* k = key_ptr + row * n;
       std::fill(start.begin(), start.end(), 0);
@@ -39,16 +46,29 @@ std::tuple<at::Tensor, at::Tensor> bucket_sort_cpu(const at::Tensor& buckets, in
           ok = false;
           break;
         }
-        ++start[b + 1];
+        if (counting) {
+          ++start[b + 1];
+        } else {
+          pairs[i] = {b, i};
+        }
       }
       if (!ok) continue;
-      for (int64_t b = 0; b < num_buckets; ++b) start[b + 1] += start[b];
       int64_t* s = sorted_ptr + row * n;
       int64_t* u = undo_ptr + row * n;
-      for (int64_t i = 0; i < n; ++i) {
-        const int64_t slot = start[k[i]]++;
-        s[slot] = i;
-        u[i] = slot;
+      if (counting) {
+        for (int64_t b = 0; b < num_buckets; ++b) start[b + 1] += start[b];
+        for (int64_t i = 0; i < n; ++i) {
+          const int64_t slot = start[k[i]]++;
+          s[slot] = i;
+          u[i] = slot;
+        }
+      } else {
+        // Positions make the pairs distinct, so their order is the stable one.
+        std::sort(pairs.begin(), pairs.end());
+        for (int64_t slot = 0; slot < n; ++slot) {
+          s[slot] = pairs[slot].second;
+          u[pairs[slot].second] = slot;
+        }
       }
     }
   });

@@ -1,225 +1,24 @@
-// Building blocks shared by the CPU hashing, LSH attention and local attention kernels: a small
-// register-blocked GEMM, a vectorized exp, and the per-chunk attention forward/backward that both
-// attention kernels run on rows they gathered themselves.
-//
-// Everything is written with GCC/Clang vector extensions so that it compiles to AVX2/AVX-512/NEON
-// from the -march the extension is built with, and every reduction runs in a fixed order, so the
-// same inputs give the same bits whatever the thread count.
+// The attention of one chunk of queries to its window of keys, forward and backward, that the
+// LSH and local attention kernels both run on rows they gathered themselves (in bucket order or in
+// sequence order): the masks, causal block skipping and dropout live here once, and each kernel
+// keeps only its own gathering and combining.
 #pragma once
-
-#include <ATen/ATen.h>
-#include <ATen/Parallel.h>
-#include <c10/util/Exception.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <cstring>
 #include <limits>
-#include <type_traits>
 #include <vector>
 
+#include "gemm.h"
+#include "masks.h"
+#include "vec.h"
+
 namespace reformer_kernels::cpu {
-
-// Low-precision inputs are converted to float while gathering, so every kernel computes in float
-// (or double for double inputs).
-template <typename scalar_t>
-using acc_type = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
-
-template <typename T>
-struct Vec {
-  static constexpr int64_t width = 32 / sizeof(T);
-  typedef T type __attribute__((vector_size(32)));
-  // Integers as wide as T, so that comparisons of them select between vectors of T.
-  using lane_int = std::conditional_t<sizeof(T) == 4, int32_t, int64_t>;
-  typedef lane_int int_type __attribute__((vector_size(32)));
-};
-
-template <typename T>
-using vec_t = typename Vec<T>::type;
-template <typename T>
-using ivec_t = typename Vec<T>::int_type;
-template <typename T>
-using lane_int_t = typename Vec<T>::lane_int;
-
-template <typename T>
-inline vec_t<T> vload(const T* p) {
-  vec_t<T> v;
-  std::memcpy(&v, p, sizeof(v));
-  return v;
-}
-
-template <typename T>
-inline void vstore(T* p, vec_t<T> v) {
-  std::memcpy(p, &v, sizeof(v));
-}
-
-template <typename T>
-inline vec_t<T> vsplat(T x) {
-  return x - vec_t<T>{};
-}
-
-template <typename T>
-inline ivec_t<T> vload_int(const lane_int_t<T>* p) {
-  ivec_t<T> v;
-  std::memcpy(&v, p, sizeof(v));
-  return v;
-}
-
-// Asks the L2 cache for the n elements at row (a hint: no effect on results), to read them or,
-// with kForWrite, to update them. Not L1: rows asked for one chunk ahead would be evicted again by
-// the chunk's own ~100-200 KB of scratch before use.
-template <bool kForWrite = false, typename T>
-inline void prefetch_row(const T* row, int64_t n) {
-  const char* bytes = reinterpret_cast<const char*>(row);
-  for (int64_t offset = 0; offset < n * static_cast<int64_t>(sizeof(T)); offset += 64) {
-    __builtin_prefetch(bytes + offset, kForWrite ? 1 : 0, 2);
-  }
-}
-
-inline int64_t round_up(int64_t n, int64_t multiple) { return (n + multiple - 1) / multiple * multiple; }
 
 // a mod m in [0, m), for negative a too: wraps neighbour chunks around the sequence and places
 // neighbour u of a key window in slot u mod window.
 inline int64_t wrap(int64_t a, int64_t m) { return (a % m + m) % m; }
-
-// C (M x N, row stride ldc) = or += A (M x K) * B (K x N, row stride ldb), where A's element (m, k)
-// sits at a[m * a_rs + k * a_cs], so A can be read transposed in place. N must be a multiple of
-// Vec<T>::width (callers pad their scratch rows); M and K are arbitrary.
-template <typename T, int MR, int NV>
-inline void gemm_tile(int64_t K, const T* a, int64_t a_rs, int64_t a_cs, const T* b, int64_t ldb, T* c, int64_t ldc,
-                      bool accumulate) {
-  constexpr int64_t W = Vec<T>::width;
-  vec_t<T> sum[MR][NV] = {};
-  for (int64_t k = 0; k < K; ++k) {
-    vec_t<T> row[NV];
-    for (int n = 0; n < NV; ++n) row[n] = vload(b + k * ldb + n * W);
-    for (int m = 0; m < MR; ++m) {
-      const vec_t<T> scale = vsplat(a[m * a_rs + k * a_cs]);
-      for (int n = 0; n < NV; ++n) sum[m][n] += scale * row[n];
-    }
-  }
-  for (int m = 0; m < MR; ++m) {
-    for (int n = 0; n < NV; ++n) {
-      T* dst = c + m * ldc + n * W;
-      vstore(dst, accumulate ? vload(dst) + sum[m][n] : sum[m][n]);
-    }
-  }
-}
-
-// The last M % MR rows, with a tile of exactly that height (a one-row tile reuses each loaded B
-// vector only once, which would make the tail several times slower per row).
-template <typename T, int MR, int NV>
-inline void gemm_tail(int64_t rows, int64_t K, const T* a, int64_t a_rs, int64_t a_cs, const T* b, int64_t ldb, T* c,
-                      int64_t ldc, bool accumulate) {
-  if constexpr (MR > 0) {
-    if (rows == MR) return gemm_tile<T, MR, NV>(K, a, a_rs, a_cs, b, ldb, c, ldc, accumulate);
-    gemm_tail<T, MR - 1, NV>(rows, K, a, a_rs, a_cs, b, ldb, c, ldc, accumulate);
-  }
-}
-
-template <typename T, int NV>
-inline void gemm_rows(int64_t M, int64_t K, const T* a, int64_t a_rs, int64_t a_cs, const T* b, int64_t ldb, T* c,
-                      int64_t ldc, bool accumulate) {
-#ifdef __AVX512VL__
-  // AVX-512 has 32 vector registers: 8 x 2 accumulators plus the loaded row fit, and the 64-row
-  // chunks need no tail tile.
-  constexpr int MR = 8;
-#else
-  constexpr int MR = NV == 1 ? 8 : 6;  // as many accumulators as the 16 vector registers allow
-#endif
-  int64_t m = 0;
-  for (; m + MR <= M; m += MR) gemm_tile<T, MR, NV>(K, a + m * a_rs, a_rs, a_cs, b, ldb, c + m * ldc, ldc, accumulate);
-  gemm_tail<T, MR - 1, NV>(M - m, K, a + m * a_rs, a_rs, a_cs, b, ldb, c + m * ldc, ldc, accumulate);
-}
-
-template <typename T>
-inline void gemm(int64_t M, int64_t N, int64_t K, const T* a, int64_t a_rs, int64_t a_cs, const T* b, int64_t ldb,
-                 T* c, int64_t ldc, bool accumulate) {
-  constexpr int64_t W = Vec<T>::width;
-  int64_t n = 0;
-  for (; n + 2 * W <= N; n += 2 * W) gemm_rows<T, 2>(M, K, a, a_rs, a_cs, b + n, ldb, c + n, ldc, accumulate);
-  for (; n < N; n += W) gemm_rows<T, 1>(M, K, a, a_rs, a_cs, b + n, ldb, c + n, ldc, accumulate);
-}
-
-// The W x W block held in rows r[0..W) (W = Vec<T>::width) transposed in registers: afterwards
-// r[i] holds what was column i. Three rounds of two-input shuffles (two for double's 4 x 4).
-inline void transpose_block(vec_t<float> (&r)[8]) {
-  vec_t<float> pairs[8], quads[8];
-  for (int i = 0; i < 4; ++i) {  // interleave rows 2i and 2i + 1
-    pairs[2 * i] = __builtin_shufflevector(r[2 * i], r[2 * i + 1], 0, 8, 1, 9, 4, 12, 5, 13);
-    pairs[2 * i + 1] = __builtin_shufflevector(r[2 * i], r[2 * i + 1], 2, 10, 3, 11, 6, 14, 7, 15);
-  }
-  for (int h = 0; h < 2; ++h) {  // rows 4h .. 4h + 3: quads[4h + c] holds columns c and c + 4 of them
-    const vec_t<float>* p = pairs + 4 * h;
-    quads[4 * h] = __builtin_shufflevector(p[0], p[2], 0, 1, 8, 9, 4, 5, 12, 13);
-    quads[4 * h + 1] = __builtin_shufflevector(p[0], p[2], 2, 3, 10, 11, 6, 7, 14, 15);
-    quads[4 * h + 2] = __builtin_shufflevector(p[1], p[3], 0, 1, 8, 9, 4, 5, 12, 13);
-    quads[4 * h + 3] = __builtin_shufflevector(p[1], p[3], 2, 3, 10, 11, 6, 7, 14, 15);
-  }
-  for (int c = 0; c < 4; ++c) {
-    r[c] = __builtin_shufflevector(quads[c], quads[c + 4], 0, 1, 2, 3, 8, 9, 10, 11);
-    r[c + 4] = __builtin_shufflevector(quads[c], quads[c + 4], 4, 5, 6, 7, 12, 13, 14, 15);
-  }
-}
-
-inline void transpose_block(vec_t<double> (&r)[4]) {
-  const vec_t<double> even01 = __builtin_shufflevector(r[0], r[1], 0, 4, 2, 6);
-  const vec_t<double> odd01 = __builtin_shufflevector(r[0], r[1], 1, 5, 3, 7);
-  const vec_t<double> even23 = __builtin_shufflevector(r[2], r[3], 0, 4, 2, 6);
-  const vec_t<double> odd23 = __builtin_shufflevector(r[2], r[3], 1, 5, 3, 7);
-  r[0] = __builtin_shufflevector(even01, even23, 0, 1, 4, 5);
-  r[1] = __builtin_shufflevector(odd01, odd23, 0, 1, 4, 5);
-  r[2] = __builtin_shufflevector(even01, even23, 2, 3, 6, 7);
-  r[3] = __builtin_shufflevector(odd01, odd23, 2, 3, 6, 7);
-}
-
-// dst[t * dst_stride + j] = src[j * src_stride + t] for rows j < n and columns t < cols: whole
-// W x W blocks through registers (a vector store per column instead of one store per element),
-// the edges element by element.
-template <typename T>
-inline void transpose_into(const T* src, int64_t src_stride, int64_t n, int64_t cols, T* dst, int64_t dst_stride) {
-  constexpr int64_t W = Vec<T>::width;
-  const int64_t full_rows = n / W * W, full_cols = cols / W * W;
-  for (int64_t j = 0; j < full_rows; j += W) {
-    for (int64_t t = 0; t < full_cols; t += W) {
-      vec_t<T> block[W];
-      for (int64_t i = 0; i < W; ++i) block[i] = vload(src + (j + i) * src_stride + t);
-      transpose_block(block);
-      for (int64_t i = 0; i < W; ++i) vstore(dst + (t + i) * dst_stride + j, block[i]);
-    }
-  }
-  for (int64_t j = 0; j < n; ++j) {
-    for (int64_t t = j < full_rows ? full_cols : 0; t < cols; ++t) dst[t * dst_stride + j] = src[j * src_stride + t];
-  }
-}
-
-// exp for float vectors: 2^n * exp(r) with |r| <= ln2/2 and a degree-7 Taylor polynomial (error
-// below half an ulp before rounding); inputs under the float range give exactly 0, as std::exp.
-inline vec_t<float> vexp(vec_t<float> x) {
-  typedef int32_t ivec __attribute__((vector_size(32)));
-  const vec_t<float> lo = vsplat(-87.0f);
-  const auto underflow = x < lo;
-  x = underflow ? lo : x;
-  x = x > vsplat(88.0f) ? vsplat(88.0f) : x;
-  // Adding 1.5 * 2^23 rounds to the nearest integer in the float adder itself.
-  const vec_t<float> magic = vsplat(12582912.0f);
-  const vec_t<float> n = (x * vsplat(1.44269504088896341f) + magic) - magic;
-  const vec_t<float> r = (x - n * vsplat(0.693145751953125f)) - n * vsplat(1.428606765330187e-06f);
-  vec_t<float> p = vsplat(1.0f / 5040.0f);
-  p = p * r + vsplat(1.0f / 720.0f);
-  p = p * r + vsplat(1.0f / 120.0f);
-  p = p * r + vsplat(1.0f / 24.0f);
-  p = p * r + vsplat(1.0f / 6.0f);
-  p = p * r + vsplat(0.5f);
-  p = p * r + vsplat(1.0f);
-  p = p * r + vsplat(1.0f);
-  const ivec bits = (__builtin_convertvector(n, ivec) + 127) << 23;
-  vec_t<float> scale;
-  std::memcpy(&scale, &bits, sizeof(scale));
-  const vec_t<float> result = p * scale;
-  return underflow ? vsplat(0.0f) : result;
-}
 
 // row[j] = exp(row[j] - shift) for the vector-wide column blocks starting at columns[0..n_blocks);
 // returns their sum, added up in a fixed order.
@@ -249,23 +48,6 @@ inline double exp_shifted(double* row, const int64_t* columns, int64_t n_blocks,
   return sum;
 }
 
-// x . y over n elements in the accumulation type T, summed in a fixed order (vector lanes, then the
-// lanes in order, then the tail): it vectorizes without -ffast-math and gives the same bits on
-// every thread count. Low-precision operands take the scalar loop (they are converted one by one).
-template <typename T, typename X, typename Y>
-inline T dot(const X* x, const Y* y, int64_t n) {
-  T sum = 0;
-  int64_t t = 0;
-  if constexpr (std::is_same_v<X, T> && std::is_same_v<Y, T>) {
-    constexpr int64_t W = Vec<T>::width;
-    vec_t<T> acc = {};
-    for (; t + W <= n; t += W) acc += vload(x + t) * vload(y + t);
-    for (int64_t w = 0; w < W; ++w) sum += acc[w];
-  }
-  for (; t < n; ++t) sum += static_cast<T>(x[t]) * static_cast<T>(y[t]);
-  return sum;
-}
-
 template <typename T>
 inline T row_max(const T* row, const int64_t* columns, int64_t n_blocks) {
   constexpr int64_t W = Vec<T>::width;
@@ -277,90 +59,6 @@ inline T row_max(const T* row, const int64_t* columns, int64_t n_blocks) {
   T result = best[0];
   for (int64_t w = 1; w < W; ++w) result = std::max(result, best[w]);
   return result;
-}
-
-// A (B, H, L, d) tensor read (or, with element_t = scalar_t, written) in place, row by row: rows
-// must be contiguous but the other strides are followed, so the head-split views of (B, L, H * d)
-// projections need no copy, and outputs laid out like them merge back into (B, L, H * d) without one.
-template <typename scalar_t, typename element_t = const scalar_t>
-struct RowView {
-  element_t* data;
-  int64_t heads, batch_stride, head_stride, row_stride;
-
-  // The first row of (batch, head) row `bh` = batch * heads + head.
-  element_t* rows(int64_t bh) const { return data + (bh / heads) * batch_stride + (bh % heads) * head_stride; }
-};
-
-inline at::Tensor with_contiguous_rows(const at::Tensor& t) {
-  return t.size(-1) <= 1 || t.stride(-1) == 1 ? t : t.contiguous();
-}
-
-template <typename scalar_t>
-RowView<scalar_t> row_view(const at::Tensor& t) {
-  return {t.data_ptr<scalar_t>(), t.size(1), t.stride(0), t.stride(1), t.stride(2)};
-}
-
-template <typename scalar_t>
-RowView<scalar_t, scalar_t> output_rows(at::Tensor& t) {
-  return {t.data_ptr<scalar_t>(), t.size(1), t.stride(0), t.stride(1), t.stride(2)};
-}
-
-// An output shaped and strided like `like` where that is dense (the head-split view of a
-// (B, L, H * d) projection: the output then merges back into (B, L, H * d) as a view), else
-// contiguous. The kernels write it through output_rows.
-inline at::Tensor empty_like_rows(const at::Tensor& like) {
-  return at::empty_like(like, at::MemoryFormat::Preserve);
-}
-
-// The scores that the masks write (transformers' values; fp16 cannot hold -1e9).
-struct MaskValues {
-  double forbidden;
-  double self;
-};
-
-inline MaskValues mask_values(at::ScalarType dtype) {
-  if (dtype == at::kHalf) return {-1e4, -1e3};
-  return {-1e9, -1e5};
-}
-
-inline void check_float_input(const at::Tensor& t, const char* op, const char* name) {
-  TORCH_CHECK_TYPE(at::isFloatingType(t.scalar_type()), op, ": ", name, " must be a floating tensor, got ",
-                   t.scalar_type(), "; convert it with .float()");
-  TORCH_CHECK_VALUE(t.device().is_cpu(), op, ": ", name, " must be on the CPU, got ", t.device());
-}
-
-// attention_mask (B, L) of any dtype (0 = padding) as contiguous bytes, or an undefined tensor.
-inline at::Tensor key_padding(const std::optional<at::Tensor>& attention_mask, int64_t batch, int64_t seq_len,
-                              const char* op) {
-  if (!attention_mask.has_value() || !attention_mask->defined()) return {};
-  const at::Tensor& mask = *attention_mask;
-  TORCH_CHECK_VALUE(mask.dim() == 2 && mask.size(0) == batch && mask.size(1) == seq_len, op,
-                    ": attention_mask must have shape (batch, seq_len) = (", batch, ", ", seq_len, "), got ",
-                    mask.sizes());
-  TORCH_CHECK_VALUE(mask.device().is_cpu(), op, ": attention_mask must be on the CPU, got ", mask.device());
-  return mask.ne(0).to(at::kByte).contiguous();
-}
-
-// Attention dropout: the mask as a contiguous bool (B, H, n_chunks, chunk_len, n_keys) tensor, True
-// where a probability is kept (the chunked score layout of the reference's dropout_mask_shape),
-// and the kept probabilities' scale 1 / (1 - dropout_p); an undefined mask without dropout.
-struct DropoutKeep {
-  at::Tensor mask;
-  double scale = 1.0;
-  const bool* data() const { return mask.defined() ? mask.data_ptr<bool>() : nullptr; }
-};
-
-inline DropoutKeep dropout_keep(const std::optional<at::Tensor>& dropout_mask, double dropout_p,
-                                std::vector<int64_t> shape, const char* op) {
-  if (!dropout_mask.has_value() || !dropout_mask->defined()) return {};
-  const at::Tensor& mask = *dropout_mask;
-  TORCH_CHECK_VALUE(mask.sizes() == shape, op, ": dropout_mask must have the chunked score shape ", at::IntArrayRef(shape),
-                    " (reference.dropout_mask_shape), got ", mask.sizes());
-  TORCH_CHECK_TYPE(mask.scalar_type() == at::kBool, op,
-                   ": dropout_mask must be bool (True where a probability is kept), got ", mask.scalar_type());
-  TORCH_CHECK_VALUE(mask.device().is_cpu(), op, ": dropout_mask must be on the CPU, got ", mask.device());
-  TORCH_CHECK_VALUE(dropout_p >= 0.0 && dropout_p < 1.0, op, ": dropout_p must lie in [0, 1), got ", dropout_p);
-  return {mask.contiguous(), 1.0 / (1.0 - dropout_p)};
 }
 
 // Scratch for attending one chunk of queries to its window of keys, all rows gathered by the
