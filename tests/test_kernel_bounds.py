@@ -42,11 +42,11 @@ def test_attention_windows_past_the_int32_keys_raise_value_error():
         "huge = torch.zeros(1, 1, 1, 4).expand(1, 1, 2**31, 4)"
     )
     calls = {
-        "local before 2^62": 'RF.local_attention(q, q, q, chunk_len=4, n_chunks_before=2**62, backend="cpu")',
-        "local after 2^31": 'RF.local_attention(q, q, q, chunk_len=4, n_chunks_after=2**31, backend="cpu")',
+        "local before 2^62": "torch.ops.reformer_kernels.local_attention_fwd(q, q, q, 4, 2**62, 0, False, None)",
+        "local after 2^31": "torch.ops.reformer_kernels.local_attention_fwd(q, q, q, 4, 0, 2**31, False, None)",
         "local bwd before 2^40": "torch.ops.reformer_kernels.local_attention_bwd(q, q, q, q, q, lse, 4, 2**40, 0, False, None)",
-        "lsh before 2^62": 'RF.lsh_attention(q, q, idx, n_hashes=1, chunk_len=4, n_chunks_before=2**62, backend="cpu")',
-        "lsh after 2^40": 'RF.lsh_attention(q, q, idx, n_hashes=1, chunk_len=4, n_chunks_after=2**40, backend="cpu")',
+        "lsh before 2^62": "torch.ops.reformer_kernels.lsh_attention_fwd(q, q, idx, 1, 4, 2**62, 0, False, None)",
+        "lsh after 2^40": "torch.ops.reformer_kernels.lsh_attention_fwd(q, q, idx, 1, 4, 0, 2**40, False, None)",
         "lsh n_hashes 2^62": "torch.ops.reformer_kernels.lsh_attention_fwd(q, q, idx, 2**62, 4, 1, 0, False, None)",
         "local 2^31 positions": "torch.ops.reformer_kernels.local_attention_fwd(huge, huge, huge, 64, 1, 0, False, None)",
     }
@@ -66,6 +66,24 @@ def test_attention_windows_past_the_int32_keys_raise_value_error():
     assert kind == "ValueError" and "n_hashes = 4611686018427387904" in message, message
     kind, message = raised["local 2^31 positions"]
     assert kind == "ValueError" and "2^31 - 1 positions" in message, message
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+def test_functional_refuses_windows_past_the_ring_of_chunks(backend):
+    """functional checks the window for every backend before any kernel or the reference sizes it:
+    16 positions in chunks of 4 are a ring of 4 chunks, so a neighbour is at most 4 away."""
+    setup = f"q = torch.randn(1, 1, 16, 4)\nidx = torch.arange(16).view(1, 1, 16)\nrot = torch.randn(1, 4, 1, 2)\nb = {backend!r}"
+    calls = {
+        "local": "RF.local_attention(q, q, q, chunk_len=4, n_chunks_before=2**62, backend=b)",
+        "lsh": "RF.lsh_attention(q, q, idx, n_hashes=1, chunk_len=4, n_chunks_after=2**40, backend=b)",
+        "lsh_self": "RF.lsh_self_attention(q, q, rot, 4, chunk_len=4, n_chunks_before=5, backend=b)",
+        "widest": "RF.local_attention(q, q, q, chunk_len=4, n_chunks_before=4, n_chunks_after=4, backend=b)",
+    }
+    raised = run_isolated(setup, calls)
+    assert raised.pop("widest") == ["none", ""]
+    for name, (kind, message) in raised.items():
+        assert kind == "ValueError", (name, kind, message)
+        assert "reaches past the 4 chunk(s) of this input" in message and "at most 4" in message, (name, message)
 
 
 def test_bucket_sort_memory_follows_the_input_not_num_buckets():
@@ -96,11 +114,11 @@ def test_bucket_sort_out_of_range_id_is_a_value_error_when_sorting_pairs():
 
 @pytest.mark.parametrize("causal", [False, True])
 def test_windows_wider_than_the_sequence_still_repeat_keys_as_the_reference(causal):
-    """The bound is the kernels' longest sequence, not this one: a window that wraps past the
-    sequence's chunks repeats keys, as the reference does."""
+    """A window wider than the sequence (6 chunks on a ring of 3, each side at most 3 away, the
+    bound functional keeps) wraps past the sequence's chunks and repeats keys, as the reference does."""
     torch.manual_seed(0)
     q, k, v = torch.randn(3, 1, 2, 12, 8, dtype=torch.float64).unbind(0)
-    args = dict(chunk_len=4, n_chunks_before=4, n_chunks_after=2, causal=causal)
+    args = dict(chunk_len=4, n_chunks_before=3, n_chunks_after=2, causal=causal)
     ours = functional.local_attention(q, k, v, **args, backend="cpu")
     ref = functional.local_attention(q, k, v, **args, backend="reference")
     torch.testing.assert_close(ours, ref)

@@ -3,11 +3,12 @@ and its inverse undo_sort (the public function, with its checks, is
 ``reformer_kernels.functional.bucket_sort``).
 
 One schema, declared in csrc/reformer.cpp: bucket_sort(buckets, num_buckets) -> (sorted_idx,
-undo_sort), implemented by the counting sort of csrc/cpu/sorting.cpp and the CUB radix sort of
-csrc/cuda/sorting.cu; ``reference.sort_buckets`` takes the same arguments. The sort has no Triton
-kernel: the triton backend's bucket_sort is the compiled one (CUB on GPU, the C++ sort on CPU
-tensors under the interpreter), so that a whole hash -> sort -> attend pipeline runs with
-backend="triton".
+undo_sort), implemented by csrc/cpu/sorting.cpp (a counting sort, or a stable sort of (id,
+position) pairs for rows shorter than num_buckets, so that memory follows the input) and the CUB
+radix sort of csrc/cuda/sorting.cu; ``reference.sort_buckets`` takes the same arguments. The sort
+has no Triton kernel: the triton backend's bucket_sort is the compiled one (CUB on GPU, the C++
+sort on CPU tensors under the interpreter), so that a whole hash -> sort -> attend pipeline runs
+with backend="triton".
 """
 import torch
 
