@@ -100,15 +100,26 @@ LSH_CASES = [
 ]
 
 
+def transformers_layer(layer_class, dtype, batch, seq_len, padding, **attention):
+    """One of transformers' attention layers of this file's size (``attention``: its config
+    fields), random inputs and padding mask, and its output on them: (module, hidden_states,
+    mask, expected)."""
+    config = ReformerConfig(hidden_size=HIDDEN, num_attention_heads=HEADS, attention_head_size=HEAD_DIM, **attention)
+    module = layer_class(config, layer_idx=0).eval().to(dtype)
+    hidden_states = torch.randn(batch, seq_len, HIDDEN, dtype=dtype)
+    mask = padding_mask(batch, seq_len, padding)
+    with torch.no_grad():
+        expected = module(hidden_states, attention_mask=mask).hidden_states
+    return module, hidden_states, mask, expected
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("causal,n_hashes,n_buckets,chunk_len,before,after,batch,seq_len,padding", LSH_CASES)
 def test_lsh_attention_matches_transformers(
     dtype, causal, n_hashes, n_buckets, chunk_len, before, after, batch, seq_len, padding
 ):
-    config = ReformerConfig(
-        hidden_size=HIDDEN,
-        num_attention_heads=HEADS,
-        attention_head_size=HEAD_DIM,
+    module, hidden_states, mask, expected = transformers_layer(
+        LSHSelfAttention, dtype, batch, seq_len, padding,
         num_hashes=n_hashes,
         num_buckets=list(n_buckets) if isinstance(n_buckets, tuple) else n_buckets,
         lsh_attn_chunk_length=chunk_len,
@@ -120,12 +131,7 @@ def test_lsh_attention_matches_transformers(
         attn_layers=["lsh"],
         lsh_attention_probs_dropout_prob=0.0,
     )
-    module = LSHSelfAttention(config, layer_idx=0).eval().to(dtype)
-    hidden_states = torch.randn(batch, seq_len, HIDDEN, dtype=dtype)
-    mask = padding_mask(batch, seq_len, padding)
-
     with torch.no_grad():
-        expected = module(hidden_states, attention_mask=mask).hidden_states
         qk, v = split_heads(module.query_key(hidden_states)), split_heads(module.value(hidden_states))
         if n_buckets is None and seq_len > chunk_len:
             n_buckets = reference.default_num_buckets(seq_len, chunk_len, MAX_POSITIONS)
@@ -184,10 +190,8 @@ LOCAL_CASES = [
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("causal,chunk_len,before,after,batch,seq_len,padding", LOCAL_CASES)
 def test_local_attention_matches_transformers(dtype, causal, chunk_len, before, after, batch, seq_len, padding):
-    config = ReformerConfig(
-        hidden_size=HIDDEN,
-        num_attention_heads=HEADS,
-        attention_head_size=HEAD_DIM,
+    module, hidden_states, mask, expected = transformers_layer(
+        LocalSelfAttention, dtype, batch, seq_len, padding,
         local_attn_chunk_length=chunk_len,
         local_num_chunks_before=before,
         local_num_chunks_after=after,
@@ -195,11 +199,7 @@ def test_local_attention_matches_transformers(dtype, causal, chunk_len, before, 
         attn_layers=["local"],
         local_attention_probs_dropout_prob=0.0,
     )
-    module = LocalSelfAttention(config, layer_idx=0).eval().to(dtype)
-    hidden_states = torch.randn(batch, seq_len, HIDDEN, dtype=dtype)
-    mask = padding_mask(batch, seq_len, padding)
     with torch.no_grad():
-        expected = module(hidden_states, attention_mask=mask).hidden_states
         q, k, v = (split_heads(projection(hidden_states)) for projection in (module.query, module.key, module.value))
         out = functional.local_attention(
             q,
