@@ -123,3 +123,17 @@ def test_cpu_ops_do_not_import_triton():
     imported, registered = result.stdout.split()
     assert imported == "False"
     assert registered == str(importlib.util.find_spec("triton") is not None)
+
+
+def test_triton_has_no_bucket_sort_on_a_gpu_machine_whose_extension_lacks_cuda(monkeypatch):
+    """There the compiled sort cannot take CUDA tensors: "auto" must fall back loudly to the
+    reference sort rather than pick a triton entry that fails inside torch's dispatcher."""
+    from reformer_kernels import _extension
+    from reformer_kernels.ops.bucket_sort import triton_can_sort
+
+    assert ("triton" in backends._registry["bucket_sort"]) == triton_can_sort()
+    monkeypatch.setattr(_extension, "with_cuda", lambda: False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert not triton_can_sort()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert triton_can_sort() == _extension.loaded()

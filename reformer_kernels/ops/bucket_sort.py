@@ -15,6 +15,14 @@ import torch
 from .. import _extension, backends, reference
 
 
+def triton_can_sort() -> bool:
+    """Whether the compiled sort serves the triton backend here. That backend runs CUDA tensors,
+    or CPU tensors under the interpreter where no GPU is visible; on a GPU machine whose extension
+    lacks CUDA it has no sort, so that "auto" says so and takes the reference sort instead of
+    picking an entry that fails inside torch's dispatcher."""
+    return _extension.loaded() and (_extension.with_cuda() or not torch.cuda.is_available())
+
+
 backends.register("bucket_sort", "reference", reference.sort_buckets)
 if _extension.loaded():
 
@@ -24,6 +32,7 @@ if _extension.loaded():
 
     compiled = torch.ops.reformer_kernels.bucket_sort
     backends.register("bucket_sort", "cpu", compiled)
-    backends.register("bucket_sort", "triton", compiled)
     if _extension.with_cuda():
         backends.register("bucket_sort", "cuda", compiled)
+    if triton_can_sort():
+        backends.register("bucket_sort", "triton", compiled)
