@@ -9,7 +9,7 @@ import sys
 
 import torch
 
-from .bench_ops import lsh_layer_cases
+from .competitors import layer_cases
 from .harness import Case
 from .sizes import attention_shape, dtypes, lengths
 
@@ -21,7 +21,7 @@ def cases(size: str, device: torch.device) -> list[Case]:
     for dtype in dtypes(size, device):
         for seq_len in lengths(size, device, SUITE):
             config = dict(dtype=dtype, seq_len=seq_len, causal=True, **attention_shape(size, device))
-            result += lsh_layer_cases(SUITE, config, device, backends_of_ours=False)
+            result += layer_cases(SUITE, "lsh_layer", config, device, backends_of_ours=False)
     return sorted(result, key=lambda case: (case.competitor, case.backend, case.config["seq_len"]))
 
 

@@ -31,7 +31,7 @@ import torch
 
 from reformer_kernels.tokenization import ByteTokenizer, ReformerTokenizer
 
-from .report import _version, default_out_dir, environment, write_table
+from .report import default_out_dir, environment, version, write_table
 
 # A full-size call takes seconds, so one is enough there; small calls take the median of three.
 SIZES = {"small": dict(megabytes=1, vocab_size=4000, repeats=3), "full": dict(megabytes=10, vocab_size=16000, repeats=1)}
@@ -111,8 +111,8 @@ def main(argv=None) -> None:
     env = environment(cpu)
     shared = {
         "device": "cpu", "cpu": env["cpu"], "threads": os.cpu_count(), "python": env["python"], "torch": env["torch"],
-        "transformers": env["transformers"], "tokenizers": _version("tokenizers"),
-        "sentencepiece": _version("sentencepiece"), "commit": env["reformer_kernels_commit"], "date_utc": env["date_utc"],
+        "transformers": env["transformers"], "tokenizers": version("tokenizers"),
+        "sentencepiece": version("sentencepiece"), "commit": env["reformer_kernels_commit"], "date_utc": env["date_utc"],
     }
 
     texts = corpus(size["megabytes"])

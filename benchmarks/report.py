@@ -23,7 +23,8 @@ RESULTS = os.path.join(ROOT, "benchmarks", "results")
 SUITE_ORDER = ("ops", "model", "scaling", "quality")
 
 
-def _version(package: str) -> str:
+def version(package: str) -> str:
+    """The installed version of ``package``, or "not installed"."""
     try:
         return importlib.metadata.version(package)
     except importlib.metadata.PackageNotFoundError:
@@ -55,9 +56,9 @@ def environment(device: torch.device) -> dict:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "cuda": torch.version.cuda or "none",
-        "triton": _version("triton"),
-        "transformers": _version("transformers"),
-        "reformer_pytorch": _version("reformer-pytorch"),
+        "triton": version("triton"),
+        "transformers": version("transformers"),
+        "reformer_pytorch": version("reformer-pytorch"),
         "reformer_kernels_commit": _commit(),
         "backends": {name: ("yes: " if ok else "no: ") + reason for name, (ok, reason) in backends.status().items()},
         "kernels": backends.implemented_ops(),
