@@ -2,7 +2,7 @@
 our C++ kernels (backend "cpu") against transformers' LSHSelfAttention / LocalSelfAttention,
 reformer-pytorch's LSHAttention (lucidrains' local_attention for the local layer) and dense SDPA.
 
-    python -m benchmarks.bench_cpu_attention [--size small|full] [--repeats N] [--out DIR]
+    python -m benchmarks --suite cpu_attention [--size small|full] [--repeats N] [--out DIR]
 
 Shape: batch 1, hidden 256 = 4 heads of 64, 4 hashes, chunk 64, one chunk before, causal, float32;
 L = 4K, 8K, 16K (--size small: 4K). Each case runs in a fresh subprocess, so that its peak memory
@@ -67,7 +67,7 @@ def run_case(op: str, competitor: str, backend: str, seq_len: int, repeats: int)
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog=f"python -m benchmarks --suite {SUITE}", description=__doc__.splitlines()[0])
     p.add_argument("--size", choices=sorted(LENGTHS), default="full")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--out", default=None, help="output folder (default: bench-results/<cpu-name>/, untracked)")

@@ -5,12 +5,11 @@ reformer-pytorch's ReformerLM (its own architecture: LSH in every layer, so a pe
 
 A training step is forward + backward + AdamW step; "fwd" is the loss alone without gradients.
 
-Run alone: ``python -m benchmarks.bench_model [--size small|full] [--device cpu|cuda]``.
+Run alone: ``python -m benchmarks --suite model [--size small|full] [--device cpu|cuda]``.
 """
 from __future__ import annotations
 
 import functools
-import sys
 
 import torch
 import torch.nn.functional as F
@@ -132,8 +131,3 @@ def cases(size: str, device: torch.device) -> list[Case]:
         result.append(Case(SUITE, "train_step", "reformer-pytorch", "pytorch", config, functools.partial(reformer_pytorch_lm, config, device), tokens))
     return result
 
-
-if __name__ == "__main__":
-    from .run import main
-
-    sys.exit(main(["--suite", SUITE, *sys.argv[1:]]))

@@ -2,11 +2,9 @@
 reversible block and the LM head's loss (vocabulary 32000): ours per backend vs transformers'
 modules vs reformer-pytorch vs dense SDPA.
 
-Run alone: ``python -m benchmarks.bench_ops [--size small|full] [--device cpu|cuda]``.
+Run alone: ``python -m benchmarks --suite ops [--size small|full] [--device cpu|cuda]``.
 """
 from __future__ import annotations
-
-import sys
 
 import torch
 
@@ -42,9 +40,3 @@ def cases(size: str, device: torch.device) -> list[Case]:
                 result.append(c.peer_case(SUITE, "reversible_block", "transformers", "pytorch", c.transformers_reversible_block, config, device))
     # Grouped by series, lengths ascending, so that a series can stop after an out-of-memory.
     return sorted(result, key=lambda case: (case.op, case.config["causal"], case.competitor, case.backend, case.config["seq_len"]))
-
-
-if __name__ == "__main__":
-    from .run import main
-
-    sys.exit(main(["--suite", SUITE, *sys.argv[1:]]))

@@ -2,8 +2,8 @@
 LM at 1, 2, 6 and 12 layers, ours with the reversible backward (the default), ours with plain autograd
 through the same blocks, and transformers' ReformerModelWithLMHead, all three with the same weights.
 
-    python -m benchmarks.bench_reversible [--size small|full] [--repeats N] [--device cpu|cuda] [--out DIR]
-                                          [--competitors NAME ...]
+    python -m benchmarks --suite reversible [--size small|full] [--repeats N] [--device cpu|cuda] [--out DIR]
+                                            [--competitors NAME ...]
 
 Model: hidden 256 = 4 heads of 64, feed-forward 1024, vocab 320, layers alternating LSH / local,
 2 hashes, chunk 64, causal (is_decoder), axial positions, dropout 0, batch 1, float32, on the CPU
@@ -152,7 +152,7 @@ def summarize(rows: list[dict]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog=f"python -m benchmarks --suite {SUITE}", description=__doc__.splitlines()[0])
     p.add_argument("--size", choices=sorted(SIZES), default="full")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where the models train (default: cpu)")

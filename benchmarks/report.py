@@ -13,6 +13,7 @@ import subprocess
 import torch
 
 from .harness import COLUMNS, CONFIG_COLUMNS, OK
+from .suites import DEFAULT
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Where a run writes unless told otherwise: a folder git ignores, so that running the suite never
@@ -20,7 +21,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT = os.path.join(ROOT, "bench-results")
 # The committed reference results; written only by a run given this folder (or one under it) as --out.
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
-SUITE_ORDER = ("ops", "model", "scaling", "quality")
 
 
 def version(package: str) -> str:
@@ -120,8 +120,8 @@ def load_suites(out_dir: str) -> dict[str, dict]:
                 data = json.load(f)
             if isinstance(data, dict) and "rows" in data and "environment" in data:
                 found[name[: -len(".json")]] = data
-    # The four questions of DESIGN.md first, in their order; other scripts' suites after them.
-    return dict(sorted(found.items(), key=lambda item: (SUITE_ORDER.index(item[0]) if item[0] in SUITE_ORDER else len(SUITE_ORDER), item[0])))
+    # The default suites (the four questions of DESIGN.md) first, in their order; other suites after them.
+    return dict(sorted(found.items(), key=lambda item: (DEFAULT.index(item[0]) if item[0] in DEFAULT else len(DEFAULT), item[0])))
 
 
 def _cell(value) -> str:
