@@ -1,2 +1,2 @@
-"""The Reformer benchmark suite: one script per question (DESIGN.md "Benchmarks"), one entry point
-(``benchmarks.run``, reached as ``reformer-kernels bench`` or ``python -m benchmarks``)."""
+"""The Reformer benchmark suite: one module per question (DESIGN.md "Benchmarks"), registered in
+``benchmarks.suites`` and run through one entry point, ``python -m benchmarks`` (``benchmarks.run``)."""

@@ -1,4 +1,4 @@
-"""``python -m benchmarks``: the same as ``reformer-kernels bench``."""
+"""``python -m benchmarks``: the suite's one entry point (benchmarks/run.py)."""
 import sys
 
 from .run import main

@@ -2,7 +2,7 @@
 our C++ kernels (backend "cpu") against transformers' LSHSelfAttention / LocalSelfAttention,
 reformer-pytorch's LSHAttention (lucidrains' local_attention for the local layer) and dense SDPA.
 
-    python -m benchmarks.bench_cpu_attention [--size small|full] [--repeats N] [--out DIR]
+    python -m benchmarks --suite cpu_attention [--size small|full] [--repeats N] [--out DIR]
 
 Shape: batch 1, hidden 256 = 4 heads of 64, 4 hashes, chunk 64, one chunk before, causal, float32;
 L = 4K, 8K, 16K (--size small: 4K). Each case runs in a fresh subprocess, so that its peak memory
@@ -14,13 +14,9 @@ the C++ kernels' scratch included, which torch's profiler would miss. Time is th
 from __future__ import annotations
 
 import argparse
-import ctypes
 import functools
-import gc
 import json
 import os
-import resource
-import subprocess
 import sys
 import warnings
 
@@ -28,7 +24,8 @@ import torch
 
 from . import competitors as c
 from . import report
-from .harness import Case, add_speedups, blank_row, time_ms, _stats
+from .harness import Case, add_speedups
+from .workers import measure_step, per_case_environment, run_in_fresh_process
 
 SUITE = "cpu_attention"
 LENGTHS = {"small": [4096], "full": [4096, 8192, 16384]}
@@ -56,72 +53,11 @@ def _builder(op: str, competitor: str, backend: str):
     return next(build for name, kind, build in COMPETITORS[op] if (name, kind) == (competitor, backend))
 
 
-def _resident_kib(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"/proc/self/status has no {field}")
-
-
-def _peak_rss_bytes(fn) -> int:
-    """Peak resident memory that one call of ``fn`` adds to this process, measured on a second
-    call: the first one pays one-time costs (thread pools, BLAS buffers), and handing the freed
-    heap back to the system afterwards (malloc_trim) keeps the second from reusing it unseen."""
-    fn()
-    gc.collect()
-    ctypes.CDLL("libc.so.6").malloc_trim(0)
-    before = _resident_kib("VmRSS")
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # resets VmHWM to the current resident size
-    fn()
-    return (_resident_kib("VmHWM") - before) * 1024
-
-
 def worker(op: str, competitor: str, backend: str, seq_len: int, repeats: int) -> dict:
     """Measure one case in this (fresh) process; the row's measured fields, as the parent wants them."""
     config = dict(SHAPE, seq_len=seq_len, layers=1)
     case = Case(SUITE, op, competitor, backend, config, build=lambda: None, tokens=seq_len)
-    row = blank_row(case)
-    try:
-        prepared = _builder(op, competitor, backend)(config, CPU)
-        row["peak_mem_mb"] = round(_peak_rss_bytes(prepared.train_step) / 2**20, 1)
-        _stats(row, "fwd_bwd", time_ms(prepared.train_step, CPU, warmup=0, repeats=repeats))
-        row["tokens_per_s"] = round(seq_len / (row["fwd_bwd_ms"] / 1e3), 1)
-        if prepared.train_flops:
-            row["tflops"] = round(prepared.train_flops / (row["fwd_bwd_ms"] / 1e3) / 1e12, 6)
-        row["status"] = "ok"
-    except c.MissingPeer as error:
-        row.update(status="missing", error=str(error))
-    except c.NotAvailable as error:
-        row.update(status="not available", error=str(error))
-    except Exception as error:  # a competitor's failure is a result, not a crash
-        row.update(status="error", error=f"{type(error).__name__}: {error}"[:300])
-    return row
-
-
-def run_in_fresh_process(module: str, worker_args: list[str], case: Case, env: dict[str, str] | None = None) -> dict:
-    """The row that ``python -m <module> --worker <worker_args>`` prints as its last JSON line, run in
-    a fresh process (with ``env`` added to the environment) so that its peak RSS is its own; a crash
-    becomes an error row for ``case``."""
-    done = subprocess.run([sys.executable, "-m", module, "--worker", *worker_args], capture_output=True, text=True,
-                          cwd=report.ROOT, env={**os.environ, **(env or {})})
-    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
-    if done.returncode != 0 or not lines:
-        row = blank_row(case)
-        row.update(status="error", error=(done.stderr.strip().splitlines() or ["no output"])[-1][:300])
-        return row
-    return json.loads(lines[-1])
-
-
-def per_case_environment(script: str) -> dict | None:
-    """The environment header of a suite whose cases each run in a fresh process, or None (after
-    saying why on stderr) where the peak RSS of a case cannot be measured."""
-    if not os.path.exists("/proc/self/clear_refs"):
-        print(f"{script}: needs Linux (/proc/self/clear_refs) to measure peak memory per case", file=sys.stderr)
-        return None
-    return dict(report.environment(CPU), threads=torch.get_num_threads(),
-                parent_max_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1))
+    return measure_step(case, lambda: _builder(op, competitor, backend)(config, CPU), CPU, repeats)
 
 
 def run_case(op: str, competitor: str, backend: str, seq_len: int, repeats: int) -> dict:
@@ -131,7 +67,7 @@ def run_case(op: str, competitor: str, backend: str, seq_len: int, repeats: int)
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog=f"python -m benchmarks --suite {SUITE}", description=__doc__.splitlines()[0])
     p.add_argument("--size", choices=sorted(LENGTHS), default="full")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--out", default=None, help="output folder (default: bench-results/<cpu-name>/, untracked)")

@@ -2,7 +2,7 @@
 (use_cache=True), ours with a full forward per token (use_cache=False) and transformers'
 ReformerModelWithLMHead.generate (its own cached decoding), all with the same weights.
 
-    python -m benchmarks.bench_generate [--size small|full] [--repeats N] [--out DIR]
+    python -m benchmarks --suite generate [--size small|full] [--repeats N] [--out DIR]
 
 Model: hidden 256 = 4 heads of 64, feed-forward 1024, vocab 320, 4 layers local/LSH/local/LSH,
 2 hashes, chunk 64, causal, axial positions (64, 64), dropout 0, eval, float32, on the CPU.
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 import warnings
 
@@ -53,8 +54,8 @@ def cache_megabytes(model, prompt: torch.Tensor) -> float:
     return sum(t.numel() * t.element_size() for t in tensors) / 2**20
 
 
-def main(argv=None) -> None:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.bench_generate", description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks --suite generate", description=__doc__.splitlines()[0])
     p.add_argument("--size", choices=SIZES, default="small", help="small: prompts 256, 1024; full: 1024, 3072")
     p.add_argument("--repeats", type=int, default=3, help="interleaved rounds per case (median)")
     p.add_argument("--out", default=None, help="output folder (default: bench-results/<device-name>/, not tracked by git)")
@@ -118,6 +119,7 @@ def main(argv=None) -> None:
     header = [f"cpu: {env['cpu']} ({shared['threads']} threads), torch {env['torch']}, transformers {env['transformers']}, "
               f"commit {shared['commit']}; {NEW_TOKENS} new tokens, median of {args.repeats} interleaved rounds"]
     write_table(args.out or default_out_dir(cpu), "generate", COLUMNS, rows, shown, header)
+    return 0
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -2,7 +2,7 @@
 LSHSelfAttention, dense causal SDPA (FlashAttention in fp16) and our PyTorch reference, forward,
 forward + backward and peak memory. GPU only: Triton's interpreter times nothing useful.
 
-    python -m benchmarks.bench_gpu_attention [--dtype float16|bfloat16|float32] [--out DIR]
+    python -m benchmarks --suite gpu_attention [--dtype float16|bfloat16|float32] [--out DIR]
 
 Writes gpu_attention.csv/.json to bench-results/<gpu-name>/ (or --out) and prints the table.
 """
@@ -42,12 +42,12 @@ def cases(dtype: torch.dtype, device: torch.device) -> list[Case]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog=f"python -m benchmarks --suite {SUITE}", description=__doc__.splitlines()[0])
     p.add_argument("--dtype", choices=["float16", "bfloat16", "float32"], default="float16")
     p.add_argument("--out", default=None, help="output folder (default: bench-results/<gpu-name>/, untracked)")
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
-        print("bench_gpu_attention: needs a CUDA GPU (torch.cuda.is_available() is False); "
+        print(f"{SUITE}: needs a CUDA GPU (torch.cuda.is_available() is False); "
               "on a CPU run `python -m benchmarks --suite scaling` instead", file=sys.stderr)
         return 2
     device = torch.device("cuda")

@@ -1,7 +1,7 @@
 """Where the CPU LSH layer's time goes: each phase of one fwd+bwd step of the issue's layer, with
 its achieved GFLOP/s and the fraction of the machine's peak.
 
-    python -m benchmarks.bench_lsh_phases [--size small|full] [--repeats N] [--peak-gflops X] [--out DIR]
+    python -m benchmarks --suite lsh_phases [--size small|full] [--repeats N] [--peak-gflops X] [--out DIR]
 
 The layer: ``reformer_kernels.nn.LSHSelfAttention(256, 4, 64, num_hashes=4, chunk_len=64,
 causal=True)`` on x of (1, L, 256), float32, L = 4K and 16K (--size small: 4K). Phases, each timed
@@ -104,7 +104,7 @@ def phases(seq_len: int) -> list[tuple[str, object, float]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog=f"python -m benchmarks --suite {SUITE}", description=__doc__.splitlines()[0])
     p.add_argument("--size", choices=sorted(LENGTHS), default="full")
     p.add_argument("--lengths", type=int, nargs="+", default=None, help="sequence lengths (overrides --size)")
     p.add_argument("--repeats", type=int, default=5)

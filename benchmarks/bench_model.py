@@ -5,12 +5,11 @@ reformer-pytorch's ReformerLM (its own architecture: LSH in every layer, so a pe
 
 A training step is forward + backward + AdamW step; "fwd" is the loss alone without gradients.
 
-Run alone: ``python -m benchmarks.bench_model [--size small|full] [--device cpu|cuda]``.
+Run alone: ``python -m benchmarks --suite model [--size small|full] [--device cpu|cuda]``.
 """
 from __future__ import annotations
 
 import functools
-import sys
 
 import torch
 import torch.nn.functional as F
@@ -34,29 +33,7 @@ def shape(size: str, device: torch.device) -> dict:
 
 def hf_settings(config: dict) -> dict:
     """transformers' ReformerConfig fields of the benchmarked model (also accepted by ours)."""
-    hidden = c.hidden_size(config)
-    rows = config["chunk_len"]
-    return dict(
-        vocab_size=VOCAB,
-        hidden_size=hidden,
-        num_attention_heads=config["heads"],
-        attention_head_size=config["head_dim"],
-        feed_forward_size=4 * hidden,
-        attn_layers=["local", "lsh"] * (config["layers"] // 2) + ["local"] * (config["layers"] % 2),
-        num_hashes=config["n_hashes"],
-        num_buckets=c.config_num_buckets(config),
-        lsh_attn_chunk_length=config["chunk_len"],
-        local_attn_chunk_length=config["chunk_len"],
-        max_position_embeddings=config["seq_len"],
-        axial_pos_shape=[rows, config["seq_len"] // rows],
-        axial_pos_embds_dim=[hidden // 4, hidden - hidden // 4],
-        is_decoder=True,
-        hidden_dropout_prob=0.0,
-        lsh_attention_probs_dropout_prob=0.0,
-        local_attention_probs_dropout_prob=0.0,
-        pad_token_id=0,
-        eos_token_id=2,
-    )
+    return c.lm_settings(config, VOCAB)
 
 
 def _work(config: dict) -> tuple[float, float]:
@@ -73,23 +50,11 @@ def _input_ids(config: dict, device: torch.device) -> torch.Tensor:
 
 
 def _training(model: torch.nn.Module, loss_fn, config: dict) -> Prepared:
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    model.train()
-
-    def train_step():
-        optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn()
-        loss.backward()
-        optimizer.step()
-        return loss
-
-    return Prepared(loss_fn, train_step, *_work(config))
+    return c.adamw_training(model, loss_fn, *_work(config))
 
 
 def _transformers_model(config: dict, device: torch.device):
-    transformers = c.peer("transformers")
-    torch.manual_seed(0)
-    model = transformers.ReformerModelWithLMHead(transformers.ReformerConfig(**hf_settings(config)))
+    model = c.transformers_lm_model(hf_settings(config))
     # The class name matches none of transformers' loss names, so its loss_function logs a warning and
     # falls back to ForCausalLM; naming that loss picks the same one without the log line.
     model.loss_type = "ForCausalLM"
@@ -166,8 +131,3 @@ def cases(size: str, device: torch.device) -> list[Case]:
         result.append(Case(SUITE, "train_step", "reformer-pytorch", "pytorch", config, functools.partial(reformer_pytorch_lm, config, device), tokens))
     return result
 
-
-if __name__ == "__main__":
-    from .run import main
-
-    sys.exit(main(["--suite", SUITE, *sys.argv[1:]]))

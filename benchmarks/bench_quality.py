@@ -7,12 +7,11 @@ second w against the number of hashes used at evaluation, for a model trained wi
 (length 512, a few thousand steps) is the one to read, on a GPU. The task and the model settings
 come from reformer_kernels.training, which ``reformer-kernels train --task duplication`` runs.
 
-Run alone: ``python -m benchmarks.bench_quality [--size small|full] [--device cpu|cuda]``.
+Run alone: ``python -m benchmarks --suite quality [--size small|full] [--device cpu|cuda]``.
 """
 from __future__ import annotations
 
 import functools
-import sys
 
 import torch
 
@@ -92,8 +91,3 @@ def cases(size: str, device: torch.device) -> list[Case]:
                                functools.partial(accuracy, competitor, size, device, n_hashes), timed=False))
     return result
 
-
-if __name__ == "__main__":
-    from .run import main
-
-    sys.exit(main(["--suite", SUITE, *sys.argv[1:]]))

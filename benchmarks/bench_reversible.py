@@ -2,8 +2,8 @@
 LM at 1, 2, 6 and 12 layers, ours with the reversible backward (the default), ours with plain autograd
 through the same blocks, and transformers' ReformerModelWithLMHead, all three with the same weights.
 
-    python -m benchmarks.bench_reversible [--size small|full] [--repeats N] [--device cpu|cuda] [--out DIR]
-                                          [--competitors NAME ...]
+    python -m benchmarks --suite reversible [--size small|full] [--repeats N] [--device cpu|cuda] [--out DIR]
+                                            [--competitors NAME ...]
 
 Model: hidden 256 = 4 heads of 64, feed-forward 1024, vocab 320, layers alternating LSH / local,
 2 hashes, chunk 64, causal (is_decoder), axial positions, dropout 0, batch 1, float32, on the CPU
@@ -13,7 +13,7 @@ layer there is nothing to recompute: the reversible and plain rows run the same 
 
 A training step is forward + loss + backward + AdamW step; its time is the median of --repeats
 calls after warm-up. Each case runs in a fresh subprocess. On the CPU its peak memory is the peak
-resident set size one step adds (bench_cpu_attention's method), so every byte counts, the
+resident set size one step adds (benchmarks/workers.py, as for cpu_attention), so every byte counts, the
 optimizer's and the C++ kernels' scratch included; on the GPU it is the peak of the CUDA caching
 allocator's bytes in use during one step (max_memory_allocated), which counts every tensor.
 
@@ -45,9 +45,8 @@ import torch
 
 from . import competitors as c
 from . import report
-from .bench_cpu_attention import _peak_rss_bytes, per_case_environment, run_in_fresh_process
-from .bench_model import _training, hf_settings
-from .harness import Case, add_speedups, blank_row, peak_memory_bytes, time_ms, _stats
+from .harness import Case, add_speedups, blank_row, record_failure, record_times, time_ms
+from .workers import measure_step, per_case_environment, run_in_fresh_process
 
 SUITE = "reversible"
 TIMED_OP, LIVE_MEMORY_OP, INTERLEAVED_OP = "train_step", "train_step_live_memory", "train_step_interleaved"
@@ -65,21 +64,15 @@ def _config(seq_len: int, layers: int) -> dict:
 
 
 def _settings(config: dict) -> dict:
-    # bench_model's model, with this benchmark's vocabulary and an LSH layer first.
-    return dict(hf_settings(config), vocab_size=VOCAB, attn_layers=(["lsh", "local"] * config["layers"])[:config["layers"]])
-
-
-def _transformers_model(config: dict):
-    transformers = c.peer("transformers")
-    torch.manual_seed(0)
-    return transformers.ReformerModelWithLMHead(transformers.ReformerConfig(**_settings(config))).train()
+    # The model suite's model, with this benchmark's vocabulary and an LSH layer first.
+    return dict(c.lm_settings(config, VOCAB), attn_layers=(["lsh", "local"] * config["layers"])[:config["layers"]])
 
 
 def build(competitor: str, config: dict, device: torch.device):
     """The Prepared training step of one row on ``device``, and its model."""
     from reformer_kernels.models import ReformerConfig, ReformerModelWithLMHead
 
-    theirs = _transformers_model(config)
+    theirs = c.transformers_lm_model(_settings(config)).train()
     input_ids = torch.randint(3, VOCAB, (config["batch"], config["seq_len"]), generator=c.generator_for(config, torch.device("cpu")))
     if competitor == TRANSFORMERS[0]:
         model = theirs
@@ -89,35 +82,15 @@ def build(competitor: str, config: dict, device: torch.device):
         del theirs  # only its weights were wanted; freed before anything is measured
         model.reformer.encoder.reversible = competitor == REVERSIBLE[0]
     model, input_ids = model.to(device), input_ids.to(device)
-    return _training(model, lambda: model(input_ids, labels=input_ids).loss, config), model
-
-
-def _peak_step_bytes(step, device: torch.device) -> int:
-    """Peak memory of a training step after a first one (which builds the optimizer state): on the
-    CPU the resident set size it adds, on the GPU the allocator's peak above what was in use."""
-    if device.type == "cuda":
-        return peak_memory_bytes(step, device)
-    return _peak_rss_bytes(step)
+    return c.adamw_training(model, lambda: model(input_ids, labels=input_ids).loss), model
 
 
 def worker(op: str, competitor: str, backend: str, seq_len: int, layers: int, repeats: int,
            device: torch.device = torch.device("cpu")) -> dict:
     """Measure one case in this (fresh) process and return its row (``op`` LIVE_MEMORY_OP: memory only)."""
     config = _config(seq_len, layers)
-    row = blank_row(Case(SUITE, op, competitor, backend, config, build=lambda: None))
-    try:
-        step = build(competitor, config, device)[0].train_step
-        # Two steps (the first one builds the optimizer state) are also the timing's warm-up.
-        row["peak_mem_mb"] = round(_peak_step_bytes(step, device) / 2**20, 1)
-        if op == TIMED_OP:
-            _stats(row, "fwd_bwd", time_ms(step, device, warmup=0, repeats=repeats))
-            row["tokens_per_s"] = round(seq_len / (row["fwd_bwd_ms"] / 1e3), 1)
-        row["status"] = "ok"
-    except c.MissingPeer as error:
-        row.update(status="missing", error=str(error))
-    except Exception as error:  # a competitor's failure is a result, not a crash
-        row.update(status="error", error=f"{type(error).__name__}: {error}"[:300])
-    return row
+    case = Case(SUITE, op, competitor, backend, config, build=lambda: None, tokens=seq_len)
+    return measure_step(case, lambda: build(competitor, config, device)[0], device, repeats, timed=op == TIMED_OP)
 
 
 def run_case(op: str, competitor: str, backend: str, seq_len: int, layers: int, repeats: int,
@@ -151,11 +124,11 @@ def interleaved_rows(seq_len: int, layers: int, repeats: int, device: torch.devi
             for reversible in times:
                 times[reversible] += time_ms(lambda: step(reversible), device, warmup=0, repeats=1)
         for row, (_, reversible) in zip(rows, cases):
-            _stats(row, "fwd_bwd", times[reversible])
+            record_times(row, "fwd_bwd", times[reversible])
             row.update(tokens_per_s=round(seq_len / (row["fwd_bwd_ms"] / 1e3), 1), status="ok")
     except Exception as error:  # a failure is a result, not a crash
         for row in rows:
-            row.update(status="error", error=f"{type(error).__name__}: {error}"[:300])
+            record_failure(row, error)
     return rows
 
 
@@ -179,7 +152,7 @@ def summarize(rows: list[dict]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog=f"python -m benchmarks --suite {SUITE}", description=__doc__.splitlines()[0])
     p.add_argument("--size", choices=sorted(SIZES), default="full")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where the models train (default: cpu)")

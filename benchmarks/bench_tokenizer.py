@@ -1,6 +1,6 @@
 """Tokenizer speed: batch encoding of a block of text, ours vs transformers' slow and fast tokenizers.
 
-    python -m benchmarks.bench_tokenizer [--size small|full] [--out DIR]
+    python -m benchmarks --suite tokenizer [--size small|full] [--out DIR]
 
 The text is English prose that ships with Python (pydoc_data's language-reference topics),
 followed by the standard library's own sources until the size is reached (small: 1 MB, full:
@@ -23,6 +23,7 @@ import argparse
 import glob
 import os
 import statistics
+import sys
 import sysconfig
 import tempfile
 import time
@@ -31,7 +32,7 @@ import torch
 
 from reformer_kernels.tokenization import ByteTokenizer, ReformerTokenizer
 
-from .report import _version, default_out_dir, environment, write_table
+from .report import default_out_dir, environment, version, write_table
 
 # A full-size call takes seconds, so one is enough there; small calls take the median of three.
 SIZES = {"small": dict(megabytes=1, vocab_size=4000, repeats=3), "full": dict(megabytes=10, vocab_size=16000, repeats=1)}
@@ -101,8 +102,8 @@ def measure(fn, repeats: int) -> tuple[float, object]:
     return statistics.median(times), out
 
 
-def main(argv=None) -> None:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.bench_tokenizer", description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks --suite tokenizer", description=__doc__.splitlines()[0])
     p.add_argument("--size", choices=SIZES, default="small", help="small: 1 MB (< 1 min on 2 cores); full: 10 MB")
     p.add_argument("--out", default=None, help="output folder (default: bench-results/<device-name>/, untracked)")
     args = p.parse_args(argv)
@@ -111,8 +112,8 @@ def main(argv=None) -> None:
     env = environment(cpu)
     shared = {
         "device": "cpu", "cpu": env["cpu"], "threads": os.cpu_count(), "python": env["python"], "torch": env["torch"],
-        "transformers": env["transformers"], "tokenizers": _version("tokenizers"),
-        "sentencepiece": _version("sentencepiece"), "commit": env["reformer_kernels_commit"], "date_utc": env["date_utc"],
+        "transformers": env["transformers"], "tokenizers": version("tokenizers"),
+        "sentencepiece": version("sentencepiece"), "commit": env["reformer_kernels_commit"], "date_utc": env["date_utc"],
     }
 
     texts = corpus(size["megabytes"])
@@ -154,6 +155,7 @@ def main(argv=None) -> None:
         f"text: {megabytes:.2f} MB, {len(texts)} texts; tensors mode: batches of {BATCH}, max_length {MAX_LENGTH}",
     ]
     write_table(args.out or default_out_dir(cpu), "tokenizer", COLUMNS, rows, shown, header)
+    return 0
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,4 +1,5 @@
-"""The competitors, each a function from a configuration to a prepared case.
+"""The competitors, each a function from a configuration to a prepared case, and the lists of
+cases that set them side by side on one op (``ours_cases``, ``peer_case``, ``layer_cases``).
 
 Every competitor of one configuration sees the same inputs and weights: ``generator_for`` seeds
 a generator from the configuration, so each builder re-creates identical tensors. Ours runs through
@@ -8,6 +9,7 @@ is what a user gets. Peers: transformers' Reformer modules (the oracle semantics
 """
 from __future__ import annotations
 
+import functools
 import importlib
 import zlib
 
@@ -20,7 +22,7 @@ from reformer_kernels.nn.attention import merge_heads, split_heads
 from reformer_kernels.reference.hashing import bucket_factors
 
 from . import flops
-from .harness import MissingPeer, NotAvailable, Prepared
+from .harness import Case, MissingPeer, NotAvailable, Prepared
 
 # The backend ops each case of ours needs a kernel for.
 NEEDED_KERNELS = {
@@ -33,6 +35,8 @@ NEEDED_KERNELS = {
     "lm_head_loss": ("linear_cross_entropy",),
 }
 N_CHUNKS_BEFORE, N_CHUNKS_AFTER = 1, 0
+# The projections of each attention layer, named as the modules name them.
+LSH_PROJECTIONS, LOCAL_PROJECTIONS = ("query_key", "value"), ("query", "key", "value")
 
 
 def peer(module: str):
@@ -238,6 +242,12 @@ def _projections(names: tuple[str, ...], config: dict, device: torch.device, gen
     return {name: randn((size, size), config, device, gen).mul_(size**-0.5).requires_grad_() for name in names}
 
 
+def _load_projections(module: torch.nn.Module, weights: dict) -> None:
+    with torch.no_grad():
+        for name, weight in weights.items():
+            getattr(module, name).weight.copy_(weight)
+
+
 def _lsh_layer_work(config: dict) -> tuple[float, float]:
     return flops.lsh_layer(
         config["batch"], config["heads"], config["seq_len"], config["head_dim"], hidden_size(config), config["n_hashes"],
@@ -256,15 +266,13 @@ def ours_lsh_layer(config: dict, device: torch.device, backend: str) -> Prepared
     the peers' bucket count)."""
     require_kernels("lsh_layer", backend)
     hidden, gen = _hidden_states(config, device)
-    weights = _projections(("query_key", "value"), config, device, gen)
+    weights = _projections(LSH_PROJECTIONS, config, device, gen)
     module = ours_nn.LSHSelfAttention(
         hidden_size(config), config["heads"], config["head_dim"], num_hashes=config["n_hashes"],
         num_buckets=n_buckets_for(config), chunk_len=config["chunk_len"], n_chunks_before=N_CHUNKS_BEFORE,
         n_chunks_after=N_CHUNKS_AFTER, causal=config["causal"], max_position_embeddings=config["seq_len"],
     )
-    with torch.no_grad():
-        for name, weight in weights.items():
-            getattr(module, name).weight.copy_(weight)
+    _load_projections(module, weights)
     modules_to([module], config, device)
 
     def fn():
@@ -274,16 +282,20 @@ def ours_lsh_layer(config: dict, device: torch.device, backend: str) -> Prepared
     return _prepared(fn, [hidden, *module.parameters()], _lsh_layer_work(config))
 
 
-def transformers_lsh_layer(config: dict, device: torch.device) -> Prepared:
+def _transformers_layer(module_class: str, names: tuple[str, ...], work: tuple[float, float], config: dict,
+                        device: torch.device) -> Prepared:
+    """transformers' attention layer ``module_class`` with the configuration's projection weights."""
     modeling = peer("transformers.models.reformer.modeling_reformer")
     hidden, gen = _hidden_states(config, device)
-    weights = _projections(("query_key", "value"), config, device, gen)
-    module = modeling.LSHSelfAttention(hf_config(config))
-    with torch.no_grad():
-        for name, weight in weights.items():
-            getattr(module, name).weight.copy_(weight)
+    weights = _projections(names, config, device, gen)
+    module = getattr(modeling, module_class)(hf_config(config))
+    _load_projections(module, weights)
     modules_to([module], config, device)
-    return _prepared(lambda: module(hidden).hidden_states, [hidden, *module.parameters()], _lsh_layer_work(config))
+    return _prepared(lambda: module(hidden).hidden_states, [hidden, *module.parameters()], work)
+
+
+def transformers_lsh_layer(config: dict, device: torch.device) -> Prepared:
+    return _transformers_layer("LSHSelfAttention", LSH_PROJECTIONS, _lsh_layer_work(config), config, device)
 
 
 def reformer_pytorch_lsh_layer(config: dict, device: torch.device) -> Prepared:
@@ -291,7 +303,7 @@ def reformer_pytorch_lsh_layer(config: dict, device: torch.device) -> Prepared:
     if config["seq_len"] % (2 * config["chunk_len"]):
         raise NotAvailable(f"reformer-pytorch needs seq_len divisible by 2 * chunk_len = {2 * config['chunk_len']}")
     hidden, gen = _hidden_states(config, device)
-    weights = _projections(("query_key", "value"), config, device, gen)
+    weights = _projections(LSH_PROJECTIONS, config, device, gen)
     attention = reformer_pytorch.LSHAttention(bucket_size=config["chunk_len"], n_hashes=config["n_hashes"], causal=config["causal"])
 
     def fn():
@@ -320,7 +332,7 @@ def sdpa_layer(config: dict, device: torch.device, n_projections: int) -> Prepar
     """Dense attention after the same projections: what the layer would cost without LSH or chunks.
     With the LSH layer's two projections the keys are the queries (shared QK)."""
     hidden, gen = _hidden_states(config, device)
-    names = ("query_key", "value") if n_projections == 2 else ("query", "key", "value")
+    names = LSH_PROJECTIONS if n_projections == 2 else LOCAL_PROJECTIONS
     weights = _projections(names, config, device, gen)
     _, context = _sdpa_context(config, device)
 
@@ -348,10 +360,10 @@ def _local_layer_work(config: dict) -> tuple[float, float]:
 def ours_local_layer(config: dict, device: torch.device, backend: str) -> Prepared:
     require_kernels("local_layer", backend)
     hidden, gen = _hidden_states(config, device)
-    weights = _projections(("query", "key", "value"), config, device, gen)
+    weights = _projections(LOCAL_PROJECTIONS, config, device, gen)
 
     def fn():
-        q, k, v = (split_heads(hidden @ weights[name].t(), config["heads"]) for name in ("query", "key", "value"))
+        q, k, v = (split_heads(hidden @ weights[name].t(), config["heads"]) for name in LOCAL_PROJECTIONS)
         out = functional.local_attention(
             q, k, v, chunk_len=config["chunk_len"], n_chunks_before=N_CHUNKS_BEFORE, n_chunks_after=N_CHUNKS_AFTER,
             causal=config["causal"], backend=backend,
@@ -362,15 +374,7 @@ def ours_local_layer(config: dict, device: torch.device, backend: str) -> Prepar
 
 
 def transformers_local_layer(config: dict, device: torch.device) -> Prepared:
-    modeling = peer("transformers.models.reformer.modeling_reformer")
-    hidden, gen = _hidden_states(config, device)
-    weights = _projections(("query", "key", "value"), config, device, gen)
-    module = modeling.LocalSelfAttention(hf_config(config))
-    with torch.no_grad():
-        for name, weight in weights.items():
-            getattr(module, name).weight.copy_(weight)
-    modules_to([module], config, device)
-    return _prepared(lambda: module(hidden).hidden_states, [hidden, *module.parameters()], _local_layer_work(config))
+    return _transformers_layer("LocalSelfAttention", LOCAL_PROJECTIONS, _local_layer_work(config), config, device)
 
 
 def local_attention_package_layer(config: dict, device: torch.device) -> Prepared:
@@ -378,14 +382,14 @@ def local_attention_package_layer(config: dict, device: torch.device) -> Prepare
     so that it computes the same attention."""
     local_attention = peer("local_attention")
     hidden, gen = _hidden_states(config, device)
-    weights = _projections(("query", "key", "value"), config, device, gen)
+    weights = _projections(LOCAL_PROJECTIONS, config, device, gen)
     attention = local_attention.LocalAttention(
         window_size=config["chunk_len"], causal=config["causal"], look_backward=N_CHUNKS_BEFORE,
         look_forward=N_CHUNKS_AFTER, use_rotary_pos_emb=False, autopad=True,
     )
 
     def fn():
-        q, k, v = (split_heads(hidden @ weights[name].t(), config["heads"]) for name in ("query", "key", "value"))
+        q, k, v = (split_heads(hidden @ weights[name].t(), config["heads"]) for name in LOCAL_PROJECTIONS)
         return merge_heads(attention(q, k, v))
 
     return _prepared(fn, [hidden, *weights.values()], _local_layer_work(config))
@@ -476,3 +480,89 @@ def transformers_lm_head_loss(config: dict, device: torch.device) -> Prepared:
     loss = torch.nn.CrossEntropyLoss()
     return _prepared(lambda: loss(head(hidden[None]).flatten(0, 1), labels), [hidden, *head.parameters()],
                      _lm_head_work(config))
+
+
+# ---- whole language models: transformers' Reformer settings and a training step -------------------
+
+def lm_settings(config: dict, vocab_size: int) -> dict:
+    """transformers' ReformerConfig fields of a causal Reformer LM of ``config``'s shape, local and LSH
+    layers alternating, axial positions, no dropout (also accepted by ours)."""
+    hidden = hidden_size(config)
+    rows = config["chunk_len"]
+    return dict(
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        num_attention_heads=config["heads"],
+        attention_head_size=config["head_dim"],
+        feed_forward_size=4 * hidden,
+        attn_layers=["local", "lsh"] * (config["layers"] // 2) + ["local"] * (config["layers"] % 2),
+        num_hashes=config["n_hashes"],
+        num_buckets=config_num_buckets(config),
+        lsh_attn_chunk_length=config["chunk_len"],
+        local_attn_chunk_length=config["chunk_len"],
+        max_position_embeddings=config["seq_len"],
+        axial_pos_shape=[rows, config["seq_len"] // rows],
+        axial_pos_embds_dim=[hidden // 4, hidden - hidden // 4],
+        is_decoder=True,
+        hidden_dropout_prob=0.0,
+        lsh_attention_probs_dropout_prob=0.0,
+        local_attention_probs_dropout_prob=0.0,
+        pad_token_id=0,
+        eos_token_id=2,
+    )
+
+
+def transformers_lm_model(settings: dict):
+    """transformers' ReformerModelWithLMHead with ``settings``, its weights drawn from seed 0 (ours
+    loads its state dict, so that both train the same network)."""
+    transformers = peer("transformers")
+    torch.manual_seed(0)
+    return transformers.ReformerModelWithLMHead(transformers.ReformerConfig(**settings))
+
+
+def adamw_training(model: torch.nn.Module, loss_fn, fwd_flops: float | None = None, train_flops: float | None = None) -> Prepared:
+    """A model's training step: forward + loss + backward + AdamW step; ``loss_fn`` alone is the forward."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    model.train()
+
+    def train_step():
+        optimizer.zero_grad(set_to_none=True)
+        loss = loss_fn()
+        loss.backward()
+        optimizer.step()
+        return loss
+
+    return Prepared(loss_fn, train_step, fwd_flops, train_flops)
+
+
+# ---- cases: who competes on an op -------------------------------------------------------------------
+
+def ours_cases(suite: str, op: str, builder, config: dict, device: torch.device) -> list[Case]:
+    """One case of ours per backend that targets ``device`` ("auto" first)."""
+    return [
+        Case(suite, op, "reformer_kernels", backend_label(op, backend, device), config, functools.partial(builder, config, device, backend),
+             tokens=config["batch"] * config["seq_len"])
+        for backend in our_backends(device)
+    ]
+
+
+def peer_case(suite: str, op: str, competitor: str, backend: str, builder, config: dict, device: torch.device) -> Case:
+    return Case(suite, op, competitor, backend, config, functools.partial(builder, config, device), tokens=config["batch"] * config["seq_len"])
+
+
+def layer_cases(suite: str, op: str, config: dict, device: torch.device, backends_of_ours: bool = True) -> list[Case]:
+    """An attention layer's competitors (``op`` "lsh_layer" or "local_layer") on one configuration:
+    ours on every backend (or "auto" alone), transformers, reformer-pytorch's (lucidrains' local_attention
+    for the local layer) and dense SDPA after the same projections."""
+    ours, transformers_layer, package, n_projections = {
+        "lsh_layer": (ours_lsh_layer, transformers_lsh_layer, ("reformer-pytorch", "pytorch", reformer_pytorch_lsh_layer), 2),
+        "local_layer": (ours_local_layer, transformers_local_layer,
+                        ("reformer-pytorch", "local_attention", local_attention_package_layer), 3),
+    }[op]
+    mine = ours_cases(suite, op, ours, config, device)
+    return (mine if backends_of_ours else mine[:1]) + [
+        peer_case(suite, op, "transformers", "pytorch", transformers_layer, config, device),
+        peer_case(suite, op, *package, config, device),
+        peer_case(suite, op, "torch-sdpa", sdpa_backend_name(config, device), functools.partial(sdpa_layer, n_projections=n_projections),
+                  config, device),
+    ]

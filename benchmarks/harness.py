@@ -171,7 +171,19 @@ def blank_row(case: Case) -> dict:
     return row
 
 
-def _stats(row: dict, prefix: str, times: list[float]) -> None:
+def record_failure(row: dict, error: Exception) -> None:
+    """What a failed case's row says: "not available" (ours has no kernel for it yet), "missing" (a
+    peer not installed), "oom", else "error", and the error's message."""
+    if isinstance(error, NotAvailable):
+        row.update(status=NOT_AVAILABLE, error=str(error))
+    elif isinstance(error, MissingPeer):
+        row.update(status=MISSING, error=str(error))
+    else:
+        row.update(status=OOM if _is_oom(error) else ERROR, error=_describe(error))
+
+
+def record_times(row: dict, prefix: str, times: list[float]) -> None:
+    """The median, min and max of ``times`` (ms) into the row's ``<prefix>_ms`` columns."""
     row[f"{prefix}_ms"] = round(statistics.median(times), 4)
     row[f"{prefix}_ms_min"] = round(min(times), 4)
     row[f"{prefix}_ms_max"] = round(max(times), 4)
@@ -189,11 +201,11 @@ def measure(case: Case, settings: Settings) -> dict:
 
             # First, while nothing but the case's own tensors exists (see peak_memory_bytes).
             row["peak_mem_mb"] = round(peak_memory_bytes(prepared.train_step or forward, settings.device) / 2**20, 3)
-            _stats(row, "fwd", time_ms(forward, settings.device, settings.warmup, settings.repeats, settings.min_total_s))
+            record_times(row, "fwd", time_ms(forward, settings.device, settings.warmup, settings.repeats, settings.min_total_s))
             seconds = row["fwd_ms"] / 1e3
             flops = prepared.fwd_flops
             if prepared.train_step is not None:
-                _stats(row, "fwd_bwd", time_ms(prepared.train_step, settings.device, settings.warmup, settings.repeats, settings.min_total_s))
+                record_times(row, "fwd_bwd", time_ms(prepared.train_step, settings.device, settings.warmup, settings.repeats, settings.min_total_s))
                 seconds = row["fwd_bwd_ms"] / 1e3
                 flops = prepared.train_flops
             if case.tokens and seconds > 0:
@@ -203,12 +215,8 @@ def measure(case: Case, settings: Settings) -> dict:
         if prepared.accuracy is not None:
             row["accuracy"] = round(prepared.accuracy, 4)
         row["status"] = OK
-    except NotAvailable as error:
-        row.update(status=NOT_AVAILABLE, error=str(error))
-    except MissingPeer as error:
-        row.update(status=MISSING, error=str(error))
     except Exception as error:  # a competitor's failure is a result, not a crash
-        row.update(status=OOM if _is_oom(error) else ERROR, error=_describe(error))
+        record_failure(row, error)
     finally:
         if settings.device.type == "cuda":
             torch.cuda.empty_cache()

@@ -13,6 +13,7 @@ import subprocess
 import torch
 
 from .harness import COLUMNS, CONFIG_COLUMNS, OK
+from .suites import DEFAULT
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Where a run writes unless told otherwise: a folder git ignores, so that running the suite never
@@ -20,10 +21,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT = os.path.join(ROOT, "bench-results")
 # The committed reference results; written only by a run given this folder (or one under it) as --out.
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
-SUITE_ORDER = ("ops", "model", "scaling", "quality")
 
 
-def _version(package: str) -> str:
+def version(package: str) -> str:
+    """The installed version of ``package``, or "not installed"."""
     try:
         return importlib.metadata.version(package)
     except importlib.metadata.PackageNotFoundError:
@@ -55,9 +56,9 @@ def environment(device: torch.device) -> dict:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "cuda": torch.version.cuda or "none",
-        "triton": _version("triton"),
-        "transformers": _version("transformers"),
-        "reformer_pytorch": _version("reformer-pytorch"),
+        "triton": version("triton"),
+        "transformers": version("transformers"),
+        "reformer_pytorch": version("reformer-pytorch"),
         "reformer_kernels_commit": _commit(),
         "backends": {name: ("yes: " if ok else "no: ") + reason for name, (ok, reason) in backends.status().items()},
         "kernels": backends.implemented_ops(),
@@ -119,8 +120,8 @@ def load_suites(out_dir: str) -> dict[str, dict]:
                 data = json.load(f)
             if isinstance(data, dict) and "rows" in data and "environment" in data:
                 found[name[: -len(".json")]] = data
-    # The four questions of DESIGN.md first, in their order; other scripts' suites after them.
-    return dict(sorted(found.items(), key=lambda item: (SUITE_ORDER.index(item[0]) if item[0] in SUITE_ORDER else len(SUITE_ORDER), item[0])))
+    # The default suites (the four questions of DESIGN.md) first, in their order; other suites after them.
+    return dict(sorted(found.items(), key=lambda item: (DEFAULT.index(item[0]) if item[0] in DEFAULT else len(DEFAULT), item[0])))
 
 
 def _cell(value) -> str:

@@ -3,24 +3,36 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib
 import os
+import subprocess
 import sys
 
 
-def _benchmarks_run():
-    """benchmarks.run from the source checkout: the suite lives next to the package, not inside it
-    (an editable install or a run from the repository root finds it)."""
+def _bench(argv: list[str]) -> int:
+    """``python -m benchmarks ARGS`` run in the source checkout this package was imported from: the
+    suite lives next to the package, not in the wheel, and ``python -m`` finds it in its working
+    folder. An ``--out`` relative to the caller's folder is made absolute first, so that the results
+    land where the caller meant."""
     checkout = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    if os.path.isfile(os.path.join(checkout, "benchmarks", "run.py")) and checkout not in sys.path:
-        sys.path.insert(0, checkout)
-    try:
-        return importlib.import_module("benchmarks.run")
-    except ImportError as error:
+    if not os.path.isfile(os.path.join(checkout, "benchmarks", "__main__.py")):
         raise SystemExit(
-            f"reformer-kernels bench: the benchmarks/ folder was not found ({error}); "
+            f"reformer-kernels bench: {checkout} has no benchmarks/ folder: the suite ships with the source, not the wheel; "
             "run it from a source checkout (pip install -e '.[bench]')"
-        ) from error
+        )
+    args = []
+    for arg in argv:
+        if args[-1:] == ["--out"]:
+            arg = os.path.abspath(arg)
+        elif arg.startswith("--out="):
+            arg = "--out=" + os.path.abspath(arg[len("--out="):])
+        args.append(arg)
+    with subprocess.Popen([sys.executable, "-m", "benchmarks", *args], cwd=checkout) as suite:
+        while True:
+            try:
+                return suite.wait()
+            except KeyboardInterrupt:
+                # The suite got the same Ctrl-C: it keeps the rows it finished and exits 130.
+                continue
 
 
 def _positive_int(text: str) -> int:
@@ -113,21 +125,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="reformer-kernels", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("info", help="versions, devices, backends and the ops each implements")
-    bench = commands.add_parser("bench", help="benchmark ops and models against transformers, reformer-pytorch and SDPA")
+    commands.add_parser("bench", help="benchmark ops and models against transformers, reformer-pytorch and SDPA "
+                        "(python -m benchmarks in the source checkout; bench --help lists its options)")
     _add_train_arguments(commands.add_parser("train", help="train a causal Reformer LM on a text file or the duplication task"))
     _add_generate_arguments(commands.add_parser("generate", help="continue a prompt with a model saved by train"))
     argv = sys.argv[1:] if argv is None else argv
-    # The suite's options come from benchmarks/, which only a source checkout has: load it only
-    # when asked for, so that `info` works everywhere.
+    # The suite parses its own options (benchmarks/run.py), in its own process.
     if argv[:1] == ["bench"]:
-        _benchmarks_run().add_arguments(bench)
+        return _bench(argv[1:])
     args = parser.parse_args(argv)
     if args.command == "info":
         from . import info
 
         print(info())
-    elif args.command == "bench":
-        return _benchmarks_run().run(args)
     elif args.command == "train":
         return _train(args)
     elif args.command == "generate":

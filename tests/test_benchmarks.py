@@ -1,5 +1,7 @@
 """The benchmark harness itself: FLOP formulas against torch's FLOP counter, the CSV schema, failure
-rows, Ctrl-C, plots and summary. Tiny shapes; no test looks at a time."""
+rows, Ctrl-C, plots and summary, the suite registry and its one entry point. Tiny shapes; no test
+looks at a time."""
+import ast
 import csv
 import json
 import os
@@ -11,7 +13,7 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from benchmarks import bench_model, competitors, flops, harness, plots, report, run
+from benchmarks import bench_model, competitors, flops, harness, plots, report, run, suites
 from reformer_kernels import reference
 
 CPU = torch.device("cpu")
@@ -262,9 +264,14 @@ print(json.dumps([row["status"], row["peak_mem_mb"]]))
     assert not [word for word in NOISE if word in output], output
 
 
+def register_fake_suite(monkeypatch, cases) -> None:
+    """A cases suite named "fake" in the registry, whose module lists ``cases()``."""
+    monkeypatch.setitem(sys.modules, "fake_suite_module", types.SimpleNamespace(cases=lambda size, device: cases()))
+    monkeypatch.setitem(suites.SUITES, "fake", suites.Suite("fake", suites.CASES, "a fake suite", "fake_suite_module"))
+
+
 def test_results_go_to_an_untracked_folder_unless_out_says_otherwise(tmp_path, monkeypatch):
-    suite = types.SimpleNamespace(cases=lambda size, device: [fake_case("transformers", working)])
-    monkeypatch.setattr(run, "SUITES", {"fake": suite})
+    register_fake_suite(monkeypatch, lambda: [fake_case("transformers", working)])
     monkeypatch.setattr(report, "OUT", str(tmp_path / "bench-results"))
     assert run.main(["--suite", "fake", "--size", "tiny", "--device", "cpu", "--no-progress"]) == 0
     assert os.path.exists(os.path.join(report.default_out_dir(CPU), "fake.csv"))
@@ -319,9 +326,8 @@ def test_ctrl_c_keeps_finished_rows(tmp_path, monkeypatch, capsys):
     def interrupt():
         raise KeyboardInterrupt
 
-    suite = types.SimpleNamespace(cases=lambda size, device: [
+    register_fake_suite(monkeypatch, lambda: [
         fake_case("transformers", working), fake_case("ours", interrupt), fake_case("never", working)])
-    monkeypatch.setattr(run, "SUITES", {"fake": suite})
     code = run.main(["--suite", "fake", "--size", "tiny", "--device", "cpu", "--out", str(tmp_path), "--no-progress"])
     assert code == 130
     with open(tmp_path / "fake.csv") as f:
@@ -330,20 +336,66 @@ def test_ctrl_c_keeps_finished_rows(tmp_path, monkeypatch, capsys):
     assert "interrupted" in capsys.readouterr().err
 
 
-def test_cli_bench_runs_the_suite(tmp_path, monkeypatch):
+def test_list_names_every_registered_suite_and_the_default_set(capsys):
+    assert run.main(["--list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines] == list(suites.SUITES)
+    # What `make bench` runs: DESIGN.md's four questions, in order.
+    assert suites.DEFAULT == ("ops", "model", "scaling", "quality")
+    assert [line.split()[0] for line in lines if line.endswith("(default)")] == list(suites.DEFAULT)
+
+
+def test_every_registered_suite_has_what_its_kind_runs():
+    for suite in suites.SUITES.values():
+        assert callable(getattr(suite.load(), "cases" if suite.kind == suites.CASES else "main")), suite.name
+
+
+BENCHMARKS = os.path.join(report.ROOT, "benchmarks")
+
+
+def test_benchmark_modules_import_no_entry_point_no_other_suite_and_no_private_name():
+    """No import cycle: the suites are below the entry point (run.py) and beside each other; what
+    modules share is public."""
+    for name in sorted(os.listdir(BENCHMARKS)):
+        if not name.endswith(".py") or name == "__main__.py":
+            continue
+        with open(os.path.join(BENCHMARKS, name)) as f:
+            tree = ast.parse(f.read())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                imported = [node.module] if node.module else [alias.name for alias in node.names]
+                assert not {"run", "__main__"} & set(imported), f"{name} imports the entry point"
+                assert not (name.startswith("bench_") and any(m.startswith("bench_") for m in imported)), f"{name} imports a suite"
+                assert not [alias.name for alias in node.names if alias.name.startswith("_")], f"{name}: {ast.dump(node)}"
+
+
+def test_cli_bench_runs_the_entry_point_in_the_checkout(tmp_path, monkeypatch):
+    """`reformer-kernels bench ARGS` is `python -m benchmarks ARGS` in the checkout, in a process of its
+    own (this one's sys.path untouched); a relative --out is the caller's folder."""
     from reformer_kernels import cli
 
-    suite = types.SimpleNamespace(cases=lambda size, device: [fake_case("transformers", working)])
-    monkeypatch.setattr(run, "SUITES", {"fake": suite})
-    assert cli.main(["bench", "--suite", "fake", "--size", "tiny", "--device", "cpu", "--out", str(tmp_path), "--no-progress"]) == 0
-    assert (tmp_path / "fake.csv").exists() and (tmp_path / "summary.md").exists()
+    monkeypatch.chdir(tmp_path)
+    path = list(sys.path)
+    argv = ["bench", "--suite", "lsh_phases", "--lengths", "256", "--repeats", "1", "--peak-gflops", "100", "--out", "results"]
+    assert cli.main(argv) == 0
+    assert (tmp_path / "results" / "lsh_phases.csv").exists() and sys.path == path
 
 
-def test_every_suite_lists_cases_for_every_size():
-    for module in run.SUITES.values():
+def test_cli_bench_outside_a_checkout_says_so(tmp_path, monkeypatch):
+    from reformer_kernels import cli
+
+    monkeypatch.setattr(cli, "__file__", str(tmp_path / "site-packages" / "reformer_kernels" / "cli.py"))
+    with pytest.raises(SystemExit, match="source checkout"):
+        cli.main(["bench", "--list"])
+
+
+def test_every_cases_suite_lists_cases_for_every_size():
+    for suite in suites.SUITES.values():
+        if suite.kind != suites.CASES:
+            continue
         for size in ("tiny", "small", "full"):
-            cases = module.cases(size, CPU)
-            assert cases and all(set(case.config) >= {"dtype", "batch", "heads", "head_dim", "seq_len"} for case in cases)
+            cases = suite.load().cases(size, CPU)
+            assert cases and all(set(case.config) >= {"dtype", "batch", "heads", "head_dim", "seq_len"} for case in cases), suite.name
 
 
 def test_reversible_rows_time_both_modes_and_measure_memory_without_timing(monkeypatch):
@@ -365,7 +417,7 @@ def test_reversible_on_cuda_without_a_gpu_is_a_clear_error(monkeypatch, capsys):
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(SystemExit) as stop:
-        bench_reversible.main(["--device", "cuda"])
+        run.main(["--suite", "reversible", "--device", "cuda"])
     assert stop.value.code == 2
     assert "--device cuda but torch.cuda.is_available() is False" in capsys.readouterr().err
 
@@ -376,7 +428,7 @@ def test_bench_generate_writes_its_csv(tmp_path, monkeypatch):
     monkeypatch.setattr(bench_generate, "SIZES", {"small": [70]})
     monkeypatch.setattr(bench_generate, "BATCHES", (2,))
     monkeypatch.setattr(bench_generate, "NEW_TOKENS", 3)
-    bench_generate.main(["--repeats", "1", "--out", str(tmp_path)])
+    assert run.main(["--suite", "generate", "--repeats", "1", "--out", str(tmp_path)]) == 0
     with open(tmp_path / "generate.csv") as f:
         rows = list(csv.DictReader(f))
     assert {r["generator"] for r in rows} == {"ours use_cache=True", "ours use_cache=False", "transformers"}
@@ -386,9 +438,7 @@ def test_bench_generate_writes_its_csv(tmp_path, monkeypatch):
 
 
 def test_lsh_phases_table_has_every_phase_and_rates(tmp_path, capsys):
-    from benchmarks import bench_lsh_phases
-
-    assert bench_lsh_phases.main(["--lengths", "256", "--repeats", "1", "--peak-gflops", "100", "--out", str(tmp_path)]) == 0
+    assert run.main(["--suite", "lsh_phases", "--lengths", "256", "--repeats", "1", "--peak-gflops", "100", "--out", str(tmp_path)]) == 0
     with open(tmp_path / "lsh_phases.csv") as f:
         rows = list(csv.DictReader(f))
     assert [row["phase"] for row in rows] == [
