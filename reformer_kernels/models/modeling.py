@@ -198,6 +198,41 @@ class ReformerEncoder(ReversibleSequence):
         return self.layer_norm(torch.cat([x1, x2], dim=-1))
 
 
+def check_mask_values(name: str, mask: torch.Tensor) -> None:
+    """A padding mask is bool or holds only 0 (padding) and 1 (token). transformers' additive masks
+    (0 / -10000) or soft weights would be read by ``.bool()`` as all-ones or inverted: refuse them.
+    Reads the values, so only in eager (see functional.checks_values)."""
+    if mask.dtype.is_complex:
+        raise TypeError(f"{name} must be bool or 0/1 numbers, got {mask.dtype}: pass 1 for tokens and 0 for padding")
+    if mask.dtype == torch.bool or not mask.numel() or not functional.checks_values():
+        return
+    if not bool(((mask == 0) | (mask == 1)).all()):
+        bad = mask[(mask != 0) & (mask != 1)]
+        raise ValueError(
+            f"{name} must hold only 1 (token) and 0 (padding), got values such as {bad[:3].tolist()}: pass 1 for "
+            f"tokens and 0 for padding (an additive mask of 0 / -10000 converts with ({name} == 0).long())"
+        )
+
+
+def _check_checkpoint_tensors(
+    model_name: str, directory: str | os.PathLike, state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]
+) -> None:
+    """Each stored tensor has its parameter's shape and a dtype of the same kind. load_state_dict
+    copies an int32 tensor into a float weight without a word (truncated values), and names a shape
+    mismatch without the file. A float of another width (a float16 checkpoint) is cast, as transformers does."""
+    for key, stored in state.items():
+        want = expected.get(key)
+        if want is None:
+            continue
+        kind_ok = stored.dtype == want.dtype or (stored.dtype.is_floating_point and want.dtype.is_floating_point)
+        if stored.shape != want.shape or not kind_ok:
+            raise ValueError(
+                f"{model_name}.from_pretrained({os.fspath(directory)!r}): tensor {key!r} is stored as {stored.dtype} "
+                f"{tuple(stored.shape)} but the model expects {want.dtype} {tuple(want.shape)}: check that config.json "
+                "belongs to these weights, or re-save them with save_pretrained"
+            )
+
+
 def _checkpoint_error(path: str, why: str) -> ValueError:
     return ValueError(f"checkpoint {path!r} {why}: re-save it with save_pretrained (ours or transformers')")
 
@@ -239,6 +274,9 @@ class ReformerPreTrainedModel(nn.Module):
         super().__init__()
         if not isinstance(config, ReformerConfig):
             raise TypeError(f"{type(self).__name__}: config must be a ReformerConfig, got {type(config).__name__}")
+        # Fields set after the config was built (config.is_decoder = True, as transformers' tests do)
+        # are checked here, before any module is built from them.
+        config.validate()
         self.config = config
 
     def post_init(self) -> None:
@@ -294,6 +332,7 @@ class ReformerPreTrainedModel(nn.Module):
                 f"missing keys {missing[:8]}{'...' if len(missing) > 8 else ''}, unexpected keys "
                 f"{unexpected[:8]}{'...' if len(unexpected) > 8 else ''}; check that config.json belongs to these weights"
             )
+        _check_checkpoint_tensors(cls.__name__, directory, state, model.state_dict())
         if head_only:
             warnings.warn(f"{cls.__name__}.from_pretrained: newly initialized head weights {head_only}; train them before use", stacklevel=2)
         model.load_state_dict(state, strict=False)
