@@ -501,6 +501,7 @@ class ReformerModel(ReformerPreTrainedModel):
             if not isinstance(attention_mask, torch.Tensor) or attention_mask.shape != (batch, total):
                 shape = tuple(attention_mask.shape) if isinstance(attention_mask, torch.Tensor) else type(attention_mask).__name__
                 raise ValueError(f"attention_mask must be (batch, cached + new) = {(batch, total)} with a cache, got {shape}")
+            check_mask_values("attention_mask", attention_mask)
         cache.reserve(total)
         steps = []
         for j in range(n_new):
@@ -541,6 +542,15 @@ class ReformerModel(ReformerPreTrainedModel):
                 raise TypeError("inputs_embeds must be a floating-point torch.Tensor (batch, seq_len, hidden_size)")
             if inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != config.hidden_size:
                 raise ValueError(f"inputs_embeds must be (batch, seq_len, {config.hidden_size}), got shape {tuple(inputs_embeds.shape)}")
+            # A narrower dtype is promoted by the first add (as today); a wider one (float64 into a
+            # float32 model) reaches LayerNorm with mismatched dtypes, which torch names obscurely.
+            model_dtype = self.embeddings.word_embeddings.weight.dtype
+            if torch.promote_types(inputs_embeds.dtype, model_dtype) != model_dtype \
+                    and not torch.is_autocast_enabled(inputs_embeds.device.type):
+                raise TypeError(
+                    f"inputs_embeds is {inputs_embeds.dtype} but the model is {model_dtype}: pass "
+                    f"inputs_embeds.to({model_dtype}) or convert the model with model.to({inputs_embeds.dtype})"
+                )
             batch, seq_len = inputs_embeds.shape[:2]
             device = inputs_embeds.device
         if seq_len == 0 or batch == 0:
@@ -559,12 +569,17 @@ class ReformerModel(ReformerPreTrainedModel):
             if not isinstance(attention_mask, torch.Tensor) or attention_mask.shape != (batch, seq_len):
                 shape = tuple(attention_mask.shape) if isinstance(attention_mask, torch.Tensor) else type(attention_mask).__name__
                 raise ValueError(f"attention_mask must be a tensor of shape (batch, seq_len) = {(batch, seq_len)}, got {shape}")
-            if attention_mask.dtype.is_complex:
-                raise TypeError(f"attention_mask must be bool or 0/1 numbers, got {attention_mask.dtype}")
+            check_mask_values("attention_mask", attention_mask)
         if position_ids is not None:
-            if not isinstance(position_ids, torch.Tensor) or position_ids.dtype.is_floating_point or position_ids.shape[-1] != seq_len \
-                    or position_ids.dim() not in (1, 2) or (position_ids.dim() == 2 and position_ids.shape[0] not in (1, batch)):
-                raise ValueError(f"position_ids must be an integer tensor of shape (batch, seq_len) = {(batch, seq_len)} or (seq_len,)")
+            if not isinstance(position_ids, torch.Tensor) or position_ids.dtype.is_floating_point or position_ids.dtype.is_complex \
+                    or position_ids.dtype == torch.bool or position_ids.dim() not in (1, 2) or position_ids.shape[-1] != seq_len \
+                    or (position_ids.dim() == 2 and position_ids.shape[0] not in (1, batch)):
+                got = f"{position_ids.dtype} {tuple(position_ids.shape)}" if isinstance(position_ids, torch.Tensor) \
+                    else type(position_ids).__name__
+                raise ValueError(
+                    f"position_ids must be an integer tensor of shape (batch, seq_len) = {(batch, seq_len)} or (seq_len,), "
+                    f"got {got}: pass torch.arange(seq_len) or leave position_ids=None"
+                )
             if functional.checks_values() and (position_ids.min() < 0 or position_ids.max() >= config.max_position_embeddings):
                 raise ValueError(
                     f"position_ids span [{position_ids.min().item()}, {position_ids.max().item()}] outside "
