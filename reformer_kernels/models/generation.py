@@ -166,6 +166,9 @@ class ReformerDecodingCache:
         self.length = 0
         self.attention_mask: torch.Tensor | None = None
         self.layers: list = []
+        # Set by the model that fills the cache (its layer types, head shapes, dtype, device), so
+        # that another model refuses it instead of reading the wrong layers.
+        self.owner: tuple | None = None
 
     def __len__(self) -> int:
         return len(self.layers)

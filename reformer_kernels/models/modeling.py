@@ -478,6 +478,7 @@ class ReformerModel(ReformerPreTrainedModel):
             if attention_mask is not None:
                 cache.attention_mask[:, :seq_len] = attention_mask.bool()
             cache.layers = [DecodingCache() for _ in self.encoder.layers]
+            cache.owner = self._cache_owner()
             with torch.no_grad():
                 for block, layer_cache, x2 in zip(self.encoder.layers, cache.layers, outputs.hidden_states):
                     block.attention.fill_cache(x2, layer_cache, cache.capacity)
@@ -489,8 +490,7 @@ class ReformerModel(ReformerPreTrainedModel):
         if output_hidden_states or output_attentions:
             raise ValueError("hidden_states / attentions are not returned by cached decoding steps: pass output_*=False")
         batch, n_new, device = self._check_inputs(input_ids, None, None, inputs_embeds, num_hashes)
-        if batch != cache.attention_mask.shape[0]:
-            raise ValueError(f"the cache holds {cache.attention_mask.shape[0]} rows but the input has {batch}: pass one token per row")
+        self._check_cache(cache, batch, device)
         total = cache.length + n_new
         limit = self.config.max_position_embeddings
         if self.config.axial_pos_embds:
@@ -518,6 +518,53 @@ class ReformerModel(ReformerPreTrainedModel):
             ))
             cache.length += 1
         return ReformerModelOutput(last_hidden_state=torch.cat(steps, dim=1), past_buckets_states=cache)
+
+    def _cache_owner(self) -> tuple:
+        """What a cache filled by this model depends on, besides the batch: the layer types and
+        their projections' shapes, dtype and device."""
+        weight = self.embeddings.word_embeddings.weight
+        config = self.config
+        return (
+            tuple(config.attn_layers), config.num_attention_heads, config.attention_head_size, config.hidden_size,
+            weight.dtype, weight.device,
+        )
+
+    def _check_cache(self, cache: ReformerDecodingCache, batch: int, device: torch.device) -> None:
+        """Refuse, before anything is written to it, a past_buckets_states that another model (other
+        layers, heads, head size, dtype or device) or another batch filled: each layer would read
+        the wrong layer's keys, or zip would drop layers, and the logits would be silently wrong."""
+        owner, expected = getattr(cache, "owner", None), self._cache_owner()
+        names = ("attn_layers", "num_attention_heads", "attention_head_size", "hidden_size", "dtype", "device")
+        if owner is not None and owner != expected:
+            differ = [f"{name} {mine!r} (cache: {theirs!r})" for name, mine, theirs in zip(names, expected, owner) if mine != theirs]
+            raise ValueError(
+                f"past_buckets_states was filled by another model: this model has {', '.join(differ)}; pass the cache "
+                "this model returned with use_cache=True, or start a new one (past_buckets_states=None)"
+            )
+        heads, head_size = self.config.num_attention_heads, self.config.attention_head_size
+        layers = cache.layers
+        if not isinstance(layers, list) or len(layers) != len(self.encoder.layers) or cache.attention_mask is None:
+            held = len(layers) if isinstance(layers, list) else type(layers).__name__
+            raise ValueError(
+                f"past_buckets_states holds {held} layers but this model has {len(self.encoder.layers)}: pass the cache "
+                "this model returned with use_cache=True"
+            )
+        if cache.attention_mask.shape[0] != batch:
+            raise ValueError(
+                f"past_buckets_states holds {cache.attention_mask.shape[0]} rows but the input has {batch}: pass one row "
+                "per cached row (the same batch as the prompt)"
+            )
+        for i, layer in enumerate(layers):
+            keys = getattr(layer, "keys", None)
+            if not isinstance(layer, DecodingCache) or not isinstance(keys, torch.Tensor) or layer.length != cache.length \
+                    or keys.shape[:2] != (batch, heads) or keys.shape[3] != head_size or keys.device != device:
+                got = f"{type(keys).__name__} {tuple(keys.shape)} on {keys.device}" if isinstance(keys, torch.Tensor) \
+                    else type(layer).__name__
+                raise ValueError(
+                    f"past_buckets_states layer {i} holds {got} for {getattr(layer, 'length', '?')} positions, but this "
+                    f"model needs (batch={batch}, heads={heads}, positions, head_size={head_size}) on {device} for "
+                    f"{cache.length} positions: pass the cache this model returned with use_cache=True"
+                )
 
     def _check_inputs(self, input_ids, attention_mask, position_ids, inputs_embeds, num_hashes) -> tuple[int, int, torch.device]:
         config = self.config
