@@ -9,7 +9,7 @@ import os
 import torch
 
 from ..models import ReformerModelWithLMHead
-from .arguments import resolve_device
+from .arguments import check_seed, resolve_device
 from .data import load_tokenizer
 
 
@@ -22,6 +22,7 @@ def generate(
     directory = os.fspath(directory)
     if not os.path.isdir(directory):
         raise ValueError(f"DIR {directory!r} is not a folder: pass the --out folder of reformer-kernels train")
+    check_seed(seed)
     torch_device = resolve_device(device)
     tokenizer = load_tokenizer(directory)
     model = ReformerModelWithLMHead.from_pretrained(directory).to(torch_device).eval()
