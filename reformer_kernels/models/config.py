@@ -184,7 +184,7 @@ class ReformerConfig:
         # generation: each must be a token of the vocabulary. eos may list several (transformers).
         for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
             value = getattr(self, name)
-            ids = [] if value is None else value if name == "eos_token_id" and isinstance(value, list) else [value]
+            ids = [] if value is None else value if name == "eos_token_id" and isinstance(value, (list, tuple)) else [value]
             if not all(_is_int(i) and 0 <= i < self.vocab_size for i in ids):
                 kind = "an int or a list of ints" if name == "eos_token_id" else "an int"
                 raise ValueError(

@@ -84,6 +84,18 @@ def test_transformers_configs_are_accepted():
     ReformerConfig.from_dict(transformers.ReformerConfig(**tester).to_dict())
     ReformerConfig(**tester)
     ReformerConfig(**TINY, eos_token_id=[1, 2], bos_token_id=None, pad_token_id=None)
+    ReformerConfig(**TINY, eos_token_id=(1, 2))
+    # The config.json of google/reformer-crime-and-punishment, with its bookkeeping keys.
+    crime = dict(attention_head_size=64, attn_layers=["local", "lsh"] * 3, axial_norm_std=1.0, axial_pos_embds=True,
+                 axial_pos_embds_dim=[64, 192], axial_pos_shape=[512, 1024], chunk_size_feed_forward=0, chunk_size_lm_head=0,
+                 eos_token_id=2, feed_forward_size=512, hash_seed=None, hidden_act="relu", hidden_dropout_prob=0.05,
+                 hidden_size=256, initializer_range=0.02, is_decoder=True, layer_norm_eps=1e-12,
+                 local_attention_probs_dropout_prob=0.05, local_attn_chunk_length=64, local_num_chunks_after=0,
+                 local_num_chunks_before=1, lsh_attention_probs_dropout_prob=0.0, lsh_attn_chunk_length=64,
+                 lsh_num_chunks_after=0, lsh_num_chunks_before=1, max_position_embeddings=524288, model_type="reformer",
+                 num_attention_heads=2, num_buckets=[64, 128], num_chunks_after=0, num_chunks_before=1, num_hashes=1,
+                 num_hidden_layers=6, output_past=True, pad_token_id=0, vocab_size=320)
+    ReformerConfig.from_dict(crime)
 
 
 def test_field_set_after_building_is_checked_by_the_model():
