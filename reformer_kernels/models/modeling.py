@@ -852,6 +852,32 @@ class ReformerForMaskedLM(ReformerPreTrainedModel):
         return MaskedLMOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions)
 
 
+def _check_classification_labels(labels: torch.Tensor, problem_type: str, batch: int, num_labels: int) -> None:
+    """Labels that fit the loss of ``problem_type``; torch's own errors (IndexError 'Target 5 is out
+    of bounds', size mismatches) name neither the argument nor the fix."""
+    if problem_type == "single_label_classification":
+        if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool or labels.numel() != batch:
+            raise ValueError(
+                f"labels must be one class id per row ({batch},) for single_label_classification, got {labels.dtype} "
+                f"{tuple(labels.shape)}"
+            )
+        if functional.checks_values():
+            bad = labels[(labels != IGNORE_INDEX) & ((labels < 0) | (labels >= num_labels))]
+            if bad.numel():
+                raise ValueError(
+                    f"labels holds class {bad[0].item()} outside [0, num_labels={num_labels}): use -100 for rows without "
+                    "a label or raise config.num_labels"
+                )
+    elif problem_type == "regression":
+        if labels.dtype.is_complex or labels.numel() != batch * num_labels:
+            raise ValueError(f"labels must hold {num_labels} value(s) per row for regression, got {labels.dtype} {tuple(labels.shape)}")
+    elif tuple(labels.shape) != (batch, num_labels) or labels.dtype.is_complex:
+        raise ValueError(
+            f"labels must be (batch, num_labels) = {(batch, num_labels)} for multi_label_classification, got "
+            f"{labels.dtype} {tuple(labels.shape)}"
+        )
+
+
 class ReformerClassificationHead(nn.Module):
     """The first position's output -> dropout -> Linear -> tanh -> dropout -> Linear(num_labels)."""
 
@@ -896,6 +922,8 @@ class ReformerForSequenceClassification(ReformerPreTrainedModel):
         logits = self.classifier(outputs.last_hidden_state)
         loss = None
         if labels is not None:
+            if not isinstance(labels, torch.Tensor):
+                raise TypeError(f"labels must be a torch.Tensor, got {type(labels).__name__}")
             problem_type = self.config.problem_type
             if problem_type is None:
                 if self.num_labels == 1:
@@ -904,6 +932,7 @@ class ReformerForSequenceClassification(ReformerPreTrainedModel):
                     problem_type = "single_label_classification"
                 else:
                     problem_type = "multi_label_classification"
+            _check_classification_labels(labels, problem_type, logits.shape[0], self.num_labels)
             if problem_type == "regression":
                 loss = nn.functional.mse_loss(logits.squeeze(), labels.squeeze().to(logits.dtype)) if self.num_labels == 1 \
                     else nn.functional.mse_loss(logits, labels.to(logits.dtype))
@@ -945,6 +974,11 @@ class ReformerForQuestionAnswering(ReformerPreTrainedModel):
         start_logits, end_logits = (t.squeeze(-1) for t in self.qa_outputs(outputs.last_hidden_state).split(1, dim=-1))
         loss = None
         if start_positions is not None and end_positions is not None:
+            for name, positions in (("start_positions", start_positions), ("end_positions", end_positions)):
+                if not isinstance(positions, torch.Tensor) or positions.dtype.is_floating_point or positions.dtype.is_complex \
+                        or positions.dtype == torch.bool or positions.numel() != start_logits.shape[0]:
+                    got = f"{positions.dtype} {tuple(positions.shape)}" if isinstance(positions, torch.Tensor) else type(positions).__name__
+                    raise ValueError(f"{name} must be an integer tensor with one position per row ({start_logits.shape[0]},), got {got}")
             ignored = start_logits.shape[1]
             start = start_positions.reshape(-1).clamp(0, ignored)
             end = end_positions.reshape(-1).clamp(0, ignored)

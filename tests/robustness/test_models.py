@@ -150,3 +150,38 @@ def test_base_model_checks_too():
         model(IDS, attention_mask=torch.full((2, 10), -10000.0))
     with pytest.raises(ValueError, match="position_ids"):
         model(IDS, position_ids=torch.tensor(0))
+
+
+@pytest.fixture(scope="module")
+def heads():
+    from reformer_kernels.models import ReformerForQuestionAnswering, ReformerForSequenceClassification
+
+    config = dict(TINY, is_decoder=False)
+    torch.manual_seed(0)
+    return (ReformerForSequenceClassification(ReformerConfig(**config, num_labels=3)).eval(),
+            ReformerForQuestionAnswering(ReformerConfig(**config)).eval())
+
+
+@pytest.mark.parametrize("labels, error, match", [
+    (torch.tensor([0, 5]), ValueError, r"labels holds class 5 outside \[0, num_labels=3\)"),   # was IndexError
+    (torch.tensor([0, -3]), ValueError, "labels holds class -3"),
+    (torch.tensor([0, 1, 2]), ValueError, r"labels must be one class id per row \(2,\)"),
+    (torch.tensor([0.5, 1.0]), ValueError, r"labels must be \(batch, num_labels\) = \(2, 3\)"),
+    ([0, 1], TypeError, "labels must be a torch.Tensor"),                                       # was AttributeError
+])
+def test_bad_classification_labels(heads, labels, error, match):
+    with pytest.raises(error, match=match):
+        heads[0](IDS, labels=labels)
+
+
+def test_ignored_classification_label_still_works(heads):
+    assert heads[0](IDS, labels=torch.tensor([1, -100])).loss.isfinite()
+
+
+@pytest.mark.parametrize("start, match", [
+    (torch.tensor([0.5, 1.0]), "start_positions must be an integer tensor"),  # was a RuntimeError from cross_entropy
+    (torch.tensor([1, 2, 3]), r"start_positions .* one position per row \(2,\)"),
+])
+def test_bad_question_answering_positions(heads, start, match):
+    with pytest.raises(ValueError, match=match):
+        heads[1](IDS, start_positions=start, end_positions=torch.tensor([1, 2]))
