@@ -52,9 +52,11 @@ def test_seq_len_a_multiple_of_chunk_len_trains(tmp_path):
 @pytest.mark.parametrize("flags, match", [
     (["--seed", str(2**64)], "--seed 18446744073709551616"),
     (["--seed", "-5"], "--seed -5"),
-    (["--temperature", "nan"], "temperature"),
-    (["--temperature", "-1"], "temperature"),
-    (["--top-p", "2"], "top_p"),
+    (["--temperature", "nan"], "--temperature nan"),
+    (["--temperature", "-1"], "--temperature -1.0"),
+    (["--temperature", "inf"], "--temperature inf"),
+    (["--top-p", "2"], "--top-p 2.0"),
+    (["--top-p", "0"], "--top-p 0.0"),
     (["--max-new-tokens", "100"], "max_new_tokens 100"),
     (["--device", "tpu9"], "--device"),
 ])
