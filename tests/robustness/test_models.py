@@ -185,3 +185,43 @@ def test_ignored_classification_label_still_works(heads):
 def test_bad_question_answering_positions(heads, start, match):
     with pytest.raises(ValueError, match=match):
         heads[1](IDS, start_positions=start, end_positions=torch.tensor([1, 2]))
+
+
+# ---- the nn modules, built directly --------------------------------------------------------------
+
+
+def _nn():
+    from reformer_kernels import nn as rk_nn
+
+    return rk_nn
+
+
+@pytest.mark.parametrize("build, match", [
+    (lambda nn: nn.LSHSelfAttention(16, 2, 8, num_hashes=0), "LSHSelfAttention: num_hashes"),
+    (lambda nn: nn.LSHSelfAttention(16, 0, 8), "LSHSelfAttention: num_attention_heads"),
+    (lambda nn: nn.LSHSelfAttention(16, 2, 8, chunk_len=0), "LSHSelfAttention: chunk_len"),
+    (lambda nn: nn.LSHSelfAttention(16, 2, 8, n_chunks_before=-1), "LSHSelfAttention: n_chunks_before"),
+    (lambda nn: nn.LSHSelfAttention(16, 2, 8, num_buckets=3), "LSHSelfAttention: num_buckets"),
+    (lambda nn: nn.LSHSelfAttention(16, 2, 8, num_buckets=[4, 3]), "LSHSelfAttention: num_buckets"),
+    (lambda nn: nn.LSHSelfAttention(16, 2, 8, dropout=1.5), "LSHSelfAttention: dropout"),
+    (lambda nn: nn.LSHSelfAttention(16, 2, 8, hash_seed="1"), "LSHSelfAttention: hash_seed"),
+    (lambda nn: nn.LocalSelfAttention(16, 2, 8, chunk_len=None), "LocalSelfAttention: chunk_len"),
+    (lambda nn: nn.LocalSelfAttention(16, 2, 8, dropout=-0.1), "LocalSelfAttention: dropout"),
+    (lambda nn: nn.AxialPositionEmbeddings([8, 0], [8, 8]), "AxialPositionEmbeddings: every entry of axial_pos_shape"),
+    (lambda nn: nn.AxialPositionEmbeddings([8, 8], [8, 8], dropout=2.0), "AxialPositionEmbeddings: dropout"),
+    (lambda nn: nn.ChunkedFeedForward(16, 32, layer_norm_eps=-1.0), "ChunkedFeedForward: layer_norm_eps"),
+    (lambda nn: nn.ChunkedFeedForward(16, 32, chunk_size=-1), "ChunkedFeedForward: chunk_size"),
+    (lambda nn: nn.ChunkedFeedForward(16, 32, dropout=1.0), "ChunkedFeedForward: dropout"),
+    (lambda nn: nn.ReversibleBlock(None, None, dropout=float("nan")), "ReversibleBlock: dropout"),
+])
+def test_nn_module_with_a_bad_argument_is_not_built(build, match):
+    with pytest.raises(ValueError, match=match):
+        build(_nn())
+
+
+def test_nn_forward_arguments():
+    nn = _nn()
+    with pytest.raises(ValueError, match="LSHSelfAttention: num_hashes"):
+        nn.LSHSelfAttention(16, 2, 8, chunk_len=4)(torch.randn(1, 8, 16), None, 0)
+    with pytest.raises(TypeError, match="AxialPositionEmbeddings: position_ids must be an integer tensor"):
+        nn.AxialPositionEmbeddings([8, 8], [8, 8])(torch.zeros(1, 4))
