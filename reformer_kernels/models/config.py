@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 from typing import Any
 
@@ -68,6 +69,11 @@ def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _is_number(value: object) -> bool:
+    """An int or a float, not a bool, not NaN (every comparison with NaN is False, so a range check passes it)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
+
+
 class ReformerConfig:
     """The hyper-parameters of a Reformer model; see transformers' ReformerConfig for each field.
 
@@ -89,12 +95,18 @@ class ReformerConfig:
             values["num_labels"] = len(id2label)
         for name, value in values.items():
             setattr(self, name, value)
-        self.attn_layers = list(self.attn_layers)
-        self.axial_pos_shape = list(self.axial_pos_shape)
-        self.axial_pos_embds_dim = list(self.axial_pos_embds_dim)
-        if isinstance(self.num_buckets, tuple):
-            self.num_buckets = list(self.num_buckets)
-        self.id2label = {int(k): v for k, v in id2label.items()} if id2label else {i: f"LABEL_{i}" for i in range(self.num_labels)}
+        # transformers' tests and JSON give tuples or lists; anything else is left for validate() to name.
+        for name in ("attn_layers", "axial_pos_shape", "axial_pos_embds_dim", "num_buckets"):
+            if isinstance(getattr(self, name), tuple):
+                setattr(self, name, list(getattr(self, name)))
+        if id2label is not None and not isinstance(id2label, dict):
+            raise ValueError(f"ReformerConfig.id2label must be a dict {{label id: name}}, got {type(id2label).__name__}")
+        if not _is_int(self.num_labels) or self.num_labels < 1:
+            raise ValueError(f"ReformerConfig.num_labels must be a positive int, got {self.num_labels!r}")
+        try:
+            self.id2label = {int(k): v for k, v in id2label.items()} if id2label else {i: f"LABEL_{i}" for i in range(self.num_labels)}
+        except ValueError:
+            raise ValueError(f"ReformerConfig.id2label keys must be label ids (ints), got {list(id2label)!r}") from None
         self.validate()
 
     @property
@@ -106,21 +118,14 @@ class ReformerConfig:
         return {label: i for i, label in self.id2label.items()}
 
     def validate(self) -> None:
-        """Raise ValueError naming the first inconsistent field and how to fix it."""
-        for name in ("hidden_size", "attention_head_size", "num_attention_heads", "feed_forward_size", "vocab_size",
-                     "max_position_embeddings", "num_hashes", "num_labels"):
-            value = getattr(self, name)
-            if not _is_int(value) or value < 1:
-                raise ValueError(f"ReformerConfig.{name} must be a positive int, got {value!r}")
-        for name in ("chunk_size_feed_forward", "chunk_size_lm_head", "lsh_num_chunks_before", "lsh_num_chunks_after",
-                     "local_num_chunks_before", "local_num_chunks_after"):
-            value = getattr(self, name)
-            if not _is_int(value) or value < 0:
-                raise ValueError(f"ReformerConfig.{name} must be an int >= 0, got {value!r}")
-        for name in ("hidden_dropout_prob", "lsh_attention_probs_dropout_prob", "local_attention_probs_dropout_prob"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value < 1:
-                raise ValueError(f"ReformerConfig.{name} must be a probability in [0, 1), got {value!r}")
+        """Raise ValueError naming the first inconsistent field and how to fix it.
+
+        The fields of a layer type that ``attn_layers`` does not use are not checked (transformers'
+        own tests give a local-only config ``lsh_* = None``)."""
+        if not isinstance(self.attn_layers, list) or not all(isinstance(name, str) for name in self.attn_layers):
+            raise ValueError(
+                f"ReformerConfig.attn_layers must be a list of layer types, e.g. ['local', 'lsh'], got {self.attn_layers!r}"
+            )
         if not self.attn_layers:
             raise ValueError("ReformerConfig.attn_layers is empty: list at least one layer type, e.g. ['local', 'lsh']")
         unknown = [name for name in self.attn_layers if name not in ATTENTION_TYPES]
@@ -128,20 +133,64 @@ class ReformerConfig:
             raise ValueError(
                 f"ReformerConfig.attn_layers has unknown layer types {unknown}: use only 'lsh' and 'local'"
             )
-        for kind in set(self.attn_layers):
-            name = f"{kind}_attn_chunk_length"
+        kinds = [kind for kind in ATTENTION_TYPES if kind in self.attn_layers]
+        positive = ["hidden_size", "attention_head_size", "num_attention_heads", "feed_forward_size", "vocab_size",
+                    "max_position_embeddings", "num_labels"]
+        positive += ["num_hashes"] if "lsh" in kinds else []
+        for name in positive + [f"{kind}_attn_chunk_length" for kind in kinds]:
             value = getattr(self, name)
             if not _is_int(value) or value < 1:
-                raise ValueError(f"ReformerConfig.{name} must be a positive int for the {kind!r} layers, got {value!r}")
+                raise ValueError(f"ReformerConfig.{name} must be a positive int, got {value!r}")
+        non_negative = ["chunk_size_feed_forward", "chunk_size_lm_head"]
+        non_negative += [f"{kind}_num_chunks_{side}" for kind in kinds for side in ("before", "after")]
+        for name in non_negative:
+            value = getattr(self, name)
+            if not _is_int(value) or value < 0:
+                raise ValueError(f"ReformerConfig.{name} must be an int >= 0, got {value!r}")
+        probabilities = ["hidden_dropout_prob"] + [f"{kind}_attention_probs_dropout_prob" for kind in kinds]
+        probabilities += ["classifier_dropout"] if self.classifier_dropout is not None else []
+        for name in probabilities:
+            value = getattr(self, name)
+            if not _is_number(value) or not 0 <= value < 1:
+                raise ValueError(f"ReformerConfig.{name} must be a probability in [0, 1), got {value!r}")
+        if not _is_number(self.layer_norm_eps) or not 0 < self.layer_norm_eps < math.inf:
+            raise ValueError(
+                f"ReformerConfig.layer_norm_eps must be a finite number > 0 (LayerNorm divides by sqrt(var + eps)), "
+                f"got {self.layer_norm_eps!r}; transformers' default is 1e-12"
+            )
+        for name in ("initializer_range", "axial_norm_std"):
+            value = getattr(self, name)
+            if not _is_number(value) or not 0 <= value < math.inf:
+                raise ValueError(f"ReformerConfig.{name} must be a finite number >= 0 (a standard deviation), got {value!r}")
+        for name in ("is_decoder", "axial_pos_embds", "use_cache", "tie_word_embeddings", "output_hidden_states",
+                     "output_attentions", "return_dict"):
+            value = getattr(self, name)
+            if not isinstance(value, bool):
+                raise ValueError(f"ReformerConfig.{name} must be true or false, got {value!r}")
+        self._validate_token_ids()
         if self.hidden_act not in HIDDEN_ACTIVATIONS:
             raise ValueError(f"ReformerConfig.hidden_act {self.hidden_act!r} is not supported: choose one of {HIDDEN_ACTIVATIONS}")
         if self.problem_type not in PROBLEM_TYPES:
             raise ValueError(f"ReformerConfig.problem_type {self.problem_type!r} is not one of {PROBLEM_TYPES}")
         if self.hash_seed is not None and not _is_int(self.hash_seed):
             raise ValueError(f"ReformerConfig.hash_seed must be an int or None, got {self.hash_seed!r}")
-        self._validate_num_buckets()
+        if "lsh" in kinds:
+            self._validate_num_buckets()
         if self.axial_pos_embds:
             self._validate_axial()
+
+    def _validate_token_ids(self) -> None:
+        # pad_token_id pads inputs inside the model (an embedding lookup); eos/bos ids end and start
+        # generation: each must be a token of the vocabulary. eos may list several (transformers).
+        for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
+            value = getattr(self, name)
+            ids = [] if value is None else value if name == "eos_token_id" and isinstance(value, (list, tuple)) else [value]
+            if not all(_is_int(i) and 0 <= i < self.vocab_size for i in ids):
+                kind = "an int or a list of ints" if name == "eos_token_id" else "an int"
+                raise ValueError(
+                    f"ReformerConfig.{name} must be None or {kind} in [0, vocab_size={self.vocab_size}), got {value!r}: "
+                    "use an id of the tokenizer's vocabulary or raise vocab_size"
+                )
 
     def _validate_num_buckets(self) -> None:
         buckets = self.num_buckets
@@ -156,9 +205,9 @@ class ReformerConfig:
 
     def _validate_axial(self) -> None:
         shape, dims = self.axial_pos_shape, self.axial_pos_embds_dim
-        if not shape or not all(_is_int(n) and n >= 1 for n in shape):
+        if not isinstance(shape, list) or not shape or not all(_is_int(n) and n >= 1 for n in shape):
             raise ValueError(f"ReformerConfig.axial_pos_shape must be a list of positive ints, got {shape!r}")
-        if len(dims) != len(shape) or not all(_is_int(d) and d >= 1 for d in dims):
+        if not isinstance(dims, list) or len(dims) != len(shape) or not all(_is_int(d) and d >= 1 for d in dims):
             raise ValueError(
                 f"ReformerConfig.axial_pos_embds_dim {dims!r} must list one positive dim per factor of "
                 f"axial_pos_shape {shape!r}"
@@ -197,13 +246,20 @@ class ReformerConfig:
                 values = json.load(f)
         except FileNotFoundError:
             raise ValueError(f"config file {os.fspath(path)!r} does not exist: save one with config.save_pretrained(dir)") from None
+        except IsADirectoryError:
+            raise ValueError(f"config file {os.fspath(path)!r} is a directory: pass the file or the directory that holds config.json") from None
+        except UnicodeDecodeError as error:
+            raise ValueError(f"config file {os.fspath(path)!r} is not UTF-8 text ({error}): re-save it") from None
         except json.JSONDecodeError as error:
             raise ValueError(f"config file {os.fspath(path)!r} is not valid JSON ({error}): re-save it") from None
         if not isinstance(values, dict):
             raise ValueError(f"config file {os.fspath(path)!r} must hold a JSON object, got {type(values).__name__}")
         if values.get("model_type", "reformer") != "reformer":
             raise ValueError(f"config file {os.fspath(path)!r} has model_type {values['model_type']!r}, expected 'reformer'")
-        return cls.from_dict(values)
+        try:
+            return cls.from_dict(values)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"config file {os.fspath(path)!r}: {error}") from None
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
         os.makedirs(directory, exist_ok=True)

@@ -67,7 +67,10 @@ def check_generate_arguments(
             shape = tuple(attention_mask.shape) if isinstance(attention_mask, torch.Tensor) else type(attention_mask).__name__
             raise ValueError(f"generate: attention_mask must be a 0/1 tensor of input_ids' shape {tuple(input_ids.shape)}, got {shape}")
         if not bool(((attention_mask == 0) | (attention_mask == 1)).all()):
-            raise ValueError("generate: attention_mask must hold only 0 (padding) and 1 (token)")
+            raise ValueError(
+                "generate: attention_mask must hold only 1 (token) and 0 (padding): pass 1 for tokens and 0 for padding "
+                "(an additive mask of 0 / -10000 converts with (attention_mask == 0).long())"
+            )
         if not bool(attention_mask.bool().any(dim=1).all()):
             raise ValueError("generate: attention_mask has a row with no token (all 0): every prompt needs at least one token")
         attention_mask = attention_mask.long()
@@ -163,6 +166,9 @@ class ReformerDecodingCache:
         self.length = 0
         self.attention_mask: torch.Tensor | None = None
         self.layers: list = []
+        # Set by the model that fills the cache (its layer types, head shapes, dtype, device), so
+        # that another model refuses it instead of reading the wrong layers.
+        self.owner: tuple | None = None
 
     def __len__(self) -> int:
         return len(self.layers)

@@ -198,6 +198,41 @@ class ReformerEncoder(ReversibleSequence):
         return self.layer_norm(torch.cat([x1, x2], dim=-1))
 
 
+def check_mask_values(name: str, mask: torch.Tensor) -> None:
+    """A padding mask is bool or holds only 0 (padding) and 1 (token). transformers' additive masks
+    (0 / -10000) or soft weights would be read by ``.bool()`` as all-ones or inverted: refuse them.
+    Reads the values, so only in eager (see functional.checks_values)."""
+    if mask.dtype.is_complex:
+        raise TypeError(f"{name} must be bool or 0/1 numbers, got {mask.dtype}: pass 1 for tokens and 0 for padding")
+    if mask.dtype == torch.bool or not mask.numel() or not functional.checks_values():
+        return
+    if not bool(((mask == 0) | (mask == 1)).all()):
+        bad = mask[(mask != 0) & (mask != 1)]
+        raise ValueError(
+            f"{name} must hold only 1 (token) and 0 (padding), got values such as {bad[:3].tolist()}: pass 1 for "
+            f"tokens and 0 for padding (an additive mask of 0 / -10000 converts with ({name} == 0).long())"
+        )
+
+
+def _check_checkpoint_tensors(
+    model_name: str, directory: str | os.PathLike, state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]
+) -> None:
+    """Each stored tensor has its parameter's shape and a dtype of the same kind. load_state_dict
+    copies an int32 tensor into a float weight without a word (truncated values), and names a shape
+    mismatch without the file. A float of another width (a float16 checkpoint) is cast, as transformers does."""
+    for key, stored in state.items():
+        want = expected.get(key)
+        if want is None:
+            continue
+        kind_ok = stored.dtype == want.dtype or (stored.dtype.is_floating_point and want.dtype.is_floating_point)
+        if stored.shape != want.shape or not kind_ok:
+            raise ValueError(
+                f"{model_name}.from_pretrained({os.fspath(directory)!r}): tensor {key!r} is stored as {stored.dtype} "
+                f"{tuple(stored.shape)} but the model expects {want.dtype} {tuple(want.shape)}: check that config.json "
+                "belongs to these weights, or re-save them with save_pretrained"
+            )
+
+
 def _checkpoint_error(path: str, why: str) -> ValueError:
     return ValueError(f"checkpoint {path!r} {why}: re-save it with save_pretrained (ours or transformers')")
 
@@ -239,6 +274,9 @@ class ReformerPreTrainedModel(nn.Module):
         super().__init__()
         if not isinstance(config, ReformerConfig):
             raise TypeError(f"{type(self).__name__}: config must be a ReformerConfig, got {type(config).__name__}")
+        # Fields set after the config was built (config.is_decoder = True, as transformers' tests do)
+        # are checked here, before any module is built from them.
+        config.validate()
         self.config = config
 
     def post_init(self) -> None:
@@ -294,6 +332,7 @@ class ReformerPreTrainedModel(nn.Module):
                 f"missing keys {missing[:8]}{'...' if len(missing) > 8 else ''}, unexpected keys "
                 f"{unexpected[:8]}{'...' if len(unexpected) > 8 else ''}; check that config.json belongs to these weights"
             )
+        _check_checkpoint_tensors(cls.__name__, directory, state, model.state_dict())
         if head_only:
             warnings.warn(f"{cls.__name__}.from_pretrained: newly initialized head weights {head_only}; train them before use", stacklevel=2)
         model.load_state_dict(state, strict=False)
@@ -439,6 +478,7 @@ class ReformerModel(ReformerPreTrainedModel):
             if attention_mask is not None:
                 cache.attention_mask[:, :seq_len] = attention_mask.bool()
             cache.layers = [DecodingCache() for _ in self.encoder.layers]
+            cache.owner = self._cache_owner()
             with torch.no_grad():
                 for block, layer_cache, x2 in zip(self.encoder.layers, cache.layers, outputs.hidden_states):
                     block.attention.fill_cache(x2, layer_cache, cache.capacity)
@@ -450,8 +490,7 @@ class ReformerModel(ReformerPreTrainedModel):
         if output_hidden_states or output_attentions:
             raise ValueError("hidden_states / attentions are not returned by cached decoding steps: pass output_*=False")
         batch, n_new, device = self._check_inputs(input_ids, None, None, inputs_embeds, num_hashes)
-        if batch != cache.attention_mask.shape[0]:
-            raise ValueError(f"the cache holds {cache.attention_mask.shape[0]} rows but the input has {batch}: pass one token per row")
+        self._check_cache(cache, batch, device)
         total = cache.length + n_new
         limit = self.config.max_position_embeddings
         if self.config.axial_pos_embds:
@@ -462,6 +501,7 @@ class ReformerModel(ReformerPreTrainedModel):
             if not isinstance(attention_mask, torch.Tensor) or attention_mask.shape != (batch, total):
                 shape = tuple(attention_mask.shape) if isinstance(attention_mask, torch.Tensor) else type(attention_mask).__name__
                 raise ValueError(f"attention_mask must be (batch, cached + new) = {(batch, total)} with a cache, got {shape}")
+            check_mask_values("attention_mask", attention_mask)
         cache.reserve(total)
         steps = []
         for j in range(n_new):
@@ -478,6 +518,53 @@ class ReformerModel(ReformerPreTrainedModel):
             ))
             cache.length += 1
         return ReformerModelOutput(last_hidden_state=torch.cat(steps, dim=1), past_buckets_states=cache)
+
+    def _cache_owner(self) -> tuple:
+        """What a cache filled by this model depends on, besides the batch: the layer types and
+        their projections' shapes, dtype and device."""
+        weight = self.embeddings.word_embeddings.weight
+        config = self.config
+        return (
+            tuple(config.attn_layers), config.num_attention_heads, config.attention_head_size, config.hidden_size,
+            weight.dtype, weight.device,
+        )
+
+    def _check_cache(self, cache: ReformerDecodingCache, batch: int, device: torch.device) -> None:
+        """Refuse, before anything is written to it, a past_buckets_states that another model (other
+        layers, heads, head size, dtype or device) or another batch filled: each layer would read
+        the wrong layer's keys, or zip would drop layers, and the logits would be silently wrong."""
+        owner, expected = getattr(cache, "owner", None), self._cache_owner()
+        names = ("attn_layers", "num_attention_heads", "attention_head_size", "hidden_size", "dtype", "device")
+        if owner is not None and owner != expected:
+            differ = [f"{name} {mine!r} (cache: {theirs!r})" for name, mine, theirs in zip(names, expected, owner) if mine != theirs]
+            raise ValueError(
+                f"past_buckets_states was filled by another model: this model has {', '.join(differ)}; pass the cache "
+                "this model returned with use_cache=True, or start a new one (past_buckets_states=None)"
+            )
+        heads, head_size = self.config.num_attention_heads, self.config.attention_head_size
+        layers = cache.layers
+        if not isinstance(layers, list) or len(layers) != len(self.encoder.layers) or cache.attention_mask is None:
+            held = len(layers) if isinstance(layers, list) else type(layers).__name__
+            raise ValueError(
+                f"past_buckets_states holds {held} layers but this model has {len(self.encoder.layers)}: pass the cache "
+                "this model returned with use_cache=True"
+            )
+        if cache.attention_mask.shape[0] != batch:
+            raise ValueError(
+                f"past_buckets_states holds {cache.attention_mask.shape[0]} rows but the input has {batch}: pass one row "
+                "per cached row (the same batch as the prompt)"
+            )
+        for i, layer in enumerate(layers):
+            keys = getattr(layer, "keys", None)
+            if not isinstance(layer, DecodingCache) or not isinstance(keys, torch.Tensor) or layer.length != cache.length \
+                    or keys.shape[:2] != (batch, heads) or keys.shape[3] != head_size or keys.device != device:
+                got = f"{type(keys).__name__} {tuple(keys.shape)} on {keys.device}" if isinstance(keys, torch.Tensor) \
+                    else type(layer).__name__
+                raise ValueError(
+                    f"past_buckets_states layer {i} holds {got} for {getattr(layer, 'length', '?')} positions, but this "
+                    f"model needs (batch={batch}, heads={heads}, positions, head_size={head_size}) on {device} for "
+                    f"{cache.length} positions: pass the cache this model returned with use_cache=True"
+                )
 
     def _check_inputs(self, input_ids, attention_mask, position_ids, inputs_embeds, num_hashes) -> tuple[int, int, torch.device]:
         config = self.config
@@ -502,6 +589,15 @@ class ReformerModel(ReformerPreTrainedModel):
                 raise TypeError("inputs_embeds must be a floating-point torch.Tensor (batch, seq_len, hidden_size)")
             if inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != config.hidden_size:
                 raise ValueError(f"inputs_embeds must be (batch, seq_len, {config.hidden_size}), got shape {tuple(inputs_embeds.shape)}")
+            # A narrower dtype is promoted by the first add (as today); a wider one (float64 into a
+            # float32 model) reaches LayerNorm with mismatched dtypes, which torch names obscurely.
+            model_dtype = self.embeddings.word_embeddings.weight.dtype
+            if torch.promote_types(inputs_embeds.dtype, model_dtype) != model_dtype \
+                    and not torch.is_autocast_enabled(inputs_embeds.device.type):
+                raise TypeError(
+                    f"inputs_embeds is {inputs_embeds.dtype} but the model is {model_dtype}: pass "
+                    f"inputs_embeds.to({model_dtype}) or convert the model with model.to({inputs_embeds.dtype})"
+                )
             batch, seq_len = inputs_embeds.shape[:2]
             device = inputs_embeds.device
         if seq_len == 0 or batch == 0:
@@ -520,12 +616,17 @@ class ReformerModel(ReformerPreTrainedModel):
             if not isinstance(attention_mask, torch.Tensor) or attention_mask.shape != (batch, seq_len):
                 shape = tuple(attention_mask.shape) if isinstance(attention_mask, torch.Tensor) else type(attention_mask).__name__
                 raise ValueError(f"attention_mask must be a tensor of shape (batch, seq_len) = {(batch, seq_len)}, got {shape}")
-            if attention_mask.dtype.is_complex:
-                raise TypeError(f"attention_mask must be bool or 0/1 numbers, got {attention_mask.dtype}")
+            check_mask_values("attention_mask", attention_mask)
         if position_ids is not None:
-            if not isinstance(position_ids, torch.Tensor) or position_ids.dtype.is_floating_point or position_ids.shape[-1] != seq_len \
-                    or position_ids.dim() not in (1, 2) or (position_ids.dim() == 2 and position_ids.shape[0] not in (1, batch)):
-                raise ValueError(f"position_ids must be an integer tensor of shape (batch, seq_len) = {(batch, seq_len)} or (seq_len,)")
+            if not isinstance(position_ids, torch.Tensor) or position_ids.dtype.is_floating_point or position_ids.dtype.is_complex \
+                    or position_ids.dtype == torch.bool or position_ids.dim() not in (1, 2) or position_ids.shape[-1] != seq_len \
+                    or (position_ids.dim() == 2 and position_ids.shape[0] not in (1, batch)):
+                got = f"{position_ids.dtype} {tuple(position_ids.shape)}" if isinstance(position_ids, torch.Tensor) \
+                    else type(position_ids).__name__
+                raise ValueError(
+                    f"position_ids must be an integer tensor of shape (batch, seq_len) = {(batch, seq_len)} or (seq_len,), "
+                    f"got {got}: pass torch.arange(seq_len) or leave position_ids=None"
+                )
             if functional.checks_values() and (position_ids.min() < 0 or position_ids.max() >= config.max_position_embeddings):
                 raise ValueError(
                     f"position_ids span [{position_ids.min().item()}, {position_ids.max().item()}] outside "
@@ -751,6 +852,32 @@ class ReformerForMaskedLM(ReformerPreTrainedModel):
         return MaskedLMOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions)
 
 
+def _check_classification_labels(labels: torch.Tensor, problem_type: str, batch: int, num_labels: int) -> None:
+    """Labels that fit the loss of ``problem_type``; torch's own errors (IndexError 'Target 5 is out
+    of bounds', size mismatches) name neither the argument nor the fix."""
+    if problem_type == "single_label_classification":
+        if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool or labels.numel() != batch:
+            raise ValueError(
+                f"labels must be one class id per row ({batch},) for single_label_classification, got {labels.dtype} "
+                f"{tuple(labels.shape)}"
+            )
+        if functional.checks_values():
+            bad = labels[(labels != IGNORE_INDEX) & ((labels < 0) | (labels >= num_labels))]
+            if bad.numel():
+                raise ValueError(
+                    f"labels holds class {bad[0].item()} outside [0, num_labels={num_labels}): use -100 for rows without "
+                    "a label or raise config.num_labels"
+                )
+    elif problem_type == "regression":
+        if labels.dtype.is_complex or labels.numel() != batch * num_labels:
+            raise ValueError(f"labels must hold {num_labels} value(s) per row for regression, got {labels.dtype} {tuple(labels.shape)}")
+    elif tuple(labels.shape) != (batch, num_labels) or labels.dtype.is_complex:
+        raise ValueError(
+            f"labels must be (batch, num_labels) = {(batch, num_labels)} for multi_label_classification, got "
+            f"{labels.dtype} {tuple(labels.shape)}"
+        )
+
+
 class ReformerClassificationHead(nn.Module):
     """The first position's output -> dropout -> Linear -> tanh -> dropout -> Linear(num_labels)."""
 
@@ -795,6 +922,8 @@ class ReformerForSequenceClassification(ReformerPreTrainedModel):
         logits = self.classifier(outputs.last_hidden_state)
         loss = None
         if labels is not None:
+            if not isinstance(labels, torch.Tensor):
+                raise TypeError(f"labels must be a torch.Tensor, got {type(labels).__name__}")
             problem_type = self.config.problem_type
             if problem_type is None:
                 if self.num_labels == 1:
@@ -803,6 +932,7 @@ class ReformerForSequenceClassification(ReformerPreTrainedModel):
                     problem_type = "single_label_classification"
                 else:
                     problem_type = "multi_label_classification"
+            _check_classification_labels(labels, problem_type, logits.shape[0], self.num_labels)
             if problem_type == "regression":
                 loss = nn.functional.mse_loss(logits.squeeze(), labels.squeeze().to(logits.dtype)) if self.num_labels == 1 \
                     else nn.functional.mse_loss(logits, labels.to(logits.dtype))
@@ -844,6 +974,11 @@ class ReformerForQuestionAnswering(ReformerPreTrainedModel):
         start_logits, end_logits = (t.squeeze(-1) for t in self.qa_outputs(outputs.last_hidden_state).split(1, dim=-1))
         loss = None
         if start_positions is not None and end_positions is not None:
+            for name, positions in (("start_positions", start_positions), ("end_positions", end_positions)):
+                if not isinstance(positions, torch.Tensor) or positions.dtype.is_floating_point or positions.dtype.is_complex \
+                        or positions.dtype == torch.bool or positions.numel() != start_logits.shape[0]:
+                    got = f"{positions.dtype} {tuple(positions.shape)}" if isinstance(positions, torch.Tensor) else type(positions).__name__
+                    raise ValueError(f"{name} must be an integer tensor with one position per row ({start_logits.shape[0]},), got {got}")
             ignored = start_logits.shape[1]
             start = start_positions.reshape(-1).clamp(0, ignored)
             end = end_positions.reshape(-1).clamp(0, ignored)

@@ -17,6 +17,11 @@ from ..reference.hashing import bucket_factors
 from ..reference.local_attention import local_chunking
 from ..reference.lsh_attention import gather_rows, shared_qk_keys
 from ..reference.projections import split_heads
+from ._checks import check_heads, check_int, check_probability
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def merge_heads(x: torch.Tensor) -> torch.Tensor:
@@ -149,6 +154,19 @@ class LSHSelfAttention(nn.Module):
         max_position_embeddings: int = 4096,
     ):
         super().__init__()
+        check_heads("LSHSelfAttention", hidden_size, num_attention_heads, attention_head_size)
+        for name, value, minimum in (("num_hashes", num_hashes, 1), ("chunk_len", chunk_len, 1), ("n_chunks_before", n_chunks_before, 0),
+                                     ("n_chunks_after", n_chunks_after, 0), ("max_position_embeddings", max_position_embeddings, 1)):
+            check_int("LSHSelfAttention", name, value, minimum)
+        check_probability("LSHSelfAttention", "dropout", dropout)
+        factors = [num_buckets] if _is_int(num_buckets) else list(num_buckets) if isinstance(num_buckets, (list, tuple)) else None
+        if num_buckets is not None and (not factors or not all(_is_int(f) and f >= 2 and f % 2 == 0 for f in factors)):
+            raise ValueError(
+                f"LSHSelfAttention: num_buckets {num_buckets!r} must be an even int >= 2, a list of even factors "
+                "(e.g. [8, 8]) or None (chosen from the sequence length)"
+            )
+        if hash_seed is not None and not _is_int(hash_seed):
+            raise ValueError(f"LSHSelfAttention: hash_seed must be an int or None, got {hash_seed!r}")
         self.hidden_size = hidden_size
         self.num_attention_heads = num_attention_heads
         self.attention_head_size = attention_head_size
@@ -183,6 +201,8 @@ class LSHSelfAttention(nn.Module):
         dropout) in transformers' layout, (B, H, n_hashes * L / chunk_len, chunk_len, window) in
         bucket order, or (B, H, L, L) for one chunk."""
         _check_hidden_states(self, hidden_states, self.hidden_size)
+        if num_hashes is not None:
+            check_int("LSHSelfAttention", "num_hashes", num_hashes, 1)
         n_hashes = self.num_hashes if num_hashes is None else num_hashes
         qk, v = functional.head_projections(hidden_states, [self.query_key.weight, self.value.weight], self.num_attention_heads)
         seq_len = qk.shape[2]
@@ -323,6 +343,11 @@ class LocalSelfAttention(nn.Module):
         dropout: float = 0.0,
     ):
         super().__init__()
+        check_heads("LocalSelfAttention", hidden_size, num_attention_heads, attention_head_size)
+        for name, value, minimum in (("chunk_len", chunk_len, 1), ("n_chunks_before", n_chunks_before, 0),
+                                     ("n_chunks_after", n_chunks_after, 0)):
+            check_int("LocalSelfAttention", name, value, minimum)
+        check_probability("LocalSelfAttention", "dropout", dropout)
         self.hidden_size = hidden_size
         self.num_attention_heads = num_attention_heads
         self.attention_head_size = attention_head_size

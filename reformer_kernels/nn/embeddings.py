@@ -8,6 +8,7 @@ from torch import nn
 
 from ..functional import checks_values
 from ..reference.axial import axial_position_encodings
+from ._checks import check_int, check_probability
 
 
 class AxialPositionEmbeddings(nn.Module):
@@ -27,6 +28,10 @@ class AxialPositionEmbeddings(nn.Module):
                 f"AxialPositionEmbeddings: axial_pos_embds_dim {tuple(axial_pos_embds_dim)} needs one dim per factor of "
                 f"axial_pos_shape {tuple(axial_pos_shape)}"
             )
+        for name, values in (("axial_pos_shape", axial_pos_shape), ("axial_pos_embds_dim", axial_pos_embds_dim)):
+            for value in values:
+                check_int("AxialPositionEmbeddings", f"every entry of {name} {tuple(values)}", value, 1)
+        check_probability("AxialPositionEmbeddings", "dropout", dropout)
         self.axial_pos_shape = tuple(axial_pos_shape)
         self.axial_pos_embds_dim = tuple(axial_pos_embds_dim)
         self.dropout = dropout
@@ -42,6 +47,10 @@ class AxialPositionEmbeddings(nn.Module):
 
     def forward(self, position_ids: torch.Tensor) -> torch.Tensor:
         """position_ids (B, L) int64 in [0, prod(axial_pos_shape)) -> (B, L, sum(axial_pos_embds_dim))."""
+        if not isinstance(position_ids, torch.Tensor) or position_ids.dtype.is_floating_point or position_ids.dtype.is_complex \
+                or position_ids.dtype == torch.bool:
+            got = position_ids.dtype if isinstance(position_ids, torch.Tensor) else type(position_ids).__name__
+            raise TypeError(f"AxialPositionEmbeddings: position_ids must be an integer tensor (int64), got {got}")
         if position_ids.numel() and checks_values() and (position_ids.min() < 0 or position_ids.max() >= self.max_positions):
             raise ValueError(
                 f"AxialPositionEmbeddings: position ids span [{position_ids.min().item()}, {position_ids.max().item()}] "

@@ -4,6 +4,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ._checks import check_int, check_positive_float, check_probability
+
 ACTIVATIONS = {
     "relu": nn.functional.relu,
     "gelu": nn.functional.gelu,
@@ -60,6 +62,11 @@ class ChunkedFeedForward(nn.Module):
         layer_norm_eps: float = 1e-12,
     ):
         super().__init__()
+        check_int("ChunkedFeedForward", "hidden_size", hidden_size, 1)
+        check_int("ChunkedFeedForward", "feed_forward_size", feed_forward_size, 1)
+        check_int("ChunkedFeedForward", "chunk_size", chunk_size, 0)
+        check_probability("ChunkedFeedForward", "dropout", dropout)
+        check_positive_float("ChunkedFeedForward", "layer_norm_eps", layer_norm_eps)
         self.chunk_size = chunk_size
         self.layer_norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
         self.dense = _Dense(hidden_size, feed_forward_size, hidden_act, dropout)

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from .. import _extension, functional
+from ._checks import check_probability
 
 
 class ReversibleBlock(nn.Module):
@@ -39,6 +40,7 @@ class ReversibleBlock(nn.Module):
 
     def __init__(self, attention: nn.Module, feed_forward: nn.Module, *, dropout: float = 0.0):
         super().__init__()
+        check_probability("ReversibleBlock", "dropout", dropout)
         self.attention = attention
         self.feed_forward = feed_forward
         self.dropout = dropout

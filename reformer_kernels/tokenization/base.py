@@ -11,6 +11,7 @@ _NO_LIMIT = int(1e30)
 _SIDES = ("left", "right")
 _PADDING = {True: "longest", "longest": "longest", "max_length": "max_length", False: None, "do_not_pad": None}
 _TRUNCATION = {True: True, "longest_first": True, "only_first": True, False: False, "do_not_truncate": False}
+_MAX_PADDED_IDS = 2**31 - 1
 
 
 class BatchEncoding(dict):
@@ -102,13 +103,26 @@ class TokenizerBase:
             target = -(-target // pad_to_multiple_of) * pad_to_multiple_of
         lengths = [len(r) for r in rows]
         padded = [max(n, target) for n in lengths]
+        if sum(padded) > _MAX_PADDED_IDS:
+            # Padding is built in memory: a typo such as max_length=10**12 would exhaust it (a
+            # MemoryError after minutes of swapping) instead of saying what was asked.
+            raise ValueError(
+                f"padding to {target} ids per row for {len(rows)} rows asks for {sum(padded)} ids, more than "
+                f"{_MAX_PADDED_IDS} (16 GiB of int64): pass a smaller max_length (or pad_to_multiple_of), or padding=True"
+            )
 
-        if return_tensors == "pt":
-            input_ids, attention_mask = self._to_tensors(rows, lengths, padded, side)
-        else:
-            input_ids, attention_mask = self._to_lists(rows, lengths, padded, side)
-            if not is_batch:
-                input_ids, attention_mask = input_ids[0], attention_mask[0]
+        try:
+            if return_tensors == "pt":
+                input_ids, attention_mask = self._to_tensors(rows, lengths, padded, side)
+            else:
+                input_ids, attention_mask = self._to_lists(rows, lengths, padded, side)
+        except MemoryError:
+            raise ValueError(
+                f"padding to {target} ids per row for {len(rows)} rows does not fit in memory: pass a smaller "
+                "max_length (or pad_to_multiple_of), or padding=True"
+            ) from None
+        if return_tensors != "pt" and not is_batch:
+            input_ids, attention_mask = input_ids[0], attention_mask[0]
         encoding = BatchEncoding(input_ids=input_ids)
         if return_attention_mask is None or return_attention_mask:
             encoding["attention_mask"] = attention_mask

@@ -40,6 +40,8 @@ class ByteTokenizer(TokenizerBase):
             if tokens not in self._token_ids:
                 raise ValueError(f"token {tokens!r} is not a byte token: pass a printable ASCII character or '<0xHH>'")
             return self._token_ids[tokens]
+        if not isinstance(tokens, (list, tuple)):
+            raise TypeError(f"tokens must be a str or a list of str, got {type(tokens).__name__}")
         return [self.convert_tokens_to_ids(t) for t in tokens]
 
     def _encode_batch(self, texts):

@@ -26,11 +26,17 @@ SETTINGS = ("model_max_length", "padding_side", "truncation_side")
 
 
 def read_json(path):
+    """The JSON object (a dict) in ``path``; a ValueError naming the file when it is anything else."""
     try:
         with open(path, encoding="utf-8") as f:
-            return json.load(f)
+            obj = json.load(f)
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path} is not UTF-8 text ({e}): write it again with save_pretrained") from None
     except json.JSONDecodeError as e:
         raise ValueError(f"{path} is not valid JSON ({e}): write it again with save_pretrained") from e
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path} must hold a JSON object, got {type(obj).__name__}: write it again with save_pretrained")
+    return obj
 
 
 def write_json(path, obj):
@@ -44,6 +50,8 @@ def token_content(value):
 
 
 def check_folder(save_directory, name):
+    if not isinstance(save_directory, (str, os.PathLike)):
+        raise TypeError(f"{name} must be a folder path (str or os.PathLike), got {type(save_directory).__name__}")
     path = os.fspath(save_directory)
     if not os.path.isdir(path):
         raise ValueError(f"{name} {path!r} is not a directory: pass the folder written by save_pretrained")

@@ -237,6 +237,8 @@ class ReformerTokenizer(TokenizerBase):
                 return self._special_ids[tokens]
             piece_id = self._piece_id(tokens)
             return self.unk_token_id if piece_id is None else piece_id
+        if not isinstance(tokens, (list, tuple)):
+            raise TypeError(f"tokens must be a str or a list of str, got {type(tokens).__name__}")
         return [self.convert_tokens_to_ids(t) for t in tokens]
 
     # ---- encode / decode ------------------------------------------------------------------
@@ -357,19 +359,38 @@ class ReformerTokenizer(TokenizerBase):
         for key, value in (read_json(map_path) if os.path.isfile(map_path) else {}).items():
             config.setdefault(key, value)
 
-        fixed = {int(i): t for i, t in config.get("added_tokens_decoder", {}).items()}
+        decoder = config.get("added_tokens_decoder", {})
+        if not isinstance(decoder, dict) or not all(isinstance(i, str) and i.isdigit() for i in decoder):
+            raise ValueError(
+                f"{config_path}: added_tokens_decoder must map token ids to tokens, got {decoder!r:.80}: "
+                "write it again with save_pretrained"
+            )
+        fixed = {int(i): t for i, t in decoder.items()}
         json_path = os.path.join(path, "tokenizer.json")
         if os.path.isfile(json_path):
-            fixed.update({t["id"]: t for t in read_json(json_path).get("added_tokens", [])})
+            added = read_json(json_path).get("added_tokens", [])
+            if not isinstance(added, list) or not all(isinstance(t, dict) and isinstance(t.get("id"), int) for t in added):
+                raise ValueError(f"{json_path}: added_tokens must be a list of tokens with an int id: write it again")
+            fixed.update({t["id"]: t for t in added})
         options = {key: token_content(config[key]) for key in ("eos_token", "unk_token", "pad_token") if key in config}
         extra = config.get("extra_special_tokens", config.get("additional_special_tokens"))
         if extra is not None:
+            if not isinstance(extra, (list, dict)):
+                # A bare string would be taken letter by letter: every letter a special token.
+                raise ValueError(
+                    f"{config_path}: extra_special_tokens / additional_special_tokens must be a list of tokens, "
+                    f"got {type(extra).__name__} {extra!r:.80}: write it again with save_pretrained"
+                )
             extra = extra.values() if isinstance(extra, dict) else extra
             options["additional_special_tokens"] = [token_content(t) for t in extra]
         options["added_tokens_decoder"] = fixed
         options.update({k: config[k] for k in SETTINGS if k in config})
         options.update(kwargs)
-        return cls(model_path, **options)
+        try:
+            return cls(model_path, **options)
+        except (TypeError, ValueError) as error:
+            # Name the folder: the bad value may come from its files rather than from the caller.
+            raise (TypeError if isinstance(error, TypeError) else ValueError)(f"loading {path!r}: {error}") from None
 
     # ---- training -------------------------------------------------------------------------
 

@@ -98,6 +98,7 @@ def resolve_arguments(args: TrainingArguments) -> TrainingArguments:
         )
     if resolved.seq_len < resolved.chunk_len:
         raise ValueError(f"--seq-len {resolved.seq_len} < --chunk-len {resolved.chunk_len}: the sequence must hold one chunk")
+    check_seed(resolved.seed)
     bad = [k for k in resolved.attn_layers if k not in ("lsh", "local")]
     if bad or not resolved.attn_layers:
         raise ValueError(f"--layers {','.join(resolved.attn_layers)!r}: pass a comma-separated list of 'lsh' and 'local'")
@@ -137,6 +138,25 @@ def check_new_out(out: str) -> None:
         above = os.path.dirname(above)
     if not os.path.isdir(above):
         raise ValueError(f"--out {out!r} is under {above!r}, which is a file: pass a path under a folder")
+
+
+def check_whole_chunks(args: TrainingArguments) -> None:
+    """The model pads a sequence to whole chunks, but its positions (max_position_embeddings =
+    --seq-len) stop before the padded length. Checked once the data is known (a text shorter than
+    --seq-len says so first)."""
+    if args.seq_len % args.chunk_len:
+        below = args.seq_len - args.seq_len % args.chunk_len
+        raise ValueError(
+            f"--seq-len {args.seq_len} is not a multiple of --chunk-len {args.chunk_len}: pass --seq-len {below} "
+            f"or {below + args.chunk_len}, or a --chunk-len that divides it"
+        )
+
+
+def check_seed(seed: object) -> None:
+    """torch.manual_seed takes [-2**63, 2**64) and maps negatives onto large seeds; a seed is an int
+    in [0, 2**63 - 1], which every generator (CPU, CUDA) and the data order take as is."""
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= 2**63 - 1:
+        raise ValueError(f"--seed {seed!r}: pass an integer in [0, 2**63 - 1]")
 
 
 def check_run_options(args: TrainingArguments) -> None:

@@ -4,12 +4,13 @@ nothing.
 """
 from __future__ import annotations
 
+import math
 import os
 
 import torch
 
 from ..models import ReformerModelWithLMHead
-from .arguments import resolve_device
+from .arguments import check_seed, resolve_device
 from .data import load_tokenizer
 
 
@@ -22,6 +23,12 @@ def generate(
     directory = os.fspath(directory)
     if not os.path.isdir(directory):
         raise ValueError(f"DIR {directory!r} is not a folder: pass the --out folder of reformer-kernels train")
+    check_seed(seed)
+    # model.generate checks these too, but names its own arguments; a CLI user knows the flags.
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 < temperature < math.inf:
+        raise ValueError(f"--temperature {temperature!r}: pass a finite number > 0 (1.0 samples the model's distribution)")
+    if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 < top_p <= 1):
+        raise ValueError(f"--top-p {top_p!r}: pass a probability in (0, 1] (1: no nucleus filtering)")
     torch_device = resolve_device(device)
     tokenizer = load_tokenizer(directory)
     model = ReformerModelWithLMHead.from_pretrained(directory).to(torch_device).eval()

@@ -14,7 +14,9 @@ import torch
 from tqdm import tqdm
 
 from ..models import ReformerConfig, ReformerModelWithLMHead
-from .arguments import TrainingArguments, check_new_out, check_run_options, resolve_arguments, resolve_device, resumed_arguments
+from .arguments import (
+    TrainingArguments, check_new_out, check_run_options, check_whole_chunks, resolve_arguments, resolve_device, resumed_arguments,
+)
 from .checkpoints import read_state, restore_training_state, save_checkpoint
 from .data import TextData, encode_text_file, load_tokenizer, new_tokenizer
 from .duplication import ACCURACY_FILE, DuplicationData, evaluate_duplication, write_accuracy
@@ -79,6 +81,7 @@ def train(
     if resume:
         model = ReformerModelWithLMHead.from_pretrained(out).to(device)
     else:
+        check_whole_chunks(args)
         torch.manual_seed(args.seed)
         vocab = args.vocab_size if tokenizer is None else len(tokenizer)
         settings = model_settings(
