@@ -28,6 +28,20 @@ def checks_values() -> bool:
     return not torch.compiler.is_compiling()
 
 
+def check_mask_values(name: str, mask: torch.Tensor) -> None:
+    """A padding mask is bool or holds only 0 (padding) and 1 (token): ``.bool()`` would read
+    transformers' additive masks (0 / -10000) inverted and soft weights as all ones, so they are
+    refused. Reads the values, so only where ``checks_values()``. ``name`` starts the message."""
+    if mask.dtype == torch.bool or not mask.numel() or not checks_values():
+        return
+    if not bool(((mask == 0) | (mask == 1)).all()):
+        bad = mask[(mask != 0) & (mask != 1)]
+        raise ValueError(
+            f"{name} must hold only 1 (token) and 0 (padding), got values such as {bad[:3].tolist()}: pass 1 for "
+            "tokens and 0 for padding (an additive mask of 0 / -10000 converts with (mask == 0).long())"
+        )
+
+
 def _check_int(fn: str, name: str, value: object, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{fn}: {name} must be an int, got {type(value).__name__} {value!r}")
@@ -83,15 +97,7 @@ def _check_attention_mask(fn: str, attention_mask: object, like: torch.Tensor) -
         )
     if attention_mask.device != like.device:
         raise ValueError(f"{fn}: attention_mask is on {attention_mask.device} but the inputs are on {like.device}; move it")
-    if attention_mask.dtype != torch.bool and attention_mask.numel() and checks_values():
-        # .bool() would read an additive mask (0 for tokens, -10000 for padding) inverted
-        if not ((attention_mask == 0) | (attention_mask == 1)).all():
-            low, high = torch.aminmax(attention_mask)
-            raise ValueError(
-                f"{fn}: attention_mask must hold 1 for tokens and 0 for padding (bool, or 0/1 of any dtype), got values "
-                f"in [{low.item()}, {high.item()}]; an additive mask (0 for tokens, a large negative number for padding) "
-                "converts with attention_mask = (additive == 0)"
-            )
+    check_mask_values(f"{fn}: attention_mask", attention_mask)
     return attention_mask.bool()
 
 

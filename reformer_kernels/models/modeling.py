@@ -198,20 +198,11 @@ class ReformerEncoder(ReversibleSequence):
         return self.layer_norm(torch.cat([x1, x2], dim=-1))
 
 
-def check_mask_values(name: str, mask: torch.Tensor) -> None:
-    """A padding mask is bool or holds only 0 (padding) and 1 (token). transformers' additive masks
-    (0 / -10000) or soft weights would be read by ``.bool()`` as all-ones or inverted: refuse them.
-    Reads the values, so only in eager (see functional.checks_values)."""
+def check_attention_mask(mask: torch.Tensor) -> None:
+    """attention_mask is bool or 0/1 numbers (see functional.check_mask_values)."""
     if mask.dtype.is_complex:
-        raise TypeError(f"{name} must be bool or 0/1 numbers, got {mask.dtype}: pass 1 for tokens and 0 for padding")
-    if mask.dtype == torch.bool or not mask.numel() or not functional.checks_values():
-        return
-    if not bool(((mask == 0) | (mask == 1)).all()):
-        bad = mask[(mask != 0) & (mask != 1)]
-        raise ValueError(
-            f"{name} must hold only 1 (token) and 0 (padding), got values such as {bad[:3].tolist()}: pass 1 for "
-            f"tokens and 0 for padding (an additive mask of 0 / -10000 converts with ({name} == 0).long())"
-        )
+        raise TypeError(f"attention_mask must be bool or 0/1 numbers, got {mask.dtype}: pass 1 for tokens and 0 for padding")
+    functional.check_mask_values("attention_mask", mask)
 
 
 def _check_checkpoint_tensors(
@@ -501,7 +492,7 @@ class ReformerModel(ReformerPreTrainedModel):
             if not isinstance(attention_mask, torch.Tensor) or attention_mask.shape != (batch, total):
                 shape = tuple(attention_mask.shape) if isinstance(attention_mask, torch.Tensor) else type(attention_mask).__name__
                 raise ValueError(f"attention_mask must be (batch, cached + new) = {(batch, total)} with a cache, got {shape}")
-            check_mask_values("attention_mask", attention_mask)
+            check_attention_mask(attention_mask)
         cache.reserve(total)
         steps = []
         for j in range(n_new):
@@ -616,7 +607,7 @@ class ReformerModel(ReformerPreTrainedModel):
             if not isinstance(attention_mask, torch.Tensor) or attention_mask.shape != (batch, seq_len):
                 shape = tuple(attention_mask.shape) if isinstance(attention_mask, torch.Tensor) else type(attention_mask).__name__
                 raise ValueError(f"attention_mask must be a tensor of shape (batch, seq_len) = {(batch, seq_len)}, got {shape}")
-            check_mask_values("attention_mask", attention_mask)
+            check_attention_mask(attention_mask)
         if position_ids is not None:
             if not isinstance(position_ids, torch.Tensor) or position_ids.dtype.is_floating_point or position_ids.dtype.is_complex \
                     or position_ids.dtype == torch.bool or position_ids.dim() not in (1, 2) or position_ids.shape[-1] != seq_len \
