@@ -1,9 +1,11 @@
 """What the per-op fuzz tests share: hypothesis settings by run, dtypes per backend, random masks,
 the forward-and-backward runner, and the tolerance rule applied to outputs and gradients.
 
-Each op's property body runs from two tests: a default one (50 examples per backend) and a
-``slow`` one (1000). The torch tensors of a case come from a seed that hypothesis draws, so a
-failing case reproduces from hypothesis' printed blob or ``--hypothesis-seed``."""
+Each op's property body ``check(backend, device, case)`` runs from two tests: a default one (50
+examples per backend) and a ``slow`` one (1000). ``case`` is a dict of plain values, the torch
+seed of its tensors among them, so a failure reproduces exactly: the assertion message and
+hypothesis' "Failing test case" print the dict, and ``check("cpu", torch.device("cpu"), {...})``
+reruns it (or put the printed ``@reproduce_failure`` on ``property_holds`` below)."""
 from typing import Callable, Sequence
 
 import torch
