@@ -22,10 +22,13 @@ from .fuzz import (DTYPES, HEAD_DIMS, MASK_KINDS, NEAR_TIE, TRITON_HEAD_DIMS, co
 
 @st.composite
 def cases(draw, backend):
-    tiny = backend == "triton"
+    dtype = draw(st.sampled_from(DTYPES[backend]))
+    # fp16 near-ties come at ~0.5 % of the hashed entries, which would discard nearly every case of
+    # a thousand entries: fp16 cases stay under ~200 (as the triton ones, which are tiny anyway)
+    tiny = backend == "triton" or dtype == torch.float16
     return dict(
         seed=draw(st.integers(0, 2**31 - 1)),
-        dtype=draw(st.sampled_from(DTYPES[backend])),
+        dtype=dtype,
         batch=draw(st.sampled_from([1, 2, 3])),
         heads=draw(st.integers(1, 2 if tiny else 4)),
         seq_len=draw(st.integers(1, 16 if tiny else 64)),
