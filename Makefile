@@ -23,7 +23,7 @@ build: setup
 
 test: build
 	$(PY) -m pytest -q
-	TRITON_INTERPRET=1 $(PY) -m pytest -q -m "triton_interpret and not slow" tests/triton tests/ops
+	TRITON_INTERPRET=1 $(PY) -m pytest -q -m "triton_interpret and not slow" tests/ops
 
 test-slow: build
 	$(PY) -m pytest -q -m slow
