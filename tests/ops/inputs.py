@@ -1,6 +1,9 @@
-"""What the deterministic per-op tests share (the fuzz tests' share is in fuzz.py): which backends a
-test runs on, inputs (padding masks, hashed orders), the forward-and-backward runner, thread
-counts, and the check of a backend against the float64 reference by the tolerance rule."""
+"""What the fixed-case per-op tests share (the fuzz tests' share is in fuzz.py): which backends a
+test runs on (a subset of the ``backend`` fixture's, or the CUDA kernels on a GPU), inputs
+(padding masks, hashed orders, head-split views), the forward-and-backward runner, thread counts,
+the chunk-window draws of the CPU attention kernels, and the checks: a backend against the float64
+reference by the tolerance rule, the cpu backend's dropout against the reference's, a Triton op's
+schema against the C++ op's, a backend impl called by the schema's names, bytes saved for backward."""
 import contextlib
 from typing import Callable, Sequence
 
