@@ -36,6 +36,7 @@ def cases(draw, backend):
         causal=draw(st.booleans()),
         mask=draw(st.sampled_from(MASK_KINDS)),
         dropout_p=draw(st.sampled_from([0.0, 0.0, 0.3])),
+        head_split=draw(st.booleans()),  # inputs as (B, L, H, d) memory viewed as (B, H, L, d)
     )
 
 
@@ -61,7 +62,8 @@ def check(backend, device, case):
             return_lse=True, backend=name,
         )
 
-    compare_with_reference(run, backend, (qk, v), case["dtype"], device, upstream, ("out", "lse", "qk", "v"), f"lsh_attention {case}")
+    compare_with_reference(run, backend, (qk, v), case["dtype"], device, upstream, ("out", "lse", "qk", "v"), f"lsh_attention {case}",
+                           head_split_views=case["head_split"])
 
 
 def test_fuzz(backend, device):

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from reformer_kernels import functional, reference
 
-from .fuzz import DTYPES, HEAD_DIMS, MASK_KINDS, NEAR_TIE, TRITON_HEAD_DIMS, fuzz, n_buckets_strategy, near_ties, padding_mask
+from .fuzz import DTYPES, HEAD_DIMS, MASK_KINDS, NEAR_TIE, TRITON_HEAD_DIMS, fuzz, head_split, n_buckets_strategy, near_ties, padding_mask
 
 
 @st.composite
@@ -26,6 +26,7 @@ def cases(draw, backend):
         n_hashes=draw(st.integers(1, 4 if tiny else 8)),
         n_buckets=draw(n_buckets_strategy(small=tiny)),
         mask=draw(st.sampled_from(MASK_KINDS)),
+        head_split=draw(st.booleans()),  # vectors as (B, L, H, d) memory viewed as (B, H, L, d)
     )
 
 
@@ -40,8 +41,9 @@ def check(backend, device, case):
     mask = padding_mask(case["mask"], batch, seq_len)
 
     expected, expected_keys = reference.hash_vectors(vectors, rotations, n_buckets, mask)
+    kernel_vectors = vectors.to(device, dtype)
     buckets, num_keys = functional.lsh_hash(
-        vectors.to(device, dtype), rotations.to(device, dtype), n_buckets,
+        head_split(kernel_vectors) if case["head_split"] else kernel_vectors, rotations.to(device, dtype), n_buckets,
         attention_mask=None if mask is None else mask.to(device), backend=backend,
     )
     assert num_keys == expected_keys
