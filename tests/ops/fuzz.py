@@ -84,10 +84,21 @@ def padding_mask(kind: str | None, batch: int, seq_len: int) -> torch.Tensor | N
     return mask
 
 
-def forward_backward(fn: Callable, inputs: Sequence[torch.Tensor], dtype: torch.dtype, device: torch.device, upstream: Sequence[torch.Tensor]):
-    """``fn(*leaves)`` (a tuple of float outputs) on ``inputs`` cast to ``dtype`` on ``device``, and
-    the gradients of sum(output * upstream) for every input. Returns (outputs, gradients)."""
-    leaves = [t.detach().to(device=device, dtype=dtype).requires_grad_(True) for t in inputs]
+def head_split(t: torch.Tensor) -> torch.Tensor:
+    """A (B, H, L, d) tensor as the head-split view of a (B, L, H, d) one, the layout that the
+    attention layers hand the ops (non-contiguous: kernels must honour the strides)."""
+    return t.transpose(1, 2).contiguous().transpose(1, 2)
+
+
+def forward_backward(fn: Callable, inputs: Sequence[torch.Tensor], dtype: torch.dtype, device: torch.device, upstream: Sequence[torch.Tensor],
+                     head_split_views: bool = False):
+    """``fn(*leaves)`` (a tuple of float outputs) on ``inputs`` cast to ``dtype`` on ``device`` (4-D
+    ones as head-split views if ``head_split_views``), and the gradients of sum(output * upstream)
+    for every input. Returns (outputs, gradients)."""
+    leaves = [t.detach().to(device=device, dtype=dtype) for t in inputs]
+    if head_split_views:
+        leaves = [head_split(t) if t.dim() == 4 else t for t in leaves]
+    leaves = [t.requires_grad_(True) for t in leaves]
     outputs = fn(*leaves)
     loss = sum((o * u.to(device=o.device, dtype=o.dtype)).sum() for o, u in zip(outputs, upstream))
     grads = torch.autograd.grad(loss, leaves)
@@ -101,17 +112,18 @@ def assert_all_within_rule(names: Sequence[str], actual, expected64, baseline, d
 
 def compare_with_reference(fn: Callable, backend: str, inputs: Sequence[torch.Tensor], dtype: torch.dtype, device: torch.device,
                            upstream: Sequence[torch.Tensor], names: Sequence[str], what: str, oracle: str = "reference",
-                           output_dtype: torch.dtype | None = None) -> None:
+                           output_dtype: torch.dtype | None = None, head_split_views: bool = False) -> None:
     """``fn(backend_name, *leaves)`` run by ``backend`` in ``dtype`` against ``fn(oracle, ...)`` in
     float64, outputs and the gradients of every input, by the tolerance rule (baseline: the oracle
     in ``dtype``). ``names``: the outputs' names then the inputs' names. ``output_dtype``: the
-    first output's dtype (default ``dtype``)."""
+    first output's dtype (default ``dtype``). ``head_split_views``: the backend gets its 4-D inputs
+    as non-contiguous head-split views (the oracle runs get them contiguous)."""
     outputs64, grads64 = forward_backward(lambda *t: fn(oracle, *t), inputs, torch.float64, device, upstream)
     if dtype == torch.float64:
         baseline, baseline_grads = outputs64, grads64
     else:
         baseline, baseline_grads = forward_backward(lambda *t: fn(oracle, *t), inputs, dtype, device, upstream)
-    outputs, grads = forward_backward(lambda *t: fn(backend, *t), inputs, dtype, device, upstream)
+    outputs, grads = forward_backward(lambda *t: fn(backend, *t), inputs, dtype, device, upstream, head_split_views)
     expected_dtype = output_dtype or dtype
     assert outputs[0].dtype == expected_dtype, f"{what}: output is {outputs[0].dtype}, expected {expected_dtype}"
     n_out = len(outputs)

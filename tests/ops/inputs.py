@@ -1,6 +1,6 @@
 """What the fixed-case per-op tests share (the fuzz tests' share is in fuzz.py): which backends a
 test runs on (a subset of the ``backend`` fixture's, or the CUDA kernels on a GPU), inputs
-(padding masks, hashed orders, head-split views), the forward-and-backward runner, thread counts,
+(padding masks, hashed orders), the forward-and-backward runner, thread counts,
 the chunk-window draws of the CPU attention kernels, and the checks: a backend against the float64
 reference by the tolerance rule, the cpu backend's dropout against the reference's, a Triton op's
 schema against the C++ op's, a backend impl called by the schema's names, bytes saved for backward."""
@@ -82,11 +82,6 @@ def hashed_order(qk: torch.Tensor, n_hashes: int, mask: torch.Tensor | None) -> 
     rotations = torch.randn(qk.shape[1], qk.shape[3], n_hashes, 2, dtype=qk.dtype, device=qk.device)
     buckets, num_keys = reference.hash_vectors(qk, rotations, 4, mask)
     return reference.sort_buckets(buckets, num_keys)[0]
-
-
-def head_split_view(t: torch.Tensor) -> torch.Tensor:
-    """``t`` (B, H, L, d) as a (B, L, H, d).transpose(1, 2) view, as a layer's projections give it."""
-    return t.transpose(1, 2).contiguous().transpose(1, 2)
 
 
 def outputs_and_grads(fn, inputs, upstream):

@@ -60,14 +60,16 @@ def check(backend, device, case):
         assert kept.all(), "no dropout must keep every element"
     if training and p == 1.0:
         assert not kept.any(), "p = 1 must drop every element"
-    scale = None if not training or p == 0.0 else kept.double() / (1.0 - p) if p < 1.0 else torch.zeros(shape, dtype=torch.float64)
+    if not training or p == 0.0:
+        scale = None
+    elif p == 1.0:
+        scale = torch.zeros(shape, dtype=torch.float64)
+    else:
+        scale = kept.double() / (1.0 - p)
 
     def reference_run(residual_dtype, x_dtype):
-        def fn(residual, x):
-            return (reference.dropout_add(residual, x.to(x_dtype), None if scale is None else scale.to(device, x_dtype), subtract=subtract),)
-
         leaves = [t.to(device=device).requires_grad_(True) for t in (residual.to(residual_dtype), x.to(x_dtype))]
-        (out,) = fn(*leaves)
+        out = reference.dropout_add(*leaves, None if scale is None else scale.to(device, x_dtype), subtract=subtract)
         grads = torch.autograd.grad((out * upstream[0].to(device, out.dtype)).sum(), leaves, allow_unused=True, materialize_grads=True)
         return out.detach(), grads
 

@@ -17,11 +17,11 @@ from reformer_kernels.ops.local_attention import triton_kernels as triton_local_
 from tests.marks import requires_extension
 from tests.tolerance import assert_within_rule
 
-from .fuzz import DTYPES, HEAD_DIMS, MASK_KINDS, TRITON_HEAD_DIMS, compare_with_reference, fuzz, padding_mask
+from .fuzz import DTYPES, HEAD_DIMS, MASK_KINDS, TRITON_HEAD_DIMS, compare_with_reference, fuzz, head_split, padding_mask
 from .inputs import (WINDOW_DRAWS, WINDOW_SETTINGS, assert_cpu_dropout_is_the_references,
                      assert_float32_kernel_meets_reference, assert_impl_takes_schema_names, assert_matches_reference,
                      assert_same_bits_on_thread_counts, assert_same_schema, bernoulli_keep_mask, fixed_padding_mask,
-                     head_split_view, lsh_inputs, on_backends, outputs_and_grads, schema_mask, skip_if_interpreter_lacks,
+                     lsh_inputs, on_backends, outputs_and_grads, schema_mask, skip_if_interpreter_lacks,
                      small_lsh_inputs, triton_only)
 
 
@@ -41,6 +41,7 @@ def cases(draw, backend):
         causal=draw(st.booleans()),
         mask=draw(st.sampled_from(MASK_KINDS)),
         dropout_p=draw(st.sampled_from([0.0, 0.0, 0.3])),
+        head_split=draw(st.booleans()),  # inputs as (B, L, H, d) memory viewed as (B, H, L, d)
     )
 
 
@@ -61,7 +62,8 @@ def check(backend, device, case):
         )
         return (out,)
 
-    compare_with_reference(run, backend, (q, k, v), case["dtype"], device, upstream, ("out", "q", "k", "v"), f"local_attention {case}")
+    compare_with_reference(run, backend, (q, k, v), case["dtype"], device, upstream, ("out", "q", "k", "v"), f"local_attention {case}",
+                           head_split_views=case["head_split"])
 
 
 def test_fuzz(backend, device):
@@ -241,7 +243,7 @@ def test_cpu_head_split_views_are_read_in_place():
     as contiguous inputs, forward and backward."""
     q, k, v, attention_mask = cpu_inputs(2, 3, 40, 8, "padded")
     args = (16, 1, 0, True, attention_mask, (torch.randn_like(q),))
-    strided = run_cpu(local_attention_cpu, *(head_split_view(t.float()) for t in (q, k, v)), *args)
+    strided = run_cpu(local_attention_cpu, *(head_split(t.float()) for t in (q, k, v)), *args)
     contiguous = run_cpu(local_attention_cpu, q.float(), k.float(), v.float(), *args)
     for a, b in zip(strided, contiguous):
         assert torch.equal(a, b)

@@ -19,11 +19,12 @@ from reformer_kernels.ops.lsh_attention import triton_kernels as triton_lsh_atte
 from tests.marks import requires_extension
 from tests.tolerance import assert_within_rule
 
-from .fuzz import DTYPES, HEAD_DIMS, MASK_KINDS, TRITON_HEAD_DIMS, compare_with_reference, fuzz, n_buckets_strategy, padding_mask
+from .fuzz import (DTYPES, HEAD_DIMS, MASK_KINDS, TRITON_HEAD_DIMS, compare_with_reference, fuzz, head_split, n_buckets_strategy,
+                   padding_mask)
 from .inputs import (WINDOW_DRAWS, WINDOW_SETTINGS, assert_cpu_dropout_is_the_references,
                      assert_float32_kernel_meets_reference, assert_impl_takes_schema_names, assert_matches_reference,
                      assert_same_bits_on_thread_counts, assert_same_schema, bernoulli_keep_mask, bytes_saved_for_backward,
-                     fixed_padding_mask, hashed_order, head_split_view, lsh_inputs, on_backends, outputs_and_grads,
+                     fixed_padding_mask, hashed_order, lsh_inputs, on_backends, outputs_and_grads,
                      schema_mask, skip_if_interpreter_lacks, small_lsh_inputs, sorted_idx_for, triton_only)
 
 
@@ -50,6 +51,7 @@ def cases(draw, backend):
         causal=draw(st.booleans()),
         mask=draw(st.sampled_from(MASK_KINDS)),
         dropout_p=draw(st.sampled_from([0.0, 0.0, 0.3])),
+        head_split=draw(st.booleans()),  # inputs as (B, L, H, d) memory viewed as (B, H, L, d)
     )
 
 
@@ -75,7 +77,8 @@ def check(backend, device, case):
             return_lse=True, backend=name,
         )
 
-    compare_with_reference(run, backend, (qk, v), case["dtype"], device, upstream, ("out", "lse", "qk", "v"), f"lsh_attention {case}")
+    compare_with_reference(run, backend, (qk, v), case["dtype"], device, upstream, ("out", "lse", "qk", "v"), f"lsh_attention {case}",
+                           head_split_views=case["head_split"])
 
 
 def test_fuzz(backend, device):
@@ -301,7 +304,7 @@ def test_cpu_head_split_views_are_read_in_place():
     qk, v, sorted_idx, attention_mask = lsh_inputs(2, 3, 32, 8, 2, "padded")
     upstream = (torch.randn_like(qk), torch.randn(2, 3, 2, 32, dtype=torch.float64))
     args = (sorted_idx, 2, 8, 1, 0, True, attention_mask, upstream)
-    strided = run_cpu(lsh_attention_cpu, head_split_view(qk.float()), head_split_view(v.float()), *args)
+    strided = run_cpu(lsh_attention_cpu, head_split(qk.float()), head_split(v.float()), *args)
     contiguous = run_cpu(lsh_attention_cpu, qk.float(), v.float(), *args)
     for a, b in zip(strided, contiguous):
         assert torch.equal(a, b)
@@ -312,7 +315,7 @@ def test_cpu_outputs_are_laid_out_like_head_split_inputs():
     """out, grad_qk and grad_v come back with the strides of (B, L, H, d).transpose(1, 2) inputs, so
     merging the heads back into (B, L, H * d) (and the projections' backward) needs no copy."""
     qk, v, sorted_idx, _ = lsh_inputs(2, 3, 32, 8, 2)
-    qk, v = (head_split_view(t.float()) for t in (qk, v))
+    qk, v = (head_split(t.float()) for t in (qk, v))
     window = (2, 8, 1, 0, True, None)
     out, lse = torch.ops.reformer_kernels.lsh_attention_fwd(qk, v, sorted_idx, *window)
     assert out.stride() == qk.stride() and out.transpose(1, 2).is_contiguous()

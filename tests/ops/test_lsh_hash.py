@@ -13,9 +13,10 @@ from reformer_kernels import backends, functional, reference
 from reformer_kernels.ops.lsh_hash import triton_kernels as triton_hashing
 from tests.marks import requires_extension
 
-from .fuzz import DTYPES, HEAD_DIMS, MASK_KINDS, NEAR_TIE, TRITON_HEAD_DIMS, fuzz, n_buckets_strategy, near_ties, padding_mask
-from .inputs import (assert_impl_takes_schema_names, assert_same_schema, fixed_padding_mask, head_split_view, on_backends,
-                     requires_cuda_kernels, schema_mask, skip_if_interpreter_lacks, small_lsh_inputs, triton_only)
+from .fuzz import (DTYPES, HEAD_DIMS, MASK_KINDS, NEAR_TIE, TRITON_HEAD_DIMS, fuzz, head_split, n_buckets_strategy, near_ties,
+                   padding_mask)
+from .inputs import (assert_impl_takes_schema_names, assert_same_schema, fixed_padding_mask, on_backends, requires_cuda_kernels,
+                     schema_mask, skip_if_interpreter_lacks, small_lsh_inputs, triton_only)
 
 
 @st.composite
@@ -31,6 +32,7 @@ def cases(draw, backend):
         n_hashes=draw(st.integers(1, 4 if tiny else 8)),
         n_buckets=draw(n_buckets_strategy(small=tiny)),
         mask=draw(st.sampled_from(MASK_KINDS)),
+        head_split=draw(st.booleans()),  # vectors as (B, L, H, d) memory viewed as (B, H, L, d)
     )
 
 
@@ -45,8 +47,9 @@ def check(backend, device, case):
     mask = padding_mask(case["mask"], batch, seq_len)
 
     expected, expected_keys = reference.hash_vectors(vectors, rotations, n_buckets, mask)
+    kernel_vectors = vectors.to(device, dtype)
     buckets, num_keys = functional.lsh_hash(
-        vectors.to(device, dtype), rotations.to(device, dtype), n_buckets,
+        head_split(kernel_vectors) if case["head_split"] else kernel_vectors, rotations.to(device, dtype), n_buckets,
         attention_mask=None if mask is None else mask.to(device), backend=backend,
     )
     assert num_keys == expected_keys
@@ -179,7 +182,7 @@ def test_cpu_head_split_views_are_read_in_place():
     torch.manual_seed(5)
     vectors = torch.randn(2, 3, 40, 8)
     rotations = torch.randn(3, 8, 2, 4)
-    view = head_split_view(vectors)
+    view = head_split(vectors)
     assert not view.is_contiguous()
     assert torch.equal(lsh_hash_cpu(view, rotations, 8)[0], lsh_hash_cpu(vectors, rotations, 8)[0])
 

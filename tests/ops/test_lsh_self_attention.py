@@ -47,6 +47,7 @@ def cases(draw, backend):
         causal=draw(st.booleans()),
         mask=draw(st.sampled_from(MASK_KINDS)),
         dropout_p=draw(st.sampled_from([0.0, 0.0, 0.3])),
+        head_split=draw(st.booleans()),  # inputs as (B, L, H, d) memory viewed as (B, H, L, d)
     )
 
 
@@ -76,7 +77,8 @@ def check(backend, device, case):
         )
         return (out,)
 
-    compare_with_reference(run, backend, (qk, v), dtype, device, upstream, ("out", "qk", "v"), f"lsh_self_attention {case}")
+    compare_with_reference(run, backend, (qk, v), dtype, device, upstream, ("out", "qk", "v"), f"lsh_self_attention {case}",
+                           head_split_views=case["head_split"])
 
 
 def test_fuzz(backend, device):
