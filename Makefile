@@ -23,10 +23,11 @@ build: setup
 
 test: build
 	$(PY) -m pytest -q
-	TRITON_INTERPRET=1 $(PY) -m pytest -q -m triton_interpret tests/triton
+	TRITON_INTERPRET=1 $(PY) -m pytest -q -m "triton_interpret and not slow" tests/ops
 
 test-slow: build
 	$(PY) -m pytest -q -m slow
+	TRITON_INTERPRET=1 $(PY) -m pytest -q -m "slow and triton_interpret" tests/ops
 
 # Results go to bench-results/<device>/ (git-ignored); BENCH_ARGS="--out benchmarks/results/<device>"
 # rewrites the committed reference results instead.

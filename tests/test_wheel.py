@@ -3,7 +3,7 @@ with the compiled CPU kernels loaded and says clearly that `bench` needs a sourc
 
 Slow (a few minutes: the wheel compiles the extension, the venv installs torch from the package
 index pip is configured with). The CPU part only (REFORMER_KERNELS_CUDA=0), for speed: the CUDA part's
-build is tested by tests/test_build.py and tests/triton/test_gpu_compile.py.
+build is tested by tests/test_build.py and tests/ops/test_triton_compile.py.
 """
 import os
 import subprocess

@@ -3,7 +3,7 @@
 The oracle chain of DESIGN.md: the reference backend must reproduce transformers (eval: hidden
 states and logits within 1e-5 of max |value| in fp32 on 32 configurations; train mode with dropout
 0: loss and every parameter's gradient within 1e-4), and every kernel backend must match the
-reference in float64 by the tolerance rule, which tests/cpu and tests/triton check op by op. So
+reference in float64 by the tolerance rule, which tests/ops checks op by op. So
 these tests pin the reference backend, and the kernels (backend "auto") are compared with
 transformers at the model level on the tokens that matter, with a tolerance that says why.
 Each case builds fresh models: transformers writes num_buckets into its config on the first call,

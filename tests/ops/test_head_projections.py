@@ -1,16 +1,60 @@
-"""The CPU head projections (x W^T straight into dense heads) and their two backward ops against
-the reference: float64 and float32 by the tolerance rule, gradients (gradcheck and against the
-reference's), opcheck, the same bits on any thread count, and clear errors."""
+"""head_projections: every backend against the float64 reference, each (B, H, L, d) projection and
+the gradients of x and of every weight under random upstream gradients, by the tolerance rule.
+
+Then the C++ op (x W^T straight into dense heads) and its two backward ops on fixed shapes:
+float64 and float32 against the reference, gradients (gradcheck and against the reference's),
+opcheck, strided inputs, the same bits on any thread count, and clear errors."""
 import pytest
 import torch
+from hypothesis import strategies as st
 from torch.library import opcheck
 
 from reformer_kernels import functional, reference
+from tests.marks import requires_extension
+from tests.tolerance import assert_within_rule
 
-from ..tolerance import assert_within_rule
-from .helpers import outputs_and_grads, requires_extension
+from .fuzz import DTYPES, HEAD_DIMS, TRITON_HEAD_DIMS, compare_with_reference, fuzz
+from .inputs import assert_same_bits_on_thread_counts, outputs_and_grads
 
-pytestmark = requires_extension
+
+@st.composite
+def cases(draw, backend):
+    tiny = backend == "triton"
+    return dict(
+        seed=draw(st.integers(0, 2**31 - 1)),
+        dtype=draw(st.sampled_from(DTYPES[backend])),
+        batch=draw(st.sampled_from([1, 2, 3])),
+        seq_len=draw(st.integers(1, 24 if tiny else 70)),
+        hidden=draw(st.integers(1, 48 if tiny else 130)),
+        heads=draw(st.integers(1, 4)),
+        head_dim=draw(st.sampled_from(TRITON_HEAD_DIMS if tiny else HEAD_DIMS)),
+        n_weights=draw(st.integers(1, 3)),  # LSH layers project qk and v, local ones q, k and v
+    )
+
+
+def check(backend, device, case):
+    torch.manual_seed(case["seed"])
+    batch, seq_len, hidden, heads, head_dim, n = (case[k] for k in ("batch", "seq_len", "hidden", "heads", "head_dim", "n_weights"))
+    x = torch.randn(batch, seq_len, hidden, dtype=torch.float64)
+    # nn.Linear's init scale, so that the projections are of order one whatever the hidden size
+    weights = [torch.randn(heads * head_dim, hidden, dtype=torch.float64) / hidden**0.5 for _ in range(n)]
+    upstream = [torch.randn(batch, heads, seq_len, head_dim) for _ in range(n)]
+
+    def run(name, x, *weights):
+        return tuple(functional.head_projections(x, list(weights), heads, backend=name))
+
+    names = [f"projection {i}" for i in range(n)] + ["x"] + [f"weight {i}" for i in range(n)]
+    compare_with_reference(run, backend, (x, *weights), case["dtype"], device, upstream, names, f"head_projections {case}")
+
+
+def test_fuzz(backend, device):
+    fuzz(check, cases, backend, device, "default")
+
+
+@pytest.mark.slow
+def test_fuzz_slow(backend, device):
+    fuzz(check, cases, backend, device, "slow")
+
 
 OPS = torch.ops.reformer_kernels
 
@@ -26,51 +70,55 @@ SHAPES = [
 ]
 
 
-def _inputs(batch, seq_len, hidden, heads, head_dim, n_weights, dtype=torch.float64):
+def fixed_inputs(batch, seq_len, hidden, heads, head_dim, n_weights, dtype=torch.float64):
     x = torch.randn(batch, seq_len, hidden, dtype=dtype)
     weights = [torch.randn(heads * head_dim, hidden, dtype=dtype) / hidden**0.5 for _ in range(n_weights)]
     upstream = [torch.randn(batch, heads, seq_len, head_dim, dtype=dtype) for _ in range(n_weights)]
     return x, weights, upstream
 
 
-def _projections(backend, heads):
+def projections(backend, heads):
     return lambda x, *weights: tuple(functional.head_projections(x, list(weights), heads, backend=backend))
 
 
+@requires_extension
 @pytest.mark.parametrize("shape", SHAPES)
-def test_float64_matches_reference(shape):
+def test_cpu_float64_matches_reference(shape):
     heads = shape[3]
-    x, weights, upstream = _inputs(*shape)
-    ours = outputs_and_grads(_projections("cpu", heads), [x, *weights], upstream)
-    expected = outputs_and_grads(_projections("reference", heads), [x, *weights], upstream)
+    x, weights, upstream = fixed_inputs(*shape)
+    ours = outputs_and_grads(projections("cpu", heads), [x, *weights], upstream)
+    expected = outputs_and_grads(projections("reference", heads), [x, *weights], upstream)
     for got, want in zip(ours, expected):
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
     for y in ours[: len(weights)]:
         assert y.is_contiguous()  # each head's rows dense: what the attention kernels want
 
 
+@requires_extension
 @pytest.mark.parametrize("shape", SHAPES[:3])
-def test_float32_within_tolerance_rule(shape):
+def test_cpu_float32_within_tolerance_rule(shape):
     heads = shape[3]
-    x, weights, upstream = _inputs(*shape)
-    expected = outputs_and_grads(_projections("reference", heads), [x, *weights], upstream)
+    x, weights, upstream = fixed_inputs(*shape)
+    expected = outputs_and_grads(projections("reference", heads), [x, *weights], upstream)
     inputs32 = [x.float(), *(w.float() for w in weights)]
     upstream32 = [u.float() for u in upstream]
-    ours = outputs_and_grads(_projections("cpu", heads), inputs32, upstream32)
-    baseline = outputs_and_grads(_projections("reference", heads), inputs32, upstream32)
+    ours = outputs_and_grads(projections("cpu", heads), inputs32, upstream32)
+    baseline = outputs_and_grads(projections("reference", heads), inputs32, upstream32)
     for i, (got, want, torch32) in enumerate(zip(ours, expected, baseline)):
         assert got.dtype == torch.float32
         assert_within_rule(got, want, torch32, atol=1e-5, what=f"output/gradient {i}")
 
 
-def test_gradcheck():
-    x, weights, _ = _inputs(2, 19, 12, 2, 5, 2)
+@requires_extension
+def test_cpu_gradcheck():
+    x, weights, _ = fixed_inputs(2, 19, 12, 2, 5, 2)
     leaves = [t.requires_grad_() for t in (x, *weights)]
-    assert torch.autograd.gradcheck(_projections("cpu", 2), leaves)
+    assert torch.autograd.gradcheck(projections("cpu", 2), leaves)
 
 
-def test_only_the_gradients_asked_for():
-    x, weights, upstream = _inputs(1, 30, 16, 2, 8, 2)
+@requires_extension
+def test_cpu_only_the_gradients_asked_for():
+    x, weights, upstream = fixed_inputs(1, 30, 16, 2, 8, 2)
     weights = [w.requires_grad_() for w in weights]
     outputs = functional.head_projections(x, weights, 2, backend="cpu")
     grads = torch.autograd.grad(sum((y * u).sum() for y, u in zip(outputs, upstream)), weights)
@@ -79,9 +127,10 @@ def test_only_the_gradients_asked_for():
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
 
 
-def test_strided_inputs_read_in_place():
+@requires_extension
+def test_cpu_strided_inputs_read_in_place():
     """x as a transposed view, gradients as head-split views (rows contiguous, other strides not)."""
-    x, weights, _ = _inputs(2, 40, 24, 3, 8, 2)
+    x, weights, _ = fixed_inputs(2, 40, 24, 3, 8, 2)
     x_view = x.transpose(0, 1).contiguous().transpose(0, 1)
     assert not x_view.is_contiguous()
     for got, want in zip(OPS.head_projections(x_view, weights, 3), reference.head_projections(x, weights, 3)):
@@ -93,40 +142,34 @@ def test_strided_inputs_read_in_place():
         assert torch.equal(a, b)
 
 
-def test_same_bits_on_any_thread_count():
-    x, weights, upstream = _inputs(2, 300, 48, 2, 24, 2, dtype=torch.float32)
-    threads = torch.get_num_threads()
-    results = []
-    try:
-        for n in (1, 2, 3):
-            torch.set_num_threads(n)
-            results.append(outputs_and_grads(_projections("cpu", 2), [x, *weights], upstream))
-    finally:
-        torch.set_num_threads(threads)
-    for other in results[1:]:
-        for a, b in zip(results[0], other):
-            assert torch.equal(a, b)
+@requires_extension
+def test_cpu_same_bits_on_any_thread_count():
+    x, weights, upstream = fixed_inputs(2, 300, 48, 2, 24, 2, dtype=torch.float32)
+    assert_same_bits_on_thread_counts(lambda: outputs_and_grads(projections("cpu", 2), [x, *weights], upstream), counts=(1, 2, 3))
 
 
+@requires_extension
 @pytest.mark.parametrize("seq_len", [0, 5])
-def test_opcheck(seq_len):
-    x, weights, upstream = _inputs(2, seq_len, 12, 3, 4, 2)
+def test_cpu_opcheck(seq_len):
+    x, weights, upstream = fixed_inputs(2, seq_len, 12, 3, 4, 2)
     opcheck(OPS.head_projections.default, (x, weights, 3))
     opcheck(OPS.head_projections.default, (x.requires_grad_(), [w.requires_grad_() for w in weights], 3))
     opcheck(OPS.head_projections_grad_input.default, (upstream, [w.detach() for w in weights]))
     opcheck(OPS.head_projections_grad_weights.default, (upstream, x.detach()))
 
 
+@requires_extension
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_low_precision_takes_torch_matmul(dtype):
-    x, weights, _ = _inputs(1, 16, 8, 2, 4, 2)
+def test_cpu_low_precision_takes_torch_matmul(dtype):
+    x, weights, _ = fixed_inputs(1, 16, 8, 2, 4, 2)
     x, weights = x.to(dtype), [w.to(dtype) for w in weights]
     for got, want in zip(functional.head_projections(x, weights, 2, backend="cpu"), reference.head_projections(x, weights, 2)):
         assert torch.equal(got, want)
 
 
+@requires_extension
 def test_functional_errors_name_the_argument():
-    x, weights, _ = _inputs(1, 8, 12, 2, 3, 2)
+    x, weights, _ = fixed_inputs(1, 8, 12, 2, 3, 2)
     with pytest.raises(ValueError, match=r"x must be \(batch, seq_len, hidden\)"):
         functional.head_projections(x[0], weights, 2)
     with pytest.raises(TypeError, match="weights must be a non-empty list"):
@@ -141,8 +184,9 @@ def test_functional_errors_name_the_argument():
         functional.head_projections(x, weights, 2.0)
 
 
-def test_op_errors_name_the_argument():
-    x, weights, upstream = _inputs(1, 8, 12, 2, 3, 2)
+@requires_extension
+def test_cpu_op_errors_name_the_argument():
+    x, weights, upstream = fixed_inputs(1, 8, 12, 2, 3, 2)
     with pytest.raises(TypeError, match="x must be float32 or float64, got Half"):
         OPS.head_projections(x.half(), [w.half() for w in weights], 2)
     with pytest.raises(TypeError, match=r"weights\[1\] is Float but the others are Double"):

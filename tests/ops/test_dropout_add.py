@@ -1,20 +1,101 @@
-"""The fused residual op of the reversible layers (out = residual ± dropout(x)) in Triton: against the
-float64 reference with the mask the kernel itself drew, the mask's determinism and statistics, the
-edge probabilities, torch.library's checks, errors, and the reversible backward it serves."""
+"""dropout_add (residual ± dropout(x, p)): every backend against the float64 reference
+``reference.dropout_add`` with the mask that backend drew, output and the gradients of residual
+and x, by the tolerance rule; mixed dtypes give the promoted dtype.
+
+The mask is the backend's own (the triton kernel draws Philox bits, not torch's bernoulli): it is
+recovered by running the backend on (0, 1) from a generator in the same state, which must give
+the same mask (the op's contract: a generator state reproduces the mask).
+
+Then fixed cases: no dropout, p = 1 and explicit generators on every backend; the reference and
+cpu draw torch's dropout mask; the Triton kernel against the float64 reference with the mask it
+drew, its Philox mask's determinism and statistics, torch.library's checks, errors, and the
+reversible backward it serves; functional's errors."""
 import contextlib
 
 import pytest
 import torch
+from hypothesis import strategies as st
 
 from reformer_kernels import backends, functional, nn, reference
-from reformer_kernels.ops.dropout_add import triton_kernels as triton_reversible
+from reformer_kernels.ops.dropout_add import triton_kernels as triton_dropout_add_kernels
 from tests.tolerance import assert_within_rule
 
-from .helpers import ATOL
+from . import inputs
+from .fuzz import ATOL, DTYPES, fuzz
+from .inputs import on_backends, triton_only
 
-pytestmark = pytest.mark.triton_interpret
 
-SHAPE = (3, 37, 29)  # 3219 elements: four blocks, the last one partial
+@st.composite
+def cases(draw, backend):
+    tiny = backend == "triton"
+    dtypes = DTYPES[backend]
+    return dict(
+        seed=draw(st.integers(0, 2**31 - 1)),
+        residual_dtype=draw(st.sampled_from(dtypes)),
+        x_dtype=draw(st.sampled_from(dtypes)),
+        shape=tuple(draw(st.lists(st.integers(0 if not tiny else 1, 40 if tiny else 50), min_size=1, max_size=3))),
+        p=draw(st.one_of(st.sampled_from([0.0, 1.0]), st.floats(0.0, 1.0, exclude_max=True))),
+        training=draw(st.booleans()),
+        subtract=draw(st.booleans()),
+    )
+
+
+def check(backend, device, case):
+    torch.manual_seed(case["seed"])
+    shape, p, training, subtract = case["shape"], case["p"], case["training"], case["subtract"]
+    residual_dtype, x_dtype = case["residual_dtype"], case["x_dtype"]
+    dtype = torch.promote_types(residual_dtype, x_dtype)
+    residual, x = torch.randn(shape, dtype=torch.float64), torch.randn(shape, dtype=torch.float64)
+    upstream = (torch.randn(shape),)
+    generator_seed = case["seed"] + 1
+
+    def generator():
+        return torch.Generator(device).manual_seed(generator_seed)
+
+    kept = functional.dropout_add(
+        torch.zeros(shape, device=device, dtype=residual_dtype), torch.ones(shape, device=device, dtype=x_dtype), p,
+        training=training, generator=generator(), backend=backend,
+    ).cpu() != 0
+    if not training or p == 0.0:
+        assert kept.all(), "no dropout must keep every element"
+    if training and p == 1.0:
+        assert not kept.any(), "p = 1 must drop every element"
+    if not training or p == 0.0:
+        scale = None
+    elif p == 1.0:
+        scale = torch.zeros(shape, dtype=torch.float64)
+    else:
+        scale = kept.double() / (1.0 - p)
+
+    def reference_run(residual_dtype, x_dtype):
+        leaves = [t.to(device=device).requires_grad_(True) for t in (residual.to(residual_dtype), x.to(x_dtype))]
+        out = reference.dropout_add(*leaves, None if scale is None else scale.to(device, x_dtype), subtract=subtract)
+        grads = torch.autograd.grad((out * upstream[0].to(device, out.dtype)).sum(), leaves, allow_unused=True, materialize_grads=True)
+        return out.detach(), grads
+
+    out64, grads64 = reference_run(torch.float64, torch.float64)
+    baseline, baseline_grads = reference_run(residual_dtype, x_dtype)
+    leaves = [t.to(device=device).requires_grad_(True) for t in (residual.to(residual_dtype), x.to(x_dtype))]
+    out = functional.dropout_add(*leaves, p, training=training, subtract=subtract, generator=generator(), backend=backend)
+    grads = torch.autograd.grad((out * upstream[0].to(device, out.dtype)).sum(), leaves, allow_unused=True, materialize_grads=True)
+    what = f"dropout_add {case}"
+    assert out.dtype == dtype, f"{what}: output is {out.dtype}, expected {dtype}"
+    assert_within_rule(out.detach().cpu(), out64.cpu(), baseline.cpu(), ATOL[dtype], f"{what}: out")
+    for name, leaf, a, e, b in zip(("residual", "x"), leaves, grads, grads64, baseline_grads):
+        assert a.dtype == leaf.dtype, f"{what}: grad {name} is {a.dtype}, expected {leaf.dtype}"
+        assert_within_rule(a.cpu(), e.cpu(), b.cpu(), ATOL[leaf.dtype], f"{what}: grad {name}")
+
+
+def test_fuzz(backend, device):
+    fuzz(check, cases, backend, device, "default")
+
+
+@pytest.mark.slow
+def test_fuzz_slow(backend, device):
+    fuzz(check, cases, backend, device, "slow")
+
+
+SHAPE = (3, 37, 29)  # 3219 elements: four Triton blocks, the last one partial
 
 
 def rng_state(device):
@@ -32,6 +113,81 @@ def generator_at(state, device):
         yield
 
 
+# ----------------------------------------------------------------------------- every backend
+@pytest.mark.parametrize("subtract", [False, True])
+def test_no_dropout_is_the_exact_sum_and_draws_nothing(backend, device, subtract):
+    residual, x = torch.randn(SHAPE, device=device), torch.randn(SHAPE, device=device)
+    expected = residual - x if subtract else residual + x
+    state = rng_state(device)
+    for kwargs in (dict(p=0.0), dict(p=0.5, training=False)):
+        assert torch.equal(functional.dropout_add(residual, x, subtract=subtract, backend=backend, **kwargs), expected)
+    assert torch.equal(rng_state(device), state)
+
+
+@pytest.mark.parametrize("subtract", [False, True])
+def test_p_one_gives_the_residual_and_no_gradient_to_x(backend, device, subtract):
+    residual = torch.randn(SHAPE, device=device)
+    x = torch.randn(SHAPE, device=device, requires_grad=True)
+    out = functional.dropout_add(residual, x, 1.0, subtract=subtract, backend=backend)
+    assert torch.equal(out, residual)
+    (grad_x,) = torch.autograd.grad(out, x, torch.ones_like(out))
+    assert torch.equal(grad_x, torch.zeros_like(x))
+
+
+def test_an_explicit_generator_leaves_the_default_one_alone(backend, device):
+    residual, x = torch.zeros(SHAPE, device=device), torch.ones(SHAPE, device=device)
+    state = rng_state(device)
+    masks = [functional.dropout_add(residual, x, 0.5, generator=torch.Generator(device).manual_seed(3), backend=backend)
+             for _ in range(2)]
+    assert torch.equal(*masks)
+    assert torch.equal(rng_state(device), state)
+
+
+@on_backends("reference", "cpu")
+@pytest.mark.parametrize("subtract", [False, True])
+def test_is_torch_dropout_from_the_same_generator_state(backend, subtract):
+    residual, x = torch.randn(4, 9), torch.randn(4, 9)
+    torch.manual_seed(3)
+    out = functional.dropout_add(residual, x, 0.25, subtract=subtract, backend=backend)
+    torch.manual_seed(3)
+    dropped = torch.nn.functional.dropout(x, 0.25)
+    assert torch.equal(out, residual - dropped if subtract else residual + dropped)
+
+
+def test_promotes_mixed_dtypes():
+    """Under autocast the residual stream stays fp32 while a sub-layer returns bf16."""
+    out = functional.dropout_add(torch.randn(3, 4), torch.randn(3, 4, dtype=torch.bfloat16), 0.1, backend="reference")
+    assert out.dtype == torch.float32
+
+
+@pytest.mark.parametrize(
+    "change, error, match",
+    [
+        (dict(p=1.5), ValueError, r"dropout_add: p must lie in \[0, 1\], got 1.5"),
+        (dict(p=-0.1), ValueError, r"p must lie in \[0, 1\], got -0.1"),
+        (dict(p=None), TypeError, "p must be a float, got NoneType"),
+        (dict(x=torch.randn(4, 8)), ValueError, r"x has shape \(4, 8\) but residual has \(4, 9\)"),
+        (dict(x=torch.randn(4, 9, device="meta")), ValueError, "x is on meta but residual is on cpu"),
+        (dict(x=torch.ones(4, 9, dtype=torch.long)), TypeError, "x must be float16, bfloat16, float32 or float64"),
+        (dict(residual=[1.0]), TypeError, "residual must be a torch.Tensor"),
+        (dict(subtract="yes"), TypeError, "subtract must be True or False"),
+        (dict(generator=0), TypeError, "generator must be a torch.Generator or None"),
+        (dict(backend="bogus"), ValueError, "'bogus' is not a backend"),
+        (dict(backend="cuda"), ValueError, "backend 'cuda'"),
+    ],
+)
+def test_rejects_bad_arguments(change, error, match):
+    arguments = {**dict(residual=torch.randn(4, 9), x=torch.randn(4, 9), p=0.1), **change}
+    with pytest.raises(error, match=match):
+        functional.dropout_add(**arguments)
+
+
+def test_has_an_implementation_on_every_backend_but_cuda():
+    ops = backends.implemented_ops()
+    assert all("dropout_add" in ops[backend] for backend in ("cpu", "reference", "triton"))
+
+
+# ----------------------------------------------------------------------------- the Triton kernel
 def triton_dropout_add(residual, x, p, **kwargs):
     return functional.dropout_add(residual, x, p, backend="triton", **kwargs)
 
@@ -44,9 +200,10 @@ def drawn_scale(state, shape, p, device):
     return keep.double() / (1 - p)
 
 
+@triton_only
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("subtract", [False, True])
-def test_matches_float64_reference_with_the_kernels_own_mask(device, dtype, subtract):
+def test_triton_matches_float64_reference_with_the_kernels_own_mask(backend, device, dtype, subtract):
     p = 0.3
     residual64, x64, weights = (torch.randn(SHAPE, device=device, dtype=torch.float64) for _ in range(3))
     state = rng_state(device)
@@ -65,13 +222,14 @@ def test_matches_float64_reference_with_the_kernels_own_mask(device, dtype, subt
     out64, grads64 = reference_run(torch.float64)
     baseline, baseline_grads = reference_run(dtype)
     assert out.dtype == dtype
-    assert_within_rule(out, out64, baseline, ATOL[dtype], "output")
+    assert_within_rule(out, out64, baseline, inputs.ATOL[dtype], "output")
     for name, actual, ref64, base in zip(("residual", "x"), grads, grads64, baseline_grads):
         assert actual.dtype == dtype
-        assert_within_rule(actual, ref64, base, ATOL[dtype], f"gradient of {name}")
+        assert_within_rule(actual, ref64, base, inputs.ATOL[dtype], f"gradient of {name}")
 
 
-def test_mixed_dtypes_give_the_promoted_output_and_each_inputs_gradient_dtype(device):
+@triton_only
+def test_triton_mixed_dtypes_give_the_promoted_output_and_each_inputs_gradient_dtype(backend, device):
     """Under autocast the residual stream stays fp32 while a sub-layer returns fp16."""
     p = 0.2
     residual = torch.randn(SHAPE, device=device, requires_grad=True)
@@ -87,11 +245,12 @@ def test_mixed_dtypes_give_the_promoted_output_and_each_inputs_gradient_dtype(de
     torch.testing.assert_close(grad_x.double(), scale, atol=1e-3, rtol=1e-3)
 
 
-def test_same_seed_and_offset_give_the_same_mask_and_others_do_not(device):
+@triton_only
+def test_triton_same_seed_and_offset_give_the_same_mask_and_others_do_not(backend, device):
     zeros, ones = torch.zeros(SHAPE, device=device), torch.ones(SHAPE, device=device)
 
     def mask(seed, philox_offset):
-        return triton_reversible.dropout_add_op(zeros, ones, 0.5, seed, philox_offset, False, torch.float32) != 0
+        return triton_dropout_add_kernels.dropout_add_op(zeros, ones, 0.5, seed, philox_offset, False, torch.float32) != 0
 
     first = mask(12345, 8)
     assert torch.equal(first, mask(12345, 8))
@@ -102,7 +261,8 @@ def test_same_seed_and_offset_give_the_same_mask_and_others_do_not(device):
         assert 0.4 < (other != first).float().mean() < 0.6, (seed, philox_offset)
 
 
-def test_draws_from_the_default_generator_and_advances_it(device):
+@triton_only
+def test_triton_draws_from_the_default_generator_and_advances_it(backend, device):
     residual, x = torch.zeros(SHAPE, device=device), torch.ones(SHAPE, device=device)
     state = rng_state(device)
     first = triton_dropout_add(residual, x, 0.5)
@@ -114,18 +274,11 @@ def test_draws_from_the_default_generator_and_advances_it(device):
         generator = torch.cuda.default_generators[device.index or 0]
         offset = generator.get_offset()
         triton_dropout_add(residual, x, 0.5)
-        assert generator.get_offset() == offset + triton_reversible.PHILOX_OFFSET_STEP
+        assert generator.get_offset() == offset + triton_dropout_add_kernels.PHILOX_OFFSET_STEP
 
 
-def test_an_explicit_generator_leaves_the_default_one_alone(device):
-    residual, x = torch.zeros(SHAPE, device=device), torch.ones(SHAPE, device=device)
-    state = rng_state(device)
-    masks = [triton_dropout_add(residual, x, 0.5, generator=torch.Generator(device).manual_seed(3)) for _ in range(2)]
-    assert torch.equal(*masks)
-    assert torch.equal(rng_state(device), state)
-
-
-def test_kept_fraction_is_one_minus_p(device):
+@triton_only
+def test_triton_kept_fraction_is_one_minus_p(backend, device):
     """2^18 draws: every fraction within 5 standard deviations, overall and for each of the four
     Philox output words (element i takes word i % 4)."""
     p, n = 0.3, 2**18
@@ -138,26 +291,8 @@ def test_kept_fraction_is_one_minus_p(device):
     assert abs(both - (1 - p) ** 2) < 5 * ((1 - p) ** 2 * (1 - (1 - p) ** 2) / n) ** 0.5
 
 
-@pytest.mark.parametrize("subtract", [False, True])
-def test_no_dropout_is_the_exact_sum_and_draws_nothing(device, subtract):
-    residual, x = torch.randn(SHAPE, device=device), torch.randn(SHAPE, device=device)
-    expected = residual - x if subtract else residual + x
-    state = rng_state(device)
-    for kwargs in (dict(p=0.0), dict(p=0.5, training=False)):
-        assert torch.equal(triton_dropout_add(residual, x, subtract=subtract, **kwargs), expected)
-    assert torch.equal(rng_state(device), state)
-
-
-def test_p_one_gives_the_residual_and_no_gradient_to_x(device):
-    residual = torch.randn(SHAPE, device=device)
-    x = torch.randn(SHAPE, device=device, requires_grad=True)
-    out = triton_dropout_add(residual, x, 1.0, subtract=True)
-    assert torch.equal(out, residual)
-    (grad_x,) = torch.autograd.grad(out, x, torch.ones_like(out))
-    assert torch.equal(grad_x, torch.zeros_like(x))
-
-
-def test_empty_tensors(device):
+@triton_only
+def test_triton_empty_tensors(backend, device):
     residual, x = (torch.zeros(0, 5, device=device, requires_grad=True) for _ in range(2))
     out = triton_dropout_add(residual, x, 0.5)
     assert out.shape == (0, 5)
@@ -165,19 +300,21 @@ def test_empty_tensors(device):
     assert x.grad.shape == (0, 5)
 
 
-def test_opcheck(device):
+@triton_only
+def test_triton_opcheck(backend, device):
     residual, x = (torch.randn(4, 33, device=device, requires_grad=True) for _ in range(2))
-    op = triton_reversible.dropout_add_op
+    op = triton_dropout_add_kernels.dropout_add_op
     torch.library.opcheck(op, (residual, x, 0.25, 7, 16, False, torch.float32))
     torch.library.opcheck(op, (residual, x.detach().half().requires_grad_(), 0.25, -7, 2**33, True, torch.float32))
     torch.library.opcheck(op, (None, x, 0.25, 7, 16, True, torch.float16))
 
 
-def test_compiles_fullgraph_forward_and_backward(device):
+@triton_only
+def test_triton_compiles_fullgraph_forward_and_backward(backend, device):
     residual, x = (torch.randn(SHAPE, device=device, requires_grad=True) for _ in range(2))
 
     def residual_step(residual, x):
-        return (triton_reversible.dropout_add_op(residual, x, 0.25, 11, 4, True, torch.float32) ** 2).sum()
+        return (triton_dropout_add_kernels.dropout_add_op(residual, x, 0.25, 11, 4, True, torch.float32) ** 2).sum()
 
     # aot_eager traces forward and backward through the fake impl without compiling C++ on CPU.
     compiled = torch.compile(residual_step, fullgraph=True, backend="aot_eager")
@@ -186,7 +323,8 @@ def test_compiles_fullgraph_forward_and_backward(device):
         assert torch.equal(actual, wanted)
 
 
-def test_bad_inputs_get_clear_errors(device):
+@triton_only
+def test_triton_bad_inputs_get_clear_errors(backend, device):
     residual, x = torch.randn(SHAPE, device=device), torch.randn(SHAPE, device=device)
     with pytest.raises(ValueError, match=r"p must lie in \[0, 1\], got 1.5"):
         triton_dropout_add(residual, x, 1.5)
@@ -212,7 +350,8 @@ def test_bad_inputs_get_clear_errors(device):
         triton_dropout_add(residual.double(), x.double(), 0.1)
 
 
-def test_reversible_gradients_equal_plain_autograd(device):
+@triton_only
+def test_triton_reversible_gradients_equal_plain_autograd(backend, device):
     """Hidden dropout 0.1 through the fused op, forward and the backward's reconstruction: the
     memory-saving backward gives plain autograd's gradients through the same blocks."""
     hidden = 16
@@ -244,7 +383,8 @@ def test_reversible_gradients_equal_plain_autograd(device):
         assert (grads_reversible[name] - grad).abs().max() <= 1e-5 * grad.abs().max(), name
 
 
-def test_reformer_with_attention_dropout_reversible_equals_plain_autograd(device):
+@triton_only
+def test_triton_reformer_with_attention_dropout_reversible_equals_plain_autograd(backend, device):
     """A Reformer with LSH and local layers, attention and hidden dropout 0.1, every op on the Triton
     kernels (an explicit backend: a fallback would be an error): the reversible backward replays
     the attention-dropout masks and gives plain autograd's gradients."""

@@ -1,0 +1,420 @@
+"""local_attention: every backend against the float64 reference, out and the gradients of q, k
+and v under a random upstream gradient, by the tolerance rule: any length (one chunk or less,
+not a multiple of the chunk), 0-2 neighbour chunks each side, causal or not, padding masks, and
+attention dropout (drawn by ``functional`` from the default generator, re-seeded per call).
+
+Then fixed cases: the compiled kernels (cpu, triton) against the reference through ``functional``;
+the C++ op's grids, gradcheck, the chunk-window properties, strided inputs, determinism over runs
+and thread counts; both ops' opcheck and schema, torch.compile; padding equivalence, and the
+errors of functional and of the ops."""
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from reformer_kernels import backends, functional, reference
+from reformer_kernels.ops.local_attention import triton_kernels as triton_local_attention
+from tests.marks import requires_extension
+from tests.tolerance import assert_within_rule
+
+from .fuzz import DTYPES, HEAD_DIMS, MASK_KINDS, TRITON_HEAD_DIMS, compare_with_reference, fuzz, head_split, padding_mask
+from .inputs import (WINDOW_DRAWS, WINDOW_SETTINGS, assert_cpu_dropout_is_the_references,
+                     assert_float32_kernel_meets_reference, assert_impl_takes_schema_names, assert_matches_reference,
+                     assert_same_bits_on_thread_counts, assert_same_schema, bernoulli_keep_mask, fixed_padding_mask,
+                     lsh_inputs, on_backends, outputs_and_grads, schema_mask, skip_if_interpreter_lacks,
+                     small_lsh_inputs, triton_only)
+
+
+@st.composite
+def cases(draw, backend):
+    tiny = backend == "triton"
+    return dict(
+        seed=draw(st.integers(0, 2**31 - 1)),
+        dtype=draw(st.sampled_from(DTYPES[backend])),
+        batch=draw(st.sampled_from([1, 2, 3])),
+        heads=draw(st.integers(1, 2 if tiny else 4)),
+        seq_len=draw(st.integers(1, 16 if tiny else 70)),
+        head_dim=draw(st.sampled_from(TRITON_HEAD_DIMS if tiny else HEAD_DIMS)),
+        chunk_len=draw(st.integers(2 if tiny else 1, 8 if tiny else 24)),
+        before=draw(st.integers(0, 2)),
+        after=draw(st.integers(0, 2)),
+        causal=draw(st.booleans()),
+        mask=draw(st.sampled_from(MASK_KINDS)),
+        dropout_p=draw(st.sampled_from([0.0, 0.0, 0.3])),
+        head_split=draw(st.booleans()),  # inputs as (B, L, H, d) memory viewed as (B, H, L, d)
+    )
+
+
+def check(backend, device, case):
+    torch.manual_seed(case["seed"])
+    shape = tuple(case[k] for k in ("batch", "heads", "seq_len", "head_dim"))
+    q, k, v = (torch.randn(shape, dtype=torch.float64) for _ in range(3))
+    mask = padding_mask(case["mask"], case["batch"], case["seq_len"])
+    mask = None if mask is None else mask.to(device)
+    upstream = (torch.randn(shape),)
+    dropout_seed = case["seed"] + 1
+
+    def run(name, q, k, v):
+        torch.manual_seed(dropout_seed)
+        out = functional.local_attention(
+            q, k, v, chunk_len=case["chunk_len"], n_chunks_before=case["before"], n_chunks_after=case["after"],
+            causal=case["causal"], attention_mask=mask, dropout_p=case["dropout_p"], backend=name,
+        )
+        return (out,)
+
+    compare_with_reference(run, backend, (q, k, v), case["dtype"], device, upstream, ("out", "q", "k", "v"), f"local_attention {case}",
+                           head_split_views=case["head_split"])
+
+
+def test_fuzz(backend, device):
+    fuzz(check, cases, backend, device, "default")
+
+
+@pytest.mark.slow
+def test_fuzz_slow(backend, device):
+    fuzz(check, cases, backend, device, "slow")
+
+
+# ----------------------------------------------------------------------------- the compiled kernels
+# dtype, batch, heads, seq_len, head_dim, chunk_len, before, after, causal, padding, dropout_p
+KERNEL_CASES = [
+    # 40 = 2.5 chunks: the kernels pad to 48 with masked keys without copying
+    (torch.float32, 1, 2, 40, 16, 16, 1, 0, False, "tail", 0.0),
+    (torch.float32, 2, 1, 64, 64, 32, 1, 1, True, "full_row", 0.0),
+    (torch.float16, 1, 1, 50, 16, 16, 1, 0, True, "none", 0.0),
+    # one chunk (24 <= 32): full attention over a length that is not a power of two
+    (torch.float16, 2, 1, 24, 100, 32, 1, 0, False, "tail", 0.0),
+    (torch.bfloat16, 1, 2, 40, 64, 16, 1, 0, True, "tail", 0.0),
+    # attention dropout: a padded tail chunk, chunks of 8 in blocks of 16, full attention, fp16
+    (torch.float32, 1, 2, 40, 16, 16, 1, 1, True, "tail", 0.3),
+    (torch.float32, 2, 1, 32, 16, 8, 2, 0, False, "full_row", 0.3),
+    (torch.float32, 1, 1, 24, 16, 32, 1, 0, True, "none", 0.3),
+    (torch.float16, 1, 1, 50, 16, 16, 1, 0, True, "tail", 0.2),
+    (torch.bfloat16, 1, 1, 40, 64, 16, 1, 0, True, "tail", 0.2),
+]
+
+
+@on_backends("cpu", "triton")
+@pytest.mark.parametrize("dtype,batch,heads,seq_len,head_dim,chunk_len,before,after,causal,padding,dropout_p", KERNEL_CASES)
+def test_kernels_match_reference(backend, device, dtype, batch, heads, seq_len, head_dim, chunk_len, before, after, causal,
+                                 padding, dropout_p):
+    skip_if_interpreter_lacks(backend, dtype)
+    # (B, L, H, d) seen as (B, H, L, d), as the projections of a layer hand them over
+    q, k, v = (torch.randn(batch, seq_len, heads, head_dim, dtype=torch.float64, device=device).transpose(1, 2) for _ in range(3))
+    mask = fixed_padding_mask(padding, batch, seq_len, device)
+
+    def run(name, q, k, v):
+        torch.manual_seed(11)  # every run draws the same dropout mask (functional draws it in float32)
+        out = functional.local_attention(
+            q, k, v, chunk_len=chunk_len, n_chunks_before=before, n_chunks_after=after, causal=causal,
+            attention_mask=mask, dropout_p=dropout_p, backend=name,
+        )
+        return (out,)
+
+    assert_matches_reference(run, backend, (q, k, v), dtype, "local_attention")
+
+
+# ----------------------------------------------------------------------------- the C++ op
+def local_attention_cpu(*args, **kwargs):
+    """The "cpu" backend impl of local_attention (reformer_kernels::local_attention_fwd's out)."""
+    return backends.select("local_attention", torch.device("cpu"), "cpu")[1](*args, **kwargs)
+
+
+# (batch, heads, seq_len, head_dim, chunk_len, before, after, causal, mask)
+CPU_CASES = [
+    (1, 1, 16, 1, 1, 1, 0, False, None),
+    (3, 8, 30, 16, 4, 2, 1, True, "fully_padded"),
+    (1, 8, 200, 64, 64, 1, 0, True, None),
+    (3, 1, 300, 128, 128, 0, 0, False, "padded"),
+    (1, 1, 100, 64, 128, 1, 0, True, "padded"),
+    (3, 1, 50, 16, 4, 0, 0, True, "fully_padded"),
+    (1, 8, 37, 16, 4, 1, 0, False, "padded"),
+    (2, 2, 70, 20, 12, 1, 1, True, "padded"),
+]
+
+
+def run_cpu(impl, q, k, v, chunk_len, before, after, causal, attention_mask, upstream):
+    def fn(q, k, v):
+        return impl(q, k, v, chunk_len=chunk_len, n_chunks_before=before, n_chunks_after=after, causal=causal,
+                    attention_mask=attention_mask)
+
+    return outputs_and_grads(fn, (q, k, v), upstream)
+
+
+def cpu_inputs(batch, heads, seq_len, head_dim, mask_kind=None):
+    q, k, v = (torch.randn(batch, heads, seq_len, head_dim, dtype=torch.float64) for _ in range(3))
+    return q, k, v, padding_mask(mask_kind, batch, seq_len)
+
+
+@requires_extension
+@pytest.mark.parametrize("case", CPU_CASES, ids=lambda c: "-".join(map(str, c)))
+def test_cpu_matches_reference_float32(case):
+    batch, heads, seq_len, head_dim, chunk_len, before, after, causal, mask_kind = case
+    q, k, v, attention_mask = cpu_inputs(batch, heads, seq_len, head_dim, mask_kind)
+    args = (chunk_len, before, after, causal, attention_mask, (torch.randn_like(q),))
+    expected = run_cpu(reference.local_attention, q, k, v, *args)
+    baseline = run_cpu(reference.local_attention, q.float(), k.float(), v.float(), *args)
+    actual = run_cpu(local_attention_cpu, q.float(), k.float(), v.float(), *args)
+    for name, a, e, b in zip(("out", "grad_q", "grad_k", "grad_v"), actual, expected, baseline):
+        assert a.dtype == torch.float32, name
+        assert_within_rule(a, e, b, atol=2e-5, what=name)
+
+
+@requires_extension
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_cpu_low_precision_matches_reference(dtype):
+    q, k, v, attention_mask = cpu_inputs(2, 2, 40, 16, "fully_padded")
+    args = (16, 1, 0, True, attention_mask, (torch.randn_like(q),))
+    expected = run_cpu(reference.local_attention, q, k, v, *args)
+    baseline = run_cpu(reference.local_attention, q.to(dtype), k.to(dtype), v.to(dtype), *args)
+    actual = run_cpu(local_attention_cpu, q.to(dtype), k.to(dtype), v.to(dtype), *args)
+    for name, a, e, b in zip(("out", "grad_q", "grad_k", "grad_v"), actual, expected, baseline):
+        assert a.dtype == dtype, name
+        assert_within_rule(a, e, b, atol=1e-3, what=name)
+
+
+@requires_extension
+@pytest.mark.parametrize("causal", [False, True])
+def test_cpu_gradcheck(causal):
+    q, k, v, attention_mask = cpu_inputs(2, 2, 10, 3, "padded")
+
+    def fn(q, k, v):
+        return local_attention_cpu(q, k, v, 4, 1, 1, causal, attention_mask)
+
+    assert torch.autograd.gradcheck(fn, tuple(t.requires_grad_() for t in (q, k, v)))
+
+
+@requires_extension
+@pytest.mark.parametrize("dropout", [False, True])
+def test_cpu_opcheck(dropout):
+    q, k, v, attention_mask = (t.float() if t is not None and t.is_floating_point() else t for t in cpu_inputs(2, 2, 20, 8, "padded"))
+    keep = torch.rand(reference.dropout_mask_shape(2, 2, 24, 8, 1, 0)) > 0.3 if dropout else None
+    fwd_args = (q.requires_grad_(), k.requires_grad_(), v.requires_grad_(), 8, 1, 0, True, attention_mask, keep, 0.3)
+    torch.library.opcheck(torch.ops.reformer_kernels.local_attention_fwd.default, fwd_args)
+    out, lse = torch.ops.reformer_kernels.local_attention_fwd(q.detach(), k.detach(), v.detach(), 8, 1, 0, True, attention_mask, keep,
+                                                              0.3)
+    bwd_args = (torch.randn_like(out), q.detach(), k.detach(), v.detach(), out, lse, 8, 1, 0, True, attention_mask, keep, 0.3)
+    torch.library.opcheck(torch.ops.reformer_kernels.local_attention_bwd.default, bwd_args)
+
+
+@requires_extension
+def test_cpu_deterministic_across_runs_and_thread_counts():
+    q, k, v, attention_mask = cpu_inputs(1, 3, 130, 16, "padded")
+    args = (32, 1, 1, True, attention_mask, (torch.randn_like(q),))
+    assert_same_bits_on_thread_counts(lambda: run_cpu(local_attention_cpu, q.float(), k.float(), v.float(), *args))
+
+
+@requires_extension
+def test_cpu_functional_backend_matches_reference():
+    q, k, v, attention_mask = cpu_inputs(2, 2, 45, 16, "padded")
+    kw = dict(chunk_len=16, n_chunks_before=1, n_chunks_after=1, causal=False, attention_mask=attention_mask)
+    expected = functional.local_attention(q, k, v, backend="reference", **kw)
+    baseline = functional.local_attention(q.float(), k.float(), v.float(), backend="reference", **kw)
+    actual = functional.local_attention(q.float(), k.float(), v.float(), backend="cpu", **kw)
+    assert_within_rule(actual, expected, baseline, atol=2e-5, what="out")
+
+
+@requires_extension
+def test_cpu_direct_op_calls_reject_bad_inputs():
+    q, k, v, _ = cpu_inputs(1, 2, 8, 4)
+
+    def call(q=q, k=k, v=v, chunk_len=4, before=1, mask=None):
+        return torch.ops.reformer_kernels.local_attention_fwd(q, k, v, chunk_len, before, 0, False, mask)
+
+    with pytest.raises(TypeError, match="floating"):
+        call(q=q.long())
+    with pytest.raises(TypeError, match="dtype of q"):
+        call(k=k.float())
+    with pytest.raises(ValueError, match="shape of q"):
+        call(v=v[:, :1])
+    with pytest.raises(ValueError, match="shape \\(batch, heads"):
+        call(q=q[0], k=k[0], v=v[0])
+    with pytest.raises(ValueError, match="chunk_len must be >= 1"):
+        call(chunk_len=0)
+    with pytest.raises(ValueError, match="n_chunks_before"):
+        call(before=-2)
+    with pytest.raises(ValueError, match="attention_mask"):
+        call(mask=torch.ones(2, 8, dtype=torch.bool))
+
+
+@requires_extension
+def test_cpu_head_split_views_are_read_in_place():
+    """q, k, v as (B, L, H, d).transpose(1, 2) views, as a layer's projections give them: same bits
+    as contiguous inputs, forward and backward."""
+    q, k, v, attention_mask = cpu_inputs(2, 3, 40, 8, "padded")
+    args = (16, 1, 0, True, attention_mask, (torch.randn_like(q),))
+    strided = run_cpu(local_attention_cpu, *(head_split(t.float()) for t in (q, k, v)), *args)
+    contiguous = run_cpu(local_attention_cpu, q.float(), k.float(), v.float(), *args)
+    for a, b in zip(strided, contiguous):
+        assert torch.equal(a, b)
+
+
+@requires_extension
+def test_cpu_backend_dropout_is_the_references_with_the_same_generator_state():
+    """As for LSH: the cpu backend applies the very mask the reference draws (float64)."""
+    q, k, v, attention_mask = cpu_inputs(2, 2, 37, 8, "padded")
+    kwargs = dict(chunk_len=8, n_chunks_before=1, n_chunks_after=1, causal=False, attention_mask=attention_mask,
+                  dropout_p=0.3)
+    assert_cpu_dropout_is_the_references(lambda name, q, k, v: functional.local_attention(q, k, v, **kwargs, backend=name),
+                                         (q, k, v), (torch.randn_like(q),))
+
+
+@requires_extension
+@pytest.mark.slow
+def test_cpu_torch_compile_fullgraph():
+    q, v, _, attention_mask = lsh_inputs(1, 2, 32, 8, 2, "padded")
+    q, v = q.float(), v.float()
+    upstream = (torch.randn_like(q),)
+
+    def local(q, v):
+        return local_attention_cpu(q, q, v, 8, 1, 0, True, attention_mask)
+
+    compiled = outputs_and_grads(torch.compile(local, fullgraph=True), (q, v), upstream)
+    eager = outputs_and_grads(local, (q, v), upstream)
+    for a, b in zip(compiled, eager):
+        assert torch.equal(a, b)
+
+
+@requires_extension
+@WINDOW_SETTINGS
+@given(seq_len=st.integers(1, 60), head_dim=st.sampled_from([1, 5, 8, 20]), **WINDOW_DRAWS)
+def test_cpu_chunk_windows_meet_reference(seq_len, chunk_len, head_dim, before, after, causal, mask_kind, threads, seed, dropout):
+    torch.manual_seed(seed)
+    q, k, v = (torch.randn(2, 3, seq_len, head_dim, dtype=torch.float64) for _ in range(3))
+    window = dict(chunk_len=chunk_len, n_chunks_before=before, n_chunks_after=after, causal=causal,
+                  attention_mask=padding_mask(mask_kind, 2, seq_len))
+
+    used_chunk_len, used_before, used_after, padded_len = reference.local_chunking(seq_len, chunk_len, before, after)
+    keep = bernoulli_keep_mask(reference.dropout_mask_shape(2, 3, padded_len, used_chunk_len, used_before, used_after), dropout)
+
+    def kernel(q, k, v, keep):
+        return local_attention_cpu(q, k, v, **window, dropout_mask=keep, dropout_p=dropout)
+
+    def oracle(q, k, v, keep):
+        return reference.local_attention(q, k, v, **window, dropout_mask=keep, dropout_p=dropout)
+
+    assert_float32_kernel_meets_reference(kernel, oracle, (q, k, v, keep), (torch.randn_like(q),), threads,
+                                          ("out", "grad_q", "grad_k", "grad_v"))
+
+
+# ----------------------------------------------------------------------------- the Triton op
+P = 0.3
+
+
+def triton_args(device, dropout=False):
+    """Arguments of the Triton local_attention_fwd: 40 positions in chunks of 16 (padded to 48
+    inside), with an attention-dropout mask (True, kept, with probability 1 - P) and P, or None and 0."""
+    q, k, v = (torch.randn(1, 1, 40, 16, device=device, requires_grad=True) for _ in range(3))
+    keep = torch.rand(reference.dropout_mask_shape(1, 1, 48, 16, 1, 0), device=device) > P if dropout else None
+    return q, k, v, 16, 1, 0, True, fixed_padding_mask("tail", 1, 40, device), keep, P if dropout else 0.0
+
+
+@triton_only
+@pytest.mark.parametrize("dropout", [False, True])
+def test_triton_opcheck(backend, device, dropout):
+    args = triton_args(device, dropout=dropout)
+    torch.library.opcheck(triton_local_attention.local_attention_fwd, args)
+    with torch.no_grad():
+        out, lse = triton_local_attention.local_attention_fwd(*args)
+    q, k, v, *config = args
+    torch.library.opcheck(triton_local_attention.local_attention_bwd,
+                          (torch.randn_like(out), q.detach(), k.detach(), v.detach(), out, lse, *config))
+
+
+@triton_only
+@pytest.mark.parametrize("dropout_p", [0.0, 0.2])
+def test_triton_two_runs_give_identical_bits(backend, device, dropout_p):
+    q, k, v, *_, mask, _, _ = triton_args(device)
+
+    def run():
+        torch.manual_seed(7)  # the same dropout masks
+        out = functional.local_attention(q, k, v, chunk_len=16, causal=True, attention_mask=mask, dropout_p=dropout_p,
+                                         backend=backend)
+        return (out, *torch.autograd.grad((out * out).sum(), (q, k, v)))
+
+    for first, second in zip(run(), run()):
+        assert torch.equal(first, second)
+
+
+@triton_only
+def test_triton_bad_inputs_get_the_shared_errors(backend, device):
+    q, k, v, *config, mask, keep, p = triton_args(device, dropout=True)
+    q, k, v = q.detach(), k.detach(), v.detach()
+    with pytest.raises(ValueError, match="attention_mask must be"):
+        functional.local_attention(q, k, v, chunk_len=16, attention_mask=mask[:, :5], backend=backend)
+    # what only this backend refuses: it computes in fp32 from 16/32-bit inputs
+    with pytest.raises(TypeError, match="triton backend takes float16, bfloat16 or float32"):
+        functional.local_attention(q.double(), k.double(), v.double(), chunk_len=16, backend=backend)
+    # the op indexes the dropout mask unchecked: its shape is checked first
+    with pytest.raises(ValueError, match="dropout_mask must have the chunked score shape"):
+        triton_local_attention.local_attention_fwd(q, k, v, 16, 1, 1, False, mask, keep, p)
+
+
+@pytest.mark.parametrize("compiled, triton_op", [
+    ("local_attention_fwd", triton_local_attention.local_attention_fwd),
+    ("local_attention_bwd", triton_local_attention.local_attention_bwd),
+])
+def test_triton_ops_take_the_schema_of_the_compiled_op(compiled, triton_op):
+    assert_same_schema(compiled, triton_op)
+
+
+# ----------------------------------------------------------------------------- functional
+@pytest.mark.parametrize("backend", ["reference", pytest.param("cpu", marks=requires_extension)])
+def test_backend_impls_take_the_schema_arguments_by_name(backend):
+    qk, v, _ = (t.double() for t in small_lsh_inputs())
+    assert_impl_takes_schema_names("local_attention", backend, q=qk, k=qk, v=v, chunk_len=4, n_chunks_before=1,
+                                   n_chunks_after=0, causal=True, attention_mask=schema_mask())
+
+
+def test_rejects_bad_arguments():
+    q = torch.randn(2, 2, 12, 4)
+    with pytest.raises(ValueError, match="k has shape"):
+        functional.local_attention(q, q[..., :2], q, chunk_len=4, backend="reference")
+    with pytest.raises(TypeError, match="v is torch.float16"):
+        functional.local_attention(q, q, q.half(), chunk_len=4, backend="reference")
+    with pytest.raises(ValueError, match="chunk_len must be >= 1"):
+        functional.local_attention(q, q, q, chunk_len=-3, backend="reference")
+    with pytest.raises(ValueError, match="n_chunks_after must be >= 0"):
+        functional.local_attention(q, q, q, chunk_len=4, n_chunks_after=-1, backend="reference")
+
+
+def test_pads_like_an_explicit_masked_padding():
+    seq_len, padded_len = 10, 12
+    q, k, v = (torch.randn(2, 2, seq_len, 4) for _ in range(3))
+    mask = torch.ones(2, seq_len, dtype=torch.bool)
+    mask[0, -2:] = False
+    kwargs = dict(chunk_len=4, n_chunks_before=1, n_chunks_after=1, causal=False, backend="reference")
+    out = functional.local_attention(q, k, v, attention_mask=mask, **kwargs)
+    pad = (0, 0, 0, padded_len - seq_len)
+    explicit_mask = torch.cat([mask, torch.zeros(2, padded_len - seq_len, dtype=torch.bool)], 1)
+    padded = [torch.nn.functional.pad(t, pad) for t in (q, k, v)]
+    assert torch.equal(out, functional.local_attention(*padded, attention_mask=explicit_mask, **kwargs)[:, :, :seq_len])
+
+
+class _RecordingKernel:
+    """Stands in for a backend's kernel: records the keyword arguments it was called with."""
+
+    def __init__(self):
+        self.kwargs = None
+
+    def __call__(self, *args, **kwargs):
+        self.kwargs = kwargs
+        return args[0].clone()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.float64])
+def test_every_backend_receives_one_bool_dropout_mask(monkeypatch, dtype):
+    """With dropout_p > 0 the chosen kernel runs (no fallback) and gets the mask and p: bool, one
+    byte per probability, the same draw of the default generator whatever the dtype."""
+    kernel = _RecordingKernel()
+    monkeypatch.setattr(backends, "select", lambda op, device, backend=None: ("triton", kernel))
+    q = torch.randn(2, 2, 12, 4).to(dtype)
+    torch.manual_seed(3)
+    functional.local_attention(q, q, q, chunk_len=4, dropout_p=0.25, backend="triton")
+    mask = kernel.kwargs["dropout_mask"]
+    assert mask.shape == reference.dropout_mask_shape(2, 2, 12, 4, 1, 0) and mask.dtype == torch.bool
+    assert kernel.kwargs["dropout_p"] == 0.25
+    torch.manual_seed(3)
+    assert torch.equal(mask, torch.empty(mask.shape).bernoulli_(0.75).bool())
+    functional.local_attention(q, q, q, chunk_len=4, backend="triton")
+    assert "dropout_mask" not in kernel.kwargs, "without dropout no mask is drawn"

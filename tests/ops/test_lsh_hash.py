@@ -1,0 +1,296 @@
+"""lsh_hash: every backend's bucket ids against the float64 reference hash of the same values.
+
+float64 must agree exactly. In float32 and float16 the kernel and the float64 reference may
+round a near-tie of the two best rotated coordinates either way (both answers are right), so
+there they must agree everywhere except at near-ties, which are measured in float64 on the very
+values the kernel sees. Fuzzed, then fixed cases per kernel; the ops' opcheck and schema, strided
+inputs, the CUDA kernel on a GPU, and the errors of functional and of the ops."""
+import pytest
+import torch
+from hypothesis import strategies as st
+
+from reformer_kernels import backends, functional, reference
+from reformer_kernels.ops.lsh_hash import triton_kernels as triton_hashing
+from tests.marks import requires_extension
+
+from .fuzz import (DTYPES, HEAD_DIMS, MASK_KINDS, NEAR_TIE, TRITON_HEAD_DIMS, fuzz, head_split, n_buckets_strategy, near_ties,
+                   padding_mask)
+from .inputs import (assert_impl_takes_schema_names, assert_same_schema, fixed_padding_mask, on_backends, requires_cuda_kernels,
+                     schema_mask, skip_if_interpreter_lacks, small_lsh_inputs, triton_only)
+
+
+@st.composite
+def cases(draw, backend):
+    tiny = backend == "triton"
+    return dict(
+        seed=draw(st.integers(0, 2**31 - 1)),
+        dtype=draw(st.sampled_from(DTYPES[backend])),
+        batch=draw(st.sampled_from([1, 2, 3])),
+        heads=draw(st.integers(1, 4)),
+        seq_len=draw(st.integers(1, 24 if tiny else 70)),
+        head_dim=draw(st.sampled_from(TRITON_HEAD_DIMS if tiny else HEAD_DIMS)),
+        n_hashes=draw(st.integers(1, 4 if tiny else 8)),
+        n_buckets=draw(n_buckets_strategy(small=tiny)),
+        mask=draw(st.sampled_from(MASK_KINDS)),
+        head_split=draw(st.booleans()),  # vectors as (B, L, H, d) memory viewed as (B, H, L, d)
+    )
+
+
+def check(backend, device, case):
+    torch.manual_seed(case["seed"])
+    dtype, n_buckets = case["dtype"], case["n_buckets"]
+    batch, heads, seq_len, head_dim, n_hashes = (case[k] for k in ("batch", "heads", "seq_len", "head_dim", "n_hashes"))
+    factors = reference.bucket_factors(n_buckets)
+    # rounded to dtype first, so that the float64 reference hashes exactly the values the kernel sees
+    vectors = torch.randn(batch, heads, seq_len, head_dim).to(dtype).double()
+    rotations = torch.randn(heads, head_dim, n_hashes, sum(factors) // 2).to(dtype).double()
+    mask = padding_mask(case["mask"], batch, seq_len)
+
+    expected, expected_keys = reference.hash_vectors(vectors, rotations, n_buckets, mask)
+    kernel_vectors = vectors.to(device, dtype)
+    buckets, num_keys = functional.lsh_hash(
+        head_split(kernel_vectors) if case["head_split"] else kernel_vectors, rotations.to(device, dtype), n_buckets,
+        attention_mask=None if mask is None else mask.to(device), backend=backend,
+    )
+    assert num_keys == expected_keys
+    assert buckets.dtype == torch.int64 and buckets.shape == expected.shape
+    buckets = buckets.cpu()
+    if dtype == torch.float64:
+        assert torch.equal(buckets, expected), f"{int((buckets != expected).sum())} bucket ids differ in float64"
+        return
+    ties = near_ties(vectors, rotations, factors, NEAR_TIE[dtype])
+    if mask is not None:
+        ties &= mask.repeat(1, n_hashes)[:, None, :]  # padding takes the padding bucket whatever its rotations
+    differ = buckets != expected
+    assert not (differ & ~ties).any(), f"{int((differ & ~ties).sum())} bucket ids differ away from near-ties"
+
+
+def test_fuzz(backend, device):
+    fuzz(check, cases, backend, device, "default")
+
+
+@pytest.mark.slow
+def test_fuzz_slow(backend, device):
+    fuzz(check, cases, backend, device, "slow")
+
+
+def lsh_hash_cpu(*args, **kwargs):
+    """The "cpu" backend impl of lsh_hash: (buckets, num_keys)."""
+    return backends.select("lsh_hash", torch.device("cpu"), "cpu")[1](*args, **kwargs)
+
+
+def random_rotations(heads, head_dim, n_hashes, n_buckets, dtype=torch.float64):
+    size = n_buckets if isinstance(n_buckets, int) else sum(n_buckets)
+    return torch.randn(heads, head_dim, n_hashes, size // 2, dtype=dtype)
+
+
+# relative gap between the two best [xR, -xR] entries below which the dtype may pick either
+FIXED_NEAR_TIE = {torch.float32: 1e-5, torch.float16: 1e-3, torch.bfloat16: 1e-2}
+
+
+@on_backends("cpu", "triton")
+@pytest.mark.parametrize(
+    "dtype,n_buckets,n_hashes,padding",
+    [
+        (torch.float32, 8, 1, "none"),
+        (torch.float32, (4, 6), 2, "tail"),
+        (torch.float16, 16, 4, "full_row"),
+        (torch.bfloat16, (2, 4), 2, "tail"),
+    ],
+)
+def test_matches_reference_except_near_ties(backend, device, dtype, n_buckets, n_hashes, padding):
+    skip_if_interpreter_lacks(backend, dtype)
+    batch, heads, seq_len, head_dim = 2, 2, 40, 16
+    factors = reference.bucket_factors(n_buckets)
+    # the reference hashes exactly the values the kernel sees
+    vectors = torch.randn(batch, heads, seq_len, head_dim, device=device).to(dtype).double()
+    rotations = torch.randn(heads, head_dim, n_hashes, sum(factors) // 2, device=device).to(dtype).double()
+    mask = fixed_padding_mask(padding, batch, seq_len, device)
+
+    buckets, num_keys = functional.lsh_hash(vectors.to(dtype), rotations.to(dtype), n_buckets, attention_mask=mask,
+                                            backend=backend)
+    expected, expected_num_keys = reference.hash_vectors(vectors, rotations, n_buckets, mask)
+
+    assert num_keys == expected_num_keys
+    assert buckets.dtype == torch.int64 and buckets.shape == expected.shape
+    ties = near_ties(vectors, rotations, factors, FIXED_NEAR_TIE[dtype])
+    if mask is not None:
+        ties &= mask.repeat(1, n_hashes)[:, None, :]
+    assert ties.float().mean() < 0.05, "too many near-ties for the comparison to mean anything"
+    differ = buckets != expected
+    assert not (differ & ~ties).any(), f"{int((differ & ~ties).sum())} bucket ids differ away from near-ties"
+
+
+@requires_extension
+@pytest.mark.parametrize(
+    "batch, heads, seq_len, head_dim, n_hashes, n_buckets, mask_kind",
+    [
+        (1, 1, 7, 1, 1, 2, None),
+        (3, 8, 100, 16, 2, 8, "padded"),
+        (2, 2, 64, 64, 8, (4, 8), "fully_padded"),
+        (1, 3, 130, 128, 4, (2, 2, 4), None),
+    ],
+)
+def test_cpu_matches_reference_float64(batch, heads, seq_len, head_dim, n_hashes, n_buckets, mask_kind):
+    vectors = torch.randn(batch, heads, seq_len, head_dim, dtype=torch.float64)
+    rotations = random_rotations(heads, head_dim, n_hashes, n_buckets)
+    attention_mask = padding_mask(mask_kind, batch, seq_len)
+    expected, expected_keys = reference.hash_vectors(vectors, rotations, n_buckets, attention_mask)
+    actual, num_keys = lsh_hash_cpu(vectors, rotations, n_buckets, attention_mask)
+    assert num_keys == expected_keys
+    assert torch.equal(actual, expected)
+
+
+@requires_extension
+def test_cpu_all_ones_mask_adds_no_padding_bucket():
+    vectors = torch.randn(2, 2, 16, 8, dtype=torch.float64)
+    rotations = random_rotations(2, 8, 2, 4)
+    unmasked = lsh_hash_cpu(vectors, rotations, 4)
+    masked = lsh_hash_cpu(vectors, rotations, 4, torch.ones(2, 16, dtype=torch.bool))
+    assert unmasked[1] == masked[1] == 8
+    assert torch.equal(unmasked[0], masked[0])
+
+
+@requires_extension
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_cpu_low_precision_agrees_except_near_ties(dtype):
+    """Rounding may flip an argmax only where the two best rotated values nearly tie."""
+    vectors = torch.randn(2, 4, 64, 32).to(dtype)
+    rotations = random_rotations(4, 32, 2, 8, dtype=torch.float32).to(dtype)
+    actual, _ = lsh_hash_cpu(vectors, rotations, 8)
+    expected, _ = reference.hash_vectors(vectors.double(), rotations.double(), 8)
+    clear = ~near_ties(vectors, rotations, (8,), 1e-3)
+    assert clear.float().mean() > 0.9
+    assert torch.equal(actual[clear], expected[clear])
+
+
+@requires_extension
+def test_cpu_functional_backend_and_opcheck():
+    vectors = torch.randn(2, 2, 16, 8)
+    rotations = random_rotations(2, 8, 2, (2, 4), dtype=torch.float32)
+    attention_mask = padding_mask("padded", 2, 16)
+    expected = reference.hash_vectors(vectors, rotations, (2, 4), attention_mask)
+    actual = functional.lsh_hash(vectors, rotations, (2, 4), attention_mask=attention_mask, backend="cpu")
+    assert actual[1] == expected[1]
+    assert torch.equal(actual[0], expected[0])
+    torch.library.opcheck(torch.ops.reformer_kernels.lsh_hash.default, (vectors, rotations, [2, 4], attention_mask))
+
+
+@requires_extension
+def test_cpu_head_split_views_are_read_in_place():
+    """Vectors as (B, L, H, d).transpose(1, 2) views, as a layer's projection gives them: same buckets."""
+    torch.manual_seed(5)
+    vectors = torch.randn(2, 3, 40, 8)
+    rotations = torch.randn(3, 8, 2, 4)
+    view = head_split(vectors)
+    assert not view.is_contiguous()
+    assert torch.equal(lsh_hash_cpu(view, rotations, 8)[0], lsh_hash_cpu(vectors, rotations, 8)[0])
+
+
+@requires_extension
+def test_direct_op_calls_reject_bad_inputs():
+    vectors = torch.randn(1, 2, 8, 4)
+    rotations = random_rotations(2, 4, 1, 4, dtype=torch.float32)
+
+    def call(vectors=vectors, rotations=rotations, n_buckets=(4,), mask=None):
+        return torch.ops.reformer_kernels.lsh_hash(vectors, rotations, list(n_buckets), mask)
+
+    with pytest.raises(TypeError, match="floating"):
+        call(vectors=vectors.long())
+    with pytest.raises(TypeError, match="dtype of vectors"):
+        call(rotations=rotations.double())
+    with pytest.raises(ValueError, match="even"):
+        call(n_buckets=(3,))
+    with pytest.raises(ValueError, match="sum\\(n_buckets\\) / 2"):
+        call(n_buckets=(8,))
+    with pytest.raises(ValueError, match="heads, head_dim"):
+        call(rotations=rotations[:1])
+    with pytest.raises(ValueError, match="attention_mask"):
+        call(mask=torch.ones(1, 9, dtype=torch.bool))
+
+
+@requires_extension
+def test_more_buckets_than_32_bit_ids_hold_is_an_error():
+    vectors = torch.randn(1, 1, 4, 4)
+    rotations = torch.randn(1, 4, 1, 31)
+    with pytest.raises(ValueError, match=r"make more than 2\^30 buckets"):
+        torch.ops.reformer_kernels.lsh_hash(vectors, rotations, [2] * 31, None)
+
+
+@pytest.mark.parametrize("backend", ["reference", pytest.param("cpu", marks=requires_extension)])
+def test_backend_impls_take_the_schema_arguments_by_name(backend):
+    qk, _, rotations = (t.double() for t in small_lsh_inputs())
+    assert_impl_takes_schema_names("lsh_hash", backend, vectors=qk, rotations=rotations, n_buckets=4, attention_mask=schema_mask())
+
+
+@triton_only
+def test_triton_opcheck(backend, device):
+    vectors = torch.randn(2, 2, 24, 16, device=device)
+    rotations = torch.randn(2, 16, 2, 5, device=device)
+    mask = fixed_padding_mask("tail", 2, 24, device)
+    torch.library.opcheck(triton_hashing.lsh_hash, (vectors, rotations, [4, 6], mask))
+
+
+def test_triton_op_takes_the_schema_of_the_compiled_op():
+    assert_same_schema("lsh_hash", triton_hashing.lsh_hash)
+
+
+@triton_only
+def test_triton_bad_n_buckets_gets_the_shared_error(backend, device):
+    qk = torch.randn(1, 1, 32, 16, device=device)
+    with pytest.raises(ValueError, match="n_buckets"):
+        functional.lsh_hash(qk, torch.randn(1, 16, 1, 3, device=device), 5, backend=backend)
+
+
+@requires_cuda_kernels
+@pytest.mark.parametrize("n_buckets", [2, 32, (4, 8), (2, 4, 6)])
+@pytest.mark.parametrize("padded", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cuda_equals_reference(n_buckets, padded, dtype):
+    batch, heads, seq_len, head_dim, n_hashes = 2, 3, 300, 64, 4
+    vectors = torch.randn(batch, heads, seq_len, head_dim, dtype=dtype)
+    rotations = random_rotations(heads, head_dim, n_hashes, n_buckets, dtype=dtype)
+    mask = None
+    if padded:
+        mask = torch.ones(batch, seq_len, dtype=torch.bool)
+        mask[1, 250:] = False
+    ref, ref_keys = reference.hash_vectors(vectors.double(), rotations.double(), n_buckets, mask)
+    ours, keys = functional.lsh_hash(
+        vectors.cuda(), rotations.cuda(), n_buckets, attention_mask=None if mask is None else mask.cuda(), backend="cuda"
+    )
+    assert keys == ref_keys
+    # The kernel sums the rotation in a different order than the float64 oracle: near-ties may
+    # flip in float32, never in float64.
+    agreement = (ours.cpu() == ref).double().mean().item()
+    assert agreement == 1.0 if dtype == torch.float64 else agreement > 0.999
+
+
+@requires_cuda_kernels
+def test_cuda_opcheck():
+    vectors = torch.randn(1, 2, 64, 16, device="cuda")
+    rotations = torch.randn(2, 16, 2, 4, device="cuda")
+    torch.library.opcheck(torch.ops.reformer_kernels.lsh_hash.default, (vectors, rotations, [8], None))
+
+
+@pytest.mark.parametrize(
+    "n_buckets,error",
+    [(3, ValueError), (0, ValueError), ((2, 3), ValueError), ((), ValueError), (4.0, TypeError), (True, TypeError)],
+)
+def test_rejects_bad_n_buckets(n_buckets, error):
+    qk, v, rotations = small_lsh_inputs()
+    with pytest.raises(error, match="n_buckets"):
+        functional.lsh_hash(qk, rotations, n_buckets, backend="reference")
+    with pytest.raises(error, match="n_buckets"):
+        functional.lsh_self_attention(qk, v, rotations, n_buckets, chunk_len=4, backend="reference")
+
+
+def test_rejects_bad_rotations():
+    qk, v, rotations = small_lsh_inputs()
+    with pytest.raises(ValueError, match=r"rotations must be \(heads, head_dim, n_hashes, R / 2\) = \(2, 4, n_hashes, 2\)"):
+        functional.lsh_hash(qk, rotations[..., :1], 4, backend="reference")
+    with pytest.raises(ValueError, match="rotations must be"):
+        functional.lsh_hash(qk, rotations, (4, 2), backend="reference")  # R / 2 = 3 for factors (4, 2)
+    with pytest.raises(ValueError, match="rotations must be"):
+        functional.lsh_self_attention(qk, v, rotations[:1], 4, chunk_len=4, backend="reference")
+    with pytest.raises(TypeError, match="rotations are torch.float64"):
+        functional.lsh_hash(qk, rotations.double(), 4, backend="reference")
