@@ -8,6 +8,7 @@ hypothesis' "Failing test case" print the dict, and ``check("cpu", torch.device(
 reruns it (or put the printed ``@reproduce_failure`` on ``property_holds`` below)."""
 from typing import Callable, Sequence
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -72,6 +73,21 @@ def fuzz(check: Callable, cases: Callable[[str], st.SearchStrategy], backend: st
         check(backend, device, case)
 
     property_holds()
+
+
+def fuzz_tests(check: Callable, cases: Callable[[str], st.SearchStrategy]) -> tuple[Callable, Callable]:
+    """An op module's two fuzz tests over one property body, to bind at module level as
+    ``test_fuzz, test_fuzz_slow = fuzz_tests(check, cases)``: the default run's examples, and the
+    slow run's (marked slow)."""
+
+    def test_fuzz(backend, device):
+        fuzz(check, cases, backend, device, "default")
+
+    @pytest.mark.slow
+    def test_fuzz_slow(backend, device):
+        fuzz(check, cases, backend, device, "slow")
+
+    return test_fuzz, test_fuzz_slow
 
 
 def padding_mask(kind: str | None, batch: int, seq_len: int) -> torch.Tensor | None:

@@ -10,7 +10,7 @@ from reformer_kernels import functional, reference
 
 from tests.marks import requires_extension
 
-from .fuzz import fuzz
+from .fuzz import fuzz_tests
 from .inputs import assert_same_bits_on_thread_counts, requires_cuda_kernels
 
 
@@ -40,13 +40,7 @@ def check(backend, device, case):
     assert torch.equal(undo_sort.cpu(), expected_undo), "undo_sort is not the inverse permutation"
 
 
-def test_fuzz(backend, device):
-    fuzz(check, cases, backend, device, "default")
-
-
-@pytest.mark.slow
-def test_fuzz_slow(backend, device):
-    fuzz(check, cases, backend, device, "slow")
+test_fuzz, test_fuzz_slow = fuzz_tests(check, cases)
 
 
 def brute_force_sort(buckets):

@@ -21,7 +21,7 @@ from reformer_kernels.ops.dropout_add import triton_kernels as triton_dropout_ad
 from tests.tolerance import assert_within_rule
 
 from . import inputs
-from .fuzz import ATOL, DTYPES, fuzz
+from .fuzz import ATOL, DTYPES, fuzz_tests
 from .inputs import on_backends, triton_only
 
 
@@ -86,13 +86,7 @@ def check(backend, device, case):
         assert_within_rule(a.cpu(), e.cpu(), b.cpu(), ATOL[leaf.dtype], f"{what}: grad {name}")
 
 
-def test_fuzz(backend, device):
-    fuzz(check, cases, backend, device, "default")
-
-
-@pytest.mark.slow
-def test_fuzz_slow(backend, device):
-    fuzz(check, cases, backend, device, "slow")
+test_fuzz, test_fuzz_slow = fuzz_tests(check, cases)
 
 
 SHAPE = (3, 37, 29)  # 3219 elements: four Triton blocks, the last one partial

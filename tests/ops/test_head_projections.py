@@ -13,7 +13,7 @@ from reformer_kernels import functional, reference
 from tests.marks import requires_extension
 from tests.tolerance import assert_within_rule
 
-from .fuzz import DTYPES, HEAD_DIMS, TRITON_HEAD_DIMS, compare_with_reference, fuzz
+from .fuzz import DTYPES, HEAD_DIMS, TRITON_HEAD_DIMS, compare_with_reference, fuzz_tests
 from .inputs import assert_same_bits_on_thread_counts, outputs_and_grads
 
 
@@ -47,13 +47,7 @@ def check(backend, device, case):
     compare_with_reference(run, backend, (x, *weights), case["dtype"], device, upstream, names, f"head_projections {case}")
 
 
-def test_fuzz(backend, device):
-    fuzz(check, cases, backend, device, "default")
-
-
-@pytest.mark.slow
-def test_fuzz_slow(backend, device):
-    fuzz(check, cases, backend, device, "slow")
+test_fuzz, test_fuzz_slow = fuzz_tests(check, cases)
 
 
 OPS = torch.ops.reformer_kernels

@@ -24,7 +24,7 @@ from reformer_kernels.ops.linear_cross_entropy import triton_kernels as triton_c
 from tests.marks import requires_extension
 from tests.tolerance import assert_within_rule
 
-from .fuzz import DTYPES, compare_with_reference, fuzz
+from .fuzz import DTYPES, compare_with_reference, fuzz_tests
 from .inputs import ATOL, bytes_saved_for_backward, skip_if_interpreter_lacks, triton_only
 
 
@@ -78,13 +78,7 @@ def check(backend, device, case):
                            output_dtype=torch.promote_types(dtype, torch.float32))  # the loss is at least fp32
 
 
-def test_fuzz(backend, device):
-    fuzz(check, cases, backend, device, "default")
-
-
-@pytest.mark.slow
-def test_fuzz_slow(backend, device):
-    fuzz(check, cases, backend, device, "slow")
+test_fuzz, test_fuzz_slow = fuzz_tests(check, cases)
 
 
 def float64_inputs(device, n, v, d, with_bias=True, ignore_index=-100):

@@ -17,7 +17,16 @@ from reformer_kernels.ops.local_attention import triton_kernels as triton_local_
 from tests.marks import requires_extension
 from tests.tolerance import assert_within_rule
 
-from .fuzz import DTYPES, HEAD_DIMS, MASK_KINDS, TRITON_HEAD_DIMS, compare_with_reference, fuzz, head_split, padding_mask
+from .fuzz import (
+    DTYPES,
+    HEAD_DIMS,
+    MASK_KINDS,
+    TRITON_HEAD_DIMS,
+    compare_with_reference,
+    fuzz_tests,
+    head_split,
+    padding_mask,
+)
 from .inputs import (WINDOW_DRAWS, WINDOW_SETTINGS, assert_cpu_dropout_is_the_references,
                      assert_float32_kernel_meets_reference, assert_impl_takes_schema_names, assert_matches_reference,
                      assert_same_bits_on_thread_counts, assert_same_schema, bernoulli_keep_mask, fixed_padding_mask,
@@ -66,13 +75,7 @@ def check(backend, device, case):
                            head_split_views=case["head_split"])
 
 
-def test_fuzz(backend, device):
-    fuzz(check, cases, backend, device, "default")
-
-
-@pytest.mark.slow
-def test_fuzz_slow(backend, device):
-    fuzz(check, cases, backend, device, "slow")
+test_fuzz, test_fuzz_slow = fuzz_tests(check, cases)
 
 
 # ----------------------------------------------------------------------------- the compiled kernels

@@ -19,7 +19,7 @@ from reformer_kernels.ops.lsh_attention import triton_kernels as triton_lsh_atte
 from tests.marks import requires_extension
 from tests.tolerance import assert_within_rule
 
-from .fuzz import (DTYPES, HEAD_DIMS, MASK_KINDS, TRITON_HEAD_DIMS, compare_with_reference, fuzz, head_split, n_buckets_strategy,
+from .fuzz import (DTYPES, HEAD_DIMS, MASK_KINDS, TRITON_HEAD_DIMS, compare_with_reference, fuzz_tests, head_split, n_buckets_strategy,
                    padding_mask)
 from .inputs import (WINDOW_DRAWS, WINDOW_SETTINGS, assert_cpu_dropout_is_the_references,
                      assert_float32_kernel_meets_reference, assert_impl_takes_schema_names, assert_matches_reference,
@@ -82,13 +82,7 @@ def check(backend, device, case):
                            head_split_views=case["head_split"])
 
 
-def test_fuzz(backend, device):
-    fuzz(check, cases, backend, device, "default")
-
-
-@pytest.mark.slow
-def test_fuzz_slow(backend, device):
-    fuzz(check, cases, backend, device, "slow")
+test_fuzz, test_fuzz_slow = fuzz_tests(check, cases)
 
 
 # ----------------------------------------------------------------------------- the compiled kernels

@@ -13,7 +13,7 @@ from reformer_kernels import backends, functional, reference
 from reformer_kernels.ops.lsh_hash import triton_kernels as triton_hashing
 from tests.marks import requires_extension
 
-from .fuzz import (DTYPES, HEAD_DIMS, MASK_KINDS, NEAR_TIE, TRITON_HEAD_DIMS, fuzz, head_split, n_buckets_strategy, near_ties,
+from .fuzz import (DTYPES, HEAD_DIMS, MASK_KINDS, NEAR_TIE, TRITON_HEAD_DIMS, fuzz_tests, head_split, n_buckets_strategy, near_ties,
                    padding_mask)
 from .inputs import (assert_impl_takes_schema_names, assert_same_schema, fixed_padding_mask, on_backends, requires_cuda_kernels,
                      schema_mask, skip_if_interpreter_lacks, small_lsh_inputs, triton_only)
@@ -65,13 +65,7 @@ def check(backend, device, case):
     assert not (differ & ~ties).any(), f"{int((differ & ~ties).sum())} bucket ids differ away from near-ties"
 
 
-def test_fuzz(backend, device):
-    fuzz(check, cases, backend, device, "default")
-
-
-@pytest.mark.slow
-def test_fuzz_slow(backend, device):
-    fuzz(check, cases, backend, device, "slow")
+test_fuzz, test_fuzz_slow = fuzz_tests(check, cases)
 
 
 def lsh_hash_cpu(*args, **kwargs):

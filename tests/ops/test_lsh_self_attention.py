@@ -21,7 +21,7 @@ from reformer_kernels import functional, reference
 from tests.marks import requires_extension
 from tests.tolerance import assert_within_rule
 
-from .fuzz import (DTYPES, HEAD_DIMS, MASK_KINDS, NEAR_TIE, TRITON_HEAD_DIMS, compare_with_reference, fuzz, n_buckets_strategy,
+from .fuzz import (DTYPES, HEAD_DIMS, MASK_KINDS, NEAR_TIE, TRITON_HEAD_DIMS, compare_with_reference, fuzz_tests, n_buckets_strategy,
                    near_ties, padding_mask)
 from .inputs import assert_matches_reference, fixed_padding_mask, on_backends, small_lsh_inputs
 
@@ -81,13 +81,7 @@ def check(backend, device, case):
                            head_split_views=case["head_split"])
 
 
-def test_fuzz(backend, device):
-    fuzz(check, cases, backend, device, "default")
-
-
-@pytest.mark.slow
-def test_fuzz_slow(backend, device):
-    fuzz(check, cases, backend, device, "slow")
+test_fuzz, test_fuzz_slow = fuzz_tests(check, cases)
 
 
 @on_backends("cpu", "triton")
