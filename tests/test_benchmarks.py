@@ -452,3 +452,32 @@ def test_lsh_phases_table_has_every_phase_and_rates(tmp_path, capsys):
     with open(tmp_path / "lsh_phases.json") as f:
         assert json.load(f)["environment"]["peak_gflops"] == 100
     assert "sum of phases" in capsys.readouterr().out
+
+
+def test_real_configs_is_listed_by_the_entry_point():
+    done = subprocess.run([sys.executable, "-m", "benchmarks", "--list"], capture_output=True, text=True, cwd=report.ROOT, check=True)
+    assert "real_configs" in [line.split()[0] for line in done.stdout.splitlines() if line.strip()]
+
+
+def test_real_configs_tiny_writes_every_column_and_every_row_is_ok(tmp_path):
+    """The cnp-shaped tiny size (2 layers, L = 256, 1 repeat), ours and transformers (the patched
+    transformers row runs the same code path as the other two, each in its fresh process)."""
+    from benchmarks import bench_real_configs
+
+    assert run.main(["--suite", "real_configs", "--size", "tiny", "--competitors", "reformer_kernels", "transformers",
+                     "--peak-gflops", "100", "--out", str(tmp_path)]) == 0
+    with open(tmp_path / "real_configs.csv") as f:
+        reader = csv.DictReader(f)
+        rows = list(reader)
+    assert tuple(reader.fieldnames) == bench_real_configs.COLUMNS
+    assert [(r["op"], r["competitor"]) for r in rows] == [
+        (op, name) for op in ("train", "infer") for name in ("reformer_kernels", "transformers")]
+    for row in rows:
+        assert row["status"] == "ok", row["error"]
+        assert (row["model"], row["seq_len"], row["layers"], row["dtype"]) == ("cnp", "256", "2", "fp32")
+        assert float(row["step_ms"]) > 0 and float(row["peak_rss_mb"]) >= 0 and float(row["minflt_per_step"]) >= 0
+        assert float(row["fraction_of_peak"]) == pytest.approx(float(row["gflop_per_s"]) / 100, abs=2e-3)
+        assert float(row["time_ratio_vs_transformers"]) > 0
+    assert {float(r["time_ratio_vs_transformers"]) for r in rows if r["competitor"] == "transformers"} == {1.0}
+    with open(tmp_path / "real_configs.json") as f:
+        assert json.load(f)["environment"]["peak_gflops"] == 100
