@@ -13,6 +13,7 @@ import os
 from typing import Any
 
 from .._atomic import atomic_write
+from .._json import read_json_object
 
 CONFIG_NAME = "config.json"
 ATTENTION_TYPES = ("lsh", "local")
@@ -241,19 +242,13 @@ class ReformerConfig:
 
     @classmethod
     def from_json_file(cls, path: str | os.PathLike) -> "ReformerConfig":
+        name = f"config file {os.fspath(path)!r}"
         try:
-            with open(path, encoding="utf-8") as f:
-                values = json.load(f)
+            values = read_json_object(path, name, "re-save it")
         except FileNotFoundError:
             raise ValueError(f"config file {os.fspath(path)!r} does not exist: save one with config.save_pretrained(dir)") from None
         except IsADirectoryError:
             raise ValueError(f"config file {os.fspath(path)!r} is a directory: pass the file or the directory that holds config.json") from None
-        except UnicodeDecodeError as error:
-            raise ValueError(f"config file {os.fspath(path)!r} is not UTF-8 text ({error}): re-save it") from None
-        except json.JSONDecodeError as error:
-            raise ValueError(f"config file {os.fspath(path)!r} is not valid JSON ({error}): re-save it") from None
-        if not isinstance(values, dict):
-            raise ValueError(f"config file {os.fspath(path)!r} must hold a JSON object, got {type(values).__name__}")
         if values.get("model_type", "reformer") != "reformer":
             raise ValueError(f"config file {os.fspath(path)!r} has model_type {values['model_type']!r}, expected 'reformer'")
         try:

@@ -15,6 +15,7 @@ import json
 import os
 
 from .._atomic import atomic_write
+from .._json import read_json_object
 
 CONFIG_FILE = "tokenizer_config.json"
 SPECIAL_TOKENS_MAP_FILE = "special_tokens_map.json"
@@ -27,16 +28,7 @@ SETTINGS = ("model_max_length", "padding_side", "truncation_side")
 
 def read_json(path):
     """The JSON object (a dict) in ``path``; a ValueError naming the file when it is anything else."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            obj = json.load(f)
-    except UnicodeDecodeError as e:
-        raise ValueError(f"{path} is not UTF-8 text ({e}): write it again with save_pretrained") from None
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON ({e}): write it again with save_pretrained") from e
-    if not isinstance(obj, dict):
-        raise ValueError(f"{path} must hold a JSON object, got {type(obj).__name__}: write it again with save_pretrained")
-    return obj
+    return read_json_object(path, str(path), "write it again with save_pretrained")
 
 
 def write_json(path, obj):

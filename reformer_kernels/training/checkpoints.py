@@ -13,6 +13,7 @@ import os
 import torch
 
 from .._atomic import all_or_nothing, atomic_write
+from .._json import read_json_object
 from ..tokenization import ByteTokenizer
 from .arguments import TrainingArguments
 from .plots import LOSS_PLOT, plot_losses
@@ -64,11 +65,7 @@ def read_state(out: str) -> dict:
     path = os.path.join(out, STATE_FILE)
     if not os.path.isfile(path):
         raise ValueError(f"--out {out!r} has no {STATE_FILE}: pass the folder of a run of reformer-kernels train")
-    try:
-        with open(path, encoding="utf-8") as f:
-            state = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(f"{path!r} is not valid JSON ({error}): the checkpoint is damaged; train into a new --out") from None
+    state = read_json_object(path, repr(path), "the checkpoint is damaged; train into a new --out")
     problem = _state_problem(state)
     if problem:
         raise ValueError(f"{path!r} {problem}: it is not a checkpoint of reformer-kernels train; train into a new --out")
@@ -76,8 +73,6 @@ def read_state(out: str) -> dict:
 
 
 def _state_problem(state) -> str | None:
-    if not isinstance(state, dict):
-        return f"holds a {type(state).__name__}, not a JSON object"
     step = state.get("step")
     if not isinstance(step, int) or isinstance(step, bool) or step < 0:
         return f"has step {step!r}, not a number of steps"
