@@ -3,14 +3,14 @@ ValueError naming the key or file, the stored and the expected; the files stay a
 import json
 import os
 import struct
-import subprocess
-import sys
 
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
 from reformer_kernels.models import ReformerConfig, ReformerModel, ReformerModelWithLMHead
+
+from .isolated import value_error_in_subprocess
 
 TINY = dict(hidden_size=16, attention_head_size=8, num_attention_heads=2, feed_forward_size=32, vocab_size=50,
             axial_pos_shape=[8, 8], axial_pos_embds_dim=[8, 8], max_position_embeddings=64, attn_layers=["local", "lsh"],
@@ -96,20 +96,9 @@ def test_damaged_safetensors_is_a_value_error_in_a_subprocess(saved, damage):
     path = saved / "model.safetensors"
     path.write_bytes(DAMAGE[damage](path.read_bytes()))
     before = _files(saved)
-    code = (
-        "import sys\n"
-        "from reformer_kernels.models import ReformerModelWithLMHead\n"
-        "try:\n"
-        f"    ReformerModelWithLMHead.from_pretrained({str(saved)!r})\n"
-        "except ValueError as e:\n"
-        "    print('VALUEERROR', e); sys.exit(0)\n"
-        "sys.exit(3)\n"
-    )
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=root,
-                         env={**os.environ, "PYTHONPATH": root})
-    assert run.returncode == 0, run.stderr[-2000:]  # a segfault would be -11
-    assert "VALUEERROR" in run.stdout and "model.safetensors" in run.stdout
+    message = value_error_in_subprocess("from reformer_kernels.models import ReformerModelWithLMHead",
+                                        f"ReformerModelWithLMHead.from_pretrained({str(saved)!r})")
+    assert "model.safetensors" in message
     assert _files(saved) == before
 
 

@@ -3,12 +3,12 @@ negative lengths, ids outside the vocabulary, missing or corrupt spiece.model an
 tokenizer_config.json. Each is a TypeError or ValueError naming the argument or file."""
 import os
 import shutil
-import subprocess
-import sys
 
 import pytest
 
 from reformer_kernels.tokenization import ByteTokenizer, ReformerTokenizer
+
+from .isolated import value_error_in_subprocess
 
 ENGLISH = os.path.join(os.path.dirname(os.path.dirname(__file__)), "data", "english.txt")
 
@@ -130,18 +130,7 @@ def test_corrupt_spiece_model_in_a_subprocess(sp_dir, tmp_path, content):
     folder = tmp_path / "tok"
     shutil.copytree(sp_dir, folder)
     (folder / "spiece.model").write_bytes(content)
-    code = (
-        "import sys\n"
-        "from reformer_kernels.tokenization import ReformerTokenizer\n"
-        "try:\n"
-        f"    ReformerTokenizer.from_pretrained({str(folder)!r})\n"
-        "except ValueError as e:\n"
-        "    print('VALUEERROR', e); sys.exit(0)\n"
-        "sys.exit(3)\n"
-    )
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=root,
-                         env={**os.environ, "PYTHONPATH": root})
-    assert run.returncode == 0, run.stderr[-2000:]
-    assert "VALUEERROR" in run.stdout and "is not a sentencepiece model" in run.stdout
+    message = value_error_in_subprocess("from reformer_kernels.tokenization import ReformerTokenizer",
+                                        f"ReformerTokenizer.from_pretrained({str(folder)!r})")
+    assert "is not a sentencepiece model" in message
     assert (folder / "spiece.model").read_bytes() == content
