@@ -49,6 +49,20 @@ TRITON_HEAD_DIMS = [8, 8, 16, 16, 32, 64]
 MASK_KINDS = [None, "random", "fully_padded"]
 
 
+def draw_attention_settings(draw, widest: int = 2) -> dict:
+    """What every attention fuzz case draws besides its shapes: neighbour chunks (each at most
+    ``widest``), causality, the padding kind, attention dropout, and whether the inputs come as
+    head-split views ((B, L, H, d) memory viewed as (B, H, L, d))."""
+    return dict(
+        before=draw(st.integers(0, widest)),
+        after=draw(st.integers(0, widest)),
+        causal=draw(st.booleans()),
+        mask=draw(st.sampled_from(MASK_KINDS)),
+        dropout_p=draw(st.sampled_from([0.0, 0.0, 0.3])),
+        head_split=draw(st.booleans()),
+    )
+
+
 def backend_device(backend: str) -> torch.device:
     """Where ``backend`` runs its kernels: a GPU for triton when one is visible, else the CPU."""
     if backend == "triton" and torch.cuda.is_available():

@@ -20,9 +20,9 @@ from tests.tolerance import assert_within_rule
 from .fuzz import (
     DTYPES,
     HEAD_DIMS,
-    MASK_KINDS,
     TRITON_HEAD_DIMS,
     compare_with_reference,
+    draw_attention_settings,
     fuzz_tests,
     head_split,
     padding_mask,
@@ -45,12 +45,7 @@ def cases(draw, backend):
         seq_len=draw(st.integers(1, 16 if tiny else 70)),
         head_dim=draw(st.sampled_from(TRITON_HEAD_DIMS if tiny else HEAD_DIMS)),
         chunk_len=draw(st.integers(2 if tiny else 1, 8 if tiny else 24)),
-        before=draw(st.integers(0, 2)),
-        after=draw(st.integers(0, 2)),
-        causal=draw(st.booleans()),
-        mask=draw(st.sampled_from(MASK_KINDS)),
-        dropout_p=draw(st.sampled_from([0.0, 0.0, 0.3])),
-        head_split=draw(st.booleans()),  # inputs as (B, L, H, d) memory viewed as (B, H, L, d)
+        **draw_attention_settings(draw),
     )
 
 

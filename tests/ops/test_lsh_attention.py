@@ -19,8 +19,17 @@ from reformer_kernels.ops.lsh_attention import triton_kernels as triton_lsh_atte
 from tests.marks import requires_extension
 from tests.tolerance import assert_within_rule
 
-from .fuzz import (DTYPES, HEAD_DIMS, MASK_KINDS, TRITON_HEAD_DIMS, compare_with_reference, fuzz_tests, head_split, n_buckets_strategy,
-                   padding_mask)
+from .fuzz import (
+    DTYPES,
+    HEAD_DIMS,
+    TRITON_HEAD_DIMS,
+    compare_with_reference,
+    draw_attention_settings,
+    fuzz_tests,
+    head_split,
+    n_buckets_strategy,
+    padding_mask,
+)
 from .inputs import (WINDOW_DRAWS, WINDOW_SETTINGS, assert_cpu_dropout_is_the_references,
                      assert_float32_kernel_meets_reference, assert_impl_takes_schema_names, assert_matches_reference,
                      assert_same_bits_on_thread_counts, assert_same_schema, bernoulli_keep_mask, bytes_saved_for_backward,
@@ -47,12 +56,7 @@ def cases(draw, backend):
         seq_len=chunk_len * n_chunks,
         n_buckets=draw(n_buckets_strategy(small=tiny)),
         # neighbours at most the ring's n_hashes * n_chunks chunks away (functional's bound)
-        before=draw(st.integers(0, min(2, n_hashes * n_chunks))),
-        after=draw(st.integers(0, min(2, n_hashes * n_chunks))),
-        causal=draw(st.booleans()),
-        mask=draw(st.sampled_from(MASK_KINDS)),
-        dropout_p=draw(st.sampled_from([0.0, 0.0, 0.3])),
-        head_split=draw(st.booleans()),  # inputs as (B, L, H, d) memory viewed as (B, H, L, d)
+        **draw_attention_settings(draw, widest=min(2, n_hashes * n_chunks)),
     )
 
 

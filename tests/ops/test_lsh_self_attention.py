@@ -21,8 +21,18 @@ from reformer_kernels import functional, reference
 from tests.marks import requires_extension
 from tests.tolerance import assert_within_rule
 
-from .fuzz import (DTYPES, HEAD_DIMS, MASK_KINDS, NEAR_TIE, TRITON_HEAD_DIMS, compare_with_reference, fuzz_tests, n_buckets_strategy,
-                   near_ties, padding_mask)
+from .fuzz import (
+    DTYPES,
+    HEAD_DIMS,
+    NEAR_TIE,
+    TRITON_HEAD_DIMS,
+    compare_with_reference,
+    draw_attention_settings,
+    fuzz_tests,
+    n_buckets_strategy,
+    near_ties,
+    padding_mask,
+)
 from .inputs import assert_matches_reference, fixed_padding_mask, on_backends, small_lsh_inputs
 
 
@@ -42,12 +52,7 @@ def cases(draw, backend):
         n_hashes=draw(st.integers(1, 2 if tiny else 8)),
         n_buckets=draw(n_buckets_strategy(small=tiny)),
         chunk_len=draw(st.integers(2 if tiny else 1, 8 if tiny else 16)),
-        before=draw(st.integers(0, 2)),
-        after=draw(st.integers(0, 2)),
-        causal=draw(st.booleans()),
-        mask=draw(st.sampled_from(MASK_KINDS)),
-        dropout_p=draw(st.sampled_from([0.0, 0.0, 0.3])),
-        head_split=draw(st.booleans()),  # inputs as (B, L, H, d) memory viewed as (B, H, L, d)
+        **draw_attention_settings(draw),
     )
 
 
