@@ -552,7 +552,7 @@ def test_non_string_input(ours):
     for bad in (123, None, b"bytes", {"a": 1}):
         with pytest.raises(TypeError, match="text must be a str"):
             ours(bad)
-    with pytest.raises(TypeError, match=r"text\[1\] must be a str, got int"):
+    with pytest.raises(TypeError, match=r"text\[1\] must be a str or a \(text, text_pair\) pair of them, got int"):
         ours(["fine", 1])
     with pytest.raises(TypeError, match="list of texts"):
         ours.encode(["a", "b"])
@@ -684,3 +684,125 @@ def test_special_tokens_match_raw_text_before_normalization(both):
     assert unicodedata.normalize("NFKC", "＜mask＞") == "<mask>"
     ids = ours(text)["input_ids"]
     assert ids == hf(text)["input_ids"] and ids.count(ours.convert_tokens_to_ids("<mask>")) == 1
+
+
+# ---- text pairs ---------------------------------------------------------------------------
+
+PAIR_TEXTS = ["the boy counted cows", "the sea was calm ", "a </s>", " <mask> b", "", "日本 😀", "x"]
+
+
+def _call_both(ours, hf, args, kwargs):
+    """Both results as dicts of lists, or ValueError where ours raised; transformers must raise
+    (its truncation errors are plain Exceptions) exactly where ours does."""
+    results = []
+    for tok in (ours, hf):
+        try:
+            out = tok(*args, **kwargs)
+            results.append({k: v.tolist() if isinstance(v, torch.Tensor) else v for k, v in out.items()})
+        except ValueError:
+            results.append(ValueError)
+        except Exception:
+            if tok is ours:
+                raise
+            results.append(ValueError)
+    return results
+
+
+@pytest.mark.filterwarnings("ignore:`max_length` is ignored:UserWarning")
+def test_pair_call_options_match_transformers(both):
+    ours, hf = both
+    a, b, c, d = PAIR_TEXTS[:4]
+    inputs = [(a, b), (c, d), ([a, c, "", "x"], [b, d, "日本 😀", ""]), ([(a, b), "x", (d, "")],)]
+    grid = [
+        (padding, truncation, max_length, multiple, side, tensors, types)
+        for padding in (False, True, "max_length")
+        for truncation in (None, True, "longest_first", "only_first", "only_second", "do_not_truncate")
+        for max_length in (None, 0, 1, 3, 8, 13)
+        for multiple in ((None, 4) if padding is True else (None,))
+        for side in ("right", "left")
+        for tensors in (None, "pt")
+        for types in (None, True)
+        if not (padding == "max_length" and max_length is None)  # see test_difference_max_length_padding_without_length
+        and not (tensors and padding is False)  # rows of different lengths
+    ]
+    try:
+        for args in inputs:
+            for padding, truncation, max_length, multiple, side, tensors, types in grid:
+                for tok in (ours, hf):
+                    tok.truncation_side = side
+                kwargs = dict(
+                    padding=padding, truncation=truncation, max_length=max_length, pad_to_multiple_of=multiple,
+                    padding_side=side, return_tensors=tensors, return_token_type_ids=types,
+                )
+                mine, theirs = _call_both(ours, hf, args, kwargs)
+                assert mine == theirs, (args, kwargs)
+    finally:
+        for tok in (ours, hf):
+            tok.truncation_side = "right"
+
+
+def test_random_pair_truncation_matches_transformers(both):
+    # Lengths on both sides of max_length / 2, odd and even, either text the longer.
+    ours, hf = both
+    rng = random.Random(11)
+    words = " ".join(CORPUS[:40]).split()
+    try:
+        for _ in range(300):
+            first, second = (" ".join(rng.choices(words, k=rng.randrange(0, 12))) for _ in range(2))
+            kwargs = dict(truncation=rng.choice(["longest_first", "only_first", "only_second"]), max_length=rng.randrange(0, 30))
+            side = rng.choice(["right", "left"])
+            for tok in (ours, hf):
+                tok.truncation_side = side
+            mine, theirs = _call_both(ours, hf, (first, second), kwargs)
+            assert mine == theirs, (first, second, kwargs, side)
+    finally:
+        for tok in (ours, hf):
+            tok.truncation_side = "right"
+
+
+def test_pair_ids_are_the_two_texts_ids(both):
+    ours, hf = both
+    for first in PAIR_TEXTS:
+        for second in PAIR_TEXTS:
+            ids = ours.encode(first, second)
+            assert ids == ours.encode(first) + ours.encode(second) == hf.encode(first, second), (first, second)
+            types = ours(first, second, return_token_type_ids=True)["token_type_ids"]
+            assert types == [0] * len(ours.encode(first)) + [1] * len(ours.encode(second))
+    assert torch.equal(ours.encode("a", "b c", return_tensors="pt"), hf.encode("a", "b c", return_tensors="pt"))
+    assert ours(text="a", text_pair="b c") == {k: v[0] for k, v in ours([("a", "b c")]).items()}
+    assert ours(["a", "b"], ["c", "d"]) == ours([("a", "c"), ("b", "d")]) == ours([["a", "c"], ["b", "d"]])
+
+
+def test_bad_pairs(ours):
+    cases = [
+        (lambda: ours("a", ["b"]), TypeError, "text_pair must be a str when text is one, got list"),
+        (lambda: ours(["a", "b"], "c"), TypeError, "text is a batch of 2, so text_pair must be a list"),
+        (lambda: ours(["a", "b"], ["c"]), ValueError, "text has 2 texts but text_pair has 1"),
+        (lambda: ours(["a"], [None]), TypeError, r"text_pair\[0\] must be a str, got NoneType"),
+        (lambda: ours([("a", "b")], ["c"]), TypeError, r"text\[0\] must be a str, got tuple"),
+        (lambda: ours([("a", "b", "c")]), TypeError, r"text\[0\] must be a str or a \(text, text_pair\) pair"),
+        (lambda: ours.encode("a", 5), TypeError, "text_pair must be a str, got int"),
+        (lambda: ours(["a b c d e"], truncation="only_second", max_length=2), ValueError, "text 0 has no text_pair"),
+        (
+            lambda: ours("a b c d e", "x", truncation="only_first", max_length=1),
+            ValueError,
+            r"pair 0's second text alone has \d+ ids, so cutting its first text",
+        ),
+        (lambda: ours("a", "b", truncation="only_third"), ValueError, "truncation='only_third'"),
+    ]
+    for call, error, match in cases:
+        with pytest.raises(error, match=match):
+            call()
+
+
+def test_byte_pairs_follow_the_shared_rules():
+    tok = ByteTokenizer()
+    first, second = "abcdef", "xy"
+    assert tok.encode(first, second) == tok.encode(first) + tok.encode(second)
+    assert tok(first, second, return_token_type_ids=True)["token_type_ids"] == [0] * 6 + [1] * 2
+    # The shorter text fits in half of max_length: it stays whole, the longer gets the rest.
+    assert tok.encode(first, second, truncation=True, max_length=5) == tok.encode(first)[:3] + tok.encode(second)
+    # Neither fits in half: each gets half, the longer the odd id.
+    assert tok.encode(first, "wxyz", truncation=True, max_length=5) == tok.encode(first)[:3] + tok.encode("wxyz")[:2]
+    out = tok([(b"ab", "c"), "de"], padding=True, return_token_type_ids=True, return_tensors="pt")
+    assert out["token_type_ids"].tolist() == [[0, 0, 1], [0, 0, 0]] and out["attention_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]

@@ -1,4 +1,4 @@
-"""What both tokenizers share: the call that encodes one text or a batch (padding, truncation,
+"""What both tokenizers share: the call that encodes one text or a batch, alone or in pairs (padding,
 lists or tensors, attention masks), decoding and id checks, and ``BatchEncoding``. Separate from
 the tokenizers so that each of them holds only how its text becomes ids and back.
 """
@@ -10,7 +10,10 @@ import torch
 _NO_LIMIT = int(1e30)
 _SIDES = ("left", "right")
 _PADDING = {True: "longest", "longest": "longest", "max_length": "max_length", False: None, "do_not_pad": None}
-_TRUNCATION = {True: True, "longest_first": True, "only_first": True, False: False, "do_not_truncate": False}
+_TRUNCATION = {
+    True: "longest_first", "longest_first": "longest_first", "only_first": "only_first", "only_second": "only_second",
+    False: None, "do_not_truncate": None,
+}
 _MAX_PADDED_IDS = 2**31 - 1
 
 
@@ -60,6 +63,7 @@ class TokenizerBase:
     def __call__(
         self,
         text,
+        text_pair=None,
         *,
         padding=False,
         truncation=None,
@@ -68,32 +72,42 @@ class TokenizerBase:
         padding_side=None,
         return_tensors=None,
         return_attention_mask=None,
+        return_token_type_ids=None,
     ):
-        """Tokenize one text or a batch.
+        """Tokenize one text or a batch, each alone or with a second text (a pair).
 
         text: a str (ids are a flat list; a (1, L) tensor with ``return_tensors="pt"``) or a list
-        of str. ``padding``: False | True/"longest" | "max_length" (to ``max_length``, else
-        ``model_max_length``), rounded up to ``pad_to_multiple_of``; needs ``pad_token``.
-        ``truncation``: True keeps ``max_length`` (else ``model_max_length``) tokens from the
-        ``truncation_side``; left unset, it is on when ``max_length`` is given without padding,
-        as in transformers. ``return_tensors``: None (lists) or "pt" (int64 tensors, (B, L)).
-        Returns a BatchEncoding with ``input_ids`` and (unless ``return_attention_mask=False``)
-        ``attention_mask`` (1 = token, 0 = padding).
+        of str. text_pair: a second text for ``text`` (a str for a str, a list as long for a
+        list); a batch may also hold ``(text, text_pair)`` tuples. A pair's ids are the first
+        text's ids followed by the second's, nothing between them (these tokenizers add no
+        special tokens, as transformers' ReformerTokenizer). ``padding``: False |
+        True/"longest" | "max_length" (to ``max_length``, else ``model_max_length``), rounded up
+        to ``pad_to_multiple_of``; needs ``pad_token``. ``truncation``: True/"longest_first"
+        keeps ``max_length`` (else ``model_max_length``) ids from the ``truncation_side``; of a
+        pair, the shorter text stays whole if it fits in half of that and the longer gets the
+        rest, else each gets half (the longer, or the second when they are as long, gets the odd
+        id), as transformers cuts pairs; "only_first" / "only_second" cut that text alone and
+        raise if it would have to go entirely. Left unset, truncation is on when ``max_length``
+        is given without padding, as in transformers. ``return_tensors``: None (lists) or "pt"
+        (int64 tensors, (B, L)). Returns a BatchEncoding with ``input_ids``, ``token_type_ids``
+        when ``return_token_type_ids=True`` (0 for the first text and padding, 1 for the second)
+        and (unless ``return_attention_mask=False``) ``attention_mask`` (1 = token, 0 = padding).
         """
-        texts, is_batch = self._as_batch(text)
-        strategy, truncate_to, pad_to = self._resolve_lengths(padding, truncation, max_length, pad_to_multiple_of)
+        firsts, seconds, is_batch = self._as_pairs(text, text_pair)
+        strategy, truncation, truncate_to, pad_to = self._resolve_lengths(padding, truncation, max_length, pad_to_multiple_of)
         side = self.padding_side if padding_side is None else padding_side
         self._check_side("padding_side", side)
         self._check_side("truncation_side", self.truncation_side)
         if return_tensors not in (None, "pt"):
             raise ValueError(f"return_tensors={return_tensors!r}: pass 'pt' for torch tensors or None for lists")
 
-        rows = self._encode_batch(texts)
+        first_rows = self._encode_batch(firsts)
+        second_rows = iter(self._encode_batch([t for t in seconds if t is not None]))
+        pairs = [(row, None if t is None else next(second_rows)) for row, t in zip(first_rows, seconds)]
         if truncate_to is not None:
-            keep_end = self.truncation_side == "left"
-            rows = [
-                r if len(r) <= truncate_to else r[len(r) - truncate_to :] if keep_end else r[:truncate_to] for r in rows
-            ]
+            pairs = [self._truncate(first, second, truncate_to, truncation, i) for i, (first, second) in enumerate(pairs)]
+        rows = [first + (second or []) for first, second in pairs]
+        second_lengths = [len(second or ()) for _, second in pairs]
         target = 0
         if strategy == "longest":
             target = max(map(len, rows), default=0)
@@ -113,51 +127,123 @@ class TokenizerBase:
 
         try:
             if return_tensors == "pt":
-                input_ids, attention_mask = self._to_tensors(rows, lengths, padded, side)
+                input_ids, token_type_ids, attention_mask = self._to_tensors(rows, second_lengths, padded, side)
             else:
-                input_ids, attention_mask = self._to_lists(rows, lengths, padded, side)
+                input_ids, token_type_ids, attention_mask = self._to_lists(rows, second_lengths, padded, side)
         except MemoryError:
             raise ValueError(
                 f"padding to {target} ids per row for {len(rows)} rows does not fit in memory: pass a smaller "
                 "max_length (or pad_to_multiple_of), or padding=True"
             ) from None
         if return_tensors != "pt" and not is_batch:
-            input_ids, attention_mask = input_ids[0], attention_mask[0]
+            input_ids, token_type_ids, attention_mask = input_ids[0], token_type_ids[0], attention_mask[0]
         encoding = BatchEncoding(input_ids=input_ids)
+        if return_token_type_ids:
+            encoding["token_type_ids"] = token_type_ids
         if return_attention_mask is None or return_attention_mask:
             encoding["attention_mask"] = attention_mask
         return encoding
 
-    def encode(self, text, **kwargs):
-        """The ``input_ids`` of one text (keyword arguments as in ``__call__``)."""
-        if not isinstance(text, self._text_types):
-            raise TypeError(
-                f"text must be a {' or '.join(t.__name__ for t in self._text_types)}, got {type(text).__name__}: "
-                "call the tokenizer itself on a list of texts"
-            )
-        return self(text, **kwargs)["input_ids"]
+    def encode(self, text, text_pair=None, **kwargs):
+        """The ``input_ids`` of one text, or of a pair (keyword arguments as in ``__call__``)."""
+        for name, value in (("text", text), ("text_pair", text_pair)):
+            if not isinstance(value, self._text_types) and not (name == "text_pair" and value is None):
+                raise TypeError(
+                    f"{name} must be a {self._allowed()}, got {type(value).__name__}: "
+                    "call the tokenizer itself on a list of texts (and a list of text pairs)"
+                )
+        return self(text, text_pair, **kwargs)["input_ids"]
 
     def tokenize(self, text):
         """The tokens of one text."""
         return self.convert_ids_to_tokens(self.encode(text))
 
-    def _as_batch(self, text):
-        allowed = " or ".join(t.__name__ for t in self._text_types)
+    def _allowed(self):
+        return " or ".join(t.__name__ for t in self._text_types)
+
+    def _as_pairs(self, text, text_pair):
+        """(first texts, second text or None for each, whether the call is a batch)."""
+        allowed = self._allowed()
         if isinstance(text, self._text_types):
-            return [text], False
+            if text_pair is not None and not isinstance(text_pair, self._text_types):
+                raise TypeError(
+                    f"text_pair must be a {allowed} when text is one, got {type(text_pair).__name__}: "
+                    "for a batch of pairs pass lists as text and text_pair"
+                )
+            return [text], [text_pair], False
         if not isinstance(text, (list, tuple)):
             raise TypeError(f"text must be a {allowed} or a list of them, got {type(text).__name__}")
-        for i, t in enumerate(text):
-            if not isinstance(t, self._text_types):
-                raise TypeError(f"text[{i}] must be a {allowed}, got {type(t).__name__}")
-        return list(text), True
+        if text_pair is None:
+            firsts, seconds = [], []
+            for i, t in enumerate(text):
+                if isinstance(t, self._text_types):
+                    firsts.append(t)
+                    seconds.append(None)
+                elif isinstance(t, (list, tuple)) and len(t) == 2 and all(isinstance(p, self._text_types) for p in t):
+                    firsts.append(t[0])
+                    seconds.append(t[1])
+                else:
+                    raise TypeError(f"text[{i}] must be a {allowed} or a (text, text_pair) pair of them, got {type(t).__name__}")
+            return firsts, seconds, True
+        if not isinstance(text_pair, (list, tuple)):
+            raise TypeError(
+                f"text is a batch of {len(text)}, so text_pair must be a list of as many {allowed}, "
+                f"got {type(text_pair).__name__}"
+            )
+        if len(text_pair) != len(text):
+            raise ValueError(f"text has {len(text)} texts but text_pair has {len(text_pair)}: pass one pair text per text")
+        for name, texts in (("text", text), ("text_pair", text_pair)):
+            for i, t in enumerate(texts):
+                if not isinstance(t, self._text_types):
+                    raise TypeError(f"{name}[{i}] must be a {allowed}, got {type(t).__name__}")
+        return list(text), list(text_pair), True
+
+    def _truncate(self, first, second, limit, truncation, index):
+        """(first, second) cut to ``limit`` ids together by the ``truncation`` strategy (see __call__)."""
+        n_first, n_second = len(first), len(second or ())
+        excess = n_first + n_second - limit
+        if excess <= 0:
+            return first, second
+        if limit == 0:
+            return [], None if second is None else []
+        if second is None:
+            if truncation == "only_second":
+                raise ValueError(
+                    f"truncation='only_second' but text {index} has no text_pair and {n_first} ids > max_length {limit}: "
+                    "pass truncation='longest_first' (or True), or give it a text_pair"
+                )
+            return self._cut(first, limit), None
+        if truncation == "longest_first":
+            if 2 * min(n_first, n_second) <= limit:
+                keep = (n_first, limit - n_first) if n_first <= n_second else (limit - n_second, n_second)
+            else:
+                half = limit // 2
+                keep = (half, limit - half) if n_first <= n_second else (limit - half, half)
+            return self._cut(first, keep[0]), self._cut(second, keep[1])
+        target, other = ("first", "second") if truncation == "only_first" else ("second", "first")
+        length = n_first if target == "first" else n_second
+        if length <= excess:
+            raise ValueError(
+                f"truncation={truncation!r} with max_length {limit}: pair {index}'s {other} text alone has "
+                f"{n_first + n_second - length} ids, so cutting its {target} text ({length} ids) cannot fit it: "
+                "pass truncation='longest_first' (or True), or a larger max_length"
+            )
+        if target == "first":
+            return self._cut(first, n_first - excess), second
+        return first, self._cut(second, n_second - excess)
+
+    def _cut(self, row, n):
+        """The ``n`` ids of ``row`` that truncation keeps, from the side opposite ``truncation_side``."""
+        return row[len(row) - n :] if self.truncation_side == "left" else row[:n]
 
     def _resolve_lengths(self, padding, truncation, max_length, pad_to_multiple_of):
-        """(padding strategy, length to truncate to or None, length for padding="max_length")."""
+        """(padding strategy, truncation strategy, length to truncate to or None, length for padding="max_length")."""
         if not isinstance(padding, (bool, str)) or padding not in _PADDING:
             raise ValueError(f"padding={padding!r}: pass False, True, 'longest', 'max_length' or 'do_not_pad'")
         if truncation is not None and (not isinstance(truncation, (bool, str)) or truncation not in _TRUNCATION):
-            raise ValueError(f"truncation={truncation!r}: pass True, False, 'longest_first' or 'do_not_truncate'")
+            raise ValueError(
+                f"truncation={truncation!r}: pass True, False, 'longest_first', 'only_first', 'only_second' or 'do_not_truncate'"
+            )
         for name, value in (("max_length", max_length), ("pad_to_multiple_of", pad_to_multiple_of)):
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
                 raise ValueError(f"{name}={value!r}: pass a non-negative int or None")
@@ -165,7 +251,9 @@ class TokenizerBase:
             raise ValueError("pad_to_multiple_of=0: pass a positive int or None")
         strategy = _PADDING[padding]
         # transformers turns truncation on for a bare max_length only when padding is literally False.
-        truncate = (max_length is not None and padding is False) if truncation is None else _TRUNCATION[truncation]
+        if truncation is None:
+            truncation = "longest_first" if max_length is not None and padding is False else False
+        truncation = _TRUNCATION[truncation]
         limit = self.model_max_length if max_length is None else max_length
         if strategy is not None and self.pad_token_id is None:
             raise ValueError(
@@ -177,39 +265,46 @@ class TokenizerBase:
                 "padding='max_length' needs a length: pass max_length=..., or set model_max_length, "
                 "or use padding=True to pad to the longest text"
             )
-        if truncate and strategy is not None and pad_to_multiple_of is not None and limit is not None:
+        if truncation and strategy is not None and pad_to_multiple_of is not None and limit is not None:
             if limit % pad_to_multiple_of:
                 raise ValueError(
                     f"truncation to max_length={limit} and padding to pad_to_multiple_of={pad_to_multiple_of} disagree: "
                     "pass a max_length that is a multiple of pad_to_multiple_of"
                 )
-        return strategy, limit if truncate else None, limit
+        return strategy, truncation, limit if truncation else None, limit
 
-    def _to_lists(self, rows, lengths, padded, side):
+    def _to_lists(self, rows, second_lengths, padded, side):
         pad_id = self.pad_token_id
-        input_ids, attention_mask = [], []
-        for row, n, width in zip(rows, lengths, padded):
+        input_ids, token_type_ids, attention_mask = [], [], []
+        for row, n_second, width in zip(rows, second_lengths, padded):
+            n = len(row)
             pad = [pad_id] * (width - n)
             ones, zeros = [1] * n, [0] * (width - n)
+            types = [0] * (n - n_second) + [1] * n_second
             input_ids.append(pad + row if side == "left" else row + pad)
+            token_type_ids.append(zeros + types if side == "left" else types + zeros)
             attention_mask.append(zeros + ones if side == "left" else ones + zeros)
-        return input_ids, attention_mask
+        return input_ids, token_type_ids, attention_mask
 
-    def _to_tensors(self, rows, lengths, padded, side):
+    def _to_tensors(self, rows, second_lengths, padded, side):
         width = padded[0] if padded else 0
         if any(w != width for w in padded):
             raise ValueError(
                 f"return_tensors='pt' needs rows of one length, got lengths from {min(padded)} to {max(padded)}: "
                 "pass padding=True (and truncation=True with max_length to cap the length)"
             )
-        n = torch.tensor(lengths, dtype=torch.long)
+        n = torch.tensor([len(r) for r in rows], dtype=torch.long)
         positions = torch.arange(width)
+        start = width - n if side == "left" else torch.zeros_like(n)
+        end = start + n
+        second_start = end - torch.tensor(second_lengths, dtype=torch.long)
         # Filling a boolean mask writes in row-major order, which is the order of the flat ids.
-        mask = positions >= (width - n)[:, None] if side == "left" else positions < n[:, None]
+        mask = (positions >= start[:, None]) & (positions < end[:, None])
         fill = 0 if self.pad_token_id is None else self.pad_token_id
         input_ids = torch.full((len(rows), width), fill, dtype=torch.long)
         input_ids[mask] = torch.tensor(list(chain.from_iterable(rows)), dtype=torch.long)
-        return input_ids, mask.long()
+        token_type_ids = (mask & (positions >= second_start[:, None])).long()
+        return input_ids, token_type_ids, mask.long()
 
     # ---- decoding -------------------------------------------------------------------------
 
