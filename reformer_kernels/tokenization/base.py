@@ -102,12 +102,13 @@ class TokenizerBase:
             raise ValueError(f"return_tensors={return_tensors!r}: pass 'pt' for torch tensors or None for lists")
 
         first_rows = self._encode_batch(firsts)
-        second_rows = iter(self._encode_batch([t for t in seconds if t is not None]))
+        present = [t for t in seconds if t is not None]
+        second_rows = iter(self._encode_batch(present) if present else [])
         pairs = [(row, None if t is None else next(second_rows)) for row, t in zip(first_rows, seconds)]
         if truncate_to is not None:
             pairs = [self._truncate(first, second, truncate_to, truncation, i) for i, (first, second) in enumerate(pairs)]
-        rows = [first + (second or []) for first, second in pairs]
-        second_lengths = [len(second or ()) for _, second in pairs]
+        rows = [first if second is None else first + second for first, second in pairs]
+        second_lengths = [len(second or ()) for _, second in pairs] if return_token_type_ids else None
         target = 0
         if strategy == "longest":
             target = max(map(len, rows), default=0)
@@ -127,16 +128,17 @@ class TokenizerBase:
 
         try:
             if return_tensors == "pt":
-                input_ids, token_type_ids, attention_mask = self._to_tensors(rows, second_lengths, padded, side)
+                input_ids, token_type_ids, attention_mask = self._to_tensors(rows, padded, side, second_lengths)
             else:
-                input_ids, token_type_ids, attention_mask = self._to_lists(rows, second_lengths, padded, side)
+                input_ids, token_type_ids, attention_mask = self._to_lists(rows, padded, side, second_lengths)
         except MemoryError:
             raise ValueError(
                 f"padding to {target} ids per row for {len(rows)} rows does not fit in memory: pass a smaller "
                 "max_length (or pad_to_multiple_of), or padding=True"
             ) from None
         if return_tensors != "pt" and not is_batch:
-            input_ids, token_type_ids, attention_mask = input_ids[0], token_type_ids[0], attention_mask[0]
+            input_ids, attention_mask = input_ids[0], attention_mask[0]
+            token_type_ids = None if token_type_ids is None else token_type_ids[0]
         encoding = BatchEncoding(input_ids=input_ids)
         if return_token_type_ids:
             encoding["token_type_ids"] = token_type_ids
@@ -273,20 +275,25 @@ class TokenizerBase:
                 )
         return strategy, truncation, limit if truncation else None, limit
 
-    def _to_lists(self, rows, second_lengths, padded, side):
+    def _to_lists(self, rows, padded, side, second_lengths):
+        """input_ids, token_type_ids (None without ``second_lengths``) and attention_mask, as lists of rows."""
         pad_id = self.pad_token_id
-        input_ids, token_type_ids, attention_mask = [], [], []
-        for row, n_second, width in zip(rows, second_lengths, padded):
+        input_ids, attention_mask = [], []
+        for row, width in zip(rows, padded):
             n = len(row)
-            pad = [pad_id] * (width - n)
-            ones, zeros = [1] * n, [0] * (width - n)
-            types = [0] * (n - n_second) + [1] * n_second
+            pad, ones, zeros = [pad_id] * (width - n), [1] * n, [0] * (width - n)
             input_ids.append(pad + row if side == "left" else row + pad)
-            token_type_ids.append(zeros + types if side == "left" else types + zeros)
             attention_mask.append(zeros + ones if side == "left" else ones + zeros)
+        if second_lengths is None:
+            return input_ids, None, attention_mask
+        token_type_ids = []
+        for row, n_second, width in zip(rows, second_lengths, padded):
+            types, zeros = [0] * (len(row) - n_second) + [1] * n_second, [0] * (width - len(row))
+            token_type_ids.append(zeros + types if side == "left" else types + zeros)
         return input_ids, token_type_ids, attention_mask
 
-    def _to_tensors(self, rows, second_lengths, padded, side):
+    def _to_tensors(self, rows, padded, side, second_lengths):
+        """As ``_to_lists``, as (B, L) int64 tensors."""
         width = padded[0] if padded else 0
         if any(w != width for w in padded):
             raise ValueError(
@@ -297,13 +304,15 @@ class TokenizerBase:
         positions = torch.arange(width)
         start = width - n if side == "left" else torch.zeros_like(n)
         end = start + n
-        second_start = end - torch.tensor(second_lengths, dtype=torch.long)
         # Filling a boolean mask writes in row-major order, which is the order of the flat ids.
         mask = (positions >= start[:, None]) & (positions < end[:, None])
         fill = 0 if self.pad_token_id is None else self.pad_token_id
         input_ids = torch.full((len(rows), width), fill, dtype=torch.long)
         input_ids[mask] = torch.tensor(list(chain.from_iterable(rows)), dtype=torch.long)
-        token_type_ids = (mask & (positions >= second_start[:, None])).long()
+        token_type_ids = None
+        if second_lengths is not None:
+            second_start = end - torch.tensor(second_lengths, dtype=torch.long)
+            token_type_ids = (mask & (positions >= second_start[:, None])).long()
         return input_ids, token_type_ids, mask.long()
 
     # ---- decoding -------------------------------------------------------------------------
