@@ -27,7 +27,7 @@ FENCE = re.compile(r"^```(\w*)\n(.*?)^```[ \t]*$", re.MULTILINE | re.DOTALL)
 # README python blocks that cannot run as they stand: a distinctive piece of each, and why.
 README_NOT_RUNNABLE = {
     'from_pretrained("my-checkpoint")': "loads a checkpoint folder named my-checkpoint that the reader is to supply, "
-    "and uses prompt_ids, prompt_mask and reformer_kernels without defining or importing them",
+    "and uses torch, reformer_kernels, prompt_ids and prompt_mask without importing or defining them",
     'from_pretrained("google/reformer-enwik8")': "downloads google/reformer-enwik8 from the Hugging Face hub (the "
     "tests run offline) and uses transformers without importing it",
 }
