@@ -789,6 +789,8 @@ def test_bad_pairs(ours):
             r"pair 0's second text alone has \d+ ids, so cutting its first text",
         ),
         (lambda: ours("a", "b", truncation="only_third"), ValueError, "truncation='only_third'"),
+        (lambda: ours([("a", "b"), "c", ("d", "e\ud800")]), ValueError, r"text_pair\[2\] has a lone surrogate"),
+        (lambda: ByteTokenizer()("a", "\udcff"), ValueError, r"text_pair\[0\] has a lone surrogate"),
     ]
     for call, error, match in cases:
         with pytest.raises(error, match=match):

@@ -103,7 +103,12 @@ class TokenizerBase:
 
         first_rows = self._encode_batch(firsts)
         present = [t for t in seconds if t is not None]
-        second_rows = iter(self._encode_batch(present) if present else [])
+        try:
+            second_rows = iter(self._encode_batch(present) if present else [])
+        except ValueError as error:
+            # The tokenizer named the text by its place among the second texts alone.
+            raise_if_not_unicode(seconds, error, "text_pair")
+            raise
         pairs = [(row, None if t is None else next(second_rows)) for row, t in zip(first_rows, seconds)]
         if truncate_to is not None:
             pairs = [self._truncate(first, second, truncate_to, truncation, i) for i, (first, second) in enumerate(pairs)]
@@ -363,15 +368,15 @@ class TokenizerBase:
 
 
 
-def raise_if_not_unicode(texts, cause):
-    """Name the first text that cannot be UTF-8 encoded (a lone surrogate), if there is one."""
+def raise_if_not_unicode(texts, cause, name="text"):
+    """Name the first of ``texts`` (called ``name``) that cannot be UTF-8 encoded (a lone surrogate), if there is one."""
     for i, text in enumerate(texts):
         if isinstance(text, str):
             try:
                 text.encode("utf-8")
             except UnicodeEncodeError as e:
                 raise ValueError(
-                    f"text[{i}] has a lone surrogate {text[e.start]!r} at position {e.start}, which is not Unicode: "
+                    f"{name}[{i}] has a lone surrogate {text[e.start]!r} at position {e.start}, which is not Unicode: "
                     "clean the text (e.g. text.encode('utf-8', 'replace').decode())"
                 ) from cause
 
