@@ -120,8 +120,20 @@ def _fsdp_state(block: nn.Module) -> Any:
     without calling the block, so they call those hooks at the same points: ``_pre_forward`` and
     ``_post_forward`` around the forward's sub-layers (as ``register_fsdp_forward_method`` does),
     ``_pre_backward`` when the backward reaches the block, its param group's ``post_backward`` when
-    the block's gradients are done."""
+    the block's gradients are done. (A sub-layer sharded on its own is called, so its hooks run.)"""
     return block._get_fsdp_state() if isinstance(block, FSDPModule) else None
+
+
+def _holds_fsdp(block: nn.Module) -> bool:
+    """Whether ``fully_shard`` was applied to the block or to a module in it: then FSDP takes the
+    gradients of those parameters from their ``.grad``, so the backward accumulates them there."""
+    return any(isinstance(module, FSDPModule) for module in block.modules())
+
+
+def _trainable(sub_layer: nn.Module) -> list[torch.Tensor]:
+    """The parameters that the sub-layer's last call used and that require grad: read after the call,
+    since FSDP registers gathered parameters in place of the sharded ones for it."""
+    return [p for p in sub_layer.parameters() if p.requires_grad]
 
 
 def _param_grads(
@@ -188,15 +200,15 @@ class _ReversibleFunction(torch.autograd.Function):
         _release_freed(y1)  # what the plain-autograd backward above this one freed
         for block, (attention_state, feed_forward_state) in zip(reversed(ctx.blocks), reversed(ctx.rng_states)):
             fsdp = _fsdp_state(block)
+            into_grad = _holds_fsdp(block)
             if fsdp is not None:
                 fsdp._pre_backward(neg_grad_y1)  # the hook on its outputs (passes the gradient through): gathers the block
-            g_params = [p for p in block.feed_forward.parameters() if p.requires_grad]
-            f_params = [p for p in block.attention.parameters() if p.requires_grad]
             with torch.enable_grad():
                 y1 = y1.detach().requires_grad_()
                 with _replay(feed_forward_state, ctx.devices, ctx.autocast):
                     x2 = block.residual(y2, block.feed_forward(y1), subtract=True)
-                grad_from_g, grads = _param_grads(x2, y1, g_params, neg_grad_y2, into_grad=fsdp is not None)
+                g_params = _trainable(block.feed_forward)
+                grad_from_g, grads = _param_grads(x2, y1, g_params, neg_grad_y2, into_grad=into_grad)
             _release_freed(x2)
             accumulate(g_params, grads)
             neg_grad_y1 = neg_grad_y1 - grad_from_g
@@ -205,7 +217,8 @@ class _ReversibleFunction(torch.autograd.Function):
                 x2.requires_grad_()
                 with _replay(attention_state, ctx.devices, ctx.autocast):
                     x1 = block.residual(y1.detach(), block.attention(x2, **ctx.kwargs), subtract=True)
-                grad_from_f, grads = _param_grads(x1, x2, f_params, neg_grad_y1, into_grad=fsdp is not None)
+                f_params = _trainable(block.attention)
+                grad_from_f, grads = _param_grads(x1, x2, f_params, neg_grad_y1, into_grad=into_grad)
             _release_freed(x1)
             accumulate(f_params, grads)
             if fsdp is not None:

@@ -1,6 +1,7 @@
 """FSDP2 (``fully_shard`` on each reversible layer, then on the model) over 2 and 4 CPU processes
 (gloo) trains with the memory-saving reversible backward: the float64 gradients of a backward, an
-SGD step on the sharded parameters and a second backward equal those of one process.
+SGD step on the sharded parameters and a second backward equal those of one process. So do the
+model sharded alone, and each layer's attention and feed-forward sharded on their own.
 
 Without dropout the one process runs the whole batch at once. With dropout every rank draws its own
 masks (its own seed), and a mask depends on the shape of the tensor it is drawn for, so no single
@@ -11,7 +12,7 @@ import os
 
 import pytest
 import torch
-from torch.distributed.fsdp import FSDPModule, fully_shard
+from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import DTensor
 
 from reformer_kernels import models
@@ -22,12 +23,13 @@ from .hf_reference import TINY, relative_error
 # A local and an LSH layer inside the memory-saving backward, the last layer in plain autograd.
 LAYERS = ["local", "lsh", "local"]
 DROPOUT = dict(hidden_dropout_prob=0.1, lsh_attention_probs_dropout_prob=0.1, local_attention_probs_dropout_prob=0.1)
-# name: (fully_shard each layer too, config); with dropout the hash rotations come from the global
-# generator as well (no hash_seed), so the backward's replay of both is checked.
+# name: (what else is sharded before the model, config); with dropout the hash rotations come from
+# the global generator as well (no hash_seed), so the backward's replay of both is checked.
 CASES = {
-    "each layer and the model": (True, dict(hash_seed=3)),
-    "each layer and the model, dropout": (True, dict(DROPOUT, hash_seed=None)),
-    "the model only": (False, dict(hash_seed=3)),
+    "each layer and the model": ("layers", dict(hash_seed=3)),
+    "each layer and the model, dropout": ("layers", dict(DROPOUT, hash_seed=None)),
+    "the model only": (None, dict(hash_seed=3)),
+    "each attention and feed-forward, and the model": ("sub-layers", dict(hash_seed=3)),
 }
 STEPS, LR = 2, 0.1
 
@@ -48,9 +50,10 @@ def gradients(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def record_layers_done(encoder: torch.nn.Module, record: list[bool]) -> None:
-    """When the backward reaches the layers' input, record whether every layer is resharded with its
-    gradients reduce-scattered: FSDP frees a layer's gathered parameters when its gradients are
-    done, not at the end of the backward."""
+    """When the backward reaches the layers' input, record whether every layer's parameters are
+    sharded again with their gradients reduce-scattered: FSDP frees a layer's gathered parameters
+    when its gradients are done, not at the end of the backward (and they are DTensors only if the
+    layer was sharded at all)."""
     def done(grad: torch.Tensor) -> None:
         record.append(all(isinstance(p, DTensor) and isinstance(p.grad, DTensor) for p in encoder.layers.parameters()))
 
@@ -63,13 +66,14 @@ def record_layers_done(encoder: torch.nn.Module, record: list[bool]) -> None:
 def worker(rank: int, world_size: int, out_dir: str) -> None:
     results = {}
     ids = batch().chunk(world_size)[rank]
-    for name, (each_layer, config) in CASES.items():
+    for name, (sharded, config) in CASES.items():
         model = make_model(config)
         layers = model.reformer.encoder.layers
+        modules = {"layers": list(layers), "sub-layers": [m for layer in layers for m in (layer.attention, layer.feed_forward)]}
+        for module in modules.get(sharded, []):
+            fully_shard(module)
         layers_done: list[bool] = []
-        if each_layer:
-            for layer in layers:
-                fully_shard(layer)
+        if sharded:
             record_layers_done(model.reformer.encoder, layers_done)
         fully_shard(model)
         optimizer = torch.optim.SGD(model.parameters(), lr=LR)
@@ -80,8 +84,7 @@ def worker(rank: int, world_size: int, out_dir: str) -> None:
             results[name].append(gradients(model))
             optimizer.step()
             optimizer.zero_grad()
-        assert all(isinstance(layer, FSDPModule) == each_layer for layer in layers)
-        assert layers_done == ([True] * STEPS if each_layer else []), (name, layers_done)
+        assert layers_done == ([True] * STEPS if sharded else []), (name, layers_done)
     torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
 
 
