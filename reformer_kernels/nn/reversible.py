@@ -22,7 +22,8 @@ reconstruction's subtraction, whose backward regenerates the dropout mask instea
 FSDP2 (``torch.distributed.fsdp.fully_shard`` applied to each block and to the model) gathers a
 block's parameters in hooks around the block's ``__call__`` and reduce-scatters their gradients in
 autograd hooks on its inputs and outputs; the memory-saving passes run the sub-layers without calling
-the block, so they run those hooks themselves (``_fsdp_state``).
+the block, so they run those hooks themselves (``_fsdp_state``). Those are FSDP2's private methods
+(as in torch 2.14); tests/models/test_fsdp.py fails if a torch release changes them.
 """
 from __future__ import annotations
 
