@@ -45,6 +45,7 @@ SUITES = {suite.name: suite for suite in (
     _suite("cpu_attention", SCRIPT, "CPU LSH and local layers fwd+bwd at 4K-16K, a fresh process per case (peak RSS)"),
     _suite("lsh_phases", SCRIPT, "where the CPU LSH layer's step goes: time, GFLOP/s and fraction of peak per phase"),
     _suite("reversible", SCRIPT, "reversible vs plain autograd vs transformers: training-step time and memory over depth"),
+    _suite("fsdp", SCRIPT, "FSDP2 (fully_shard per layer + model) over 1, 2, 4 CPU processes: memory per rank"),
     _suite("generate", SCRIPT, "ms per new token of greedy generate: cached, full forwards, transformers"),
     _suite("tokenizer", SCRIPT, "batch encoding speed: ours vs transformers' slow and fast tokenizers"),
     _suite("real_configs", SCRIPT, "the published configurations (crime-and-punishment, enwik8): train and infer, fp32 and bf16, vs transformers"),

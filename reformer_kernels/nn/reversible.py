@@ -18,6 +18,12 @@ resident memory of a training step grows with depth although the live bytes do n
 The residual connections, with the hidden dropout on the sub-layer's output, are one op
 (``functional.dropout_add``): on CUDA one Triton kernel for the forward's add and one for the
 reconstruction's subtraction, whose backward regenerates the dropout mask instead of storing it.
+
+FSDP2 (``torch.distributed.fsdp.fully_shard`` applied to each block and to the model) gathers a
+block's parameters in hooks around the block's ``__call__`` and reduce-scatters their gradients in
+autograd hooks on its inputs and outputs; the memory-saving passes run the sub-layers without calling
+the block, so they run those hooks themselves (``_fsdp_state``). Those are FSDP2's private methods
+(as in torch 2.14); tests/models/test_fsdp.py fails if a torch release changes them.
 """
 from __future__ import annotations
 
@@ -29,6 +35,11 @@ from torch import nn
 
 from .. import _extension, functional
 from ._checks import check_probability
+
+if torch.distributed.is_available():
+    from torch.distributed.fsdp import FSDPModule
+else:  # a torch built without distributed support: no block can be sharded
+    FSDPModule = ()
 
 
 class ReversibleBlock(nn.Module):
@@ -99,12 +110,44 @@ def _collecting(attentions: list[torch.Tensor] | None) -> dict[str, list[torch.T
     return {} if attentions is None else {"attentions": attentions}
 
 
+def _fsdp_state(block: nn.Module) -> Any:
+    """FSDP2's state of ``block`` if ``fully_shard`` was applied to it, else None.
+
+    Between its forward and backward such a block holds sharded parameters (DTensors), and FSDP
+    reduce-scatters their gradients itself: from the unsharded parameters' ``.grad``, when the
+    gradient reaches the block's inputs. Calling the block runs the state's forward hooks (gather
+    before, reshard after, per its settings) and registers autograd hooks on its outputs (gather for
+    the backward) and inputs (reduce-scatter, reshard). The memory-saving passes run the sub-layers
+    without calling the block, so they call those hooks at the same points: ``_pre_forward`` and
+    ``_post_forward`` around the forward's sub-layers (as ``register_fsdp_forward_method`` does),
+    ``_pre_backward`` when the backward reaches the block, its param group's ``post_backward`` when
+    the block's gradients are done. (A sub-layer sharded on its own is called, so its hooks run.)"""
+    return block._get_fsdp_state() if isinstance(block, FSDPModule) else None
+
+
+def _holds_fsdp(block: nn.Module) -> bool:
+    """Whether ``fully_shard`` was applied to the block or to a module in it: then FSDP takes the
+    gradients of those parameters from their ``.grad``, so the backward accumulates them there."""
+    return any(isinstance(module, FSDPModule) for module in block.modules())
+
+
+def _trainable(sub_layer: nn.Module) -> list[torch.Tensor]:
+    """The parameters that the sub-layer's last call used and that require grad: read after the call,
+    since FSDP registers gathered parameters in place of the sharded ones for it."""
+    return [p for p in sub_layer.parameters() if p.requires_grad]
+
+
 def _param_grads(
-    output: torch.Tensor, x: torch.Tensor, params: list[torch.Tensor], grad_output: torch.Tensor
+    output: torch.Tensor, x: torch.Tensor, params: list[torch.Tensor], grad_output: torch.Tensor, *, into_grad: bool
 ) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
-    grads = torch.autograd.grad(output, [x, *params], grad_output, allow_unused=True)
-    grad_x = grads[0] if grads[0] is not None else torch.zeros_like(x)
-    return grad_x, list(grads[1:])
+    """dL/dx and the parameters' gradients, returned; ``into_grad``: accumulated into their ``.grad``
+    instead (where FSDP looks for them), and none returned."""
+    if into_grad:
+        torch.autograd.backward(output, grad_output, inputs=[x, *params])
+        grad_x, param_grads = x.grad, []
+    else:
+        grad_x, *param_grads = torch.autograd.grad(output, [x, *params], grad_output, allow_unused=True)
+    return (grad_x if grad_x is not None else torch.zeros_like(x)), param_grads
 
 
 class _ReversibleFunction(torch.autograd.Function):
@@ -118,6 +161,9 @@ class _ReversibleFunction(torch.autograd.Function):
         for block in blocks:
             if hidden_states is not None:
                 hidden_states.append(x2)
+            fsdp = _fsdp_state(block)
+            if fsdp is not None:
+                (x1, x2), _ = fsdp._pre_forward(block, (x1, x2), {})
             attention_state = _rng_state(devices)
             x1 = block.residual(x1, block.attention(x2, **kwargs, **_collecting(attentions)))
             _release_freed(x1)
@@ -125,6 +171,8 @@ class _ReversibleFunction(torch.autograd.Function):
             x2 = block.residual(x2, block.feed_forward(x1))
             _release_freed(x2)
             rng_states.append((attention_state, feed_forward_state))
+            if fsdp is not None:
+                x1, x2 = fsdp._post_forward(block, (x1, x2), (x1, x2))
         ctx.save_for_backward(x1, x2)
         ctx.blocks, ctx.kwargs, ctx.rng_states, ctx.devices = blocks, kwargs, rng_states, devices
         ctx.autocast = _autocast_state(x1.device.type)
@@ -152,13 +200,16 @@ class _ReversibleFunction(torch.autograd.Function):
         neg_grad_y1, neg_grad_y2 = -grad_y1, -grad_y2
         _release_freed(y1)  # what the plain-autograd backward above this one freed
         for block, (attention_state, feed_forward_state) in zip(reversed(ctx.blocks), reversed(ctx.rng_states)):
-            g_params = [p for p in block.feed_forward.parameters() if p.requires_grad]
-            f_params = [p for p in block.attention.parameters() if p.requires_grad]
+            fsdp = _fsdp_state(block)
+            into_grad = _holds_fsdp(block)
+            if fsdp is not None:
+                fsdp._pre_backward(neg_grad_y1)  # the hook on its outputs (passes the gradient through): gathers the block
             with torch.enable_grad():
                 y1 = y1.detach().requires_grad_()
                 with _replay(feed_forward_state, ctx.devices, ctx.autocast):
                     x2 = block.residual(y2, block.feed_forward(y1), subtract=True)
-                grad_from_g, grads = _param_grads(x2, y1, g_params, neg_grad_y2)
+                g_params = _trainable(block.feed_forward)
+                grad_from_g, grads = _param_grads(x2, y1, g_params, neg_grad_y2, into_grad=into_grad)
             _release_freed(x2)
             accumulate(g_params, grads)
             neg_grad_y1 = neg_grad_y1 - grad_from_g
@@ -167,9 +218,12 @@ class _ReversibleFunction(torch.autograd.Function):
                 x2.requires_grad_()
                 with _replay(attention_state, ctx.devices, ctx.autocast):
                     x1 = block.residual(y1.detach(), block.attention(x2, **ctx.kwargs), subtract=True)
-                grad_from_f, grads = _param_grads(x1, x2, f_params, neg_grad_y1)
+                f_params = _trainable(block.attention)
+                grad_from_f, grads = _param_grads(x1, x2, f_params, neg_grad_y1, into_grad=into_grad)
             _release_freed(x1)
             accumulate(f_params, grads)
+            if fsdp is not None:
+                fsdp._fsdp_param_group.post_backward()  # reduce-scatters the .grad just accumulated, reshards
             y1, y2 = x1.detach(), x2.detach()
             neg_grad_y2 = neg_grad_y2 - grad_from_f
         return (-neg_grad_y1, -neg_grad_y2, None, None, None, None, *param_grads)

@@ -5,11 +5,10 @@ import os
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from reformer_kernels import models
 
+from .distributed import batch, run_processes
 from .hf_reference import TINY, relative_error
 
 CONFIG = dict(TINY, attn_layers=["local", "lsh"], is_decoder=True, num_hashes=2, hash_seed=3)
@@ -20,26 +19,17 @@ def make_model():
     return models.ReformerModelWithLMHead(models.ReformerConfig(**CONFIG)).train()
 
 
-def batch():
-    generator = torch.Generator().manual_seed(1)
-    return torch.randint(0, TINY["vocab_size"], (4, 64), generator=generator)
-
-
-def worker(rank: int, world_size: int, init_file: str, out_dir: str) -> None:
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
-    try:
-        model = torch.nn.parallel.DistributedDataParallel(make_model(), find_unused_parameters=True)
-        ids = batch().chunk(world_size)[rank]
-        model(input_ids=ids, labels=ids).loss.backward()
-        grads = {name: p.grad for name, p in model.module.named_parameters() if p.grad is not None}
-        torch.save(grads, os.path.join(out_dir, f"rank{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
+def worker(rank: int, world_size: int, out_dir: str) -> None:
+    model = torch.nn.parallel.DistributedDataParallel(make_model(), find_unused_parameters=True)
+    ids = batch().chunk(world_size)[rank]
+    model(input_ids=ids, labels=ids).loss.backward()
+    grads = {name: p.grad for name, p in model.module.named_parameters() if p.grad is not None}
+    torch.save(grads, os.path.join(out_dir, f"rank{rank}.pt"))
 
 
 @pytest.mark.slow
 def test_ddp_two_processes_equal_one_process_on_the_whole_batch(tmp_path):
-    mp.spawn(worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    run_processes(worker, 2, tmp_path, str(tmp_path))
     model = make_model()
     ids = batch()
     model(input_ids=ids, labels=ids).loss.backward()
