@@ -30,6 +30,9 @@ README_NOT_RUNNABLE = {
     "and uses torch, reformer_kernels, prompt_ids and prompt_mask without importing or defining them",
     'from_pretrained("google/reformer-enwik8")': "downloads google/reformer-enwik8 from the Hugging Face hub (the "
     "tests run offline) and uses transformers without importing it",
+    "fully_shard(layer)": "runs one process per rank (dist.init_process_group reads RANK and WORLD_SIZE that "
+    "torchrun sets) on the reader's config and batches; tests/models/test_fsdp.py runs the recipe in 2 and 4 "
+    "gloo processes",
 }
 
 
