@@ -160,7 +160,7 @@ def test_base_checkpoint_loads_into_a_head_and_back(tmp_path):
 
 def test_bad_checkpoints(tmp_path):
     model = lm()
-    with pytest.raises(ValueError, match="not a directory"):
+    with pytest.raises(FileNotFoundError, match="nowhere' is not a directory"):
         models.ReformerModelWithLMHead.from_pretrained(tmp_path / "nowhere")
     model.config.save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="no weights"):
