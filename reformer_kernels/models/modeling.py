@@ -3,8 +3,9 @@
 They run on ``reformer_kernels.nn`` (hence on the functional ops and their backends). Differences
 from transformers, each on purpose: any sequence length works in training and eval (padded with a
 mask inside and cropped); the config is never mutated (num_buckets=None is resolved per call);
-the reversible backward replays the RNG, so dropout gradients are right; with labels the LM heads
-compute the loss in chunks without the (tokens x vocab) logits; cached decoding
+the reversible backward replays the RNG, so dropout gradients are right; with labels in training
+mode the LM heads compute the loss in chunks without the (tokens x vocab) logits (returned in eval
+mode or when asked); cached decoding
 (``use_cache``/``past_buckets_states``) works per row for any batch and padding mask, and each
 step computes what the layers' full forward computes at the new position from the cached layer
 inputs (see ``ReformerModel.forward`` for when that equals a full recompute).
@@ -402,14 +403,13 @@ class ReformerPreTrainedModel(nn.Module):
             if isinstance(pad_to_multiple_of, bool) or not isinstance(pad_to_multiple_of, int) or pad_to_multiple_of < 1:
                 raise ValueError(f"resize_token_embeddings: pad_to_multiple_of must be a positive int or None, got {pad_to_multiple_of!r}")
             new_num_tokens = -(-new_num_tokens // pad_to_multiple_of) * pad_to_multiple_of
-        old_config = copy.deepcopy(self.config)
-        self.config.vocab_size = new_num_tokens
+        resized_config = copy.deepcopy(self.config)
+        resized_config.vocab_size = new_num_tokens
         try:
-            self.config.validate()
+            resized_config.validate()
         except ValueError as error:
-            self.config = old_config
             raise ValueError(f"resize_token_embeddings({new_num_tokens}): {error}") from None
-        self.base_model.config = self.config
+        self.config.vocab_size = new_num_tokens  # the head's and the base model's config are one object
 
         def resized(old: torch.Tensor) -> nn.Parameter:
             new = old.new_empty((new_num_tokens, *old.shape[1:]))
@@ -620,7 +620,7 @@ _ACCEPTED_FOR_LOCAL_DIRECTORIES = frozenset(
 
 def _requested_dtype(name: str, dtype, torch_dtype):
     """``dtype``, or its older name ``torch_dtype``; both only when they agree."""
-    if dtype is not None and torch_dtype is not None and dtype != torch_dtype:
+    if dtype is not None and torch_dtype is not None and str(dtype).removeprefix("torch.") != str(torch_dtype).removeprefix("torch."):
         raise ValueError(f"{name}: dtype={dtype!r} and torch_dtype={torch_dtype!r} disagree: pass dtype alone")
     return dtype if dtype is not None else torch_dtype
 

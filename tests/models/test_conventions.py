@@ -137,6 +137,7 @@ def test_from_pretrained_keywords(tmp_path):
     ]:
         with pytest.raises(ValueError, match=match):
             ours_cls.from_pretrained(tmp_path, **kwargs)
+    assert ours_cls.from_pretrained(tmp_path, dtype="float16", torch_dtype=torch.float16).dtype == torch.float16
     with pytest.raises(TypeError, match="with config= given"):
         ours_cls.from_pretrained(tmp_path, config=models.ReformerConfig(**DECODER), hash_seed=1)
     assert ours_cls.from_pretrained(tmp_path, config=models.ReformerConfig(**dict(DECODER, hash_seed=9))).config.hash_seed == 9
@@ -266,7 +267,8 @@ def test_resize_token_embeddings_as_transformers(class_name):
     assert ours.resize_token_embeddings() is ours.get_input_embeddings()
     with pytest.raises(ValueError, match="eos_token_id"):
         ours.resize_token_embeddings(ours.config.eos_token_id)
-    assert ours.config.vocab_size == 64  # a refused resize leaves the model as it was
+    assert ours.config.vocab_size == ours.base_model.config.vocab_size == 64  # a refused resize changes nothing
+    assert ours.get_input_embeddings().weight.shape == (64, 16)
 
 
 def test_generate_without_a_prompt_starts_from_bos():
