@@ -29,9 +29,9 @@ class Rows(torch.utils.data.Dataset):
         return self.rows[i]
 
 
-def arguments(tmp_path):
+def arguments(tmp_path, steps=STEPS):
     return transformers.TrainingArguments(
-        output_dir=str(tmp_path / "run"), max_steps=STEPS, per_device_train_batch_size=4, per_device_eval_batch_size=5,
+        output_dir=str(tmp_path / "run"), max_steps=steps, per_device_train_batch_size=4, per_device_eval_batch_size=5,
         learning_rate=3e-3, save_strategy="steps", save_steps=STEPS, logging_steps=1, report_to=[], use_cpu=True,
         dataloader_num_workers=0, seed=0, disable_tqdm=True,
     )
@@ -100,3 +100,11 @@ def test_trainer_trains_evaluates_saves_and_we_reload(tmp_path, class_name):
             assert torch.equal(loaded.state_dict()[key], tensor), key
         with torch.no_grad():
             assert torch.equal(loaded(**batch).logits, out.logits)
+
+    # Trainer resumes a fresh model from the checkpoint (its load_state_dict, our config.json read by
+    # transformers' config class) and trains on.
+    resumed = transformers.Trainer(
+        model=getattr(models, class_name)(config), args=arguments(tmp_path, steps=STEPS + 2), train_dataset=train
+    )
+    result = resumed.train(resume_from_checkpoint=str(checkpoint))
+    assert result.global_step == STEPS + 2 and np.isfinite(result.training_loss)
