@@ -229,7 +229,8 @@ def _check_checkpoint_tensors(
         elif stored.shape != want.shape or not kind_ok:
             fix = "check that config.json belongs to these weights, or re-save them with save_pretrained"
             if kind_ok:
-                fix += " (to re-initialize tensors of another shape, such as a head with another num_labels, pass ignore_mismatched_sizes=True)"
+                fix += (" (to re-initialize tensors of another shape, such as a head with another num_labels, pass "
+                        "ignore_mismatched_sizes=True)")
             raise ValueError(
                 f"{name}({os.fspath(directory)!r}): tensor {key!r} is stored as {stored.dtype} "
                 f"{tuple(stored.shape)} but the model expects {want.dtype} {tuple(want.shape)}: {fix}"
@@ -401,7 +402,9 @@ class ReformerPreTrainedModel(nn.Module):
             raise ValueError(f"resize_token_embeddings: new_num_tokens must be a positive int, got {new_num_tokens!r}")
         if pad_to_multiple_of is not None:
             if isinstance(pad_to_multiple_of, bool) or not isinstance(pad_to_multiple_of, int) or pad_to_multiple_of < 1:
-                raise ValueError(f"resize_token_embeddings: pad_to_multiple_of must be a positive int or None, got {pad_to_multiple_of!r}")
+                raise ValueError(
+                    f"resize_token_embeddings: pad_to_multiple_of must be a positive int or None, got {pad_to_multiple_of!r}"
+                )
             new_num_tokens = -(-new_num_tokens // pad_to_multiple_of) * pad_to_multiple_of
         resized_config = copy.deepcopy(self.config)
         resized_config.vocab_size = new_num_tokens
@@ -516,8 +519,9 @@ class ReformerPreTrainedModel(nn.Module):
 
         Key matching: a checkpoint of the base model loads into a model with a head and the reverse;
         ``lm_head.bias`` or ``lm_head.decoder.bias`` alone loads. The head weights a checkpoint lacks
-        are newly initialized, and those of another head (``lm_head.*`` of an LM checkpoint loaded
-        into ReformerForSequenceClassification, to fine-tune it) are dropped, each with a warning.
+        are newly initialized, and those under a module this model does not have (``lm_head.*`` of an
+        LM checkpoint loaded into ReformerForSequenceClassification, to fine-tune it, or into
+        ReformerModel) are dropped, each with a warning.
         A missing or extra key of the base model means the config does not belong to the weights: ValueError.
         """
         name = f"{cls.__name__}.from_pretrained"
@@ -573,9 +577,12 @@ class ReformerPreTrainedModel(nn.Module):
         state = model._adapt_state_dict(state_dict)
         expected = model.state_dict()
         missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+        # Keys under a top-level module this model does not have belong to another head (lm_head.* of
+        # an LM checkpoint in a classifier); a missing or extra key of the base model is a config mismatch.
+        modules = {key.split(".", 1)[0] for key in expected}
         prefix = cls.base_model_prefix + "."
-        base_missing = [k for k in missing if k.startswith(prefix)]
-        base_unexpected = [k for k in unexpected if k.startswith(prefix)]
+        base_missing = [k for k in missing if k.startswith(prefix) or cls.base_model_prefix not in modules]
+        base_unexpected = [k for k in unexpected if k.split(".", 1)[0] in modules]
         if base_missing or base_unexpected:
             raise ValueError(
                 f"{name}({directory!r}): the checkpoint does not match the config: missing keys {base_missing[:8]}"
@@ -587,9 +594,14 @@ class ReformerPreTrainedModel(nn.Module):
             del state[key]
         if unexpected:
             warnings.warn(f"{name}: checkpoint weights {unexpected} belong to another head and were not used", stacklevel=2)
-        newly_initialized = missing + [key for key, _, _ in mismatched]
-        if newly_initialized:
-            warnings.warn(f"{name}: newly initialized head weights {newly_initialized}; train them before use", stacklevel=2)
+        if missing:
+            warnings.warn(f"{name}: newly initialized head weights {missing}; train them before use", stacklevel=2)
+        if mismatched:
+            shapes = [f"{key} (checkpoint {tuple(stored)}, model {tuple(wanted)})" for key, stored, wanted in mismatched]
+            warnings.warn(
+                f"{name}: newly initialized weights {shapes}, whose shape differs from the checkpoint's "
+                "(ignore_mismatched_sizes=True); train them before use", stacklevel=2,
+            )
         model.load_state_dict(state, strict=False)
         model.to(device).eval()
         if output_loading_info:
@@ -604,7 +616,7 @@ class ReformerPreTrainedModel(nn.Module):
         if has_base and not any(k.startswith(prefix) for k in state):
             state = {prefix + k: v for k, v in state.items()}
         elif not has_base and any(k.startswith(prefix) for k in state):
-            state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+            state = {k.removeprefix(prefix): v for k, v in state.items()}
         state = dict(state)
         if has_base and hasattr(self, "lm_head"):
             fill_lm_head_bias(state, "lm_head.")
@@ -620,7 +632,8 @@ _ACCEPTED_FOR_LOCAL_DIRECTORIES = frozenset(
 
 def _requested_dtype(name: str, dtype, torch_dtype):
     """``dtype``, or its older name ``torch_dtype``; both only when they agree."""
-    if dtype is not None and torch_dtype is not None and str(dtype).removeprefix("torch.") != str(torch_dtype).removeprefix("torch."):
+    same = str(dtype).removeprefix("torch.") == str(torch_dtype).removeprefix("torch.")
+    if dtype is not None and torch_dtype is not None and not same:
         raise ValueError(f"{name}: dtype={dtype!r} and torch_dtype={torch_dtype!r} disagree: pass dtype alone")
     return dtype if dtype is not None else torch_dtype
 

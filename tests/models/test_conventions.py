@@ -57,8 +57,10 @@ def inputs_with_labels(class_name):
 def test_from_pretrained_num_labels_resizes_the_head_or_names_the_mismatch(tmp_path):
     theirs_cls, ours_cls = both("ReformerForSequenceClassification", tmp_path)
     loaded = {}
-    for name, cls in (("theirs", theirs_cls), ("ours", ours_cls)):
-        loaded[name] = quiet(cls.from_pretrained, tmp_path, num_labels=5, ignore_mismatched_sizes=True, output_loading_info=True)
+    loaded["theirs"] = quiet(theirs_cls.from_pretrained, tmp_path, num_labels=5, ignore_mismatched_sizes=True,
+                             output_loading_info=True)
+    with pytest.warns(UserWarning, match=r"classifier.out_proj.weight \(checkpoint \(2, 16\), model \(5, 16\)\)"):
+        loaded["ours"] = ours_cls.from_pretrained(tmp_path, num_labels=5, ignore_mismatched_sizes=True, output_loading_info=True)
     for model, info in loaded.values():
         assert model.config.num_labels == 5 and len(model.config.id2label) == len(model.config.label2id) == 5
         assert model.classifier.out_proj.weight.shape == (5, 16)
@@ -175,6 +177,13 @@ def test_lm_checkpoint_fine_tunes_into_a_classifier(tmp_path):
     assert ours["missing_keys"] == theirs["missing_keys"] == {f"classifier.{n}" for n in
                                                                ("dense.weight", "dense.bias", "out_proj.weight", "out_proj.bias")}
     assert any("were not used" in str(w.message) for w in caught)
+    # The base model from the same checkpoint: the head's keys are dropped the same way.
+    _, theirs = quiet(transformers.ReformerModel.from_pretrained, tmp_path, output_loading_info=True)
+    with pytest.warns(UserWarning, match="lm_head.decoder.weight.*were not used"):
+        _, ours = models.ReformerModel.from_pretrained(tmp_path, output_loading_info=True)
+    assert ours["unexpected_keys"] == {"lm_head.bias", "lm_head.decoder.weight", "lm_head.decoder.bias"}
+    assert ours["unexpected_keys"] <= theirs["unexpected_keys"] | {"lm_head.decoder.bias"}
+    assert not ours["missing_keys"] and not theirs["missing_keys"]
 
 
 @pytest.mark.parametrize("class_name", ["ReformerModelWithLMHead", "ReformerForMaskedLM"])
