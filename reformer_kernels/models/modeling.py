@@ -285,7 +285,6 @@ class ReformerPreTrainedModel(nn.Module):
     # The reversible layers already keep one layer's activations whatever the depth (they recompute
     # the others in the backward), which is what gradient checkpointing would buy.
     supports_gradient_checkpointing = False
-    is_parallelizable = False
     # Regexes of state-dict keys that save_pretrained leaves out (transformers' convention; none here).
     _keys_to_ignore_on_save: list[str] | None = None
 

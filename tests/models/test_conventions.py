@@ -242,6 +242,10 @@ def test_model_attributes_match_transformers(class_name):
     theirs, ours = model_pair(CLASSES[class_name], class_name)
     assert ours.base_model_prefix == theirs.base_model_prefix and ours.main_input_name == theirs.main_input_name
     assert ours.can_generate() == theirs.can_generate() == (class_name == "ReformerModelWithLMHead")
+    assert ours.supports_gradient_checkpointing == theirs.supports_gradient_checkpointing is False
+    assert not ours._keys_to_ignore_on_save and not theirs._keys_to_ignore_on_save  # None; set() on their instances
+    assert ours.config.keys_to_ignore_at_inference == theirs.config.keys_to_ignore_at_inference
+    assert models.ReformerConfig.from_dict(json.loads(ours.config.to_json_string(use_diff=False))) == ours.config
     assert type(ours.base_model).__name__ == type(theirs.base_model).__name__ == "ReformerModel"
     assert ours.num_parameters() == theirs.num_parameters()
     assert ours.num_parameters(exclude_embeddings=True) == theirs.num_parameters(exclude_embeddings=True)
