@@ -1,12 +1,15 @@
 """transformers' PreTrainedModel conventions on our models, each checked on transformers' class
 beside ours with the same weights where transformers has it: from_pretrained's keywords, outputs
 as mappings and tuples, logits with labels, embeddings and resizing, generate without a prompt."""
+import copy
 import inspect
 import json
+import pickle
 import warnings
 
 import pytest
 import torch
+import torch.utils._pytree as pytree
 
 from reformer_kernels import models, use_backend
 
@@ -230,6 +233,11 @@ def test_outputs_are_mappings_over_the_fields_set(class_name):
     assert actual.get("attentions", 7) == expected.get("attentions", 7) == 7
     with pytest.raises(KeyError):
         actual["attentions"]
+    # A pytree node as transformers' (DDP's static_graph finds the tensors inside), and copyable.
+    assert len(pytree.tree_leaves(actual)) == len(pytree.tree_leaves(expected))
+    with torch.no_grad():  # autograd refuses to copy tensors that are not graph leaves
+        plain = ours(**inputs)
+    assert list(copy.deepcopy(plain)) == list(pickle.loads(pickle.dumps(plain))) == list(plain)
     actual.attentions = (torch.zeros(1),)  # setting a field adds it, in field order
     assert list(actual)[-1] == "attentions" and len(actual) == len(expected) + 1
     for edit in (lambda o: o.pop("loss"), lambda o: o.update(loss=1), lambda o: o.__delitem__("loss")):
