@@ -347,7 +347,8 @@ class ReformerPreTrainedModel(nn.Module):
     from_config = _from_config
 
     def num_parameters(self, only_trainable: bool = False, exclude_embeddings: bool = False) -> int:
-        """The number of parameters (only those that require grad; without the embedding tables)."""
+        """The number of parameters; ``only_trainable``: of those that require grad; ``exclude_embeddings``:
+        without the embedding tables (as transformers)."""
         embeddings = {id(m.weight) for m in self.modules() if isinstance(m, nn.Embedding)} if exclude_embeddings else set()
         return sum(p.numel() for p in self.parameters()
                    if (p.requires_grad or not only_trainable) and id(p) not in embeddings)

@@ -280,6 +280,7 @@ def test_resize_token_embeddings_as_transformers(class_name):
         assert model.get_output_embeddings().weight.shape == (64, 32)
     assert torch.equal(ours.get_input_embeddings().weight[:50], old_words)
     assert torch.equal(ours.get_output_embeddings().weight[:50], old_head)
+    assert torch.equal(ours.get_input_embeddings().weight[50:], old_words.mean(0).expand(14, 16))  # mean_resizing
     state = ours.state_dict()
     assert {k: v.shape for k, v in state.items()} == {k: v.shape for k, v in theirs.state_dict().items()}
     theirs.load_state_dict(state, strict=True)
