@@ -12,6 +12,8 @@ import math
 import os
 from typing import Any
 
+import torch
+
 from .._atomic import atomic_write
 from .._json import read_json_object
 
@@ -61,7 +63,10 @@ _DEFAULTS: dict[str, Any] = {
     "output_hidden_states": False,
     "output_attentions": False,
     "return_dict": True,
+    "dtype": None,
 }
+# The parameter dtypes a model can be loaded in (``dtype`` is saved as one of these names, as in transformers).
+FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
 HIDDEN_ACTIVATIONS = ("relu", "gelu", "gelu_new", "silu", "swish", "tanh")
 PROBLEM_TYPES = (None, "regression", "single_label_classification", "multi_label_classification")
 
@@ -84,30 +89,50 @@ class ReformerConfig:
     """
 
     model_type = "reformer"
+    # Output fields that evaluation loops (transformers' Trainer) leave out of the predictions.
+    keys_to_ignore_at_inference = ["past_buckets_states"]
 
     def __init__(self, **kwargs: Any):
         id2label = kwargs.pop("id2label", None)
         kwargs.pop("label2id", None)
-        kwargs.pop("num_hidden_layers", None)
+        num_hidden_layers = kwargs.pop("num_hidden_layers", None)
         kwargs.pop("model_type", None)
+        # transformers' configs before 4.56 name the dtype torch_dtype
+        torch_dtype = kwargs.pop("torch_dtype", None)
+        if kwargs.get("dtype") is None:
+            kwargs["dtype"] = torch_dtype
         values = dict(_DEFAULTS)
         values.update(kwargs)
+        if id2label is not None and "num_labels" in kwargs and kwargs["num_labels"] != len(id2label):
+            raise ValueError(
+                f"ReformerConfig: num_labels={kwargs['num_labels']!r} disagrees with id2label, which names "
+                f"{len(id2label)} labels: pass one of them"
+            )
         if id2label is not None:
             values["num_labels"] = len(id2label)
+        num_labels = values.pop("num_labels")
+        self._name_or_path = values.pop("_name_or_path", "")
         for name, value in values.items():
             setattr(self, name, value)
+        if num_hidden_layers is not None and num_hidden_layers != len(self.attn_layers):
+            raise ValueError(
+                f"ReformerConfig: num_hidden_layers={num_hidden_layers!r} but attn_layers lists {len(self.attn_layers)} "
+                "layers: the number of layers is len(attn_layers), so change attn_layers"
+            )
         # transformers' tests and JSON give tuples or lists; anything else is left for validate() to name.
         for name in ("attn_layers", "axial_pos_shape", "axial_pos_embds_dim", "num_buckets"):
             if isinstance(getattr(self, name), tuple):
                 setattr(self, name, list(getattr(self, name)))
         if id2label is not None and not isinstance(id2label, dict):
             raise ValueError(f"ReformerConfig.id2label must be a dict {{label id: name}}, got {type(id2label).__name__}")
-        if not _is_int(self.num_labels) or self.num_labels < 1:
-            raise ValueError(f"ReformerConfig.num_labels must be a positive int, got {self.num_labels!r}")
-        try:
-            self.id2label = {int(k): v for k, v in id2label.items()} if id2label else {i: f"LABEL_{i}" for i in range(self.num_labels)}
-        except ValueError:
-            raise ValueError(f"ReformerConfig.id2label keys must be label ids (ints), got {list(id2label)!r}") from None
+        if id2label:
+            try:
+                self.id2label = {int(k): v for k, v in id2label.items()}
+            except ValueError:
+                raise ValueError(f"ReformerConfig.id2label keys must be label ids (ints), got {list(id2label)!r}") from None
+        else:
+            self.id2label = {}
+            self.num_labels = num_labels
         self.validate()
 
     @property
@@ -115,8 +140,35 @@ class ReformerConfig:
         return len(self.attn_layers)
 
     @property
+    def num_labels(self) -> int:
+        """``len(id2label)``; setting another number replaces id2label/label2id by LABEL_0, LABEL_1, ...
+        (as transformers' PretrainedConfig), so that the heads built from the config have that many outputs."""
+        return len(self.id2label)
+
+    @num_labels.setter
+    def num_labels(self, num_labels: int) -> None:
+        if not _is_int(num_labels) or num_labels < 1:
+            raise ValueError(f"ReformerConfig.num_labels must be a positive int, got {num_labels!r}")
+        if num_labels != len(self.id2label):
+            self.id2label = {i: f"LABEL_{i}" for i in range(num_labels)}
+
+    @property
     def label2id(self) -> dict[str, int]:
         return {label: i for i, label in self.id2label.items()}
+
+    @property
+    def name_or_path(self) -> str:
+        """The directory the config was loaded from ("" for a new one); not saved, as in transformers."""
+        return self._name_or_path
+
+    @name_or_path.setter
+    def name_or_path(self, value: str | os.PathLike) -> None:
+        self._name_or_path = os.fspath(value)
+
+    @property
+    def use_return_dict(self) -> bool:
+        """Whether forward returns a ModelOutput (else a tuple), when its return_dict argument is None."""
+        return self.return_dict
 
     def validate(self) -> None:
         """Raise ValueError naming the first inconsistent field and how to fix it.
@@ -169,6 +221,10 @@ class ReformerConfig:
             if not isinstance(value, bool):
                 raise ValueError(f"ReformerConfig.{name} must be true or false, got {value!r}")
         self._validate_token_ids()
+        if isinstance(self.dtype, torch.dtype):
+            self.dtype = str(self.dtype).removeprefix("torch.")
+        if self.dtype is not None and self.dtype not in FLOAT_DTYPES:
+            raise ValueError(f"ReformerConfig.dtype must be None or one of {FLOAT_DTYPES} (the parameters' dtype), got {self.dtype!r}")
         if self.hidden_act not in HIDDEN_ACTIVATIONS:
             raise ValueError(f"ReformerConfig.hidden_act {self.hidden_act!r} is not supported: choose one of {HIDDEN_ACTIVATIONS}")
         if self.problem_type not in PROBLEM_TYPES:
@@ -221,10 +277,9 @@ class ReformerConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict that transformers' ReformerConfig also reads."""
-        out = {name: copy.deepcopy(value) for name, value in vars(self).items()}
+        out = {name: copy.deepcopy(value) for name, value in vars(self).items() if name != "_name_or_path"}
         out["id2label"] = dict(self.id2label)
         out["label2id"] = self.label2id
-        out.pop("num_labels")
         out["num_hidden_layers"] = self.num_hidden_layers
         out["model_type"] = self.model_type
         return out
@@ -233,7 +288,9 @@ class ReformerConfig:
     def from_dict(cls, values: dict[str, Any]) -> "ReformerConfig":
         return cls(**values)
 
-    def to_json_string(self) -> str:
+    def to_json_string(self, use_diff: bool = True) -> str:
+        """The JSON of ``to_dict()``. Every field is written whatever ``use_diff`` (transformers' callers
+        pass it to get only the fields that differ from the defaults; the file loads the same)."""
         return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
 
     def to_json_file(self, path: str | os.PathLike) -> None:
@@ -262,11 +319,23 @@ class ReformerConfig:
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, **overrides: Any) -> "ReformerConfig":
-        """Read ``path/config.json`` (or ``path`` itself when it is a file); ``overrides`` replace fields."""
+        """Read ``path/config.json`` (or ``path`` itself when it is a file); ``overrides`` replace fields.
+        ``num_labels`` replaces the saved labels by that many (as transformers), unless id2label is given too."""
         file = os.path.join(path, CONFIG_NAME) if os.path.isdir(path) else path
         config = cls.from_json_file(file)
         if overrides:
-            config = cls.from_dict({**config.to_dict(), **overrides})
+            config = config.with_overrides(overrides)
+        config.name_or_path = path
+        return config
+
+    def with_overrides(self, overrides: dict[str, Any]) -> "ReformerConfig":
+        """A new config: this one with ``overrides`` replacing fields (validated). ``num_labels``
+        replaces the labels by that many (as transformers), unless id2label is given too."""
+        values = {**self.to_dict(), **overrides}
+        if "num_labels" in overrides and "id2label" not in overrides:
+            values.pop("id2label")
+        config = type(self).from_dict(values)
+        config.name_or_path = self.name_or_path
         return config
 
     def __eq__(self, other: object) -> bool:

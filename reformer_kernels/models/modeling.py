@@ -3,16 +3,19 @@
 They run on ``reformer_kernels.nn`` (hence on the functional ops and their backends). Differences
 from transformers, each on purpose: any sequence length works in training and eval (padded with a
 mask inside and cropped); the config is never mutated (num_buckets=None is resolved per call);
-the reversible backward replays the RNG, so dropout gradients are right; with labels the LM heads
-compute the loss in chunks without the (tokens x vocab) logits; cached decoding
+the reversible backward replays the RNG, so dropout gradients are right; with labels in training
+mode the LM heads compute the loss in chunks without the (tokens x vocab) logits (returned in eval
+mode or when asked); cached decoding
 (``use_cache``/``past_buckets_states``) works per row for any batch and padding mask, and each
 step computes what the layers' full forward computes at the new position from the cached layer
 inputs (see ``ReformerModel.forward`` for when that equals a full recompute).
 """
 from __future__ import annotations
 
+import copy
 import math
 import os
+import re
 import warnings
 from typing import Any
 
@@ -32,10 +35,11 @@ from ..nn import (
     linear_cross_entropy,
 )
 from . import generation
-from .config import CONFIG_NAME, ReformerConfig
+from .config import FLOAT_DTYPES, ReformerConfig
 from .generation import ReformerDecodingCache
 from .outputs import (
     MaskedLMOutput,
+    ModelOutput,
     QuestionAnsweringModelOutput,
     ReformerModelOutput,
     ReformerModelWithLMHeadOutput,
@@ -206,35 +210,48 @@ def check_attention_mask(mask: torch.Tensor) -> None:
 
 
 def _check_checkpoint_tensors(
-    model_name: str, directory: str | os.PathLike, state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]
-) -> None:
+    name: str, directory: str | os.PathLike, state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor],
+    ignore_mismatched_sizes: bool,
+) -> list[tuple[str, torch.Size, torch.Size]]:
     """Each stored tensor has its parameter's shape and a dtype of the same kind. load_state_dict
     copies an int32 tensor into a float weight without a word (truncated values), and names a shape
-    mismatch without the file. A float of another width (a float16 checkpoint) is cast, as transformers does."""
-    for key, stored in state.items():
-        want = expected.get(key)
-        if want is None:
+    mismatch without the file. A float of another width (a float16 checkpoint) is cast, as transformers does.
+    Returns the (key, stored shape, model shape) of the tensors of another shape when
+    ``ignore_mismatched_sizes`` (the caller leaves them as initialized)."""
+    mismatched = []
+    for key, want in expected.items():
+        stored = state.get(key)
+        if stored is None:
             continue
         kind_ok = stored.dtype == want.dtype or (stored.dtype.is_floating_point and want.dtype.is_floating_point)
-        if stored.shape != want.shape or not kind_ok:
+        if kind_ok and stored.shape != want.shape and ignore_mismatched_sizes:
+            mismatched.append((key, stored.shape, want.shape))
+        elif stored.shape != want.shape or not kind_ok:
+            fix = "check that config.json belongs to these weights, or re-save them with save_pretrained"
+            if kind_ok:
+                fix += (" (to re-initialize tensors of another shape, such as a head with another num_labels, pass "
+                        "ignore_mismatched_sizes=True)")
             raise ValueError(
-                f"{model_name}.from_pretrained({os.fspath(directory)!r}): tensor {key!r} is stored as {stored.dtype} "
-                f"{tuple(stored.shape)} but the model expects {want.dtype} {tuple(want.shape)}: check that config.json "
-                "belongs to these weights, or re-save them with save_pretrained"
+                f"{name}({os.fspath(directory)!r}): tensor {key!r} is stored as {stored.dtype} "
+                f"{tuple(stored.shape)} but the model expects {want.dtype} {tuple(want.shape)}: {fix}"
             )
+    return mismatched
 
 
 def _checkpoint_error(path: str, why: str) -> ValueError:
     return ValueError(f"checkpoint {path!r} {why}: re-save it with save_pretrained (ours or transformers')")
 
 
-def load_checkpoint_state_dict(directory: str | os.PathLike) -> dict[str, torch.Tensor]:
+def load_checkpoint_state_dict(directory: str | os.PathLike, use_safetensors: bool | None = None) -> dict[str, torch.Tensor]:
     """The tensors of ``directory/model.safetensors``, else ``directory/pytorch_model.bin``
-    (read with ``weights_only=True``: no code from the file runs)."""
+    (read with ``weights_only=True``: no code from the file runs); ``use_safetensors`` True or
+    False: that file only."""
     directory = os.fspath(directory)
     safetensors_path = os.path.join(directory, SAFETENSORS_NAME)
     pytorch_path = os.path.join(directory, PYTORCH_NAME)
-    if os.path.isfile(safetensors_path):
+    if use_safetensors is not None and not isinstance(use_safetensors, bool):
+        raise ValueError(f"use_safetensors must be True, False or None, got {use_safetensors!r}")
+    if use_safetensors is not False and os.path.isfile(safetensors_path):
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
@@ -242,7 +259,7 @@ def load_checkpoint_state_dict(directory: str | os.PathLike) -> dict[str, torch.
             return load_file(safetensors_path)
         except (SafetensorError, OSError, ValueError) as error:
             raise _checkpoint_error(safetensors_path, f"is not a readable safetensors file ({error})") from None
-    if os.path.isfile(pytorch_path):
+    if use_safetensors is not True and os.path.isfile(pytorch_path):
         try:
             state = torch.load(pytorch_path, map_location="cpu", weights_only=True)
         except Exception as error:  # torch.load raises many types (pickle, zip, EOF) for a corrupt file
@@ -250,16 +267,26 @@ def load_checkpoint_state_dict(directory: str | os.PathLike) -> dict[str, torch.
         if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
             raise _checkpoint_error(pytorch_path, "does not hold a state dict of tensors")
         return state
+    expected = {True: SAFETENSORS_NAME, False: PYTORCH_NAME, None: f"{SAFETENSORS_NAME} or {PYTORCH_NAME}"}[use_safetensors]
     raise ValueError(
-        f"no weights in {directory!r}: expected {SAFETENSORS_NAME} or {PYTORCH_NAME}; "
+        f"no weights in {directory!r}: expected {expected}; "
         "write them with model.save_pretrained(directory)"
     )
 
 
 class ReformerPreTrainedModel(nn.Module):
-    """Weight initialization, save_pretrained and from_pretrained, as transformers' ReformerPreTrainedModel."""
+    """Weight initialization, save_pretrained and from_pretrained, and the other conventions of
+    transformers' PreTrainedModel that users and transformers' Trainer rely on (embedding accessors,
+    resize_token_embeddings, base_model, _from_config, num_parameters), without depending on transformers."""
 
+    config_class = ReformerConfig
     base_model_prefix = "reformer"
+    main_input_name = "input_ids"
+    # The reversible layers already keep one layer's activations whatever the depth (they recompute
+    # the others in the backward), which is what gradient checkpointing would buy.
+    supports_gradient_checkpointing = False
+    # Regexes of state-dict keys that save_pretrained leaves out (transformers' convention; none here).
+    _keys_to_ignore_on_save: list[str] | None = None
 
     def __init__(self, config: ReformerConfig):
         super().__init__()
@@ -286,47 +313,300 @@ class ReformerPreTrainedModel(nn.Module):
             for weight in module.weights:
                 nn.init.normal_(weight, std=self.config.axial_norm_std)
 
-    def save_pretrained(self, directory: str | os.PathLike) -> None:
-        """Write ``config.json`` and ``model.safetensors`` (readable by transformers' from_pretrained),
-        both or neither (see reformer_kernels._atomic): a failed save leaves the previous ones."""
-        from safetensors.torch import save_file
+    @property
+    def base_model(self) -> "ReformerModel":
+        """The ReformerModel inside a model with a head (the model itself for ReformerModel)."""
+        return getattr(self, self.base_model_prefix, self)
 
-        os.makedirs(directory, exist_ok=True)
-        config = ReformerConfig.from_dict({**self.config.to_dict(), "architectures": [type(self).__name__]})
-        state = {name: tensor.detach().contiguous().cpu() for name, tensor in self.state_dict().items()}
-        with all_or_nothing():
-            config.save_pretrained(directory)
-            # safetensors writes the temporary file by its name, streaming the tensors (no copy of
-            # the whole file in memory); atomic_write then fsyncs that same file and renames it.
-            with atomic_write(os.path.join(directory, SAFETENSORS_NAME)) as f:
-                save_file(state, f.name, metadata={"format": "pt"})
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(p.dtype for p in self.parameters() if p.is_floating_point())
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
 
     @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike, **config_overrides: Any) -> "ReformerPreTrainedModel":
-        """Load ``directory`` written by ``save_pretrained`` here or in transformers.
+    def can_generate(cls) -> bool:
+        """Whether ``generate`` exists (the causal LM only), as transformers' GenerationMixin test."""
+        return callable(getattr(cls, "generate", None))
 
-        Reads model.safetensors or pytorch_model.bin; accepts checkpoints of the base model into a
-        model with a head (the head stays freshly initialized, with a warning) and the reverse, and
-        ``lm_head.bias`` or ``lm_head.decoder.bias`` alone. Any other missing or extra key is an error.
+    @classmethod
+    def _from_config(cls, config: ReformerConfig, *, dtype: torch.dtype | str | None = None,
+                     torch_dtype: torch.dtype | str | None = None) -> "ReformerPreTrainedModel":
+        """A freshly initialized model of ``config`` (copied: the caller's is left as it was), with
+        float parameters in ``dtype`` (or its older name ``torch_dtype``; default float32)."""
+        if not isinstance(config, ReformerConfig):
+            raise TypeError(f"{cls.__name__}._from_config: config must be a ReformerConfig, got {type(config).__name__}")
+        config = copy.deepcopy(config)
+        dtype = _requested_dtype(cls.__name__ + "._from_config", dtype, torch_dtype)
+        dtype = torch.float32 if dtype in (None, "auto") else _resolve_dtype(cls.__name__ + "._from_config", dtype)
+        config.dtype = str(dtype).removeprefix("torch.")
+        return cls(config).to(dtype)
+
+    from_config = _from_config
+
+    def num_parameters(self, only_trainable: bool = False, exclude_embeddings: bool = False) -> int:
+        """The number of parameters; ``only_trainable``: of those that require grad; ``exclude_embeddings``:
+        without the embedding tables (as transformers)."""
+        embeddings = {id(m.weight) for m in self.modules() if isinstance(m, nn.Embedding)} if exclude_embeddings else set()
+        return sum(p.numel() for p in self.parameters()
+                   if (p.requires_grad or not only_trainable) and id(p) not in embeddings)
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.base_model.embeddings.word_embeddings
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.base_model.embeddings.word_embeddings = value
+
+    def get_output_embeddings(self) -> nn.Linear | None:
+        """The LM head's Linear for the models that have one, else None (as transformers)."""
+        lm_head = getattr(self, "lm_head", None)
+        return None if lm_head is None else lm_head.decoder
+
+    def set_output_embeddings(self, new_embeddings: nn.Linear) -> None:
+        """Replace the LM head's Linear (2 * hidden_size -> vocab). transformers makes ``lm_head.bias``
+        the new Linear's bias; here it becomes a copy of it (the logits use ``decoder.bias``; the
+        state dict holds both names, with the same values, and safetensors cannot save a shared tensor twice)."""
+        if getattr(self, "lm_head", None) is None:
+            raise TypeError(f"{type(self).__name__} has no LM head: set_output_embeddings is for the LM models")
+        if not isinstance(new_embeddings, nn.Linear) or new_embeddings.bias is None:
+            raise TypeError(f"set_output_embeddings: pass an nn.Linear with a bias, got {new_embeddings!r}")
+        self.lm_head.decoder = new_embeddings
+        self.lm_head.bias = nn.Parameter(new_embeddings.bias.detach().clone(), requires_grad=new_embeddings.bias.requires_grad)
+
+    def _output(self, output: ModelOutput, return_dict: bool | None) -> ModelOutput | tuple:
+        """``output``, or its tuple of set fields with ``return_dict=False`` (None: config.use_return_dict)."""
+        return output if (self.config.use_return_dict if return_dict is None else return_dict) else output.to_tuple()
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
+        raise ValueError(
+            f"{type(self).__name__} does not support gradient checkpointing: its reversible layers already store one "
+            "layer's activations whatever the depth; leave gradient_checkpointing off (e.g. in TrainingArguments)"
+        )
+
+    def resize_token_embeddings(
+        self, new_num_tokens: int | None = None, pad_to_multiple_of: int | None = None, mean_resizing: bool = True
+    ) -> nn.Embedding:
+        """Give the vocabulary ``new_num_tokens`` tokens (rounded up to a multiple of
+        ``pad_to_multiple_of``): the input embedding and, for the LM heads, the head's weight and
+        both bias names (not tied: Reformer's head maps 2 * hidden_size, as transformers) keep their
+        first rows; new rows are the mean of the old ones with ``mean_resizing`` (transformers adds
+        noise of 1e-5 times their covariance), else drawn as at initialization. Sets
+        config.vocab_size; returns the input embedding (unchanged when both arguments are None)."""
+        embeddings = self.get_input_embeddings()
+        if new_num_tokens is None and pad_to_multiple_of is None:
+            return embeddings
+        new_num_tokens = embeddings.num_embeddings if new_num_tokens is None else new_num_tokens
+        if isinstance(new_num_tokens, bool) or not isinstance(new_num_tokens, int) or new_num_tokens < 1:
+            raise ValueError(f"resize_token_embeddings: new_num_tokens must be a positive int, got {new_num_tokens!r}")
+        if pad_to_multiple_of is not None:
+            if isinstance(pad_to_multiple_of, bool) or not isinstance(pad_to_multiple_of, int) or pad_to_multiple_of < 1:
+                raise ValueError(
+                    f"resize_token_embeddings: pad_to_multiple_of must be a positive int or None, got {pad_to_multiple_of!r}"
+                )
+            new_num_tokens = -(-new_num_tokens // pad_to_multiple_of) * pad_to_multiple_of
+        resized_config = copy.deepcopy(self.config)
+        resized_config.vocab_size = new_num_tokens
+        try:
+            resized_config.validate()
+        except ValueError as error:
+            raise ValueError(f"resize_token_embeddings({new_num_tokens}): {error}") from None
+        self.config.vocab_size = new_num_tokens  # the head's and the base model's config are one object
+
+        def resized(old: torch.Tensor) -> nn.Parameter:
+            new = old.new_empty((new_num_tokens, *old.shape[1:]))
+            kept = min(new_num_tokens, old.shape[0])
+            with torch.no_grad():
+                new[:kept] = old[:kept]
+                if new_num_tokens > kept:
+                    if mean_resizing:
+                        new[kept:] = old.mean(dim=0)
+                    elif old.dim() == 1:
+                        new[kept:] = 0
+                    else:
+                        nn.init.normal_(new[kept:], std=self.config.initializer_range)
+            return nn.Parameter(new, requires_grad=old.requires_grad)
+
+        new_embeddings = nn.Embedding(new_num_tokens, embeddings.embedding_dim, device=embeddings.weight.device,
+                                      dtype=embeddings.weight.dtype)
+        new_embeddings.weight = resized(embeddings.weight)
+        self.set_input_embeddings(new_embeddings)
+        decoder = self.get_output_embeddings()
+        if decoder is not None:
+            new_decoder = nn.Linear(decoder.in_features, new_num_tokens, device=decoder.weight.device, dtype=decoder.weight.dtype)
+            new_decoder.weight = resized(decoder.weight)
+            new_decoder.bias = resized(decoder.bias)
+            self.set_output_embeddings(new_decoder)
+        return new_embeddings
+
+    def save_pretrained(
+        self, save_directory: str | os.PathLike, *, state_dict: dict[str, torch.Tensor] | None = None,
+        safe_serialization: bool = True, is_main_process: bool = True,
+    ) -> None:
+        """Write ``config.json`` and ``model.safetensors`` (``safe_serialization=False``:
+        ``pytorch_model.bin``), readable by transformers' from_pretrained, both or neither (see
+        reformer_kernels._atomic): a failed save leaves the previous ones; the weights file of the other
+        format, if an earlier save left one, is removed so that from_pretrained cannot read it instead.
+        ``state_dict``: the tensors to write instead of this model's (as transformers' Trainer passes);
+        ``is_main_process=False`` writes nothing (the other ranks of a distributed run). The config
+        records the parameters' dtype, which ``from_pretrained(dtype="auto")`` (the default) restores."""
+        from safetensors.torch import save_file
+
+        if not is_main_process:
+            return
+        os.makedirs(save_directory, exist_ok=True)
+        config = ReformerConfig.from_dict(
+            {**self.config.to_dict(), "architectures": [type(self).__name__], "dtype": str(self.dtype).removeprefix("torch.")}
+        )
+        state = self.state_dict() if state_dict is None else state_dict
+        if self._keys_to_ignore_on_save:
+            state = {k: v for k, v in state.items() if not any(re.search(p, k) for p in self._keys_to_ignore_on_save)}
+        state = {name: tensor.detach().contiguous().cpu() for name, tensor in state.items()}
+        name, stale = (SAFETENSORS_NAME, PYTORCH_NAME) if safe_serialization else (PYTORCH_NAME, SAFETENSORS_NAME)
+        with all_or_nothing():
+            config.save_pretrained(save_directory)
+            with atomic_write(os.path.join(save_directory, name)) as f:
+                if safe_serialization:
+                    # safetensors writes the temporary file by its name, streaming the tensors (no copy
+                    # of the whole file in memory); atomic_write then fsyncs that same file and renames it.
+                    save_file(state, f.name, metadata={"format": "pt"})
+                else:
+                    torch.save(state, f)
+        if os.path.isfile(os.path.join(save_directory, stale)):
+            os.remove(os.path.join(save_directory, stale))
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path: str | os.PathLike,
+        *model_args: Any,
+        config: ReformerConfig | str | os.PathLike | None = None,
+        ignore_mismatched_sizes: bool = False,
+        output_loading_info: bool = False,
+        dtype: torch.dtype | str | None = None,
+        torch_dtype: torch.dtype | str | None = None,
+        subfolder: str = "",
+        device_map: str | int | torch.device | dict | None = None,
+        state_dict: dict[str, torch.Tensor] | None = None,
+        use_safetensors: bool | None = None,
+        revision: str | None = "main",
+        weights_only: bool = True,
+        **kwargs: Any,
+    ):
+        """Load a directory written by ``save_pretrained`` here or in transformers, with the
+        keywords of transformers' from_pretrained that mean something for a local directory.
+
+        Reads model.safetensors or pytorch_model.bin (``use_safetensors`` True/False: only that one;
+        never code from the file). Returns the model in eval mode, as transformers. Keywords:
+        - ReformerConfig fields (``num_labels=5``, ``hash_seed=3``, ...) override the saved config;
+          ``num_labels`` replaces the saved labels. ``config``: a ReformerConfig (or its path) to use
+          instead of the directory's config.json (then no field overrides: change that config).
+        - ``dtype`` / ``torch_dtype``: the float parameters' dtype: a torch.dtype, its name, or "auto"
+          (the default, as transformers 5): the saved config's dtype, else the checkpoint's first
+          float tensor's. ``device_map``: one device ("cpu", "cuda:1", 0, or {"": device}).
+        - ``ignore_mismatched_sizes``: a tensor whose shape differs from the model's (a head with
+          another num_labels) is left as initialized, with a warning, instead of a ValueError.
+        - ``output_loading_info``: return (model, {"missing_keys", "unexpected_keys",
+          "mismatched_keys", "error_msgs"}) as transformers. ``subfolder``: load path/subfolder.
+          ``state_dict``: these tensors instead of the directory's weights file.
+        - Accepted and without effect on a local directory (each says so here): ``cache_dir``,
+          ``force_download``, ``local_files_only``, ``token``, ``proxies`` (Hub downloads, which this
+          package does not do: fetch a Hub model with huggingface_hub.snapshot_download and pass its
+          folder), ``trust_remote_code`` (no code is ever loaded), ``low_cpu_mem_usage`` (transformers
+          5 ignores it too). ``revision`` other than "main" and ``weights_only=False`` are refused.
+        Any other keyword is a TypeError (transformers passes it to the model's __init__, which refuses it).
+
+        Key matching: a checkpoint of the base model loads into a model with a head and the reverse;
+        ``lm_head.bias`` or ``lm_head.decoder.bias`` alone loads. The head weights a checkpoint lacks
+        are newly initialized, and those under a module this model does not have (``lm_head.*`` of an
+        LM checkpoint loaded into ReformerForSequenceClassification, to fine-tune it, or into
+        ReformerModel) are dropped, each with a warning.
+        A missing or extra key of the base model means the config does not belong to the weights: ValueError.
         """
+        name = f"{cls.__name__}.from_pretrained"
+        if model_args:
+            raise TypeError(f"{name}: takes one positional argument (the directory), got {len(model_args)} more: pass keywords")
+        path = os.fspath(pretrained_model_name_or_path)
+        if revision not in (None, "main"):
+            raise ValueError(f"{name}: revision={revision!r} selects a Hub commit; this loads local directories only: "
+                             "check that revision out into a folder and pass the folder")
+        if weights_only is not True:
+            raise ValueError(f"{name}: weights_only={weights_only!r}: checkpoints are always read as tensors only "
+                             "(no code from the file runs); drop the argument")
+        directory = os.path.join(path, subfolder) if subfolder else path
         if not os.path.isdir(directory):
-            raise ValueError(f"{cls.__name__}.from_pretrained: {os.fspath(directory)!r} is not a directory")
-        config = ReformerConfig.from_pretrained(os.path.join(directory, CONFIG_NAME), **config_overrides)
-        model = cls(config)
-        state = model._adapt_state_dict(load_checkpoint_state_dict(directory))
-        expected = set(model.state_dict())
-        missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
-        head_only = [k for k in missing if not k.startswith(cls.base_model_prefix + ".")]
-        if unexpected or len(head_only) != len(missing):
-            raise ValueError(
-                f"{cls.__name__}.from_pretrained({os.fspath(directory)!r}): the checkpoint does not match the config: "
-                f"missing keys {missing[:8]}{'...' if len(missing) > 8 else ''}, unexpected keys "
-                f"{unexpected[:8]}{'...' if len(unexpected) > 8 else ''}; check that config.json belongs to these weights"
+            error = NotADirectoryError if os.path.exists(directory) else FileNotFoundError
+            raise error(
+                f"{name}: {directory!r} is not a directory: pass the folder that save_pretrained wrote (config.json and "
+                "model.safetensors or pytorch_model.bin); Hub ids are not downloaded here, fetch one with "
+                "huggingface_hub.snapshot_download(repo_id) and pass its folder"
             )
-        _check_checkpoint_tensors(cls.__name__, directory, state, model.state_dict())
-        if head_only:
-            warnings.warn(f"{cls.__name__}.from_pretrained: newly initialized head weights {head_only}; train them before use", stacklevel=2)
+        overrides = {k: v for k, v in kwargs.items() if k not in _ACCEPTED_FOR_LOCAL_DIRECTORIES}
+        if config is None or isinstance(config, (str, os.PathLike)):
+            saved = ReformerConfig.from_pretrained(directory if config is None else config)
+            unknown = sorted(set(overrides) - set(saved.to_dict()) - {"num_labels"})
+            if unknown:
+                raise TypeError(
+                    f"{name} got unexpected keyword arguments {unknown}: they are neither ReformerConfig fields nor "
+                    f"from_pretrained options (see {name}.__doc__)"
+                )
+            config = saved.with_overrides(overrides) if overrides else saved
+        elif isinstance(config, ReformerConfig):
+            if overrides:
+                raise TypeError(
+                    f"{name} got unexpected keyword arguments {sorted(overrides)}: with config= given, config fields are "
+                    "not overridden here; set them on that config"
+                )
+            config = copy.deepcopy(config)
+        else:
+            raise TypeError(f"{name}: config must be a ReformerConfig, a path or None, got {type(config).__name__}")
+        config.name_or_path = path
+        device = _single_device(name, device_map)
+
+        if state_dict is None:
+            state_dict = load_checkpoint_state_dict(directory, use_safetensors)
+        requested = _requested_dtype(name, dtype, torch_dtype)
+        if requested in (None, "auto"):
+            stored = next((t.dtype for t in state_dict.values() if t.is_floating_point()), torch.float32)
+            requested = config.dtype or stored
+        dtype = _resolve_dtype(name, requested)
+        config.dtype = str(dtype).removeprefix("torch.")
+
+        model = cls(config).to(dtype)
+        state = model._adapt_state_dict(state_dict)
+        expected = model.state_dict()
+        missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+        # Keys under a top-level module this model does not have belong to another head (lm_head.* of
+        # an LM checkpoint in a classifier); a missing or extra key of the base model is a config mismatch.
+        modules = {key.split(".", 1)[0] for key in expected}
+        prefix = cls.base_model_prefix + "."
+        base_missing = [k for k in missing if k.startswith(prefix) or cls.base_model_prefix not in modules]
+        base_unexpected = [k for k in unexpected if k.split(".", 1)[0] in modules]
+        if base_missing or base_unexpected:
+            raise ValueError(
+                f"{name}({directory!r}): the checkpoint does not match the config: missing keys {base_missing[:8]}"
+                f"{'...' if len(base_missing) > 8 else ''}, unexpected keys {base_unexpected[:8]}"
+                f"{'...' if len(base_unexpected) > 8 else ''}; check that config.json belongs to these weights"
+            )
+        mismatched = _check_checkpoint_tensors(name, directory, state, expected, ignore_mismatched_sizes)
+        for key, _, _ in mismatched:
+            del state[key]
+        if unexpected:
+            warnings.warn(f"{name}: checkpoint weights {unexpected} belong to another head and were not used", stacklevel=2)
+        if missing:
+            warnings.warn(f"{name}: newly initialized head weights {missing}; train them before use", stacklevel=2)
+        if mismatched:
+            shapes = [f"{key} (checkpoint {tuple(stored)}, model {tuple(wanted)})" for key, stored, wanted in mismatched]
+            warnings.warn(
+                f"{name}: newly initialized weights {shapes}, whose shape differs from the checkpoint's "
+                "(ignore_mismatched_sizes=True); train them before use", stacklevel=2,
+            )
         model.load_state_dict(state, strict=False)
+        model.to(device).eval()
+        if output_loading_info:
+            return model, {"missing_keys": set(missing), "unexpected_keys": set(unexpected),
+                           "mismatched_keys": set(mismatched), "error_msgs": []}
         return model
 
     def _adapt_state_dict(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -336,11 +616,54 @@ class ReformerPreTrainedModel(nn.Module):
         if has_base and not any(k.startswith(prefix) for k in state):
             state = {prefix + k: v for k, v in state.items()}
         elif not has_base and any(k.startswith(prefix) for k in state):
-            state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+            state = {k.removeprefix(prefix): v for k, v in state.items()}
+        state = dict(state)
         if has_base and hasattr(self, "lm_head"):
-            state = dict(state)
             fill_lm_head_bias(state, "lm_head.")
         return state
+
+
+# The keywords of transformers' from_pretrained that are accepted and do nothing for a local directory
+# (see ReformerPreTrainedModel.from_pretrained).
+_ACCEPTED_FOR_LOCAL_DIRECTORIES = frozenset(
+    {"cache_dir", "force_download", "local_files_only", "token", "proxies", "trust_remote_code", "low_cpu_mem_usage"}
+)
+
+
+def _requested_dtype(name: str, dtype, torch_dtype):
+    """``dtype``, or its older name ``torch_dtype``; both only when they agree."""
+    same = str(dtype).removeprefix("torch.") == str(torch_dtype).removeprefix("torch.")
+    if dtype is not None and torch_dtype is not None and not same:
+        raise ValueError(f"{name}: dtype={dtype!r} and torch_dtype={torch_dtype!r} disagree: pass dtype alone")
+    return dtype if dtype is not None else torch_dtype
+
+
+def _resolve_dtype(name: str, dtype: torch.dtype | str) -> torch.dtype:
+    """A float torch.dtype from a torch.dtype or its name ("float16", "torch.bfloat16")."""
+    resolved = getattr(torch, dtype.removeprefix("torch."), None) if isinstance(dtype, str) else dtype
+    if not isinstance(resolved, torch.dtype) or str(resolved).removeprefix("torch.") not in FLOAT_DTYPES:
+        raise ValueError(f"{name}: dtype={dtype!r} is not a float dtype the model can hold: pass one of {FLOAT_DTYPES} or 'auto'")
+    return resolved
+
+
+def _single_device(name: str, device_map) -> torch.device:
+    """The one device of ``device_map`` (None: CPU). Spreading the layers over devices ("auto",
+    "balanced", a per-module dict) is accelerate's big-model dispatch, which this package does not do."""
+    if isinstance(device_map, dict) and set(device_map) == {""}:
+        device_map = device_map[""]
+    if device_map is None:
+        return torch.device("cpu")
+    if isinstance(device_map, (int, torch.device)) and not isinstance(device_map, bool) or (
+        isinstance(device_map, str) and device_map not in ("auto", "balanced", "balanced_low_0", "sequential")
+    ):
+        try:
+            return torch.device(device_map)
+        except (RuntimeError, TypeError):
+            pass
+    raise ValueError(
+        f"{name}: device_map={device_map!r} is not one device: this package places the whole model on one device; "
+        "pass device_map='cpu', 'cuda', 'cuda:1', an index, or call model.to(device)"
+    )
 
 
 def _lcm_and_min_chunk(config: ReformerConfig) -> tuple[int, int]:
@@ -364,12 +687,6 @@ class ReformerModel(ReformerPreTrainedModel):
         self.encoder = ReformerEncoder(config)
         self.post_init()
 
-    def get_input_embeddings(self) -> nn.Embedding:
-        return self.embeddings.word_embeddings
-
-    def set_input_embeddings(self, value: nn.Embedding) -> None:
-        self.embeddings.word_embeddings = value
-
     def forward(
         self,
         input_ids: torch.Tensor | None = None,
@@ -381,7 +698,8 @@ class ReformerModel(ReformerPreTrainedModel):
         output_attentions: bool | None = None,
         past_buckets_states: ReformerDecodingCache | None = None,
         use_cache: bool | None = None,
-    ) -> ReformerModelOutput:
+        return_dict: bool | None = None,
+    ) -> ReformerModelOutput | tuple:
         """input_ids (B, L) int64 in [0, vocab_size), or inputs_embeds (B, L, hidden_size);
         attention_mask (B, L), 0 = padding; position_ids (B, L) or (L,); num_hashes overrides
         config.num_hashes. Any L <= max_position_embeddings (and <= prod(axial_pos_shape)).
@@ -403,12 +721,15 @@ class ReformerModel(ReformerPreTrainedModel):
         earlier tokens, so a full forward changes their states, which a cache of past states keeps.
         ``use_cache=None`` means False (transformers reads config.use_cache, True by default, which
         would make every eval forward build a cache).
+
+        Returns a ReformerModelOutput, or with ``return_dict=False`` (default: config.use_return_dict)
+        the tuple of its fields that are set, in transformers' order.
         """
         if use_cache or past_buckets_states is not None:
-            return self._cached_forward(
+            return self._output(self._cached_forward(
                 input_ids, attention_mask, position_ids, inputs_embeds, num_hashes, output_hidden_states, output_attentions,
                 ReformerDecodingCache() if past_buckets_states is None else past_buckets_states,
-            )
+            ), return_dict)
         if output_hidden_states is None:
             output_hidden_states = self.config.output_hidden_states
         if output_attentions is None:
@@ -436,11 +757,11 @@ class ReformerModel(ReformerPreTrainedModel):
         hidden_states = None
         if all_hidden_states is not None:
             hidden_states = tuple(h[:, :seq_len] for h in all_hidden_states)
-        return ReformerModelOutput(
+        return self._output(ReformerModelOutput(
             last_hidden_state=sequence_output[:, :seq_len],
             hidden_states=hidden_states,
             attentions=None if all_attentions is None else tuple(all_attentions),
-        )
+        ), return_dict)
 
     def _cached_forward(
         self, input_ids, attention_mask, position_ids, inputs_embeds, num_hashes, output_hidden_states, output_attentions,
@@ -460,7 +781,7 @@ class ReformerModel(ReformerPreTrainedModel):
         if cache.length == 0:
             outputs = self.forward(
                 input_ids, attention_mask, None, inputs_embeds, num_hashes, output_hidden_states=True,
-                output_attentions=output_attentions,
+                output_attentions=output_attentions, return_dict=True,
             )
             batch, seq_len = outputs.last_hidden_state.shape[:2]
             device = outputs.last_hidden_state.device
@@ -705,6 +1026,13 @@ class ReformerOnlyLMHead(nn.Module):
         )
 
 
+def _wants_logits(model: nn.Module, labels: torch.Tensor | None, return_logits: bool | None) -> bool:
+    """The LM heads' logits rule (see ReformerModelWithLMHead.forward)."""
+    if return_logits is not None:
+        return bool(return_logits)
+    return labels is None or not model.training
+
+
 def _check_labels(labels: torch.Tensor, shape: tuple[int, ...], what: str) -> torch.Tensor:
     if not isinstance(labels, torch.Tensor) or labels.dtype.is_floating_point or labels.shape != shape:
         got = f"{labels.dtype} {tuple(labels.shape)}" if isinstance(labels, torch.Tensor) else type(labels).__name__
@@ -714,8 +1042,8 @@ def _check_labels(labels: torch.Tensor, shape: tuple[int, ...], what: str) -> to
 
 class ReformerModelWithLMHead(ReformerPreTrainedModel):
     """Causal language model: ReformerModel + LM head. With ``labels`` (B, L) the loss is the
-    next-token cross-entropy (labels shifted by one inside, -100 ignored), computed in chunks;
-    logits are returned when there are no labels or when ``return_logits=True``."""
+    next-token cross-entropy (labels shifted by one inside, -100 ignored), computed in chunks
+    without the (tokens x vocab) logits; see ``forward`` for when the logits are returned."""
 
     def __init__(self, config: ReformerConfig):
         super().__init__(config)
@@ -731,9 +1059,6 @@ class ReformerModelWithLMHead(ReformerPreTrainedModel):
         self.lm_head = ReformerOnlyLMHead(config)
         self.post_init()
 
-    def get_output_embeddings(self) -> nn.Linear:
-        return self.lm_head.decoder
-
     def forward(
         self,
         input_ids: torch.Tensor | None = None,
@@ -747,30 +1072,41 @@ class ReformerModelWithLMHead(ReformerPreTrainedModel):
         return_logits: bool | None = None,
         past_buckets_states: ReformerDecodingCache | None = None,
         use_cache: bool | None = None,
-    ) -> ReformerModelWithLMHeadOutput:
-        """See ReformerModel.forward for cached decoding (``use_cache``, ``past_buckets_states``)."""
+        return_dict: bool | None = None,
+    ) -> ReformerModelWithLMHeadOutput | tuple:
+        """See ReformerModel.forward for the inputs and cached decoding (``use_cache``,
+        ``past_buckets_states``).
+
+        ``return_logits`` (default None): the (B, L, vocab) logits are returned without labels, and
+        with labels in eval mode (``not self.training``, as evaluation loops need them) or when
+        ``return_logits=True``. In training mode with labels they are skipped by default: the loss
+        is computed in chunks without them, which is this package's memory saving (transformers
+        always returns them); ``return_logits=False`` skips them in eval too.
+        With ``return_dict=False`` (default: config.use_return_dict): the tuple (loss, logits, ...)
+        of the fields that are set, as transformers.
+        """
         outputs = self.reformer(
             input_ids, attention_mask, position_ids, inputs_embeds, num_hashes, output_hidden_states, output_attentions,
-            past_buckets_states, use_cache,
+            past_buckets_states, use_cache, return_dict=True,
         )
         hidden = outputs.last_hidden_state
         loss = None
         if labels is not None:
             labels = _check_labels(labels, tuple(hidden.shape[:2]), "one token id per input position")
             loss = self.lm_head.loss(hidden[:, :-1], labels[:, 1:])
-        if return_logits is None:
-            return_logits = labels is None
-        logits = self.lm_head(hidden) if return_logits else None
-        return ReformerModelWithLMHeadOutput(
+        logits = self.lm_head(hidden) if _wants_logits(self, labels, return_logits) else None
+        return self._output(ReformerModelWithLMHeadOutput(
             loss=loss, logits=logits, past_buckets_states=outputs.past_buckets_states, hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
-        )
+        ), return_dict)
 
     def generate(
         self,
-        input_ids: torch.Tensor,
-        max_new_tokens: int = 20,
+        inputs: torch.Tensor | None = None,
+        max_new_tokens: int | None = None,
         *,
+        input_ids: torch.Tensor | None = None,
+        max_length: int | None = None,
         do_sample: bool = False,
         temperature: float = 1.0,
         top_k: int | None = None,
@@ -781,10 +1117,13 @@ class ReformerModelWithLMHead(ReformerPreTrainedModel):
         generator: torch.Generator | None = None,
         use_cache: bool = True,
     ) -> torch.LongTensor:
-        """Continue the prompts ``input_ids`` (B, prompt_len) by up to ``max_new_tokens`` tokens:
-        returns (B, prompt_len + n_new) int64, n_new <= max_new_tokens (fewer when every row has
-        produced an ``eos_token_id``; finished rows are filled with ``pad_token_id``, default
-        config.pad_token_id, else the first eos id).
+        """Continue the prompts ``inputs`` (B, prompt_len), also accepted as ``input_ids`` as in
+        transformers, by up to ``max_new_tokens`` tokens: returns (B, prompt_len + n_new) int64,
+        n_new <= max_new_tokens (fewer when every row has produced an ``eos_token_id``; finished rows
+        are filled with ``pad_token_id``, default config.pad_token_id, else the first eos id).
+        Without a prompt, generation starts from config.bos_token_id (one row, as transformers).
+        ``max_length`` bounds prompt + new tokens instead (transformers' older limit;
+        ``max_new_tokens`` wins when both are given; neither: 20 new tokens).
 
         Greedy (``do_sample=False``: the argmax) or sampled from softmax(logits / temperature)
         restricted to the ``top_k`` most likely tokens and the ``top_p`` nucleus, drawn with
@@ -796,16 +1135,36 @@ class ReformerModelWithLMHead(ReformerPreTrainedModel):
         the whole prefix per token, in the model's current mode) wherever the full forward is
         prefix-stable (see ``ReformerModel.forward``), and differs from it slightly elsewhere.
         """
+        if inputs is not None and input_ids is not None:
+            raise ValueError("generate: pass the prompt once, as inputs or as input_ids, not both")
+        prompt = inputs if inputs is not None else input_ids
+        if prompt is None:
+            if self.config.bos_token_id is None:
+                raise ValueError(
+                    "generate: no prompt and config.bos_token_id is None: pass input_ids (batch, prompt_len) or set "
+                    "config.bos_token_id to start from it"
+                )
+            prompt = torch.full((1, 1), self.config.bos_token_id, dtype=torch.long, device=self.device)
+        if max_new_tokens is None and max_length is not None:
+            if isinstance(max_length, bool) or not isinstance(max_length, int):
+                raise ValueError(f"generate: max_length must be an int (prompt + new tokens), got {max_length!r}")
+            prompt_len = prompt.shape[-1] if isinstance(prompt, torch.Tensor) else 0
+            if max_length < prompt_len:
+                raise ValueError(
+                    f"generate: max_length {max_length} < the prompt's {prompt_len} tokens: raise max_length or pass max_new_tokens"
+                )
+            max_new_tokens = max_length - prompt_len
         return generation.generate(
-            self, input_ids, max_new_tokens, do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p,
-            eos_token_id=eos_token_id, pad_token_id=pad_token_id, attention_mask=attention_mask, generator=generator,
-            use_cache=use_cache,
+            self, prompt, 20 if max_new_tokens is None else max_new_tokens, do_sample=do_sample, temperature=temperature,
+            top_k=top_k, top_p=top_p, eos_token_id=eos_token_id, pad_token_id=pad_token_id, attention_mask=attention_mask,
+            generator=generator, use_cache=use_cache,
         )
 
 
 class ReformerForMaskedLM(ReformerPreTrainedModel):
     """Bidirectional ReformerModel + LM head; with ``labels`` (B, L) the loss is the cross-entropy
-    at every position whose label is not -100 (computed in chunks)."""
+    at every position whose label is not -100 (computed in chunks). The logits follow
+    ReformerModelWithLMHead.forward's rule (skipped by default in training mode with labels)."""
 
     def __init__(self, config: ReformerConfig):
         super().__init__(config)
@@ -814,9 +1173,6 @@ class ReformerForMaskedLM(ReformerPreTrainedModel):
         self.reformer = ReformerModel(config)
         self.lm_head = ReformerOnlyLMHead(config)
         self.post_init()
-
-    def get_output_embeddings(self) -> nn.Linear:
-        return self.lm_head.decoder
 
     def forward(
         self,
@@ -829,18 +1185,21 @@ class ReformerForMaskedLM(ReformerPreTrainedModel):
         output_hidden_states: bool | None = None,
         output_attentions: bool | None = None,
         return_logits: bool | None = None,
-    ) -> MaskedLMOutput:
+        return_dict: bool | None = None,
+    ) -> MaskedLMOutput | tuple:
         outputs = self.reformer(
-            input_ids, attention_mask, position_ids, inputs_embeds, num_hashes, output_hidden_states, output_attentions
+            input_ids, attention_mask, position_ids, inputs_embeds, num_hashes, output_hidden_states, output_attentions,
+            return_dict=True,
         )
         hidden = outputs.last_hidden_state
         loss = None
         if labels is not None:
             loss = self.lm_head.loss(hidden, _check_labels(labels, tuple(hidden.shape[:2]), "one token id per input position"))
-        if return_logits is None:
-            return_logits = labels is None
-        logits = self.lm_head(hidden) if return_logits else None
-        return MaskedLMOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions)
+        logits = self.lm_head(hidden) if _wants_logits(self, labels, return_logits) else None
+        return self._output(
+            MaskedLMOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions),
+            return_dict,
+        )
 
 
 def _check_classification_labels(labels: torch.Tensor, problem_type: str, batch: int, num_labels: int) -> None:
@@ -906,9 +1265,13 @@ class ReformerForSequenceClassification(ReformerPreTrainedModel):
         labels: torch.Tensor | None = None,
         output_hidden_states: bool | None = None,
         output_attentions: bool | None = None,
-    ) -> SequenceClassifierOutput:
+        return_dict: bool | None = None,
+    ) -> SequenceClassifierOutput | tuple:
+        """The logits (B, num_labels) are always returned (they are small); ``return_dict=False``
+        gives the tuple (loss, logits, ...) of the fields that are set."""
         outputs = self.reformer(
-            input_ids, attention_mask, position_ids, inputs_embeds, num_hashes, output_hidden_states, output_attentions
+            input_ids, attention_mask, position_ids, inputs_embeds, num_hashes, output_hidden_states, output_attentions,
+            return_dict=True,
         )
         logits = self.classifier(outputs.last_hidden_state)
         loss = None
@@ -931,7 +1294,10 @@ class ReformerForSequenceClassification(ReformerPreTrainedModel):
                 loss = nn.functional.cross_entropy(logits.view(-1, self.num_labels), labels.view(-1).long())
             else:
                 loss = nn.functional.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
-        return SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions)
+        return self._output(
+            SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions),
+            return_dict,
+        )
 
 
 class ReformerForQuestionAnswering(ReformerPreTrainedModel):
@@ -958,9 +1324,13 @@ class ReformerForQuestionAnswering(ReformerPreTrainedModel):
         end_positions: torch.Tensor | None = None,
         output_hidden_states: bool | None = None,
         output_attentions: bool | None = None,
-    ) -> QuestionAnsweringModelOutput:
+        return_dict: bool | None = None,
+    ) -> QuestionAnsweringModelOutput | tuple:
+        """Start and end logits (B, L) are always returned; ``return_dict=False`` gives the tuple
+        (loss, start_logits, end_logits, ...) of the fields that are set."""
         outputs = self.reformer(
-            input_ids, attention_mask, position_ids, inputs_embeds, num_hashes, output_hidden_states, output_attentions
+            input_ids, attention_mask, position_ids, inputs_embeds, num_hashes, output_hidden_states, output_attentions,
+            return_dict=True,
         )
         start_logits, end_logits = (t.squeeze(-1) for t in self.qa_outputs(outputs.last_hidden_state).split(1, dim=-1))
         loss = None
@@ -977,7 +1347,7 @@ class ReformerForQuestionAnswering(ReformerPreTrainedModel):
                 nn.functional.cross_entropy(start_logits, start, ignore_index=ignored)
                 + nn.functional.cross_entropy(end_logits, end, ignore_index=ignored)
             ) / 2
-        return QuestionAnsweringModelOutput(
+        return self._output(QuestionAnsweringModelOutput(
             loss=loss, start_logits=start_logits, end_logits=end_logits, hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
-        )
+        ), return_dict)

@@ -112,6 +112,9 @@ def test_damaged_pytorch_bin_is_a_value_error(saved):
         ReformerModelWithLMHead.from_pretrained(saved)
 
 
-def test_not_a_directory(tmp_path):
-    with pytest.raises(ValueError, match="is not a directory"):
+def test_not_a_directory_is_an_os_error_as_in_transformers(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nothing' is not a directory"):
         ReformerModelWithLMHead.from_pretrained(tmp_path / "nothing")
+    (tmp_path / "file").write_text("")
+    with pytest.raises(NotADirectoryError, match="file' is not a directory"):
+        ReformerModelWithLMHead.from_pretrained(tmp_path / "file")
