@@ -50,28 +50,109 @@ def _check_hidden_states(module: nn.Module, hidden_states: torch.Tensor, hidden_
         raise ValueError(f"{type(module).__name__}: hidden_states must be (batch, seq_len, {hidden_size}), got {shape}")
 
 
+# A sort key packs (bucket, position) into one int64: bucket * 2**POSITION_BITS + position.
+POSITION_BITS = 32
+
+
+class BucketOrder:
+    """The order ``forward`` sorts the positions [0, length) of each hash round in: by bucket, then
+    position, padding in the extra bucket after the others; kept incrementally as positions arrive.
+
+    Entries are sort keys (bucket * 2**POSITION_BITS + position) in two sorted runs per (batch,
+    head, round): ``merged`` (B, H, n_hashes, m), and ``recent``, the at most ``merge_every`` keys
+    appended since the last merge. A new position is the last of its bucket, so appending it is a
+    sort of ``recent``, its rank a binary search in ``merged`` plus a count in ``recent``, the entry
+    at a rank a binary search over the ranks of ``recent``; the O(length) merge runs once every
+    ``merge_every`` appends. ``hashed_with``: the (n_hashes, n_buckets) the keys were hashed with.
+    """
+
+    def __init__(self, keys: torch.Tensor, hashed_with: tuple, merge_every: int) -> None:
+        """keys (B, H, n_hashes, length) of positions [0, length), in any order."""
+        self.merged = keys.sort(dim=-1).values
+        self.recent = keys.new_empty(*keys.shape[:3], merge_every)
+        self.n_recent = 0
+        self.hashed_with = hashed_with
+
+    @property
+    def length(self) -> int:
+        return self.merged.shape[-1] + self.n_recent
+
+    def _recent(self) -> torch.Tensor:
+        return self.recent[..., : self.n_recent].contiguous()
+
+    def append(self, keys: torch.Tensor) -> torch.Tensor:
+        """Add position ``length``'s keys (B, H, n_hashes); returns their ranks (B, H, n_hashes)."""
+        self.recent[..., self.n_recent] = keys
+        self.n_recent += 1
+        self.recent[..., : self.n_recent] = self._recent().sort(dim=-1).values
+        return self.rank(keys)
+
+    def rank(self, keys: torch.Tensor) -> torch.Tensor:
+        """The number of entries below each of ``keys`` (B, H, n_hashes) in its round."""
+        below_recent = (self.recent[..., : self.n_recent] < keys[..., None]).sum(dim=-1)
+        return torch.searchsorted(self.merged, keys[..., None].contiguous())[..., 0] + below_recent
+
+    def positions(self, rounds: torch.Tensor, ranks: torch.Tensor, padded_len: int) -> torch.Tensor:
+        """The positions at ``ranks`` (B, H, M, n) in rounds ``rounds`` (B, H, M) of the order of
+        ``padded_len`` positions, in which the positions [length, padded_len) come last, as ``forward``
+        sorts the padding past the input."""
+        n_merged, n_recent = self.merged.shape[-1], self.n_recent
+        inside = ranks.clamp(max=self.length - 1)
+        # Recent entry j sits at rank (its rank among the merged ones) + j, increasing in j; the
+        # number of recent entries ranked before a rank says which merged entry fills it otherwise.
+        recent = self._recent()
+        recent_ranks = torch.searchsorted(self.merged, recent) + torch.arange(n_recent, device=ranks.device)
+        row_ranks = recent_ranks.gather(2, rounds[..., None].expand(*rounds.shape, n_recent))
+        before = torch.searchsorted(row_ranks, inside)
+        j = before.clamp(max=max(n_recent - 1, 0))
+        from_recent = (before < n_recent) & (row_ranks.gather(-1, j) == inside) if n_recent else torch.zeros_like(inside, dtype=torch.bool)
+        merged_keys = self.merged.flatten(2).gather(2, (rounds[..., None] * n_merged + (inside - before).clamp(0, n_merged - 1)).flatten(2))
+        keys = merged_keys.view_as(inside)
+        if n_recent:
+            recent_keys = self.recent.flatten(2).gather(2, (rounds[..., None] * self.recent.shape[-1] + j).flatten(2))
+            keys = torch.where(from_recent, recent_keys.view_as(inside), keys)
+        return torch.where(ranks < self.length, keys % 2**POSITION_BITS, ranks)
+
+    def merge_if_full(self) -> None:
+        """Merge ``recent`` into ``merged`` once it holds ``merge_every`` keys: O(length)."""
+        if self.n_recent < self.recent.shape[-1]:
+            return
+        recent = self._recent()
+        recent_ranks = torch.searchsorted(self.merged, recent) + torch.arange(self.n_recent, device=recent.device)
+        is_recent = torch.zeros(*recent.shape[:3], self.length, dtype=torch.bool, device=recent.device)
+        is_recent.scatter_(-1, recent_ranks, True)
+        merged = self.merged.new_empty(is_recent.shape)
+        merged[is_recent] = recent.flatten()
+        merged[~is_recent] = self.merged.flatten()
+        self.merged, self.n_recent = merged, 0
+
+
 class DecodingCache:
     """What one attention layer keeps of the positions decoded so far, for the next position.
 
     Local layers: their keys and values; LSH layers: their shared query/key projections and values,
-    plus the buckets of those positions for the rotations and bucket count they were hashed with
-    (a fixed ``hash_seed`` lets them be reused; a change of count or fresh rotations rehashes).
-    Tensors (B, H, capacity, d), preallocated for ``capacity`` positions: a step writes in place
-    and allocates nothing that stays; writing past the capacity reallocates to the capacity asked.
+    plus ``order``, the ``BucketOrder`` of those positions for the rotations and bucket count they
+    were hashed with (a fixed ``hash_seed`` lets a step insert only the new position; a change of
+    count or fresh rotations rehashes and re-sorts them all). Tensors (B, H, capacity, d),
+    preallocated for ``capacity`` positions: a step writes in place; writing past the capacity
+    reallocates to the capacity asked. ``merge_every``: see ``BucketOrder``.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, merge_every: int = 256) -> None:
+        if not _is_int(merge_every) or merge_every < 1:
+            raise ValueError(f"DecodingCache: merge_every must be an int >= 1, got {merge_every!r}")
         self.keys: torch.Tensor | None = None
         self.values: torch.Tensor | None = None
-        self.buckets: torch.Tensor | None = None
-        self.hashed_with: tuple | None = None
-        self.n_hashed = 0
+        self.order: BucketOrder | None = None
+        self.merge_every = merge_every
         self.length = 0
 
     def write(self, position: int, keys: torch.Tensor, values: torch.Tensor, capacity: int) -> None:
         """Store keys, values (B, H, n, d) at positions [position, position + n); the cache then
         holds positions [0, position + n)."""
         end = position + keys.shape[2]
+        if self.order is not None and self.order.length != position:
+            self.order = None  # it no longer describes the cached positions: rebuilt when needed
         if self.keys is None or self.keys.shape[2] < end:
             size = max(capacity, end)
             grown = [t.new_zeros(*t.shape[:2], size, t.shape[3]) for t in (keys, values)]
@@ -79,7 +160,6 @@ class DecodingCache:
                 for new, old in zip(grown, (self.keys, self.values)):
                     new[:, :, :position] = old[:, :, :position]
             self.keys, self.values = grown
-            self.buckets, self.hashed_with, self.n_hashed = None, None, 0
         self.keys[:, :, position:end] = keys
         self.values[:, :, position:end] = values
         self.length = end
@@ -121,6 +201,20 @@ def _attend_window(
     )
     lse = torch.logsumexp(scores, dim=-1, keepdim=True)
     return (torch.exp(scores - lse) @ values).squeeze(-2), lse[..., 0, 0]
+
+
+def _sort_keys(
+    vectors: torch.Tensor, rotations: torch.Tensor, n_buckets, valid: torch.Tensor, start: int
+) -> torch.Tensor:
+    """The ``BucketOrder`` keys (B, H, n_hashes, n) of positions [start, start + n) with shared
+    query/key projections ``vectors`` (B, H, n, d): each round's bucket, the padding bucket
+    prod(n_buckets) where ``valid`` (B, n) is False, packed with the position."""
+    n_hashes = rotations.shape[2]
+    per_round = math.prod(bucket_factors(n_buckets))
+    buckets, _ = functional.lsh_hash(vectors, rotations, n_buckets)
+    offsets = torch.arange(n_hashes, device=vectors.device)[:, None] * per_round
+    buckets = torch.where(valid[:, None, None, :], buckets.unflatten(2, (n_hashes, -1)) - offsets, per_round)
+    return buckets * 2**POSITION_BITS + torch.arange(start, start + vectors.shape[2], device=vectors.device)
 
 
 class LSHSelfAttention(nn.Module):
@@ -258,7 +352,12 @@ class LSHSelfAttention(nn.Module):
         hashes position t (and every cached position when the count changes or rotations are drawn
         fresh), sorts the rounds by (bucket, position) as ``forward`` does, and attends, per round,
         within position t's chunk and its neighbours of the sorted order; rounds combine by lse.
-        Cost per step: one sort of n_hashes * layout_len ids and one chunk window of attention.
+        Cost per step (fixed ``hash_seed``): hashing position t, inserting it in ``cache.order``
+        and one chunk window of attention per round, independent of t (plus an O(t) merge every
+        ``cache.merge_every`` steps); the first step past one chunk, a change of bucket count or
+        ``hash_seed=None`` (fresh rotations every call, as forward draws them) rehashes and sorts
+        every cached position. The cache keeps the padding of past positions as the steps saw it:
+        key_valid[:, :t] must be the mask of the earlier steps.
         Inference only: no dropout. ``capacity``: positions to allocate the cache for.
         """
         position = _check_decoding(self, hidden_states, cache, key_valid, layout_len)
@@ -276,28 +375,35 @@ class LSHSelfAttention(nn.Module):
         n_buckets = self.num_buckets
         if n_buckets is None:
             n_buckets = functional.default_num_buckets(seq_len, self.chunk_len, self.max_position_embeddings)
-        buckets = self._decoding_buckets(cache, position, n_hashes, n_buckets)
-        # The layout of forward: padding (masked tokens and the positions past t) in an extra bucket
-        # after the others of its round, each round padded to a whole number of chunks.
-        padding_bucket = math.prod(bucket_factors(n_buckets))
+        rotations = self.draw_rotations(n_hashes, n_buckets, qk)
+        order = cache.order
+        if self.hash_seed is None or order is None or order.hashed_with != (n_hashes, n_buckets):
+            every = _sort_keys(keys, rotations, n_buckets, key_valid, 0)
+            cache.order = order = BucketOrder(every, (n_hashes, n_buckets), cache.merge_every)
+            rank = order.rank(every[..., -1])
+        else:
+            rank = order.append(_sort_keys(qk, rotations, n_buckets, key_valid[:, position:], position)[..., 0])
+        # The layout of forward: each round holds every position of the padded length (the ones
+        # past t are padding, sorted last), rounds concatenated and cut into chunks; position t's
+        # window is its chunk and the neighbour chunks, around the ring of all rounds' chunks.
         padded_len = math.ceil(seq_len / self.chunk_len) * self.chunk_len
-        batch, heads = qk.shape[:2]
-        layout = buckets.new_full((batch, heads, n_hashes, padded_len), padding_bucket)
-        layout[..., : position + 1] = torch.where(key_valid[:, None, None, :], buckets, padding_bucket)
-        offsets = torch.arange(n_hashes, device=qk.device)[:, None] * (padding_bucket + 1)
-        sorted_idx, undo_sort = functional.bucket_sort((layout + offsets).flatten(2), n_hashes * (padding_bucket + 1))
-        query_sorted = undo_sort[..., torch.arange(n_hashes, device=qk.device) * padded_len + position]
         n_chunks = n_hashes * padded_len // self.chunk_len
+        rounds = torch.arange(n_hashes, device=qk.device)
         neighbours = torch.arange(-self.n_chunks_before, self.n_chunks_after + 1, device=qk.device)
-        window_chunks = (query_sorted[..., None] // self.chunk_len + neighbours) % n_chunks
-        window = (window_chunks[..., None] * self.chunk_len + torch.arange(self.chunk_len, device=qk.device)).flatten(-2)
-        key_positions = sorted_idx.gather(-1, window.flatten(2)).view(window.shape) % padded_len
+        window_chunks = ((rounds * padded_len + rank) // self.chunk_len)[..., None] + neighbours
+        window_starts = window_chunks % n_chunks * self.chunk_len
+        window_rounds = window_starts // padded_len
+        window_ranks = (window_starts % padded_len)[..., None] + torch.arange(self.chunk_len, device=qk.device)
+        batch, heads = qk.shape[:2]
+        window_shape = (batch, heads, n_hashes, window_ranks.shape[3] * self.chunk_len)
+        key_positions = order.positions(window_rounds.flatten(2), window_ranks.flatten(2, 3), padded_len).view(window_shape)
+        order.merge_if_full()
         real = key_positions.clamp(max=position)
-        valid = (key_positions <= position) & key_valid[:, None, None, :].expand(*window.shape[:3], -1).gather(-1, real)
+        valid = (key_positions <= position) & key_valid[:, None, None, :].expand(*window_shape[:3], -1).gather(-1, real)
         rows = real.flatten(2)
         out, lse = _attend_window(
-            qk[:, :, None], shared_qk_keys(gather_rows(keys, rows)).view(*window.shape, -1),
-            gather_rows(values, rows).view(*window.shape, -1), position, key_positions, valid, causal=True, self_mask=True,
+            qk[:, :, None], shared_qk_keys(gather_rows(keys, rows)).view(*window_shape, -1),
+            gather_rows(values, rows).view(*window_shape, -1), position, key_positions, valid, causal=True, self_mask=True,
         )
         round_weights = torch.exp(lse - torch.logsumexp(lse, dim=2, keepdim=True))
         return merge_heads((out * round_weights[..., None]).sum(dim=2, keepdim=True))
@@ -308,21 +414,6 @@ class LSHSelfAttention(nn.Module):
         _check_hidden_states(self, hidden_states, self.hidden_size)
         heads = self.num_attention_heads
         cache.write(0, split_heads(self.query_key(hidden_states), heads), split_heads(self.value(hidden_states), heads), capacity)
-
-    def _decoding_buckets(self, cache: DecodingCache, position: int, n_hashes: int, n_buckets) -> torch.Tensor:
-        """Buckets (B, H, n_hashes, position + 1) of the cached positions, without the padding
-        bucket and round offsets; hashed once per position while the rotations stay the same."""
-        rotations = self.draw_rotations(n_hashes, n_buckets, cache.keys)
-        if self.hash_seed is None or cache.hashed_with != (n_hashes, n_buckets):
-            cache.n_hashed = 0
-        if cache.buckets is None or cache.n_hashed == 0:
-            cache.buckets = cache.keys.new_zeros((*cache.keys.shape[:2], n_hashes, cache.keys.shape[2]), dtype=torch.long)
-        vectors = cache.keys[:, :, cache.n_hashed : position + 1]
-        new, _ = functional.lsh_hash(vectors, rotations, n_buckets)
-        offsets = torch.arange(n_hashes, device=new.device)[:, None] * math.prod(bucket_factors(n_buckets))
-        cache.buckets[..., cache.n_hashed : position + 1] = new.unflatten(2, (n_hashes, -1)) - offsets
-        cache.hashed_with, cache.n_hashed = (n_hashes, n_buckets), position + 1
-        return cache.buckets[..., : position + 1]
 
 
 class LocalSelfAttention(nn.Module):
