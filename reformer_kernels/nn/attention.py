@@ -63,12 +63,14 @@ class BucketOrder:
     appended since the last merge. A new position is the last of its bucket, so appending it is a
     sort of ``recent``, its rank a binary search in ``merged`` plus a count in ``recent``, the entry
     at a rank a binary search over the ranks of ``recent``; the O(length) merge runs once every
-    ``merge_every`` appends. ``hashed_with``: the (n_hashes, n_buckets) the keys were hashed with.
+    ``merge_every`` appends. ``rotations``: the ones the keys were hashed with, ``hashed_with``: their
+    (n_hashes, n_buckets, dtype, device), so a fixed ``hash_seed`` draws them once.
     """
 
-    def __init__(self, keys: torch.Tensor, hashed_with: tuple, merge_every: int) -> None:
+    def __init__(self, keys: torch.Tensor, hashed_with: tuple, rotations: torch.Tensor, merge_every: int) -> None:
         """keys (B, H, n_hashes, length) of positions [0, length), in any order."""
         self.merged = keys.sort(dim=-1).values
+        self.rotations = rotations
         self.recent = keys.new_empty(*keys.shape[:3], merge_every)
         self.n_recent = 0
         self.hashed_with = hashed_with
@@ -356,7 +358,7 @@ class LSHSelfAttention(nn.Module):
         and one chunk window of attention per round, independent of t (plus an O(t) merge every
         ``cache.merge_every`` steps); the first step past one chunk, a change of bucket count or
         ``hash_seed=None`` (fresh rotations every call, as forward draws them) rehashes and sorts
-        every cached position. The cache keeps the padding of past positions as the steps saw it:
+        every cached position; a fixed ``hash_seed`` draws the rotations once. The cache keeps the padding of past positions as the steps saw it:
         key_valid[:, :t] must be the mask of the earlier steps.
         Inference only: no dropout. ``capacity``: positions to allocate the cache for.
         """
@@ -375,14 +377,14 @@ class LSHSelfAttention(nn.Module):
         n_buckets = self.num_buckets
         if n_buckets is None:
             n_buckets = functional.default_num_buckets(seq_len, self.chunk_len, self.max_position_embeddings)
-        rotations = self.draw_rotations(n_hashes, n_buckets, qk)
-        order = cache.order
-        if self.hash_seed is None or order is None or order.hashed_with != (n_hashes, n_buckets):
-            every = _sort_keys(keys, rotations, n_buckets, key_valid, 0)
-            cache.order = order = BucketOrder(every, (n_hashes, n_buckets), cache.merge_every)
-            rank = order.rank(every[..., -1])
+        order, hashed_with = cache.order, (n_hashes, n_buckets, qk.dtype, qk.device)
+        if self.hash_seed is not None and order is not None and order.hashed_with == hashed_with:
+            rank = order.append(_sort_keys(qk, order.rotations, n_buckets, key_valid[:, position:], position)[..., 0])
         else:
-            rank = order.append(_sort_keys(qk, rotations, n_buckets, key_valid[:, position:], position)[..., 0])
+            rotations = self.draw_rotations(n_hashes, n_buckets, qk)
+            every = _sort_keys(keys, rotations, n_buckets, key_valid, 0)
+            cache.order = order = BucketOrder(every, hashed_with, rotations, cache.merge_every)
+            rank = order.rank(every[..., -1])
         # The layout of forward: each round holds every position of the padded length (the ones
         # past t are padding, sorted last), rounds concatenated and cut into chunks; position t's
         # window is its chunk and the neighbour chunks, around the ring of all rounds' chunks.

@@ -92,7 +92,7 @@ def test_bucket_order_gives_the_sorted_order_at_every_rank(merge_every):
     n_buckets, length, padded_len = 5, 40, 48
     buckets = torch.randint(0, n_buckets, (2, 3, 2, length))
     keys = buckets * 2**POSITION_BITS + torch.arange(length)
-    order = BucketOrder(keys[..., :1], (2, n_buckets), merge_every)
+    order = BucketOrder(keys[..., :1], (2, n_buckets), torch.zeros(0), merge_every)
     rounds = torch.arange(2).expand(2, 3, 2)
     for n in range(1, length + 1):
         if n > 1:
