@@ -67,11 +67,11 @@ class BucketOrder:
     (n_hashes, n_buckets, dtype, device), so a fixed ``hash_seed`` draws them once.
     """
 
-    def __init__(self, keys: torch.Tensor, hashed_with: tuple, rotations: torch.Tensor, merge_every: int) -> None:
-        """keys (B, H, n_hashes, length) of positions [0, length), in any order."""
-        self.merged = keys.sort(dim=-1).values
+    def __init__(self, merged: torch.Tensor, hashed_with: tuple, rotations: torch.Tensor, merge_every: int) -> None:
+        """merged (B, H, n_hashes, length): the keys of positions [0, length), sorted, contiguous."""
+        self.merged = merged
         self.rotations = rotations
-        self.recent = keys.new_empty(*keys.shape[:3], merge_every)
+        self.recent = merged.new_empty(*merged.shape[:3], merge_every)
         self.n_recent = 0
         self.hashed_with = hashed_with
 
@@ -190,6 +190,22 @@ def _check_decoding(
     return position
 
 
+def _check_cached_len(module: nn.Module, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None, cached_len: int | None) -> int:
+    """fill_cache's cached_len: the positions [0, cached_len) to cache, the rest padding the model added."""
+    _check_hidden_states(module, hidden_states, module.hidden_size)
+    seq_len = hidden_states.shape[1]
+    if cached_len is None:
+        return seq_len
+    if not _is_int(cached_len) or not 1 <= cached_len <= seq_len:
+        raise ValueError(f"{type(module).__name__}: cached_len must be an int in [1, {seq_len}] (the prompt's length), got {cached_len!r}")
+    if cached_len < seq_len and (attention_mask is None or bool(attention_mask[:, cached_len:].bool().any())):
+        raise ValueError(
+            f"{type(module).__name__}: the positions past cached_len {cached_len} must be padding (attention_mask 0): "
+            "pass the mask of the padded prompt, or cached_len=None to cache every position"
+        )
+    return cached_len
+
+
 def _attend_window(
     query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, position: int, key_positions: torch.Tensor,
     key_valid: torch.Tensor, *, causal: bool, self_mask: bool,
@@ -296,12 +312,32 @@ class LSHSelfAttention(nn.Module):
         the module's. ``attentions``: a list that receives the attention probabilities (before
         dropout) in transformers' layout, (B, H, n_hashes * L / chunk_len, chunk_len, window) in
         bucket order, or (B, H, L, L) for one chunk."""
+        return self._attend(hidden_states, attention_mask, num_hashes, attentions, None, 0, 0)
+
+    def fill_cache(
+        self, hidden_states: torch.Tensor, cache: DecodingCache, capacity: int = 0, attention_mask: torch.Tensor | None = None,
+        num_hashes: int | None = None, cached_len: int | None = None, attentions: list[torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """``forward`` on a prompt (arguments as there: this layer's inputs, padded as the model pads
+        them) that also stores in ``cache`` the projections of positions [0, cached_len) (default:
+        all), for ``decode_step`` at position cached_len and on, and the bucket order it sorted them
+        in (when L is a whole number of chunks), so the prefill costs one forward. Returns forward's
+        output. ``capacity``: positions to allocate the cache for."""
+        cached_len = _check_cached_len(self, hidden_states, attention_mask, cached_len)
+        return self._attend(hidden_states, attention_mask, num_hashes, attentions, cache, cached_len, capacity)
+
+    def _attend(
+        self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None, num_hashes: int | None,
+        attentions: list[torch.Tensor] | None, cache: DecodingCache | None, cached_len: int, capacity: int,
+    ) -> torch.Tensor:
         _check_hidden_states(self, hidden_states, self.hidden_size)
         if num_hashes is not None:
             check_int("LSHSelfAttention", "num_hashes", num_hashes, 1)
         n_hashes = self.num_hashes if num_hashes is None else num_hashes
         qk, v = functional.head_projections(hidden_states, [self.query_key.weight, self.value.weight], self.num_attention_heads)
         seq_len = qk.shape[2]
+        if cache is not None:
+            cache.write(0, qk[:, :, :cached_len], v[:, :, :cached_len], capacity)
         masks = dict(causal=self.causal, attention_mask=attention_mask, dropout_p=self.dropout if self.training else 0.0)
         if seq_len <= self.chunk_len:
             sorted_idx = torch.arange(seq_len, device=qk.device).expand(qk.shape[:3])
@@ -313,14 +349,23 @@ class LSHSelfAttention(nn.Module):
                 n_buckets = functional.default_num_buckets(seq_len, self.chunk_len, self.max_position_embeddings)
             rotations = self.draw_rotations(n_hashes, n_buckets, qk)
             chunking = dict(chunk_len=self.chunk_len, n_chunks_before=self.n_chunks_before, n_chunks_after=self.n_chunks_after)
-            if attentions is None:
+            keeps_order = cache is not None and seq_len % self.chunk_len == 0
+            if attentions is None and not keeps_order:
                 out = functional.lsh_self_attention(qk, v, rotations, n_buckets, **chunking, **masks)
             else:
-                # The probabilities are laid out in bucket order: hash and sort here, not inside the one-call op.
+                # The probabilities and the cache's bucket order need the sort: hash and sort here,
+                # not inside the one-call op.
                 _whole_chunks(self, seq_len, self.chunk_len)
                 buckets, num_keys = functional.lsh_hash(qk, rotations, n_buckets, attention_mask=attention_mask)
                 sorted_idx, _ = functional.bucket_sort(buckets, num_keys)
                 out = functional.lsh_attention(qk, v, sorted_idx, n_hashes=n_hashes, **chunking, **masks)
+                if keeps_order:
+                    # Padding sorts last in its round, so each round's first cached_len entries are
+                    # the positions < cached_len, in order.
+                    ids_per_round = num_keys // n_hashes
+                    keys = (buckets % ids_per_round) * 2**POSITION_BITS + torch.arange(seq_len, device=qk.device).repeat(n_hashes)
+                    merged = keys.gather(2, sorted_idx).unflatten(2, (n_hashes, seq_len))[..., :cached_len]
+                    cache.order = BucketOrder(merged.contiguous(), (n_hashes, n_buckets, qk.dtype, qk.device), rotations, cache.merge_every)
         if attentions is not None:
             positions = sorted_idx % seq_len
             key_valid = None
@@ -383,7 +428,7 @@ class LSHSelfAttention(nn.Module):
         else:
             rotations = self.draw_rotations(n_hashes, n_buckets, qk)
             every = _sort_keys(keys, rotations, n_buckets, key_valid, 0)
-            cache.order = order = BucketOrder(every, hashed_with, rotations, cache.merge_every)
+            cache.order = order = BucketOrder(every.sort(dim=-1).values, hashed_with, rotations, cache.merge_every)
             rank = order.rank(every[..., -1])
         # The layout of forward: each round holds every position of the padded length (the ones
         # past t are padding, sorted last), rounds concatenated and cut into chunks; position t's
@@ -409,13 +454,6 @@ class LSHSelfAttention(nn.Module):
         )
         round_weights = torch.exp(lse - torch.logsumexp(lse, dim=2, keepdim=True))
         return merge_heads((out * round_weights[..., None]).sum(dim=2, keepdim=True))
-
-    def fill_cache(self, hidden_states: torch.Tensor, cache: DecodingCache, capacity: int = 0) -> None:
-        """Store the projections of positions [0, L) of hidden_states (B, L, hidden_size) (this
-        layer's inputs on a prompt) in ``cache``, for ``decode_step`` at position L and on."""
-        _check_hidden_states(self, hidden_states, self.hidden_size)
-        heads = self.num_attention_heads
-        cache.write(0, split_heads(self.query_key(hidden_states), heads), split_heads(self.value(hidden_states), heads), capacity)
 
 
 class LocalSelfAttention(nn.Module):
@@ -460,8 +498,26 @@ class LocalSelfAttention(nn.Module):
         """hidden_states (B, L, hidden_size); attention_mask (B, L), 0 = padding. ``attentions``: a
         list that receives the attention probabilities (before dropout) in transformers' layout,
         (B, H, L / chunk_len, chunk_len, window), or (B, H, L, L) for one chunk."""
+        return self._attend(hidden_states, attention_mask, attentions, None, 0, 0)
+
+    def fill_cache(
+        self, hidden_states: torch.Tensor, cache: DecodingCache, capacity: int = 0, attention_mask: torch.Tensor | None = None,
+        cached_len: int | None = None, attentions: list[torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """``forward`` on a prompt that also stores in ``cache`` the keys and values of positions
+        [0, cached_len) (default: all), for ``decode_step`` at position cached_len and on: the
+        prefill costs one forward. Returns forward's output."""
+        cached_len = _check_cached_len(self, hidden_states, attention_mask, cached_len)
+        return self._attend(hidden_states, attention_mask, attentions, cache, cached_len, capacity)
+
+    def _attend(
+        self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None, attentions: list[torch.Tensor] | None,
+        cache: DecodingCache | None, cached_len: int, capacity: int,
+    ) -> torch.Tensor:
         _check_hidden_states(self, hidden_states, self.hidden_size)
         q, k, v = (split_heads(proj(hidden_states), self.num_attention_heads) for proj in (self.query, self.key, self.value))
+        if cache is not None:
+            cache.write(0, k[:, :, :cached_len], v[:, :, :cached_len], capacity)
         out = functional.local_attention(
             q, k, v, chunk_len=self.chunk_len, n_chunks_before=self.n_chunks_before, n_chunks_after=self.n_chunks_after,
             causal=self.causal, attention_mask=attention_mask, dropout_p=self.dropout if self.training else 0.0,
@@ -508,10 +564,3 @@ class LocalSelfAttention(nn.Module):
             key_positions, valid[:, None, :], causal=True, self_mask=False,
         )
         return merge_heads(out[:, :, None])
-
-    def fill_cache(self, hidden_states: torch.Tensor, cache: DecodingCache, capacity: int = 0) -> None:
-        """Store the keys and values of positions [0, L) of hidden_states (B, L, hidden_size) (this
-        layer's inputs on a prompt) in ``cache``, for ``decode_step`` at position L and on."""
-        _check_hidden_states(self, hidden_states, self.hidden_size)
-        heads = self.num_attention_heads
-        cache.write(0, split_heads(self.key(hidden_states), heads), split_heads(self.value(hidden_states), heads), capacity)

@@ -18,18 +18,29 @@ def padding_mask(batch: int, padded: bool) -> torch.Tensor:
     return mask
 
 
-def max_step_error(module, batch: int, padded: bool, *, reseed: bool = False, merge_every: int = 5, **step_kwargs) -> float:
-    """Worst |decode_step - forward[:, -1]| over positions PROMPT..SEQ_LEN-1 whose query is a token.
+def max_step_error(
+    module, batch: int, padded: bool, *, reseed: bool = False, merge_every: int = 5, prompt: int = PROMPT, **step_kwargs
+) -> float:
+    """Worst |decode_step - forward[:, -1]| over positions prompt..SEQ_LEN-1 whose query is a token.
 
     A padding query in a local layer has every key masked, so forward averages scores that are all
-    -1e9, padding it made up included: that output is meaningless and not compared."""
+    -1e9, padding it made up included: that output is meaningless and not compared.
+    ``merge_every`` small: the steps cross the bucket order's merges. The prompt's fill_cache
+    returns forward's output (a prompt of whole chunks also sorts the LSH bucket order there)."""
     x = torch.randn(batch, SEQ_LEN, HIDDEN, dtype=torch.float64)
     mask = padding_mask(batch, padded)
-    cache = DecodingCache()
-    module.fill_cache(x[:, :PROMPT], cache)
+    cache = DecodingCache(merge_every)
+    prompt_mask = mask[:, :prompt] if padded else None
+    with torch.no_grad():
+        if reseed:
+            torch.manual_seed(prompt)
+        filled = module.fill_cache(x[:, :prompt], cache, attention_mask=prompt_mask)
+        if reseed:
+            torch.manual_seed(prompt)
+        assert (filled - module(x[:, :prompt], prompt_mask)).abs().max().item() < 1e-12
     worst = 0.0
     with torch.no_grad():
-        for t in range(PROMPT, SEQ_LEN):
+        for t in range(prompt, SEQ_LEN):
             if reseed:
                 torch.manual_seed(t)
             step = module.decode_step(x[:, t : t + 1], cache, mask[:, : t + 1], **step_kwargs)
@@ -67,7 +78,7 @@ def test_lsh_decode_step_with_eight_hashes(num_buckets):
         HIDDEN, HEADS, HEAD_DIM, num_hashes=8, num_buckets=num_buckets, chunk_len=CHUNK, n_chunks_before=1,
         causal=True, hash_seed=3, max_position_embeddings=64,
     ).double()
-    assert max_step_error(module, 3, True) < 1e-10
+    assert max_step_error(module, 3, True, prompt=8) < 1e-10
 
 
 @pytest.mark.parametrize("hash_seed", [None, 7])
@@ -81,7 +92,7 @@ def test_lsh_decode_step_with_other_windows_and_fresh_rotations(n_chunks, hash_s
         HIDDEN, HEADS, HEAD_DIM, num_hashes=2, chunk_len=CHUNK, n_chunks_before=n_chunks[0], n_chunks_after=n_chunks[1],
         causal=True, hash_seed=hash_seed, max_position_embeddings=64,
     ).double()
-    assert max_step_error(module, 3, True, reseed=True, merge_every=3) < 1e-10
+    assert max_step_error(module, 3, True, reseed=True, merge_every=3, prompt=8) < 1e-10
 
 
 @pytest.mark.parametrize("merge_every", [1, 4, 64])
@@ -92,7 +103,7 @@ def test_bucket_order_gives_the_sorted_order_at_every_rank(merge_every):
     n_buckets, length, padded_len = 5, 40, 48
     buckets = torch.randint(0, n_buckets, (2, 3, 2, length))
     keys = buckets * 2**POSITION_BITS + torch.arange(length)
-    order = BucketOrder(keys[..., :1], (2, n_buckets), torch.zeros(0), merge_every)
+    order = BucketOrder(keys[..., :1].contiguous(), (2, n_buckets), torch.zeros(0), merge_every)
     rounds = torch.arange(2).expand(2, 3, 2)
     for n in range(1, length + 1):
         if n > 1:
@@ -186,3 +197,31 @@ def test_decode_step_refuses_bidirectional_layers_several_positions_and_a_cache_
     module.fill_cache(torch.randn(1, 3, HIDDEN), cache)
     with pytest.raises(ValueError, match="holds 3 positions"):
         module.decode_step(torch.randn(1, 1, HIDDEN), cache, torch.ones(1, 5, dtype=torch.bool))
+
+
+def test_a_prompt_of_whole_chunks_sorts_the_bucket_order_once_in_its_forward():
+    """fill_cache keeps the order its forward sorted (no rehash at the first step) for the
+    positions before cached_len, the steps then equal forward, and positions past cached_len must
+    be padding."""
+    torch.manual_seed(4)
+    module = LSHSelfAttention(HIDDEN, HEADS, HEAD_DIM, num_hashes=2, num_buckets=4, chunk_len=CHUNK, causal=True, hash_seed=2,
+                              max_position_embeddings=64).double()
+    x = torch.randn(2, 13, HIDDEN, dtype=torch.float64)
+    mask = torch.ones(2, 16, dtype=torch.bool)
+    mask[1, :3] = False
+    mask[:, 12:] = False  # a prompt of 12 padded to 16, as a model pads to a multiple of its chunks
+    padded = torch.cat([x[:, :12], torch.zeros(2, 4, HIDDEN, dtype=torch.float64)], dim=1)
+    cache = DecodingCache()
+    with torch.no_grad():
+        module.fill_cache(padded, cache, attention_mask=mask, cached_len=12)
+        order = cache.order
+        assert cache.length == 12 and order.length == 12
+        key_valid = torch.cat([mask[:, :12], torch.ones(2, 1, dtype=torch.bool)], dim=1)
+        step = module.decode_step(x[:, 12:], cache, key_valid, layout_len=16)
+        full = module(torch.cat([x, torch.zeros(2, 3, HIDDEN, dtype=torch.float64)], dim=1),
+                      torch.cat([key_valid, torch.zeros(2, 3, dtype=torch.bool)], dim=1))[:, 12:13]
+    assert cache.order is order and (step - full).abs().max().item() < 1e-10
+    with pytest.raises(ValueError, match="cached_len"):
+        module.fill_cache(padded, DecodingCache(), cached_len=12)
+    with pytest.raises(ValueError, match="cached_len"):
+        module.fill_cache(padded, DecodingCache(), attention_mask=mask, cached_len=17)
