@@ -522,7 +522,11 @@ class ReformerModel(ReformerPreTrainedModel):
         if self.config.axial_pos_embds:
             limit = min(limit, math.prod(self.config.axial_pos_shape))
         if total > limit:
-            raise ValueError(f"cached length {cache.length} + {n_new} new tokens > the {limit} positions the model has")
+            raise ValueError(
+                f"{'input_ids' if input_ids is not None else 'inputs_embeds'}: {n_new} new tokens after the {cache.length} in "
+                f"past_buckets_states make {total} > the {limit} positions the model has (max_position_embeddings / "
+                "prod(axial_pos_shape)): pass fewer tokens, or start a new cache (past_buckets_states=None) from a shorter prompt"
+            )
         if attention_mask is not None:
             if not isinstance(attention_mask, torch.Tensor) or attention_mask.shape != (batch, total):
                 shape = tuple(attention_mask.shape) if isinstance(attention_mask, torch.Tensor) else type(attention_mask).__name__

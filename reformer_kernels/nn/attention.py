@@ -185,8 +185,17 @@ def _check_decoding(
             f"{type(module).__name__}: key_valid says the new position is {position} but the cache holds {held} positions: "
             "fill_cache the prompt, then step one position at a time"
         )
-    if layout_len is not None and layout_len <= position:
-        raise ValueError(f"{type(module).__name__}: layout_len {layout_len} must exceed the position {position}")
+    batch, heads, head_size = hidden_states.shape[0], module.num_attention_heads, module.attention_head_size
+    held = cache.keys
+    if held is not None and (held.shape[:2] != (batch, heads) or held.shape[3] != head_size or held.dtype != hidden_states.dtype
+                             or held.device != hidden_states.device):
+        raise ValueError(
+            f"{type(module).__name__}: cache holds {tuple(held.shape)} {held.dtype} on {held.device} but this layer needs (batch={batch}, "
+            f"heads={heads}, positions, head_size={head_size}) {hidden_states.dtype} on {hidden_states.device}: pass the cache "
+            "this layer filled for these rows"
+        )
+    if layout_len is not None and (not _is_int(layout_len) or layout_len <= position):
+        raise ValueError(f"{type(module).__name__}: layout_len {layout_len!r} must be an int > the position {position} (or None)")
     return position
 
 
@@ -407,6 +416,8 @@ class LSHSelfAttention(nn.Module):
         key_valid[:, :t] must be the mask of the earlier steps.
         Inference only: no dropout. ``capacity``: positions to allocate the cache for.
         """
+        if num_hashes is not None:
+            check_int("LSHSelfAttention", "num_hashes", num_hashes, 1)
         position = _check_decoding(self, hidden_states, cache, key_valid, layout_len)
         seq_len = position + 1 if layout_len is None else layout_len
         qk = split_heads(self.query_key(hidden_states), self.num_attention_heads)

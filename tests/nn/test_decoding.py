@@ -225,3 +225,23 @@ def test_a_prompt_of_whole_chunks_sorts_the_bucket_order_once_in_its_forward():
         module.fill_cache(padded, DecodingCache(), cached_len=12)
     with pytest.raises(ValueError, match="cached_len"):
         module.fill_cache(padded, DecodingCache(), attention_mask=mask, cached_len=17)
+
+
+def test_decode_step_refuses_a_cache_of_other_rows_or_layers_and_bad_arguments_before_writing():
+    torch.manual_seed(5)
+    module = LSHSelfAttention(HIDDEN, HEADS, HEAD_DIM, num_hashes=2, num_buckets=4, chunk_len=CHUNK, causal=True, hash_seed=1)
+    cache = DecodingCache()
+    module.fill_cache(torch.randn(2, 8, HIDDEN), cache)
+    keys, order = cache.keys.clone(), cache.order
+    other = LSHSelfAttention(HIDDEN, 4, 4, chunk_len=CHUNK, causal=True)
+    for call, match in (
+        (lambda: module.decode_step(torch.randn(1, 1, HIDDEN), cache, torch.ones(1, 9, dtype=torch.bool)), "batch=1"),
+        (lambda: other.decode_step(torch.randn(2, 1, HIDDEN), cache, torch.ones(2, 9, dtype=torch.bool)), "heads=4"),
+        (lambda: module.decode_step(torch.randn(2, 1, HIDDEN).double(), cache, torch.ones(2, 9, dtype=torch.bool)), "float64"),
+        (lambda: module.decode_step(torch.randn(2, 1, HIDDEN), cache, torch.ones(2, 9, dtype=torch.bool), num_hashes=0), "num_hashes"),
+        (lambda: module.decode_step(torch.randn(2, 1, HIDDEN), cache, torch.ones(2, 9, dtype=torch.bool), layout_len=8.5), "layout_len"),
+        (lambda: module.decode_step(torch.randn(2, 1, HIDDEN), cache, torch.ones(2, 10, dtype=torch.bool)), "holds 8 positions"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            call()
+        assert cache.length == 8 and cache.order is order and order.length == 8 and torch.equal(cache.keys, keys)
