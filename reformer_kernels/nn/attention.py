@@ -404,15 +404,16 @@ class LSHSelfAttention(nn.Module):
         ``fill_cache`` and earlier steps) and receives t. key_valid (B, t + 1) bool, False at
         padding. layout_len: the length of the sequence ``forward`` would see (>= t + 1; positions
         past t count as padding, as the models pad to a chunk multiple; default t + 1), which sets
-        the bucket count when num_buckets is unset, the internal padding and so the chunks. The step
-        hashes position t (and every cached position when the count changes or rotations are drawn
-        fresh), sorts the rounds by (bucket, position) as ``forward`` does, and attends, per round,
-        within position t's chunk and its neighbours of the sorted order; rounds combine by lse.
-        Cost per step (fixed ``hash_seed``): hashing position t, inserting it in ``cache.order``
-        and one chunk window of attention per round, independent of t (plus an O(t) merge every
-        ``cache.merge_every`` steps); the first step past one chunk, a change of bucket count or
+        the bucket count when num_buckets is unset, the internal padding and so the chunks. Position
+        t is the last of its bucket in every round: the step hashes it, inserts it in
+        ``cache.order`` (the order forward sorts the rounds in) and attends, per round, within the
+        chunk its rank falls in and the neighbour chunks of that order; rounds combine by lse.
+        Cost per step (fixed ``hash_seed``): hashing t, a binary search per round and one chunk
+        window of attention per round, independent of t (plus an O(t) merge every
+        ``cache.merge_every`` steps); the rotations are drawn once. The first step past one chunk
+        (unless ``fill_cache`` kept its forward's order), a change of bucket count, or
         ``hash_seed=None`` (fresh rotations every call, as forward draws them) rehashes and sorts
-        every cached position; a fixed ``hash_seed`` draws the rotations once. The cache keeps the padding of past positions as the steps saw it:
+        every cached position. The cache keeps the padding of past positions as the steps saw it:
         key_valid[:, :t] must be the mask of the earlier steps.
         Inference only: no dropout. ``capacity``: positions to allocate the cache for.
         """
