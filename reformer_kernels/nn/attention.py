@@ -157,7 +157,8 @@ class DecodingCache:
             self.order = None  # it no longer describes the cached positions: rebuilt when needed
         if self.keys is None or self.keys.shape[2] < end:
             size = max(capacity, end)
-            grown = [t.new_zeros(*t.shape[:2], size, t.shape[3]) for t in (keys, values)]
+            # Positions past the written ones are never read: no need to zero them.
+            grown = [t.new_empty(*t.shape[:2], size, t.shape[3]) for t in (keys, values)]
             if self.keys is not None:
                 for new, old in zip(grown, (self.keys, self.values)):
                     new[:, :, :position] = old[:, :, :position]
