@@ -46,7 +46,7 @@ SUITES = {suite.name: suite for suite in (
     _suite("lsh_phases", SCRIPT, "where the CPU LSH layer's step goes: time, GFLOP/s and fraction of peak per phase"),
     _suite("reversible", SCRIPT, "reversible vs plain autograd vs transformers: training-step time and memory over depth"),
     _suite("fsdp", SCRIPT, "FSDP2 (fully_shard per layer + model) over 1, 2, 4 CPU processes: memory per rank"),
-    _suite("generate", SCRIPT, "ms per new token of greedy generate: cached, full forwards, transformers"),
+    _suite("generate", SCRIPT, "ms per new token of cached greedy decoding at 1K-128K contexts: ours vs transformers"),
     _suite("tokenizer", SCRIPT, "batch encoding speed: ours vs transformers' slow and fast tokenizers"),
     _suite("real_configs", SCRIPT, "the published configurations (crime-and-punishment, enwik8): train and infer, fp32 and bf16, vs transformers"),
     _suite("gpu_attention", SCRIPT, "the causal LSH layer on a GPU at 4K-64K: Triton vs transformers vs SDPA (GPU only)"),

@@ -120,8 +120,17 @@ class ReformerAttention(nn.Module):
             return self.output(self.self_attention.decode_step(normed, cache, key_valid, layout_len, num_hashes, capacity))
         return self.output(self.self_attention.decode_step(normed, cache, key_valid, layout_len, capacity))
 
-    def fill_cache(self, hidden_states: torch.Tensor, cache: DecodingCache, capacity: int) -> None:
-        self.self_attention.fill_cache(self.layer_norm(hidden_states), cache, capacity)
+    def fill_cache(
+        self, hidden_states: torch.Tensor, cache: DecodingCache, attention_mask: torch.Tensor | None, num_hashes: int | None,
+        cached_len: int, capacity: int, attentions: list[torch.Tensor] | None,
+    ) -> torch.Tensor:
+        """``forward`` that also fills ``cache`` with positions [0, cached_len) (see the attention's fill_cache)."""
+        normed = self.layer_norm(hidden_states)
+        if isinstance(self.self_attention, LSHSelfAttention):
+            out = self.self_attention.fill_cache(normed, cache, capacity, attention_mask, num_hashes, cached_len, attentions)
+        else:
+            out = self.self_attention.fill_cache(normed, cache, capacity, attention_mask, cached_len, attentions)
+        return self.output(out)
 
 
 class PositionEmbeddings(nn.Module):
@@ -199,6 +208,24 @@ class ReformerEncoder(ReversibleSequence):
         for block, cache in zip(self.layers, caches):
             x1 = block.residual(x1, block.attention.decode_step(x2, cache, key_valid, layout_len, num_hashes, capacity))
             x2 = block.residual(x2, block.feed_forward(x1))
+        return self.layer_norm(torch.cat([x1, x2], dim=-1))
+
+    def fill_caches(
+        self, embeddings: torch.Tensor, caches: list[DecodingCache], attention_mask: torch.Tensor | None,
+        num_hashes: int | None, cached_len: int, capacity: int, all_hidden_states: list[torch.Tensor] | None,
+        all_attentions: list[torch.Tensor] | None,
+    ) -> torch.Tensor:
+        """``forward`` on a prompt (B, L, hidden) in eval mode that also fills each layer's cache
+        with its projections of positions [0, cached_len), computed once."""
+        x1 = x2 = embeddings
+        for block, cache in zip(self.layers, caches):
+            if all_hidden_states is not None:
+                all_hidden_states.append(x2)
+            attention = block.attention.fill_cache(x2, cache, attention_mask, num_hashes, cached_len, capacity, all_attentions)
+            x1 = block.residual(x1, attention)
+            x2 = block.residual(x2, block.feed_forward(x1))
+        if all_hidden_states is not None:
+            all_hidden_states.append(x2)
         return self.layer_norm(torch.cat([x1, x2], dim=-1))
 
 
@@ -730,6 +757,16 @@ class ReformerModel(ReformerPreTrainedModel):
                 input_ids, attention_mask, position_ids, inputs_embeds, num_hashes, output_hidden_states, output_attentions,
                 ReformerDecodingCache() if past_buckets_states is None else past_buckets_states,
             ), return_dict)
+        return self._output(self._forward(
+            input_ids, attention_mask, position_ids, inputs_embeds, num_hashes, output_hidden_states, output_attentions, None,
+        ), return_dict)
+
+    def _forward(
+        self, input_ids, attention_mask, position_ids, inputs_embeds, num_hashes, output_hidden_states, output_attentions,
+        cache: ReformerDecodingCache | None,
+    ) -> ReformerModelOutput:
+        """``forward`` without a cache, or the prompt of cached decoding: with ``cache`` (empty), every
+        layer also stores its projections of the prompt in it (see ReformerEncoder.fill_caches)."""
         if output_hidden_states is None:
             output_hidden_states = self.config.output_hidden_states
         if output_attentions is None:
@@ -753,15 +790,22 @@ class ReformerModel(ReformerPreTrainedModel):
         embeddings = self.embeddings(input_ids.long() if input_ids is not None else None, position_ids, inputs_embeds)
         all_hidden_states: list[torch.Tensor] | None = [] if output_hidden_states else None
         all_attentions: list[torch.Tensor] | None = [] if output_attentions else None
-        sequence_output = self.encoder(embeddings, attention_mask, num_hashes, all_hidden_states, all_attentions)
+        if cache is None:
+            sequence_output = self.encoder(embeddings, attention_mask, num_hashes, all_hidden_states, all_attentions)
+        else:
+            cache.reserve(seq_len)
+            cache.layers = [DecodingCache() for _ in self.encoder.layers]
+            sequence_output = self.encoder.fill_caches(
+                embeddings, cache.layers, attention_mask, num_hashes, seq_len, cache.capacity, all_hidden_states, all_attentions,
+            )
         hidden_states = None
         if all_hidden_states is not None:
             hidden_states = tuple(h[:, :seq_len] for h in all_hidden_states)
-        return self._output(ReformerModelOutput(
+        return ReformerModelOutput(
             last_hidden_state=sequence_output[:, :seq_len],
             hidden_states=hidden_states,
             attentions=None if all_attentions is None else tuple(all_attentions),
-        ), return_dict)
+        )
 
     def _cached_forward(
         self, input_ids, attention_mask, position_ids, inputs_embeds, num_hashes, output_hidden_states, output_attentions,
@@ -779,25 +823,17 @@ class ReformerModel(ReformerPreTrainedModel):
         if position_ids is not None:
             raise ValueError("cached decoding places the tokens at positions 0, 1, ...: pass position_ids=None")
         if cache.length == 0:
-            outputs = self.forward(
-                input_ids, attention_mask, None, inputs_embeds, num_hashes, output_hidden_states=True,
-                output_attentions=output_attentions, return_dict=True,
-            )
+            with torch.no_grad():
+                outputs = self._forward(
+                    input_ids, attention_mask, None, inputs_embeds, num_hashes, output_hidden_states, output_attentions, cache,
+                )
             batch, seq_len = outputs.last_hidden_state.shape[:2]
-            device = outputs.last_hidden_state.device
-            cache.reserve(seq_len)
-            cache.attention_mask = torch.ones(batch, cache.capacity, dtype=torch.bool, device=device)
+            cache.attention_mask = torch.ones(batch, cache.capacity, dtype=torch.bool, device=outputs.last_hidden_state.device)
             if attention_mask is not None:
                 cache.attention_mask[:, :seq_len] = attention_mask.bool()
-            cache.layers = [DecodingCache() for _ in self.encoder.layers]
             cache.owner = self._cache_owner()
-            with torch.no_grad():
-                for block, layer_cache, x2 in zip(self.encoder.layers, cache.layers, outputs.hidden_states):
-                    block.attention.fill_cache(x2, layer_cache, cache.capacity)
             cache.length = seq_len
             outputs.past_buckets_states = cache
-            if not (output_hidden_states or self.config.output_hidden_states):
-                outputs.hidden_states = None
             return outputs
         if output_hidden_states or output_attentions:
             raise ValueError("hidden_states / attentions are not returned by cached decoding steps: pass output_*=False")
@@ -808,7 +844,11 @@ class ReformerModel(ReformerPreTrainedModel):
         if self.config.axial_pos_embds:
             limit = min(limit, math.prod(self.config.axial_pos_shape))
         if total > limit:
-            raise ValueError(f"cached length {cache.length} + {n_new} new tokens > the {limit} positions the model has")
+            raise ValueError(
+                f"{'input_ids' if input_ids is not None else 'inputs_embeds'}: {n_new} new tokens after the {cache.length} in "
+                f"past_buckets_states make {total} > the {limit} positions the model has (max_position_embeddings / "
+                "prod(axial_pos_shape)): pass fewer tokens, or start a new cache (past_buckets_states=None) from a shorter prompt"
+            )
         if attention_mask is not None:
             if not isinstance(attention_mask, torch.Tensor) or attention_mask.shape != (batch, total):
                 shape = tuple(attention_mask.shape) if isinstance(attention_mask, torch.Tensor) else type(attention_mask).__name__

@@ -50,36 +50,119 @@ def _check_hidden_states(module: nn.Module, hidden_states: torch.Tensor, hidden_
         raise ValueError(f"{type(module).__name__}: hidden_states must be (batch, seq_len, {hidden_size}), got {shape}")
 
 
+# A sort key packs (bucket, position) into one int64: bucket * 2**POSITION_BITS + position.
+POSITION_BITS = 32
+
+
+class BucketOrder:
+    """The order ``forward`` sorts the positions [0, length) of each hash round in: by bucket, then
+    position, padding in the extra bucket after the others; kept incrementally as positions arrive.
+
+    Entries are sort keys (bucket * 2**POSITION_BITS + position) in two sorted runs per (batch,
+    head, round): ``merged`` (B, H, n_hashes, m), and ``recent``, the at most ``merge_every`` keys
+    appended since the last merge. A new position is the last of its bucket, so appending it is a
+    sort of ``recent``, its rank a binary search in ``merged`` plus a count in ``recent``, the entry
+    at a rank a binary search over the ranks of ``recent``; the O(length) merge runs once every
+    ``merge_every`` appends. ``rotations``: the ones the keys were hashed with, ``hashed_with``: their
+    (n_hashes, n_buckets, dtype, device), so a fixed ``hash_seed`` draws them once.
+    """
+
+    def __init__(self, merged: torch.Tensor, hashed_with: tuple, rotations: torch.Tensor, merge_every: int) -> None:
+        """merged (B, H, n_hashes, length): the keys of positions [0, length), sorted, contiguous."""
+        self.merged = merged
+        self.rotations = rotations
+        self.recent = merged.new_empty(*merged.shape[:3], merge_every)
+        self.n_recent = 0
+        self.hashed_with = hashed_with
+
+    @property
+    def length(self) -> int:
+        return self.merged.shape[-1] + self.n_recent
+
+    def _recent(self) -> torch.Tensor:
+        return self.recent[..., : self.n_recent].contiguous()
+
+    def append(self, keys: torch.Tensor) -> torch.Tensor:
+        """Add position ``length``'s keys (B, H, n_hashes); returns their ranks (B, H, n_hashes)."""
+        self.recent[..., self.n_recent] = keys
+        self.n_recent += 1
+        self.recent[..., : self.n_recent] = self._recent().sort(dim=-1).values
+        return self.rank(keys)
+
+    def rank(self, keys: torch.Tensor) -> torch.Tensor:
+        """The number of entries below each of ``keys`` (B, H, n_hashes) in its round."""
+        below_recent = (self.recent[..., : self.n_recent] < keys[..., None]).sum(dim=-1)
+        return torch.searchsorted(self.merged, keys[..., None].contiguous())[..., 0] + below_recent
+
+    def positions(self, rounds: torch.Tensor, ranks: torch.Tensor, padded_len: int) -> torch.Tensor:
+        """The positions at ``ranks`` (B, H, M, n) in rounds ``rounds`` (B, H, M) of the order of
+        ``padded_len`` positions, in which the positions [length, padded_len) come last, as ``forward``
+        sorts the padding past the input."""
+        n_merged, n_recent = self.merged.shape[-1], self.n_recent
+        inside = ranks.clamp(max=self.length - 1)
+        # Recent entry j sits at rank (its rank among the merged ones) + j, increasing in j; the
+        # number of recent entries ranked before a rank says which merged entry fills it otherwise.
+        recent = self._recent()
+        recent_ranks = torch.searchsorted(self.merged, recent) + torch.arange(n_recent, device=ranks.device)
+        row_ranks = recent_ranks.gather(2, rounds[..., None].expand(*rounds.shape, n_recent))
+        before = torch.searchsorted(row_ranks, inside)
+        j = before.clamp(max=max(n_recent - 1, 0))
+        from_recent = (before < n_recent) & (row_ranks.gather(-1, j) == inside) if n_recent else torch.zeros_like(inside, dtype=torch.bool)
+        merged_keys = self.merged.flatten(2).gather(2, (rounds[..., None] * n_merged + (inside - before).clamp(0, n_merged - 1)).flatten(2))
+        keys = merged_keys.view_as(inside)
+        if n_recent:
+            recent_keys = self.recent.flatten(2).gather(2, (rounds[..., None] * self.recent.shape[-1] + j).flatten(2))
+            keys = torch.where(from_recent, recent_keys.view_as(inside), keys)
+        return torch.where(ranks < self.length, keys % 2**POSITION_BITS, ranks)
+
+    def merge_if_full(self) -> None:
+        """Merge ``recent`` into ``merged`` once it holds ``merge_every`` keys: O(length)."""
+        if self.n_recent < self.recent.shape[-1]:
+            return
+        recent = self._recent()
+        recent_ranks = torch.searchsorted(self.merged, recent) + torch.arange(self.n_recent, device=recent.device)
+        is_recent = torch.zeros(*recent.shape[:3], self.length, dtype=torch.bool, device=recent.device)
+        is_recent.scatter_(-1, recent_ranks, True)
+        merged = self.merged.new_empty(is_recent.shape)
+        merged[is_recent] = recent.flatten()
+        merged[~is_recent] = self.merged.flatten()
+        self.merged, self.n_recent = merged, 0
+
+
 class DecodingCache:
     """What one attention layer keeps of the positions decoded so far, for the next position.
 
     Local layers: their keys and values; LSH layers: their shared query/key projections and values,
-    plus the buckets of those positions for the rotations and bucket count they were hashed with
-    (a fixed ``hash_seed`` lets them be reused; a change of count or fresh rotations rehashes).
-    Tensors (B, H, capacity, d), preallocated for ``capacity`` positions: a step writes in place
-    and allocates nothing that stays; writing past the capacity reallocates to the capacity asked.
+    plus ``order``, the ``BucketOrder`` of those positions for the rotations and bucket count they
+    were hashed with (a fixed ``hash_seed`` lets a step insert only the new position; a change of
+    count or fresh rotations rehashes and re-sorts them all). Tensors (B, H, capacity, d),
+    preallocated for ``capacity`` positions: a step writes in place; writing past the capacity
+    reallocates to the capacity asked. ``merge_every``: see ``BucketOrder``.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, merge_every: int = 256) -> None:
+        if not _is_int(merge_every) or merge_every < 1:
+            raise ValueError(f"DecodingCache: merge_every must be an int >= 1, got {merge_every!r}")
         self.keys: torch.Tensor | None = None
         self.values: torch.Tensor | None = None
-        self.buckets: torch.Tensor | None = None
-        self.hashed_with: tuple | None = None
-        self.n_hashed = 0
+        self.order: BucketOrder | None = None
+        self.merge_every = merge_every
         self.length = 0
 
     def write(self, position: int, keys: torch.Tensor, values: torch.Tensor, capacity: int) -> None:
         """Store keys, values (B, H, n, d) at positions [position, position + n); the cache then
         holds positions [0, position + n)."""
         end = position + keys.shape[2]
+        if self.order is not None and self.order.length != position:
+            self.order = None  # it no longer describes the cached positions: rebuilt when needed
         if self.keys is None or self.keys.shape[2] < end:
             size = max(capacity, end)
-            grown = [t.new_zeros(*t.shape[:2], size, t.shape[3]) for t in (keys, values)]
+            # Positions past the written ones are never read: no need to zero them.
+            grown = [t.new_empty(*t.shape[:2], size, t.shape[3]) for t in (keys, values)]
             if self.keys is not None:
                 for new, old in zip(grown, (self.keys, self.values)):
                     new[:, :, :position] = old[:, :, :position]
             self.keys, self.values = grown
-            self.buckets, self.hashed_with, self.n_hashed = None, None, 0
         self.keys[:, :, position:end] = keys
         self.values[:, :, position:end] = values
         self.length = end
@@ -103,9 +186,34 @@ def _check_decoding(
             f"{type(module).__name__}: key_valid says the new position is {position} but the cache holds {held} positions: "
             "fill_cache the prompt, then step one position at a time"
         )
-    if layout_len is not None and layout_len <= position:
-        raise ValueError(f"{type(module).__name__}: layout_len {layout_len} must exceed the position {position}")
+    batch, heads, head_size = hidden_states.shape[0], module.num_attention_heads, module.attention_head_size
+    held = cache.keys
+    if held is not None and (held.shape[:2] != (batch, heads) or held.shape[3] != head_size or held.dtype != hidden_states.dtype
+                             or held.device != hidden_states.device):
+        raise ValueError(
+            f"{type(module).__name__}: cache holds {tuple(held.shape)} {held.dtype} on {held.device} but this layer needs (batch={batch}, "
+            f"heads={heads}, positions, head_size={head_size}) {hidden_states.dtype} on {hidden_states.device}: pass the cache "
+            "this layer filled for these rows"
+        )
+    if layout_len is not None and (not _is_int(layout_len) or layout_len <= position):
+        raise ValueError(f"{type(module).__name__}: layout_len {layout_len!r} must be an int > the position {position} (or None)")
     return position
+
+
+def _check_cached_len(module: nn.Module, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None, cached_len: int | None) -> int:
+    """fill_cache's cached_len: the positions [0, cached_len) to cache, the rest padding the model added."""
+    _check_hidden_states(module, hidden_states, module.hidden_size)
+    seq_len = hidden_states.shape[1]
+    if cached_len is None:
+        return seq_len
+    if not _is_int(cached_len) or not 1 <= cached_len <= seq_len:
+        raise ValueError(f"{type(module).__name__}: cached_len must be an int in [1, {seq_len}] (the prompt's length), got {cached_len!r}")
+    if cached_len < seq_len and (attention_mask is None or bool(attention_mask[:, cached_len:].bool().any())):
+        raise ValueError(
+            f"{type(module).__name__}: the positions past cached_len {cached_len} must be padding (attention_mask 0): "
+            "pass the mask of the padded prompt, or cached_len=None to cache every position"
+        )
+    return cached_len
 
 
 def _attend_window(
@@ -121,6 +229,20 @@ def _attend_window(
     )
     lse = torch.logsumexp(scores, dim=-1, keepdim=True)
     return (torch.exp(scores - lse) @ values).squeeze(-2), lse[..., 0, 0]
+
+
+def _sort_keys(
+    vectors: torch.Tensor, rotations: torch.Tensor, n_buckets, valid: torch.Tensor, start: int
+) -> torch.Tensor:
+    """The ``BucketOrder`` keys (B, H, n_hashes, n) of positions [start, start + n) with shared
+    query/key projections ``vectors`` (B, H, n, d): each round's bucket, the padding bucket
+    prod(n_buckets) where ``valid`` (B, n) is False, packed with the position."""
+    n_hashes = rotations.shape[2]
+    per_round = math.prod(bucket_factors(n_buckets))
+    buckets, _ = functional.lsh_hash(vectors, rotations, n_buckets)
+    offsets = torch.arange(n_hashes, device=vectors.device)[:, None] * per_round
+    buckets = torch.where(valid[:, None, None, :], buckets.unflatten(2, (n_hashes, -1)) - offsets, per_round)
+    return buckets * 2**POSITION_BITS + torch.arange(start, start + vectors.shape[2], device=vectors.device)
 
 
 class LSHSelfAttention(nn.Module):
@@ -200,12 +322,32 @@ class LSHSelfAttention(nn.Module):
         the module's. ``attentions``: a list that receives the attention probabilities (before
         dropout) in transformers' layout, (B, H, n_hashes * L / chunk_len, chunk_len, window) in
         bucket order, or (B, H, L, L) for one chunk."""
+        return self._attend(hidden_states, attention_mask, num_hashes, attentions, None, 0, 0)
+
+    def fill_cache(
+        self, hidden_states: torch.Tensor, cache: DecodingCache, capacity: int = 0, attention_mask: torch.Tensor | None = None,
+        num_hashes: int | None = None, cached_len: int | None = None, attentions: list[torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """``forward`` on a prompt (arguments as there: this layer's inputs, padded as the model pads
+        them) that also stores in ``cache`` the projections of positions [0, cached_len) (default:
+        all), for ``decode_step`` at position cached_len and on, and the bucket order it sorted them
+        in (when L is a whole number of chunks), so the prefill costs one forward. Returns forward's
+        output. ``capacity``: positions to allocate the cache for."""
+        cached_len = _check_cached_len(self, hidden_states, attention_mask, cached_len)
+        return self._attend(hidden_states, attention_mask, num_hashes, attentions, cache, cached_len, capacity)
+
+    def _attend(
+        self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None, num_hashes: int | None,
+        attentions: list[torch.Tensor] | None, cache: DecodingCache | None, cached_len: int, capacity: int,
+    ) -> torch.Tensor:
         _check_hidden_states(self, hidden_states, self.hidden_size)
         if num_hashes is not None:
             check_int("LSHSelfAttention", "num_hashes", num_hashes, 1)
         n_hashes = self.num_hashes if num_hashes is None else num_hashes
         qk, v = functional.head_projections(hidden_states, [self.query_key.weight, self.value.weight], self.num_attention_heads)
         seq_len = qk.shape[2]
+        if cache is not None:
+            cache.write(0, qk[:, :, :cached_len], v[:, :, :cached_len], capacity)
         masks = dict(causal=self.causal, attention_mask=attention_mask, dropout_p=self.dropout if self.training else 0.0)
         if seq_len <= self.chunk_len:
             sorted_idx = torch.arange(seq_len, device=qk.device).expand(qk.shape[:3])
@@ -217,14 +359,23 @@ class LSHSelfAttention(nn.Module):
                 n_buckets = functional.default_num_buckets(seq_len, self.chunk_len, self.max_position_embeddings)
             rotations = self.draw_rotations(n_hashes, n_buckets, qk)
             chunking = dict(chunk_len=self.chunk_len, n_chunks_before=self.n_chunks_before, n_chunks_after=self.n_chunks_after)
-            if attentions is None:
+            keeps_order = cache is not None and seq_len % self.chunk_len == 0
+            if attentions is None and not keeps_order:
                 out = functional.lsh_self_attention(qk, v, rotations, n_buckets, **chunking, **masks)
             else:
-                # The probabilities are laid out in bucket order: hash and sort here, not inside the one-call op.
+                # The probabilities and the cache's bucket order need the sort: hash and sort here,
+                # not inside the one-call op.
                 _whole_chunks(self, seq_len, self.chunk_len)
                 buckets, num_keys = functional.lsh_hash(qk, rotations, n_buckets, attention_mask=attention_mask)
                 sorted_idx, _ = functional.bucket_sort(buckets, num_keys)
                 out = functional.lsh_attention(qk, v, sorted_idx, n_hashes=n_hashes, **chunking, **masks)
+                if keeps_order:
+                    # Padding sorts last in its round, so each round's first cached_len entries are
+                    # the positions < cached_len, in order.
+                    ids_per_round = num_keys // n_hashes
+                    keys = (buckets % ids_per_round) * 2**POSITION_BITS + torch.arange(seq_len, device=qk.device).repeat(n_hashes)
+                    merged = keys.gather(2, sorted_idx).unflatten(2, (n_hashes, seq_len))[..., :cached_len]
+                    cache.order = BucketOrder(merged.contiguous(), (n_hashes, n_buckets, qk.dtype, qk.device), rotations, cache.merge_every)
         if attentions is not None:
             positions = sorted_idx % seq_len
             key_valid = None
@@ -254,13 +405,21 @@ class LSHSelfAttention(nn.Module):
         ``fill_cache`` and earlier steps) and receives t. key_valid (B, t + 1) bool, False at
         padding. layout_len: the length of the sequence ``forward`` would see (>= t + 1; positions
         past t count as padding, as the models pad to a chunk multiple; default t + 1), which sets
-        the bucket count when num_buckets is unset, the internal padding and so the chunks. The step
-        hashes position t (and every cached position when the count changes or rotations are drawn
-        fresh), sorts the rounds by (bucket, position) as ``forward`` does, and attends, per round,
-        within position t's chunk and its neighbours of the sorted order; rounds combine by lse.
-        Cost per step: one sort of n_hashes * layout_len ids and one chunk window of attention.
+        the bucket count when num_buckets is unset, the internal padding and so the chunks. Position
+        t is the last of its bucket in every round: the step hashes it, inserts it in
+        ``cache.order`` (the order forward sorts the rounds in) and attends, per round, within the
+        chunk its rank falls in and the neighbour chunks of that order; rounds combine by lse.
+        Cost per step (fixed ``hash_seed``): hashing t, a binary search per round and one chunk
+        window of attention per round, independent of t (plus an O(t) merge every
+        ``cache.merge_every`` steps); the rotations are drawn once. The first step past one chunk
+        (unless ``fill_cache`` kept its forward's order), a change of bucket count, or
+        ``hash_seed=None`` (fresh rotations every call, as forward draws them) rehashes and sorts
+        every cached position. The cache keeps the padding of past positions as the steps saw it:
+        key_valid[:, :t] must be the mask of the earlier steps.
         Inference only: no dropout. ``capacity``: positions to allocate the cache for.
         """
+        if num_hashes is not None:
+            check_int("LSHSelfAttention", "num_hashes", num_hashes, 1)
         position = _check_decoding(self, hidden_states, cache, key_valid, layout_len)
         seq_len = position + 1 if layout_len is None else layout_len
         qk = split_heads(self.query_key(hidden_states), self.num_attention_heads)
@@ -276,53 +435,38 @@ class LSHSelfAttention(nn.Module):
         n_buckets = self.num_buckets
         if n_buckets is None:
             n_buckets = functional.default_num_buckets(seq_len, self.chunk_len, self.max_position_embeddings)
-        buckets = self._decoding_buckets(cache, position, n_hashes, n_buckets)
-        # The layout of forward: padding (masked tokens and the positions past t) in an extra bucket
-        # after the others of its round, each round padded to a whole number of chunks.
-        padding_bucket = math.prod(bucket_factors(n_buckets))
+        order, hashed_with = cache.order, (n_hashes, n_buckets, qk.dtype, qk.device)
+        if self.hash_seed is not None and order is not None and order.hashed_with == hashed_with:
+            rank = order.append(_sort_keys(qk, order.rotations, n_buckets, key_valid[:, position:], position)[..., 0])
+        else:
+            rotations = self.draw_rotations(n_hashes, n_buckets, qk)
+            every = _sort_keys(keys, rotations, n_buckets, key_valid, 0)
+            cache.order = order = BucketOrder(every.sort(dim=-1).values, hashed_with, rotations, cache.merge_every)
+            rank = order.rank(every[..., -1])
+        # The layout of forward: each round holds every position of the padded length (the ones
+        # past t are padding, sorted last), rounds concatenated and cut into chunks; position t's
+        # window is its chunk and the neighbour chunks, around the ring of all rounds' chunks.
         padded_len = math.ceil(seq_len / self.chunk_len) * self.chunk_len
-        batch, heads = qk.shape[:2]
-        layout = buckets.new_full((batch, heads, n_hashes, padded_len), padding_bucket)
-        layout[..., : position + 1] = torch.where(key_valid[:, None, None, :], buckets, padding_bucket)
-        offsets = torch.arange(n_hashes, device=qk.device)[:, None] * (padding_bucket + 1)
-        sorted_idx, undo_sort = functional.bucket_sort((layout + offsets).flatten(2), n_hashes * (padding_bucket + 1))
-        query_sorted = undo_sort[..., torch.arange(n_hashes, device=qk.device) * padded_len + position]
         n_chunks = n_hashes * padded_len // self.chunk_len
+        rounds = torch.arange(n_hashes, device=qk.device)
         neighbours = torch.arange(-self.n_chunks_before, self.n_chunks_after + 1, device=qk.device)
-        window_chunks = (query_sorted[..., None] // self.chunk_len + neighbours) % n_chunks
-        window = (window_chunks[..., None] * self.chunk_len + torch.arange(self.chunk_len, device=qk.device)).flatten(-2)
-        key_positions = sorted_idx.gather(-1, window.flatten(2)).view(window.shape) % padded_len
+        window_chunks = ((rounds * padded_len + rank) // self.chunk_len)[..., None] + neighbours
+        window_starts = window_chunks % n_chunks * self.chunk_len
+        window_rounds = window_starts // padded_len
+        window_ranks = (window_starts % padded_len)[..., None] + torch.arange(self.chunk_len, device=qk.device)
+        batch, heads = qk.shape[:2]
+        window_shape = (batch, heads, n_hashes, window_ranks.shape[3] * self.chunk_len)
+        key_positions = order.positions(window_rounds.flatten(2), window_ranks.flatten(2, 3), padded_len).view(window_shape)
+        order.merge_if_full()
         real = key_positions.clamp(max=position)
-        valid = (key_positions <= position) & key_valid[:, None, None, :].expand(*window.shape[:3], -1).gather(-1, real)
+        valid = (key_positions <= position) & key_valid[:, None, None, :].expand(*window_shape[:3], -1).gather(-1, real)
         rows = real.flatten(2)
         out, lse = _attend_window(
-            qk[:, :, None], shared_qk_keys(gather_rows(keys, rows)).view(*window.shape, -1),
-            gather_rows(values, rows).view(*window.shape, -1), position, key_positions, valid, causal=True, self_mask=True,
+            qk[:, :, None], shared_qk_keys(gather_rows(keys, rows)).view(*window_shape, -1),
+            gather_rows(values, rows).view(*window_shape, -1), position, key_positions, valid, causal=True, self_mask=True,
         )
         round_weights = torch.exp(lse - torch.logsumexp(lse, dim=2, keepdim=True))
         return merge_heads((out * round_weights[..., None]).sum(dim=2, keepdim=True))
-
-    def fill_cache(self, hidden_states: torch.Tensor, cache: DecodingCache, capacity: int = 0) -> None:
-        """Store the projections of positions [0, L) of hidden_states (B, L, hidden_size) (this
-        layer's inputs on a prompt) in ``cache``, for ``decode_step`` at position L and on."""
-        _check_hidden_states(self, hidden_states, self.hidden_size)
-        heads = self.num_attention_heads
-        cache.write(0, split_heads(self.query_key(hidden_states), heads), split_heads(self.value(hidden_states), heads), capacity)
-
-    def _decoding_buckets(self, cache: DecodingCache, position: int, n_hashes: int, n_buckets) -> torch.Tensor:
-        """Buckets (B, H, n_hashes, position + 1) of the cached positions, without the padding
-        bucket and round offsets; hashed once per position while the rotations stay the same."""
-        rotations = self.draw_rotations(n_hashes, n_buckets, cache.keys)
-        if self.hash_seed is None or cache.hashed_with != (n_hashes, n_buckets):
-            cache.n_hashed = 0
-        if cache.buckets is None or cache.n_hashed == 0:
-            cache.buckets = cache.keys.new_zeros((*cache.keys.shape[:2], n_hashes, cache.keys.shape[2]), dtype=torch.long)
-        vectors = cache.keys[:, :, cache.n_hashed : position + 1]
-        new, _ = functional.lsh_hash(vectors, rotations, n_buckets)
-        offsets = torch.arange(n_hashes, device=new.device)[:, None] * math.prod(bucket_factors(n_buckets))
-        cache.buckets[..., cache.n_hashed : position + 1] = new.unflatten(2, (n_hashes, -1)) - offsets
-        cache.hashed_with, cache.n_hashed = (n_hashes, n_buckets), position + 1
-        return cache.buckets[..., : position + 1]
 
 
 class LocalSelfAttention(nn.Module):
@@ -367,8 +511,26 @@ class LocalSelfAttention(nn.Module):
         """hidden_states (B, L, hidden_size); attention_mask (B, L), 0 = padding. ``attentions``: a
         list that receives the attention probabilities (before dropout) in transformers' layout,
         (B, H, L / chunk_len, chunk_len, window), or (B, H, L, L) for one chunk."""
+        return self._attend(hidden_states, attention_mask, attentions, None, 0, 0)
+
+    def fill_cache(
+        self, hidden_states: torch.Tensor, cache: DecodingCache, capacity: int = 0, attention_mask: torch.Tensor | None = None,
+        cached_len: int | None = None, attentions: list[torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """``forward`` on a prompt that also stores in ``cache`` the keys and values of positions
+        [0, cached_len) (default: all), for ``decode_step`` at position cached_len and on: the
+        prefill costs one forward. Returns forward's output."""
+        cached_len = _check_cached_len(self, hidden_states, attention_mask, cached_len)
+        return self._attend(hidden_states, attention_mask, attentions, cache, cached_len, capacity)
+
+    def _attend(
+        self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None, attentions: list[torch.Tensor] | None,
+        cache: DecodingCache | None, cached_len: int, capacity: int,
+    ) -> torch.Tensor:
         _check_hidden_states(self, hidden_states, self.hidden_size)
         q, k, v = (split_heads(proj(hidden_states), self.num_attention_heads) for proj in (self.query, self.key, self.value))
+        if cache is not None:
+            cache.write(0, k[:, :, :cached_len], v[:, :, :cached_len], capacity)
         out = functional.local_attention(
             q, k, v, chunk_len=self.chunk_len, n_chunks_before=self.n_chunks_before, n_chunks_after=self.n_chunks_after,
             causal=self.causal, attention_mask=attention_mask, dropout_p=self.dropout if self.training else 0.0,
@@ -415,10 +577,3 @@ class LocalSelfAttention(nn.Module):
             key_positions, valid[:, None, :], causal=True, self_mask=False,
         )
         return merge_heads(out[:, :, None])
-
-    def fill_cache(self, hidden_states: torch.Tensor, cache: DecodingCache, capacity: int = 0) -> None:
-        """Store the keys and values of positions [0, L) of hidden_states (B, L, hidden_size) (this
-        layer's inputs on a prompt) in ``cache``, for ``decode_step`` at position L and on."""
-        _check_hidden_states(self, hidden_states, self.hidden_size)
-        heads = self.num_attention_heads
-        cache.write(0, split_heads(self.key(hidden_states), heads), split_heads(self.value(hidden_states), heads), capacity)

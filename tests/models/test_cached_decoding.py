@@ -180,3 +180,40 @@ def test_cached_decoding_bad_use():
             model(input_ids=ids, use_cache=True)
         with pytest.raises(ValueError, match="eval"):
             model.generate(ids, 2)
+
+
+@pytest.mark.parametrize("padded", [False, True])
+def test_the_prompt_of_cached_decoding_costs_one_forward(padded):
+    """The prompt runs once: its logits, hidden states and attentions equal the forward's, and it
+    does no more multiply-adds than the forward (each layer's projections are cached as the
+    forward computes them, not recomputed)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = lm(["local", "lsh"])
+    ids, mask = prompts(2, padded, seq_len=21)
+    outputs = {}
+    with torch.no_grad():
+        for use_cache in (False, True):
+            with FlopCounterMode(display=False) as flops:
+                out = model(input_ids=ids, attention_mask=mask, use_cache=use_cache, output_hidden_states=True,
+                            output_attentions=True)
+            outputs[use_cache] = (out, flops.get_total_flops())
+    (plain, plain_flops), (cached, cached_flops) = outputs[False], outputs[True]
+    assert cached_flops <= plain_flops
+    for a, b in zip((plain.logits, *plain.hidden_states, *plain.attentions), (cached.logits, *cached.hidden_states, *cached.attentions)):
+        assert a.shape == b.shape and (a - b).abs().max().item() < 1e-12
+    assert cached.past_buckets_states.length == 21 and cached.past_buckets_states.layers[1].order.length == 21
+
+
+def test_a_step_past_the_positions_the_model_has_is_refused_before_the_cache_changes():
+    model = lm(["local", "lsh"], max_position_embeddings=32, axial_pos_shape=[4, 8])
+    ids, _ = prompts(2, False, seq_len=31)
+    with torch.no_grad():
+        cache = model(input_ids=ids, use_cache=True).past_buckets_states
+        with pytest.raises(ValueError, match="input_ids: 2 new tokens after the 31 in past_buckets_states make 33 > the 32 positions"):
+            model(input_ids=ids[:, :2], past_buckets_states=cache, use_cache=True)
+        assert cache.length == 31 and all(layer.length == 31 for layer in cache.layers)
+        with pytest.raises(ValueError, match="max_position_embeddings"):
+            model(input_ids=torch.cat([ids, ids[:, :2]], dim=1), use_cache=True)
+        model(input_ids=ids[:, :1], past_buckets_states=cache, use_cache=True)  # the cache is still good
+    assert cache.length == 32
