@@ -615,3 +615,34 @@ def dropout_add(
     _, impl = backends.select("dropout_add", x.device, backend)
     return impl(residual, x, p, training=training, subtract=subtract, generator=generator)
 
+
+def dropout(
+    x: torch.Tensor,
+    p: float,
+    *,
+    training: bool = True,
+    generator: torch.Generator | None = None,
+    backend: str | None = None,
+) -> torch.Tensor:
+    """dropout(x, p) as ``dropout_add`` draws it, without a residual: elements of x kept with
+    probability 1 - p and scaled by 1 / (1 - p), decided by the Philox stream keyed from
+    ``generator`` (default: the default generator of x's device), so restoring the generator state
+    regenerates the mask; the cpu and triton backends store no mask for the backward.
+
+    Args:
+        x: float tensor, any shape. p: float in [0, 1]. training: bool, False for no dropout.
+        generator: a torch.Generator on x's device type, or None. backend: see ``reformer_kernels.backends``.
+
+    Returns:
+        A tensor of x's shape and dtype.
+    """
+    fn = "dropout"
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{fn}: x must be a torch.Tensor, got {type(x).__name__}")
+    if x.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{fn}: x must be float16, bfloat16, float32 or float64, got {x.dtype}; convert it with .float()")
+    p = _check_dropout_p(fn, p, name="p", allow_one=True)
+    _check_bool(fn, "training", training)
+    _check_generator(fn, generator, x)
+    _, impl = backends.select("dropout_add", x.device, backend)
+    return impl(None, x, p, training=training, subtract=False, generator=generator)

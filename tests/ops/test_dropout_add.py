@@ -158,6 +158,24 @@ def test_draws_the_reference_philox_mask_from_its_key(backend, device, subtract)
     assert torch.equal(out, residual - dropped if subtract else residual + dropped)
 
 
+def test_dropout_alone_is_dropout_add_without_the_residual(backend, device):
+    """functional.dropout: the same mask as dropout_add from the same generator state, x's dtype,
+    and its gradient the upstream gradient through that mask."""
+    x = torch.randn(SHAPE, device=device, requires_grad=True)
+    state = rng_state(device)
+    out = functional.dropout(x, 0.4, backend=backend)
+    with generator_at(state, device):
+        expected = functional.dropout_add(torch.zeros(SHAPE, device=device), x, 0.4, backend=backend)
+    assert out.dtype == x.dtype and torch.equal(out, expected)
+    (grad,) = torch.autograd.grad(out, x, torch.ones_like(out))
+    assert torch.equal(grad, (out != 0).float() / 0.6)
+    assert torch.equal(functional.dropout(x, 0.4, training=False, backend=backend), x)
+    with pytest.raises(TypeError, match="dropout: x must be a torch.Tensor"):
+        functional.dropout([1.0], 0.4)
+    with pytest.raises(ValueError, match=r"dropout: p must lie in \[0, 1\], got 2"):
+        functional.dropout(x, 2.0)
+
+
 def test_kept_fraction_is_one_minus_p(backend, device):
     """2^18 draws under a fixed seed: the kept fraction within 5 binomial standard deviations of
     1 - p, overall and for each of the four Philox output words (element i takes word i % 4), and

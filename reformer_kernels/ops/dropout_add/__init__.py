@@ -2,8 +2,8 @@
 minus, its inverse (the public function, with its checks, is
 ``reformer_kernels.functional.dropout_add``).
 
-Every backend impl takes (residual, x, p, training=True, subtract=False, generator=None) and
-draws one Philox key (``philox_seed_offset``) from ``generator`` or the default generator of the
+Every backend impl takes (residual, x, p, training=True, subtract=False, generator=None), residual
+None for plain dropout (``functional.dropout``), and draws one Philox key (``philox_seed_offset``) from ``generator`` or the default generator of the
 inputs' device; the keep decisions are the Philox stream of that key over x's row-major elements
 (``reference/dropout.py``), the same bits on every backend. "reference" builds the mask with
 torch ops and lets autograd keep it; "cpu" (the C++ op reformer_kernels::dropout_add, csrc/cpu/
@@ -84,7 +84,7 @@ def fused(op):
     """The "dropout_add" backend impl of a fused ``op`` of the dropout_add schema."""
 
     def dropout_add(residual, x, p, training=True, subtract=False, generator=None):
-        dtype = torch.promote_types(residual.dtype, x.dtype)
+        dtype = x.dtype if residual is None else torch.promote_types(residual.dtype, x.dtype)
         if not training or p == 0.0:
             return op(residual, x, 0.0, 0, 0, subtract, dtype)
         return op(residual, x, p, *philox_seed_offset(x.device, generator), subtract, dtype)

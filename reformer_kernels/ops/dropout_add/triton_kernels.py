@@ -98,8 +98,9 @@ _fused = fused(dropout_add_op)
 
 def dropout_add(residual, x, p, training=True, subtract=False, generator=None):
     """The "dropout_add" backend impl: residual ± dropout(x, p) in their promoted dtype."""
-    check_dtype("dropout_add", residual)
-    check_dtype("dropout_add", x)
+    for t in (residual, x):
+        if t is not None:
+            check_dtype("dropout_add", t)
     return _fused(residual, x, p, training=training, subtract=subtract, generator=generator)
 
 
