@@ -6,7 +6,6 @@
 #include <torch/library.h>
 
 #include <optional>
-#include <vector>
 
 #include "attention_checks.h"
 #include "philox.h"
