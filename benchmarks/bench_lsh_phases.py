@@ -73,7 +73,7 @@ def phases(seq_len: int) -> list[tuple[str, object, float]]:
     buckets, num_keys = functional.lsh_hash(qk, rotations, n_buckets, backend="cpu")
     sorted_idx, _ = functional.bucket_sort(buckets, num_keys, backend="cpu")
     ops = torch.ops.reformer_kernels
-    window = (CHUNK_LEN, 1, 0, True, None, None, 0.0)
+    window = (CHUNK_LEN, 1, 0, True, None, 0.0)
     out, lse = ops.lsh_attention_fwd(qk, v, sorted_idx, N_HASHES, *window)
     grad_out = torch.randn_like(out)
     grad_heads = [torch.randn_like(qk), torch.randn_like(v)]

@@ -60,18 +60,20 @@ TORCH_LIBRARY(reformer_kernels, m) {
   m.def("lsh_hash(Tensor vectors, Tensor rotations, int[] n_buckets, Tensor? attention_mask) -> Tensor");
   // Shared-QK LSH attention over bucket-sorted chunks. qk, v (B, H, L, d); sorted_idx (B, H,
   // n_hashes * L). Returns out (B, H, L, d) and lse (B, H, n_hashes, L), float32 (float64 for
-  // float64 inputs). The backward recomputes the scores from qk, v, out and lse. dropout_mask:
-  // bool, True where an attention probability is kept (and scaled by 1 / (1 - dropout_p)), in the
-  // chunked score layout (B, H, n_chunks, chunk_len, window keys) of the reference's
-  // dropout_mask_shape; lse is pre-dropout.
+  // float64 inputs). The backward recomputes the scores from qk, v, out and lse. Attention dropout
+  // (dropout_p > 0) keeps a probability (scaled by 1 / (1 - dropout_p)) as the Philox stream keyed
+  // by (dropout_seed, dropout_offset) decides for its element of the chunked scores (B, H, n_chunks,
+  // chunk_len, window keys) of the reference's dropout_mask_shape (reference/dropout.py); the
+  // backward regenerates it. lse is pre-dropout.
   m.def(
       "lsh_attention_fwd(Tensor qk, Tensor v, Tensor sorted_idx, int n_hashes, int chunk_len, int n_chunks_before, "
-      "int n_chunks_after, bool causal, Tensor? attention_mask, Tensor? dropout_mask=None, float dropout_p=0.) -> "
-      "(Tensor out, Tensor lse)");
+      "int n_chunks_after, bool causal, Tensor? attention_mask, float dropout_p=0., int dropout_seed=0, "
+      "int dropout_offset=0) -> (Tensor out, Tensor lse)");
   m.def(
       "lsh_attention_bwd(Tensor grad_out, Tensor? grad_lse, Tensor qk, Tensor v, Tensor sorted_idx, Tensor out, "
       "Tensor lse, int n_hashes, int chunk_len, int n_chunks_before, int n_chunks_after, bool causal, "
-      "Tensor? attention_mask, Tensor? dropout_mask=None, float dropout_p=0.) -> (Tensor grad_qk, Tensor grad_v)");
+      "Tensor? attention_mask, float dropout_p=0., int dropout_seed=0, int dropout_offset=0) -> "
+      "(Tensor grad_qk, Tensor grad_v)");
   // The attention layers' input projections straight into heads: x (B, L, D) and weights, each
   // (H * d, D) with H = heads, float32 or float64; returns x W^T per weight as (B, H, L, d),
   // contiguous (one head's rows dense, which the attention kernels' random row reads want). The
@@ -80,15 +82,23 @@ TORCH_LIBRARY(reformer_kernels, m) {
   m.def("head_projections_grad_input(Tensor[] grads, Tensor[] weights) -> Tensor");
   m.def("head_projections_grad_weights(Tensor[] grads, Tensor x) -> Tensor[]");
   // Local (chunked) attention on q, k, v (B, H, L, d), any L. Returns out and lse (B, H, L), float32
-  // (float64 for float64 inputs), which the backward needs. dropout_mask as for LSH, over the
-  // chunks that local_chunking gives (the padded length, or one chunk of L when L <= chunk_len).
+  // (float64 for float64 inputs), which the backward needs. Dropout as for LSH, over the chunks
+  // that local_chunking gives (the padded length, or one chunk of L when L <= chunk_len).
   m.def(
       "local_attention_fwd(Tensor q, Tensor k, Tensor v, int chunk_len, int n_chunks_before, int n_chunks_after, "
-      "bool causal, Tensor? attention_mask, Tensor? dropout_mask=None, float dropout_p=0.) -> (Tensor out, Tensor lse)");
+      "bool causal, Tensor? attention_mask, float dropout_p=0., int dropout_seed=0, int dropout_offset=0) -> "
+      "(Tensor out, Tensor lse)");
   m.def(
       "local_attention_bwd(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, int chunk_len, "
-      "int n_chunks_before, int n_chunks_after, bool causal, Tensor? attention_mask, Tensor? dropout_mask=None, "
-      "float dropout_p=0.) -> "
-      "(Tensor grad_q, Tensor "
-      "grad_k, Tensor grad_v)");
+      "int n_chunks_before, int n_chunks_after, bool causal, Tensor? attention_mask, float dropout_p=0., "
+      "int dropout_seed=0, int dropout_offset=0) -> (Tensor grad_q, Tensor grad_k, Tensor grad_v)");
+  // Philox4x32-10 (Random123's, Triton's tl.philox) of counters (..., 4) int64 in [0, 2^32) under
+  // the 64-bit key seed (low word first): the four output words, int64 in [0, 2^32).
+  m.def("philox4x32_10(Tensor counters, int seed) -> Tensor");
+  // residual +- dropout(x, p) in dtype (residual None: +-dropout(x), the backward), computed in
+  // float (double for double). Element e of x (row-major) is kept as the Philox stream keyed by
+  // (seed, philox_offset) decides (reference/dropout.py); p = 0 draws nothing, p = 1 keeps nothing.
+  m.def(
+      "dropout_add(Tensor? residual, Tensor x, float p, int seed, int philox_offset, bool subtract, ScalarType dtype) "
+      "-> Tensor");
 }

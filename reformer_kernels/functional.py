@@ -14,6 +14,7 @@ import torch
 
 from . import backends, reference
 from . import ops  # noqa: F401  (importing it registers every op's implementations into backends)
+from .ops.dropout_add import philox_seed_offset
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -204,15 +205,15 @@ def _check_sorted_idx(fn: str, sorted_idx: object, qk: torch.Tensor, n_hashes: i
 # ----------------------------------------------------------------------------- dispatch
 
 
-def _attention_dropout(shape: tuple[int, ...], dropout_p: float, device: torch.device) -> dict:
-    """The attention-dropout arguments of every backend's attention impl: ``dropout_mask``, bool in
-    the reference's chunked score layout, True where a probability is kept, drawn from the default
-    generator (one byte per probability, the same mask whatever the inputs' dtype), and
-    ``dropout_p``, whose 1 / (1 - p) scales the kept ones; none without dropout."""
+def _attention_dropout(dropout_p: float, device: torch.device) -> dict:
+    """The attention-dropout arguments of every backend's attention impl: ``dropout_p`` and the
+    Philox key (``dropout_seed``, ``dropout_offset``) drawn from the default generator of
+    ``device``, from which every backend draws the same keep decisions inside its kernels (and
+    regenerates them in the backward); none without dropout."""
     if dropout_p == 0.0:
         return {}
-    keep = torch.empty(shape, dtype=torch.bool, device=device).bernoulli_(1.0 - dropout_p)
-    return dict(dropout_mask=keep, dropout_p=dropout_p)
+    seed, offset = philox_seed_offset(device)
+    return dict(dropout_p=dropout_p, dropout_seed=seed, dropout_offset=offset)
 
 
 def _run_lsh_attention(
@@ -220,9 +221,7 @@ def _run_lsh_attention(
 ):
     _, run = backends.select("lsh_attention", qk.device, backend)
     chunking = dict(n_hashes=n_hashes, chunk_len=chunk_len, n_chunks_before=n_chunks_before, n_chunks_after=n_chunks_after)
-    batch, heads, seq_len, _ = qk.shape
-    shape = reference.dropout_mask_shape(batch, heads, n_hashes * seq_len, chunk_len, n_chunks_before, n_chunks_after)
-    dropout = _attention_dropout(shape, dropout_p, qk.device)
+    dropout = _attention_dropout(dropout_p, qk.device)
     return run(qk, v, sorted_idx, **chunking, causal=causal, attention_mask=attention_mask, **dropout)
 
 
@@ -383,7 +382,8 @@ def lsh_attention(
         n_chunks_before, n_chunks_after: int >= 0.
         causal: bool. attention_mask: (B, L) or None.
         dropout_p: float in [0, 1), dropout on the attention probabilities (every backend;
-            the mask is drawn from the default generator, so seeding it reproduces the mask).
+            drawn inside the kernels from a Philox key taken from the default generator, so
+            seeding it reproduces the dropout, on every backend the same; no mask is stored).
         return_lse: also return the per-round log-sum-exp.
         backend: see ``reformer_kernels.backends``.
 
@@ -454,7 +454,8 @@ def local_attention(
         chunk_len: int >= 1. n_chunks_before, n_chunks_after: int >= 0.
         causal: bool. attention_mask: (B, L) or None.
         dropout_p: float in [0, 1), dropout on the attention probabilities (every backend;
-            the mask is drawn from the default generator, so seeding it reproduces the mask).
+            drawn inside the kernels from a Philox key taken from the default generator, so
+            seeding it reproduces the dropout, on every backend the same; no mask is stored).
         backend: see ``reformer_kernels.backends``.
 
     Returns:
@@ -474,8 +475,7 @@ def local_attention(
     batch, heads, seq_len, _ = q.shape
     used_chunk_len, before, after, padded_len = reference.local_chunking(seq_len, chunk_len, n_chunks_before, n_chunks_after)
     _check_window(fn, padded_len // used_chunk_len, before, after)
-    shape = reference.dropout_mask_shape(batch, heads, padded_len, used_chunk_len, before, after)
-    dropout = _attention_dropout(shape, dropout_p, q.device)
+    dropout = _attention_dropout(dropout_p, q.device)
     return run(q, k, v, **chunking, causal=causal, attention_mask=attention_mask, **dropout)
 
 
@@ -506,7 +506,8 @@ def lsh_self_attention(
         chunk_len: int >= 1. n_chunks_before, n_chunks_after: int >= 0.
         causal: bool. attention_mask: (B, L) or None.
         dropout_p: float in [0, 1), dropout on the attention probabilities (every backend;
-            the mask is drawn from the default generator, so seeding it reproduces the mask).
+            drawn inside the kernels from a Philox key taken from the default generator, so
+            seeding it reproduces the dropout, on every backend the same; no mask is stored).
         backend: see ``reformer_kernels.backends``; used for every step.
 
     Returns:
@@ -577,12 +578,12 @@ def dropout_add(
     backward's reconstruction (x1 = y1 - dropout(attention(x2))).
 
     Dropout as torch's: elements of x kept with probability 1 - p and scaled by 1 / (1 - p). The
-    mask comes from ``generator`` (default: the default generator of the inputs' device), so
-    restoring the generator state before a second call regenerates it. The triton backend is one
-    fused kernel that stores no mask (its backward regenerates it from a saved Philox seed and
-    offset, see ``reformer_kernels.ops.dropout_add.triton_kernels``); "cpu" and "reference" run
-    ``residual ± torch's dropout(x)`` (same masks as ``F.dropout`` from the same generator state).
-    With ``training=False`` or p = 0 no random number is drawn.
+    keep decisions are a Philox stream whose key is drawn from ``generator`` (default: the default
+    generator of the inputs' device), so restoring the generator state before a second call
+    regenerates them, and every backend draws the same ones (``reformer_kernels.reference.dropout``;
+    not torch's own dropout mask). The cpu and triton backends are one fused kernel that stores no
+    mask: the backward regenerates it from the saved seed and offset. With ``training=False`` or
+    p = 0 no random number is drawn.
 
     Args:
         residual: float tensor, any shape. x: float tensor of residual's shape and device; the dtypes
@@ -613,3 +614,35 @@ def dropout_add(
     _check_generator(fn, generator, x)
     _, impl = backends.select("dropout_add", x.device, backend)
     return impl(residual, x, p, training=training, subtract=subtract, generator=generator)
+
+
+def dropout(
+    x: torch.Tensor,
+    p: float,
+    *,
+    training: bool = True,
+    generator: torch.Generator | None = None,
+    backend: str | None = None,
+) -> torch.Tensor:
+    """dropout(x, p) as ``dropout_add`` draws it, without a residual: elements of x kept with
+    probability 1 - p and scaled by 1 / (1 - p), decided by the Philox stream keyed from
+    ``generator`` (default: the default generator of x's device), so restoring the generator state
+    regenerates the mask; the cpu and triton backends store no mask for the backward.
+
+    Args:
+        x: float tensor, any shape. p: float in [0, 1]. training: bool, False for no dropout.
+        generator: a torch.Generator on x's device type, or None. backend: see ``reformer_kernels.backends``.
+
+    Returns:
+        A tensor of x's shape and dtype.
+    """
+    fn = "dropout"
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{fn}: x must be a torch.Tensor, got {type(x).__name__}")
+    if x.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{fn}: x must be float16, bfloat16, float32 or float64, got {x.dtype}; convert it with .float()")
+    p = _check_dropout_p(fn, p, name="p", allow_one=True)
+    _check_bool(fn, "training", training)
+    _check_generator(fn, generator, x)
+    _, impl = backends.select("dropout_add", x.device, backend)
+    return impl(None, x, p, training=training, subtract=False, generator=generator)

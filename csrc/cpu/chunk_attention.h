@@ -12,6 +12,7 @@
 
 #include "gemm.h"
 #include "masks.h"
+#include "philox.h"
 #include "vec.h"
 
 namespace reformer_kernels::cpu {
@@ -73,8 +74,9 @@ struct ChunkAttention {
   // 2^-7, too coarse for weighing hash rounds against each other (see the LSH kernel).
   std::vector<double> lse_wide;
   // With attention dropout: each probability's factor (0, or 1 / (1 - p) where kept), in the
-  // scores' layout; the padding columns stay 0.
+  // scores' layout; the padding columns stay 0. words: one query's Philox words, window order.
   std::vector<T> keep;
+  std::vector<uint32_t> words;
   // Positions and padding flags (-1 = forbidden key) as lane-wide integers for vector compares.
   std::vector<lane_int_t<T>> query_pos, key_pos, key_forbidden;
 
@@ -106,6 +108,7 @@ struct ChunkAttention {
         delta(backward ? max_queries : 0),
         lse_wide(backward ? 0 : max_queries),
         keep(dropout ? max_queries * key_stride : 0, 0),
+        words(dropout ? max_keys : 0),
         query_pos(max_queries),
         key_pos(key_stride, -1),
         key_forbidden(key_stride, -1) {}
@@ -129,14 +132,15 @@ struct ChunkAttention {
     if (!vt.empty()) transpose_into(v.data() + j0 * dim_stride, dim_stride, n, head_dim, vt.data() + j0, key_stride);
   }
 
-  // Query i's keep factors from its row of the caller's dropout mask, whose columns run over the
-  // window in neighbour order (chunk - before first); here neighbour u sits in slot u mod window.
-  void set_keep(int64_t i, const bool* mask_row, T scale, int64_t chunk, int64_t before, int64_t window,
+  // Query i's keep factors from its Philox words (in `words`), whose columns run over the window
+  // in neighbour order (chunk - before first); here neighbour u sits in slot u mod window.
+  void set_keep(int64_t i, uint32_t threshold, T scale, int64_t chunk, int64_t before, int64_t window,
                 int64_t chunk_len) {
     T* dst = keep.data() + i * key_stride;
     for (int64_t slot = 0; slot < window; ++slot) {
-      const bool* src = mask_row + wrap(slot - chunk + before, window) * chunk_len;
-      for (int64_t c = 0; c < chunk_len; ++c) dst[slot * chunk_len + c] = src[c] ? scale : T(0);
+      const uint32_t* src = words.data() + wrap(slot - chunk + before, window) * chunk_len;
+      T* row = dst + slot * chunk_len;
+      for (int64_t c = 0; c < chunk_len; ++c) row[c] = (src[c] >> 1) >= threshold ? scale : T(0);
     }
   }
 
@@ -358,18 +362,21 @@ struct ChunkAttention {
   }
 };
 
-// Chunk `chunk`'s keep factors for its first n_queries queries, from a dropout mask laid out
-// (rows, n_chunks, chunk_len, window * chunk_len) as the reference's dropout_mask_shape; nothing
-// without a mask.
+// Chunk `chunk`'s keep factors for its first n_queries queries of (batch, head) row `row`, drawn
+// for the elements (row, chunk, query, window key) of the chunked score tensor (rows, n_chunks,
+// chunk_len, window * chunk_len) that the reference's dropout_mask_shape describes; nothing
+// without dropout.
 template <typename T>
 void set_chunk_keep(ChunkAttention<T>& attn, const DropoutKeep& keep, int64_t row, int64_t chunk, int64_t n_queries,
                     int64_t n_chunks, int64_t chunk_len, int64_t before, int64_t window) {
-  const bool* mask = keep.data();
-  if (mask == nullptr) return;
+  if (!keep.enabled) return;
   const int64_t n_keys = window * chunk_len;
-  const bool* rows = mask + (row * n_chunks + chunk) * chunk_len * n_keys;
   const T scale = static_cast<T>(keep.scale);
-  for (int64_t i = 0; i < n_queries; ++i) attn.set_keep(i, rows + i * n_keys, scale, chunk, before, window, chunk_len);
+  for (int64_t i = 0; i < n_queries; ++i) {
+    philox_words(keep.seed, keep.offset, ((row * n_chunks + chunk) * chunk_len + i) * n_keys, n_keys,
+                 attn.words.data());
+    attn.set_keep(i, keep.threshold, scale, chunk, before, window, chunk_len);
+  }
 }
 
 }  // namespace reformer_kernels::cpu

@@ -91,7 +91,7 @@ void local_forward_kernel(const at::Tensor& q, const at::Tensor& k, const at::Te
   T* lse_ptr = lse.data_ptr<T>();
 
   at::parallel_for(0, s.batch * s.heads * s.n_chunks, 1, [&](int64_t begin, int64_t end) {
-    ChunkAttention<T> attn(s.chunk_len, s.n_keys, d, false, keep.data() != nullptr);
+    ChunkAttention<T> attn(s.chunk_len, s.n_keys, d, false, keep.enabled);
     const std::vector<scalar_t> zeros(d, scalar_t(0));
     for (int64_t task = begin; task < end; ++task) {
       const int64_t row = task / s.n_chunks, chunk = task % s.n_chunks;
@@ -134,7 +134,7 @@ void local_backward_kernel(const at::Tensor& grad_out, const at::Tensor& q, cons
   scalar_t* gv_ptr = grad_v.data_ptr<scalar_t>();
 
   at::parallel_for(0, s.batch * s.heads, 1, [&](int64_t begin, int64_t end) {
-    ChunkAttention<T> attn(s.chunk_len, s.n_keys, d, true, keep.data() != nullptr);
+    ChunkAttention<T> attn(s.chunk_len, s.n_keys, d, true, keep.enabled);
     const std::vector<scalar_t> zeros(d, scalar_t(0));
     std::vector<T> staged(direct ? 0 : 3 * L * d);
     for (int64_t row = begin; row < end; ++row) {
@@ -198,16 +198,14 @@ std::tuple<at::Tensor, at::Tensor> local_attention_fwd_cpu(const at::Tensor& q_i
                                                            const at::Tensor& v_in, int64_t chunk_len,
                                                            int64_t n_chunks_before, int64_t n_chunks_after,
                                                            bool causal,
-                                                           const std::optional<at::Tensor>& attention_mask,
-                                                           const std::optional<at::Tensor>& dropout_mask,
-                                                           double dropout_p) {
+                                                           const std::optional<at::Tensor>& attention_mask, double dropout_p,
+    int64_t dropout_seed, int64_t dropout_offset) {
   const char* op = "local_attention_fwd";
   const LocalShape s = check_local_inputs(op, q_in, k_in, v_in, chunk_len, n_chunks_before, n_chunks_after);
   // Inputs are read in place (head-split views included); only rows must be contiguous.
   const at::Tensor q = with_contiguous_rows(q_in), k = with_contiguous_rows(k_in), v = with_contiguous_rows(v_in);
   const at::Tensor valid = key_padding(attention_mask, s.batch, s.seq_len, op);
-  const DropoutKeep keep =
-      dropout_keep(dropout_mask, dropout_p, {s.batch, s.heads, s.n_chunks, s.chunk_len, s.n_keys}, op);
+  const DropoutKeep keep = dropout_keep(dropout_p, dropout_seed, dropout_offset, op);
   at::Tensor out = at::empty_like(q, at::MemoryFormat::Contiguous);
   at::Tensor lse = at::empty({s.batch, s.heads, s.seq_len}, q.options().dtype(lse_dtype(q)));
   if (q.numel() == 0) return {out.zero_(), lse.zero_()};
@@ -220,7 +218,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> local_attention_bwd_cpu(
     const at::Tensor& grad_out_in, const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
     const at::Tensor& out_in, const at::Tensor& lse_in, int64_t chunk_len, int64_t n_chunks_before,
     int64_t n_chunks_after, bool causal, const std::optional<at::Tensor>& attention_mask,
-    const std::optional<at::Tensor>& dropout_mask, double dropout_p) {
+    double dropout_p, int64_t dropout_seed, int64_t dropout_offset) {
   const char* op = "local_attention_bwd";
   const LocalShape s = check_local_inputs(op, q_in, k_in, v_in, chunk_len, n_chunks_before, n_chunks_after);
   TORCH_CHECK_VALUE(grad_out_in.sizes() == q_in.sizes() && out_in.sizes() == q_in.sizes(), op,
@@ -235,8 +233,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> local_attention_bwd_cpu(
   const at::Tensor grad_out = with_contiguous_rows(grad_out_in), out = with_contiguous_rows(out_in);
   const at::Tensor lse = lse_in.contiguous();
   const at::Tensor valid = key_padding(attention_mask, s.batch, s.seq_len, op);
-  const DropoutKeep keep =
-      dropout_keep(dropout_mask, dropout_p, {s.batch, s.heads, s.n_chunks, s.chunk_len, s.n_keys}, op);
+  const DropoutKeep keep = dropout_keep(dropout_p, dropout_seed, dropout_offset, op);
   at::Tensor grad_q = at::empty_like(q, at::MemoryFormat::Contiguous);
   at::Tensor grad_k = at::empty_like(k, at::MemoryFormat::Contiguous);
   at::Tensor grad_v = at::empty_like(v, at::MemoryFormat::Contiguous);

@@ -110,7 +110,7 @@ void chunk_order(const LshShape& s, const SortedEntries& entries, int64_t chunk,
 // lives in key slot u mod window, so the window of chunk + 1 shares all but one slot with this
 // one: unless `refill`, only the slot of the newest neighbour, chunk + n_chunks_after, is gathered.
 // The order of the slots does not matter, since every key carries its own position for the masks.
-// With `by_position` (no dropout mask, whose columns follow the bucket order) queries and each
+// With `by_position` (no dropout, whose elements are numbered in bucket order) queries and each
 // slot's keys are gathered in position order, which lets a causal chunk skip most of the key
 // blocks that its early queries cannot see (ChunkAttention::plan_blocks).
 template <typename scalar_t, typename T>
@@ -180,7 +180,7 @@ void lsh_forward_kernel(const at::Tensor& qk, const at::Tensor& v, const at::Ten
   T* lse_ptr = lse.data_ptr<T>();
 
   at::parallel_for(0, s.batch * s.heads, 1, [&](int64_t begin, int64_t end) {
-    ChunkAttention<T> attn(s.chunk_len, s.n_keys, d, false, keep.data() != nullptr);
+    ChunkAttention<T> attn(s.chunk_len, s.n_keys, d, false, keep.enabled);
     std::vector<T> scale(L);
     std::vector<double> running_top(L), running_sum(L), gap(s.chunk_len), other(s.chunk_len);
     std::vector<T> staged(direct ? 0 : L * d);
@@ -209,7 +209,7 @@ void lsh_forward_kernel(const at::Tensor& qk, const at::Tensor& v, const at::Ten
       std::fill(running_sum.begin(), running_sum.end(), 0.0);
       std::fill(lse_row, lse_row + total, -std::numeric_limits<T>::infinity());
       for (int64_t chunk = 0; chunk < s.n_chunks; ++chunk) {
-        gather_chunk(attn, s, chunk, n_chunks_before, n_chunks_after, chunk == 0, keep.data() == nullptr, entries,
+        gather_chunk(attn, s, chunk, n_chunks_before, n_chunks_after, chunk == 0, !keep.enabled, entries,
                      qk_row, qk_rows.row_stride, v_row, v_rows.row_stride, scale.data(), valid_row, rounds.data(), order,
                      keys);
         set_chunk_keep(attn, keep, row, chunk, s.chunk_len, s.n_chunks, s.chunk_len, n_chunks_before,
@@ -279,7 +279,7 @@ void lsh_backward_kernel(const at::Tensor& grad_out, const at::Tensor& grad_lse,
   const RowView<scalar_t, scalar_t> gqk_rows = output_rows<scalar_t>(grad_qk), gv_rows = output_rows<scalar_t>(grad_v);
 
   at::parallel_for(0, s.batch * s.heads, 1, [&](int64_t begin, int64_t end) {
-    ChunkAttention<T> attn(s.chunk_len, s.n_keys, d, true, keep.data() != nullptr);
+    ChunkAttention<T> attn(s.chunk_len, s.n_keys, d, true, keep.enabled);
     std::vector<T> scale(L), lse_all(L), grad_dot_out(L);
     std::vector<T> staged_qk(direct ? 0 : L * d), staged_v(direct ? 0 : L * d);
     std::vector<int64_t> rounds(s.chunk_len), order(s.chunk_len);
@@ -365,7 +365,7 @@ void lsh_backward_kernel(const at::Tensor& grad_out, const at::Tensor& grad_lse,
             prefetch_row(gv + attn.key_pos[j] * gv_stride, d);
           }
         }
-        gather_chunk(attn, s, chunk, n_chunks_before, n_chunks_after, chunk == 0, keep.data() == nullptr, entries,
+        gather_chunk(attn, s, chunk, n_chunks_before, n_chunks_after, chunk == 0, !keep.enabled, entries,
                      qk_row, qk_rows.row_stride, v_row, v_rows.row_stride, scale.data(), valid_row, rounds.data(), order,
                      keys);
         // Round r's output enters out with weight w = exp(lse_r - lse_all), so its upstream
@@ -417,17 +417,15 @@ std::tuple<at::Tensor, at::Tensor> lsh_attention_fwd_cpu(const at::Tensor& qk_in
                                                          const at::Tensor& sorted_idx_in, int64_t n_hashes,
                                                          int64_t chunk_len, int64_t n_chunks_before,
                                                          int64_t n_chunks_after, bool causal,
-                                                         const std::optional<at::Tensor>& attention_mask,
-                                                         const std::optional<at::Tensor>& dropout_mask,
-                                                         double dropout_p) {
+                                                         const std::optional<at::Tensor>& attention_mask, double dropout_p,
+    int64_t dropout_seed, int64_t dropout_offset) {
   const char* op = "lsh_attention_fwd";
   const LshShape s =
       check_lsh_inputs(op, qk_in, v_in, sorted_idx_in, n_hashes, chunk_len, n_chunks_before, n_chunks_after);
   const at::Tensor qk = with_contiguous_rows(qk_in), v = with_contiguous_rows(v_in);
   const at::Tensor sorted_idx = sorted_idx_in.contiguous();
   const at::Tensor valid = key_padding(attention_mask, s.batch, s.seq_len, op);
-  const DropoutKeep keep =
-      dropout_keep(dropout_mask, dropout_p, {s.batch, s.heads, s.n_chunks, chunk_len, s.n_keys}, op);
+  const DropoutKeep keep = dropout_keep(dropout_p, dropout_seed, dropout_offset, op);
   at::Tensor out = empty_like_rows(qk);
   at::Tensor lse = at::empty({s.batch, s.heads, n_hashes, s.seq_len}, qk.options().dtype(lse_dtype(qk)));
   if (qk.numel() == 0) return {out.zero_(), lse.fill_(-std::numeric_limits<double>::infinity())};
@@ -441,7 +439,7 @@ std::tuple<at::Tensor, at::Tensor> lsh_attention_bwd_cpu(
     const at::Tensor& grad_out_in, const std::optional<at::Tensor>& grad_lse_in, const at::Tensor& qk_in,
     const at::Tensor& v_in, const at::Tensor& sorted_idx_in, const at::Tensor& out_in, const at::Tensor& lse_in,
     int64_t n_hashes, int64_t chunk_len, int64_t n_chunks_before, int64_t n_chunks_after, bool causal,
-    const std::optional<at::Tensor>& attention_mask, const std::optional<at::Tensor>& dropout_mask, double dropout_p) {
+    const std::optional<at::Tensor>& attention_mask, double dropout_p, int64_t dropout_seed, int64_t dropout_offset) {
   const char* op = "lsh_attention_bwd";
   const LshShape s =
       check_lsh_inputs(op, qk_in, v_in, sorted_idx_in, n_hashes, chunk_len, n_chunks_before, n_chunks_after);
@@ -464,8 +462,7 @@ std::tuple<at::Tensor, at::Tensor> lsh_attention_bwd_cpu(
   const at::Tensor grad_out = with_contiguous_rows(grad_out_in), out = with_contiguous_rows(out_in);
   const at::Tensor sorted_idx = sorted_idx_in.contiguous(), lse = lse_in.contiguous();
   const at::Tensor valid = key_padding(attention_mask, s.batch, s.seq_len, op);
-  const DropoutKeep keep =
-      dropout_keep(dropout_mask, dropout_p, {s.batch, s.heads, s.n_chunks, chunk_len, s.n_keys}, op);
+  const DropoutKeep keep = dropout_keep(dropout_p, dropout_seed, dropout_offset, op);
   at::Tensor grad_qk = empty_like_rows(qk);
   at::Tensor grad_v = empty_like_rows(v);
   if (qk.numel() == 0) return {grad_qk, grad_v};

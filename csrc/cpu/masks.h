@@ -1,5 +1,5 @@
 // The masks of the attention ops as the CPU kernels take them: the padding mask (also the hash's
-// padding bucket), the attention-dropout mask drawn by the Python layer, and the scores a masked
+// padding bucket), the attention dropout's Philox key and rate, and the scores a masked
 // entry gets. Checked here once so that every op gives the same error for the same bad mask.
 #pragma once
 
@@ -8,7 +8,8 @@
 
 #include <cstdint>
 #include <optional>
-#include <vector>
+
+#include "philox.h"
 
 namespace reformer_kernels::cpu {
 
@@ -35,26 +36,21 @@ inline at::Tensor key_padding(const std::optional<at::Tensor>& attention_mask, i
   return mask.ne(0).to(at::kByte).contiguous();
 }
 
-// Attention dropout: the mask as a contiguous bool (B, H, n_chunks, chunk_len, n_keys) tensor, True
-// where a probability is kept (the chunked score layout of the reference's dropout_mask_shape),
-// and the kept probabilities' scale 1 / (1 - dropout_p); an undefined mask without dropout.
+// Attention dropout: drawn inside the kernels from Philox (philox.h), keyed by (seed, offset), over
+// the chunked scores (B, H, n_chunks, chunk_len, n_keys) of the reference's dropout_mask_shape
+// numbered row-major; kept probabilities are scaled by 1 / (1 - dropout_p). Disabled when
+// dropout_p = 0.
 struct DropoutKeep {
-  at::Tensor mask;
+  bool enabled = false;
+  int64_t seed = 0, offset = 0;
+  uint32_t threshold = 0;
   double scale = 1.0;
-  const bool* data() const { return mask.defined() ? mask.data_ptr<bool>() : nullptr; }
 };
 
-inline DropoutKeep dropout_keep(const std::optional<at::Tensor>& dropout_mask, double dropout_p,
-                                std::vector<int64_t> shape, const char* op) {
-  if (!dropout_mask.has_value() || !dropout_mask->defined()) return {};
-  const at::Tensor& mask = *dropout_mask;
-  TORCH_CHECK_VALUE(mask.sizes() == shape, op, ": dropout_mask must have the chunked score shape ", at::IntArrayRef(shape),
-                    " (reference.dropout_mask_shape), got ", mask.sizes());
-  TORCH_CHECK_TYPE(mask.scalar_type() == at::kBool, op,
-                   ": dropout_mask must be bool (True where a probability is kept), got ", mask.scalar_type());
-  TORCH_CHECK_VALUE(mask.device().is_cpu(), op, ": dropout_mask must be on the CPU, got ", mask.device());
+inline DropoutKeep dropout_keep(double dropout_p, int64_t seed, int64_t offset, const char* op) {
   TORCH_CHECK_VALUE(dropout_p >= 0.0 && dropout_p < 1.0, op, ": dropout_p must lie in [0, 1), got ", dropout_p);
-  return {mask.contiguous(), 1.0 / (1.0 - dropout_p)};
+  if (dropout_p == 0.0) return {};
+  return {true, seed, offset, keep_threshold(dropout_p), 1.0 / (1.0 - dropout_p)};
 }
 
 }  // namespace reformer_kernels::cpu

@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .. import functional
 from ._checks import check_int, check_positive_float, check_probability
 
 ACTIVATIONS = {
@@ -28,7 +29,8 @@ class _Dense(nn.Module):
         self.dropout = dropout
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act_fn(nn.functional.dropout(self.dense(x), p=self.dropout, training=self.training))
+        # functional.dropout: drawn in the kernel from a Philox key, no mask kept for the backward
+        return self.act_fn(functional.dropout(self.dense(x), self.dropout, training=self.training))
 
 
 class _Output(nn.Module):

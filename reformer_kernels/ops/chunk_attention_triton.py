@@ -8,9 +8,11 @@ memory), normalizes the shared query/keys on the fly and applies the self mask; 
 attention the slots are positions. The masks apply at original positions, the softmax is an fp32
 online one, and the output and lse are written at the un-sorted index. The backward recomputes
 the scores from the inputs and the saved lse (no chunk x window score tensor is ever stored).
-Attention dropout takes the keep-mask that ``functional`` draws as the reference does (same
-generator, same mask: the backends agree and the reversible backward replays it); that mask is one
-byte per attention probability, and the op keeps it for the backward.
+Attention dropout is drawn inside the kernels: the keep decision of the probability of query slot
+q and window entry e is the Philox stream keyed by (dropout_seed, dropout_offset) at element
+((b * H + h) * n_slots + q) * window_keys + e of the reference's chunked scores
+(``reference/dropout.py``), the same bits as the cpu and reference backends; the backward
+regenerates it, so no mask exists in memory.
 
 Every tl.dot asks for input_precision="ieee": fp32 inputs must not silently drop to tf32 on tensor
 cores (the fp32 tolerance rule is tight); fp16/bf16 inputs ignore the option.
@@ -24,7 +26,9 @@ import triton.language as tl
 
 from .. import backends
 from ..reference.chunked import mask_values
+from ..reference.dropout import keep_threshold
 from ..reference.lsh_attention import RMS_EPS
+from .dropout_add.triton_kernels import philox_keep
 from .triton_utils import head_block, warp_configs
 
 # Jitted code may read module globals only when they are constexpr.
@@ -104,26 +108,24 @@ def _masked_scores(s, q_pos, k_pos, k_real, in_window, b, Mask, stride_mb, mask_
 
 
 @triton.jit
-def _dropout_keep(DropMask, row_starts, cols, ok, drop_scale):
-    """A tile of the attention-dropout factors: 1 / (1 - p) where the mask keeps the probability at
-    ``row_starts[:, None] + cols[None, :]``, else 0. The mask (one byte per probability) has the
-    reference's chunked score layout, (query slot, window entry) with window entry
+def _dropout_keep(seed, philox_offset, threshold, row_first, cols, drop_scale):
+    """A tile of the attention-dropout factors: 1 / (1 - p) where the Philox stream keeps element
+    ``row_first[:, None] + cols[None, :]`` of the chunked scores, else 0. ``row_first``: a query
+    slot's first element, ((b * H + h) * n_slots + slot) * window_keys; ``cols``: window entries
     e = (neighbour chunk + before) * chunk_len + key."""
-    kept = tl.load(DropMask + row_starts[:, None] + cols[None, :], mask=ok, other=0)
-    return tl.where(kept != 0, drop_scale, 0.0)
+    return tl.where(philox_keep(seed, philox_offset, row_first[:, None] + cols[None, :], threshold), drop_scale, 0.0)
 
 
 @triton.autotune(configs=warp_configs(), key=["chunk_len", "HEAD_BLOCK", "BLOCK", "LSH", "CAUSAL", "HAS_MASK", "DROPOUT"])
-@triton.jit
+@triton.jit(do_not_specialize=["dropout_seed", "dropout_offset"])
 def attention_fwd_kernel(
-    Q, K, V, SortedIdx, Mask, DropMask, Out, Lse,
+    Q, K, V, SortedIdx, Mask, Out, Lse,
     stride_xb, stride_xh, stride_xl,  # q, k, v: (B, H, L, head_dim), head_dim contiguous
     stride_ob, stride_oh, stride_ol,  # Out: (B, H, rows, head_dim), rows = n_slots (LSH) or L (local)
     stride_sb, stride_sh,  # SortedIdx and Lse: (B, H, rows)
     stride_mb,  # Mask: (B, L)
-    stride_db, stride_dh,  # DropMask: (B, H, n_slots, window * chunk_len)
     seq_len, n_slots, chunk_len, n_chunks_before, window, head_dim,
-    key_scale, mask_value, self_mask_value, drop_scale,
+    key_scale, mask_value, self_mask_value, dropout_seed, dropout_offset, dropout_threshold, drop_scale,
     LSH: tl.constexpr, CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, DROPOUT: tl.constexpr,
     HEAD_BLOCK: tl.constexpr, BLOCK: tl.constexpr,
 ):
@@ -141,8 +143,9 @@ def attention_fwd_kernel(
     K += x_base
     V += x_base
     SortedIdx += b * stride_sb + h * stride_sh
-    DropMask += b * stride_db + h * stride_dh
     n_keys = window * chunk_len
+    # the first slot of this (batch, head) in the numbering of attention-dropout elements
+    bh_slot = (b * tl.num_programs(1) + h) * n_slots
 
     # this program's queries: BLOCK slots of one chunk
     q_in_chunk = (pid % blocks_per_chunk) * BLOCK + offs
@@ -170,8 +173,8 @@ def attention_fwd_kernel(
         p = tl.exp(s - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, axis=1)
         if DROPOUT:  # the normalizer (and lse) count every key, the output only the kept ones
-            p = p * _dropout_keep(DropMask, q_slot * n_keys, start + offs, q_ok[:, None] & in_window[None, :],
-                                  drop_scale)
+            p = p * _dropout_keep(dropout_seed, dropout_offset, dropout_threshold, (bh_slot + q_slot) * n_keys,
+                                  start + offs, drop_scale)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision="ieee")
         m_i = m_new
 
@@ -183,16 +186,15 @@ def attention_fwd_kernel(
 
 
 @triton.autotune(configs=warp_configs(), key=["chunk_len", "HEAD_BLOCK", "BLOCK", "LSH", "CAUSAL", "HAS_MASK", "DROPOUT"])
-@triton.jit
+@triton.jit(do_not_specialize=["dropout_seed", "dropout_offset"])
 def attention_bwd_kernel(
-    Q, K, V, SortedIdx, Mask, DropMask, DOut, RoundWeight, Lse, Delta, DQ, DK, DV,
+    Q, K, V, SortedIdx, Mask, DOut, RoundWeight, Lse, Delta, DQ, DK, DV,
     stride_xb, stride_xh, stride_xl,  # q, k, v, DOut: (B, H, L, head_dim)
     stride_gb, stride_gh, stride_gl,  # DQ, DK, DV: (B, H, rows, head_dim), rows = n_slots (LSH) or L
     stride_sb, stride_sh,  # SortedIdx, RoundWeight, Lse, Delta: (B, H, rows)
     stride_mb,
-    stride_db, stride_dh,  # DropMask: (B, H, n_slots, window * chunk_len)
     seq_len, n_slots, chunk_len, n_chunks_before, n_chunks_after, head_dim,
-    key_scale, mask_value, self_mask_value, drop_scale,
+    key_scale, mask_value, self_mask_value, dropout_seed, dropout_offset, dropout_threshold, drop_scale,
     LSH: tl.constexpr, CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, DROPOUT: tl.constexpr,
     HEAD_BLOCK: tl.constexpr, BLOCK: tl.constexpr,
 ):
@@ -224,7 +226,7 @@ def attention_bwd_kernel(
     RoundWeight += row_base
     Lse += row_base
     Delta += row_base
-    DropMask += b * stride_db + h * stride_dh
+    bh_slot = (b * tl.num_programs(1) + h) * n_slots
 
     in_chunk = (pid % blocks_per_chunk) * BLOCK + offs
     own_ok = in_chunk < chunk_len
@@ -264,8 +266,9 @@ def attention_bwd_kernel(
         if DROPOUT:
             # these queries' chunk sees this block's keys as its window's chunk number
             # window - 1 - e // chunk_len (the queries run over the window backwards)
-            keep = _dropout_keep(DropMask, q_slot * n_keys + (window - 1 - e // chunk_len) * chunk_len, in_chunk,
-                                 in_window[:, None] & own_ok[None, :], drop_scale)
+            keep = _dropout_keep(dropout_seed, dropout_offset, dropout_threshold,
+                                 (bh_slot + q_slot) * n_keys + (window - 1 - e // chunk_len) * chunk_len, in_chunk,
+                                 drop_scale)
             kept = p * keep
             dp = dp * keep
         dv += tl.dot(tl.trans(kept.to(v.dtype)), do, input_precision="ieee")
@@ -299,8 +302,8 @@ def attention_bwd_kernel(
         p = tl.where(own_real[:, None], tl.exp(s - lse[:, None]), 0.0)
         dp = tl.dot(do, tl.trans(v_keys), input_precision="ieee")
         if DROPOUT:
-            dp = dp * _dropout_keep(DropMask, own_slot * n_keys, start + offs, own_ok[:, None] & in_window[None, :],
-                                    drop_scale)
+            dp = dp * _dropout_keep(dropout_seed, dropout_offset, dropout_threshold, (bh_slot + own_slot) * n_keys,
+                                    start + offs, drop_scale)
         ds = p * (dp - delta[:, None])
         ds = tl.where(replaced, 0.0, ds)
         dq += tl.dot(ds.to(k.dtype), k, input_precision="ieee")
@@ -327,64 +330,50 @@ def keep_mask_arg(attention_mask: Optional[torch.Tensor], like: torch.Tensor) ->
     return keep, keep.stride(0)
 
 
-def dropout_mask_arg(op: str, dropout_mask: Optional[torch.Tensor], dropout_p: float, like: torch.Tensor, n_slots: int,
-                     chunk_len: int, window: int) -> tuple[torch.Tensor, int, int, float]:
-    """The kernels' attention-dropout arguments: the bool keep-mask (the reference's chunked score
-    layout, ``reference.dropout_mask_shape``) as bytes, its batch and head strides, and the kept
-    probabilities' scale 1 / (1 - dropout_p); ``like`` itself (never read) without dropout. The
-    kernels index the mask unchecked, so it is checked here."""
-    if dropout_mask is None:
-        return like, 0, 0, 1.0
-    shape = [like.shape[0], like.shape[1], n_slots // chunk_len, chunk_len, window * chunk_len]
-    if list(dropout_mask.shape) != shape:
-        raise ValueError(f"{op}: dropout_mask must have the chunked score shape {shape} (reference.dropout_mask_shape), "
-                         f"got {list(dropout_mask.shape)}")
-    if dropout_mask.dtype != torch.bool:
-        raise TypeError(f"{op}: dropout_mask must be bool (True where a probability is kept), got {dropout_mask.dtype}")
-    if dropout_mask.device != like.device:
-        raise ValueError(f"{op}: dropout_mask must be on the inputs' device ({like.device}), got {dropout_mask.device}")
+def dropout_args(op: str, dropout: tuple[float, int, int]) -> tuple[int, int, int, float]:
+    """The kernels' attention-dropout scalars from the schema's (dropout_p, dropout_seed,
+    dropout_offset): seed, offset, keep threshold and the kept probabilities' scale 1 / (1 - p)."""
+    dropout_p, seed, offset = dropout
     if not 0.0 <= dropout_p < 1.0:
         raise ValueError(f"{op}: dropout_p must lie in [0, 1), got {dropout_p}")
-    keep = dropout_mask.contiguous().view(torch.uint8)
-    return keep, keep.stride(0), keep.stride(1), 1.0 / (1.0 - dropout_p)
+    return seed, offset, keep_threshold(dropout_p), 1.0 / (1.0 - dropout_p)
 
 
-def _launch_arguments(q: torch.Tensor, op: str, n_slots: int, chunk_len: int, window: int, lsh: bool,
-                      attention_mask: Optional[torch.Tensor], dropout_mask: Optional[torch.Tensor],
-                      dropout_p: float) -> tuple[tuple, tuple, dict, tuple[int, int, int]]:
-    """What the forward and backward launches share: the mask and dropout tensors, their strides
-    (keep, mask, (stride_mb, stride_db, stride_dh)), the scalars (key_scale, mask_value,
-    self_mask_value, drop_scale), the tile and the grid."""
+def _launch_arguments(q: torch.Tensor, op: str, n_slots: int, chunk_len: int, lsh: bool,
+                      attention_mask: Optional[torch.Tensor],
+                      dropout: tuple[float, int, int]) -> tuple[tuple, tuple, dict, tuple[int, int, int]]:
+    """What the forward and backward launches share: the padding mask and its batch stride, the
+    scalars (key_scale, mask_value, self_mask_value, then the dropout ones of ``dropout_args``), the
+    tile and the grid."""
     batch, heads, _, head_dim = q.shape
-    keep, stride_db, stride_dh, drop_scale = dropout_mask_arg(op, dropout_mask, dropout_p, q, n_slots, chunk_len, window)
     mask, stride_mb = keep_mask_arg(attention_mask, q)
     mask_value, self_mask_value = mask_values(q.dtype)
     tile = tiles(chunk_len, head_dim, q.dtype)
-    scalars = (1.0 / math.sqrt(head_dim), mask_value, self_mask_value if lsh else 0.0, drop_scale)
-    return (keep, mask, (stride_mb, stride_db, stride_dh)), scalars, tile, chunk_grid(n_slots, chunk_len, batch, heads, tile)
+    scalars = (1.0 / math.sqrt(head_dim), mask_value, self_mask_value if lsh else 0.0, *dropout_args(op, dropout))
+    return (mask, stride_mb), scalars, tile, chunk_grid(n_slots, chunk_len, batch, heads, tile)
 
 
 def attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sorted_idx: Optional[torch.Tensor],
                       out: torch.Tensor, lse: torch.Tensor, *, op: str, n_slots: int, chunk_len: int,
                       n_chunks_before: int, n_chunks_after: int, causal: bool, attention_mask: Optional[torch.Tensor],
-                      dropout_mask: Optional[torch.Tensor], dropout_p: float) -> None:
+                      dropout: tuple[float, int, int]) -> None:
     """Launches ``attention_fwd_kernel`` over ``n_slots`` query slots of (B, H, L, d) inputs whose
     rows are contiguous. LSH when ``sorted_idx`` is given (slots are its entries, k is q), else
     local (slots are positions). Writes each query's output and lse at its row of ``out``
-    (B, H, rows, d) and ``lse`` (B, H, rows)."""
+    (B, H, rows, d) and ``lse`` (B, H, rows). ``dropout``: the schema's (dropout_p, dropout_seed,
+    dropout_offset)."""
     lsh = sorted_idx is not None
     window = n_chunks_before + 1 + n_chunks_after
-    (keep, mask, strides), scalars, tile, grid = _launch_arguments(q, op, n_slots, chunk_len, window, lsh, attention_mask,
-                                                                   dropout_mask, dropout_p)
+    (mask, stride_mb), scalars, tile, grid = _launch_arguments(q, op, n_slots, chunk_len, lsh, attention_mask, dropout)
     attention_fwd_kernel[grid](
-        q, k, v, sorted_idx if lsh else lse, mask, keep, out, lse,
+        q, k, v, sorted_idx if lsh else lse, mask, out, lse,
         q.stride(0), q.stride(1), q.stride(2),
         out.stride(0), out.stride(1), out.stride(2),
         lse.stride(0), lse.stride(1),
-        *strides,
+        stride_mb,
         q.shape[2], n_slots, chunk_len, n_chunks_before, window, q.shape[3],
         *scalars,
-        LSH=lsh, CAUSAL=causal, HAS_MASK=attention_mask is not None, DROPOUT=dropout_mask is not None,
+        LSH=lsh, CAUSAL=causal, HAS_MASK=attention_mask is not None, DROPOUT=dropout[0] > 0.0,
         **tile,
     )
 
@@ -393,25 +382,22 @@ def attention_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sorted
                        grad_out: torch.Tensor, round_weight: Optional[torch.Tensor], lse: torch.Tensor,
                        delta: torch.Tensor, grad_q: torch.Tensor, grad_k: torch.Tensor, grad_v: torch.Tensor, *, op: str,
                        n_slots: int, chunk_len: int, n_chunks_before: int, n_chunks_after: int, causal: bool,
-                       attention_mask: Optional[torch.Tensor], dropout_mask: Optional[torch.Tensor],
-                       dropout_p: float) -> None:
+                       attention_mask: Optional[torch.Tensor], dropout: tuple[float, int, int]) -> None:
     """Launches ``attention_bwd_kernel``: the gradients of every slot's rows into ``grad_q``,
     ``grad_k``, ``grad_v`` (B, H, rows, d), from ``grad_out`` (B, H, L, d) and the per-row ``lse``
     and ``delta`` (B, H, rows). LSH when ``sorted_idx`` is given (then k is q, grad_k is grad_q, and
     ``round_weight`` (B, H, rows) scales each round's upstream gradient), else local."""
     lsh = sorted_idx is not None
-    window = n_chunks_before + 1 + n_chunks_after
-    (keep, mask, strides), scalars, tile, grid = _launch_arguments(q, op, n_slots, chunk_len, window, lsh, attention_mask,
-                                                                   dropout_mask, dropout_p)
+    (mask, stride_mb), scalars, tile, grid = _launch_arguments(q, op, n_slots, chunk_len, lsh, attention_mask, dropout)
     attention_bwd_kernel[grid](
-        q, k, v, sorted_idx if lsh else lse, mask, keep, grad_out, round_weight if lsh else lse, lse, delta, grad_q,
+        q, k, v, sorted_idx if lsh else lse, mask, grad_out, round_weight if lsh else lse, lse, delta, grad_q,
         grad_k, grad_v,
         q.stride(0), q.stride(1), q.stride(2),
         grad_q.stride(0), grad_q.stride(1), grad_q.stride(2),
         lse.stride(0), lse.stride(1),
-        *strides,
+        stride_mb,
         q.shape[2], n_slots, chunk_len, n_chunks_before, n_chunks_after, q.shape[3],
         *scalars,
-        LSH=lsh, CAUSAL=causal, HAS_MASK=attention_mask is not None, DROPOUT=dropout_mask is not None,
+        LSH=lsh, CAUSAL=causal, HAS_MASK=attention_mask is not None, DROPOUT=dropout[0] > 0.0,
         **tile,
     )

@@ -1,9 +1,10 @@
 """Pure-PyTorch reference implementations: readable, float64-capable, the oracle for every test.
 
-Randomness (rotations, dropout masks) is always an explicit argument here.
+Randomness (rotations, the dropout's Philox seed and offset) is always an explicit argument here.
 """
 from .axial import axial_position_encodings
 from .chunked import dropout_mask_shape, pad_sequence
+from .dropout import dropout_keep, keep_threshold, philox4x32_10, philox_words
 from .hashing import bucket_factors, default_num_buckets, hash_vectors
 from .local_attention import local_attention, local_chunking
 from .lsh_attention import lsh_attention
@@ -16,13 +17,17 @@ __all__ = [
     "bucket_factors",
     "default_num_buckets",
     "dropout_add",
+    "dropout_keep",
     "dropout_mask_shape",
     "hash_vectors",
     "head_projections",
+    "keep_threshold",
     "local_attention",
     "local_chunking",
     "lsh_attention",
     "pad_sequence",
+    "philox4x32_10",
+    "philox_words",
     "reversible_forward",
     "reversible_inverse",
     "sort_buckets",

@@ -9,7 +9,8 @@ import math
 
 import torch
 
-from .chunked import attend_in_chunks
+from .chunked import attend_in_chunks, dropout_mask_shape
+from .dropout import dropout_keep
 
 RMS_EPS = 1e-6
 
@@ -35,22 +36,28 @@ def lsh_attention(
     n_chunks_after: int,
     causal: bool,
     attention_mask: torch.Tensor | None = None,
-    dropout_mask: torch.Tensor | None = None,
     dropout_p: float = 0.0,
+    dropout_seed: int = 0,
+    dropout_offset: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Chunked attention in bucket order, un-sorted and combined over hash rounds.
 
     qk, v: (B, H, L, d) float. sorted_idx: (B, H, n_hashes * L) int64, a permutation of the flat
     round-major indices (entry r * L + i is position i in round r), as ``sort_buckets`` returns.
     (n_hashes * L) % chunk_len == 0. attention_mask: (B, L), 0 = padding key, or None.
-    dropout_mask: bool ``dropout_mask_shape(B, H, n_hashes * L, chunk_len, before, after)``, True
-    where an attention probability is kept (and scaled by 1 / (1 - dropout_p)), or None.
+    Attention dropout (dropout_p > 0): the probabilities that the Philox stream keyed by
+    (dropout_seed, dropout_offset) keeps over ``dropout_mask_shape(B, H, n_hashes * L, chunk_len,
+    before, after)`` (``dropout.dropout_keep``) are scaled by 1 / (1 - dropout_p), the others dropped.
 
     Masks: padding keys and (if causal) keys after the query get -1e9, the query's own position
     -1e5 (fp16: -1e4, -1e3). Returns ``(out, lse)``: out (B, H, L, d); lse (B, H, n_hashes, L), the
     log-sum-exp of each round's scores at original positions; out = sum_r out_r * softmax_r(lse).
     """
     batch, heads, seq_len, _ = qk.shape
+    dropout_mask = None
+    if dropout_p > 0.0:
+        shape = dropout_mask_shape(batch, heads, n_hashes * seq_len, chunk_len, n_chunks_before, n_chunks_after)
+        dropout_mask = dropout_keep(shape, dropout_p, dropout_seed, dropout_offset, qk.device)
     positions = sorted_idx % seq_len
     key_valid = None
     if attention_mask is not None:

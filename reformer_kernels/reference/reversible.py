@@ -25,10 +25,13 @@ def reversible_inverse(y1: torch.Tensor, y2: torch.Tensor, f: Block, g: Block) -
 
 
 def dropout_add(
-    residual: torch.Tensor, x: torch.Tensor, dropout_mask: torch.Tensor | None = None, *, subtract: bool = False
+    residual: torch.Tensor | None, x: torch.Tensor, dropout_mask: torch.Tensor | None = None, *, subtract: bool = False
 ) -> torch.Tensor:
     """residual + x * dropout_mask (``subtract``: residual - x * dropout_mask), the residual connection
-    of a reversible half and, subtracted, its inverse. ``dropout_mask``: the keep-mask scaled by
-    1 / (1 - p), shaped like x, or None for no dropout."""
+    of a reversible half and, subtracted, its inverse; residual None: ±x * dropout_mask alone (plain
+    dropout). ``dropout_mask``: the keep-mask scaled by 1 / (1 - p), shaped like x, or None for no
+    dropout."""
     dropped = x if dropout_mask is None else x * dropout_mask
+    if residual is None:
+        return -dropped if subtract else dropped
     return residual - dropped if subtract else residual + dropped

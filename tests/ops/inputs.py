@@ -118,16 +118,16 @@ def assert_same_bits_on_thread_counts(run: Callable[[], Sequence[torch.Tensor]],
 
 
 def assert_cpu_dropout_is_the_references(run: Callable, tensors: Sequence[torch.Tensor], upstream) -> None:
-    """``run(backend, *tensors)`` with attention dropout: the cpu backend draws the reference's mask
-    (same generator, same draw) and applies it in the kernels, so it gives the reference's forward
-    and gradients (float64, where both are exact to rounding); and the mask matters (a different
-    seed gives a different output)."""
+    """``run(backend, *tensors)`` with attention dropout: the cpu backend takes the reference's
+    Philox key (same generator, same draw) and draws the same keep decisions inside its kernels,
+    so it gives the reference's forward and gradients (float64, where both are exact to rounding);
+    and the mask matters (a different seed gives a different output)."""
     results = {}
     for backend in ("cpu", "reference"):
         torch.manual_seed(7)
         results[backend] = outputs_and_grads(lambda *leaves: run(backend, *leaves), tensors, upstream)
     for a, e in zip(results["cpu"], results["reference"], strict=True):
-        torch.testing.assert_close(a, e, rtol=1e-7, atol=1e-7)
+        torch.testing.assert_close(a, e, rtol=1e-10, atol=1e-10)
     torch.manual_seed(8)
     assert not torch.allclose(run("cpu", *tensors), results["cpu"][0])
 
@@ -233,18 +233,20 @@ WINDOW_DRAWS = dict(
 )
 
 
-def bernoulli_keep_mask(shape: tuple[int, ...], p: float) -> torch.Tensor | None:
-    """The bool attention-dropout mask (True = kept, with probability 1 - p), or None."""
-    return None if p == 0.0 else torch.empty(shape, dtype=torch.bool).bernoulli_(1.0 - p)
+def dropout_key(p: float) -> dict:
+    """The attention-dropout keyword arguments of the ops for rate p: p and a Philox key (seed,
+    offset) drawn from the default generator; none for p = 0."""
+    if p == 0.0:
+        return {}
+    return dict(dropout_p=p, dropout_seed=int(torch.randint(2**63 - 1, ())), dropout_offset=4 * int(torch.randint(2**20, ())))
 
 
 def assert_float32_kernel_meets_reference(impl, reference_impl, inputs, upstream, threads, names):
     """impl on float32 copies of ``inputs`` against reference_impl in float64 and in float32 by the
-    tolerance rule; the last input is the dropout mask (or None), which takes no gradient."""
-    *tensors, mask = inputs
+    tolerance rule."""
 
     def call(fn, dtype):
-        return outputs_and_grads(lambda *xs: fn(*xs, mask), [t.to(dtype) for t in tensors], upstream)
+        return outputs_and_grads(fn, [t.to(dtype) for t in inputs], upstream)
 
     expected = call(reference_impl, torch.float64)
     baseline = call(reference_impl, torch.float32)

@@ -2,13 +2,14 @@
 ``reference.dropout_add`` with the mask that backend drew, output and the gradients of residual
 and x, by the tolerance rule; mixed dtypes give the promoted dtype.
 
-The mask is the backend's own (the triton kernel draws Philox bits, not torch's bernoulli): it is
-recovered by running the backend on (0, 1) from a generator in the same state, which must give
-the same mask (the op's contract: a generator state reproduces the mask).
+The mask is the backend's own: it is recovered by running the backend on (0, 1) from a generator
+in the same state, which must give the same mask (the op's contract: a generator state
+reproduces the mask).
 
-Then fixed cases: no dropout, p = 1 and explicit generators on every backend; the reference and
-cpu draw torch's dropout mask; the Triton kernel against the float64 reference with the mask it
-drew, its Philox mask's determinism and statistics, torch.library's checks, errors, and the
+Then fixed cases: no dropout, p = 1 and explicit generators on every backend; every backend draws
+the reference's Philox mask (``reference.dropout_keep``) from the key it takes of the generator,
+bit for bit, at the rate 1 - p; the C++ op's torch.library checks; the Triton kernel against the
+float64 reference with the mask it drew, its determinism, torch.library's checks, errors, and the
 reversible backward it serves; functional's errors."""
 import contextlib
 
@@ -17,12 +18,14 @@ import torch
 from hypothesis import strategies as st
 
 from reformer_kernels import backends, functional, nn, reference
+from reformer_kernels.ops.dropout_add import PHILOX_OFFSET_STEP, philox_seed_offset
 from reformer_kernels.ops.dropout_add import triton_kernels as triton_dropout_add_kernels
+from tests.marks import requires_extension
 from tests.tolerance import assert_within_rule
 
 from . import inputs
 from .fuzz import ATOL, DTYPES, fuzz_tests
-from .inputs import on_backends, triton_only
+from .inputs import assert_same_schema, triton_only
 
 
 @st.composite
@@ -137,15 +140,77 @@ def test_an_explicit_generator_leaves_the_default_one_alone(backend, device):
     assert torch.equal(rng_state(device), state)
 
 
-@on_backends("reference", "cpu")
 @pytest.mark.parametrize("subtract", [False, True])
-def test_is_torch_dropout_from_the_same_generator_state(backend, subtract):
-    residual, x = torch.randn(4, 9), torch.randn(4, 9)
+def test_draws_the_reference_philox_mask_from_its_key(backend, device, subtract):
+    """Every backend gives residual ± x * keep / (1 - p) bit for bit, keep the reference's Philox
+    mask under the key that the same generator state yields: the backends draw the same bits."""
+    p = 0.25
+    residual, x = torch.randn(SHAPE, device=device), torch.randn(SHAPE, device=device)
     torch.manual_seed(3)
-    out = functional.dropout_add(residual, x, 0.25, subtract=subtract, backend=backend)
+    if device.type == "cuda":
+        torch.cuda.manual_seed(3)
+    out = functional.dropout_add(residual, x, p, subtract=subtract, backend=backend)
     torch.manual_seed(3)
-    dropped = torch.nn.functional.dropout(x, 0.25)
+    if device.type == "cuda":
+        torch.cuda.manual_seed(3)
+    keep = reference.dropout_keep(SHAPE, p, *philox_seed_offset(device), device)
+    dropped = x * (keep.float() * (1.0 / (1.0 - p)))
     assert torch.equal(out, residual - dropped if subtract else residual + dropped)
+
+
+def test_dropout_alone_is_dropout_add_without_the_residual(backend, device):
+    """functional.dropout: the same mask as dropout_add from the same generator state, x's dtype,
+    and its gradient the upstream gradient through that mask."""
+    x = torch.randn(SHAPE, device=device, requires_grad=True)
+    state = rng_state(device)
+    out = functional.dropout(x, 0.4, backend=backend)
+    with generator_at(state, device):
+        expected = functional.dropout_add(torch.zeros(SHAPE, device=device), x, 0.4, backend=backend)
+    assert out.dtype == x.dtype and torch.equal(out, expected)
+    (grad,) = torch.autograd.grad(out, x, torch.ones_like(out))
+    assert torch.equal(grad, (out != 0).float() / 0.6)
+    assert torch.equal(functional.dropout(x, 0.4, training=False, backend=backend), x)
+    with pytest.raises(TypeError, match="dropout: x must be a torch.Tensor"):
+        functional.dropout([1.0], 0.4)
+    with pytest.raises(ValueError, match=r"dropout: p must lie in \[0, 1\], got 2"):
+        functional.dropout(x, 2.0)
+
+
+def test_kept_fraction_is_one_minus_p(backend, device):
+    """2^18 draws under a fixed seed: the kept fraction within 5 binomial standard deviations of
+    1 - p, overall and for each of the four Philox output words (element i takes word i % 4), and
+    neighbours independent (P(both kept) = (1 - p)^2)."""
+    p, n = 0.3, 2**18
+    torch.manual_seed(0)
+    kept = functional.dropout_add(torch.zeros(n, device=device), torch.ones(n, device=device), p, backend=backend) != 0
+    for sample in (kept, *(kept[word::4] for word in range(4))):
+        bound = 5 * (p * (1 - p) / sample.numel()) ** 0.5
+        assert abs(sample.float().mean().item() - (1 - p)) < bound
+    both = (kept[1:] & kept[:-1]).float().mean().item()
+    assert abs(both - (1 - p) ** 2) < 5 * ((1 - p) ** 2 * (1 - (1 - p) ** 2) / n) ** 0.5
+
+
+@requires_extension
+def test_cpu_opcheck():
+    residual, x = (torch.randn(4, 33, requires_grad=True) for _ in range(2))
+    op = torch.ops.reformer_kernels.dropout_add.default
+    torch.library.opcheck(op, (residual, x, 0.25, 7, 16, False, torch.float32))
+    torch.library.opcheck(op, (residual, x.detach().bfloat16().requires_grad_(), 0.25, -7, 2**33, True, torch.float32))
+    torch.library.opcheck(op, (None, x, 0.25, 7, 16, True, torch.float64))
+
+
+def test_triton_op_takes_the_schema_of_the_compiled_op():
+    assert_same_schema("dropout_add", triton_dropout_add_kernels.dropout_add_op)
+
+
+@requires_extension
+def test_cpu_saves_no_mask_for_backward():
+    """The fused op keeps two ints for its backward, no tensor: the mask is regenerated."""
+    residual, x = (torch.randn(64, 64, requires_grad=True) for _ in range(2))
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        functional.dropout_add(residual, x, 0.5, backend="cpu")
+    assert saved == []
 
 
 def test_promotes_mixed_dtypes():
@@ -268,21 +333,7 @@ def test_triton_draws_from_the_default_generator_and_advances_it(backend, device
         generator = torch.cuda.default_generators[device.index or 0]
         offset = generator.get_offset()
         triton_dropout_add(residual, x, 0.5)
-        assert generator.get_offset() == offset + triton_dropout_add_kernels.PHILOX_OFFSET_STEP
-
-
-@triton_only
-def test_triton_kept_fraction_is_one_minus_p(backend, device):
-    """2^18 draws: every fraction within 5 standard deviations, overall and for each of the four
-    Philox output words (element i takes word i % 4)."""
-    p, n = 0.3, 2**18
-    kept = triton_dropout_add(torch.zeros(n, device=device), torch.ones(n, device=device), p) != 0
-    for sample in (kept, *(kept[word::4] for word in range(4))):
-        bound = 5 * (p * (1 - p) / sample.numel()) ** 0.5
-        assert abs(sample.float().mean().item() - (1 - p)) < bound
-    # neighbours are independent: P(both kept) = (1 - p)^2
-    both = (kept[1:] & kept[:-1]).float().mean().item()
-    assert abs(both - (1 - p) ** 2) < 5 * ((1 - p) ** 2 * (1 - (1 - p) ** 2) / n) ** 0.5
+        assert generator.get_offset() == offset + PHILOX_OFFSET_STEP
 
 
 @triton_only

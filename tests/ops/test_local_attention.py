@@ -29,7 +29,7 @@ from .fuzz import (
 )
 from .inputs import (WINDOW_DRAWS, WINDOW_SETTINGS, assert_cpu_dropout_is_the_references,
                      assert_float32_kernel_meets_reference, assert_impl_takes_schema_names, assert_matches_reference,
-                     assert_same_bits_on_thread_counts, assert_same_schema, bernoulli_keep_mask, fixed_padding_mask,
+                     assert_same_bits_on_thread_counts, assert_same_schema, dropout_key, fixed_padding_mask,
                      lsh_inputs, on_backends, outputs_and_grads, schema_mask, skip_if_interpreter_lacks,
                      small_lsh_inputs, triton_only)
 
@@ -186,12 +186,12 @@ def test_cpu_gradcheck(causal):
 @pytest.mark.parametrize("dropout", [False, True])
 def test_cpu_opcheck(dropout):
     q, k, v, attention_mask = (t.float() if t is not None and t.is_floating_point() else t for t in cpu_inputs(2, 2, 20, 8, "padded"))
-    keep = torch.rand(reference.dropout_mask_shape(2, 2, 24, 8, 1, 0)) > 0.3 if dropout else None
-    fwd_args = (q.requires_grad_(), k.requires_grad_(), v.requires_grad_(), 8, 1, 0, True, attention_mask, keep, 0.3)
+    key = (0.3, 12345, 8) if dropout else (0.0, 0, 0)
+    fwd_args = (q.requires_grad_(), k.requires_grad_(), v.requires_grad_(), 8, 1, 0, True, attention_mask, *key)
     torch.library.opcheck(torch.ops.reformer_kernels.local_attention_fwd.default, fwd_args)
-    out, lse = torch.ops.reformer_kernels.local_attention_fwd(q.detach(), k.detach(), v.detach(), 8, 1, 0, True, attention_mask, keep,
-                                                              0.3)
-    bwd_args = (torch.randn_like(out), q.detach(), k.detach(), v.detach(), out, lse, 8, 1, 0, True, attention_mask, keep, 0.3)
+    out, lse = torch.ops.reformer_kernels.local_attention_fwd(q.detach(), k.detach(), v.detach(), 8, 1, 0, True, attention_mask,
+                                                              *key)
+    bwd_args = (torch.randn_like(out), q.detach(), k.detach(), v.detach(), out, lse, 8, 1, 0, True, attention_mask, *key)
     torch.library.opcheck(torch.ops.reformer_kernels.local_attention_bwd.default, bwd_args)
 
 
@@ -282,16 +282,15 @@ def test_cpu_chunk_windows_meet_reference(seq_len, chunk_len, head_dim, before, 
     window = dict(chunk_len=chunk_len, n_chunks_before=before, n_chunks_after=after, causal=causal,
                   attention_mask=padding_mask(mask_kind, 2, seq_len))
 
-    used_chunk_len, used_before, used_after, padded_len = reference.local_chunking(seq_len, chunk_len, before, after)
-    keep = bernoulli_keep_mask(reference.dropout_mask_shape(2, 3, padded_len, used_chunk_len, used_before, used_after), dropout)
+    key = dropout_key(dropout)
 
-    def kernel(q, k, v, keep):
-        return local_attention_cpu(q, k, v, **window, dropout_mask=keep, dropout_p=dropout)
+    def kernel(q, k, v):
+        return local_attention_cpu(q, k, v, **window, **key)
 
-    def oracle(q, k, v, keep):
-        return reference.local_attention(q, k, v, **window, dropout_mask=keep, dropout_p=dropout)
+    def oracle(q, k, v):
+        return reference.local_attention(q, k, v, **window, **key)
 
-    assert_float32_kernel_meets_reference(kernel, oracle, (q, k, v, keep), (torch.randn_like(q),), threads,
+    assert_float32_kernel_meets_reference(kernel, oracle, (q, k, v), (torch.randn_like(q),), threads,
                                           ("out", "grad_q", "grad_k", "grad_v"))
 
 
@@ -301,10 +300,10 @@ P = 0.3
 
 def triton_args(device, dropout=False):
     """Arguments of the Triton local_attention_fwd: 40 positions in chunks of 16 (padded to 48
-    inside), with an attention-dropout mask (True, kept, with probability 1 - P) and P, or None and 0."""
+    inside), with attention dropout P under a fixed Philox key, or none."""
     q, k, v = (torch.randn(1, 1, 40, 16, device=device, requires_grad=True) for _ in range(3))
-    keep = torch.rand(reference.dropout_mask_shape(1, 1, 48, 16, 1, 0), device=device) > P if dropout else None
-    return q, k, v, 16, 1, 0, True, fixed_padding_mask("tail", 1, 40, device), keep, P if dropout else 0.0
+    key = (P, 2**40 + 7, 12) if dropout else (0.0, 0, 0)
+    return q, k, v, 16, 1, 0, True, fixed_padding_mask("tail", 1, 40, device), *key
 
 
 @triton_only
@@ -322,7 +321,7 @@ def test_triton_opcheck(backend, device, dropout):
 @triton_only
 @pytest.mark.parametrize("dropout_p", [0.0, 0.2])
 def test_triton_two_runs_give_identical_bits(backend, device, dropout_p):
-    q, k, v, *_, mask, _, _ = triton_args(device)
+    q, k, v, *_, mask, _, _, _ = triton_args(device)
 
     def run():
         torch.manual_seed(7)  # the same dropout masks
@@ -336,16 +335,15 @@ def test_triton_two_runs_give_identical_bits(backend, device, dropout_p):
 
 @triton_only
 def test_triton_bad_inputs_get_the_shared_errors(backend, device):
-    q, k, v, *config, mask, keep, p = triton_args(device, dropout=True)
+    q, k, v, *config, mask, p, seed, offset = triton_args(device, dropout=True)
     q, k, v = q.detach(), k.detach(), v.detach()
     with pytest.raises(ValueError, match="attention_mask must be"):
         functional.local_attention(q, k, v, chunk_len=16, attention_mask=mask[:, :5], backend=backend)
     # what only this backend refuses: it computes in fp32 from 16/32-bit inputs
     with pytest.raises(TypeError, match="triton backend takes float16, bfloat16 or float32"):
         functional.local_attention(q.double(), k.double(), v.double(), chunk_len=16, backend=backend)
-    # the op indexes the dropout mask unchecked: its shape is checked first
-    with pytest.raises(ValueError, match="dropout_mask must have the chunked score shape"):
-        triton_local_attention.local_attention_fwd(q, k, v, 16, 1, 1, False, mask, keep, p)
+    with pytest.raises(ValueError, match=r"dropout_p must lie in \[0, 1\), got 1.0"):
+        triton_local_attention.local_attention_fwd(q, k, v, 16, 1, 1, False, mask, 1.0, seed, offset)
 
 
 @pytest.mark.parametrize("compiled, triton_op", [
@@ -401,18 +399,16 @@ class _RecordingKernel:
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.float64])
-def test_every_backend_receives_one_bool_dropout_mask(monkeypatch, dtype):
-    """With dropout_p > 0 the chosen kernel runs (no fallback) and gets the mask and p: bool, one
-    byte per probability, the same draw of the default generator whatever the dtype."""
+def test_every_backend_receives_one_philox_key(monkeypatch, dtype):
+    """With dropout_p > 0 the chosen kernel runs (no fallback) and gets p and a Philox key, no
+    mask: one torch.randint of the default generator, whatever the dtype."""
     kernel = _RecordingKernel()
     monkeypatch.setattr(backends, "select", lambda op, device, backend=None: ("triton", kernel))
     q = torch.randn(2, 2, 12, 4).to(dtype)
     torch.manual_seed(3)
     functional.local_attention(q, q, q, chunk_len=4, dropout_p=0.25, backend="triton")
-    mask = kernel.kwargs["dropout_mask"]
-    assert mask.shape == reference.dropout_mask_shape(2, 2, 12, 4, 1, 0) and mask.dtype == torch.bool
-    assert kernel.kwargs["dropout_p"] == 0.25
     torch.manual_seed(3)
-    assert torch.equal(mask, torch.empty(mask.shape).bernoulli_(0.75).bool())
+    assert kernel.kwargs == dict(chunk_len=4, n_chunks_before=1, n_chunks_after=0, causal=False, attention_mask=None,
+                                 dropout_p=0.25, dropout_seed=int(torch.randint(2**63 - 1, ())), dropout_offset=0)
     functional.local_attention(q, q, q, chunk_len=4, backend="triton")
-    assert "dropout_mask" not in kernel.kwargs, "without dropout no mask is drawn"
+    assert "dropout_seed" not in kernel.kwargs, "without dropout no key is drawn"

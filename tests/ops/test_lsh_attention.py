@@ -1,9 +1,9 @@
 """lsh_attention: every backend against the float64 reference, out and per-round lse and the
 gradients of qk and v under a random upstream gradient, by the tolerance rule. The permutation
 comes from the reference hash + sort of the float64 inputs, so every backend attends over the same
-chunks; attention dropout is drawn by ``functional`` from the default generator (a bool mask in
-the chunked score layout, independent of dtype and backend), so re-seeding before each call gives
-every run the same mask.
+chunks; attention dropout's Philox key is drawn by ``functional`` from the default generator and
+every backend draws the same keep decisions from it (independent of dtype), so re-seeding before
+each call gives every run the same mask.
 
 Then fixed cases: the compiled kernels (cpu, triton) against the reference through ``functional``;
 the C++ op's float32/float64/low-precision grids, gradcheck, the chunk-window properties, strided
@@ -32,7 +32,7 @@ from .fuzz import (
 )
 from .inputs import (WINDOW_DRAWS, WINDOW_SETTINGS, assert_cpu_dropout_is_the_references,
                      assert_float32_kernel_meets_reference, assert_impl_takes_schema_names, assert_matches_reference,
-                     assert_same_bits_on_thread_counts, assert_same_schema, bernoulli_keep_mask, bytes_saved_for_backward,
+                     assert_same_bits_on_thread_counts, assert_same_schema, dropout_key, bytes_saved_for_backward,
                      fixed_padding_mask, hashed_order, lsh_inputs, on_backends, outputs_and_grads,
                      schema_mask, skip_if_interpreter_lacks, small_lsh_inputs, sorted_idx_for, triton_only)
 
@@ -123,7 +123,7 @@ def test_kernels_match_reference(backend, device, dtype, batch, heads, seq_len, 
     sorted_idx = hashed_order(qk, n_hashes, mask)
 
     def run(name, qk, v):
-        torch.manual_seed(11)  # every run draws the same dropout mask (functional draws it in float32)
+        torch.manual_seed(11)  # every run draws the same dropout key, hence mask
         return functional.lsh_attention(
             qk, v, sorted_idx, n_hashes=n_hashes, chunk_len=chunk_len, n_chunks_before=before, n_chunks_after=after,
             causal=causal, attention_mask=mask, dropout_p=dropout_p, return_lse=True, backend=name,
@@ -220,15 +220,13 @@ def test_cpu_gradcheck(causal):
 @pytest.mark.parametrize("dropout", [False, True])
 def test_cpu_opcheck(dropout):
     qk, v, sorted_idx, attention_mask = lsh_inputs(2, 2, 16, 8, 2, "padded")
-    keep = torch.rand(reference.dropout_mask_shape(2, 2, 32, 8, 1, 0)) > 0.3 if dropout else None
-    fwd_args = (qk.float().requires_grad_(), v.float().requires_grad_(), sorted_idx, 2, 8, 1, 0, True, attention_mask, keep,
-                0.3)
+    key = (0.3, 12345, 8) if dropout else (0.0, 0, 0)
+    fwd_args = (qk.float().requires_grad_(), v.float().requires_grad_(), sorted_idx, 2, 8, 1, 0, True, attention_mask, *key)
     torch.library.opcheck(torch.ops.reformer_kernels.lsh_attention_fwd.default, fwd_args)
     out, lse = torch.ops.reformer_kernels.lsh_attention_fwd(*(a.detach() if isinstance(a, torch.Tensor) else a for a in fwd_args))
     grad_out, grad_lse = torch.randn_like(out), torch.randn_like(lse)
     for grad_lse_arg in (grad_lse, None):
-        bwd_args = (grad_out, grad_lse_arg, qk.float(), v.float(), sorted_idx, out, lse, 2, 8, 1, 0, True, attention_mask, keep,
-                    0.3)
+        bwd_args = (grad_out, grad_lse_arg, qk.float(), v.float(), sorted_idx, out, lse, 2, 8, 1, 0, True, attention_mask, *key)
         torch.library.opcheck(torch.ops.reformer_kernels.lsh_attention_bwd.default, bwd_args)
 
 
@@ -344,22 +342,18 @@ def test_cpu_torch_compile_fullgraph():
 
 
 @requires_extension
-def test_cpu_bad_dropout_mask_or_p_is_refused():
+def test_cpu_bad_dropout_p_is_refused_and_p_near_zero_keeps_all():
     qk, v, sorted_idx, _ = lsh_inputs(1, 2, 16, 8, 2)
-    qk, v = qk.float(), v.float()
     args = (qk, v, sorted_idx, 2, 8, 1, 0, True, None)
-    good = torch.ones(reference.dropout_mask_shape(1, 2, 32, 8, 1, 0), dtype=torch.bool)
-    with pytest.raises(ValueError, match=r"dropout_mask must have the chunked score shape \[1, 2, 4, 8, 16\]"):
-        torch.ops.reformer_kernels.lsh_attention_fwd(*args, good[..., :8], 0.1)
-    with pytest.raises(TypeError, match=r"dropout_mask must be bool \(True where a probability is kept\)"):
-        torch.ops.reformer_kernels.lsh_attention_fwd(*args, good.float(), 0.1)
     with pytest.raises(ValueError, match=r"dropout_p must lie in \[0, 1\), got 1"):
-        torch.ops.reformer_kernels.lsh_attention_fwd(*args, good, 1.0)
-    # an all-True mask keeps every probability, scaled by 1 / (1 - p); in float64, because with a
-    # mask the keys are gathered in bucket order and without one in position order (other sums)
-    args = (qk.double(), v.double(), *args[2:])
-    out, _ = torch.ops.reformer_kernels.lsh_attention_fwd(*args, good, 0.5)
-    torch.testing.assert_close(out, 2 * torch.ops.reformer_kernels.lsh_attention_fwd(*args)[0], rtol=1e-12, atol=0)
+        torch.ops.reformer_kernels.lsh_attention_fwd(*args, 1.0, 5, 0)
+    with pytest.raises(ValueError, match=r"dropout_p must lie in \[0, 1\), got -0.5"):
+        torch.ops.reformer_kernels.lsh_attention_fwd(*args, -0.5, 5, 0)
+    # p = 2^-32 has keep threshold 0: every probability is kept, scaled by 1 / (1 - p); in float64,
+    # because the dropout path gathers keys in bucket order, so it is a different sum
+    p = 2.0**-32
+    out, _ = torch.ops.reformer_kernels.lsh_attention_fwd(*args, p, 5, 0)
+    torch.testing.assert_close(out, torch.ops.reformer_kernels.lsh_attention_fwd(*args)[0] / (1 - p), rtol=1e-12, atol=0)
 
 
 # LSH draws no head_dim 1: there the shared-QK key normalization has zero derivative, the kernel's
@@ -377,15 +371,15 @@ def test_cpu_chunk_windows_meet_reference(n_chunks, chunk_len, n_hashes, head_di
     window = dict(n_hashes=n_hashes, chunk_len=chunk_len, n_chunks_before=before, n_chunks_after=after,
                   causal=causal, attention_mask=attention_mask)
 
-    keep = bernoulli_keep_mask(reference.dropout_mask_shape(2, 2, n_hashes * seq_len, chunk_len, before, after), dropout)
+    key = dropout_key(dropout)
 
-    def kernel(qk, v, keep):
-        return lsh_attention_cpu(qk, v, sorted_idx, **window, dropout_mask=keep, dropout_p=dropout)
+    def kernel(qk, v):
+        return lsh_attention_cpu(qk, v, sorted_idx, **window, **key)
 
-    def oracle(qk, v, keep):
-        return reference.lsh_attention(qk, v, sorted_idx, **window, dropout_mask=keep, dropout_p=dropout)
+    def oracle(qk, v):
+        return reference.lsh_attention(qk, v, sorted_idx, **window, **key)
 
-    assert_float32_kernel_meets_reference(kernel, oracle, (qk, v, keep), upstream, threads, ("out", "lse", "grad_qk", "grad_v"))
+    assert_float32_kernel_meets_reference(kernel, oracle, (qk, v), upstream, threads, ("out", "lse", "grad_qk", "grad_v"))
 
 
 # ----------------------------------------------------------------------------- the Triton op
@@ -394,11 +388,11 @@ P = 0.3
 
 def triton_args(device, requires_grad=True, dropout=False):
     """Arguments of the Triton lsh_attention_fwd: 2 rounds of 32 positions, chunks of 16, causal,
-    padded, with an attention-dropout mask (True, kept, with probability 1 - P) and P, or None and 0."""
+    padded, with attention dropout P under a fixed Philox key, or none."""
     qk, v = (torch.randn(1, 1, 32, 16, device=device, requires_grad=requires_grad) for _ in range(2))
     mask = fixed_padding_mask("tail", 1, 32, device)
-    keep = torch.rand(reference.dropout_mask_shape(1, 1, 64, 16, 1, 0), device=device) > P if dropout else None
-    return qk, v, hashed_order(qk.detach(), 2, mask), 2, 16, 1, 0, True, mask, keep, P if dropout else 0.0
+    key = (P, 2**40 + 7, 12) if dropout else (0.0, 0, 0)
+    return qk, v, hashed_order(qk.detach(), 2, mask), 2, 16, 1, 0, True, mask, *key
 
 
 @triton_only
@@ -416,7 +410,7 @@ def test_triton_opcheck(backend, device, dropout):
 
 @triton_only
 def test_triton_compiles_fullgraph_forward_and_backward(backend, device):
-    qk, v, sorted_idx, n_hashes, chunk_len, before, after, causal, mask, _, _ = triton_args(device)
+    qk, v, sorted_idx, n_hashes, chunk_len, before, after, causal, mask, _, _, _ = triton_args(device)
 
     def attention(qk, v):
         out, lse = triton_lsh_attention.lsh_attention_fwd(qk, v, sorted_idx, n_hashes, chunk_len, before, after,
@@ -434,7 +428,7 @@ def test_triton_compiles_fullgraph_forward_and_backward(backend, device):
 @triton_only
 @pytest.mark.parametrize("dropout_p", [0.0, 0.2])
 def test_triton_two_runs_give_identical_bits(backend, device, dropout_p):
-    qk, v, sorted_idx, n_hashes, chunk_len, before, after, causal, mask, _, _ = triton_args(device)
+    qk, v, sorted_idx, n_hashes, chunk_len, before, after, causal, mask, _, _, _ = triton_args(device)
 
     def run():
         torch.manual_seed(7)  # the same dropout masks
@@ -449,27 +443,22 @@ def test_triton_two_runs_give_identical_bits(backend, device, dropout_p):
 
 @triton_only
 def test_triton_bad_inputs_get_the_shared_errors(backend, device):
-    qk, v, sorted_idx, *config, mask, keep, p = triton_args(device, requires_grad=False, dropout=True)
+    qk, v, sorted_idx, *config, mask, p, seed, offset = triton_args(device, requires_grad=False, dropout=True)
     with pytest.raises(TypeError, match="sorted_idx must be int64"):
         functional.lsh_attention(qk, v, sorted_idx.int(), n_hashes=2, chunk_len=16, backend=backend)
     with pytest.raises(ValueError, match="chunk_len 24 must divide"):
         functional.lsh_attention(qk, v, sorted_idx, n_hashes=2, chunk_len=24, backend=backend)
     with pytest.raises(ValueError, match="v has shape"):
         functional.lsh_attention(qk, v[..., :8], sorted_idx, n_hashes=2, chunk_len=16, backend=backend)
-    # the ops index the dropout mask unchecked: its shape, dtype and device are checked first
-    with pytest.raises(ValueError, match=r"dropout_mask must have the chunked score shape \[1, 1, 4, 16, 32\]"):
-        triton_lsh_attention.lsh_attention_fwd(qk, v, sorted_idx, *config, mask, keep[..., :16], p)
-    with pytest.raises(TypeError, match=r"dropout_mask must be bool \(True where a probability is kept\)"):
-        triton_lsh_attention.lsh_attention_fwd(qk, v, sorted_idx, *config, mask, keep.float(), p)
     with pytest.raises(ValueError, match=r"dropout_p must lie in \[0, 1\), got 1.0"):
-        triton_lsh_attention.lsh_attention_fwd(qk, v, sorted_idx, *config, mask, keep, 1.0)
+        triton_lsh_attention.lsh_attention_fwd(qk, v, sorted_idx, *config, mask, 1.0, seed, offset)
 
 
 @triton_only
 def test_triton_saves_only_linear_memory_for_backward(backend, device):
     """The backward recomputes the scores: what the op keeps is qk, v, sorted_idx, the mask, out and
     lse, all linear in L, never the chunk x window probabilities."""
-    qk, v, sorted_idx, n_hashes, chunk_len, before, after, causal, mask, _, _ = triton_args(device)
+    qk, v, sorted_idx, n_hashes, chunk_len, before, after, causal, mask, _, _, _ = triton_args(device)
     (out, lse), saved = bytes_saved_for_backward(lambda: triton_lsh_attention.lsh_attention_fwd(
         qk, v, sorted_idx, n_hashes, chunk_len, before, after, causal, attention_mask=mask))
     assert saved <= sum(t.numel() * t.element_size() for t in (qk, v, sorted_idx, mask, out, lse))
@@ -547,7 +536,7 @@ def test_rejects_bad_sorted_idx():
         functional.lsh_attention(qk, v, sorted_idx + 1, **kwargs)
 
 
-def test_dropout_draws_its_mask_from_the_default_generator():
+def test_dropout_draws_its_key_from_the_default_generator():
     qk, v, rotations = small_lsh_inputs()
     sorted_idx = sorted_idx_for(qk, rotations)
     kwargs = dict(n_hashes=2, chunk_len=4, n_chunks_before=1, n_chunks_after=1)
@@ -555,8 +544,8 @@ def test_dropout_draws_its_mask_from_the_default_generator():
     torch.manual_seed(5)
     out = functional.lsh_attention(qk, v, sorted_idx, **kwargs, dropout_p=p, backend="reference")
     torch.manual_seed(5)
-    keep = torch.empty(reference.dropout_mask_shape(2, 2, 2 * 12, 4, 1, 1), dtype=torch.bool).bernoulli_(1 - p)
-    expected, _ = reference.lsh_attention(qk, v, sorted_idx, **kwargs, causal=False, dropout_mask=keep, dropout_p=p)
+    seed = int(torch.randint(2**63 - 1, ()))
+    expected, _ = reference.lsh_attention(qk, v, sorted_idx, **kwargs, causal=False, dropout_p=p, dropout_seed=seed)
     assert torch.equal(out, expected)
     assert not torch.allclose(out, functional.lsh_attention(qk, v, sorted_idx, **kwargs, backend="reference"))
 

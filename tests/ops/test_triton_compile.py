@@ -37,11 +37,11 @@ def attention_types(dtype: torch.dtype, lsh: bool) -> dict:
     # LSH writes fp32 per-round rows that are combined or summed afterwards; local writes results.
     rows = "*fp32" if lsh else f"*{element}"
     return {
-        **{name: f"*{element}" for name in ("Q", "K", "V", "DOut")}, "DropMask": "*u8",
+        **{name: f"*{element}" for name in ("Q", "K", "V", "DOut")},
         "SortedIdx": "*i64" if lsh else "*fp32", "Mask": "*u8", "Out": rows, "DQ": rows, "DK": rows, "DV": rows,
         **{name: "*fp32" for name in ("Lse", "RoundWeight", "Delta")},
         **{name: "fp32" for name in ("key_scale", "mask_value", "self_mask_value", "drop_scale")},
-        **{name: "i64" for name in ("stride_xb", "stride_ob", "stride_gb", "stride_sb", "stride_db", "stride_dh")},
+        **{name: "i64" for name in ("stride_xb", "stride_ob", "stride_gb", "stride_sb", "dropout_seed", "dropout_offset")},
     }
 
 
@@ -103,5 +103,5 @@ def test_dropout_add_kernel_compiles(arch):
         for dropout in (True, False):
             compile_for(triton_reversible._dropout_add_kernel, arch,
                         {"Residual": residual, "X": "*bf16", "Out": residual, "n_elements": "i64", "seed": "i64",
-                         "philox_offset": "i64", "p": "fp32", "scale": "fp32", "sign": "fp32"},
+                         "philox_offset": "i64", "threshold": "i32", "scale": "fp32", "sign": "fp32"},
                         dict(HAS_RESIDUAL=has_residual, DROPOUT=dropout, BLOCK=triton_reversible.BLOCK), num_warps=4)

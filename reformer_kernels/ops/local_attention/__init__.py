@@ -3,7 +3,7 @@ function, with its checks, is ``reformer_kernels.functional.local_attention``).
 
 One schema, declared in csrc/reformer.cpp:
     local_attention_fwd(q, k, v, chunk_len, n_chunks_before, n_chunks_after, causal,
-                        attention_mask, dropout_mask=None, dropout_p=0.) -> (out, lse)
+                        attention_mask, dropout_p=0., dropout_seed=0, dropout_offset=0) -> (out, lse)
 and its backward local_attention_bwd. Every backend implements that argument list:
 - "cpu": the C++ kernels of csrc/cpu/local_attention.cpp, which are that op;
 - "triton": ``triton_kernels.py``, reformer_kernels::triton_local_attention_fwd/_bwd, the same
@@ -20,24 +20,25 @@ from ... import _extension, backends, reference
 from ..lsh_attention import lse_dtype
 
 
-def _forward_fake(q, k, v, chunk_len, n_chunks_before, n_chunks_after, causal, attention_mask, dropout_mask=None,
-                  dropout_p=0.0):
+def _forward_fake(q, k, v, chunk_len, n_chunks_before, n_chunks_after, causal, attention_mask, dropout_p=0.0,
+                  dropout_seed=0, dropout_offset=0):
     batch, heads, seq_len, _ = q.shape
     return torch.empty_like(q, memory_format=torch.contiguous_format), q.new_empty((batch, heads, seq_len),
                                                                                    dtype=lse_dtype(q.dtype))
 
 
 def _backward_fake(grad_out, q, k, v, out, lse, chunk_len, n_chunks_before, n_chunks_after, causal, attention_mask,
-                   dropout_mask=None, dropout_p=0.0):
+                   dropout_p=0.0, dropout_seed=0, dropout_offset=0):
     return tuple(torch.empty_like(t, memory_format=torch.contiguous_format) for t in (q, k, v))
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, chunk_len, n_chunks_before, n_chunks_after, causal, attention_mask, dropout_mask, dropout_p = inputs
+    q, k, v, chunk_len, n_chunks_before, n_chunks_after, causal, attention_mask, *dropout = inputs
     out, lse = output
-    ctx.save_for_backward(q, k, v, out, lse, attention_mask, dropout_mask)
+    ctx.save_for_backward(q, k, v, out, lse, attention_mask)
     ctx.config = (chunk_len, n_chunks_before, n_chunks_after, causal)
-    ctx.dropout_p = dropout_p
+    # (dropout_p, dropout_seed, dropout_offset): ints, not a mask; the backward regenerates it
+    ctx.dropout = dropout
     ctx.mark_non_differentiable(lse)
     ctx.set_materialize_grads(False)
 
@@ -51,11 +52,11 @@ def register(forward, backward) -> None:
 
     def _backward(ctx, grad_out, grad_lse):
         if grad_out is None:
-            return None, None, None, None, None, None, None, None, None, None
-        q, k, v, out, lse, attention_mask, dropout_mask = ctx.saved_tensors
+            return (None,) * 11
+        q, k, v, out, lse, attention_mask = ctx.saved_tensors
         grad_q, grad_k, grad_v = backward(grad_out.to(out.dtype), q, k, v, out, lse, *ctx.config, attention_mask,
-                                          dropout_mask, ctx.dropout_p)
-        return grad_q, grad_k, grad_v, None, None, None, None, None, None, None
+                                          *ctx.dropout)
+        return (grad_q, grad_k, grad_v) + (None,) * 8
 
     torch.library.register_autograd(forward, _backward, setup_context=_setup_context)
 

@@ -19,12 +19,12 @@ from . import out_only, register
 @torch.library.custom_op("reformer_kernels::triton_local_attention_fwd", mutates_args=())
 def local_attention_fwd(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, chunk_len: int, n_chunks_before: int, n_chunks_after: int,
-    causal: bool, attention_mask: Optional[torch.Tensor], dropout_mask: Optional[torch.Tensor] = None,
-    dropout_p: float = 0.0,
+    causal: bool, attention_mask: Optional[torch.Tensor], dropout_p: float = 0.0, dropout_seed: int = 0,
+    dropout_offset: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Returns out (B, H, L, d) in q's dtype and lse (B, H, L) in fp32. ``dropout_mask``: bool, True
-    where an attention probability is kept (and scaled by 1 / (1 - dropout_p)), shaped as the
-    reference takes it; or None."""
+    """Returns out (B, H, L, d) in q's dtype and lse (B, H, L) in fp32. Attention dropout as the
+    schema says: the Philox stream keyed by (dropout_seed, dropout_offset) over the reference's
+    chunked scores."""
     check_dtype("local_attention", q)
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     batch, heads, seq_len, _ = q.shape
@@ -33,7 +33,7 @@ def local_attention_fwd(
     lse = torch.empty(batch, heads, seq_len, dtype=torch.float32, device=q.device)
     attention_forward(q, k, v, None, out, lse, op="local_attention", n_slots=n_slots, chunk_len=chunk_len,
                       n_chunks_before=n_chunks_before, n_chunks_after=n_chunks_after, causal=causal,
-                      attention_mask=attention_mask, dropout_mask=dropout_mask, dropout_p=dropout_p)
+                      attention_mask=attention_mask, dropout=(dropout_p, dropout_seed, dropout_offset))
     return out, lse
 
 
@@ -41,7 +41,7 @@ def local_attention_fwd(
 def local_attention_bwd(
     grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
     chunk_len: int, n_chunks_before: int, n_chunks_after: int, causal: bool, attention_mask: Optional[torch.Tensor],
-    dropout_mask: Optional[torch.Tensor] = None, dropout_p: float = 0.0,
+    dropout_p: float = 0.0, dropout_seed: int = 0, dropout_offset: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gradients (d q, d k, d v) from the gradient of out (B, H, L, d)."""
     q, k, v, grad_out, lse = q.contiguous(), k.contiguous(), v.contiguous(), grad_out.contiguous(), lse.contiguous()
@@ -60,7 +60,7 @@ def local_attention_bwd(
     attention_backward(q, k, v, None, grad_out, None, lse, delta, grad_q, grad_k, grad_v, op="local_attention",
                        n_slots=n_slots, chunk_len=chunk_len, n_chunks_before=n_chunks_before,
                        n_chunks_after=n_chunks_after, causal=causal, attention_mask=attention_mask,
-                       dropout_mask=dropout_mask, dropout_p=dropout_p)
+                       dropout=(dropout_p, dropout_seed, dropout_offset))
     return grad_q, grad_k, grad_v
 
 

@@ -3,7 +3,7 @@ hash rounds (the public function, with its checks, is ``reformer_kernels.functio
 
 One schema, declared in csrc/reformer.cpp:
     lsh_attention_fwd(qk, v, sorted_idx, n_hashes, chunk_len, n_chunks_before, n_chunks_after,
-                      causal, attention_mask, dropout_mask=None, dropout_p=0.) -> (out, lse)
+                      causal, attention_mask, dropout_p=0., dropout_seed=0, dropout_offset=0) -> (out, lse)
 and its backward lsh_attention_bwd (its own op, so it can be tested and compiled alone). Every
 backend implements that argument list:
 - "cpu": the C++ kernels of csrc/cpu/lsh_attention.cpp, which are that op;
@@ -33,23 +33,23 @@ def rows_like(x: torch.Tensor) -> torch.Tensor:
 
 
 def _forward_fake(qk, v, sorted_idx, n_hashes, chunk_len, n_chunks_before, n_chunks_after, causal, attention_mask,
-                  dropout_mask=None, dropout_p=0.0):
+                  dropout_p=0.0, dropout_seed=0, dropout_offset=0):
     batch, heads, seq_len, _ = qk.shape
     return rows_like(qk), qk.new_empty((batch, heads, n_hashes, seq_len), dtype=lse_dtype(qk.dtype))
 
 
 def _backward_fake(grad_out, grad_lse, qk, v, sorted_idx, out, lse, n_hashes, chunk_len, n_chunks_before,
-                   n_chunks_after, causal, attention_mask, dropout_mask=None, dropout_p=0.0):
+                   n_chunks_after, causal, attention_mask, dropout_p=0.0, dropout_seed=0, dropout_offset=0):
     return rows_like(qk), rows_like(v)
 
 
 def _setup_context(ctx, inputs, output):
-    (qk, v, sorted_idx, n_hashes, chunk_len, n_chunks_before, n_chunks_after, causal, attention_mask, dropout_mask,
-     dropout_p) = inputs
+    (qk, v, sorted_idx, n_hashes, chunk_len, n_chunks_before, n_chunks_after, causal, attention_mask, *dropout) = inputs
     out, lse = output
-    ctx.save_for_backward(qk, v, sorted_idx, out, lse, attention_mask, dropout_mask)
+    ctx.save_for_backward(qk, v, sorted_idx, out, lse, attention_mask)
     ctx.config = (n_hashes, chunk_len, n_chunks_before, n_chunks_after, causal)
-    ctx.dropout_p = dropout_p
+    # (dropout_p, dropout_seed, dropout_offset): ints, not a mask; the backward regenerates it
+    ctx.dropout = dropout
     ctx.set_materialize_grads(False)
 
 
@@ -62,11 +62,11 @@ def register(forward, backward) -> None:
     torch.library.register_fake(backward, _backward_fake)
 
     def _backward(ctx, grad_out, grad_lse):
-        qk, v, sorted_idx, out, lse, attention_mask, dropout_mask = ctx.saved_tensors
+        qk, v, sorted_idx, out, lse, attention_mask = ctx.saved_tensors
         grad_out = torch.zeros_like(out) if grad_out is None else grad_out.to(out.dtype)
         grad_qk, grad_v = backward(grad_out, grad_lse, qk, v, sorted_idx, out, lse, *ctx.config, attention_mask,
-                                   dropout_mask, ctx.dropout_p)
-        return grad_qk, grad_v, None, None, None, None, None, None, None, None, None
+                                   *ctx.dropout)
+        return grad_qk, grad_v, None, None, None, None, None, None, None, None, None, None
 
     torch.library.register_autograd(forward, _backward, setup_context=_setup_context)
 

@@ -48,12 +48,12 @@ def _combine_rounds_kernel(
 @torch.library.custom_op("reformer_kernels::triton_lsh_attention_fwd", mutates_args=())
 def lsh_attention_fwd(
     qk: torch.Tensor, v: torch.Tensor, sorted_idx: torch.Tensor, n_hashes: int, chunk_len: int, n_chunks_before: int,
-    n_chunks_after: int, causal: bool, attention_mask: Optional[torch.Tensor], dropout_mask: Optional[torch.Tensor] = None,
-    dropout_p: float = 0.0,
+    n_chunks_after: int, causal: bool, attention_mask: Optional[torch.Tensor], dropout_p: float = 0.0,
+    dropout_seed: int = 0, dropout_offset: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Returns out (B, H, L, d) in qk's dtype and lse (B, H, n_hashes, L) in fp32. ``dropout_mask``:
-    bool, True where an attention probability is kept (and scaled by 1 / (1 - dropout_p)), in the
-    layout of ``reference.dropout_mask_shape``; or None."""
+    """Returns out (B, H, L, d) in qk's dtype and lse (B, H, n_hashes, L) in fp32. Attention dropout
+    as the schema says: the Philox stream keyed by (dropout_seed, dropout_offset) over the
+    reference's chunked scores."""
     check_dtype("lsh_attention", qk)
     out = rows_like(qk)
     qk, v, sorted_idx = qk.contiguous(), v.contiguous(), sorted_idx.contiguous()
@@ -63,7 +63,7 @@ def lsh_attention_fwd(
     lse = torch.empty(batch, heads, n_slots, dtype=torch.float32, device=qk.device)
     attention_forward(qk, qk, v, sorted_idx, out_rounds, lse, op="lsh_attention", n_slots=n_slots, chunk_len=chunk_len,
                       n_chunks_before=n_chunks_before, n_chunks_after=n_chunks_after, causal=causal,
-                      attention_mask=attention_mask, dropout_mask=dropout_mask, dropout_p=dropout_p)
+                      attention_mask=attention_mask, dropout=(dropout_p, dropout_seed, dropout_offset))
     block = 16  # positions per program: the combination is a memory-bound pass over n_hashes rows each
     _combine_rounds_kernel[(triton.cdiv(seq_len, block), heads, batch)](
         out_rounds, lse, out,
@@ -80,8 +80,8 @@ def lsh_attention_fwd(
 def lsh_attention_bwd(
     grad_out: torch.Tensor, grad_lse: Optional[torch.Tensor], qk: torch.Tensor, v: torch.Tensor, sorted_idx: torch.Tensor,
     out: torch.Tensor, lse: torch.Tensor, n_hashes: int, chunk_len: int, n_chunks_before: int, n_chunks_after: int,
-    causal: bool, attention_mask: Optional[torch.Tensor], dropout_mask: Optional[torch.Tensor] = None,
-    dropout_p: float = 0.0,
+    causal: bool, attention_mask: Optional[torch.Tensor], dropout_p: float = 0.0, dropout_seed: int = 0,
+    dropout_offset: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Gradients (d qk, d v) from the gradients of out (B, H, L, d) and lse (B, H, n_hashes, L; None: zero)."""
     grad_qk, grad_v = rows_like(qk), rows_like(v)
@@ -104,7 +104,7 @@ def lsh_attention_bwd(
     attention_backward(qk, qk, v, sorted_idx, grad_out, round_weight, lse, delta, grad_qk_rounds, grad_qk_rounds,
                        grad_v_rounds, op="lsh_attention", n_slots=n_slots, chunk_len=chunk_len,
                        n_chunks_before=n_chunks_before, n_chunks_after=n_chunks_after, causal=causal,
-                       attention_mask=attention_mask, dropout_mask=dropout_mask, dropout_p=dropout_p)
+                       attention_mask=attention_mask, dropout=(dropout_p, dropout_seed, dropout_offset))
     # Each position holds one slot per round; summing the rounds in order keeps it deterministic.
     per_round = (batch, heads, n_hashes, seq_len, head_dim)
     grad_qk.copy_(grad_qk_rounds.view(per_round).sum(dim=2))
