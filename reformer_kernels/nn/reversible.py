@@ -16,8 +16,9 @@ after each sub-layer (``_release_freed``); otherwise, under glibc's default mall
 resident memory of a training step grows with depth although the live bytes do not.
 
 The residual connections, with the hidden dropout on the sub-layer's output, are one op
-(``functional.dropout_add``): on CUDA one Triton kernel for the forward's add and one for the
-reconstruction's subtraction, whose backward regenerates the dropout mask instead of storing it.
+(``functional.dropout_add``): one kernel on every backend for the forward's add and one for the
+reconstruction's subtraction, drawing the dropout from Philox keyed by a seed taken from torch's
+generator, so the replayed generator state regenerates the forward's mask and none is stored.
 
 FSDP2 (``torch.distributed.fsdp.fully_shard`` applied to each block and to the model) gathers a
 block's parameters in hooks around the block's ``__call__`` and reduce-scatters their gradients in
