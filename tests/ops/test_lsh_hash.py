@@ -90,6 +90,9 @@ FIXED_NEAR_TIE = {torch.float32: 1e-5, torch.float16: 1e-3, torch.bfloat16: 1e-2
         (torch.float32, (4, 6), 2, "tail"),
         (torch.float16, 16, 4, "full_row"),
         (torch.bfloat16, (2, 4), 2, "tail"),
+        # more rotations than one tile of the Triton kernel's argmax holds
+        (torch.float16, 2048, 1, "tail"),
+        (torch.float32, (64, 256), 1, "none"),
     ],
 )
 def test_matches_reference_except_near_ties(backend, device, dtype, n_buckets, n_hashes, padding):
@@ -113,6 +116,29 @@ def test_matches_reference_except_near_ties(backend, device, dtype, n_buckets, n
     assert ties.float().mean() < 0.05, "too many near-ties for the comparison to mean anything"
     differ = buckets != expected
     assert not (differ & ~ties).any(), f"{int((differ & ~ties).sum())} bucket ids differ away from near-ties"
+
+
+@on_backends("cpu", "triton")
+@pytest.mark.parametrize("n_buckets", [2048, (64, 128), (2, 1024, 4)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_exact_ties_pick_the_first_maximum(backend, device, n_buckets, dtype):
+    """Small integer vectors and rotations make every rotated value exact in every dtype and tie
+    often, within a tile of the Triton kernel's argmax, across its tiles and between xR and -xR: the
+    bucket must be the first maximum of [xR, -xR], as the reference's torch.argmax picks it, for
+    any number of buckets."""
+    skip_if_interpreter_lacks(backend, dtype)
+    batch, heads, seq_len, head_dim, n_hashes = 2, 1, 24, 16, 2
+    factors = reference.bucket_factors(n_buckets)
+    vectors = torch.randint(-1, 2, (batch, heads, seq_len, head_dim), dtype=torch.float64)
+    rotations = torch.randint(-1, 2, (heads, head_dim, n_hashes, sum(factors) // 2), dtype=torch.float64)
+    mask = fixed_padding_mask("tail", batch, seq_len, torch.device("cpu"))
+    expected, expected_num_keys = reference.hash_vectors(vectors, rotations, n_buckets, mask)
+    assert near_ties(vectors, rotations, factors, 0.0).float().mean() > 0.25, "too few exact ties to test the tie-break"
+
+    buckets, num_keys = functional.lsh_hash(vectors.to(device, dtype), rotations.to(device, dtype), n_buckets,
+                                            attention_mask=mask.to(device), backend=backend)
+    assert num_keys == expected_num_keys
+    assert torch.equal(buckets.cpu(), expected), f"{int((buckets.cpu() != expected).sum())} bucket ids differ"
 
 
 @requires_extension
