@@ -116,7 +116,7 @@ def _attend_window(
     chunked attention's masks (key_positions, key_valid broadcast to (..., W)): returns the output
     (..., d) and the log-sum-exp (...) of the scores."""
     scores = mask_scores(
-        query @ keys.transpose(-1, -2), torch.tensor(position, device=query.device), key_positions[..., None, :],
+        query @ keys.transpose(-1, -2), torch.full((), position, device=query.device), key_positions[..., None, :],
         key_valid[..., None, :], causal=causal, self_mask=self_mask,
     )
     lse = torch.logsumexp(scores, dim=-1, keepdim=True)

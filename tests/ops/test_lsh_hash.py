@@ -46,7 +46,7 @@ def check(backend, device, case):
     rotations = torch.randn(heads, head_dim, n_hashes, sum(factors) // 2).to(dtype).double()
     mask = padding_mask(case["mask"], batch, seq_len)
 
-    expected, expected_keys = reference.hash_vectors(vectors, rotations, n_buckets, mask)
+    expected, expected_keys = expected_hash(vectors, rotations, n_buckets, mask, device)
     kernel_vectors = vectors.to(device, dtype)
     buckets, num_keys = functional.lsh_hash(
         head_split(kernel_vectors) if case["head_split"] else kernel_vectors, rotations.to(device, dtype), n_buckets,
@@ -65,7 +65,31 @@ def check(backend, device, case):
     assert not (differ & ~ties).any(), f"{int((differ & ~ties).sum())} bucket ids differ away from near-ties"
 
 
+def expected_hash(vectors, rotations, n_buckets, mask, device):
+    """The reference's (buckets, num_keys), under the GPU's rule that any mask counts as padding
+    (reading whether it pads would sync): there a mask that pads nothing still adds the padding
+    bucket, so round r's ids shift by r."""
+    if mask is None or device.type == "cpu" or not mask.all():
+        return reference.hash_vectors(vectors, rotations, n_buckets, mask)
+    buckets, num_keys = reference.hash_vectors(vectors, rotations, n_buckets)
+    n_hashes = rotations.shape[2]
+    rounds = torch.arange(n_hashes).repeat_interleave(vectors.shape[2])
+    return buckets + rounds, num_keys + n_hashes
+
+
 test_fuzz, test_fuzz_slow = fuzz_tests(check, cases)
+
+
+def test_gpu_expectation_is_the_reference_that_counts_any_mask(monkeypatch):
+    """``expected_hash``'s GPU ids are the reference's where it cannot read the mask either
+    (inside torch.compile, where any mask counts too)."""
+    vectors, rotations = torch.randn(2, 2, 12, 8, dtype=torch.float64), random_rotations(2, 8, 3, (4, 2))
+    mask = torch.ones(2, 12, dtype=torch.bool)
+    expected = expected_hash(vectors, rotations, (4, 2), mask, torch.device("cuda"))
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    buckets, num_keys = reference.hash_vectors(vectors, rotations, (4, 2), mask)
+    assert num_keys == expected[1] == 3 * 9
+    assert torch.equal(buckets, expected[0])
 
 
 def lsh_hash_cpu(*args, **kwargs):
