@@ -13,6 +13,7 @@ the training and decoding steps below under torch.cuda.set_sync_debug_mode("erro
 """
 import contextlib
 import warnings
+from pathlib import Path
 from unittest import mock
 
 import pytest
@@ -21,7 +22,7 @@ from torch._subclasses.fake_tensor import DataDependentOutputException, FakeTens
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from reformer_kernels import backends, functional, models
-from tests.conftest import PACKAGE, package_syncs
+from tests.conftest import AUTOTUNER, PACKAGE, package_syncs
 from tests.models.hf_reference import TINY
 from tests.triton_launches import recorded_launches
 
@@ -195,12 +196,18 @@ def test_the_gpu_sync_check_blames_package_code_only():
 
     def sync_in(path):
         namespace = {}
-        exec(compile("def sync():\n    warn()\n", str(path), "exec"), {"warn": warn}, namespace)
+        exec(compile("def sync(inner=warn):\n    inner()\n", str(path), "exec"), {"warn": warn}, namespace)
         return namespace["sync"]
+
+    def autotune(kernel):
+        namespace = {}
+        exec(compile("def bench(kernel):\n    kernel()\n", str(Path(*AUTOTUNER)), "exec"), {}, namespace)
+        return lambda: namespace["bench"](kernel)
 
     with package_syncs() as syncs:
         warn()  # a test's own read
         sync_in(PACKAGE / "reference" / "hashing.py")()  # the oracle may sync
+        sync_in(PACKAGE / "ops" / "lsh_hash" / "triton_kernels.py")(autotune(warn))  # a first launch's autotuning
         sync_in(PACKAGE / "functional.py")()
     assert len(syncs) == 1 and "functional.py" in syncs[0]
     functional.set_debug_checks(True)
@@ -216,23 +223,29 @@ def test_the_gpu_sync_check_blames_package_code_only():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_training_and_decoding_steps_on_a_gpu():
     """On a GPU: a training step (forward, backward, optimizer step) and a cached decoding step run
-    with any host sync an error."""
+    with any host sync an error, once the first run has compiled and autotuned the kernels (the
+    autotuner times its configs with syncs, once per shape)."""
     torch.manual_seed(0)
     model = models.ReformerModelWithLMHead(models.ReformerConfig(**CONFIG)).cuda()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     ids = torch.randint(0, CONFIG["vocab_size"], (2, 64), device="cuda")
     mask = torch.ones(2, 64, dtype=torch.long, device="cuda")
-    prompt = ids[:, :13]
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
+
+    def steps():
+        model.train()
         model(input_ids=ids, attention_mask=mask, labels=ids).loss.backward()
         optimizer.step()
         model.eval()
         with torch.no_grad():
-            cache = model(input_ids=prompt, attention_mask=mask[:, :13], use_cache=True).past_buckets_states
-            logits = model(input_ids=ids[:, 13:14], attention_mask=mask[:, :14], past_buckets_states=cache,
-                           use_cache=True).logits
+            cache = model(input_ids=ids[:, :13], attention_mask=mask[:, :13], use_cache=True).past_buckets_states
+            return model(input_ids=ids[:, 13:14], attention_mask=mask[:, :14], past_buckets_states=cache,
+                         use_cache=True).logits
+
+    steps()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        logits = steps()
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert torch.isfinite(logits).all()
