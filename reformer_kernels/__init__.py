@@ -2,11 +2,12 @@
 
 The public surface: ``reformer_kernels.functional`` (ops), ``reformer_kernels.nn`` (modules),
 ``reformer_kernels.models`` (HF-compatible Reformer models), the tokenizers, backend selection
-(``use_backend``) and ``info()``.
+(``use_backend``), the debug checks on GPU tensors (``set_debug_checks``) and ``info()``.
 """
 from . import _extension, backends, functional, models, nn, ops
 from ._info import info
 from .backends import current_backend, use_backend
+from .functional import debug_checks, set_debug_checks
 from .models import (
     ReformerConfig,
     ReformerForMaskedLM,
@@ -28,10 +29,12 @@ __all__ = [
     "__version__",
     "backends",
     "current_backend",
+    "debug_checks",
     "functional",
     "info",
     "models",
     "nn",
+    "set_debug_checks",
     "use_backend",
     "ByteTokenizer",
     "ReformerConfig",

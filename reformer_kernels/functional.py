@@ -9,6 +9,7 @@ of any dtype, 0 marking a padding token; every backend receives it as bool.
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 
@@ -22,18 +23,48 @@ FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 # ----------------------------------------------------------------------------- validation
 
 
-def checks_values() -> bool:
-    """Whether the checks that read tensor values (ids in range, a mask that pads something) run:
-    in eager, yes; inside torch.compile, no, since each would read a tensor into Python and break
-    the graph. There the kernels' own checks (C++ range checks, index bounds) still raise."""
-    return not torch.compiler.is_compiling()
+DEBUG_ENV_VAR = "REFORMER_KERNELS_DEBUG"
+_debug_checks: bool | None = None  # set by set_debug_checks; None: DEBUG_ENV_VAR decides
+
+
+def set_debug_checks(enabled: bool | None) -> None:
+    """Run the checks that read tensor values (``checks_values``) on GPU tensors too (True), or
+    not (False), overriding the environment variable REFORMER_KERNELS_DEBUG (1: on, 0 or unset:
+    off); None follows that variable again."""
+    global _debug_checks
+    if enabled is not None:
+        _check_bool("set_debug_checks", "enabled", enabled)
+    _debug_checks = enabled
+
+
+def debug_checks() -> bool:
+    """Whether debug checks are on: ``set_debug_checks``, else REFORMER_KERNELS_DEBUG."""
+    if _debug_checks is not None:
+        return _debug_checks
+    value = os.environ.get(DEBUG_ENV_VAR, "0").strip()
+    if value not in ("0", "1", ""):
+        raise ValueError(f"environment variable {DEBUG_ENV_VAR}={value!r} must be 1 (debug checks on) or 0 (off)")
+    return value == "1"
+
+
+def checks_values(like: torch.Tensor) -> bool:
+    """Whether the checks that read tensor values (ids in range, 0/1 masks) run on tensors on
+    ``like``'s device. On the CPU, yes: the values are in host memory once the op that made them
+    returned, so reading them waits for nothing and costs one pass over ids or a mask. On a GPU
+    only in debug mode (``set_debug_checks``): there each read copies to the host and waits for
+    every queued kernel, a sync per call that would stall the launch queue. Inside torch.compile,
+    never, since a read breaks the graph. Without them, bad values are caught only where a kernel
+    checks them itself (the C++ kernels' range checks)."""
+    if torch.compiler.is_compiling():
+        return False
+    return like.device.type == "cpu" or debug_checks()
 
 
 def check_mask_values(name: str, mask: torch.Tensor) -> None:
     """A padding mask is bool or holds only 0 (padding) and 1 (token): ``.bool()`` would read
     transformers' additive masks (0 / -10000) inverted and soft weights as all ones, so they are
-    refused. Reads the values, so only where ``checks_values()``. ``name`` starts the message."""
-    if mask.dtype == torch.bool or not mask.numel() or not checks_values():
+    refused. Reads the values, so only where ``checks_values(mask)``. ``name`` starts the message."""
+    if mask.dtype == torch.bool or not mask.numel() or not checks_values(mask):
         return
     if not bool(((mask == 0) | (mask == 1)).all()):
         bad = mask[(mask != 0) & (mask != 1)]
@@ -193,7 +224,7 @@ def _check_sorted_idx(fn: str, sorted_idx: object, qk: torch.Tensor, n_hashes: i
         )
     if sorted_idx.device != qk.device:
         raise ValueError(f"{fn}: sorted_idx is on {sorted_idx.device} but qk is on {qk.device}; move it")
-    if checks_values():
+    if checks_values(sorted_idx):
         low, high = torch.aminmax(sorted_idx)
         if low.item() < 0 or high.item() >= n:
             raise ValueError(
@@ -301,7 +332,9 @@ def lsh_hash(
             ``torch.manual_seed(hash_seed)`` as transformers draws them.
         n_buckets: even int, or tuple of even factors (bucket = i1 + b1 * i2 + ...).
         attention_mask: (B, L) or None; if it pads anything, padding tokens get the extra bucket
-            prod(n_buckets) and each round has prod(n_buckets) + 1 ids.
+            prod(n_buckets) and each round has prod(n_buckets) + 1 ids. The compiled backends on
+            GPU tensors count any mask as padding (finding out would be a host sync): the ids of an
+            all-ones mask then differ, their sort order does not.
         backend: see ``reformer_kernels.backends``.
 
     Returns:
@@ -340,7 +373,7 @@ def bucket_sort(buckets: torch.Tensor, num_buckets: int, *, backend: str | None 
         raise ValueError("bucket_sort: buckets must have at least one dimension (..., N), got a 0-d tensor")
     if isinstance(num_buckets, bool) or not isinstance(num_buckets, int) or num_buckets < 1:
         raise ValueError(f"bucket_sort: num_buckets must be a positive int, got {num_buckets!r}")
-    if buckets.numel() > 0 and checks_values():
+    if buckets.numel() > 0 and checks_values(buckets):
         low, high = torch.aminmax(buckets)
         if low.item() < 0 or high.item() >= num_buckets:
             raise ValueError(

@@ -929,7 +929,7 @@ class ReformerModel(ReformerPreTrainedModel):
                 raise TypeError(f"input_ids must hold integer token ids (int64), got {input_ids.dtype}; pass vectors as inputs_embeds")
             if input_ids.dim() != 2:
                 raise ValueError(f"input_ids must be (batch, seq_len), got shape {tuple(input_ids.shape)}; add a batch dimension with input_ids[None]")
-            if input_ids.numel() and functional.checks_values() and (input_ids.min() < 0 or input_ids.max() >= config.vocab_size):
+            if input_ids.numel() and functional.checks_values(input_ids) and (input_ids.min() < 0 or input_ids.max() >= config.vocab_size):
                 raise ValueError(
                     f"input_ids span [{input_ids.min().item()}, {input_ids.max().item()}] but must lie in [0, vocab_size="
                     f"{config.vocab_size}): check the tokenizer or raise config.vocab_size"
@@ -979,7 +979,7 @@ class ReformerModel(ReformerPreTrainedModel):
                     f"position_ids must be an integer tensor of shape (batch, seq_len) = {(batch, seq_len)} or (seq_len,), "
                     f"got {got}: pass torch.arange(seq_len) or leave position_ids=None"
                 )
-            if functional.checks_values() and (position_ids.min() < 0 or position_ids.max() >= config.max_position_embeddings):
+            if functional.checks_values(position_ids) and (position_ids.min() < 0 or position_ids.max() >= config.max_position_embeddings):
                 raise ValueError(
                     f"position_ids span [{position_ids.min().item()}, {position_ids.max().item()}] outside "
                     f"[0, max_position_embeddings={config.max_position_embeddings})"
@@ -1011,10 +1011,11 @@ class ReformerModel(ReformerPreTrainedModel):
         if attention_mask is None:
             attention_mask = torch.ones(batch, seq_len, dtype=torch.bool, device=device)
         attention_mask = torch.cat([attention_mask.bool(), torch.zeros(batch, padding, dtype=torch.bool, device=device)], dim=1)
-        # Padded positions are masked keys and cropped queries: any valid position id works (under
-        # torch.compile, which cannot read given ids without breaking the graph, the last one repeated).
+        # Padded positions are masked keys and cropped queries: any valid position id works (where
+        # given ids cannot be read, inside torch.compile or on a GPU without debug checks, the last
+        # one repeated).
         if default_positions or (
-            functional.checks_values() and bool((position_ids == torch.arange(seq_len, device=device)).all())
+            functional.checks_values(position_ids) and bool((position_ids == torch.arange(seq_len, device=device)).all())
         ):
             position_ids = torch.arange(padded_len, device=device).expand(batch, padded_len)
         else:
@@ -1251,7 +1252,7 @@ def _check_classification_labels(labels: torch.Tensor, problem_type: str, batch:
                 f"labels must be one class id per row ({batch},) for single_label_classification, got {labels.dtype} "
                 f"{tuple(labels.shape)}"
             )
-        if functional.checks_values():
+        if functional.checks_values(labels):
             bad = labels[(labels != IGNORE_INDEX) & ((labels < 0) | (labels >= num_labels))]
             if bad.numel():
                 raise ValueError(

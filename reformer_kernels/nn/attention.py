@@ -208,7 +208,9 @@ def _check_cached_len(module: nn.Module, hidden_states: torch.Tensor, attention_
         return seq_len
     if not _is_int(cached_len) or not 1 <= cached_len <= seq_len:
         raise ValueError(f"{type(module).__name__}: cached_len must be an int in [1, {seq_len}] (the prompt's length), got {cached_len!r}")
-    if cached_len < seq_len and (attention_mask is None or bool(attention_mask[:, cached_len:].bool().any())):
+    if cached_len < seq_len and (
+        attention_mask is None or (functional.checks_values(attention_mask) and bool(attention_mask[:, cached_len:].bool().any()))
+    ):
         raise ValueError(
             f"{type(module).__name__}: the positions past cached_len {cached_len} must be padding (attention_mask 0): "
             "pass the mask of the padded prompt, or cached_len=None to cache every position"
@@ -224,7 +226,7 @@ def _attend_window(
     chunked attention's masks (key_positions, key_valid broadcast to (..., W)): returns the output
     (..., d) and the log-sum-exp (...) of the scores."""
     scores = mask_scores(
-        query @ keys.transpose(-1, -2), torch.tensor(position, device=query.device), key_positions[..., None, :],
+        query @ keys.transpose(-1, -2), torch.full((), position, device=query.device), key_positions[..., None, :],
         key_valid[..., None, :], causal=causal, self_mask=self_mask,
     )
     lse = torch.logsumexp(scores, dim=-1, keepdim=True)

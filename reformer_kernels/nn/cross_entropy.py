@@ -76,7 +76,7 @@ def linear_cross_entropy(
     hidden, weight, bias = _check_inputs(hidden, weight, bias, labels)
     _check_int(FN, "chunk_size", chunk_size, 0)
     _check_int(FN, "ignore_index", ignore_index, -(2**63))
-    if checks_values():
+    if checks_values(labels):
         counted = labels[labels != ignore_index]
         if counted.numel() and (counted.min() < 0 or counted.max() >= weight.shape[0]):
             raise ValueError(

@@ -51,7 +51,7 @@ class AxialPositionEmbeddings(nn.Module):
                 or position_ids.dtype == torch.bool:
             got = position_ids.dtype if isinstance(position_ids, torch.Tensor) else type(position_ids).__name__
             raise TypeError(f"AxialPositionEmbeddings: position_ids must be an integer tensor (int64), got {got}")
-        if position_ids.numel() and checks_values() and (position_ids.min() < 0 or position_ids.max() >= self.max_positions):
+        if position_ids.numel() and checks_values(position_ids) and (position_ids.min() < 0 or position_ids.max() >= self.max_positions):
             raise ValueError(
                 f"AxialPositionEmbeddings: position ids span [{position_ids.min().item()}, {position_ids.max().item()}] "
                 f"but axial_pos_shape {self.axial_pos_shape} covers [0, {self.max_positions}): shorten the input or "

@@ -360,7 +360,7 @@ def test_triton_saves_inputs_and_lse_only(backend, device):
 
 
 @triton_only
-def test_triton_bad_inputs_get_the_shared_errors(backend, device):
+def test_triton_bad_inputs_get_the_shared_errors(backend, device, with_debug_checks):
     hidden, weight, bias, labels = (t if t.dtype == torch.long else t.float() for t in float64_inputs(device, 8, 10, 16))
     triton = dict(backend=backend)
     # what only this backend refuses: it computes in fp32 from 16/32-bit inputs

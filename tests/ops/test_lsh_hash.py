@@ -46,7 +46,7 @@ def check(backend, device, case):
     rotations = torch.randn(heads, head_dim, n_hashes, sum(factors) // 2).to(dtype).double()
     mask = padding_mask(case["mask"], batch, seq_len)
 
-    expected, expected_keys = reference.hash_vectors(vectors, rotations, n_buckets, mask)
+    expected, expected_keys = expected_hash(vectors, rotations, n_buckets, mask, device)
     kernel_vectors = vectors.to(device, dtype)
     buckets, num_keys = functional.lsh_hash(
         head_split(kernel_vectors) if case["head_split"] else kernel_vectors, rotations.to(device, dtype), n_buckets,
@@ -65,7 +65,31 @@ def check(backend, device, case):
     assert not (differ & ~ties).any(), f"{int((differ & ~ties).sum())} bucket ids differ away from near-ties"
 
 
+def expected_hash(vectors, rotations, n_buckets, mask, device):
+    """The reference's (buckets, num_keys), under the GPU's rule that any mask counts as padding
+    (reading whether it pads would sync): there a mask that pads nothing still adds the padding
+    bucket, so round r's ids shift by r."""
+    if mask is None or device.type == "cpu" or not mask.all():
+        return reference.hash_vectors(vectors, rotations, n_buckets, mask)
+    buckets, num_keys = reference.hash_vectors(vectors, rotations, n_buckets)
+    n_hashes = rotations.shape[2]
+    rounds = torch.arange(n_hashes).repeat_interleave(vectors.shape[2])
+    return buckets + rounds, num_keys + n_hashes
+
+
 test_fuzz, test_fuzz_slow = fuzz_tests(check, cases)
+
+
+def test_gpu_expectation_is_the_reference_that_counts_any_mask(monkeypatch):
+    """``expected_hash``'s GPU ids are the reference's where it cannot read the mask either
+    (inside torch.compile, where any mask counts too)."""
+    vectors, rotations = torch.randn(2, 2, 12, 8, dtype=torch.float64), random_rotations(2, 8, 3, (4, 2))
+    mask = torch.ones(2, 12, dtype=torch.bool)
+    expected = expected_hash(vectors, rotations, (4, 2), mask, torch.device("cuda"))
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    buckets, num_keys = reference.hash_vectors(vectors, rotations, (4, 2), mask)
+    assert num_keys == expected[1] == 3 * 9
+    assert torch.equal(buckets, expected[0])
 
 
 def lsh_hash_cpu(*args, **kwargs):
@@ -90,6 +114,9 @@ FIXED_NEAR_TIE = {torch.float32: 1e-5, torch.float16: 1e-3, torch.bfloat16: 1e-2
         (torch.float32, (4, 6), 2, "tail"),
         (torch.float16, 16, 4, "full_row"),
         (torch.bfloat16, (2, 4), 2, "tail"),
+        # more rotations than one tile of the Triton kernel's argmax holds
+        (torch.float16, 2048, 1, "tail"),
+        (torch.float32, (64, 256), 1, "none"),
     ],
 )
 def test_matches_reference_except_near_ties(backend, device, dtype, n_buckets, n_hashes, padding):
@@ -113,6 +140,29 @@ def test_matches_reference_except_near_ties(backend, device, dtype, n_buckets, n
     assert ties.float().mean() < 0.05, "too many near-ties for the comparison to mean anything"
     differ = buckets != expected
     assert not (differ & ~ties).any(), f"{int((differ & ~ties).sum())} bucket ids differ away from near-ties"
+
+
+@on_backends("cpu", "triton")
+@pytest.mark.parametrize("n_buckets", [2048, (64, 128), (2, 1024, 4)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_exact_ties_pick_the_first_maximum(backend, device, n_buckets, dtype):
+    """Small integer vectors and rotations make every rotated value exact in every dtype and tie
+    often, within a tile of the Triton kernel's argmax, across its tiles and between xR and -xR: the
+    bucket must be the first maximum of [xR, -xR], as the reference's torch.argmax picks it, for
+    any number of buckets."""
+    skip_if_interpreter_lacks(backend, dtype)
+    batch, heads, seq_len, head_dim, n_hashes = 2, 1, 24, 16, 2
+    factors = reference.bucket_factors(n_buckets)
+    vectors = torch.randint(-1, 2, (batch, heads, seq_len, head_dim), dtype=torch.float64)
+    rotations = torch.randint(-1, 2, (heads, head_dim, n_hashes, sum(factors) // 2), dtype=torch.float64)
+    mask = fixed_padding_mask("tail", batch, seq_len, torch.device("cpu"))
+    expected, expected_num_keys = reference.hash_vectors(vectors, rotations, n_buckets, mask)
+    assert near_ties(vectors, rotations, factors, 0.0).float().mean() > 0.25, "too few exact ties to test the tie-break"
+
+    buckets, num_keys = functional.lsh_hash(vectors.to(device, dtype), rotations.to(device, dtype), n_buckets,
+                                            attention_mask=mask.to(device), backend=backend)
+    assert num_keys == expected_num_keys
+    assert torch.equal(buckets.cpu(), expected), f"{int((buckets.cpu() != expected).sum())} bucket ids differ"
 
 
 @requires_extension

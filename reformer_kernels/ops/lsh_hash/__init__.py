@@ -30,8 +30,10 @@ def hash_with(op):
     def lsh_hash(vectors, rotations, n_buckets, attention_mask=None):
         factors = list(bucket_factors(n_buckets))
         # The padding bucket exists only when the mask pads something somewhere in the batch, so the
-        # kernel gets the mask only then (and the number of buckets follows).
-        pads = pads_anything(attention_mask)
+        # kernel gets the mask only then (and the number of buckets follows). Off the CPU, reading
+        # the mask would be a host sync per layer, so there any mask counts, as inside torch.compile:
+        # an empty padding bucket changes the ids but not the sort order, hence not the attention.
+        pads = attention_mask is not None and (attention_mask.device.type != "cpu" or pads_anything(attention_mask))
         buckets = op(vectors.detach(), rotations.detach(), factors, attention_mask if pads else None)
         return buckets, rotations.shape[2] * (math.prod(factors) + int(pads))
 

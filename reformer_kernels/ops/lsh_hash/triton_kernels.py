@@ -16,12 +16,12 @@ from . import hash_with
 
 @triton.jit
 def _hash_kernel(
-    X, Rotations, Mask, Factors, Buckets,
+    X, Rotations, Mask, Buckets,
     stride_xb, stride_xh, stride_xl,  # X: (B, H, L, head_dim), head_dim contiguous
     stride_rh, stride_rd, stride_rn,  # Rotations: (H, head_dim, n_hashes, R / 2), last dim contiguous
     stride_bb, stride_bh,  # Buckets: (B, H, n_hashes * L)
     stride_mb,  # Mask: (B, L)
-    seq_len, head_dim, half_rotation, n_buckets, ids_per_round,
+    seq_len, head_dim, factors, n_buckets, ids_per_round,  # factors: the bucket factors, a tuple of N_FACTORS ints
     N_FACTORS: tl.constexpr, HAS_PADDING: tl.constexpr,
     HEAD_BLOCK: tl.constexpr, ROT_BLOCK: tl.constexpr, BLOCK: tl.constexpr,
 ):
@@ -36,34 +36,51 @@ def _hash_kernel(
     cols = tl.arange(0, ROT_BLOCK)
     x = tl.load(X + b * stride_xb + h * stride_xh + pos[:, None] * stride_xl + offs_d[None, :],
                 mask=ok[:, None] & d_ok[None, :], other=0.0)
-    rot = tl.load(Rotations + h * stride_rh + hash_round * stride_rn + offs_d[:, None] * stride_rd + cols[None, :],
-                  mask=d_ok[:, None] & (cols < half_rotation)[None, :], other=0.0)
-    # fp32 tensor cores would round to tf32 and flip near-tied buckets; fp16/bf16 ignore "ieee"
-    rotated = tl.dot(x, rot, input_precision="ieee")
+    rotations = Rotations + h * stride_rh + hash_round * stride_rn + offs_d[:, None] * stride_rd
 
     # bucket = i1 + b1 * i2 + b1 * b2 * i3 ..., factor f hashed on its own slice of the rotation
     bucket = tl.zeros([BLOCK], tl.int64)
-    start = tl.full([], 0, tl.int32)
+    start = 0
     stride = tl.full([], 1, tl.int64)
     for f in tl.static_range(N_FACTORS):
-        factor = tl.load(Factors + f)
-        in_factor = ((cols >= start) & (cols < start + factor // 2))[None, :]
-        plus = tl.where(in_factor, rotated, float("-inf"))
-        minus = tl.where(in_factor, -rotated, float("-inf"))
-        # argmax over the concatenation [xR, -xR]: the first maximum wins, as torch.argmax
-        best_plus = tl.max(plus, axis=1)
-        best_minus = tl.max(minus, axis=1)
-        choice = tl.where(best_minus > best_plus, tl.argmax(minus, axis=1) - start + factor // 2,
-                          tl.argmax(plus, axis=1) - start)
+        half = factors[f] // 2
+        # argmax over the concatenation [xR, -xR], ROT_BLOCK rotations at a time, so that shared
+        # memory and registers stay bounded whatever the number of buckets: a running maximum of each
+        # half and its first index. A later tile replaces it only when strictly larger, and -xR wins
+        # only when strictly larger than xR, so the first maximum wins, as torch.argmax.
+        best_plus = tl.full([BLOCK], float("-inf"), tl.float32)
+        best_minus = tl.full([BLOCK], float("-inf"), tl.float32)
+        arg_plus = tl.zeros([BLOCK], tl.int32)
+        arg_minus = tl.zeros([BLOCK], tl.int32)
+        for tile in range(0, half, ROT_BLOCK):
+            in_factor = (tile + cols) < half
+            rot = tl.load(rotations + (start + tile + cols)[None, :], mask=d_ok[:, None] & in_factor[None, :], other=0.0)
+            # fp32 tensor cores would round to tf32 and flip near-tied buckets; fp16/bf16 ignore "ieee"
+            rotated = tl.dot(x, rot, input_precision="ieee")
+            plus = tl.where(in_factor[None, :], rotated, float("-inf"))
+            minus = tl.where(in_factor[None, :], -rotated, float("-inf"))
+            tile_plus = tl.max(plus, axis=1)
+            tile_minus = tl.max(minus, axis=1)
+            arg_plus = tl.where(tile_plus > best_plus, tile + tl.argmax(plus, axis=1), arg_plus)
+            arg_minus = tl.where(tile_minus > best_minus, tile + tl.argmax(minus, axis=1), arg_minus)
+            best_plus = tl.maximum(best_plus, tile_plus)
+            best_minus = tl.maximum(best_minus, tile_minus)
+        choice = tl.where(best_minus > best_plus, arg_minus + half, arg_plus)
         bucket += stride * choice.to(tl.int64)
-        start += factor // 2
-        stride *= factor
+        start += half
+        stride *= factors[f]
 
     if HAS_PADDING:
         keep = tl.load(Mask + b * stride_mb + pos, mask=ok, other=1)
         bucket = tl.where(keep != 0, bucket, n_buckets)
     tl.store(Buckets + b * stride_bb + h * stride_bh + hash_round * seq_len + pos, bucket + hash_round * ids_per_round,
              mask=ok)
+
+
+def rotation_block(n_buckets: list[int]) -> int:
+    """Rotations per tile of the argmax: the largest factor's half, padded to a power of two between
+    16 (the smallest tl.dot side) and 32, so that larger factors loop over tiles."""
+    return min(32, max(16, triton.next_power_of_2(max(n_buckets) // 2)))
 
 
 @torch.library.custom_op("reformer_kernels::triton_lsh_hash", mutates_args=())
@@ -76,26 +93,27 @@ def lsh_hash(
     check_dtype("lsh_hash", vectors)
     vectors, rotations = vectors.contiguous(), rotations.contiguous()
     batch, heads, seq_len, head_dim = vectors.shape
-    n_hashes, half_rotation = rotations.shape[2], rotations.shape[3]
+    n_hashes = rotations.shape[2]
     buckets_per_round = math.prod(n_buckets)
     ids_per_round = buckets_per_round + (attention_mask is not None)
     buckets = torch.empty(batch, heads, n_hashes * seq_len, dtype=torch.int64, device=vectors.device)
-    factor_sizes = torch.tensor(n_buckets, dtype=torch.int32, device=vectors.device)
     if attention_mask is None:
-        mask, stride_mb = factor_sizes, 0
+        mask, stride_mb = buckets, 0  # never read
     else:
         mask = (attention_mask != 0).to(torch.uint8).contiguous()
         stride_mb = mask.stride(0)
     block = 16 if backends.triton_interpreted() else 64
     _hash_kernel[(n_hashes * triton.cdiv(seq_len, block), heads, batch)](
-        vectors, rotations, mask, factor_sizes, buckets,
+        vectors, rotations, mask, buckets,
         vectors.stride(0), vectors.stride(1), vectors.stride(2),
         rotations.stride(0), rotations.stride(1), rotations.stride(2),
         buckets.stride(0), buckets.stride(1),
         stride_mb,
-        seq_len, head_dim, half_rotation, buckets_per_round, ids_per_round,
+        seq_len, head_dim, tuple(n_buckets), buckets_per_round, ids_per_round,
         N_FACTORS=len(n_buckets), HAS_PADDING=attention_mask is not None,
-        HEAD_BLOCK=head_block(head_dim), ROT_BLOCK=max(16, triton.next_power_of_2(half_rotation)), BLOCK=block,
+        HEAD_BLOCK=head_block(head_dim), ROT_BLOCK=rotation_block(n_buckets), BLOCK=block,
+        # fp32's "ieee" dot runs on the FMA units and spills at 4 warps (tests/ops/test_triton_compile.py)
+        num_warps=8 if vectors.dtype == torch.float32 else 4,
     )
     return buckets
 
