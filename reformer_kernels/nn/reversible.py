@@ -11,7 +11,7 @@ dropout masks and hash rotations drawn from the global generator are exactly tho
 (transformers reseeds instead and its LSH layers draw the rotations only in the forward, so their
 dropout masks differ between the two passes and the gradients are wrong.)
 
-On the CPU both passes run inside reformer_kernels' CPU memory pool (``_extension.cpu_memory_pool``):
+On the CPU both passes run inside reformer_kernels' CPU memory pool (``reformer_kernels.cpu_memory_pool``):
 each sub-layer's large temporaries reuse the blocks the previous one freed, the same shapes layer
 after layer, so the resident memory of a training step does not grow with depth although glibc's
 malloc, left to itself, fragments its heap until it does, and no page is handed back to the system
