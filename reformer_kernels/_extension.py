@@ -35,12 +35,15 @@ def cpu_memory_pool() -> Iterator[None]:
 
     The pool keeps every block it handed out when its tensor is freed (whenever and on whichever
     thread that happens) and gives it to the next tensor of the same size class, also outside the
-    context; only fresh blocks are made inside it. So a computation that allocates the same shapes
-    over and over (a training step, layer after layer) reuses resident pages instead of faulting
-    fresh zeroed ones in, and its resident memory stays at the largest set of blocks alive at once.
-    Free blocks stay cached, at most the peak of the bytes in use, until ``empty_cpu_memory_pool()``.
-    Reused blocks are not cleared, like malloc's: results do not change. The reversible layers
-    (``reformer_kernels.nn.ReversibleSequence``) run their forward and backward inside it.
+    context. Only inside it does the pool grow: outside, a large tensor with no cached block of its
+    class takes the place of the cached blocks that sat idle longest (unmapped, at least its size),
+    or comes from torch's allocator where fewer bytes are cached. Each entry into the context
+    unmaps the blocks that the last two entries did not reuse; the others stay cached until
+    ``empty_cpu_memory_pool()``. So a computation that allocates the same shapes over and over (a
+    training step, layer after layer) reuses resident pages instead of faulting fresh zeroed ones
+    in, and its resident memory does not grow with the repetitions. Reused blocks are not cleared,
+    like malloc's: results do not change. The reversible layers (``reformer_kernels.nn.ReversibleSequence``)
+    run their forward and backward inside it.
     Without the compiled extension this does nothing."""
     if _C is None:
         yield

@@ -52,6 +52,30 @@ def test_the_pool_does_not_map_fresh_blocks_outside_its_scope():
     assert inside.sum().item() == 3 * MIB, "a tensor outlives the scope its block came from"
 
 
+def test_outside_its_scope_the_pool_trades_idle_blocks_for_a_new_one():
+    _extension.empty_cpu_memory_pool()
+    with _extension.cpu_memory_pool():
+        idle = torch.empty(2 * MIB)  # 8 MiB, then cached
+    del idle
+    start = _extension.cpu_memory_pool_stats()
+    outside = torch.empty(MIB)  # 4 MiB, another class: it takes the idle block's place
+    now = _extension.cpu_memory_pool_stats()
+    assert (now["mapped"], now["unmapped"]) == (start["mapped"] + 1, start["unmapped"] + 1)
+    assert (now["cached_bytes"], now["in_use_bytes"]) == (0, start["in_use_bytes"] + outside.nbytes)
+
+
+def test_blocks_that_two_passes_did_not_reuse_are_unmapped_at_the_next():
+    _extension.empty_cpu_memory_pool()
+    with _extension.cpu_memory_pool():
+        unused = torch.empty(MIB)
+    del unused
+    cached = []
+    for _ in range(3):
+        with _extension.cpu_memory_pool():
+            cached.append(_extension.cpu_memory_pool_stats()["cached_bytes"])
+    assert cached == [4 * MIB, 4 * MIB, 0]
+
+
 def test_exit_without_enter_is_a_clear_error():
     with pytest.raises(RuntimeError, match="without a matching memory_pool_enter"):
         _extension._C.memory_pool_exit()
