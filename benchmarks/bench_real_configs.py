@@ -26,7 +26,8 @@ cnp at L = 1024, fp32, 1 repeat (a few minutes at most). --size full: cnp at 4K,
 at 4K, 16K, both workloads, fp32 and bf16-autocast, 3 repeats: this takes hours on a 2-core CPU.
 
 Each case runs in a fresh process (benchmarks/workers.py): one warm-up step, one step whose peak RSS
-is measured (workers.peak_rss_bytes: the resident memory the step adds), then --repeats timed steps,
+is measured (workers.peak_rss_bytes: the resident memory the step adds), SETTLING_STEPS untimed steps
+(the steady state of a training run), then --repeats timed steps,
 whose median is step_ms; minflt_per_step and sys_s_per_step are the minor page faults and the system
 CPU time (getrusage ru_minflt, ru_stime) of the timed steps divided by their number: a step that
 returns its memory to the system and faults it back in pays for it in both.
@@ -67,6 +68,10 @@ OURS, TRANSFORMERS, PATCHED = "reformer_kernels", "transformers", "transformers+
 COMPETITORS = (OURS, TRANSFORMERS, PATCHED)
 WORKLOADS = ("train", "infer")
 DTYPES = ("fp32", "bf16-autocast")
+# Untimed steps between the peak-RSS step and the timed ones: that step starts with freed memory
+# handed back (malloc_trim, and our CPU memory pool emptied), and the allocators take a few steps to
+# settle again (ours: 2 at cnp 16K, after which a step faults no pages in; transformers': 1).
+SETTLING_STEPS = 2
 PEAK_GFLOPS = 234.0  # DESIGN.md: fp32 register-only FMA loop on 2 Zen 4 cores (AVX-512)
 # size -> ([(model, seq_len), ...], workloads, dtypes, default repeats, layers override)
 SIZES = {
@@ -169,6 +174,8 @@ def worker(model: str, workload: str, competitor: str, dtype: str, seq_len: int,
         step = step_fn(net, workload, dtype, input_ids)
         # peak_rss_bytes' first call is the warm-up step; its second is the measured one.
         row["peak_rss_mb"] = round(peak_rss_bytes(step) / 2**20, 1)
+        for _ in range(SETTLING_STEPS):
+            step()
         start = resource.getrusage(resource.RUSAGE_SELF)
         times = time_ms(step, CPU, warmup=0, repeats=repeats)
         end = resource.getrusage(resource.RUSAGE_SELF)
