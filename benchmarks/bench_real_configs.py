@@ -26,9 +26,11 @@ cnp at L = 1024, fp32, 1 repeat (a few minutes at most). --size full: cnp at 4K,
 at 4K, 16K, both workloads, fp32 and bf16-autocast, 3 repeats: this takes hours on a 2-core CPU.
 
 Each case runs in a fresh process (benchmarks/workers.py): one warm-up step, one step whose peak RSS
-is measured (workers.peak_rss_bytes: the resident memory the step adds), then --repeats timed steps,
-whose median is step_ms; minflt_per_step is the minor page faults (getrusage ru_minflt) of the timed
-steps divided by their number.
+is measured (workers.peak_rss_bytes: the resident memory the step adds), SETTLING_STEPS untimed steps
+(the steady state of a training run), then --repeats timed steps,
+whose median is step_ms; minflt_per_step and sys_s_per_step are the minor page faults and the system
+CPU time (getrusage ru_minflt, ru_stime) of the timed steps divided by their number: a step that
+returns its memory to the system and faults it back in pays for it in both.
 
 FLOPs (benchmarks/flops.reformer_lm): 2 x multiply-adds of every matrix product, per layer the attention
 projections (LSH: shared qk + v; local: q, k, v), output projection, the two feed-forward products and
@@ -66,6 +68,10 @@ OURS, TRANSFORMERS, PATCHED = "reformer_kernels", "transformers", "transformers+
 COMPETITORS = (OURS, TRANSFORMERS, PATCHED)
 WORKLOADS = ("train", "infer")
 DTYPES = ("fp32", "bf16-autocast")
+# Untimed steps between the peak-RSS step and the timed ones: that step starts with freed memory
+# handed back (malloc_trim, and our CPU memory pool emptied), and the allocators take a few steps to
+# settle again (ours: 2 at cnp 16K, after which a step faults no pages in; transformers': 1).
+SETTLING_STEPS = 2
 PEAK_GFLOPS = 234.0  # DESIGN.md: fp32 register-only FMA loop on 2 Zen 4 cores (AVX-512)
 # size -> ([(model, seq_len), ...], workloads, dtypes, default repeats, layers override)
 SIZES = {
@@ -75,10 +81,10 @@ SIZES = {
 }
 COLUMNS = (
     "suite", "model", "op", "competitor", "dtype", "batch", "heads", "head_dim", "seq_len", "n_hashes", "layers",
-    "step_ms", "step_ms_min", "step_ms_max", "peak_rss_mb", "minflt_per_step", "gflop", "gflop_per_s",
+    "step_ms", "step_ms_min", "step_ms_max", "peak_rss_mb", "minflt_per_step", "sys_s_per_step", "gflop", "gflop_per_s",
     "fraction_of_peak", "time_ratio_vs_transformers", "rss_ratio_vs_transformers", "status", "error",
 )
-SHOWN = ("model", "seq_len", "op", "dtype", "competitor", "step_ms", "peak_rss_mb", "minflt_per_step", "gflop_per_s",
+SHOWN = ("model", "seq_len", "op", "dtype", "competitor", "step_ms", "peak_rss_mb", "minflt_per_step", "sys_s_per_step", "gflop_per_s",
          "fraction_of_peak", "time_ratio_vs_transformers", "rss_ratio_vs_transformers", "status")
 
 
@@ -168,9 +174,13 @@ def worker(model: str, workload: str, competitor: str, dtype: str, seq_len: int,
         step = step_fn(net, workload, dtype, input_ids)
         # peak_rss_bytes' first call is the warm-up step; its second is the measured one.
         row["peak_rss_mb"] = round(peak_rss_bytes(step) / 2**20, 1)
-        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        for _ in range(SETTLING_STEPS):
+            step()
+        start = resource.getrusage(resource.RUSAGE_SELF)
         times = time_ms(step, CPU, warmup=0, repeats=repeats)
-        row["minflt_per_step"] = round((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / len(times), 1)
+        end = resource.getrusage(resource.RUSAGE_SELF)
+        row["minflt_per_step"] = round((end.ru_minflt - start.ru_minflt) / len(times), 1)
+        row["sys_s_per_step"] = round((end.ru_stime - start.ru_stime) / len(times), 3)
         record_times(row, "step", times)
         work = model_flops(fields, seq_len)[0 if workload == "infer" else 1]
         rate = work / (row["step_ms"] / 1e3) / 1e9

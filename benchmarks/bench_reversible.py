@@ -18,8 +18,10 @@ optimizer's and the C++ kernels' scratch included; on the GPU it is the peak of 
 allocator's bytes in use during one step (max_memory_allocated), which counts every tensor.
 
 Two memory rows per case, because glibc's malloc keeps freed blocks resident: op "train_step" is
-the step above under the default malloc (the RSS a user sees: ours hands freed heap pages back
-between sub-layers, see reformer_kernels.nn.reversible), op "train_step_live_memory" is the same step, untimed, in a process run with
+the step above under the default malloc (the RSS a user sees: ours runs its reversible layers in
+its CPU memory pool, which reuses each layer's blocks for the next, see reformer_kernels.nn.reversible;
+the measured step starts with the pool emptied, so the blocks it needs are counted), op
+"train_step_live_memory" is the same step, untimed, in a process run with
 MALLOC_MMAP_THRESHOLD_=131072, where every block of 128 KiB or more is its own mapping, unmapped
 when freed, so the peak RSS follows the bytes actually alive at once (CPU only: the GPU's peak
 already counts live bytes). And one time row per mode of ours, op "train_step_interleaved":

@@ -36,10 +36,14 @@ def _resident_kib(field: str) -> int:
 def peak_rss_bytes(fn) -> int:
     """Peak resident memory that one call of ``fn`` adds to this process, measured on a second
     call: the first one pays one-time costs (thread pools, BLAS buffers), and handing the freed
-    heap back to the system afterwards (malloc_trim) keeps the second from reusing it unseen."""
+    heap and the CPU memory pool's cached blocks back to the system afterwards (malloc_trim,
+    empty_cpu_memory_pool) keeps the second from reusing them unseen."""
+    from reformer_kernels import _extension
+
     fn()
     gc.collect()
     ctypes.CDLL("libc.so.6").malloc_trim(0)
+    _extension.empty_cpu_memory_pool()
     before = _resident_kib("VmRSS")
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # resets VmHWM to the current resident size

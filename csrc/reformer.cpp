@@ -5,9 +5,7 @@
 
 #include <string>
 
-#ifdef __GLIBC__
-#include <malloc.h>
-#endif
+#include "cpu/memory_pool.h"
 
 // The module object only exists so that `import reformer_kernels._C` loads the library and runs
 // the registrations below; it also says whether CUDA was compiled in.
@@ -19,33 +17,18 @@ static PyObject* with_cuda(PyObject*, PyObject*) {
 #endif
 }
 
-// glibc's malloc keeps freed blocks of up to its (dynamic, up to 32 MiB) mmap threshold in the
-// heap, resident, and a freed block next to a tiny one still in use (posix_memalign's leftovers
-// sit in the thread cache) is not merged with its free neighbours; so temporaries whose sizes vary
-// from layer to layer land on fresh pages and the resident set grows with depth. malloc_trim(0)
-// hands every free page of every arena back to the system. Returns whether this C library has it
-// (glibc); elsewhere it does nothing.
-static PyObject* release_free_heap(PyObject*, PyObject*) {
-#ifdef __GLIBC__
-  Py_BEGIN_ALLOW_THREADS
-  malloc_trim(0);
-  Py_END_ALLOW_THREADS
-  Py_RETURN_TRUE;
-#else
-  Py_RETURN_FALSE;
-#endif
-}
-
 static PyMethodDef methods[] = {
     {"with_cuda", with_cuda, METH_NOARGS, "Whether the CUDA kernels were compiled in."},
-    {"release_free_heap", release_free_heap, METH_NOARGS,
-     "Return the free pages of malloc's heap to the system (glibc's malloc_trim); whether it could."},
     {nullptr, nullptr, 0, nullptr},
 };
 
 extern "C" PyObject* PyInit__C(void) {
   static PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", "reformer_kernels compiled kernels", -1, methods};
-  return PyModule_Create(&module);
+  PyObject* created = PyModule_Create(&module);
+  if (created != nullptr && reformer_kernels::add_memory_pool_functions(created) != 0) {
+    Py_CLEAR(created);
+  }
+  return created;
 }
 
 TORCH_LIBRARY(reformer_kernels, m) {

@@ -2,9 +2,12 @@
 
 The public surface: ``reformer_kernels.functional`` (ops), ``reformer_kernels.nn`` (modules),
 ``reformer_kernels.models`` (HF-compatible Reformer models), the tokenizers, backend selection
-(``use_backend``), the debug checks on GPU tensors (``set_debug_checks``) and ``info()``.
+(``use_backend``), the debug checks on GPU tensors (``set_debug_checks``), ``info()``, and the
+CPU memory pool the reversible layers train in (``cpu_memory_pool``, ``empty_cpu_memory_pool``,
+``cpu_memory_pool_stats``).
 """
 from . import _extension, backends, functional, models, nn, ops
+from ._extension import cpu_memory_pool, cpu_memory_pool_stats, empty_cpu_memory_pool
 from ._info import info
 from .backends import current_backend, use_backend
 from .functional import debug_checks, set_debug_checks
@@ -28,8 +31,11 @@ __version__ = "0.1.0"
 __all__ = [
     "__version__",
     "backends",
+    "cpu_memory_pool",
+    "cpu_memory_pool_stats",
     "current_backend",
     "debug_checks",
+    "empty_cpu_memory_pool",
     "functional",
     "info",
     "models",

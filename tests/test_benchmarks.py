@@ -475,6 +475,7 @@ def test_real_configs_tiny_writes_every_column_and_every_row_is_ok(tmp_path):
         assert row["status"] == "ok", row["error"]
         assert (row["model"], row["seq_len"], row["layers"], row["dtype"]) == ("cnp", "256", "2", "fp32")
         assert float(row["step_ms"]) > 0 and float(row["peak_rss_mb"]) >= 0 and float(row["minflt_per_step"]) >= 0
+        assert float(row["sys_s_per_step"]) >= 0
         assert float(row["fraction_of_peak"]) == pytest.approx(float(row["gflop_per_s"]) / 100, abs=2e-3)
         assert float(row["time_ratio_vs_transformers"]) > 0
     assert {float(r["time_ratio_vs_transformers"]) for r in rows if r["competitor"] == "transformers"} == {1.0}

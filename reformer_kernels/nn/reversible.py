@@ -11,9 +11,11 @@ dropout masks and hash rotations drawn from the global generator are exactly tho
 (transformers reseeds instead and its LSH layers draw the rotations only in the forward, so their
 dropout masks differ between the two passes and the gradients are wrong.)
 
-On the CPU both passes hand the heap pages that a sub-layer's temporaries freed back to the system
-after each sub-layer (``_release_freed``); otherwise, under glibc's default malloc, the peak
-resident memory of a training step grows with depth although the live bytes do not.
+On the CPU both passes run inside reformer_kernels' CPU memory pool (``reformer_kernels.cpu_memory_pool``):
+each sub-layer's large temporaries reuse the blocks the previous one freed, the same shapes layer
+after layer, so the resident memory of a training step does not grow with depth although glibc's
+malloc, left to itself, fragments its heap until it does, and no page is handed back to the system
+and faulted in again (measured: benchmarks/bench_reversible.py).
 
 The residual connections, with the hidden dropout on the sub-layer's output, are one op
 (``functional.dropout_add``): one kernel on every backend for the forward's add and one for the
@@ -29,7 +31,8 @@ the block, so they run those hooks themselves (``_fsdp_state``). Those are FSDP2
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterable, Iterator
+import functools
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 from torch import nn
@@ -94,16 +97,14 @@ def _replay(
         yield
 
 
-def _release_freed(x: torch.Tensor) -> None:
-    """After a sub-layer on the CPU: return the heap pages its temporaries freed to the system
-    (malloc_trim). glibc's mmap threshold rises to the size of each large block freed (up to
-    32 MiB), so after the first step every activation-sized tensor lives in the heap, and freed
-    blocks stay resident there; a freed block next to a tiny one still in use (the leftovers of
-    torch's 64-byte-aligned posix_memalign, kept in malloc's thread cache) does not merge with its
-    free neighbour, so the next layer's temporaries often fit no hole, take fresh pages at the top,
-    and the resident set grows by tens of MB per layer (measured: benchmarks/bench_reversible.py)."""
-    if x.device.type == "cpu":
-        _extension.release_free_heap()
+def _pooled(run: Callable[..., Any]) -> Callable[..., Any]:
+    """Run a pass of the reversible function inside the CPU memory pool (see the module docstring)."""
+    @functools.wraps(run)
+    def pooled(*args: Any) -> Any:
+        with _extension.cpu_memory_pool():
+            return run(*args)
+
+    return pooled
 
 
 def _collecting(attentions: list[torch.Tensor] | None) -> dict[str, list[torch.Tensor]]:
@@ -153,6 +154,7 @@ def _param_grads(
 
 class _ReversibleFunction(torch.autograd.Function):
     @staticmethod
+    @_pooled
     def forward(
         ctx: Any, x1: torch.Tensor, x2: torch.Tensor, blocks: list[ReversibleBlock], kwargs: dict,
         hidden_states: list[torch.Tensor] | None, attentions: list[torch.Tensor] | None, *params: torch.Tensor,
@@ -167,10 +169,8 @@ class _ReversibleFunction(torch.autograd.Function):
                 (x1, x2), _ = fsdp._pre_forward(block, (x1, x2), {})
             attention_state = _rng_state(devices)
             x1 = block.residual(x1, block.attention(x2, **kwargs, **_collecting(attentions)))
-            _release_freed(x1)
             feed_forward_state = _rng_state(devices)
             x2 = block.residual(x2, block.feed_forward(x1))
-            _release_freed(x2)
             rng_states.append((attention_state, feed_forward_state))
             if fsdp is not None:
                 x1, x2 = fsdp._post_forward(block, (x1, x2), (x1, x2))
@@ -183,6 +183,7 @@ class _ReversibleFunction(torch.autograd.Function):
 
     @staticmethod
     @torch.autograd.function.once_differentiable
+    @_pooled
     def backward(ctx: Any, grad_y1: torch.Tensor, grad_y2: torch.Tensor):
         # detached: saved outputs lead back into this backward, the reconstruction must not
         y1, y2 = (y.detach() for y in ctx.saved_tensors)
@@ -199,7 +200,6 @@ class _ReversibleFunction(torch.autograd.Function):
         # loop carries the negated gradients -dL/dy1, -dL/dy2, which reach each sub-layer with the
         # right sign, and negates twice in all instead of twice per layer.
         neg_grad_y1, neg_grad_y2 = -grad_y1, -grad_y2
-        _release_freed(y1)  # what the plain-autograd backward above this one freed
         for block, (attention_state, feed_forward_state) in zip(reversed(ctx.blocks), reversed(ctx.rng_states)):
             fsdp = _fsdp_state(block)
             into_grad = _holds_fsdp(block)
@@ -211,7 +211,6 @@ class _ReversibleFunction(torch.autograd.Function):
                     x2 = block.residual(y2, block.feed_forward(y1), subtract=True)
                 g_params = _trainable(block.feed_forward)
                 grad_from_g, grads = _param_grads(x2, y1, g_params, neg_grad_y2, into_grad=into_grad)
-            _release_freed(x2)
             accumulate(g_params, grads)
             neg_grad_y1 = neg_grad_y1 - grad_from_g
             x2 = x2.detach()
@@ -221,7 +220,6 @@ class _ReversibleFunction(torch.autograd.Function):
                     x1 = block.residual(y1.detach(), block.attention(x2, **ctx.kwargs), subtract=True)
                 f_params = _trainable(block.attention)
                 grad_from_f, grads = _param_grads(x1, x2, f_params, neg_grad_y1, into_grad=into_grad)
-            _release_freed(x1)
             accumulate(f_params, grads)
             if fsdp is not None:
                 fsdp._fsdp_param_group.post_backward()  # reduce-scatters the .grad just accumulated, reshards

@@ -1,9 +1,5 @@
 """ReversibleSequence: the memory-saving backward gives plain autograd's gradients, dropout
 included, and saves the same bytes for 12 layers as for 1."""
-import os
-import platform
-import subprocess
-import sys
 import warnings
 
 import pytest
@@ -203,50 +199,3 @@ def test_torch_checkpoint_elsewhere_gives_the_same_gradients(region):
     # The comparison can fail: without checkpoint's RNG replay the recomputed dropout masks differ.
     _, grads_unreplayed = checkpointed_gradients(model, preprocess, embeddings, weights, region, preserve_rng_state=False)
     assert relative_error(grads_unreplayed["input"], grads_plain["input"]) > 1e-3
-
-
-def test_cpu_sub_layers_hand_freed_heap_back(monkeypatch):
-    """The reversible pass hands malloc's free heap back after every sub-layer it runs on the CPU, the
-    forward's and the backward's of each reversible block (the last block runs plain autograd), and
-    once before its backward starts (after the last block's plain backward)."""
-    from reformer_kernels import _extension
-
-    calls = []
-    monkeypatch.setattr(_extension, "release_free_heap", lambda: calls.append(1) or True)
-    model = tiny_model(["lsh", "local", "lsh"], 0.0)
-    ids = torch.randint(0, TINY["vocab_size"], (1, TINY["axial_pos_shape"][0] * TINY["axial_pos_shape"][1]))
-    out = model(input_ids=ids).last_hidden_state
-    assert len(calls) == 2 * 2
-    out.sum().backward()
-    assert len(calls) == 4 * 2 + 1
-
-
-@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="malloc_trim is glibc's; elsewhere the call does nothing")
-def test_release_free_heap_returns_freed_heap_pages():
-    """In a fresh process whose glibc thresholds are pinned (so the heap layout does not depend on what
-    `import torch` allocated or on the machine): sixteen 4 MiB tensors come from the heap, a live tensor
-    above them stops the heap from shrinking, so freeing them keeps their 64 MiB resident until
-    release_free_heap hands the pages back."""
-    script = """
-import torch
-from reformer_kernels import _extension
-def rss_mib():
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
-start = rss_mib()
-blocks = [torch.ones(2**20) for _ in range(16)]
-above = torch.ones(2**16)
-del blocks
-before = rss_mib()
-assert _extension.release_free_heap()
-print(before - start, before - rss_mib())
-"""
-    tunables = "glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=4294967296"
-    env = dict(os.environ, GLIBC_TUNABLES=tunables)
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, env=env)
-    assert done.returncode == 0, done.stderr
-    kept, released = map(float, done.stdout.strip().splitlines()[-1].split())
-    assert released >= 48, (
-        f"release_free_heap handed back {released:.1f} MiB of the 64 MiB freed under {tunables} "
-        f"({kept:.1f} MiB had stayed resident after the free)"
-    )

@@ -1,0 +1,188 @@
+"""The CPU memory pool (reformer_kernels._extension.cpu_memory_pool) and what the reversible layers get
+from it: a training step reuses the blocks of the step before, so after the first steps it faults
+no pages in and its peak resident memory does not grow with depth; and no result changes."""
+import contextlib
+import json
+import os
+import platform
+import subprocess
+import sys
+import warnings
+
+import pytest
+import torch
+
+from reformer_kernels import _extension, models
+from tests.marks import requires_extension
+from tests.models.hf_reference import TINY
+
+pytestmark = requires_extension
+MIB = 2**20
+# Tensors of a few MiB, above the pool's 1 MiB floor, at a length that still trains in well under a second.
+SEQ_LEN = 4096
+WIDE = dict(TINY, hidden_size=64, attention_head_size=32, feed_forward_size=128, max_position_embeddings=SEQ_LEN,
+            axial_pos_shape=[64, 64], axial_pos_embds_dim=[32, 32], lsh_attn_chunk_length=64, local_attn_chunk_length=64,
+            is_decoder=True)
+
+
+def test_a_freed_block_is_reused_for_the_next_tensor_of_its_size_class():
+    with _extension.cpu_memory_pool():
+        first = torch.empty(MIB)  # 4 MiB
+        block = first.data_ptr()
+        del first
+        again = torch.empty(MIB - 100)  # a little smaller: the same size class
+        assert again.data_ptr() == block
+        del again
+    # Outside the scope a cached block is still taken: the last layer and the loss reuse the pool's.
+    outside = torch.empty(MIB)
+    assert outside.data_ptr() == block
+
+
+def test_the_pool_does_not_map_fresh_blocks_outside_its_scope():
+    _extension.empty_cpu_memory_pool()
+    start = _extension.cpu_memory_pool_stats()
+    outside = torch.empty(3 * MIB)  # nothing cached: the previous allocator's
+    assert _extension.cpu_memory_pool_stats() == start
+    with _extension.cpu_memory_pool():
+        inside = torch.ones(3 * MIB)
+    now = _extension.cpu_memory_pool_stats()
+    assert now["mapped"] == start["mapped"] + 1 and now["in_use_bytes"] == start["in_use_bytes"] + inside.nbytes
+    del outside
+    assert _extension.cpu_memory_pool_stats() == now
+    assert inside.sum().item() == 3 * MIB, "a tensor outlives the scope its block came from"
+
+
+def test_outside_its_scope_the_pool_trades_idle_blocks_for_a_new_one():
+    _extension.empty_cpu_memory_pool()
+    with _extension.cpu_memory_pool():
+        idle = torch.empty(2 * MIB)  # 8 MiB, then cached
+    del idle
+    start = _extension.cpu_memory_pool_stats()
+    outside = torch.empty(MIB)  # 4 MiB, another class: it takes the idle block's place
+    now = _extension.cpu_memory_pool_stats()
+    assert (now["mapped"], now["unmapped"]) == (start["mapped"] + 1, start["unmapped"] + 1)
+    assert (now["cached_bytes"], now["in_use_bytes"]) == (0, start["in_use_bytes"] + outside.nbytes)
+
+
+def test_blocks_that_two_passes_did_not_reuse_are_unmapped_at_the_next():
+    _extension.empty_cpu_memory_pool()
+    with _extension.cpu_memory_pool():
+        unused = torch.empty(MIB)
+    del unused
+    cached = []
+    for _ in range(3):
+        with _extension.cpu_memory_pool():
+            cached.append(_extension.cpu_memory_pool_stats()["cached_bytes"])
+    assert cached == [4 * MIB, 4 * MIB, 0]
+
+
+def test_exit_without_enter_is_a_clear_error():
+    with pytest.raises(RuntimeError, match="without a matching memory_pool_enter"):
+        _extension._C.memory_pool_exit()
+
+
+def wide_model(layers):
+    config = models.ReformerConfig(**WIDE, attn_layers=(["local", "lsh"] * layers)[:layers])
+    return models.ReformerModelWithLMHead(config).train()
+
+
+def training_gradients(model, ids):
+    model.zero_grad()
+    torch.manual_seed(3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # dropout's reference fallback, where it warns
+        model(input_ids=ids, labels=ids).loss.backward()
+    return {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+
+def test_reversible_gradients_are_bit_identical_with_and_without_the_pool(monkeypatch):
+    """float64, dropout on: fresh (zeroed) blocks, reused blocks that hold the previous step's values,
+    and no pool at all give the same bits; a kernel that read memory it did not write would differ."""
+    torch.manual_seed(0)
+    config = dict(WIDE, hidden_dropout_prob=0.1, local_attention_probs_dropout_prob=0.1)
+    model = models.ReformerModelWithLMHead(models.ReformerConfig(**config, attn_layers=["local", "lsh", "local"]))
+    model = model.double().train()
+    ids = torch.randint(0, TINY["vocab_size"], (1, SEQ_LEN))
+    _extension.empty_cpu_memory_pool()
+    fresh = training_gradients(model, ids)
+    reused = _extension.cpu_memory_pool_stats()["reused"]
+    again = training_gradients(model, ids)
+    assert _extension.cpu_memory_pool_stats()["reused"] > reused, "the second step must run on reused blocks"
+    monkeypatch.setattr(_extension, "cpu_memory_pool", contextlib.nullcontext)
+    _extension.empty_cpu_memory_pool()
+    without = training_gradients(model, ids)
+    for name, grad in fresh.items():
+        assert torch.equal(again[name], grad) and torch.equal(without[name], grad), name
+
+
+# Run in a fresh process with glibc's malloc thresholds pinned (every block of 128 KiB or more is its
+# own mapping, returned to the system when freed), so that what malloc keeps or returns depends
+# neither on what `import torch` allocated nor on the machine. It prints, per run, the pool's bytes
+# (in use + cached) after the training steps and the minor faults of the last step; the last run
+# is the deep model again with the reversible layers kept out of the pool, for comparison.
+DEPTH_SCRIPT = """
+import contextlib, json, resource, warnings
+import torch
+from reformer_kernels import _extension
+from tests.nn.test_memory import SEQ_LEN, wide_model
+warnings.simplefilter("ignore")
+pooled = _extension.cpu_memory_pool
+results = []
+for layers, pool in ((3, pooled), (7, pooled), (7, contextlib.nullcontext)):
+    _extension.cpu_memory_pool = pool
+    _extension.empty_cpu_memory_pool()
+    torch.manual_seed(0)
+    model = wide_model(layers)
+    ids = torch.randint(0, 50, (1, SEQ_LEN))
+    optimizer = torch.optim.AdamW(model.parameters())
+    for _ in range(4):  # the pool settles within the first steps
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        optimizer.zero_grad()
+        model(input_ids=ids, labels=ids).loss.backward()
+        optimizer.step()
+    stats = _extension.cpu_memory_pool_stats()
+    results.append(dict(layers=layers, pool_bytes=stats["in_use_bytes"] + stats["cached_bytes"],
+                        faults=resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults))
+print(json.dumps(results))
+"""
+
+
+@pytest.mark.skipif(platform.system() != "Linux", reason="glibc tunables")
+def test_training_steps_reuse_memory_instead_of_faulting_it_in_whatever_the_depth():
+    """Deterministic measures: the pool holds the same bytes for 7 layers as for 3 (each layer reuses
+    the blocks of the one before; both depths have local and LSH layers in the reversible part), and
+    a steady-state training step of the 7-layer model faults in under a tenth of the pages the same
+    step faults in when its reversible layers do not reuse memory (each of them then maps its
+    temporaries afresh, thousands of pages per layer)."""
+    tunables = "glibc.malloc.mmap_threshold=131072:glibc.malloc.trim_threshold=131072"
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = dict(os.environ, GLIBC_TUNABLES=tunables, PYTHONPATH=root)
+    done = subprocess.run([sys.executable, "-c", DEPTH_SCRIPT], capture_output=True, text=True, timeout=600, env=env,
+                          cwd=root)
+    assert done.returncode == 0, done.stderr
+    shallow, deep, unpooled = json.loads(done.stdout.strip().splitlines()[-1])
+    assert deep["pool_bytes"] <= 1.05 * shallow["pool_bytes"], (shallow, deep)
+    assert unpooled["pool_bytes"] == 0 and deep["faults"] < unpooled["faults"] / 10, (deep, unpooled)
+
+
+@pytest.mark.skipif(platform.system() != "Linux", reason="reads /proc/self/status")
+def test_emptying_the_pool_returns_its_free_blocks_to_the_system():
+    script = """
+import torch
+from reformer_kernels import _extension
+def rss_mib():
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
+start = rss_mib()
+with _extension.cpu_memory_pool():
+    blocks = [torch.ones(2**20) for _ in range(16)]
+del blocks
+cached = rss_mib()
+released = _extension.empty_cpu_memory_pool()
+print(cached - start, cached - rss_mib(), released / 2**20)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    kept, returned, released = map(float, done.stdout.strip().splitlines()[-1].split())
+    assert kept >= 60 and released == 64, f"the 64 MiB freed stay cached ({kept:.1f} MiB resident, {released} MiB emptied)"
+    assert returned >= 60, f"emptying the pool handed back only {returned:.1f} MiB of the 64 MiB cached"
