@@ -1,5 +1,6 @@
 import contextlib
 import os
+import tempfile
 import traceback
 import warnings
 from pathlib import Path
@@ -9,6 +10,13 @@ import torch
 
 import reformer_kernels
 from reformer_kernels import functional
+
+# torch.compile's on-disk caches (inductor's compiled graphs, keyed by the traced graph and torch's
+# version, not by our ops' schemas) can hold code compiled against another build of this package
+# and call its ops with arguments they no longer take; each test session compiles into a folder of
+# its own, removed at exit (the processes the tests start inherit it).
+_COMPILE_CACHE = tempfile.TemporaryDirectory(prefix="reformer-kernels-inductor-")
+os.environ["TORCHINDUCTOR_CACHE_DIR"] = _COMPILE_CACHE.name
 
 SYNC_CHECK_ENV_VAR = "REFORMER_KERNELS_SYNC_CHECK"
 PACKAGE = Path(reformer_kernels.__file__).parent
