@@ -58,7 +58,7 @@ def ours(bpe_dir):
 
 @pytest.fixture(scope="module")
 def both(ours, bpe_dir):
-    transformers = pytest.importorskip("transformers")
+    import transformers
     return ours, transformers.ReformerTokenizer.from_pretrained(str(bpe_dir), **LOAD_KWARGS)
 
 
@@ -324,7 +324,7 @@ def test_random_text_around_special_tokens_matches_transformers(both, parts):
 
 
 def test_our_folder_loads_in_transformers(bpe_dir, tmp_path):
-    transformers = pytest.importorskip("transformers")
+    import transformers
     ours = ReformerTokenizer.from_pretrained(bpe_dir, model_max_length=4096, padding_side="left", **LOAD_KWARGS)
     files = ours.save_pretrained(tmp_path)
     assert sorted(os.path.basename(f) for f in files) == ["special_tokens_map.json", "spiece.model", "tokenizer_config.json"]
@@ -340,7 +340,7 @@ def test_our_folder_loads_in_transformers(bpe_dir, tmp_path):
 
 
 def test_transformers_folder_loads_in_ours(bpe_dir, tmp_path):
-    transformers = pytest.importorskip("transformers")
+    import transformers
     hf = transformers.ReformerTokenizer.from_pretrained(str(bpe_dir), additional_special_tokens=["<mask>", "<cls>"])
     hf.add_special_tokens({"pad_token": "[PAD]"})  # added after the others: its id comes from tokenizer.json
     hf.save_pretrained(str(tmp_path))
@@ -355,7 +355,7 @@ def test_transformers_folder_loads_in_ours(bpe_dir, tmp_path):
 
 
 def test_bare_spiece_folder_loads_in_both(bpe_dir, tmp_path):
-    transformers = pytest.importorskip("transformers")
+    import transformers
     (tmp_path / "spiece.model").write_bytes((bpe_dir / "spiece.model").read_bytes())
     ours = ReformerTokenizer.from_pretrained(tmp_path)
     hf = transformers.ReformerTokenizer.from_pretrained(str(tmp_path))
@@ -382,7 +382,7 @@ def test_from_pretrained_overrides_and_reads_transformers_style_config(bpe_dir, 
 
 
 def test_difference_unigram_segmentation(tmp_path):
-    transformers = pytest.importorskip("transformers")
+    import transformers
     ReformerTokenizer.train(ENGLISH, vocab_size=400, model_type="unigram", progress=False).save_pretrained(tmp_path)
     ours = ReformerTokenizer.from_pretrained(tmp_path)
     hf = transformers.ReformerTokenizer.from_pretrained(str(tmp_path))
@@ -394,7 +394,7 @@ def test_difference_unigram_segmentation(tmp_path):
 
 
 def test_difference_user_defined_symbols(tmp_path):
-    transformers = pytest.importorskip("transformers")
+    import transformers
     tok = ReformerTokenizer.train(ENGLISH, vocab_size=300, user_defined_symbols=["<ud>"], progress=False)
     _spiece_only(tok, tmp_path)
     sp = sentencepiece.SentencePieceProcessor(model_file=str(tmp_path / "spiece.model"))
@@ -412,7 +412,7 @@ def test_difference_user_defined_symbols(tmp_path):
 
 
 def test_difference_pieces_across_spaces(tmp_path):
-    transformers = pytest.importorskip("transformers")
+    import transformers
     tok = ReformerTokenizer.train(ENGLISH, vocab_size=600, split_by_whitespace=False, progress=False)
     _spiece_only(tok, tmp_path)
     ours = ReformerTokenizer.from_pretrained(tmp_path)
@@ -431,7 +431,7 @@ def test_difference_pieces_across_spaces(tmp_path):
 
 
 def test_overlapping_special_tokens_match_longest_first(bpe_dir):
-    transformers = pytest.importorskip("transformers")
+    import transformers
     kwargs = {"additional_special_tokens": ["<x>", "<x><y>", "<y>", "<y", "▁q▁z"]}
     ours = ReformerTokenizer.from_pretrained(bpe_dir, **kwargs)
     hf = transformers.ReformerTokenizer.from_pretrained(str(bpe_dir), **kwargs)
@@ -453,7 +453,7 @@ def test_difference_stacked_combining_marks(both, bpe_dir):
 
 
 def test_difference_pad_token_setter(bpe_dir):
-    transformers = pytest.importorskip("transformers")
+    import transformers
     ours = ReformerTokenizer.from_pretrained(bpe_dir)
     hf = transformers.ReformerTokenizer.from_pretrained(str(bpe_dir))
     ours.pad_token = hf.pad_token = "<newpad>"

@@ -1,12 +1,11 @@
 """Shared helpers for the tests that compare our models with transformers' (the oracle)."""
 import warnings
 
-import pytest
 import torch
 
 from reformer_kernels import models
 
-transformers = pytest.importorskip("transformers")
+import transformers
 transformers.utils.logging.set_verbosity_error()
 
 TINY = dict(

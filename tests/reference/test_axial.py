@@ -4,7 +4,6 @@ import itertools
 import pytest
 import torch
 
-pytest.importorskip("transformers")
 from transformers import ReformerConfig  # noqa: E402
 from transformers.models.reformer.modeling_reformer import AxialPositionEmbeddings  # noqa: E402
 

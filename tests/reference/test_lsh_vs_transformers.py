@@ -3,7 +3,6 @@ same hidden states -> same buckets, same sort, same attention output."""
 import pytest
 import torch
 
-pytest.importorskip("transformers")
 from transformers import ReformerConfig  # noqa: E402
 from transformers.models.reformer.modeling_reformer import LocalSelfAttention, LSHSelfAttention  # noqa: E402
 

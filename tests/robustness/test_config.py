@@ -72,7 +72,7 @@ def test_unused_layer_type_fields_may_be_none_as_in_transformers_tests():
 
 
 def test_transformers_configs_are_accepted():
-    transformers = pytest.importorskip("transformers")
+    import transformers
     # transformers' ReformerModelTester (local): lsh_* None, and 512 positions over a 4 x 8 axial shape.
     tester = dict(vocab_size=32, hidden_size=32, num_attention_heads=2, attention_head_size=16, feed_forward_size=32,
                   hidden_act="gelu", hidden_dropout_prob=0.1, local_attention_probs_dropout_prob=0.1,
