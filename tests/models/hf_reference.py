@@ -2,10 +2,10 @@
 import warnings
 
 import torch
+import transformers
 
 from reformer_kernels import models
 
-import transformers
 transformers.utils.logging.set_verbosity_error()
 
 TINY = dict(

@@ -2,10 +2,9 @@
 import json
 
 import pytest
+import transformers
 
 from reformer_kernels.models import ReformerConfig
-
-import transformers
 
 TINY = dict(hidden_size=16, attention_head_size=8, num_attention_heads=2, feed_forward_size=32, vocab_size=50,
             axial_pos_shape=[8, 8], axial_pos_embds_dim=[8, 8], max_position_embeddings=64)
