@@ -45,7 +45,7 @@ from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import DTensor
 
 from . import report
-from .workers import CPU, peak_rss_bytes
+from .workers import CPU, LIVE_MEMORY_ENV, peak_rss_bytes
 
 SUITE = "fsdp"
 SIZES = {
@@ -53,10 +53,6 @@ SIZES = {
     "full": dict(hidden=1024, heads=16, layers=8, vocab=2000, seq_len=1024),
 }
 WORLD_SIZES = (1, 2, 4)
-# glibc's malloc keeps freed blocks resident; with this every block of 128 KiB or more is its own
-# mapping, unmapped when freed, so the peak resident memory follows the bytes alive at once (as in
-# bench_reversible).
-LIVE_MEMORY_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072"}
 COLUMNS = ("mode", "world_size", "params", "state_mb", "peak_rss_mb", "live_peak_mb", "step_ms", "threads", "size",
            "layers", "hidden", "vocab", "seq_len", "steps")
 SHOWN = ("mode", "world_size", "params", "state_mb", "peak_rss_mb", "live_peak_mb", "step_ms", "threads")

@@ -48,11 +48,10 @@ import torch
 from . import competitors as c
 from . import report
 from .harness import Case, add_speedups, blank_row, record_failure, record_times, time_ms
-from .workers import measure_step, per_case_environment, run_in_fresh_process
+from .workers import LIVE_MEMORY_ENV, measure_step, per_case_environment, run_in_fresh_process
 
 SUITE = "reversible"
 TIMED_OP, LIVE_MEMORY_OP, INTERLEAVED_OP = "train_step", "train_step_live_memory", "train_step_interleaved"
-LIVE_MEMORY_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072"}
 SIZES = {"small": (1024, [1, 2, 6]), "full": (4096, [1, 2, 6, 12])}
 SHAPE = dict(batch=1, heads=4, head_dim=64, n_hashes=2, chunk_len=64, causal=True, dtype=torch.float32)
 VOCAB = 320

@@ -23,6 +23,10 @@ from . import report
 from .harness import ERROR, OK, Case, Prepared, blank_row, peak_memory_bytes, record_failure, record_times, time_ms
 
 CPU = torch.device("cpu")
+# The environment of a worker whose peak resident memory should follow the bytes alive at once:
+# glibc's malloc keeps freed blocks resident; with this every block of 128 KiB or more is its own
+# mapping, unmapped when freed.
+LIVE_MEMORY_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072"}
 
 
 def _resident_kib(field: str) -> int:
