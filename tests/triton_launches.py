@@ -1,15 +1,18 @@
 """Triton launches recorded instead of run, for the tests that check what a launch would compile
-(tests/ops/test_triton_compile.py) or that the launchers' host code reads no tensor value
-(tests/test_no_host_sync.py), on a machine without a GPU."""
+(tests/ops/test_triton_compile.py), which precision its dots get (tests/ops/test_triton_dot_precision.py)
+or that the launchers' host code reads no tensor value (tests/test_no_host_sync.py), on a machine
+without a GPU; benchmarks/bench_traffic.py counts the bytes the recorded launches move."""
 import contextlib
 from unittest import mock
 
-import pytest
+import torch
 from triton.runtime.autotuner import Autotuner
 from triton.runtime.interpreter import InterpretedFunction
 from triton.runtime.jit import JITFunction
 
 from reformer_kernels import backends
+from reformer_kernels.ops.local_attention import triton_kernels as triton_local_attention
+from reformer_kernels.ops.lsh_attention import triton_kernels as triton_lsh_attention
 
 
 @contextlib.contextmanager
@@ -23,6 +26,51 @@ def recorded_launches():
         launches.append((kernel, args, kwargs))
 
     with mock.patch.object(JITFunction, "run", record), mock.patch.object(Autotuner, "run", record), \
-            mock.patch.object(InterpretedFunction, "run", record), pytest.MonkeyPatch.context() as patch:
-        patch.setattr(backends, "triton_interpreted", lambda: False)
+            mock.patch.object(InterpretedFunction, "run", record), \
+            mock.patch.object(backends, "triton_interpreted", lambda: False):
         yield launches
+
+
+def launched_function(kernel) -> JITFunction:
+    """The jitted function behind a recorded launch's kernel (an autotuner wraps one)."""
+    return kernel.fn if isinstance(kernel, Autotuner) else kernel
+
+
+@contextlib.contextmanager
+def tf32_matmuls(enabled: bool = True):
+    """torch.backends.cuda.matmul.allow_tf32 set to ``enabled`` inside the block, restored after
+    through the same (legacy) API, so that torch's getters do not see a mix of old and new APIs."""
+    matmul = torch.backends.cuda.matmul
+    before = matmul.allow_tf32
+    matmul.allow_tf32 = enabled
+    try:
+        yield
+    finally:
+        matmul.allow_tf32 = before
+
+
+# A Philox key as functional draws one: a uint64 seed as int64 (its top bit set) and an offset.
+DROPOUT_SEED, DROPOUT_OFFSET = -(2**62) - 5, 8
+
+
+def lsh_attention_launches(dtype, head_dim, chunk_len):
+    """The LSH op's forward (attention, then the round combination) and backward as a layer
+    launches them: head-split views, causal, padding mask, attention dropout (the variant with every
+    code path; the others compile subsets of it)."""
+    batch, heads, seq_len, n_hashes, before, after = 2, 4, 4 * chunk_len, 2, 1, 0
+    qk, v = (torch.randn(batch, seq_len, heads, head_dim, dtype=dtype).transpose(1, 2) for _ in range(2))
+    sorted_idx = torch.arange(n_hashes * seq_len).expand(batch, heads, -1).contiguous()
+    mask = torch.ones(batch, seq_len, dtype=torch.bool)
+    config = (n_hashes, chunk_len, before, after, True, mask, 0.1, DROPOUT_SEED, DROPOUT_OFFSET)
+    out, lse = triton_lsh_attention.lsh_attention_fwd(qk, v, sorted_idx, *config)
+    triton_lsh_attention.lsh_attention_bwd(torch.randn_like(out), lse, qk, v, sorted_idx, out, lse, *config)
+
+
+def local_attention_launches(dtype, head_dim, chunk_len):
+    """The local op's forward and backward, as ``lsh_attention_launches``."""
+    batch, heads, seq_len, before, after = 2, 4, 4 * chunk_len, 1, 1
+    q, k, v = (torch.randn(batch, seq_len, heads, head_dim, dtype=dtype).transpose(1, 2) for _ in range(3))
+    mask = torch.ones(batch, seq_len, dtype=torch.bool)
+    config = (chunk_len, before, after, True, mask, 0.1, DROPOUT_SEED, DROPOUT_OFFSET)
+    out, lse = triton_local_attention.local_attention_fwd(q, k, v, *config)
+    triton_local_attention.local_attention_bwd(torch.randn_like(out), q, k, v, out, lse, *config)

@@ -14,8 +14,12 @@ q and window entry e is the Philox stream keyed by (dropout_seed, dropout_offset
 (``reference/dropout.py``), the same bits as the cpu and reference backends; the backward
 regenerates it, so no mask exists in memory.
 
-Every tl.dot asks for input_precision="ieee": fp32 inputs must not silently drop to tf32 on tensor
-cores (the fp32 tolerance rule is tight); fp16/bf16 inputs ignore the option.
+Every tl.dot takes its input_precision from the constexpr DOT_PRECISION that the launchers pass
+(``triton_utils.dot_precision``): fp32 inputs follow torch's own fp32 matmuls, full-precision
+"ieee" products on the FMA units by default, TF32 tensor cores once
+``torch.backends.cuda.matmul.allow_tf32`` is True (or ``torch.set_float32_matmul_precision("high")``),
+which rounds q, k, p and the gradients to 10 mantissa bits inside each dot (the scores then err by
+about 5e-4 relative, fp32's tolerance no longer holds); fp16/bf16 inputs use tensor cores either way.
 """
 import math
 from typing import Optional
@@ -29,7 +33,7 @@ from ..reference.chunked import mask_values
 from ..reference.dropout import keep_threshold
 from ..reference.lsh_attention import RMS_EPS
 from .dropout_add.triton_kernels import philox_keep
-from .triton_utils import head_block, warp_configs
+from .triton_utils import dot_precision, head_block, warp_configs
 
 # Jitted code may read module globals only when they are constexpr.
 _RMS_EPS = tl.constexpr(RMS_EPS)
@@ -116,7 +120,8 @@ def _dropout_keep(seed, philox_offset, threshold, row_first, cols, drop_scale):
     return tl.where(philox_keep(seed, philox_offset, row_first[:, None] + cols[None, :], threshold), drop_scale, 0.0)
 
 
-@triton.autotune(configs=warp_configs(), key=["chunk_len", "HEAD_BLOCK", "BLOCK", "LSH", "CAUSAL", "HAS_MASK", "DROPOUT"])
+@triton.autotune(configs=warp_configs(), key=["chunk_len", "HEAD_BLOCK", "BLOCK", "LSH", "CAUSAL", "HAS_MASK", "DROPOUT",
+                                                "DOT_PRECISION"])
 @triton.jit(do_not_specialize=["dropout_seed", "dropout_offset"])
 def attention_fwd_kernel(
     Q, K, V, SortedIdx, Mask, Out, Lse,
@@ -127,7 +132,7 @@ def attention_fwd_kernel(
     seq_len, n_slots, chunk_len, n_chunks_before, window, head_dim,
     key_scale, mask_value, self_mask_value, dropout_seed, dropout_offset, dropout_threshold, drop_scale,
     LSH: tl.constexpr, CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, DROPOUT: tl.constexpr,
-    HEAD_BLOCK: tl.constexpr, BLOCK: tl.constexpr,
+    HEAD_BLOCK: tl.constexpr, BLOCK: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     pid = tl.program_id(0)
     h = tl.program_id(1).to(tl.int64)
@@ -164,7 +169,7 @@ def attention_fwd_kernel(
         in_window, k_pos, k_real, k, v = _window_keys(K, V, SortedIdx, start + offs, first_chunk, window, chunk_len,
                                                      n_chunks, seq_len, offs_d, d_ok, stride_xl, head_dim, key_scale,
                                                      LSH)
-        s = tl.dot(q, tl.trans(k), input_precision="ieee")
+        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
         s, _ = _masked_scores(s, q_pos, k_pos, k_real, in_window, b, Mask, stride_mb, mask_value, self_mask_value,
                               LSH, CAUSAL, HAS_MASK)
         # online softmax: rescale what was accumulated to the new running max
@@ -175,7 +180,7 @@ def attention_fwd_kernel(
         if DROPOUT:  # the normalizer (and lse) count every key, the output only the kept ones
             p = p * _dropout_keep(dropout_seed, dropout_offset, dropout_threshold, (bh_slot + q_slot) * n_keys,
                                   start + offs, drop_scale)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision="ieee")
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
         m_i = m_new
 
     out_row = q_index if LSH else q_pos
@@ -185,7 +190,8 @@ def attention_fwd_kernel(
     tl.store(Lse + b * stride_sb + h * stride_sh + out_row, m_i + tl.log(l_i), mask=q_real)
 
 
-@triton.autotune(configs=warp_configs(), key=["chunk_len", "HEAD_BLOCK", "BLOCK", "LSH", "CAUSAL", "HAS_MASK", "DROPOUT"])
+@triton.autotune(configs=warp_configs(), key=["chunk_len", "HEAD_BLOCK", "BLOCK", "LSH", "CAUSAL", "HAS_MASK", "DROPOUT",
+                                                "DOT_PRECISION"])
 @triton.jit(do_not_specialize=["dropout_seed", "dropout_offset"])
 def attention_bwd_kernel(
     Q, K, V, SortedIdx, Mask, DOut, RoundWeight, Lse, Delta, DQ, DK, DV,
@@ -196,7 +202,7 @@ def attention_bwd_kernel(
     seq_len, n_slots, chunk_len, n_chunks_before, n_chunks_after, head_dim,
     key_scale, mask_value, self_mask_value, dropout_seed, dropout_offset, dropout_threshold, drop_scale,
     LSH: tl.constexpr, CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, DROPOUT: tl.constexpr,
-    HEAD_BLOCK: tl.constexpr, BLOCK: tl.constexpr,
+    HEAD_BLOCK: tl.constexpr, BLOCK: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Gradients for BLOCK slots of one chunk, each slot once as a key (stage 1) and once as a query
     (stage 2). Every gradient row is summed inside one program in a fixed order: no atomics, so
@@ -257,12 +263,12 @@ def attention_bwd_kernel(
         do = do.to(v.dtype)
         lse = tl.load(Lse + q_row, mask=q_real, other=0.0)
         delta = tl.load(Delta + q_row, mask=q_real, other=0.0)
-        s = tl.dot(q, tl.trans(k), input_precision="ieee")
+        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
         s, replaced = _masked_scores(s, q_pos, own_pos, own_real, own_ok, b, Mask, stride_mb, mask_value,
                                      self_mask_value, LSH, CAUSAL, HAS_MASK)
         p = tl.where(q_real[:, None], tl.exp(s - lse[:, None]), 0.0)
         kept = p
-        dp = tl.dot(do, tl.trans(v), input_precision="ieee")
+        dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
         if DROPOUT:
             # these queries' chunk sees this block's keys as its window's chunk number
             # window - 1 - e // chunk_len (the queries run over the window backwards)
@@ -271,10 +277,10 @@ def attention_bwd_kernel(
                                  drop_scale)
             kept = p * keep
             dp = dp * keep
-        dv += tl.dot(tl.trans(kept.to(v.dtype)), do, input_precision="ieee")
+        dv += tl.dot(tl.trans(kept.to(v.dtype)), do, input_precision=DOT_PRECISION)
         ds = p * (dp - delta[:, None])
         ds = tl.where(replaced, 0.0, ds)
-        dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision="ieee")
+        dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=DOT_PRECISION)
 
     # chain rule through the key: k = x * inv_rms * key_scale (LSH), k = x * key_scale (local)
     dk = dk * key_scale
@@ -296,17 +302,17 @@ def attention_bwd_kernel(
         in_window, k_pos, k_real, k, v_keys = _window_keys(K, V, SortedIdx, start + offs, first_chunk, window, chunk_len,
                                                      n_chunks, seq_len, offs_d, d_ok, stride_xl, head_dim, key_scale,
                                                      LSH)
-        s = tl.dot(q, tl.trans(k), input_precision="ieee")
+        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
         s, replaced = _masked_scores(s, own_pos, k_pos, k_real, in_window, b, Mask, stride_mb, mask_value,
                                      self_mask_value, LSH, CAUSAL, HAS_MASK)
         p = tl.where(own_real[:, None], tl.exp(s - lse[:, None]), 0.0)
-        dp = tl.dot(do, tl.trans(v_keys), input_precision="ieee")
+        dp = tl.dot(do, tl.trans(v_keys), input_precision=DOT_PRECISION)
         if DROPOUT:
             dp = dp * _dropout_keep(dropout_seed, dropout_offset, dropout_threshold, (bh_slot + own_slot) * n_keys,
                                     start + offs, drop_scale)
         ds = p * (dp - delta[:, None])
         ds = tl.where(replaced, 0.0, ds)
-        dq += tl.dot(ds.to(k.dtype), k, input_precision="ieee")
+        dq += tl.dot(ds.to(k.dtype), k, input_precision=DOT_PRECISION)
 
     grad_offsets = b * stride_gb + h * stride_gh + own_row[:, None] * stride_gl + offs_d[None, :]
     if LSH:
@@ -344,13 +350,14 @@ def _launch_arguments(q: torch.Tensor, op: str, n_slots: int, chunk_len: int, ls
                       dropout: tuple[float, int, int]) -> tuple[tuple, tuple, dict, tuple[int, int, int]]:
     """What the forward and backward launches share: the padding mask and its batch stride, the
     scalars (key_scale, mask_value, self_mask_value, then the dropout ones of ``dropout_args``), the
-    tile and the grid."""
+    constexprs (the tile and the dots' precision) and the grid."""
     batch, heads, _, head_dim = q.shape
     mask, stride_mb = keep_mask_arg(attention_mask, q)
     mask_value, self_mask_value = mask_values(q.dtype)
     tile = tiles(chunk_len, head_dim, q.dtype)
     scalars = (1.0 / math.sqrt(head_dim), mask_value, self_mask_value if lsh else 0.0, *dropout_args(op, dropout))
-    return (mask, stride_mb), scalars, tile, chunk_grid(n_slots, chunk_len, batch, heads, tile)
+    constexprs = dict(tile, DOT_PRECISION=dot_precision(q.dtype))
+    return (mask, stride_mb), scalars, constexprs, chunk_grid(n_slots, chunk_len, batch, heads, tile)
 
 
 def attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sorted_idx: Optional[torch.Tensor],
@@ -364,7 +371,7 @@ def attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sorted_
     dropout_offset)."""
     lsh = sorted_idx is not None
     window = n_chunks_before + 1 + n_chunks_after
-    (mask, stride_mb), scalars, tile, grid = _launch_arguments(q, op, n_slots, chunk_len, lsh, attention_mask, dropout)
+    (mask, stride_mb), scalars, constexprs, grid = _launch_arguments(q, op, n_slots, chunk_len, lsh, attention_mask, dropout)
     attention_fwd_kernel[grid](
         q, k, v, sorted_idx if lsh else lse, mask, out, lse,
         q.stride(0), q.stride(1), q.stride(2),
@@ -374,7 +381,7 @@ def attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sorted_
         q.shape[2], n_slots, chunk_len, n_chunks_before, window, q.shape[3],
         *scalars,
         LSH=lsh, CAUSAL=causal, HAS_MASK=attention_mask is not None, DROPOUT=dropout[0] > 0.0,
-        **tile,
+        **constexprs,
     )
 
 
@@ -388,7 +395,7 @@ def attention_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sorted
     and ``delta`` (B, H, rows). LSH when ``sorted_idx`` is given (then k is q, grad_k is grad_q, and
     ``round_weight`` (B, H, rows) scales each round's upstream gradient), else local."""
     lsh = sorted_idx is not None
-    (mask, stride_mb), scalars, tile, grid = _launch_arguments(q, op, n_slots, chunk_len, lsh, attention_mask, dropout)
+    (mask, stride_mb), scalars, constexprs, grid = _launch_arguments(q, op, n_slots, chunk_len, lsh, attention_mask, dropout)
     attention_bwd_kernel[grid](
         q, k, v, sorted_idx if lsh else lse, mask, grad_out, round_weight if lsh else lse, lse, delta, grad_q,
         grad_k, grad_v,
@@ -399,5 +406,5 @@ def attention_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sorted
         q.shape[2], n_slots, chunk_len, n_chunks_before, n_chunks_after, q.shape[3],
         *scalars,
         LSH=lsh, CAUSAL=causal, HAS_MASK=attention_mask is not None, DROPOUT=dropout[0] > 0.0,
-        **tile,
+        **constexprs,
     )

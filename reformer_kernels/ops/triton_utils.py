@@ -1,5 +1,5 @@
 """Helpers that every Triton kernel family of the ops shares: the autotune list, the dtypes the
-kernels take and the padded head dim. Imports triton, so only the Triton kernel modules import it
+kernels take, the padded head dim and the precision of fp32 dots. Imports triton, so only the Triton kernel modules import it
 (they load when ``backends`` first needs a Triton kernel)."""
 import torch
 import triton
@@ -28,3 +28,23 @@ def check_dtype(op: str, tensor: torch.Tensor) -> None:
 def head_block(head_dim: int) -> int:
     """head_dim padded to the next power of two (at least 16, the smallest tl.dot side)."""
     return max(16, triton.next_power_of_2(head_dim))
+
+
+def dot_precision(dtype: torch.dtype) -> str:
+    """The ``input_precision`` of the kernels' tl.dot for inputs of ``dtype``, read on the host at
+    launch (a Python flag, no sync) and passed as the constexpr DOT_PRECISION: "tf32" when the
+    inputs are fp32 and torch lets its own fp32 matmuls use TF32 tensor cores
+    (``torch.backends.cuda.matmul.allow_tf32 = True``, ``torch.set_float32_matmul_precision("high")``
+    or ``"medium"``, or ``torch.backends.cuda.matmul.fp32_precision = "tf32"``), else "ieee": full
+    fp32 products on the FMA units, torch's default. TF32 keeps 10 mantissa bits of each operand
+    (relative error about 5e-4 per product instead of 6e-8). fp16/bf16 inputs always get "ieee",
+    which their tensor-core dots ignore, so that the flag never compiles a second 16-bit variant."""
+    if dtype != torch.float32:
+        return "ieee"
+    matmul = torch.backends.cuda.matmul
+    try:
+        # every API above sets this one; allow_tf32 raises once the old and new APIs are mixed
+        tf32 = matmul.fp32_precision == "tf32"
+    except AttributeError:  # torch before fp32_precision: only the legacy flag exists
+        tf32 = matmul.allow_tf32
+    return "tf32" if tf32 else "ieee"

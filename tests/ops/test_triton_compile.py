@@ -6,8 +6,9 @@ tensor-core instructions would otherwise wait for a GPU machine. Each test calls
 launcher on CPU tensors laid out as a GPU run lays them out, recording its launches instead of
 running them (tests/triton_launches.py); each recorded launch is then
 specialized by Triton's own binder (pointer and int divisibility by 16, ints equal to 1), for
-every config its autotuner can choose, and compiled with Triton's ptxas for the target. The cubin's
-resources come from Triton's cuobjdump. A compile that does not finish within COMPILE_LIMIT_S
+every config its autotuner can choose, and compiled with Triton's ptxas for the target; fp32
+compiles twice, as launched by default and with torch.backends.cuda.matmul.allow_tf32 (TF32
+dots). The cubin's resources come from Triton's cuobjdump. A compile that does not finish within COMPILE_LIMIT_S
 fails (a guard against ptxas hanging, as it did on the untiled 2048-bucket hash; not a speed check)."""
 import contextlib
 import re
@@ -28,10 +29,9 @@ from triton.runtime.jit import create_function_from_signature
 from reformer_kernels import backends
 from reformer_kernels.ops.dropout_add import triton_kernels as triton_reversible
 from reformer_kernels.ops.linear_cross_entropy import triton_kernels as triton_cross_entropy
-from reformer_kernels.ops.local_attention import triton_kernels as triton_local_attention
-from reformer_kernels.ops.lsh_attention import triton_kernels as triton_lsh_attention
 from reformer_kernels.ops.lsh_hash import triton_kernels as triton_hashing
-from tests.triton_launches import recorded_launches
+from tests.triton_launches import (launched_function, local_attention_launches, lsh_attention_launches, recorded_launches,
+                                   tf32_matmuls)
 
 pytestmark = [
     pytest.mark.slow,
@@ -39,7 +39,11 @@ pytestmark = [
 ]
 
 ARCHS = (80, 90)
-DTYPES = [torch.float16, torch.bfloat16, torch.float32]
+# (dtype, torch.backends.cuda.matmul.allow_tf32): fp32 compiles its default full-precision ("ieee")
+# dots and, with TF32 allowed, its tensor-core variant.
+PRECISIONS = [pytest.param((dtype, tf32), id=str(dtype) + ("-tf32" if tf32 else ""))
+              for dtype, tf32 in ((torch.float16, False), (torch.bfloat16, False), (torch.float32, False),
+                                  (torch.float32, True))]
 # Most dynamic shared memory one block may use (bytes): A100 (sm_80), H100 (sm_90).
 SHARED_MEMORY = {80: 166912, 90: 232448}
 COMPILE_LIMIT_S = 60
@@ -81,7 +85,7 @@ def compile_launch(kernel, args: tuple, kwargs: dict, arch: int) -> list[Variant
     autotuner (every config it can choose)."""
     target = GPUTarget("cuda", arch, 32)
     backend = make_backend(target)
-    fn = kernel.fn if isinstance(kernel, Autotuner) else kernel
+    fn = launched_function(kernel)
     configs = [config.all_kwargs() for config in kernel.configs] if isinstance(kernel, Autotuner) else [{}]
     variants = []
     for config in configs:
@@ -108,24 +112,27 @@ def inspect_cubin(compiled, name: str, arch: int, config: dict) -> Variant:
                    len(re.findall(r"\bHMMA\.", dump)), len(re.findall(r"\bHGMMA\.", dump)))
 
 
-def compile_op(arch: int, call) -> list[Variant]:
-    """Every variant that ``call()`` (an op's launcher on CPU tensors) would compile for sm_<arch>."""
-    with recorded_launches() as launches:
+def compile_op(arch: int, call, tf32: bool = False) -> list[Variant]:
+    """Every variant that ``call()`` (an op's launcher on CPU tensors) would compile for sm_<arch>,
+    with torch.backends.cuda.matmul.allow_tf32 = ``tf32`` while it launches."""
+    with tf32_matmuls(tf32), recorded_launches() as launches:
         call()
     assert launches, "the call launched no Triton kernel"
     return [variant for launch in launches for variant in compile_launch(*launch, arch)]
 
 
-def check_variants(variants: list[Variant], dtype: torch.dtype, *, without_dots: tuple[str, ...] = ()) -> None:
-    """Every variant within its arch's shared memory and, for fp16/bf16, with tensor-core
-    instructions: HMMA on sm_80; HGMMA or HMMA on sm_90 (Triton picks wgmma where the tile and warps
-    allow it, mma.sync elsewhere). Kernels named in ``without_dots`` have no tl.dot."""
+def check_variants(variants: list[Variant], dtype: torch.dtype, tf32: bool = False, *,
+                   without_dots: tuple[str, ...] = ()) -> None:
+    """Every variant within its arch's shared memory and, for fp16/bf16 and for fp32 launched with
+    ``tf32`` allowed, with tensor-core instructions: HMMA on sm_80; HGMMA or HMMA on sm_90 (Triton
+    picks wgmma where the tile and warps allow it, mma.sync elsewhere). Kernels named in
+    ``without_dots`` have no tl.dot."""
     for variant in variants:
         print(variant)
         assert variant.shared_bytes <= SHARED_MEMORY[variant.arch], f"{variant}: more shared memory than sm_{variant.arch} has"
-        if dtype != torch.float32 and variant.name not in without_dots:
+        if (dtype != torch.float32 or tf32) and variant.name not in without_dots:
             tensor_core = variant.hmma if variant.arch == 80 else variant.hmma + variant.hgmma
-            assert tensor_core > 0, f"{variant}: no tensor-core instruction for its {dtype} dots"
+            assert tensor_core > 0, f"{variant}: no tensor-core instruction for its {dtype} dots (tf32 {tf32})"
 
 
 # Spills in variants that launch, measured on 2026-12-05 with this test (Triton 3.8.0) after
@@ -194,8 +201,10 @@ KNOWN_SPILLS: dict[tuple, int] = {
 
 def check_spills(variants: list[Variant], dtype: torch.dtype, case: tuple = (), *, fp32: bool = False) -> None:
     """No spills beyond KNOWN_SPILLS[(*case, kernel, arch, num_warps)]. fp32 variants are bounded
-    only where ``fp32``: elsewhere their ieee dots run on the FMA units out of registers (no tensor
-    cores), and their spills are reported, not bounded."""
+    only where ``fp32``: elsewhere they are reported, not bounded. Their ieee dots run on the FMA
+    units out of registers; their tf32 dots (allow_tf32) on tensor cores, whose fp32 operands take
+    twice the registers of fp16's in tiles sized for fp16 (the 4-warp LSH backward at head_dim 64
+    and the 64-slot tile spilled 1152 B on sm_80 in tf32, 816 B in fp16)."""
     if dtype == torch.float32 and not fp32:
         return
     for variant in variants:
@@ -205,54 +214,30 @@ def check_spills(variants: list[Variant], dtype: torch.dtype, case: tuple = (), 
         assert key not in KNOWN_SPILLS or variant.stack_bytes > 0, f"{variant} no longer spills: drop it from KNOWN_SPILLS"
 
 
-# A Philox key as functional draws one: a uint64 seed as int64 (its top bit set) and an offset.
-DROPOUT_SEED, DROPOUT_OFFSET = -(2**62) - 5, 8
-
-
-def lsh_attention_launches(dtype, head_dim, chunk_len):
-    """The LSH op's forward (attention, then the round combination) and backward as a layer
-    launches them: head-split views, causal, padding mask, attention dropout (the variant with every
-    code path; the others compile subsets of it)."""
-    batch, heads, seq_len, n_hashes, before, after = 2, 4, 4 * chunk_len, 2, 1, 0
-    qk, v = (torch.randn(batch, seq_len, heads, head_dim, dtype=dtype).transpose(1, 2) for _ in range(2))
-    sorted_idx = torch.arange(n_hashes * seq_len).expand(batch, heads, -1).contiguous()
-    mask = torch.ones(batch, seq_len, dtype=torch.bool)
-    config = (n_hashes, chunk_len, before, after, True, mask, 0.1, DROPOUT_SEED, DROPOUT_OFFSET)
-    out, lse = triton_lsh_attention.lsh_attention_fwd(qk, v, sorted_idx, *config)
-    triton_lsh_attention.lsh_attention_bwd(torch.randn_like(out), lse, qk, v, sorted_idx, out, lse, *config)
-
-
-def local_attention_launches(dtype, head_dim, chunk_len):
-    """The local op's forward and backward, as ``lsh_attention_launches``."""
-    batch, heads, seq_len, before, after = 2, 4, 4 * chunk_len, 1, 1
-    q, k, v = (torch.randn(batch, seq_len, heads, head_dim, dtype=dtype).transpose(1, 2) for _ in range(3))
-    mask = torch.ones(batch, seq_len, dtype=torch.bool)
-    config = (chunk_len, before, after, True, mask, 0.1, DROPOUT_SEED, DROPOUT_OFFSET)
-    out, lse = triton_local_attention.local_attention_fwd(q, k, v, *config)
-    triton_local_attention.local_attention_bwd(torch.randn_like(out), q, k, v, out, lse, *config)
-
-
 @pytest.mark.parametrize("arch", ARCHS)
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("precision", PRECISIONS)
 @pytest.mark.parametrize("head_dim", [32, 64, 128])
 @pytest.mark.parametrize("chunk_len", [64, 32, 16])  # the three tiles (BLOCK) the launchers pick
 @pytest.mark.parametrize("op", ["lsh", "local"])
-def test_attention_kernels_compile(arch, dtype, head_dim, chunk_len, op):
+def test_attention_kernels_compile(arch, precision, head_dim, chunk_len, op):
     """Forward and backward (and LSH's round combination), at every autotune config, within the
-    arch's shared memory, with tensor cores for fp16/bf16 and no spills beyond KNOWN_SPILLS."""
+    arch's shared memory, with tensor cores for fp16/bf16 and tf32 and, for fp16/bf16, no spills
+    beyond KNOWN_SPILLS."""
+    dtype, tf32 = precision
     launches = lsh_attention_launches if op == "lsh" else local_attention_launches
-    variants = compile_op(arch, lambda: launches(dtype, head_dim, chunk_len))
-    check_variants(variants, dtype, without_dots=("_combine_rounds_kernel",))
+    variants = compile_op(arch, lambda: launches(dtype, head_dim, chunk_len), tf32)
+    check_variants(variants, dtype, tf32, without_dots=("_combine_rounds_kernel",))
     check_spills(variants, dtype, (op, dtype, head_dim, chunk_len))
 
 
 # The Reformer's LM head has D = 2 * hidden: 512 for crime-and-punishment, 2048 for enwik8.
 @pytest.mark.parametrize("arch", ARCHS)
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("precision", PRECISIONS)
 @pytest.mark.parametrize("dim", [512, 2048])
-def test_cross_entropy_kernels_compile(arch, dtype, dim):
+def test_cross_entropy_kernels_compile(arch, precision, dim):
     """Forward and both backward kernels as the op launches them (with a bias), at every autotune
-    config: shared memory, tensor cores for fp16/bf16, no spills for fp16/bf16."""
+    config: shared memory, tensor cores and no spills for fp16/bf16 and tf32."""
+    dtype, tf32 = precision
     n_tokens, vocab_size = 300, 1000
     hidden, weight, bias = torch.randn(n_tokens, dim, dtype=dtype), torch.randn(vocab_size, dim, dtype=dtype), \
         torch.randn(vocab_size, dtype=dtype)
@@ -264,9 +249,9 @@ def test_cross_entropy_kernels_compile(arch, dtype, dim):
         triton_cross_entropy.linear_cross_entropy_grad_hidden(*grads, hidden, weight, bias, labels, lse, -100)
         triton_cross_entropy.linear_cross_entropy_grad_weight(*grads, hidden, weight, bias, labels, lse, -100)
 
-    variants = compile_op(arch, launches)
-    check_variants(variants, dtype)
-    check_spills(variants, dtype)
+    variants = compile_op(arch, launches, tf32)
+    check_variants(variants, dtype, tf32)
+    check_spills(variants, dtype, fp32=tf32)  # the tf32 variants spill nothing either
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -286,17 +271,18 @@ def test_dropout_add_kernel_compiles(arch):
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("precision", PRECISIONS)
 @pytest.mark.parametrize("n_buckets", [[64], [2048], [64, 128]], ids=str)
 @pytest.mark.parametrize("head_dim", [64, 128])
-def test_hash_kernel_compiles_for_any_number_of_buckets(arch, dtype, n_buckets, head_dim):
+def test_hash_kernel_compiles_for_any_number_of_buckets(arch, precision, n_buckets, head_dim):
     """The rotation is tiled: 2048 buckets need no more shared memory or registers than 64 did, in
     every dtype (fp32 took over 10 minutes in ptxas and 2048 fp16 buckets 278 KB of shared memory
     before), with padding as the layers launch it."""
+    dtype, tf32 = precision
     batch, heads, seq_len, n_hashes = 2, 4, 1024, 2
     vectors = torch.randn(batch, seq_len, heads, head_dim, dtype=dtype).transpose(1, 2)  # head-split, as a layer gives it
     rotations = torch.randn(heads, head_dim, n_hashes, sum(n_buckets) // 2, dtype=dtype)
     mask = torch.ones(batch, seq_len, dtype=torch.bool)
-    variants = compile_op(arch, lambda: triton_hashing.lsh_hash(vectors, rotations, n_buckets, mask))
-    check_variants(variants, dtype)
+    variants = compile_op(arch, lambda: triton_hashing.lsh_hash(vectors, rotations, n_buckets, mask), tf32)
+    check_variants(variants, dtype, tf32)
     check_spills(variants, dtype, fp32=True)

@@ -16,8 +16,11 @@ in order (``segments``). So every run gives the same bits.
 The mean over counted tokens is torch's sum of the per-token losses (no atomics either) divided by
 their count: nan when no token counts, as torch's cross-entropy.
 
-Every tl.dot asks for input_precision="ieee": fp32 inputs must not silently drop to tf32 on tensor
-cores (the fp32 tolerance rule is tight); fp16/bf16 inputs ignore the option.
+Every tl.dot takes its input_precision from the constexpr DOT_PRECISION (``triton_utils.dot_precision``):
+fp32 follows torch's own fp32 matmuls, full-precision "ieee" products by default, TF32 tensor cores
+once ``torch.backends.cuda.matmul.allow_tf32`` is True (or ``torch.set_float32_matmul_precision("high")``),
+which rounds hidden, weight and grad_logits to 10 mantissa bits inside each dot (logits err by about
+5e-4 relative); fp16/bf16 inputs use tensor cores either way.
 """
 from typing import Optional
 
@@ -26,7 +29,7 @@ import triton
 import triton.language as tl
 
 from ... import backends
-from ..triton_utils import check_dtype, warp_configs
+from ..triton_utils import check_dtype, dot_precision, warp_configs
 
 # Output tiles (programs) a backward launch aims for before it splits its sum into segments: enough
 # to fill a GPU's SMs several times over. A constant, not the device's SM count, so that the
@@ -40,7 +43,8 @@ def forward_tiles(dtype: torch.dtype) -> dict:
     hidden dim in steps of BLOCK_D. The interpreter takes 16 so that its small tests cross every
     tile boundary. The GPU tiles are the largest whose cubins for sm_80 and sm_90 spill at most a
     few dozen bytes of registers at the better of 4 and 8 warps (cuobjdump -res-usage); fp32 dots
-    in ieee precision run on the FMA units, out of registers, so fp32 tiles are smaller."""
+    in ieee precision (the default, ``dot_precision``) run on the FMA units, out of registers, so
+    fp32 tiles are smaller."""
     if backends.triton_interpreted():
         return dict(BLOCK_N=16, BLOCK_V=16, BLOCK_D=16)
     if dtype == torch.float32:
@@ -74,7 +78,8 @@ def segments(n_blocks: int, programs: int) -> tuple[int, int]:
 
 @triton.jit
 def _logits_tile(Hidden, Weight, Bias, rows, rows_ok, cols, cols_ok, dim, stride_hn, stride_wv,
-                 HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr):
+                 HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr,
+                 DOT_PRECISION: tl.constexpr):
     """fp32 logits hidden[rows] @ weight[cols]^T + bias[cols] (BLOCK_N x BLOCK_V); -inf in the
     columns past the vocabulary, so that they vanish from every softmax."""
     offs_d = tl.arange(0, BLOCK_D)
@@ -86,7 +91,7 @@ def _logits_tile(Hidden, Weight, Bias, rows, rows_ok, cols, cols_ok, dim, stride
         d_ok = d < dim
         h = tl.load(Hidden + row_offsets + d[None, :], mask=rows_ok[:, None] & d_ok[None, :], other=0.0)
         w = tl.load(Weight + col_offsets + d[None, :], mask=cols_ok[:, None] & d_ok[None, :], other=0.0)
-        logits = tl.dot(h, tl.trans(w), logits, input_precision="ieee")
+        logits = tl.dot(h, tl.trans(w), logits, input_precision=DOT_PRECISION)
     if HAS_BIAS:
         logits += tl.load(Bias + cols, mask=cols_ok, other=0.0).to(tl.float32)[None, :]
     return tl.where(cols_ok[None, :], logits, float("-inf"))
@@ -99,7 +104,8 @@ def _grad_logits(logits, lse, cols, labels, softmax_scale, label_scale):
     return p * softmax_scale[:, None] - tl.where(cols[None, :] == labels[:, None], label_scale[:, None], 0.0)
 
 
-@triton.autotune(configs=warp_configs(), key=["dim", "vocab_size", "HAS_BIAS", "BLOCK_N", "BLOCK_V", "BLOCK_D"])
+@triton.autotune(configs=warp_configs(), key=["dim", "vocab_size", "HAS_BIAS", "BLOCK_N", "BLOCK_V", "BLOCK_D",
+                                               "DOT_PRECISION"])
 @triton.jit
 def linear_cross_entropy_fwd_kernel(
     Hidden, Weight, Bias, Labels, Losses, Lse,
@@ -107,6 +113,7 @@ def linear_cross_entropy_fwd_kernel(
     stride_wv,  # Weight: (V, D), D contiguous
     n_tokens, vocab_size, dim, ignore_index,
     HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
 ):
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     rows_ok = rows < n_tokens
@@ -118,7 +125,7 @@ def linear_cross_entropy_fwd_kernel(
         cols = start + tl.arange(0, BLOCK_V)
         cols_ok = cols < vocab_size
         logits = _logits_tile(Hidden, Weight, Bias, rows, rows_ok, cols, cols_ok, dim, stride_hn, stride_wv,
-                              HAS_BIAS, BLOCK_N, BLOCK_V, BLOCK_D)
+                              HAS_BIAS, BLOCK_N, BLOCK_V, BLOCK_D, DOT_PRECISION)
         # online softmax: rescale the running sum to the new running max
         m_new = tl.maximum(m_i, tl.max(logits, axis=1))
         l_i = l_i * tl.exp(m_i - m_new) + tl.sum(tl.exp(logits - m_new[:, None]), axis=1)
@@ -130,7 +137,7 @@ def linear_cross_entropy_fwd_kernel(
 
 
 @triton.autotune(configs=warp_configs(), key=["dim", "vocab_size", "HAS_BIAS", "BLOCK_N", "BLOCK_V", "BLOCK_D",
-                                               "BLOCK_OUT"])
+                                               "BLOCK_OUT", "DOT_PRECISION"])
 @triton.jit
 def linear_cross_entropy_grad_hidden_kernel(
     Hidden, Weight, Bias, Labels, Lse, SoftmaxScale, LabelScale, GradScale, GradHidden,
@@ -139,7 +146,7 @@ def linear_cross_entropy_grad_hidden_kernel(
     stride_gs, stride_gn,  # GradHidden: (segments, N, D), D contiguous
     n_tokens, vocab_size, dim, blocks_per_segment,
     HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr,
-    BLOCK_OUT: tl.constexpr,
+    BLOCK_OUT: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """grad_hidden[rows, out] = sum over this segment's vocabulary tiles of grad_logits @ weight[:, out]."""
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -159,18 +166,18 @@ def linear_cross_entropy_grad_hidden_kernel(
         cols = start + tl.arange(0, BLOCK_V)
         cols_ok = cols < vocab_size
         logits = _logits_tile(Hidden, Weight, Bias, rows, rows_ok, cols, cols_ok, dim, stride_hn, stride_wv,
-                              HAS_BIAS, BLOCK_N, BLOCK_V, BLOCK_D)
+                              HAS_BIAS, BLOCK_N, BLOCK_V, BLOCK_D, DOT_PRECISION)
         grad_logits = _grad_logits(logits, lse, cols, labels, softmax_scale, label_scale)
         w = tl.load(Weight + cols.to(tl.int64)[:, None] * stride_wv + out[None, :],
                     mask=cols_ok[:, None] & out_ok[None, :], other=0.0)
-        acc = tl.dot(grad_logits.to(w.dtype), w, acc, input_precision="ieee")
+        acc = tl.dot(grad_logits.to(w.dtype), w, acc, input_precision=DOT_PRECISION)
     acc *= tl.load(GradScale)
     tl.store(GradHidden + segment.to(tl.int64) * stride_gs + rows.to(tl.int64)[:, None] * stride_gn + out[None, :],
              acc, mask=rows_ok[:, None] & out_ok[None, :])
 
 
 @triton.autotune(configs=warp_configs(), key=["dim", "vocab_size", "HAS_BIAS", "BLOCK_N", "BLOCK_V", "BLOCK_D",
-                                               "BLOCK_OUT"])
+                                               "BLOCK_OUT", "DOT_PRECISION"])
 @triton.jit
 def linear_cross_entropy_grad_weight_kernel(
     Hidden, Weight, Bias, Labels, Lse, SoftmaxScale, LabelScale, GradScale, GradWeight, GradBias,
@@ -180,7 +187,7 @@ def linear_cross_entropy_grad_weight_kernel(
     stride_bs,  # GradBias: (segments, V)
     n_tokens, vocab_size, dim, blocks_per_segment,
     HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr,
-    BLOCK_OUT: tl.constexpr,
+    BLOCK_OUT: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """grad_weight[cols, out] = sum over this segment's token blocks of grad_logits^T @ hidden[:, out];
     grad_bias[cols], the column sums of grad_logits, comes from the programs of the first out tile."""
@@ -204,11 +211,11 @@ def linear_cross_entropy_grad_weight_kernel(
         softmax_scale = tl.load(SoftmaxScale + rows, mask=rows_ok, other=0.0)
         label_scale = tl.load(LabelScale + rows, mask=rows_ok, other=0.0)
         logits = _logits_tile(Hidden, Weight, Bias, rows, rows_ok, cols, cols_ok, dim, stride_hn, stride_wv,
-                              HAS_BIAS, BLOCK_N, BLOCK_V, BLOCK_D)
+                              HAS_BIAS, BLOCK_N, BLOCK_V, BLOCK_D, DOT_PRECISION)
         grad_logits = _grad_logits(logits, lse, cols, labels, softmax_scale, label_scale)
         h = tl.load(Hidden + rows.to(tl.int64)[:, None] * stride_hn + out[None, :],
                     mask=rows_ok[:, None] & out_ok[None, :], other=0.0)
-        acc = tl.dot(tl.trans(grad_logits.to(h.dtype)), h, acc, input_precision="ieee")
+        acc = tl.dot(tl.trans(grad_logits.to(h.dtype)), h, acc, input_precision=DOT_PRECISION)
         bias_acc += tl.sum(grad_logits, axis=0)
     grad_scale = tl.load(GradScale)
     tl.store(GradWeight + segment.to(tl.int64) * stride_gs + cols.to(tl.int64)[:, None] * stride_gv + out[None, :],
@@ -260,7 +267,7 @@ def linear_cross_entropy_fwd(
         hidden, weight, _bias_arg(bias, weight), labels, losses, lse,
         hidden.stride(0), weight.stride(0),
         n_tokens, vocab_size, dim, ignore_index,
-        HAS_BIAS=bias is not None, **tile,
+        HAS_BIAS=bias is not None, DOT_PRECISION=dot_precision(hidden.dtype), **tile,
     )
     return losses, lse
 
@@ -290,7 +297,7 @@ def linear_cross_entropy_grad_hidden(
         hidden, weight, _bias_arg(bias, weight), labels, lse, softmax_scale, label_scale, grad_scale, partial,
         hidden.stride(0), weight.stride(0), partial.stride(0), partial.stride(1),
         n_tokens, vocab_size, dim, per_segment,
-        HAS_BIAS=bias is not None, **tile,
+        HAS_BIAS=bias is not None, DOT_PRECISION=dot_precision(hidden.dtype), **tile,
     )
     return _add_segments(partial, hidden.dtype)
 
@@ -322,7 +329,7 @@ def linear_cross_entropy_grad_weight(
         partial_bias,
         hidden.stride(0), weight.stride(0), partial.stride(0), partial.stride(1), partial_bias.stride(0),
         n_tokens, vocab_size, dim, per_segment,
-        HAS_BIAS=bias is not None, **tile,
+        HAS_BIAS=bias is not None, DOT_PRECISION=dot_precision(hidden.dtype), **tile,
     )
     return _add_segments(partial, weight.dtype), _add_segments(partial_bias, weight.dtype)
 

@@ -1,7 +1,11 @@
 """lsh_hash in Triton: rotate (tl.dot) -> argmax over [xR, -xR] per bucket factor -> padding
 bucket -> round offset, for every hash round in one launch, behind reformer_kernels::triton_lsh_hash
 (the arguments of the lsh_hash schema, see ``__init__``). The ids it writes are the sort keys of
-bucket_sort (round-major, so one stable sort orders by (round, bucket, position))."""
+bucket_sort (round-major, so one stable sort orders by (round, bucket, position)). The rotation's
+tl.dot follows torch's fp32 matmul setting for fp32 inputs (``triton_utils.dot_precision``): full
+"ieee" products by default, TF32 tensor cores when ``torch.backends.cuda.matmul.allow_tf32`` is True,
+whose rounding can move a vector whose top two rotations nearly tie into the other bucket, as
+torch's own TF32 matmul would."""
 import math
 from typing import Optional
 
@@ -10,7 +14,7 @@ import triton
 import triton.language as tl
 
 from ... import backends
-from ..triton_utils import check_dtype, head_block
+from ..triton_utils import check_dtype, dot_precision, head_block
 from . import hash_with
 
 
@@ -23,7 +27,7 @@ def _hash_kernel(
     stride_mb,  # Mask: (B, L)
     seq_len, head_dim, factors, n_buckets, ids_per_round,  # factors: the bucket factors, a tuple of N_FACTORS ints
     N_FACTORS: tl.constexpr, HAS_PADDING: tl.constexpr,
-    HEAD_BLOCK: tl.constexpr, ROT_BLOCK: tl.constexpr, BLOCK: tl.constexpr,
+    HEAD_BLOCK: tl.constexpr, ROT_BLOCK: tl.constexpr, BLOCK: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     blocks_per_round = tl.cdiv(seq_len, BLOCK)
     hash_round = tl.program_id(0) // blocks_per_round
@@ -55,8 +59,9 @@ def _hash_kernel(
         for tile in range(0, half, ROT_BLOCK):
             in_factor = (tile + cols) < half
             rot = tl.load(rotations + (start + tile + cols)[None, :], mask=d_ok[:, None] & in_factor[None, :], other=0.0)
-            # fp32 tensor cores would round to tf32 and flip near-tied buckets; fp16/bf16 ignore "ieee"
-            rotated = tl.dot(x, rot, input_precision="ieee")
+            # fp32 follows torch's allow_tf32 (triton_utils.dot_precision): TF32 rounding can flip
+            # near-tied buckets, as it does in torch's own fp32 matmul of the reference hash
+            rotated = tl.dot(x, rot, input_precision=DOT_PRECISION)
             plus = tl.where(in_factor[None, :], rotated, float("-inf"))
             minus = tl.where(in_factor[None, :], -rotated, float("-inf"))
             tile_plus = tl.max(plus, axis=1)
@@ -112,6 +117,7 @@ def lsh_hash(
         seq_len, head_dim, tuple(n_buckets), buckets_per_round, ids_per_round,
         N_FACTORS=len(n_buckets), HAS_PADDING=attention_mask is not None,
         HEAD_BLOCK=head_block(head_dim), ROT_BLOCK=rotation_block(n_buckets), BLOCK=block,
+        DOT_PRECISION=dot_precision(vectors.dtype),
         # fp32's "ieee" dot runs on the FMA units and spills at 4 warps (tests/ops/test_triton_compile.py)
         num_warps=8 if vectors.dtype == torch.float32 else 4,
     )
