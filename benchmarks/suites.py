@@ -50,5 +50,6 @@ SUITES = {suite.name: suite for suite in (
     _suite("tokenizer", SCRIPT, "batch encoding speed: ours vs transformers' slow and fast tokenizers"),
     _suite("real_configs", SCRIPT, "the published configurations (crime-and-punishment, enwik8): train and infer, fp32 and bf16, vs transformers"),
     _suite("gpu_attention", SCRIPT, "the causal LSH layer on a GPU at 4K-64K: Triton vs transformers vs SDPA (GPU only)"),
+    _suite("traffic", SCRIPT, "bytes and FLOPs per token-head of every GPU kernel and their H100 time estimate, without a GPU"),
 )}
 DEFAULT = tuple(name for name, suite in SUITES.items() if suite.default)

@@ -481,3 +481,43 @@ def test_real_configs_tiny_writes_every_column_and_every_row_is_ok(tmp_path):
     assert {float(r["time_ratio_vs_transformers"]) for r in rows if r["competitor"] == "transformers"} == {1.0}
     with open(tmp_path / "real_configs.json") as f:
         assert json.load(f)["environment"]["peak_gflops"] == 100
+
+
+def test_traffic_report_adds_up(tmp_path):
+    """The traffic suite (no GPU: launches recorded): per op, its kernels' bytes and FLOPs add up
+    to its total and the ops' totals to the configuration's; fp32 moves more than bf16 and TF32
+    does not change the bytes; the minimum is a lower bound; every estimate is positive; the LSH
+    forward kernel at a tile-exact shape executes exactly flops.chunked_attention's products."""
+    from benchmarks import bench_traffic
+
+    assert run.main(["--suite", "traffic", "--configs", "cnp", "--seq-len", "1024", "--out", str(tmp_path)]) == 0
+    with open(tmp_path / "traffic.csv") as f:
+        reader = csv.DictReader(f)
+        rows = list(reader)
+    assert tuple(reader.fieldnames) == bench_traffic.COLUMNS
+    totals = {}
+    for precision in ("bf16", "fp32", "fp32-tf32"):
+        mine = [r for r in rows if r["precision"] == precision]
+        ops = [r for r in mine if r["kernel"] == "total" and r["op"] != "total"]
+        (grand,) = [r for r in mine if r["op"] == "total"]
+        for column in ("bytes", "flops", "estimate_us", "launches"):
+            for op in ops:
+                kernels = [r for r in mine if r["op"] == op["op"] and r["kernel"] != "total"]
+                # each row is rounded to 0.1 B / 0.01 us
+                assert sum(float(r[column]) for r in kernels) == pytest.approx(float(op[column]), abs=0.05 * len(kernels) + 0.05), (op, column)
+            assert sum(float(r[column]) for r in ops) == pytest.approx(float(grand[column]), abs=0.05 * len(ops) + 0.05), column
+        for r in ops + [grand]:
+            assert float(r["estimate_us"]) > 0 and 0 < float(r["min_bytes"]) <= float(r["bytes"]), r
+            assert float(r["read_bytes"]) + float(r["write_bytes"]) == pytest.approx(float(r["bytes"]), abs=0.2)
+        totals[precision] = {r["op"]: r for r in ops + [grand]}
+    for op, bf16 in totals["bf16"].items():
+        # the sort moves integers only; at 1K tokens the LM head's backward moves more in bf16, whose
+        # larger tiles leave fewer programs and so split its sums into more fp32 partial gradients
+        if op not in ("bucket_sort", "linear_cross_entropy bwd", "total"):
+            assert float(bf16["bytes"]) < float(totals["fp32"][op]["bytes"]), op
+        assert totals["fp32-tf32"][op]["bytes"] == totals["fp32"][op]["bytes"]
+        assert float(totals["fp32-tf32"][op]["estimate_us"]) <= float(totals["fp32"][op]["estimate_us"]), op
+    config = bench_traffic.CONFIGS["cnp"]
+    (attention,) = [r for r in rows if r["precision"] == "bf16" and r["kernel"] == "attention_fwd_kernel" and r["op"] == "lsh_attention fwd"]
+    useful = flops.chunked_attention(1, 1, 1024, config.head_dim, config.lsh_chunk_len, 1, 0, config.n_hashes) / 1024
+    assert float(attention["flops"]) == useful
