@@ -18,8 +18,8 @@ Every tl.dot takes its input_precision from the constexpr DOT_PRECISION that the
 (``triton_utils.dot_precision``): fp32 inputs follow torch's own fp32 matmuls, full-precision
 "ieee" products on the FMA units by default, TF32 tensor cores once
 ``torch.backends.cuda.matmul.allow_tf32`` is True (or ``torch.set_float32_matmul_precision("high")``),
-which rounds q, k, p and the gradients to 10 mantissa bits inside each dot (the scores then err by
-about 5e-4 relative, fp32's tolerance no longer holds); fp16/bf16 inputs use tensor cores either way.
+which rounds q, k, p and the gradients to 10 mantissa bits inside each dot (up to 2^-11 = 4.9e-4
+relative per operand, fp32's tolerance no longer holds); fp16/bf16 inputs use tensor cores either way.
 """
 import math
 from typing import Optional

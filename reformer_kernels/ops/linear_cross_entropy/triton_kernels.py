@@ -19,8 +19,8 @@ their count: nan when no token counts, as torch's cross-entropy.
 Every tl.dot takes its input_precision from the constexpr DOT_PRECISION (``triton_utils.dot_precision``):
 fp32 follows torch's own fp32 matmuls, full-precision "ieee" products by default, TF32 tensor cores
 once ``torch.backends.cuda.matmul.allow_tf32`` is True (or ``torch.set_float32_matmul_precision("high")``),
-which rounds hidden, weight and grad_logits to 10 mantissa bits inside each dot (logits err by about
-5e-4 relative); fp16/bf16 inputs use tensor cores either way.
+which rounds hidden, weight and grad_logits to 10 mantissa bits inside each dot (up to 2^-11 = 4.9e-4
+relative per operand); fp16/bf16 inputs use tensor cores either way.
 """
 from typing import Optional
 
