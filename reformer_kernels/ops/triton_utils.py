@@ -1,6 +1,6 @@
 """Helpers that every Triton kernel family of the ops shares: the autotune list, the dtypes the
-kernels take, the padded head dim and the precision of fp32 dots. Imports triton, so only the Triton kernel modules import it
-(they load when ``backends`` first needs a Triton kernel)."""
+kernels take, the padded head dim and the precision of fp32 dots. Imports triton, so only the
+Triton kernel modules import it (they load when ``backends`` first needs a Triton kernel)."""
 import torch
 import triton
 
@@ -37,8 +37,9 @@ def dot_precision(dtype: torch.dtype) -> str:
     (``torch.backends.cuda.matmul.allow_tf32 = True``, ``torch.set_float32_matmul_precision("high")``
     or ``"medium"``, or ``torch.backends.cuda.matmul.fp32_precision = "tf32"``), else "ieee": full
     fp32 products on the FMA units, torch's default. TF32 keeps 10 mantissa bits of each operand
-    (a relative rounding error of up to 2^-11 = 4.9e-4 instead of fp32's 2^-24 = 6e-8). fp16/bf16 inputs always get "ieee",
-    which their tensor-core dots ignore, so that the flag never compiles a second 16-bit variant."""
+    (a relative rounding error of up to 2^-11 = 4.9e-4 instead of fp32's 2^-24 = 6e-8). fp16/bf16
+    inputs always get "ieee", which their tensor-core dots ignore, so that the flag never compiles
+    a second 16-bit variant."""
     if dtype != torch.float32:
         return "ieee"
     matmul = torch.backends.cuda.matmul
