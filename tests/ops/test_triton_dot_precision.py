@@ -2,10 +2,10 @@
 passes DOT_PRECISION="tf32" to its kernels when torch.backends.cuda.matmul.allow_tf32 is True (torch's
 default is False: "ieee"); fp16/bf16 always get "ieee", which their tensor-core dots ignore.
 
-Only the host-side choice is tested here, on recorded launches (tests/triton_launches.py): the
-interpreter (TRITON_INTERPRET=1) computes every tl.dot as numpy's fp32 matmul whatever its
-input_precision, so TF32's rounding shows only on a GPU; tests/ops/test_triton_compile.py checks
-that the tf32 variants compile to tensor-core instructions."""
+The host-side choice is tested on recorded launches (tests/triton_launches.py). The interpreter
+(TRITON_INTERPRET=1) computes every tl.dot as numpy's fp32 matmul whatever its input_precision, so
+TF32's rounding is checked only on a GPU (the last test, which .ci/gpu-check runs);
+tests/ops/test_triton_compile.py checks that the tf32 variants compile to tensor-core instructions."""
 import subprocess
 import sys
 
@@ -84,3 +84,22 @@ def test_new_fp32_precision_api_allows_tf32():
             "print(dot_precision(torch.float32))\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.split() == ["tf32", "ieee", "ieee"]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 0),
+                    reason="TF32 tensor cores need a GPU of sm_80 or later")
+def test_tf32_rounds_fp32_dots_on_a_gpu():
+    """On a GPU the flag changes the arithmetic: the LM head's log-sum-exp over logits of 2048-long
+    dots is within fp32 round-off of float64 by default and off by TF32's rounding, larger but
+    bounded, when allow_tf32 is set."""
+    gen = torch.Generator().manual_seed(0)
+    hidden, weight = torch.randn(256, 2048, generator=gen), torch.randn(320, 2048, generator=gen)
+    labels = torch.randint(0, 320, (256,), generator=gen)
+    exact = torch.logsumexp(hidden.double() @ weight.double().T, dim=1)
+    errors = {}
+    for tf32 in (False, True):
+        with tf32_matmuls(tf32):
+            _, lse = triton_cross_entropy.linear_cross_entropy_fwd(hidden.cuda(), weight.cuda(), None, labels.cuda(), -100)
+        errors[tf32] = (lse.cpu().double() - exact).abs().max().item()
+    assert errors[False] < 1e-3 < errors[True] < 0.5, errors
