@@ -130,6 +130,8 @@ def plot_generate(rows: list[dict], out_dir: str) -> str:
     and the process's CPU time side by side, one line per generator and batch (a dashed line for
     batch > 1); returns its path."""
     plt = _pyplot()
+    from matplotlib.ticker import NullFormatter
+
     lines = defaultdict(list)
     for row in rows:
         lines[(row["generator"], int(row["batch"]))].append(row)
@@ -142,8 +144,10 @@ def plot_generate(rows: list[dict], out_dir: str) -> str:
                     label=f"{generator}, batch {batch}")
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
-        _plain_numbers(ax.xaxis)
+        contexts = sorted({int(r["context"]) for r in rows})
+        ax.set_xticks(contexts, [f"{c // 1024}K" if c % 1024 == 0 else str(c) for c in contexts])
         _plain_numbers(ax.yaxis)
+        ax.yaxis.set_minor_formatter(NullFormatter())  # the decades span several: labels on 1, 10, 100 only
         ax.set_xlabel("context (tokens before the new one)")
         ax.set_ylabel(f"{what} ms per new token")
         ax.set_title(f"cached greedy decoding: {what} time per token")
