@@ -4,6 +4,7 @@
 
     python -m benchmarks --suite generate [--size small|full] [--contexts N ...] [--batches B ...]
                                           [--new-tokens N] [--repeats R] [--threads T] [--no-transformers] [--out DIR]
+    python -m benchmarks --suite generate --merge RUN1/generate.csv RUN2/generate.csv ... --out DIR
 
 Model: the crime-and-punishment configuration (6 layers local/LSH, hidden 256 = 2 heads of 64,
 feed-forward 512, vocab 320, 1 hash, num_buckets [64, 128], chunks of 64, axial positions
@@ -19,11 +20,14 @@ ms_per_token over this generator's and batch's at the smallest context (the targ
 1K); ``speedup_vs_transformers``: their ms_per_token over ours. ``cache_mb_per_layer``: the bytes of
 one layer's cache after the prompt, averaged over the layers (ours: keys, values and, for LSH layers,
 the bucket order, allocated for prompt + new tokens; transformers: buckets and hidden states).
-Writes bench-results/<device-name>/generate.csv (or --out).
+Writes bench-results/<device-name>/generate.csv (or --out) and generate_ms_per_token.png, its log-log
+plot: wall and CPU ms per token against the context, one line per generator and batch.
 """
 from __future__ import annotations
 
 import argparse
+import csv
+import os
 import statistics
 import sys
 import time
@@ -33,6 +37,7 @@ import torch
 
 from reformer_kernels import models
 
+from .plots import plot_generate
 from .report import default_out_dir, environment, write_table
 
 SIZES = {"small": [1024, 4096], "full": [1024, 8192, 32768, 131072]}
@@ -104,7 +109,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--no-transformers", action="store_true", help="measure ours only")
     p.add_argument("--out", default=None, help="output folder (default: bench-results/<device-name>/, not tracked by git)")
+    p.add_argument("--merge", nargs="+", metavar="CSV", default=None,
+                   help="measure nothing: write the rows of these generate.csv files (separate runs) as one CSV and plot into --out")
     args = p.parse_args(argv)
+    if args.merge:
+        return merge(args.merge, args.out or default_out_dir(torch.device("cpu")))
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     contexts = args.contexts or SIZES[args.size]
@@ -156,16 +165,45 @@ def main(argv: list[str] | None = None) -> int:
             for row in case:
                 row["speedup_vs_transformers"] = round(theirs_ms / row["ms_per_token"], 2) if theirs_ms else ""
             rows.extend(case)
-    for row in rows:
-        first = next(r for r in rows if r["generator"] == row["generator"] and r["batch"] == row["batch"])
-        row["growth_vs_first"] = round(row["ms_per_token"] / first["ms_per_token"], 2)
+    add_growth(rows)
+    write_results(rows, args.out or default_out_dir(cpu), [
+        f"cpu: {env['cpu']} ({shared['threads']} threads), torch {env['torch']}, transformers {env['transformers']}, "
+        f"commit {shared['commit']}; median of {args.repeats} x {new_tokens} greedy cached steps after {WARMUP_TOKENS} uncounted, "
+        "the prompt's forward excluded"])
+    return 0
 
+
+def add_growth(rows: list[dict]) -> None:
+    """growth_vs_first of every row: its ms_per_token over that of the smallest context measured for its generator and batch."""
+    for row in rows:
+        first = min((r for r in rows if r["generator"] == row["generator"] and int(r["batch"]) == int(row["batch"])),
+                    key=lambda r: int(r["context"]))
+        row["growth_vs_first"] = round(float(row["ms_per_token"]) / float(first["ms_per_token"]), 2)
+
+
+def write_results(rows: list[dict], out_dir: str, header: list[str]) -> None:
+    """generate.csv, the table printed, and the plot."""
     shown = ("generator", "batch", "context", "ms_per_token", "cpu_ms_per_token", "tokens_per_s", "growth_vs_first",
              "speedup_vs_transformers", "cache_mb_per_layer", "prefill_s")
-    header = [f"cpu: {env['cpu']} ({shared['threads']} threads), torch {env['torch']}, transformers {env['transformers']}, "
-              f"commit {shared['commit']}; median of {args.repeats} x {new_tokens} greedy cached steps after {WARMUP_TOKENS} uncounted, "
-              "the prompt's forward excluded"]
-    write_table(args.out or default_out_dir(cpu), "generate", COLUMNS, rows, shown, header)
+    write_table(out_dir, "generate", COLUMNS, rows, shown, header)
+    print(f"wrote {plot_generate(rows, out_dir)}")
+
+
+def merge(paths: list[str], out_dir: str) -> int:
+    """One generate.csv and plot of the rows of earlier runs (each run keeps its own date, commit and
+    threads columns): a case too big to share a process with the others is run alone, then merged."""
+    rows = []
+    for path in paths:
+        if not os.path.isfile(path):
+            raise SystemExit(f"--merge {path!r} is not a file: pass the generate.csv files of earlier runs")
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            if tuple(reader.fieldnames or ()) != COLUMNS:
+                raise SystemExit(f"--merge {path!r}: not a generate.csv of this version (columns {reader.fieldnames}); rerun it")
+            rows.extend(reader)
+    rows.sort(key=lambda r: (int(r["batch"]), int(r["context"]), r["generator"]))
+    add_growth(rows)
+    write_results(rows, out_dir, [f"merged from {', '.join(paths)}"])
     return 0
 
 

@@ -123,3 +123,38 @@ def _accuracy_lines(rows: list[dict], suite: str, out_dir: str) -> list[str]:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return [path]
+
+
+def plot_generate(rows: list[dict], out_dir: str) -> str:
+    """The generate suite's log-log plot: milliseconds per new token against the context, wall time
+    and the process's CPU time side by side, one line per generator and batch (a dashed line for
+    batch > 1); returns its path."""
+    plt = _pyplot()
+    from matplotlib.ticker import NullFormatter
+
+    lines = defaultdict(list)
+    for row in rows:
+        lines[(row["generator"], int(row["batch"]))].append(row)
+    colors = {name: f"C{i}" for i, name in enumerate(sorted({generator for generator, _ in lines}))}
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.4))
+    for ax, column, what in zip(axes, ("ms_per_token", "cpu_ms_per_token"), ("wall", "CPU")):
+        for (generator, batch), series in sorted(lines.items()):
+            points = sorted((int(r["context"]), float(r[column])) for r in series)
+            ax.plot(*zip(*points), marker="o", color=colors[generator], linestyle="-" if batch == 1 else "--",
+                    label=f"{generator}, batch {batch}")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        contexts = sorted({int(r["context"]) for r in rows})
+        ax.set_xticks(contexts, [f"{c // 1024}K" if c % 1024 == 0 else str(c) for c in contexts])
+        _plain_numbers(ax.yaxis)
+        ax.yaxis.set_minor_formatter(NullFormatter())  # the decades span several: labels on 1, 10, 100 only
+        ax.set_xlabel("context (tokens before the new one)")
+        ax.set_ylabel(f"{what} ms per new token")
+        ax.set_title(f"cached greedy decoding: {what} time per token")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = os.path.join(out_dir, "generate_ms_per_token.png")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

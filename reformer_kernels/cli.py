@@ -72,14 +72,20 @@ def _add_train_arguments(train: argparse.ArgumentParser) -> None:
 
 def _add_generate_arguments(generate: argparse.ArgumentParser) -> None:
     generate.add_argument("dir", metavar="DIR", help="a checkpoint folder of reformer-kernels train")
-    generate.add_argument("--prompt", required=True, help="the text to continue (a task's model: token ids, e.g. '0 5 3')")
+    prompt = generate.add_mutually_exclusive_group(required=True)
+    prompt.add_argument("--prompt", help="the text to continue (a task's model: token ids, e.g. '0 5 3'); printed before the continuation")
+    prompt.add_argument("--prompt-file", metavar="PATH",
+                        help="a UTF-8 file holding the text to continue (a long context: up to the model's positions); "
+                        "only the continuation is printed")
     generate.add_argument("--max-new-tokens", type=_positive_int, default=20, help="tokens to add (20)")
     generate.add_argument("--do-sample", action="store_true", help="sample instead of the greedy argmax")
     generate.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (1.0)")
     generate.add_argument("--top-k", type=_positive_int, help="sample from the k most likely tokens")
     generate.add_argument("--top-p", type=float, help="sample from the nucleus of probability p")
-    generate.add_argument("--seed", type=int, default=0, help="seed of the sampling (0)")
+    generate.add_argument("--seed", type=int, default=0,
+                          help="seed of the sampling and, for a model trained without a fixed hash_seed, of its LSH rotations (0)")
     generate.add_argument("--device", default="auto", help="'auto' (CUDA when present), 'cpu' or 'cuda'")
+    generate.add_argument("--threads", type=_positive_int, help="CPU threads for torch (default: torch's; 1 is faster on a busy machine)")
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -108,17 +114,38 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _generate(args: argparse.Namespace) -> int:
+    """Print the continuation as its tokens come (stdout, flushed per piece), then the prompt's
+    prefill time and the decoding rate (stderr, so that stdout holds only the text)."""
+    import torch
+
     from . import training
 
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     try:
-        text = training.generate(
-            args.dir, args.prompt, args.max_new_tokens, do_sample=args.do_sample, temperature=args.temperature,
-            top_k=args.top_k, top_p=args.top_p, seed=args.seed, device=args.device,
+        stream = training.generate_stream(
+            args.dir, args.prompt, args.max_new_tokens, prompt_file=args.prompt_file, do_sample=args.do_sample,
+            temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed, device=args.device,
         )
     except (ValueError, OSError) as error:
         raise SystemExit(f"reformer-kernels generate: {error}") from None
-    print(text)
-    return 0
+    if args.prompt is not None:
+        print(stream.prompt_text, end="", flush=True)
+    interrupted = False
+    try:
+        for piece in stream:
+            print(piece, end="", flush=True)
+    except KeyboardInterrupt:
+        interrupted = True
+    print(flush=True)
+    report = f"prompt {stream.prompt_tokens} tokens"
+    if stream.new_tokens:
+        report += (f": prefill {stream.prefill_s:.2f} s ({stream.prompt_tokens / stream.prefill_s:.0f} tokens/s)"
+                   f"; {stream.new_tokens} new tokens")
+    if stream.decode_tokens_per_s is not None:
+        report += f": decoding {stream.decode_tokens_per_s:.1f} tokens/s"
+    print(report + (" (interrupted)" if interrupted else ""), file=sys.stderr, flush=True)
+    return 130 if interrupted else 0
 
 
 def main(argv: list[str] | None = None) -> int:

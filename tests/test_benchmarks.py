@@ -434,6 +434,25 @@ def test_bench_generate_writes_its_csv(tmp_path, monkeypatch):
     assert {r["generator"] for r in rows} == {"ours", "transformers"}
     ours = next(r for r in rows if r["generator"] == "ours")
     assert float(ours["ms_per_token"]) > 0 and float(ours["cache_mb_per_layer"]) > 0 and float(ours["growth_vs_first"]) == 1.0
+    with open(tmp_path / "generate_ms_per_token.png", "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+    # Runs measured apart (a case alone in its process) merge into one CSV and plot.
+    for name in ("ours", "transformers"):
+        with open(tmp_path / f"{name}.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=bench_generate.COLUMNS)
+            writer.writeheader()
+            writer.writerows(r for r in rows if r["generator"] == name)
+    merged = tmp_path / "merged"
+    assert run.main(["--suite", "generate", "--merge", str(tmp_path / "ours.csv"), str(tmp_path / "transformers.csv"), "--out", str(merged)]) == 0
+    with open(merged / "generate.csv") as f:
+        assert sorted(tuple(r.items()) for r in csv.DictReader(f)) == sorted(tuple(r.items()) for r in rows)
+    assert (merged / "generate_ms_per_token.png").stat().st_size > 0
+    with pytest.raises(SystemExit, match="--merge .* is not a file"):
+        run.main(["--suite", "generate", "--merge", str(tmp_path / "none.csv")])
+    (tmp_path / "other.csv").write_text("op,ms\nsort,1.0\n")
+    with pytest.raises(SystemExit, match="other.csv.*not a generate.csv of this version"):
+        run.main(["--suite", "generate", "--merge", str(tmp_path / "other.csv")])
 
 
 def test_lsh_phases_table_has_every_phase_and_rates(tmp_path, capsys):

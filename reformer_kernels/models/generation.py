@@ -7,13 +7,22 @@ loop stops early once every row has finished, as transformers' ``generate`` does
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import torch
 
 
 def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def position_limit(config) -> int:
+    """How many positions the model has: max_position_embeddings, and with axial position
+    embeddings at most prod(axial_pos_shape)."""
+    limit = config.max_position_embeddings
+    if config.axial_pos_embds:
+        limit = min(limit, math.prod(config.axial_pos_shape))
+    return limit
 
 
 def check_generate_arguments(
@@ -39,9 +48,7 @@ def check_generate_arguments(
     if generator is not None and not isinstance(generator, torch.Generator):
         raise ValueError(f"generate: generator must be a torch.Generator or None, got {type(generator).__name__}")
     prompt_len = input_ids.shape[1]
-    limit = config.max_position_embeddings
-    if config.axial_pos_embds:
-        limit = min(limit, math.prod(config.axial_pos_shape))
+    limit = position_limit(config)
     if prompt_len > limit:
         raise ValueError(
             f"generate: input_ids has prompt_len {prompt_len} > the {limit} positions the model has "
@@ -108,12 +115,27 @@ def next_tokens(
     return torch.multinomial(scores.softmax(dim=-1), 1, generator=generator).squeeze(1)
 
 
-@torch.no_grad()
 def generate(
     model, input_ids, max_new_tokens, *, do_sample, temperature, top_k, top_p, eos_token_id, pad_token_id,
     attention_mask, generator, use_cache,
 ) -> torch.Tensor:
     """See ``ReformerModelWithLMHead.generate``."""
+    new = list(generate_tokens(
+        model, input_ids, max_new_tokens, do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p,
+        eos_token_id=eos_token_id, pad_token_id=pad_token_id, attention_mask=attention_mask, generator=generator,
+        use_cache=use_cache,
+    ))
+    return torch.cat([input_ids.long(), *(tokens[:, None] for tokens in new)], dim=1)
+
+
+@torch.no_grad()
+def generate_tokens(
+    model, input_ids, max_new_tokens, *, do_sample, temperature, top_k, top_p, eos_token_id, pad_token_id,
+    attention_mask, generator, use_cache,
+) -> Iterator[torch.Tensor]:
+    """``generate``'s new tokens (B,) int64, yielded one step at a time as each is chosen, so that a
+    caller can show them while the next ones are computed; the arguments are checked on the first
+    ``next``."""
     input_ids, attention_mask, eos_ids, pad_token_id = check_generate_arguments(
         model.config, input_ids, max_new_tokens, do_sample, temperature, top_k, top_p, eos_token_id, pad_token_id,
         attention_mask, generator,
@@ -142,9 +164,9 @@ def generate(
         tokens = torch.cat([tokens, new[:, None]], dim=1)
         if attention_mask is not None:
             attention_mask = torch.cat([attention_mask, attention_mask.new_ones(batch, 1)], dim=1)
+        yield new
         if bool(finished.all()):
             break
-    return tokens
 
 
 class ReformerDecodingCache:

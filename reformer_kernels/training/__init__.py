@@ -22,7 +22,7 @@ from .arguments import TASKS, TOKENIZERS, TrainingArguments
 from .checkpoints import IDS, OPTIMIZER_FILE, STATE_FILE, read_state
 from .data import encode_text_file, load_tokenizer
 from .duplication import ACCURACY_FILE, EVAL_HASHES, duplication_accuracy, duplication_batch, evaluate_duplication, write_accuracy
-from .generation import generate
+from .generation import GenerationStream, generate, generate_stream, read_prompt_file
 from .loop import DivergedError, TrainingResult, train
 from .model import model_settings
 from .plots import LOSS_PLOT, plot_losses
@@ -31,6 +31,7 @@ __all__ = [
     "ACCURACY_FILE",
     "DivergedError",
     "EVAL_HASHES",
+    "GenerationStream",
     "IDS",
     "LOSS_PLOT",
     "OPTIMIZER_FILE",
@@ -44,9 +45,11 @@ __all__ = [
     "encode_text_file",
     "evaluate_duplication",
     "generate",
+    "generate_stream",
     "load_tokenizer",
     "model_settings",
     "plot_losses",
+    "read_prompt_file",
     "read_state",
     "train",
     "write_accuracy",

@@ -57,7 +57,7 @@ def test_seq_len_a_multiple_of_chunk_len_trains(tmp_path):
     (["--temperature", "inf"], "--temperature inf"),
     (["--top-p", "2"], "--top-p 2.0"),
     (["--top-p", "0"], "--top-p 0.0"),
-    (["--max-new-tokens", "100"], "max_new_tokens 100"),
+    (["--max-new-tokens", "100"], "--max-new-tokens 100"),
     (["--device", "tpu9"], "--device"),
 ])
 def test_bad_generate_flag_is_one_line(run_dir, flags, match):
