@@ -222,6 +222,12 @@ def test_direct_op_calls_reject_bad_inputs_before_writing():
         assert torch.equal(args["recent"], before)
 
 
+# Spills of the step's kernel measured with Triton 3.8.0 (2026-12-05), (head_dim, dtype, arch) -> stack
+# bytes per thread: the fp32 window tiles of keys and values at head_dim 128 on sm_80 (4 warps;
+# 8 warps spill there on sm_90 too). A variant that stops spilling must leave the table.
+DECODE_SPILLS = {(128, torch.float32, 80): 8}
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(backends.triton_interpreted(), reason="under TRITON_INTERPRET=1 the kernels are not compiled")
 @pytest.mark.parametrize("arch", [80, 90])
@@ -230,7 +236,7 @@ def test_direct_op_calls_reject_bad_inputs_before_writing():
 def test_triton_kernel_compiles_without_spills(arch, dtype, n_hashes, head_dim):
     """The step compiles for sm_80 and sm_90 as generate launches it (tests/ops/test_triton_compile.py's
     harness): a 4K-position cache, 2 heads, chunks of 64 with one before, a 256-key recent run."""
-    from .test_triton_compile import check_spills, check_variants, compile_op
+    from .test_triton_compile import check_variants, compile_op
 
     batch, heads, position, n_recent = 2, 2, 4000, 100
     qk = torch.randn(batch, heads, position + 96, head_dim, dtype=dtype)
@@ -241,4 +247,7 @@ def test_triton_kernel_compiles_without_spills(arch, dtype, n_hashes, head_dim):
     variants = compile_op(arch, lambda: triton_decoding.lsh_decode_step(
         qk, qk, merged, recent, n_recent, sort_keys, key_valid, position, 4032, 64, 1, 0))
     check_variants(variants, dtype, without_dots=("_decode_step_kernel",))
-    check_spills(variants, dtype, fp32=True)
+    for variant in variants:
+        allowed = DECODE_SPILLS.get((head_dim, dtype, arch), 0)
+        assert variant.stack_bytes <= allowed, f"{variant}: spills {variant.stack_bytes} B, {allowed} B allowed"
+        assert (head_dim, dtype, arch) not in DECODE_SPILLS or variant.stack_bytes, f"{variant}: no longer spills, drop it"
