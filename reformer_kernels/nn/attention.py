@@ -13,7 +13,7 @@ from torch import nn
 from .. import functional
 from ..ops.lsh_decode_step.reference import POSITION_BITS, attend_window, recent_ranks
 from ..ops.seeded_randn import seeded_randn
-from ..reference.chunked import chunk_scores, mask_scores
+from ..reference.chunked import chunk_scores
 from ..reference.hashing import bucket_factors
 from ..reference.local_attention import local_chunking
 from ..reference.lsh_attention import gather_rows, shared_qk_keys

@@ -4,14 +4,15 @@ and the insertion into ``recent`` exactly. The bucket order's state is drawn who
 the positions before the new one into the merged and recent runs, padding, windows that wrap
 around the rounds, padded lengths past the position. Then the ops' opcheck and schema, and the
 errors of functional and of the C++ op (nothing is written to ``recent`` then)."""
+import functools
 import math
 
 import pytest
 import torch
 from hypothesis import strategies as st
 
-from reformer_kernels import backends, functional, reference
-from reformer_kernels.ops.lsh_decode_step import reference as decode_reference
+from reformer_kernels import backends, functional, reference, use_backend
+from reformer_kernels.nn import DecodingCache, LSHSelfAttention
 from reformer_kernels.ops.lsh_decode_step import triton_kernels as triton_decoding
 from reformer_kernels.ops.lsh_decode_step.reference import POSITION_BITS
 from tests.marks import requires_extension
@@ -251,3 +252,29 @@ def test_triton_kernel_compiles_without_spills(arch, dtype, n_hashes, head_dim):
         allowed = DECODE_SPILLS.get((head_dim, dtype, arch), 0)
         assert variant.stack_bytes <= allowed, f"{variant}: spills {variant.stack_bytes} B, {allowed} B allowed"
         assert (head_dim, dtype, arch) not in DECODE_SPILLS or variant.stack_bytes, f"{variant}: no longer spills, drop it"
+
+
+@triton_only
+def test_triton_steps_of_a_layer_through_merges(backend, device, monkeypatch):
+    """A layer's cached steps with the Triton step, padding and merges every 3 steps included, give
+    the reference step's outputs (everything else on the reference backend, so both bucket alike),
+    and the same bucket order."""
+    torch.manual_seed(0)
+    module = LSHSelfAttention(16, 2, 16, num_hashes=2, num_buckets=(2, 4), chunk_len=4, n_chunks_before=1, causal=True,
+                              hash_seed=3, max_position_embeddings=64).to(device)
+    x = torch.randn(2, 24, 16, device=device)
+    mask = torch.ones(2, 24, dtype=torch.bool, device=device)
+    mask[1, :3] = False  # a left-padded row
+    caches = {name: DecodingCache(merge_every=3) for name in ("triton", "reference")}
+    step = functional.lsh_decode_step
+    with torch.no_grad(), use_backend("reference"):
+        for cache in caches.values():
+            module.fill_cache(x[:, :8], cache, attention_mask=mask[:, :8])
+        for t in range(8, 24):
+            outputs = {}
+            for name, cache in caches.items():
+                monkeypatch.setattr(functional, "lsh_decode_step", functools.partial(step, backend=name))
+                outputs[name] = module.decode_step(x[:, t : t + 1], cache, mask[:, : t + 1])
+            orders = [(cache.order.merged, cache.order.recent[..., : cache.order.n_recent]) for cache in caches.values()]
+            assert all(torch.equal(a, b) for a, b in zip(*orders)), t
+            assert (outputs["triton"] - outputs["reference"]).abs().max().item() < 1e-5, t
