@@ -22,6 +22,7 @@ from torch._subclasses.fake_tensor import DataDependentOutputException, FakeTens
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from reformer_kernels import backends, functional, models
+from reformer_kernels.nn.attention import BucketOrder
 from tests.conftest import AUTOTUNER, PACKAGE, package_syncs
 from tests.models.hf_reference import TINY
 from tests.triton_launches import recorded_launches
@@ -102,6 +103,27 @@ def test_cached_decoding_step_reads_nothing():
             cache = model(input_ids=ids, attention_mask=mask, use_cache=True).past_buckets_states
             logits = model(input_ids=ids[:, :1], attention_mask=step_mask, past_buckets_states=cache, use_cache=True).logits
     assert logits.shape == (2, 1, CONFIG["vocab_size"])
+
+
+class BooleanIndexing(TorchDispatchMode):
+    """Refuses indexing with a bool tensor: fake tensors run it without data, a GPU through nonzero
+    (a sync)."""
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func in (torch.ops.aten.index.Tensor, torch.ops.aten.index_put.default, torch.ops.aten.index_put_.default):
+            if any(index is not None and index.dtype == torch.bool for index in args[1]):
+                raise AssertionError(f"{func} with a boolean index")
+        return func(*args, **(kwargs or {}))
+
+
+def test_bucket_order_merge_reads_nothing():
+    """The decoding cache's O(length) merge of its bucket order's runs, every merge_every steps."""
+    with fake_gpu(), HostTransfers(), BooleanIndexing():
+        merged = torch.empty(2, 2, 3, 40, dtype=torch.int64, device="cuda")
+        order = BucketOrder(merged, (), torch.empty(0, device="cuda"), merge_every=4)
+        order.n_recent = 4
+        order.merge_if_full()
+    assert order.merged.shape == (2, 2, 3, 44) and order.n_recent == 0
 
 
 def test_debug_checks_read_the_values(with_debug_checks):

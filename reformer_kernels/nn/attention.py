@@ -80,12 +80,13 @@ class BucketOrder:
         """Merge ``recent`` into ``merged`` once it holds ``merge_every`` keys: O(length)."""
         if self.n_recent < self.recent.shape[-1]:
             return
-        recent = self.recent[..., : self.n_recent]
-        is_recent = torch.zeros(*recent.shape[:3], self.length, dtype=torch.bool, device=recent.device)
-        is_recent.scatter_(-1, recent_ranks(self.merged, recent), True)
-        merged = self.merged.new_empty(is_recent.shape)
-        merged[is_recent] = recent.flatten()
-        merged[~is_recent] = self.merged.flatten()
+        recent = self.recent[..., : self.n_recent].contiguous()
+        # Each key goes to its rank in the union (keys are distinct): scatters, no boolean indexing,
+        # so that a GPU merge reads nothing on the host either.
+        merged = self.merged.new_empty(*recent.shape[:3], self.length)
+        merged.scatter_(-1, recent_ranks(self.merged, recent), recent)
+        merged_ranks = torch.searchsorted(recent, self.merged) + torch.arange(self.merged.shape[-1], device=recent.device)
+        merged.scatter_(-1, merged_ranks, self.merged)
         self.merged, self.n_recent = merged, 0
 
 
