@@ -17,7 +17,9 @@ from . import register
 _POSITION_MASK = tl.constexpr(0xFFFFFFFF)  # the low POSITION_BITS = 32 bits of a sort key
 
 
-@triton.jit
+# The sizes that change every step are not specialized on (divisibility by 16, equality to 1): one
+# compiled kernel serves every step instead of a few variants compiled along the first steps.
+@triton.jit(do_not_specialize=["n_merged", "n_recent", "position", "padded_len", "MERGED_STEPS", "SPLIT_STEPS"])
 def _decode_step_kernel(
     QK, V, Merged, Recent, SortKeys, KeyValid, Out,
     stride_qb, stride_qh, stride_ql,  # QK: (B, H, capacity, head_dim), head_dim contiguous
