@@ -200,6 +200,19 @@ def test_bad_arguments_are_named_and_nothing_is_written(change, error, match):
     assert torch.equal(tensors[3], before)
 
 
+@triton_only
+def test_triton_direct_op_calls_reject_what_would_address_out_of_bounds(backend, device):
+    args, _ = step_inputs(fixed_case())
+    args = {k: t.to(device, torch.float32) if isinstance(t, torch.Tensor) and t.is_floating_point() else
+            t.to(device) if isinstance(t, torch.Tensor) else t for k, t in args.items()}
+    before = args["recent"].clone()
+    for changes in (dict(n_recent=4), dict(position=14), dict(position=16), dict(key_valid=args["key_valid"][:, :-1]),
+                    dict(recent=args["recent"].transpose(0, 1).contiguous().transpose(0, 1))):
+        with pytest.raises(ValueError, match="lsh_decode_step: need 0 <= n_recent"):
+            triton_decoding.lsh_decode_step(*{**args, **changes}.values())
+        assert torch.equal(args["recent"], before)
+
+
 @requires_extension
 def test_direct_op_calls_reject_bad_inputs_before_writing():
     args, _ = step_inputs(fixed_case())

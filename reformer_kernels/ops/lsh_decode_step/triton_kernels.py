@@ -143,7 +143,16 @@ def lsh_decode_step(
 ) -> torch.Tensor:
     """Returns out (B, H, d) in qk's dtype, computed in fp32; inserts sort_keys into recent."""
     check_dtype("lsh_decode_step", qk)
-    batch, heads, _, head_dim = qk.shape
+    batch, heads, capacity, head_dim = qk.shape
+    # What the kernel's addressing relies on (functional checks every argument; these guard direct
+    # calls of the op from reading or writing out of bounds). Shapes and ints only: no host read.
+    if not (0 <= n_recent < recent.shape[3] and merged.shape[3] + n_recent == position < capacity
+            and tuple(key_valid.shape) == (batch, position + 1) and recent.is_contiguous()):
+        raise ValueError(
+            f"lsh_decode_step: need 0 <= n_recent < recent.shape[3], merged.shape[3] + n_recent == position < capacity, "
+            f"key_valid (batch, position + 1) and a contiguous recent; got n_recent {n_recent}, recent {tuple(recent.shape)}, "
+            f"merged {tuple(merged.shape)}, position {position}, capacity {capacity}, key_valid {tuple(key_valid.shape)}"
+        )
     out = qk.new_empty((batch, heads, head_dim))
     qk, v, merged, sort_keys = (t if t.stride(-1) == 1 else t.contiguous() for t in (qk, v, merged, sort_keys))
     keep = key_valid.contiguous().view(torch.uint8)
