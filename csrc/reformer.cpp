@@ -75,6 +75,17 @@ TORCH_LIBRARY(reformer_kernels, m) {
       "local_attention_bwd(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, int chunk_len, "
       "int n_chunks_before, int n_chunks_after, bool causal, Tensor? attention_mask, float dropout_p=0., "
       "int dropout_seed=0, int dropout_offset=0) -> (Tensor grad_q, Tensor grad_k, Tensor grad_v)");
+  // One cached decoding step of causal LSH attention at `position` (reformer_kernels/ops/lsh_decode_step):
+  // qk, v (B, H, capacity, d) the cached projections, position's included; merged (B, H, n_hashes, m)
+  // and recent[..., :n_recent] (B, H, n_hashes, R) the sorted runs of sort keys (bucket * 2^32 +
+  // position) of positions [0, position), m + n_recent = position < capacity, n_recent < R. Inserts
+  // sort_keys (B, H, n_hashes), position's keys, into recent in place; attends position within its
+  // chunk windows of the order of padded_len positions (those past position padding, sorted last);
+  // key_valid (B, position + 1) bool. Returns out (B, H, d), rounds combined by their lse.
+  m.def(
+      "lsh_decode_step(Tensor qk, Tensor v, Tensor merged, Tensor(a!) recent, int n_recent, Tensor sort_keys, "
+      "Tensor key_valid, int position, int padded_len, int chunk_len, int n_chunks_before, int n_chunks_after) -> "
+      "Tensor");
   // Philox4x32-10 (Random123's, Triton's tl.philox) of counters (..., 4) int64 in [0, 2^32) under
   // the 64-bit key seed (low word first): the four output words, int64 in [0, 2^32).
   m.def("philox4x32_10(Tensor counters, int seed) -> Tensor");

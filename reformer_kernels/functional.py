@@ -596,6 +596,120 @@ def lsh_self_attention(
     return out[:, :, :seq_len]
 
 
+def _check_sort_key_runs(fn: str, name: str, runs: object, like: torch.Tensor) -> torch.Tensor:
+    """int64 sort keys (B, H, n_hashes, n) of the (B, H, L, d) tensor ``like``."""
+    if not isinstance(runs, torch.Tensor):
+        raise TypeError(f"{fn}: {name} must be a torch.Tensor, got {type(runs).__name__}")
+    if runs.dtype != torch.int64:
+        raise TypeError(f"{fn}: {name} must be int64 sort keys (bucket * 2**32 + position), got {runs.dtype}")
+    if runs.dim() != 4 or tuple(runs.shape[:2]) != tuple(like.shape[:2]) or runs.shape[2] < 1:
+        raise ValueError(
+            f"{fn}: {name} must be (batch, heads, n_hashes, n) = ({like.shape[0]}, {like.shape[1]}, n_hashes >= 1, n), "
+            f"got {tuple(runs.shape)}"
+        )
+    if runs.device != like.device:
+        raise ValueError(f"{fn}: {name} is on {runs.device} but qk is on {like.device}; move it")
+    return runs
+
+
+def lsh_decode_step(
+    qk: torch.Tensor,
+    v: torch.Tensor,
+    merged: torch.Tensor,
+    recent: torch.Tensor,
+    n_recent: int,
+    sort_keys: torch.Tensor,
+    key_valid: torch.Tensor,
+    *,
+    position: int,
+    padded_len: int,
+    chunk_len: int,
+    n_chunks_before: int = 1,
+    n_chunks_after: int = 0,
+    backend: str | None = None,
+) -> torch.Tensor:
+    """One cached decoding step of causal LSH attention, in one call: inserts ``position`` into
+    each hash round's bucket order (in ``recent``, in place) and attends it within its chunk
+    windows, exactly as ``lsh_attention`` (causal, stable bucket order, rounds combined by lse)
+    attends position ``position`` of ``padded_len`` positions whose ones past ``position`` are
+    padding. Cost per call: a binary search per round and one window of attention per round,
+    whatever the context, plus the insertion into ``recent`` (at most its length).
+
+    A round's order is held as sort keys, bucket * 2**32 + position (padding in bucket
+    prod(n_buckets), after the others), in two sorted runs: ``merged`` and the first ``n_recent``
+    entries of ``recent``. The caller counts n_recent + 1 after the call and merges the two runs
+    before ``recent`` is full, e.g. once every ``recent.shape[-1]`` calls
+    (``reformer_kernels.nn.attention.BucketOrder``).
+
+    Args:
+        qk, v: (B, H, capacity, d), the cached shared query/key projections and values,
+            position ``position`` included; one float dtype, one device.
+        merged: (B, H, n_hashes, m) int64, each round's sorted keys.
+        recent: (B, H, n_hashes, R) int64, contiguous, each round's sorted first ``n_recent`` keys
+            (written: the new key is inserted).
+        n_recent: int in [0, R), with m + n_recent = position.
+        sort_keys: (B, H, n_hashes) int64, position's keys (its bucket in each round).
+        key_valid: (B, position + 1) bool, False at padding.
+        position: int in [0, capacity). padded_len: a multiple of chunk_len > position.
+        chunk_len: int >= 1. n_chunks_before, n_chunks_after: int >= 0.
+        backend: see ``reformer_kernels.backends``.
+
+    Returns:
+        out (B, H, d) in qk's dtype.
+    """
+    fn = "lsh_decode_step"
+    _check_heads_tensor(fn, "qk", qk)
+    _check_heads_tensor(fn, "v", v)
+    _check_same(fn, "qk", qk, "v", v)
+    _check_sort_key_runs(fn, "merged", merged, qk)
+    _check_sort_key_runs(fn, "recent", recent, qk)
+    n_hashes = merged.shape[2]
+    if recent.shape[2] != n_hashes:
+        raise ValueError(f"{fn}: recent holds {recent.shape[2]} rounds but merged {n_hashes}; pass the runs of one bucket order")
+    if not recent.is_contiguous():
+        raise ValueError(f"{fn}: recent must be contiguous (the step inserts into it in place); pass the order's own tensor")
+    capacity = qk.shape[2]
+    _check_int(fn, "position", position, 0)
+    if position >= capacity:
+        raise ValueError(f"{fn}: position {position} is past the {capacity} positions qk and v hold; write it into the cache first")
+    _check_int(fn, "n_recent", n_recent, 0)
+    if n_recent >= recent.shape[3]:
+        raise ValueError(
+            f"{fn}: n_recent {n_recent} leaves no free slot in recent (length {recent.shape[3]}); merge the runs first"
+        )
+    if merged.shape[3] + n_recent != position:
+        raise ValueError(
+            f"{fn}: merged ({merged.shape[3]} keys) and n_recent ({n_recent}) must hold the {position} positions before "
+            f"position {position}; step one position at a time"
+        )
+    if not isinstance(sort_keys, torch.Tensor) or sort_keys.dtype != torch.int64:
+        raise TypeError(f"{fn}: sort_keys must be an int64 tensor, got {getattr(sort_keys, 'dtype', type(sort_keys).__name__)}")
+    if tuple(sort_keys.shape) != (*qk.shape[:2], n_hashes) or sort_keys.device != qk.device:
+        raise ValueError(
+            f"{fn}: sort_keys must be (batch, heads, n_hashes) = {(*qk.shape[:2], n_hashes)} on {qk.device}, "
+            f"got {tuple(sort_keys.shape)} on {sort_keys.device}"
+        )
+    if checks_values(sort_keys) and bool((sort_keys % 2**32 != position).any()):
+        raise ValueError(f"{fn}: sort_keys must hold position {position} in their low 32 bits: pass the new position's keys")
+    if not isinstance(key_valid, torch.Tensor) or key_valid.dtype != torch.bool:
+        raise TypeError(f"{fn}: key_valid must be a bool tensor, got {getattr(key_valid, 'dtype', type(key_valid).__name__)}")
+    if tuple(key_valid.shape) != (qk.shape[0], position + 1) or key_valid.device != qk.device:
+        raise ValueError(
+            f"{fn}: key_valid must be (batch, position + 1) = {(qk.shape[0], position + 1)} on {qk.device}, "
+            f"got {tuple(key_valid.shape)} on {key_valid.device}"
+        )
+    _check_chunking(fn, chunk_len, n_chunks_before, n_chunks_after)
+    _check_int(fn, "padded_len", padded_len, 1)
+    if padded_len <= position or padded_len % chunk_len:
+        raise ValueError(
+            f"{fn}: padded_len {padded_len} must be a multiple of chunk_len {chunk_len} greater than position {position}"
+        )
+    _check_window(fn, n_hashes * padded_len // chunk_len, n_chunks_before, n_chunks_after)
+    _, impl = backends.select("lsh_decode_step", qk.device, backend)
+    return impl(qk, v, merged, recent, n_recent, sort_keys, key_valid, position, padded_len, chunk_len, n_chunks_before,
+                n_chunks_after)
+
+
 def dropout_add(
     residual: torch.Tensor,
     x: torch.Tensor,

@@ -22,6 +22,7 @@ from torch._subclasses.fake_tensor import DataDependentOutputException, FakeTens
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from reformer_kernels import backends, functional, models
+from reformer_kernels.nn.attention import BucketOrder
 from tests.conftest import AUTOTUNER, PACKAGE, package_syncs
 from tests.models.hf_reference import TINY
 from tests.triton_launches import recorded_launches
@@ -104,6 +105,27 @@ def test_cached_decoding_step_reads_nothing():
     assert logits.shape == (2, 1, CONFIG["vocab_size"])
 
 
+class BooleanIndexing(TorchDispatchMode):
+    """Refuses indexing with a bool tensor: fake tensors run it without data, a GPU through nonzero
+    (a sync)."""
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func in (torch.ops.aten.index.Tensor, torch.ops.aten.index_put.default, torch.ops.aten.index_put_.default):
+            if any(index is not None and index.dtype == torch.bool for index in args[1]):
+                raise AssertionError(f"{func} with a boolean index")
+        return func(*args, **(kwargs or {}))
+
+
+def test_bucket_order_merge_reads_nothing():
+    """The decoding cache's O(length) merge of its bucket order's runs, every merge_every steps."""
+    with fake_gpu(), HostTransfers(), BooleanIndexing():
+        merged = torch.empty(2, 2, 3, 40, dtype=torch.int64, device="cuda")
+        order = BucketOrder(merged, (), torch.empty(0, device="cuda"), merge_every=4)
+        order.n_recent = 4
+        order.merge_if_full()
+    assert order.merged.shape == (2, 2, 3, 44) and order.n_recent == 0
+
+
 def test_debug_checks_read_the_values(with_debug_checks):
     """With the debug checks on, the same forward reads the mask and the ids, which is what the
     checks cost on a GPU."""
@@ -147,6 +169,7 @@ def launcher_calls():
     from reformer_kernels.ops.linear_cross_entropy import triton_kernels as cross_entropy
     from reformer_kernels.ops.local_attention import triton_kernels as local
     from reformer_kernels.ops.lsh_attention import triton_kernels as lsh
+    from reformer_kernels.ops.lsh_decode_step import triton_kernels as decoding
     from reformer_kernels.ops.lsh_hash import triton_kernels as hashing
 
     batch, heads, seq_len, head_dim, n_hashes, chunk = 2, 2, 64, 16, 2, 16
@@ -163,6 +186,10 @@ def launcher_calls():
     dropout = (0.1, -(2**62) - 5, 8)  # p and a Philox key as functional draws one: a uint64 seed as int64, an offset
     lsh_args = (n_hashes, chunk, 1, 0, True, mask, *dropout)
     local_args = (chunk, 1, 0, True, mask, *dropout)
+    # a decoding step at the last position: 3 keys in the recent run, the rest merged
+    merged = empty(batch, heads, n_hashes, seq_len - 4, dtype=torch.int64)
+    recent, sort_keys = empty(batch, heads, n_hashes, 8, dtype=torch.int64), empty(batch, heads, n_hashes, dtype=torch.int64)
+    decode_args = (x, x, merged, recent, 3, sort_keys, mask, seq_len - 1, seq_len, chunk, 1, 0)
     return {
         "lsh_hash": lambda: hashing.lsh_hash._init_fn(x, empty(heads, head_dim, n_hashes, 4), [8], mask),
         "lsh_attention_fwd": lambda: lsh.lsh_attention_fwd._init_fn(x, x, sorted_idx, *lsh_args),
@@ -175,12 +202,13 @@ def launcher_calls():
         "linear_cross_entropy_grad_weight": lambda: cross_entropy.linear_cross_entropy_grad_weight._init_fn(
             *ce_grads, hidden, weight, None, labels, ce_grads[1], -100),
         "dropout_add": lambda: dropout_add.dropout_add_op._init_fn(x, x, 0.1, 1, 0, False, torch.float16),
+        "lsh_decode_step": lambda: decoding.lsh_decode_step._init_fn(*decode_args),
     }
 
 
 @pytest.mark.parametrize("op", ["lsh_hash", "lsh_attention_fwd", "lsh_attention_bwd", "local_attention_fwd",
                                 "local_attention_bwd", "linear_cross_entropy_fwd", "linear_cross_entropy_grad_hidden",
-                                "linear_cross_entropy_grad_weight", "dropout_add"])
+                                "linear_cross_entropy_grad_weight", "dropout_add", "lsh_decode_step"])
 def test_triton_launchers_read_nothing(op):
     with fake_gpu(), HostTransfers(), recorded_launches() as launches:
         launcher_calls()[op]()

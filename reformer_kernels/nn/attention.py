@@ -11,8 +11,9 @@ import torch
 from torch import nn
 
 from .. import functional
+from ..ops.lsh_decode_step.reference import POSITION_BITS, attend_window, recent_ranks
 from ..ops.seeded_randn import seeded_randn
-from ..reference.chunked import chunk_scores, mask_scores
+from ..reference.chunked import chunk_scores
 from ..reference.hashing import bucket_factors
 from ..reference.local_attention import local_chunking
 from ..reference.lsh_attention import gather_rows, shared_qk_keys
@@ -50,21 +51,17 @@ def _check_hidden_states(module: nn.Module, hidden_states: torch.Tensor, hidden_
         raise ValueError(f"{type(module).__name__}: hidden_states must be (batch, seq_len, {hidden_size}), got {shape}")
 
 
-# A sort key packs (bucket, position) into one int64: bucket * 2**POSITION_BITS + position.
-POSITION_BITS = 32
-
-
 class BucketOrder:
     """The order ``forward`` sorts the positions [0, length) of each hash round in: by bucket, then
     position, padding in the extra bucket after the others; kept incrementally as positions arrive.
 
     Entries are sort keys (bucket * 2**POSITION_BITS + position) in two sorted runs per (batch,
-    head, round): ``merged`` (B, H, n_hashes, m), and ``recent``, the at most ``merge_every`` keys
-    appended since the last merge. A new position is the last of its bucket, so appending it is a
-    sort of ``recent``, its rank a binary search in ``merged`` plus a count in ``recent``, the entry
-    at a rank a binary search over the ranks of ``recent``; the O(length) merge runs once every
-    ``merge_every`` appends. ``rotations``: the ones the keys were hashed with, ``hashed_with``: their
-    (n_hashes, n_buckets, dtype, device), so a fixed ``hash_seed`` draws them once.
+    head, round): ``merged`` (B, H, n_hashes, m), and the first ``n_recent`` of ``recent``, the at
+    most ``merge_every`` keys that ``functional.lsh_decode_step`` inserted since the last merge (a
+    new position is the last of its bucket, so the step's cost does not grow with the length); the
+    O(length) merge runs once every ``merge_every`` steps. ``rotations``: the ones the keys were
+    hashed with, ``hashed_with``: their (n_hashes, n_buckets, dtype, device), so a fixed
+    ``hash_seed`` draws them once.
     """
 
     def __init__(self, merged: torch.Tensor, hashed_with: tuple, rotations: torch.Tensor, merge_every: int) -> None:
@@ -79,53 +76,17 @@ class BucketOrder:
     def length(self) -> int:
         return self.merged.shape[-1] + self.n_recent
 
-    def _recent(self) -> torch.Tensor:
-        return self.recent[..., : self.n_recent].contiguous()
-
-    def append(self, keys: torch.Tensor) -> torch.Tensor:
-        """Add position ``length``'s keys (B, H, n_hashes); returns their ranks (B, H, n_hashes)."""
-        self.recent[..., self.n_recent] = keys
-        self.n_recent += 1
-        self.recent[..., : self.n_recent] = self._recent().sort(dim=-1).values
-        return self.rank(keys)
-
-    def rank(self, keys: torch.Tensor) -> torch.Tensor:
-        """The number of entries below each of ``keys`` (B, H, n_hashes) in its round."""
-        below_recent = (self.recent[..., : self.n_recent] < keys[..., None]).sum(dim=-1)
-        return torch.searchsorted(self.merged, keys[..., None].contiguous())[..., 0] + below_recent
-
-    def positions(self, rounds: torch.Tensor, ranks: torch.Tensor, padded_len: int) -> torch.Tensor:
-        """The positions at ``ranks`` (B, H, M, n) in rounds ``rounds`` (B, H, M) of the order of
-        ``padded_len`` positions, in which the positions [length, padded_len) come last, as ``forward``
-        sorts the padding past the input."""
-        n_merged, n_recent = self.merged.shape[-1], self.n_recent
-        inside = ranks.clamp(max=self.length - 1)
-        # Recent entry j sits at rank (its rank among the merged ones) + j, increasing in j; the
-        # number of recent entries ranked before a rank says which merged entry fills it otherwise.
-        recent = self._recent()
-        recent_ranks = torch.searchsorted(self.merged, recent) + torch.arange(n_recent, device=ranks.device)
-        row_ranks = recent_ranks.gather(2, rounds[..., None].expand(*rounds.shape, n_recent))
-        before = torch.searchsorted(row_ranks, inside)
-        j = before.clamp(max=max(n_recent - 1, 0))
-        from_recent = (before < n_recent) & (row_ranks.gather(-1, j) == inside) if n_recent else torch.zeros_like(inside, dtype=torch.bool)
-        merged_keys = self.merged.flatten(2).gather(2, (rounds[..., None] * n_merged + (inside - before).clamp(0, n_merged - 1)).flatten(2))
-        keys = merged_keys.view_as(inside)
-        if n_recent:
-            recent_keys = self.recent.flatten(2).gather(2, (rounds[..., None] * self.recent.shape[-1] + j).flatten(2))
-            keys = torch.where(from_recent, recent_keys.view_as(inside), keys)
-        return torch.where(ranks < self.length, keys % 2**POSITION_BITS, ranks)
-
     def merge_if_full(self) -> None:
         """Merge ``recent`` into ``merged`` once it holds ``merge_every`` keys: O(length)."""
         if self.n_recent < self.recent.shape[-1]:
             return
-        recent = self._recent()
-        recent_ranks = torch.searchsorted(self.merged, recent) + torch.arange(self.n_recent, device=recent.device)
-        is_recent = torch.zeros(*recent.shape[:3], self.length, dtype=torch.bool, device=recent.device)
-        is_recent.scatter_(-1, recent_ranks, True)
-        merged = self.merged.new_empty(is_recent.shape)
-        merged[is_recent] = recent.flatten()
-        merged[~is_recent] = self.merged.flatten()
+        recent = self.recent[..., : self.n_recent].contiguous()
+        # Each key goes to its rank in the union (keys are distinct): scatters, no boolean indexing,
+        # so that a GPU merge reads nothing on the host either.
+        merged = self.merged.new_empty(*recent.shape[:3], self.length)
+        merged.scatter_(-1, recent_ranks(self.merged, recent), recent)
+        merged_ranks = torch.searchsorted(recent, self.merged) + torch.arange(self.merged.shape[-1], device=recent.device)
+        merged.scatter_(-1, merged_ranks, self.merged)
         self.merged, self.n_recent = merged, 0
 
 
@@ -216,21 +177,6 @@ def _check_cached_len(module: nn.Module, hidden_states: torch.Tensor, attention_
             "pass the mask of the padded prompt, or cached_len=None to cache every position"
         )
     return cached_len
-
-
-def _attend_window(
-    query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, position: int, key_positions: torch.Tensor,
-    key_valid: torch.Tensor, *, causal: bool, self_mask: bool,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """One query per row (..., 1, d) against its window of keys and values (..., W, d), with the
-    chunked attention's masks (key_positions, key_valid broadcast to (..., W)): returns the output
-    (..., d) and the log-sum-exp (...) of the scores."""
-    scores = mask_scores(
-        query @ keys.transpose(-1, -2), torch.full((), position, device=query.device), key_positions[..., None, :],
-        key_valid[..., None, :], causal=causal, self_mask=self_mask,
-    )
-    lse = torch.logsumexp(scores, dim=-1, keepdim=True)
-    return (torch.exp(scores - lse) @ values).squeeze(-2), lse[..., 0, 0]
 
 
 def _sort_keys(
@@ -408,9 +354,10 @@ class LSHSelfAttention(nn.Module):
         padding. layout_len: the length of the sequence ``forward`` would see (>= t + 1; positions
         past t count as padding, as the models pad to a chunk multiple; default t + 1), which sets
         the bucket count when num_buckets is unset, the internal padding and so the chunks. Position
-        t is the last of its bucket in every round: the step hashes it, inserts it in
-        ``cache.order`` (the order forward sorts the rounds in) and attends, per round, within the
-        chunk its rank falls in and the neighbour chunks of that order; rounds combine by lse.
+        t is the last of its bucket in every round: the step hashes it, then one call of
+        ``functional.lsh_decode_step`` inserts it in ``cache.order`` (the order forward sorts the
+        rounds in) and attends, per round, within the chunk its rank falls in and the neighbour
+        chunks of that order; rounds combine by lse. No tensor value is read on the host.
         Cost per step (fixed ``hash_seed``): hashing t, a binary search per round and one chunk
         window of attention per round, independent of t (plus an O(t) merge every
         ``cache.merge_every`` steps); the rotations are drawn once. The first step past one chunk
@@ -428,7 +375,7 @@ class LSHSelfAttention(nn.Module):
         cache.write(position, qk, split_heads(self.value(hidden_states), self.num_attention_heads), capacity)
         keys, values = cache.keys[:, :, : position + 1], cache.values[:, :, : position + 1]
         if seq_len <= self.chunk_len:
-            out, _ = _attend_window(
+            out, _ = attend_window(
                 qk, shared_qk_keys(keys), values, position, torch.arange(position + 1, device=qk.device),
                 key_valid[:, None, :], causal=True, self_mask=True,
             )
@@ -439,36 +386,20 @@ class LSHSelfAttention(nn.Module):
             n_buckets = functional.default_num_buckets(seq_len, self.chunk_len, self.max_position_embeddings)
         order, hashed_with = cache.order, (n_hashes, n_buckets, qk.dtype, qk.device)
         if self.hash_seed is not None and order is not None and order.hashed_with == hashed_with:
-            rank = order.append(_sort_keys(qk, order.rotations, n_buckets, key_valid[:, position:], position)[..., 0])
+            sort_keys = _sort_keys(qk, order.rotations, n_buckets, key_valid[:, position:], position)[..., 0]
         else:
             rotations = self.draw_rotations(n_hashes, n_buckets, qk)
             every = _sort_keys(keys, rotations, n_buckets, key_valid, 0)
-            cache.order = order = BucketOrder(every.sort(dim=-1).values, hashed_with, rotations, cache.merge_every)
-            rank = order.rank(every[..., -1])
-        # The layout of forward: each round holds every position of the padded length (the ones
-        # past t are padding, sorted last), rounds concatenated and cut into chunks; position t's
-        # window is its chunk and the neighbour chunks, around the ring of all rounds' chunks.
-        padded_len = math.ceil(seq_len / self.chunk_len) * self.chunk_len
-        n_chunks = n_hashes * padded_len // self.chunk_len
-        rounds = torch.arange(n_hashes, device=qk.device)
-        neighbours = torch.arange(-self.n_chunks_before, self.n_chunks_after + 1, device=qk.device)
-        window_chunks = ((rounds * padded_len + rank) // self.chunk_len)[..., None] + neighbours
-        window_starts = window_chunks % n_chunks * self.chunk_len
-        window_rounds = window_starts // padded_len
-        window_ranks = (window_starts % padded_len)[..., None] + torch.arange(self.chunk_len, device=qk.device)
-        batch, heads = qk.shape[:2]
-        window_shape = (batch, heads, n_hashes, window_ranks.shape[3] * self.chunk_len)
-        key_positions = order.positions(window_rounds.flatten(2), window_ranks.flatten(2, 3), padded_len).view(window_shape)
-        order.merge_if_full()
-        real = key_positions.clamp(max=position)
-        valid = (key_positions <= position) & key_valid[:, None, None, :].expand(*window_shape[:3], -1).gather(-1, real)
-        rows = real.flatten(2)
-        out, lse = _attend_window(
-            qk[:, :, None], shared_qk_keys(gather_rows(keys, rows)).view(*window_shape, -1),
-            gather_rows(values, rows).view(*window_shape, -1), position, key_positions, valid, causal=True, self_mask=True,
+            cache.order = order = BucketOrder(every[..., :-1].sort(dim=-1).values, hashed_with, rotations, cache.merge_every)
+            sort_keys = every[..., -1]
+        out = functional.lsh_decode_step(
+            cache.keys, cache.values, order.merged, order.recent, order.n_recent, sort_keys, key_valid, position=position,
+            padded_len=math.ceil(seq_len / self.chunk_len) * self.chunk_len, chunk_len=self.chunk_len,
+            n_chunks_before=self.n_chunks_before, n_chunks_after=self.n_chunks_after,
         )
-        round_weights = torch.exp(lse - torch.logsumexp(lse, dim=2, keepdim=True))
-        return merge_heads((out * round_weights[..., None]).sum(dim=2, keepdim=True))
+        order.n_recent += 1
+        order.merge_if_full()
+        return merge_heads(out[:, :, None])
 
 
 class LocalSelfAttention(nn.Module):
@@ -574,7 +505,7 @@ class LocalSelfAttention(nn.Module):
         key_positions = (window_chunks[:, None] * chunk_len + torch.arange(chunk_len, device=q.device)).flatten()
         real = key_positions.clamp(max=position)
         valid = (key_positions <= position) & key_valid[:, real]
-        out, _ = _attend_window(
+        out, _ = attend_window(
             q, cache.keys[:, :, real] / math.sqrt(self.attention_head_size), cache.values[:, :, real], position,
             key_positions, valid[:, None, :], causal=True, self_mask=False,
         )

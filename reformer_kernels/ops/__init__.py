@@ -20,6 +20,7 @@ from . import (
     linear_cross_entropy,
     local_attention,
     lsh_attention,
+    lsh_decode_step,
     lsh_hash,
     seeded_randn,
 )
@@ -32,11 +33,12 @@ __all__ = [
     "load_triton",
     "local_attention",
     "lsh_attention",
+    "lsh_decode_step",
     "lsh_hash",
     "seeded_randn",
 ]
 
-TRITON_OPS = ("dropout_add", "linear_cross_entropy", "local_attention", "lsh_attention", "lsh_hash")
+TRITON_OPS = ("dropout_add", "linear_cross_entropy", "local_attention", "lsh_attention", "lsh_decode_step", "lsh_hash")
 
 
 def load_triton() -> None:

@@ -5,7 +5,8 @@ import torch
 
 from reformer_kernels import use_backend
 from reformer_kernels.nn import DecodingCache, LocalSelfAttention, LSHSelfAttention
-from reformer_kernels.nn.attention import POSITION_BITS, BucketOrder
+from reformer_kernels.nn.attention import BucketOrder
+from reformer_kernels.ops.lsh_decode_step.reference import POSITION_BITS, insert, positions_at
 
 HIDDEN, HEADS, HEAD_DIM, CHUNK, SEQ_LEN, PROMPT = 16, 2, 8, 4, 23, 2
 
@@ -97,8 +98,10 @@ def test_lsh_decode_step_with_other_windows_and_fresh_rotations(n_chunks, hash_s
 
 @pytest.mark.parametrize("merge_every", [1, 4, 64])
 def test_bucket_order_gives_the_sorted_order_at_every_rank(merge_every):
-    """Positions appended one at a time, each the last of its bucket: at every length the order
-    equals a full sort of the (bucket, position) keys, then the positions past the length."""
+    """Positions inserted one at a time, each the last of its bucket, with the merges of
+    ``BucketOrder``: at every length the rank the insertion returns is the key's in a full sort,
+    and the runs give the full sort of the (bucket, position) keys at every rank, then the
+    positions past the length."""
     torch.manual_seed(merge_every)
     n_buckets, length, padded_len = 5, 40, 48
     buckets = torch.randint(0, n_buckets, (2, 3, 2, length))
@@ -107,12 +110,14 @@ def test_bucket_order_gives_the_sorted_order_at_every_rank(merge_every):
     rounds = torch.arange(2).expand(2, 3, 2)
     for n in range(1, length + 1):
         if n > 1:
-            rank = order.append(keys[..., n - 1])
+            rank = insert(order.merged, order.recent, order.n_recent, keys[..., n - 1])
             assert torch.equal(rank, (keys[..., : n - 1] < keys[..., n - 1 : n]).sum(-1))
+            order.n_recent += 1
             order.merge_if_full()
         expected = torch.cat([keys[..., :n].sort(dim=-1).values % 2**POSITION_BITS,
                               torch.arange(n, padded_len).expand(2, 3, 2, -1)], dim=-1)
-        got = order.positions(rounds, torch.arange(padded_len).expand(2, 3, 2, -1), padded_len)
+        got = positions_at(order.merged, order.recent[..., : order.n_recent], rounds,
+                           torch.arange(padded_len).expand(2, 3, 2, -1), padded_len)
         assert torch.equal(got, expected), n
     assert order.length == length
 
