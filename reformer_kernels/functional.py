@@ -213,8 +213,10 @@ def _check_generator(fn: str, generator: object, like: torch.Tensor) -> None:
 def _check_sorted_idx(fn: str, sorted_idx: object, qk: torch.Tensor, n_hashes: int) -> torch.Tensor:
     if not isinstance(sorted_idx, torch.Tensor):
         raise TypeError(f"{fn}: sorted_idx must be a torch.Tensor, got {type(sorted_idx).__name__}")
-    if sorted_idx.dtype != torch.int64:
-        raise TypeError(f"{fn}: sorted_idx must be int64, got {sorted_idx.dtype}; use the sorted_idx that bucket_sort returns")
+    if sorted_idx.dtype not in (torch.int32, torch.int64):
+        raise TypeError(
+            f"{fn}: sorted_idx must be int32 or int64, got {sorted_idx.dtype}; use the sorted_idx that bucket_sort returns"
+        )
     batch, heads, seq_len, _ = qk.shape
     n = n_hashes * seq_len
     if tuple(sorted_idx.shape) != (batch, heads, n):
@@ -409,7 +411,7 @@ def lsh_attention(
 
     Args:
         qk, v: (B, H, L, d), one float dtype, one device.
-        sorted_idx: (B, H, n_hashes * L) int64, a permutation of [0, n_hashes * L) as
+        sorted_idx: (B, H, n_hashes * L) int32 or int64, a permutation of [0, n_hashes * L) as
             ``bucket_sort`` returns (entry r * L + i is position i in round r).
         n_hashes: int >= 1. chunk_len: int >= 1 dividing n_hashes * L (and L when n_hashes > 1).
         n_chunks_before, n_chunks_after: int >= 0.
