@@ -9,8 +9,10 @@ Each op's Triton launcher runs on CPU tensors laid out as a layer passes them (h
 the projections), with its launches recorded instead of run (tests/triton_launches.py) and every
 torch op it calls around them seen by a dispatch mode: the launcher's ``.contiguous()`` copies,
 fp32 buffers and prologue/epilogue arithmetic are kernels on a GPU too. The sort has no Triton
-kernel: its row is the compiled op's inputs and outputs plus a model of CUB's radix passes (each
-pass reads and writes every key and value once; ceil(log2(num_keys) / 8) passes of 8 bits). So
+kernel: its row is the compiled op's inputs and outputs (the ids in, which its prologue packs into
+(row, id) keys beside int32 positions, and sorted_idx out) plus a model of CUB's device-wide radix
+passes (each pass reads and writes every key and value once; one pass per 8 bits of the largest
+packed key, rows * num_keys - 1, whose keys are 4 bytes up to 32 bits and 8 above). So
 the numbers follow the launchers: change what they pass and the report changes with them.
 
 Bytes: every tensor a kernel reads or writes, counted once per launch (distinct elements x element
@@ -238,9 +240,10 @@ def sort_kernels(config: Config) -> tuple[list[Kernel], torch.Tensor]:
     _, sort = backends.select("bucket_sort", torch.device("cpu"), "cpu")  # the compiled op, as the triton backend's
     kernels = []
     with TorchOps(kernels):
-        sorted_idx, _ = sort(buckets, num_keys)
-    passes = math.ceil(math.log2(num_keys) / 8)
-    element = buckets.element_size() + sorted_idx.element_size()
+        sorted_idx = sort(buckets, num_keys)
+    key_bits = (buckets.shape[0] * buckets.shape[1] * num_keys - 1).bit_length()
+    passes = math.ceil(key_bits / 8)
+    element = (4 if key_bits <= 32 else 8) + sorted_idx.element_size()
     kernels.append(Kernel(f"radix passes (model: {passes})", passes * buckets.numel() * element,
                           passes * buckets.numel() * element))
     return kernels, sorted_idx

@@ -32,10 +32,10 @@ extern "C" PyObject* PyInit__C(void) {
 }
 
 TORCH_LIBRARY(reformer_kernels, m) {
-  // Stable counting sort of LSH bucket ids (round offsets already added) along the last dim.
-  // buckets: (..., N) int64 in [0, num_buckets). Returns sorted_idx (positions ordered by
-  // (bucket, position)) and undo_sort, its inverse permutation; both int64, same shape.
-  m.def("bucket_sort(Tensor buckets, int num_buckets) -> (Tensor sorted_idx, Tensor undo_sort)");
+  // Stable sort of LSH bucket ids (round offsets already added) along the last dim. buckets:
+  // (..., N) int64 in [0, num_buckets), N < 2^31. Returns sorted_idx, the positions ordered by
+  // (bucket, position), int32, same shape; functional.bucket_sort adds the inverse where asked.
+  m.def("bucket_sort(Tensor buckets, int num_buckets) -> Tensor sorted_idx");
   // Angular LSH: vectors (B, H, L, d), rotations (H, d, n_hashes, sum(n_buckets) / 2), n_buckets the
   // bucket factors (one for an int bucket count). With attention_mask (B, L) given, its zeros get
   // the padding bucket prod(n_buckets) and rounds are prod(n_buckets) + 1 wide (pass it only when it

@@ -213,8 +213,10 @@ def _check_generator(fn: str, generator: object, like: torch.Tensor) -> None:
 def _check_sorted_idx(fn: str, sorted_idx: object, qk: torch.Tensor, n_hashes: int) -> torch.Tensor:
     if not isinstance(sorted_idx, torch.Tensor):
         raise TypeError(f"{fn}: sorted_idx must be a torch.Tensor, got {type(sorted_idx).__name__}")
-    if sorted_idx.dtype != torch.int64:
-        raise TypeError(f"{fn}: sorted_idx must be int64, got {sorted_idx.dtype}; use the sorted_idx that bucket_sort returns")
+    if sorted_idx.dtype not in (torch.int32, torch.int64):
+        raise TypeError(
+            f"{fn}: sorted_idx must be int32 or int64, got {sorted_idx.dtype}; use the sorted_idx that bucket_sort returns"
+        )
     batch, heads, seq_len, _ = qk.shape
     n = n_hashes * seq_len
     if tuple(sorted_idx.shape) != (batch, heads, n):
@@ -350,20 +352,26 @@ def lsh_hash(
     return impl(vectors, rotations, n_buckets, attention_mask=attention_mask)
 
 
-def bucket_sort(buckets: torch.Tensor, num_buckets: int, *, backend: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def bucket_sort(
+    buckets: torch.Tensor, num_buckets: int, *, inverse: bool = True, backend: str | None = None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Stable sort of LSH bucket ids by (bucket, position) along the last dimension.
 
     Args:
-        buckets: (..., N) int64, values in [0, num_buckets): bucket ids with the hash-round offsets
-            already added (round r of n_buckets buckets maps bucket b to r * n_buckets + b), so one
-            sort orders by (round, bucket, position).
+        buckets: (..., N) int64, values in [0, num_buckets), N < 2^31: bucket ids with the
+            hash-round offsets already added (round r of n_buckets buckets maps bucket b to
+            r * n_buckets + b), so one sort orders by (round, bucket, position).
         num_buckets: int, the exclusive upper bound of the ids (n_hashes * n_buckets, counting the
             extra padding bucket where there is one).
+        inverse: whether to compute ``undo_sort`` (one scatter); ``lsh_attention`` needs only
+            ``sorted_idx``.
         backend: see ``reformer_kernels.backends``.
 
     Returns:
-        ``(sorted_idx, undo_sort)``, both (..., N) int64: ``sorted_idx`` lists positions in sorted
-        order (ties keep position order), ``undo_sort`` is its inverse permutation.
+        ``(sorted_idx, undo_sort)``, both (..., N) int32: ``sorted_idx`` lists positions in sorted
+        order (ties keep position order), ``undo_sort`` is its inverse permutation (None when
+        ``inverse`` is False). torch's gather and scatter take int32 indices; ``.long()`` gives
+        the int64 that older code may expect.
     """
     if not isinstance(buckets, torch.Tensor):
         raise TypeError(f"bucket_sort: buckets must be a torch.Tensor, got {type(buckets).__name__}")
@@ -373,6 +381,12 @@ def bucket_sort(buckets: torch.Tensor, num_buckets: int, *, backend: str | None 
         raise ValueError("bucket_sort: buckets must have at least one dimension (..., N), got a 0-d tensor")
     if isinstance(num_buckets, bool) or not isinstance(num_buckets, int) or num_buckets < 1:
         raise ValueError(f"bucket_sort: num_buckets must be a positive int, got {num_buckets!r}")
+    _check_bool("bucket_sort", "inverse", inverse)
+    if buckets.shape[-1] > 2**31 - 1:
+        raise ValueError(
+            f"bucket_sort: rows of {buckets.shape[-1]} ids are longer than int32 sorted_idx can index (2^31 - 1); "
+            "sort shorter rows"
+        )
     if buckets.numel() > 0 and checks_values(buckets):
         low, high = torch.aminmax(buckets)
         if low.item() < 0 or high.item() >= num_buckets:
@@ -381,7 +395,8 @@ def bucket_sort(buckets: torch.Tensor, num_buckets: int, *, backend: str | None 
                 "pass num_buckets = n_hashes * n_buckets (+ n_hashes for a padding bucket)"
             )
     _, impl = backends.select("bucket_sort", buckets.device, backend)
-    return impl(buckets, num_buckets)
+    sorted_idx = impl(buckets, num_buckets)
+    return sorted_idx, reference.invert_permutation(sorted_idx) if inverse else None
 
 
 def lsh_attention(
@@ -409,7 +424,7 @@ def lsh_attention(
 
     Args:
         qk, v: (B, H, L, d), one float dtype, one device.
-        sorted_idx: (B, H, n_hashes * L) int64, a permutation of [0, n_hashes * L) as
+        sorted_idx: (B, H, n_hashes * L) int32 or int64, a permutation of [0, n_hashes * L) as
             ``bucket_sort`` returns (entry r * L + i is position i in round r).
         n_hashes: int >= 1. chunk_len: int >= 1 dividing n_hashes * L (and L when n_hashes > 1).
         n_chunks_before, n_chunks_after: int >= 0.
@@ -581,7 +596,7 @@ def lsh_self_attention(
     _, hash_impl = backends.select("lsh_hash", qk.device, backend)
     buckets, num_keys = hash_impl(qk, rotations, n_buckets, attention_mask=attention_mask)
     _, sort_impl = backends.select("bucket_sort", qk.device, backend)
-    sorted_idx, _ = sort_impl(buckets, num_keys)
+    sorted_idx = sort_impl(buckets, num_keys)
     out, _ = _run_lsh_attention(
         qk,
         v,

@@ -179,7 +179,7 @@ def launcher_calls():
 
     x = empty(batch, heads, seq_len, head_dim)
     mask = empty(batch, seq_len, dtype=torch.bool)
-    sorted_idx = empty(batch, heads, n_hashes * seq_len, dtype=torch.int64)
+    sorted_idx = empty(batch, heads, n_hashes * seq_len, dtype=torch.int32)  # as bucket_sort returns it
     lse = empty(batch, heads, n_hashes, seq_len, dtype=torch.float32)
     hidden, weight, labels = empty(50, 32), empty(64, 32), empty(50, dtype=torch.int64)
     ce_grads = (empty(50, dtype=torch.float32), empty(50, dtype=torch.float32))  # d losses, d lse (and lse)

@@ -59,7 +59,7 @@ def lsh_attention_launches(dtype, head_dim, chunk_len):
     code path; the others compile subsets of it)."""
     batch, heads, seq_len, n_hashes, before, after = 2, 4, 4 * chunk_len, 2, 1, 0
     qk, v = (torch.randn(batch, seq_len, heads, head_dim, dtype=dtype).transpose(1, 2) for _ in range(2))
-    sorted_idx = torch.arange(n_hashes * seq_len).expand(batch, heads, -1).contiguous()
+    sorted_idx = torch.arange(n_hashes * seq_len, dtype=torch.int32).expand(batch, heads, -1).contiguous()
     mask = torch.ones(batch, seq_len, dtype=torch.bool)
     config = (n_hashes, chunk_len, before, after, True, mask, 0.1, DROPOUT_SEED, DROPOUT_OFFSET)
     out, lse = triton_lsh_attention.lsh_attention_fwd(qk, v, sorted_idx, *config)

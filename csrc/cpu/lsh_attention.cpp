@@ -38,8 +38,8 @@ LshShape check_lsh_inputs(const char* op, const at::Tensor& qk, const at::Tensor
   TORCH_CHECK_VALUE(v.sizes() == qk.sizes(), op, ": v must have the shape of qk ", qk.sizes(), ", got ", v.sizes());
   TORCH_CHECK_TYPE(v.scalar_type() == qk.scalar_type(), op, ": v must have the dtype of qk (", qk.scalar_type(),
                    "), got ", v.scalar_type());
-  TORCH_CHECK_TYPE(sorted_idx.scalar_type() == at::kLong, op, ": sorted_idx must be int64, got ",
-                   sorted_idx.scalar_type());
+  TORCH_CHECK_TYPE(sorted_idx.scalar_type() == at::kInt || sorted_idx.scalar_type() == at::kLong, op,
+                   ": sorted_idx must be int32 or int64, got ", sorted_idx.scalar_type());
   TORCH_CHECK_VALUE(sorted_idx.device().is_cpu(), op, ": sorted_idx must be on the CPU, got ", sorted_idx.device());
   TORCH_CHECK_VALUE(n_hashes >= 1, op, ": n_hashes must be >= 1, got ", n_hashes);
   check_chunking(op, chunk_len, n_chunks_before, n_chunks_after);
@@ -68,13 +68,17 @@ struct SortedEntries {
   std::vector<int64_t> pos, round;
   explicit SortedEntries(int64_t total) : pos(total), round(total) {}
 
-  void split(const int64_t* idx, int64_t total, int64_t seq_len, int64_t row) {
-    for (int64_t i = 0; i < total; ++i) {
-      TORCH_CHECK_VALUE(idx[i] >= 0 && idx[i] < total, "lsh_attention: sorted_idx[", row, "] holds ", idx[i],
-                        ", outside [0, n_hashes * seq_len = ", total, "); pass the sorted_idx of bucket_sort");
-      round[i] = idx[i] / seq_len;
-      pos[i] = idx[i] - round[i] * seq_len;
-    }
+  // sorted_idx: int32 as bucket_sort returns it, or int64.
+  void split(const at::Tensor& sorted_idx, int64_t total, int64_t seq_len, int64_t row) {
+    AT_DISPATCH_INDEX_TYPES(sorted_idx.scalar_type(), "lsh_attention", [&] {
+      const index_t* idx = sorted_idx.const_data_ptr<index_t>() + row * total;
+      for (int64_t i = 0; i < total; ++i) {
+        TORCH_CHECK_VALUE(idx[i] >= 0 && idx[i] < total, "lsh_attention: sorted_idx[", row, "] holds ", idx[i],
+                          ", outside [0, n_hashes * seq_len = ", total, "); pass the sorted_idx of bucket_sort");
+        round[i] = idx[i] / seq_len;
+        pos[i] = idx[i] - round[i] * seq_len;
+      }
+    });
   }
 };
 
@@ -174,7 +178,6 @@ void lsh_forward_kernel(const at::Tensor& qk, const at::Tensor& v, const at::Ten
   const MaskValues values = mask_values(qk.scalar_type());
   const int64_t L = s.seq_len, d = s.head_dim, total = s.n_hashes * L;
   const RowView<scalar_t> qk_rows = row_view<scalar_t>(qk), v_rows = row_view<scalar_t>(v);
-  const int64_t* idx_ptr = sorted_idx.data_ptr<int64_t>();
   const uint8_t* valid_ptr = valid.defined() ? valid.data_ptr<uint8_t>() : nullptr;
   const RowView<scalar_t, scalar_t> out_rows = output_rows<scalar_t>(out);
   T* lse_ptr = lse.data_ptr<T>();
@@ -188,7 +191,7 @@ void lsh_forward_kernel(const at::Tensor& qk, const at::Tensor& v, const at::Ten
     std::vector<uint64_t> keys(s.chunk_len);
     SortedEntries entries(total);
     for (int64_t row = begin; row < end; ++row) {
-      entries.split(idx_ptr + row * total, total, L, row);
+      entries.split(sorted_idx, total, L, row);
       const scalar_t* qk_row = qk_rows.rows(row);
       const scalar_t* v_row = v_rows.rows(row);
       const uint8_t* valid_row = valid_ptr == nullptr ? nullptr : valid_ptr + (row / s.heads) * L;
@@ -274,7 +277,6 @@ void lsh_backward_kernel(const at::Tensor& grad_out, const at::Tensor& grad_lse,
                           v_rows = row_view<scalar_t>(v), out_rows = row_view<scalar_t>(out);
   const T* glse_ptr = grad_lse.defined() ? grad_lse.data_ptr<T>() : nullptr;
   const T* lse_ptr = lse.data_ptr<T>();
-  const int64_t* idx_ptr = sorted_idx.data_ptr<int64_t>();
   const uint8_t* valid_ptr = valid.defined() ? valid.data_ptr<uint8_t>() : nullptr;
   const RowView<scalar_t, scalar_t> gqk_rows = output_rows<scalar_t>(grad_qk), gv_rows = output_rows<scalar_t>(grad_v);
 
@@ -293,7 +295,7 @@ void lsh_backward_kernel(const at::Tensor& grad_out, const at::Tensor& grad_lse,
     std::vector<T> slot_grad_q(s.n_keys * attn.dim_stride, T(0));
     std::vector<uint8_t> slot_has_grad(s.n_keys, 0);
     for (int64_t row = begin; row < end; ++row) {
-      entries.split(idx_ptr + row * total, total, L, row);
+      entries.split(sorted_idx, total, L, row);
       const scalar_t* qk_row = qk_rows.rows(row);
       const scalar_t* v_row = v_rows.rows(row);
       const scalar_t* g_row = g_rows.rows(row);

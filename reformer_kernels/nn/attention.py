@@ -315,7 +315,7 @@ class LSHSelfAttention(nn.Module):
                 # not inside the one-call op.
                 _whole_chunks(self, seq_len, self.chunk_len)
                 buckets, num_keys = functional.lsh_hash(qk, rotations, n_buckets, attention_mask=attention_mask)
-                sorted_idx, _ = functional.bucket_sort(buckets, num_keys)
+                sorted_idx, _ = functional.bucket_sort(buckets, num_keys, inverse=False)
                 out = functional.lsh_attention(qk, v, sorted_idx, n_hashes=n_hashes, **chunking, **masks)
                 if keeps_order:
                     # Padding sorts last in its round, so each round's first cached_len entries are

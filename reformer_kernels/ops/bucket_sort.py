@@ -1,11 +1,12 @@
 """bucket_sort: the stable sort of LSH bucket ids by (round, bucket, position), emitting sorted_idx
-and its inverse undo_sort (the public function, with its checks, is
-``reformer_kernels.functional.bucket_sort``).
+(the public function, with its checks and the inverse permutation undo_sort for callers that ask,
+is ``reformer_kernels.functional.bucket_sort``).
 
-One schema, declared in csrc/reformer.cpp: bucket_sort(buckets, num_buckets) -> (sorted_idx,
-undo_sort), implemented by csrc/cpu/sorting.cpp (a counting sort, or a stable sort of (id,
-position) pairs for rows shorter than num_buckets, so that memory follows the input) and the CUB
-radix sort of csrc/cuda/sorting.cu; ``reference.sort_buckets`` takes the same arguments. The sort
+One schema, declared in csrc/reformer.cpp: bucket_sort(buckets, num_buckets) -> sorted_idx (int32),
+implemented by csrc/cpu/sorting.cpp (a counting sort, or a sort of packed (row, id) keys with
+their positions for rows shorter than num_buckets, so that memory follows the input) and the
+device-wide CUB radix sort of the same packed keys in csrc/cuda/sorting.cu (csrc/sort_keys.h);
+``reference.argsort_buckets`` takes the same arguments. The sort
 has no Triton kernel: the triton backend's bucket_sort is the compiled one (CUB on GPU, the C++
 sort on CPU tensors under the interpreter), so that a whole hash -> sort -> attend pipeline runs
 with backend="triton".
@@ -23,12 +24,12 @@ def triton_can_sort() -> bool:
     return _extension.loaded() and (_extension.with_cuda() or not torch.cuda.is_available())
 
 
-backends.register("bucket_sort", "reference", reference.sort_buckets)
+backends.register("bucket_sort", "reference", reference.argsort_buckets)
 if _extension.loaded():
 
     @torch.library.register_fake("reformer_kernels::bucket_sort")
     def _bucket_sort_fake(buckets, num_buckets):
-        return tuple(torch.empty_like(buckets, memory_format=torch.contiguous_format) for _ in range(2))
+        return torch.empty_like(buckets, dtype=torch.int32, memory_format=torch.contiguous_format)
 
     compiled = torch.ops.reformer_kernels.bucket_sort
     backends.register("bucket_sort", "cpu", compiled)

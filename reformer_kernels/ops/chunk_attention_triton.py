@@ -360,6 +360,13 @@ def _launch_arguments(q: torch.Tensor, op: str, n_slots: int, chunk_len: int, ls
     return (mask, stride_mb), scalars, constexprs, chunk_grid(n_slots, chunk_len, batch, heads, tile)
 
 
+def slot_index(sorted_idx: torch.Tensor, n_slots: int, head_dim: int) -> torch.Tensor:
+    """``sorted_idx`` as the kernels read it. They compute row offsets (index * row stride) in the
+    index's type: bucket_sort's int32 serves while the slot rows of one (batch, head) hold fewer
+    than 2^31 elements (n_slots * head_dim), int64 past that."""
+    return sorted_idx.long() if n_slots * head_dim >= 2**31 else sorted_idx
+
+
 def attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sorted_idx: Optional[torch.Tensor],
                       out: torch.Tensor, lse: torch.Tensor, *, op: str, n_slots: int, chunk_len: int,
                       n_chunks_before: int, n_chunks_after: int, causal: bool, attention_mask: Optional[torch.Tensor],
@@ -373,7 +380,7 @@ def attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sorted_
     window = n_chunks_before + 1 + n_chunks_after
     (mask, stride_mb), scalars, constexprs, grid = _launch_arguments(q, op, n_slots, chunk_len, lsh, attention_mask, dropout)
     attention_fwd_kernel[grid](
-        q, k, v, sorted_idx if lsh else lse, mask, out, lse,
+        q, k, v, slot_index(sorted_idx, n_slots, q.shape[3]) if lsh else lse, mask, out, lse,
         q.stride(0), q.stride(1), q.stride(2),
         out.stride(0), out.stride(1), out.stride(2),
         lse.stride(0), lse.stride(1),
@@ -397,8 +404,8 @@ def attention_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sorted
     lsh = sorted_idx is not None
     (mask, stride_mb), scalars, constexprs, grid = _launch_arguments(q, op, n_slots, chunk_len, lsh, attention_mask, dropout)
     attention_bwd_kernel[grid](
-        q, k, v, sorted_idx if lsh else lse, mask, grad_out, round_weight if lsh else lse, lse, delta, grad_q,
-        grad_k, grad_v,
+        q, k, v, slot_index(sorted_idx, n_slots, q.shape[3]) if lsh else lse, mask, grad_out,
+        round_weight if lsh else lse, lse, delta, grad_q, grad_k, grad_v,
         q.stride(0), q.stride(1), q.stride(2),
         grad_q.stride(0), grad_q.stride(1), grad_q.stride(2),
         lse.stride(0), lse.stride(1),

@@ -10,9 +10,10 @@ from .local_attention import local_attention, local_chunking
 from .lsh_attention import lsh_attention
 from .projections import head_projections
 from .reversible import dropout_add, reversible_forward, reversible_inverse
-from .sorting import sort_buckets
+from .sorting import argsort_buckets, invert_permutation, sort_buckets
 
 __all__ = [
+    "argsort_buckets",
     "axial_position_encodings",
     "bucket_factors",
     "default_num_buckets",
@@ -21,6 +22,7 @@ __all__ = [
     "dropout_mask_shape",
     "hash_vectors",
     "head_projections",
+    "invert_permutation",
     "keep_threshold",
     "local_attention",
     "local_chunking",

@@ -42,7 +42,7 @@ def lsh_attention(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Chunked attention in bucket order, un-sorted and combined over hash rounds.
 
-    qk, v: (B, H, L, d) float. sorted_idx: (B, H, n_hashes * L) int64, a permutation of the flat
+    qk, v: (B, H, L, d) float. sorted_idx: (B, H, n_hashes * L) int32 or int64, a permutation of the flat
     round-major indices (entry r * L + i is position i in round r), as ``sort_buckets`` returns.
     (n_hashes * L) % chunk_len == 0. attention_mask: (B, L), 0 = padding key, or None.
     Attention dropout (dropout_p > 0): the probabilities that the Philox stream keyed by

@@ -1,7 +1,9 @@
-"""bucket_sort: every backend's (sorted_idx, undo_sort) equal the reference's exactly: a stable
-sort by (id, position), so there is one right answer whatever the ids. Fuzzed, then fixed shapes
-against a brute-force stable sort; the compiled op's opcheck, torch.compile, same bits on any
-thread count, the CUDA sort on a GPU, and bad input."""
+"""bucket_sort: every backend's (sorted_idx, undo_sort) equal the reference's exactly, int32: a
+stable sort by (id, position), so there is one right answer whatever the ids. Fuzzed (up to 64
+rows), then fixed shapes against a brute-force stable sort, LSH-shaped ids (rounds, the padding
+bucket); the packed (row, id) keys of the compiled sorts on both sides of the 32- and 64-bit key
+widths; the compiled op's opcheck, torch.compile, same bits on any thread count, the CUDA sort on
+a GPU, and bad input."""
 import pytest
 import torch
 from hypothesis import strategies as st
@@ -19,8 +21,8 @@ def cases(draw, backend):
     tiny = backend == "triton"
     return dict(
         seed=draw(st.integers(0, 2**31 - 1)),
-        # leading dims (batch, heads) of any rank, 0 to 2
-        lead=tuple(draw(st.lists(st.integers(1, 3), max_size=2))),
+        # leading dims (batch, heads) of any rank, 0 to 2, up to 64 rows: all rows sort at once
+        lead=tuple(draw(st.lists(st.integers(1, 3 if tiny else 8), max_size=2))),
         n=draw(st.integers(0, 200 if tiny else 600)),
         num_buckets=draw(st.one_of(st.integers(1, 8), st.integers(1, 2000))),
         # the ids of hashing use every id in a few rounds; few distinct ids make long ties
@@ -35,7 +37,7 @@ def check(backend, device, case):
     buckets = torch.randint(0, high, shape, dtype=torch.int64)
     expected_idx, expected_undo = reference.sort_buckets(buckets, num_buckets)
     sorted_idx, undo_sort = functional.bucket_sort(buckets.to(device), num_buckets, backend=backend)
-    assert sorted_idx.dtype == undo_sort.dtype == torch.int64
+    assert sorted_idx.dtype == undo_sort.dtype == torch.int32
     assert torch.equal(sorted_idx.cpu(), expected_idx), "sorted_idx differs from the stable sort"
     assert torch.equal(undo_sort.cpu(), expected_undo), "undo_sort is not the inverse permutation"
 
@@ -47,7 +49,7 @@ def brute_force_sort(buckets):
     """Sort each row by (bucket, position) with Python's sort, which is stable by definition."""
     rows = buckets.reshape(-1, buckets.shape[-1]).tolist()
     order = [sorted(range(len(row)), key=lambda i: (row[i], i)) for row in rows]
-    return torch.tensor(order, dtype=torch.int64).reshape(buckets.shape)
+    return torch.tensor(order, dtype=torch.int32).reshape(buckets.shape)
 
 
 SHAPES = [(1, 1, 1), (2, 3, 50), (3, 1, 257), (1, 4, 1024), (7,)]
@@ -59,7 +61,7 @@ def test_matches_brute_force(backend, device, shape, num_buckets):
     buckets = torch.randint(0, num_buckets, shape)
     sorted_idx, undo_sort = (t.cpu() for t in functional.bucket_sort(buckets.to(device), num_buckets, backend=backend))
     assert torch.equal(sorted_idx, brute_force_sort(buckets))
-    positions = torch.arange(shape[-1]).expand(shape)
+    positions = torch.arange(shape[-1], dtype=torch.int32).expand(shape)
     assert torch.equal(sorted_idx.gather(-1, undo_sort), positions)
     assert torch.equal(undo_sort.gather(-1, sorted_idx), positions)
 
@@ -70,20 +72,58 @@ def test_non_contiguous_input(backend, device):
     assert torch.equal(sorted_idx.cpu(), brute_force_sort(buckets))
 
 
+def test_inverse_only_when_asked(backend, device):
+    buckets = torch.randint(0, 5, (2, 3, 30), device=device)
+    sorted_idx, undo_sort = functional.bucket_sort(buckets, 5, inverse=False, backend=backend)
+    assert undo_sort is None
+    assert torch.equal(sorted_idx, functional.bucket_sort(buckets, 5, backend=backend)[0])
+
+
+@pytest.mark.parametrize("padded", [False, True])
+@pytest.mark.parametrize("rows, seq_len", [((2, 4), 512), ((8, 8), 64), ((1, 3), 5)])
+def test_equals_reference_on_lsh_shaped_ids(backend, device, rows, seq_len, padded):
+    """Ids as lsh_hash writes them: round r's in [r * n', (r + 1) * n'), padding positions in each
+    round's extra bucket; rows longer than num_buckets and shorter (5 positions, 4 rounds of 33)."""
+    n_hashes, n_buckets = 4, 32
+    per_round = n_buckets + padded
+    buckets = torch.randint(0, n_buckets, (*rows, n_hashes, seq_len))
+    if padded:
+        buckets[..., seq_len // 2 :] = n_buckets
+    buckets = (buckets + per_round * torch.arange(n_hashes).view(-1, 1)).flatten(-2)
+    ours = functional.bucket_sort(buckets.to(device), n_hashes * per_round, backend=backend)
+    ref = reference.sort_buckets(buckets, n_hashes * per_round)
+    assert torch.equal(ours[0].cpu(), ref[0]) and torch.equal(ours[1].cpu(), ref[1])
+
+
 @requires_extension
-def test_cpu_equals_reference_on_lsh_shaped_keys():
-    n_hashes, n_buckets, L = 4, 32, 512
-    buckets = torch.randint(0, n_buckets, (2, 4, n_hashes, L)) + n_buckets * torch.arange(n_hashes).view(1, 1, -1, 1)
-    buckets = buckets.flatten(2)
-    ours = functional.bucket_sort(buckets, n_hashes * n_buckets, backend="cpu")
-    ref = reference.sort_buckets(buckets, n_hashes * n_buckets)
+@pytest.mark.parametrize(
+    "rows, num_buckets",
+    [
+        (4, 2**30),  # rows * num_buckets = 2^32: the largest key, 2^32 - 1, is the last 32-bit one
+        (5, 2**30),  # 5 * 2^30 - 1 needs 33 bits: 64-bit keys
+        (2, 2**31 + 1),  # row 1's keys all lie past 2^32
+        (4, 2**62),  # rows * num_buckets = 2^64: the last 64-bit keys
+        (5, 2**62),  # past 64 bits: each row sorts alone
+    ],
+)
+def test_packed_keys_on_both_sides_of_the_key_widths(rows, num_buckets):
+    """The compiled sorts order packed keys row * num_buckets + id (csrc/sort_keys.h), 32 bits wide
+    while rows * num_buckets <= 2^32; the C++ sort takes that path for rows shorter than
+    num_buckets, so a key that wrapped would move its entry to another row or out of order. Ids
+    from the top and the bottom of the range, with ties."""
+    ids = torch.tensor([num_buckets - 1, 0, num_buckets - 2, num_buckets // 2, 1])
+    buckets = ids[torch.randint(0, 5, (rows, 7))]
+    buckets[-1, :2] = num_buckets - 1
+    ours = functional.bucket_sort(buckets, num_buckets, backend="cpu")
+    ref = reference.sort_buckets(buckets, num_buckets)
     assert torch.equal(ours[0], ref[0]) and torch.equal(ours[1], ref[1])
 
 
 @requires_extension
-def test_same_bits_across_thread_counts():
-    buckets = torch.randint(0, 64, (3, 8, 2048))
-    assert_same_bits_on_thread_counts(lambda: torch.ops.reformer_kernels.bucket_sort(buckets, 64), counts=(1, 2))
+@pytest.mark.parametrize("num_buckets", [64, 5000])  # a counting sort per row, packed keys per thread's rows
+def test_same_bits_across_thread_counts(num_buckets):
+    buckets = torch.randint(0, num_buckets, (3, 8, 2048))
+    assert_same_bits_on_thread_counts(lambda: torch.ops.reformer_kernels.bucket_sort(buckets, num_buckets), counts=(1, 2))
 
 
 @requires_extension
@@ -97,7 +137,7 @@ def test_opcheck():
 def test_under_torch_compile():
     buckets = torch.randint(0, 16, (2, 3, 40))
     compiled = torch.compile(lambda b: torch.ops.reformer_kernels.bucket_sort(b, 16), fullgraph=True, backend="eager")
-    assert all(torch.equal(a, b) for a, b in zip(compiled(buckets), reference.sort_buckets(buckets, 16)))
+    assert torch.equal(compiled(buckets), reference.argsort_buckets(buckets, 16))
 
 
 @pytest.mark.parametrize(
@@ -111,11 +151,18 @@ def test_under_torch_compile():
         (torch.tensor([[-1, 1, 2]]), 4, ValueError, r"span \[-1, 2\]"),
         (torch.tensor([[0, 1]]), 0, ValueError, "positive int"),
         (torch.tensor([[0, 1]]), 2.0, ValueError, "positive int"),
+        # expanded, not allocated: 2^31 ids in a row are more than int32 sorted_idx indexes
+        (torch.zeros(1, dtype=torch.int64).expand(2**31), 1, ValueError, r"int32 sorted_idx can index \(2\^31 - 1\)"),
     ],
 )
 def test_bad_input(buckets, num_buckets, error, match):
     with pytest.raises(error, match=match):
         functional.bucket_sort(buckets, num_buckets)
+
+
+def test_inverse_must_be_a_bool():
+    with pytest.raises(TypeError, match="inverse must be True or False"):
+        functional.bucket_sort(torch.tensor([[0, 1]]), 2, inverse=1)
 
 
 @requires_extension
@@ -125,16 +172,32 @@ def test_kernel_rejects_out_of_range_directly():
         torch.ops.reformer_kernels.bucket_sort(torch.tensor([[0, 9]]), 4)
     with pytest.raises(TypeError, match="int64"):
         torch.ops.reformer_kernels.bucket_sort(torch.tensor([[0.0, 1.0]]), 4)
+    with pytest.raises(ValueError, match=r"int32 sorted_idx can index \(2\^31 - 1\)"):
+        torch.ops.reformer_kernels.bucket_sort(torch.zeros(1, dtype=torch.int64).expand(2**31), 1)
 
 
 @requires_cuda_kernels
-@pytest.mark.parametrize("shape", [(1, 1, 1), (2, 4, 4096), (3, 8, 1000)])
-@pytest.mark.parametrize("num_buckets", [1, 2, 64, 4 * 257, 70000])
+@pytest.mark.parametrize("shape", [(1, 1, 1), (2, 4, 4096), (3, 8, 1000), (8, 8, 700)])
+@pytest.mark.parametrize("num_buckets", [1, 2, 64, 4 * 257, 70000, 2**27, 2**40])
 def test_cuda_equals_reference(shape, num_buckets):
+    """One device-wide sort of packed keys: 32-bit keys up to rows * num_buckets = 2^32, 64-bit past
+    that (64 rows of 2^27 ids, 2^40 ids)."""
     buckets = torch.randint(0, num_buckets, shape, device="cuda")
+    buckets[..., : shape[-1] // 3] = buckets[..., :1]  # ties
     ours = functional.bucket_sort(buckets, num_buckets, backend="cuda")
     ref = reference.sort_buckets(buckets.cpu(), num_buckets)
+    assert ours[0].dtype == torch.int32
     assert torch.equal(ours[0].cpu(), ref[0]) and torch.equal(ours[1].cpu(), ref[1])
+
+
+@requires_cuda_kernels
+def test_cuda_packed_keys_at_the_64_bit_boundary():
+    num_buckets = 2**62
+    buckets = torch.tensor([[num_buckets - 1, 0, num_buckets - 1, 5]] * 4, device="cuda")
+    sorted_idx = torch.ops.reformer_kernels.bucket_sort(buckets, num_buckets)
+    assert torch.equal(sorted_idx.cpu(), reference.argsort_buckets(buckets.cpu(), num_buckets))
+    with pytest.raises(ValueError, match="do not fit the 64-bit sort key"):
+        torch.ops.reformer_kernels.bucket_sort(torch.cat([buckets, buckets[:1]]), num_buckets)
 
 
 @requires_cuda_kernels

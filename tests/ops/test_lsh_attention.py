@@ -132,6 +132,34 @@ def test_kernels_match_reference(backend, device, dtype, batch, heads, seq_len, 
     assert_matches_reference(run, backend, (qk, v), dtype, "lsh_attention")
 
 
+@on_backends("reference", "cpu", "triton")
+def test_int32_and_int64_sorted_idx_give_the_same_bits(backend, device):
+    """bucket_sort's sorted_idx is int32; an int64 one (an arange, older callers) names the same
+    entries, so out, lse and the gradients are the same bits."""
+    qk, v = (torch.randn(2, 2, 32, 16, device=device) for _ in range(2))
+    sorted_idx = hashed_order(qk, 2, None)
+    upstream = (torch.randn_like(qk), torch.randn(2, 2, 2, 32, device=device))  # d out, d lse
+
+    def run(idx):
+        def fn(qk, v):
+            return functional.lsh_attention(qk, v, idx, n_hashes=2, chunk_len=8, return_lse=True, backend=backend)
+        return outputs_and_grads(fn, (qk, v), upstream)
+
+    for narrow, wide in zip(run(sorted_idx.int()), run(sorted_idx.long())):
+        assert torch.equal(narrow, wide)
+
+
+def test_triton_kernels_read_int64_indices_where_int32_offsets_would_overflow():
+    """The Triton kernels compute index * row stride in the index's type, so int32 sorted_idx stays
+    int32 only while a (batch, head)'s n_slots * head_dim slot rows hold fewer than 2^31 elements."""
+    from reformer_kernels.ops.chunk_attention_triton import slot_index
+
+    sorted_idx = torch.zeros(1, 1, 4, dtype=torch.int32)
+    assert slot_index(sorted_idx, 2**25 - 1, 64) is sorted_idx
+    assert slot_index(sorted_idx, 2**25, 64).dtype == torch.int64
+    assert slot_index(sorted_idx.long(), 4, 64).dtype == torch.int64
+
+
 # ----------------------------------------------------------------------------- the C++ op
 def lsh_attention_cpu(*args, **kwargs):
     """The C++ op reformer_kernels::lsh_attention_fwd: (out, lse)."""
@@ -260,8 +288,8 @@ def test_cpu_direct_op_calls_reject_bad_inputs():
         _direct(qk.long(), v, sorted_idx)
     with pytest.raises(TypeError, match="dtype of qk"):
         _direct(qk, v.double(), sorted_idx)
-    with pytest.raises(TypeError, match="int64"):
-        _direct(qk, v, sorted_idx.int())
+    with pytest.raises(TypeError, match="int32 or int64"):
+        _direct(qk, v, sorted_idx.short())
     with pytest.raises(ValueError, match="shape of qk"):
         _direct(qk, v[..., :3], sorted_idx)
     with pytest.raises(ValueError, match="n_hashes \\* seq_len"):
@@ -444,8 +472,8 @@ def test_triton_two_runs_give_identical_bits(backend, device, dropout_p):
 @triton_only
 def test_triton_bad_inputs_get_the_shared_errors(backend, device):
     qk, v, sorted_idx, *config, mask, p, seed, offset = triton_args(device, requires_grad=False, dropout=True)
-    with pytest.raises(TypeError, match="sorted_idx must be int64"):
-        functional.lsh_attention(qk, v, sorted_idx.int(), n_hashes=2, chunk_len=16, backend=backend)
+    with pytest.raises(TypeError, match="sorted_idx must be int32 or int64"):
+        functional.lsh_attention(qk, v, sorted_idx.short(), n_hashes=2, chunk_len=16, backend=backend)
     with pytest.raises(ValueError, match="chunk_len 24 must divide"):
         functional.lsh_attention(qk, v, sorted_idx, n_hashes=2, chunk_len=24, backend=backend)
     with pytest.raises(ValueError, match="v has shape"):
@@ -530,8 +558,8 @@ def test_rejects_bad_sorted_idx():
         functional.lsh_attention(qk, v, sorted_idx[..., :12], **kwargs)
     with pytest.raises(ValueError, match="check n_hashes"):
         functional.lsh_attention(qk, v, sorted_idx, **(kwargs | dict(n_hashes=1)))
-    with pytest.raises(TypeError, match="sorted_idx must be int64"):
-        functional.lsh_attention(qk, v, sorted_idx.int(), **kwargs)
+    with pytest.raises(TypeError, match="sorted_idx must be int32 or int64"):
+        functional.lsh_attention(qk, v, sorted_idx.short(), **kwargs)
     with pytest.raises(ValueError, match="sorted_idx spans"):
         functional.lsh_attention(qk, v, sorted_idx + 1, **kwargs)
 

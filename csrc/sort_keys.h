@@ -1,0 +1,31 @@
+// The packed sort key of bucket_sort, shared by its CPU and CUDA kernels so that the CPU tests
+// exercise the arithmetic the GPU sort runs on. All (batch, head) rows sort in one radix sort of
+// key = row * num_buckets + bucket: rows keep apart and in order, within a row the keys order by
+// bucket, and the values being within-row positions, the sort's stability orders ties by
+// position. The key is as wide as the largest one needs: 32 bits (a 4-byte radix sort that also
+// skips the top bits) when rows * num_buckets <= 2^32, else 64.
+#pragma once
+
+#include <c10/macros/Macros.h>
+
+#include <cstdint>
+
+namespace reformer_kernels {
+
+// Bits of the largest packed key rows * num_buckets - 1 (at least 1: CUB sorts bits
+// [0, end_bit) and wants a non-empty range), or 65 where it does not fit 64 bits. rows, num_buckets >= 1.
+inline int packed_key_bits(int64_t rows, int64_t num_buckets) {
+  const uint64_t buckets = static_cast<uint64_t>(num_buckets);
+  if (static_cast<uint64_t>(rows - 1) > (UINT64_MAX - (buckets - 1)) / buckets) return 65;
+  const uint64_t largest = static_cast<uint64_t>(rows - 1) * buckets + (buckets - 1);
+  int bits = 1;
+  while (bits < 64 && (largest >> bits) != 0) ++bits;
+  return bits;
+}
+
+template <typename key_t>
+C10_HOST_DEVICE inline key_t pack_sort_key(int64_t row, int64_t bucket, int64_t num_buckets) {
+  return static_cast<key_t>(row) * static_cast<key_t>(num_buckets) + static_cast<key_t>(bucket);
+}
+
+}  // namespace reformer_kernels
