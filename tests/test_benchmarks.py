@@ -481,3 +481,13 @@ def test_real_configs_tiny_writes_every_column_and_every_row_is_ok(tmp_path):
     assert {float(r["time_ratio_vs_transformers"]) for r in rows if r["competitor"] == "transformers"} == {1.0}
     with open(tmp_path / "real_configs.json") as f:
         assert json.load(f)["environment"]["peak_gflops"] == 100
+
+
+def test_real_configs_dtypes_picks_the_bf16_autocast_rows(tmp_path):
+    """--dtypes replaces the size's dtypes: the tiny size's train and infer rows under bf16 autocast."""
+    assert run.main(["--suite", "real_configs", "--size", "tiny", "--competitors", "reformer_kernels", "--dtypes",
+                     "bf16-autocast", "--out", str(tmp_path)]) == 0
+    with open(tmp_path / "real_configs.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["op"], r["dtype"], r["status"]) for r in rows] == [
+        ("train", "bf16-autocast", "ok"), ("infer", "bf16-autocast", "ok")], [r["error"] for r in rows]
