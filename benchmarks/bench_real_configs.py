@@ -3,7 +3,8 @@
 transformers' model with its attention layers patched onto our ops (integrations.hf.patch_hf_reformer),
 all three with the same random weights, batch 1, on the CPU.
 
-    python -m benchmarks --suite real_configs [--size tiny|small|full] [--repeats N] [--peak-gflops X] [--out DIR]
+    python -m benchmarks --suite real_configs [--size tiny|small|full] [--dtypes fp32 bf16-autocast] [--repeats N]
+        [--peak-gflops X] [--out DIR]
 
 Configurations (transformers' ReformerConfig fields; ours takes the same ones):
   cnp (google/reformer-crime-and-punishment): 6 layers local/lsh alternating, hidden 256 = 2 heads of 64,
@@ -24,6 +25,7 @@ on); "infer" is eval mode, no grad, the logits of the whole sequence. Dtypes: "f
 Sizes: --size tiny (tests): cnp-shaped, 2 layers, L = 256, fp32, 1 repeat. --size small (default):
 cnp at L = 1024, fp32, 1 repeat (a few minutes at most). --size full: cnp at 4K, 16K, 64K and enwik8
 at 4K, 16K, both workloads, fp32 and bf16-autocast, 3 repeats: this takes hours on a 2-core CPU.
+--dtypes replaces the size's dtypes (e.g. --size small --dtypes fp32 bf16-autocast: cnp at 1K in both).
 
 Each case runs in a fresh process (benchmarks/workers.py): one warm-up step, one step whose peak RSS
 is measured (workers.peak_rss_bytes: the resident memory the step adds), SETTLING_STEPS untimed steps
@@ -212,11 +214,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--peak-gflops", type=float, default=PEAK_GFLOPS,
                    help=f"the machine's measured fp32 peak, for fraction_of_peak (default {PEAK_GFLOPS:g}: 2 Zen 4 cores)")
     p.add_argument("--competitors", nargs="+", choices=COMPETITORS, default=list(COMPETITORS))
+    p.add_argument("--dtypes", nargs="+", choices=DTYPES, default=None, help="dtypes to run (default: the size's)")
     p.add_argument("--out", default=None, help="output folder (default: bench-results/<cpu-name>/, not tracked by git)")
     p.add_argument("--worker", nargs=6, metavar=("MODEL", "WORKLOAD", "COMPETITOR", "DTYPE", "SEQ_LEN", "LAYERS"),
                    help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     lengths, workloads, dtypes, default_repeats, layers = SIZES[args.size]
+    dtypes = args.dtypes or dtypes
     repeats = args.repeats or default_repeats
     if args.worker:
         model, workload, competitor, dtype, seq_len, worker_layers = args.worker

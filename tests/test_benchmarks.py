@@ -540,3 +540,13 @@ def test_traffic_report_adds_up(tmp_path):
     (attention,) = [r for r in rows if r["precision"] == "bf16" and r["kernel"] == "attention_fwd_kernel" and r["op"] == "lsh_attention fwd"]
     useful = flops.chunked_attention(1, 1, 1024, config.head_dim, config.lsh_chunk_len, 1, 0, config.n_hashes) / 1024
     assert float(attention["flops"]) == useful
+
+
+def test_real_configs_dtypes_picks_the_bf16_autocast_rows(tmp_path):
+    """--dtypes replaces the size's dtypes: the tiny size's train and infer rows under bf16 autocast."""
+    assert run.main(["--suite", "real_configs", "--size", "tiny", "--competitors", "reformer_kernels", "--dtypes",
+                     "bf16-autocast", "--out", str(tmp_path)]) == 0
+    with open(tmp_path / "real_configs.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["op"], r["dtype"], r["status"]) for r in rows] == [
+        ("train", "bf16-autocast", "ok"), ("infer", "bf16-autocast", "ok")], [r["error"] for r in rows]

@@ -35,7 +35,7 @@ constexpr int64_t strip_width() {
 
 // Columns [0, n) of the K x n matrix whose element (k, j) is src[k * k_stride + j * j_stride], as
 // ceil(n / strip) strips of K rows of `strip` values each, zero past column n: the B operand of
-// gemm_rows<T, 2> with ldb = strip.
+// gemm_strip with ldb = strip.
 template <typename T>
 std::vector<T> pack_strips(const T* src, int64_t K, int64_t n, int64_t k_stride, int64_t j_stride) {
   constexpr int64_t S = strip_width<T>();
@@ -109,7 +109,7 @@ void project_kernel(const at::Tensor& x, const std::vector<at::Tensor>& weights,
       T* out = out_ptrs[p] + ((b * s.heads + h) * s.seq_len + l) * d;
       T* c = target.rows(out);
       for (int64_t strip = 0; strip < n_strips; ++strip) {
-        gemm_rows<T, 2>(rows, D, a, D, 1, packed[ph].data() + strip * D * S, S, c + strip * S, target.stride(d), false);
+        gemm_strip<T>(rows, D, a, D, 1, packed[ph].data() + strip * D * S, S, c + strip * S, target.stride(d), false);
       }
       target.finish(rows, out, d);
     }
@@ -148,7 +148,7 @@ void grad_input_kernel(const std::vector<at::Tensor>& grads, const at::Tensor& s
     for (int64_t strip = 0; strip < n_strips; ++strip) {
       for (int64_t seg = 0; seg < n_segments; ++seg) {
         const HeadRows<T>& rows_p = g[seg / s.heads];
-        gemm_rows<T, 2>(rows, d, rows_p.row(b, seg % s.heads, l), rows_p.row_stride, 1,
+        gemm_strip<T>(rows, d, rows_p.row(b, seg % s.heads, l), rows_p.row_stride, 1,
                         packed.data() + (strip * K + seg * d) * S, S, c + strip * S, target.stride(D), seg > 0);
       }
     }
@@ -188,7 +188,7 @@ void grad_weight_kernel(const std::vector<at::Tensor>& grads, const at::Tensor& 
           const T* a = rows_p.row(b, ph % s.heads, first) + t;
           T* c = sums.data() + (panel - begin) * kPanel * padded;
           for (int64_t strip = 0; strip < padded; strip += S) {
-            gemm_rows<T, 2>(std::min(kPanel, d - t), n, a, 1, rows_p.row_stride, xb + strip, ldb, c + strip, padded, true);
+            gemm_strip<T>(std::min(kPanel, d - t), n, a, 1, rows_p.row_stride, xb + strip, ldb, c + strip, padded, true);
           }
         }
       }

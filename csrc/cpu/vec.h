@@ -96,19 +96,30 @@ inline vec_t<float> vexp(vec_t<float> x) {
   return underflow ? vsplat(0.0f) : result;
 }
 
+// The W elements at p as a vector of T: loaded as they are when p holds T, else converted one by
+// one (which the compiler vectorizes for bf16 and fp16).
+template <typename T, typename X>
+inline vec_t<T> vload_as(const X* p) {
+  if constexpr (std::is_same_v<X, T>) {
+    return vload(p);
+  } else {
+    vec_t<T> v;
+    for (int64_t w = 0; w < Vec<T>::width; ++w) v[w] = static_cast<T>(p[w]);
+    return v;
+  }
+}
+
 // x . y over n elements in the accumulation type T, summed in a fixed order (vector lanes, then the
 // lanes in order, then the tail): it vectorizes without -ffast-math and gives the same bits on
-// every thread count. Low-precision operands take the scalar loop (they are converted one by one).
+// every thread count. Low-precision operands are converted a vector at a time.
 template <typename T, typename X, typename Y>
 inline T dot(const X* x, const Y* y, int64_t n) {
+  constexpr int64_t W = Vec<T>::width;
   T sum = 0;
   int64_t t = 0;
-  if constexpr (std::is_same_v<X, T> && std::is_same_v<Y, T>) {
-    constexpr int64_t W = Vec<T>::width;
-    vec_t<T> acc = {};
-    for (; t + W <= n; t += W) acc += vload(x + t) * vload(y + t);
-    for (int64_t w = 0; w < W; ++w) sum += acc[w];
-  }
+  vec_t<T> acc = {};
+  for (; t + W <= n; t += W) acc += vload_as<T>(x + t) * vload_as<T>(y + t);
+  for (int64_t w = 0; w < W; ++w) sum += acc[w];
   for (; t < n; ++t) sum += static_cast<T>(x[t]) * static_cast<T>(y[t]);
   return sum;
 }

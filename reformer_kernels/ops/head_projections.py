@@ -1,18 +1,23 @@
 """head_projections: the C++ kernels of csrc/cpu/projections.cpp behind the schema
 reformer_kernels::head_projections (csrc/reformer.cpp), which compute an attention layer's input
 projections straight into dense heads (B, H, L, d), and its two backward ops (the input's
-gradient, summed over the projections, and each weight's). Float32 and float64; other dtypes and
-GPU tensors take ``reference.head_projections`` (torch's matmul), whose head-split views the GPU
-kernels read as well as dense heads."""
+gradient, summed over the projections, and each weight's). Float32 and float64; other dtypes, GPU
+tensors and float32 under ``torch.autocast`` take ``reference.head_projections`` (torch's matmul),
+whose head-split views the attention kernels read as well as dense heads: under autocast that
+matmul runs as ``nn.Linear`` does, in the autocast dtype (bf16 on oneDNN's AMX/AVX512-BF16 kernels,
+2x the fp32 rate or more), and the attention kernels then take those low-precision heads."""
 import torch
 
 from .. import _extension, backends, reference
 
 
 def head_projections_cpu(x: torch.Tensor, weights: list[torch.Tensor], heads: int) -> list[torch.Tensor]:
-    if x.dtype not in (torch.float32, torch.float64):
-        return reference.head_projections(x, weights, heads)
-    return list(torch.ops.reformer_kernels.head_projections(x, list(weights), heads))
+    if x.dtype == torch.float64 or (x.dtype == torch.float32 and not torch.is_autocast_enabled(x.device.type)):
+        return list(torch.ops.reformer_kernels.head_projections(x, list(weights), heads))
+    if x.dtype == torch.float32:
+        # Cast once here: autocast caches the weights' casts, but would cast x again per weight.
+        x = x.to(torch.get_autocast_dtype(x.device.type))
+    return reference.head_projections(x, weights, heads)
 
 
 if _extension.loaded():

@@ -162,6 +162,30 @@ def test_cpu_low_precision_takes_torch_matmul(dtype):
 
 
 @requires_extension
+def test_cpu_autocast_projects_in_the_autocast_dtype():
+    """Under torch.autocast float32 inputs are projected as nn.Linear projects them: in bf16, the
+    same bits as the reference (torch's matmul under autocast), while x and the weights keep
+    float32 gradients; float64 is left to the C++ kernels, as autocast leaves it."""
+    x, weights, upstream = fixed_inputs(2, 40, 32, 2, 16, 2, dtype=torch.float32)
+    results = {}
+    for backend in ("cpu", "reference"):
+        leaves = [t.detach().requires_grad_() for t in (x, *weights)]
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            outputs = functional.head_projections(leaves[0], leaves[1:], 2, backend=backend)
+        torch.autograd.backward(outputs, [u.bfloat16() for u in upstream])
+        results[backend] = outputs, [t.grad for t in leaves]
+    (outputs, grads), (want_outputs, want_grads) = results["cpu"], results["reference"]
+    assert all(out.dtype == torch.bfloat16 for out in outputs)
+    assert all(torch.equal(got, want) for got, want in zip(outputs, want_outputs))
+    assert all(g.dtype == torch.float32 and torch.equal(g, w) for g, w in zip(grads, want_grads))
+    x64, weights64 = x.double(), [w.double() for w in weights]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        outputs = functional.head_projections(x64, weights64, 2, backend="cpu")
+    want = OPS.head_projections(x64, weights64, 2)
+    assert all(torch.equal(got, w) for got, w in zip(outputs, want))
+
+
+@requires_extension
 def test_functional_errors_name_the_argument():
     x, weights, _ = fixed_inputs(1, 8, 12, 2, 3, 2)
     with pytest.raises(ValueError, match=r"x must be \(batch, seq_len, hidden\)"):

@@ -97,6 +97,31 @@ KERNEL_CASES = [
 def test_kernels_match_reference(backend, device, dtype, batch, heads, seq_len, head_dim, chunk_len, before, after, causal,
                                  padding, dropout_p):
     skip_if_interpreter_lacks(backend, dtype)
+    kernel_matches_reference(backend, device, dtype, batch, heads, seq_len, head_dim, chunk_len, before, after, causal,
+                             padding, dropout_p)
+
+
+# bf16 inputs as autocast hands them over (converted to float as the kernels gather them), on
+# head sizes whose products run in every tile width of csrc/cpu/gemm.h: 64 and 128 (the
+# published ones), 20 (a wide strip and a narrow one) and 7; odd chunks with a padded tail,
+# dropout, and one chunk with an odd number of queries.
+BF16_CASES = [
+    (1, 2, 100, 64, 32, 1, 0, True, "none", 0.0),
+    (2, 1, 45, 7, 5, 1, 1, False, "tail", 0.0),
+    (1, 1, 70, 128, 16, 2, 0, True, "full_row", 0.2),
+    (2, 2, 31, 20, 40, 1, 0, False, "tail", 0.0),
+]
+
+
+@requires_extension
+@pytest.mark.parametrize("batch,heads,seq_len,head_dim,chunk_len,before,after,causal,padding,dropout_p", BF16_CASES)
+def test_cpu_bf16_matches_reference(batch, heads, seq_len, head_dim, chunk_len, before, after, causal, padding, dropout_p):
+    kernel_matches_reference("cpu", torch.device("cpu"), torch.bfloat16, batch, heads, seq_len, head_dim, chunk_len, before,
+                             after, causal, padding, dropout_p)
+
+
+def kernel_matches_reference(backend, device, dtype, batch, heads, seq_len, head_dim, chunk_len, before, after, causal,
+                             padding, dropout_p):
     # (B, L, H, d) seen as (B, H, L, d), as the projections of a layer hand them over
     q, k, v = (torch.randn(batch, seq_len, heads, head_dim, dtype=torch.float64, device=device).transpose(1, 2) for _ in range(3))
     mask = fixed_padding_mask(padding, batch, seq_len, device)
