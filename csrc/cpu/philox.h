@@ -2,9 +2,10 @@
 // element numbering and keep rule of reformer_kernels/reference/dropout.py (which explains them):
 // element e of a call keyed by seed at generator offset `offset` gets word e % 4 of the counter
 // (offset / 4 low, offset / 4 high, e / 4 low, e / 4 high) under key (seed low, seed high), and is
-// kept when that word >> 1 is at least floor(p * 2^31). Sixteen counters run side by side in
-// vector-extension lanes (two AVX-512 registers per 64-bit product, four with AVX2), so one source
-// gives the same bits as Triton's tl.philox and the torch reference on any -march.
+// kept when that word >> 1 is at least floor(p * 2^31). Sixteen counters run side by side: in
+// vector-extension lanes (philox4x32_10, any -march) and, where AVX-512 is available, in the low
+// halves of 64-bit lanes (philox_block, for the kernels' streams); both give the same bits as
+// Triton's tl.philox and the torch reference.
 #pragma once
 
 #include <algorithm>
