@@ -142,7 +142,7 @@ class PositionEmbeddings(nn.Module):
         self.dropout = config.hidden_dropout_prob
 
     def forward(self, position_ids: torch.Tensor) -> torch.Tensor:
-        return nn.functional.dropout(self.embedding(position_ids), p=self.dropout, training=self.training)
+        return functional.dropout(self.embedding(position_ids), self.dropout, training=self.training)
 
 
 class ReformerEmbeddings(nn.Module):
@@ -160,8 +160,8 @@ class ReformerEmbeddings(nn.Module):
     def forward(self, input_ids: torch.Tensor | None, position_ids: torch.Tensor, inputs_embeds: torch.Tensor | None) -> torch.Tensor:
         if inputs_embeds is None:
             inputs_embeds = self.word_embeddings(input_ids)
-        embeddings = nn.functional.dropout(inputs_embeds, p=self.dropout, training=self.training)
-        return embeddings + self.position_embeddings(position_ids)
+        # position encodings + dropout(token embeddings): one Philox kernel for the dropout and the add
+        return functional.dropout_add(self.position_embeddings(position_ids), inputs_embeds, self.dropout, training=self.training)
 
 
 class ReformerEncoder(ReversibleSequence):
@@ -196,7 +196,7 @@ class ReformerEncoder(ReversibleSequence):
             attention_mask=attention_mask, num_hashes=num_hashes,
         )
         out = self.layer_norm(torch.cat([y1, y2], dim=-1))
-        return nn.functional.dropout(out, p=self.dropout, training=self.training)
+        return functional.dropout(out, self.dropout, training=self.training)
 
     def decode_step(
         self, embeddings: torch.Tensor, caches: list[DecodingCache], key_valid: torch.Tensor, layout_len: int,

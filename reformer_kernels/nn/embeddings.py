@@ -6,6 +6,7 @@ import math
 import torch
 from torch import nn
 
+from .. import functional
 from ..functional import checks_values
 from ..reference.axial import axial_position_encodings
 from ._checks import check_int, check_probability
@@ -18,7 +19,8 @@ class AxialPositionEmbeddings(nn.Module):
     so ``sum(n_i * d_i)`` parameters cover ``prod(n_i)`` positions. Any number of factors, any
     positions in [0, prod(n_i)), in training and eval alike (transformers needs L = prod in training
     and two factors in eval). ``weights.i`` has transformers' layout (1, .., n_i, .., 1, d_i).
-    Dropout (training only) drops single entries of the encodings.
+    Dropout (training only) drops single entries of the encodings (``functional.dropout``: Philox,
+    no mask kept for the backward).
     """
 
     def __init__(self, axial_pos_shape: tuple[int, ...] | list[int], axial_pos_embds_dim: tuple[int, ...] | list[int], dropout: float = 0.0):
@@ -58,4 +60,4 @@ class AxialPositionEmbeddings(nn.Module):
                 "enlarge axial_pos_shape"
             )
         encodings = axial_position_encodings(list(self.weights), position_ids)
-        return nn.functional.dropout(encodings, p=self.dropout, training=self.training)
+        return functional.dropout(encodings, self.dropout, training=self.training)

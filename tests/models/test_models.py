@@ -4,8 +4,10 @@ import warnings
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
-from reformer_kernels import models
+from reformer_kernels import models, reference
+from reformer_kernels.ops.dropout_add import philox_seed_offset
 
 from .hf_reference import TINY, model_pair, relative_error, transformers
 
@@ -291,3 +293,39 @@ def test_attentions_in_training_are_collected_once_and_leave_gradients_alone():
     assert torch.allclose(with_probs.attentions[1].sum(-1), torch.ones(()))
     for name, grad in grads_without.items():
         assert relative_error(grads_with[name], grad) < 1e-6, name
+
+
+def test_embedding_dropout_is_the_philox_stream_of_positions_then_tokens():
+    """Train mode: position encodings and token embeddings each get their own dropout, drawn as
+    functional.dropout draws it (a Philox key per call from the default generator: the positions'
+    first, then the tokens', whose dropout is fused with the sum)."""
+    p = 0.25
+    embeddings = lm(hidden_dropout_prob=p).train().reformer.embeddings
+    ids, positions = torch.randint(0, 50, (2, 24)), torch.arange(24).expand(2, 24)
+    state = torch.get_rng_state()
+    out = embeddings(ids, positions, None)
+    torch.set_rng_state(state)
+    keys = [philox_seed_offset(torch.device("cpu")) for _ in range(2)]
+    masks = [reference.dropout_keep((2, 24, 16), p, *key).float() / (1 - p) for key in keys]
+    encodings = reference.axial_position_encodings(list(embeddings.position_embeddings.weights), positions)
+    expected = encodings * masks[0] + embeddings.word_embeddings(ids) * masks[1]
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
+
+
+def test_training_draws_no_torch_dropout_mask():
+    """A training step with every dropout on (hidden, both attentions) calls no torch mask op in its
+    forward or reversible backward: every dropout is a Philox kernel that stores no mask."""
+    model = lm(hidden_dropout_prob=0.2, local_attention_probs_dropout_prob=0.1, lsh_attention_probs_dropout_prob=0.1,
+               attn_layers=["local", "lsh", "local"]).train()
+    ids = torch.randint(0, 50, (2, 24))
+    called = set()
+
+    class Record(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            called.add(func.name())
+            return func(*args, **(kwargs or {}))
+
+    with Record():
+        quiet(model, input_ids=ids, labels=ids).loss.backward()
+    assert "reformer_kernels::dropout_add" in called
+    assert not {name for name in called if "bernoulli" in name or "dropout" in name and name.startswith("aten::")}

@@ -190,6 +190,23 @@ def test_kept_fraction_is_one_minus_p(backend, device):
     assert abs(both - (1 - p) ** 2) < 5 * ((1 - p) ** 2 * (1 - (1 - p) ** 2) / n) ** 0.5
 
 
+
+@requires_extension
+@pytest.mark.parametrize("residual", [True, False], ids=["dropout_add", "dropout"])
+@pytest.mark.parametrize("seed, philox_offset", [(7, 16), (-(2**62) - 3, 2**35 + 4)])
+def test_cpu_op_is_the_reference_across_blocks_with_non_finite_values(residual, seed, philox_offset):
+    """The C++ kernel, which draws 64 words per Philox block (AVX-512) into 4096-element tasks, gives
+    the reference's x * mask bit for bit on a length that ends inside both, for keys and offsets
+    with high bits set; inf and NaN in x come out as in the reference (NaN where dropped)."""
+    p, shape = 0.3, (3, 2777)  # 8331 elements: three tasks, the last partial, and a partial block
+    x = torch.randn(shape, dtype=torch.float64)
+    x[0, :4] = torch.tensor([float("inf"), float("-inf"), float("nan"), -0.0])
+    base = torch.randn(shape, dtype=torch.float64) if residual else None
+    mask = reference.dropout_keep(shape, p, seed, philox_offset).double() / (1.0 - p)
+    for subtract in (False, True):
+        out = torch.ops.reformer_kernels.dropout_add(base, x, p, seed, philox_offset, subtract, torch.float64)
+        torch.testing.assert_close(out, reference.dropout_add(base, x, mask, subtract=subtract), rtol=0, atol=0, equal_nan=True)
+
 @requires_extension
 def test_cpu_opcheck():
     residual, x = (torch.randn(4, 33, requires_grad=True) for _ in range(2))
