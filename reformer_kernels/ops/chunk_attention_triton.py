@@ -295,7 +295,7 @@ def attention_bwd_kernel(
         s, replaced = _masked_scores(s, q_pos, own_pos, own_real, own_ok, b, Mask, stride_mb, mask_value,
                                      self_mask_value, LSH, CAUSAL, HAS_MASK)
         p = tl.where(q_real[:, None], tl.exp(s - lse[:, None]), 0.0)
-        kept = p
+        p_kept = p
         dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
         if DROPOUT:
             # these queries' chunk sees this block's keys as its window's chunk number
@@ -303,9 +303,9 @@ def attention_bwd_kernel(
             keep = _dropout_keep(dropout_seed, dropout_offset, dropout_threshold,
                                  (bh_slot + q_slot) * n_keys + (window - 1 - e // chunk_len) * chunk_len,
                                  (pid % blocks_per_chunk) * BLOCK, drop_scale, BLOCK, WHOLE_GROUPS)
-            kept = p * keep
+            p_kept = p * keep
             dp = dp * keep
-        dv += tl.dot(tl.trans(kept.to(v.dtype)), do, input_precision=DOT_PRECISION)
+        dv += tl.dot(tl.trans(p_kept.to(v.dtype)), do, input_precision=DOT_PRECISION)
         ds = p * (dp - delta[:, None])
         ds = tl.where(replaced, 0.0, ds)
         dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=DOT_PRECISION)
