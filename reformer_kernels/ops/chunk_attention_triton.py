@@ -41,9 +41,10 @@ _RMS_EPS = tl.constexpr(RMS_EPS)
 
 def tiles(chunk_len: int, head_dim: int, dtype: torch.dtype, backward: bool) -> dict:
     """The attention kernels' tile: HEAD_BLOCK (head_dim padded); BLOCK, the slots per program, the
-    chunk rounded up to a power of two within [16, 64] for the forward and [16, 32] for the backward;
-    STEP, the window entries one loop iteration takes (keys; the backward's first stage: queries),
-    at most 32, so that the scores tile is BLOCK x STEP. Tiles are sized to fit the registers
+    chunk rounded up to a power of two within [16, 64] for the forward up to head_dim 64, within
+    [16, 32] for the backward and for head_dim over 64; STEP, the window entries one loop
+    iteration takes (keys; the backward's first stage: queries), at most 32, so that the scores
+    tile is BLOCK x STEP. Tiles are sized to fit the registers
     (tests/ops/test_triton_compile.py): the backward holds two BLOCK x HEAD_BLOCK fp32 accumulators
     (dk and dv, then dq) besides its scores, probabilities and dropout factors, and 64 slots spilled
     on sm_80 at every head_dim (up to 768 B per thread at 128); the forward's 64 x 128 accumulator
