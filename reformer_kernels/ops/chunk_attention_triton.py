@@ -193,9 +193,9 @@ def attention_fwd_kernel(
     # the window: n_chunks_before chunks back to the chunk's own and after, circular over all rounds
     first_chunk = (chunk + n_chunks - n_chunks_before % n_chunks) % n_chunks
     for start in range(0, n_keys, STEP):
-        in_window, k_pos, k_real, k, v = _window_keys(K, V, SortedIdx, start + offs_step, first_chunk, window, chunk_len,
-                                                     n_chunks, seq_len, offs_d, d_ok, stride_xl, head_dim, key_scale,
-                                                     LSH)
+        in_window, k_pos, k_real, k, v = _window_keys(K, V, SortedIdx, start + offs_step, first_chunk, window,
+                                                     chunk_len, n_chunks, seq_len, offs_d, d_ok, stride_xl, head_dim,
+                                                     key_scale, LSH)
         s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
         s, _ = _masked_scores(s, q_pos, k_pos, k_real, in_window, b, Mask, stride_mb, mask_value, self_mask_value,
                               LSH, CAUSAL, HAS_MASK)
