@@ -32,23 +32,33 @@ from .. import backends
 from ..reference.chunked import mask_values
 from ..reference.dropout import keep_threshold
 from ..reference.lsh_attention import RMS_EPS
-from .dropout_add.triton_kernels import philox_keep
+from .dropout_add.triton_kernels import kept, philox_group, philox_keep
 from .triton_utils import dot_precision, head_block, warp_configs
 
 # Jitted code may read module globals only when they are constexpr.
 _RMS_EPS = tl.constexpr(RMS_EPS)
 
 
-def tiles(chunk_len: int, head_dim: int, dtype: torch.dtype) -> dict:
-    """The attention kernels' tile: HEAD_BLOCK (head_dim padded) and BLOCK, the slots per program,
-    the chunk rounded up to a power of two within [16, 64]. The interpreter takes 16 so that its
-    small tests cross block and chunk boundaries as long sequences do on a GPU."""
+def tiles(chunk_len: int, head_dim: int, dtype: torch.dtype, backward: bool) -> dict:
+    """The attention kernels' tile: HEAD_BLOCK (head_dim padded); BLOCK, the slots per program, the
+    chunk rounded up to a power of two within [16, 64] for the forward up to head_dim 64, within
+    [16, 32] for the backward and for head_dim over 64; STEP, the window entries one loop
+    iteration takes (keys; the backward's first stage: queries), at most 32, so that the scores
+    tile is BLOCK x STEP. Tiles are sized to fit the registers
+    (tests/ops/test_triton_compile.py): the backward holds two BLOCK x HEAD_BLOCK fp32 accumulators
+    (dk and dv, then dq) besides its scores, probabilities and dropout factors, and 64 slots spilled
+    on sm_80 at every head_dim (up to 768 B per thread at 128); the forward's 64 x 128 accumulator
+    spilled on sm_80 (up to 272 B). The price of 32 slots is that each program reads its window
+    for half as many slots: twice the window reads per slot, mostly from L2 (neighbouring
+    programs read the same chunks). The interpreter takes BLOCK 16 and STEP 8 so that its small
+    tests cross block, step and chunk boundaries as long sequences do on a GPU."""
     head = head_block(head_dim)
     if backends.triton_interpreted():
-        return dict(HEAD_BLOCK=head, BLOCK=16)
-    # fp32 tiles of 64 x 128 need more shared memory in the backward than an A100 has.
-    largest = 32 if dtype == torch.float32 and head > 64 else 64
-    return dict(HEAD_BLOCK=head, BLOCK=min(largest, max(16, triton.next_power_of_2(chunk_len))))
+        return dict(HEAD_BLOCK=head, BLOCK=16, STEP=8)
+    # (fp32 tiles of 64 x 128 also need more shared memory in the backward than an A100 has.)
+    largest = 32 if backward or head > 64 else 64
+    block = min(largest, max(16, triton.next_power_of_2(chunk_len)))
+    return dict(HEAD_BLOCK=head, BLOCK=block, STEP=min(block, 32))
 
 
 @triton.jit
@@ -112,12 +122,27 @@ def _masked_scores(s, q_pos, k_pos, k_real, in_window, b, Mask, stride_mb, mask_
 
 
 @triton.jit
-def _dropout_keep(seed, philox_offset, threshold, row_first, cols, drop_scale):
+def _dropout_keep(seed, philox_offset, threshold, row_first, col_first, drop_scale, N_COLS: tl.constexpr,
+                  WHOLE_GROUPS: tl.constexpr):
     """A tile of the attention-dropout factors: 1 / (1 - p) where the Philox stream keeps element
-    ``row_first[:, None] + cols[None, :]`` of the chunked scores, else 0. ``row_first``: a query
-    slot's first element, ((b * H + h) * n_slots + slot) * window_keys; ``cols``: window entries
-    e = (neighbour chunk + before) * chunk_len + key."""
-    return tl.where(philox_keep(seed, philox_offset, row_first[:, None] + cols[None, :], threshold), drop_scale, 0.0)
+    ``row_first[:, None] + col_first + j`` (j < N_COLS) of the chunked scores, else 0. ``row_first``:
+    a query slot's first element, ((b * H + h) * n_slots + slot) * window_keys, plus the window
+    entry of its first key column where the rows run over the window; ``col_first``: the tile's
+    first column. WHOLE_GROUPS (the launcher's chunk_len % 4 == 0, so every row and column start is
+    a multiple of 4): one Philox draw per four elements, its four words interleaved into the row;
+    else one draw per element (a quarter of its words used), four times the work and registers."""
+    if WHOLE_GROUPS:
+        group = (row_first + col_first)[:, None] // 4 + tl.arange(0, N_COLS // 4)[None, :]
+        r0, r1, r2, r3 = philox_group(seed, philox_offset, group)
+        f0 = tl.where(kept(r0, r1, r2, r3, 0, threshold), drop_scale, 0.0)
+        f1 = tl.where(kept(r0, r1, r2, r3, 1, threshold), drop_scale, 0.0)
+        f2 = tl.where(kept(r0, r1, r2, r3, 2, threshold), drop_scale, 0.0)
+        f3 = tl.where(kept(r0, r1, r2, r3, 3, threshold), drop_scale, 0.0)
+        # word w of group g is element 4 g + w
+        return tl.interleave(tl.interleave(f0, f2), tl.interleave(f1, f3))
+    else:
+        element = (row_first + col_first)[:, None] + tl.arange(0, N_COLS)[None, :]
+        return tl.where(philox_keep(seed, philox_offset, element, threshold), drop_scale, 0.0)
 
 
 @triton.autotune(configs=warp_configs(), key=["chunk_len", "HEAD_BLOCK", "BLOCK", "LSH", "CAUSAL", "HAS_MASK", "DROPOUT",
@@ -132,7 +157,8 @@ def attention_fwd_kernel(
     seq_len, n_slots, chunk_len, n_chunks_before, window, head_dim,
     key_scale, mask_value, self_mask_value, dropout_seed, dropout_offset, dropout_threshold, drop_scale,
     LSH: tl.constexpr, CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, DROPOUT: tl.constexpr,
-    HEAD_BLOCK: tl.constexpr, BLOCK: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    HEAD_BLOCK: tl.constexpr, BLOCK: tl.constexpr, STEP: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    WHOLE_GROUPS: tl.constexpr,
 ):
     pid = tl.program_id(0)
     h = tl.program_id(1).to(tl.int64)
@@ -141,6 +167,7 @@ def attention_fwd_kernel(
     chunk = pid // blocks_per_chunk
     n_chunks = n_slots // chunk_len
     offs = tl.arange(0, BLOCK)
+    offs_step = tl.arange(0, STEP)
     offs_d = tl.arange(0, HEAD_BLOCK)
     d_ok = offs_d < head_dim
     x_base = b * stride_xb + h * stride_xh
@@ -165,10 +192,10 @@ def attention_fwd_kernel(
     acc = tl.zeros([BLOCK, HEAD_BLOCK], tl.float32)
     # the window: n_chunks_before chunks back to the chunk's own and after, circular over all rounds
     first_chunk = (chunk + n_chunks - n_chunks_before % n_chunks) % n_chunks
-    for start in range(0, n_keys, BLOCK):
-        in_window, k_pos, k_real, k, v = _window_keys(K, V, SortedIdx, start + offs, first_chunk, window, chunk_len,
-                                                     n_chunks, seq_len, offs_d, d_ok, stride_xl, head_dim, key_scale,
-                                                     LSH)
+    for start in range(0, n_keys, STEP):
+        in_window, k_pos, k_real, k, v = _window_keys(K, V, SortedIdx, start + offs_step, first_chunk, window,
+                                                     chunk_len, n_chunks, seq_len, offs_d, d_ok, stride_xl, head_dim,
+                                                     key_scale, LSH)
         s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
         s, _ = _masked_scores(s, q_pos, k_pos, k_real, in_window, b, Mask, stride_mb, mask_value, self_mask_value,
                               LSH, CAUSAL, HAS_MASK)
@@ -178,8 +205,8 @@ def attention_fwd_kernel(
         p = tl.exp(s - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, axis=1)
         if DROPOUT:  # the normalizer (and lse) count every key, the output only the kept ones
-            p = p * _dropout_keep(dropout_seed, dropout_offset, dropout_threshold, (bh_slot + q_slot) * n_keys,
-                                  start + offs, drop_scale)
+            p = p * _dropout_keep(dropout_seed, dropout_offset, dropout_threshold, (bh_slot + q_slot) * n_keys, start,
+                                  drop_scale, STEP, WHOLE_GROUPS)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
         m_i = m_new
 
@@ -202,7 +229,8 @@ def attention_bwd_kernel(
     seq_len, n_slots, chunk_len, n_chunks_before, n_chunks_after, head_dim,
     key_scale, mask_value, self_mask_value, dropout_seed, dropout_offset, dropout_threshold, drop_scale,
     LSH: tl.constexpr, CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, DROPOUT: tl.constexpr,
-    HEAD_BLOCK: tl.constexpr, BLOCK: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    HEAD_BLOCK: tl.constexpr, BLOCK: tl.constexpr, STEP: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    WHOLE_GROUPS: tl.constexpr,
 ):
     """Gradients for BLOCK slots of one chunk, each slot once as a key (stage 1) and once as a query
     (stage 2). Every gradient row is summed inside one program in a fixed order: no atomics, so
@@ -220,6 +248,7 @@ def attention_bwd_kernel(
     window = n_chunks_before + 1 + n_chunks_after
     n_keys = window * chunk_len
     offs = tl.arange(0, BLOCK)
+    offs_step = tl.arange(0, STEP)
     offs_d = tl.arange(0, HEAD_BLOCK)
     d_ok = offs_d < head_dim
     x_base = b * stride_xb + h * stride_xh
@@ -243,13 +272,13 @@ def attention_bwd_kernel(
     own_row = own_index if LSH else own_pos
 
     # stage 1: dk, dv of this block's keys, over every query chunk whose window holds this chunk
-    k, k_raw, inv_rms = _load_keys(K, own_pos, own_real, offs_d, d_ok, stride_xl, head_dim, key_scale, _RMS_EPS, LSH)
+    k, _, _ = _load_keys(K, own_pos, own_real, offs_d, d_ok, stride_xl, head_dim, key_scale, _RMS_EPS, LSH)
     v = tl.load(V + own_pos[:, None] * stride_xl + offs_d[None, :], mask=own_mask_2d, other=0.0)
     dk = tl.zeros([BLOCK, HEAD_BLOCK], tl.float32)
     dv = tl.zeros([BLOCK, HEAD_BLOCK], tl.float32)
     first_chunk = (chunk + n_chunks - n_chunks_after % n_chunks) % n_chunks
-    for start in range(0, n_keys, BLOCK):
-        e = start + offs
+    for start in range(0, n_keys, STEP):
+        e = start + offs_step
         in_window = e < n_keys
         q_slot = ((first_chunk + e // chunk_len) % n_chunks).to(tl.int64) * chunk_len + e % chunk_len
         q_index, q_pos = _slot_positions(SortedIdx, q_slot, in_window, seq_len, LSH)
@@ -267,24 +296,31 @@ def attention_bwd_kernel(
         s, replaced = _masked_scores(s, q_pos, own_pos, own_real, own_ok, b, Mask, stride_mb, mask_value,
                                      self_mask_value, LSH, CAUSAL, HAS_MASK)
         p = tl.where(q_real[:, None], tl.exp(s - lse[:, None]), 0.0)
-        kept = p
+        p_kept = p
         dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
         if DROPOUT:
             # these queries' chunk sees this block's keys as its window's chunk number
             # window - 1 - e // chunk_len (the queries run over the window backwards)
             keep = _dropout_keep(dropout_seed, dropout_offset, dropout_threshold,
-                                 (bh_slot + q_slot) * n_keys + (window - 1 - e // chunk_len) * chunk_len, in_chunk,
-                                 drop_scale)
-            kept = p * keep
+                                 (bh_slot + q_slot) * n_keys + (window - 1 - e // chunk_len) * chunk_len,
+                                 (pid % blocks_per_chunk) * BLOCK, drop_scale, BLOCK, WHOLE_GROUPS)
+            p_kept = p * keep
             dp = dp * keep
-        dv += tl.dot(tl.trans(kept.to(v.dtype)), do, input_precision=DOT_PRECISION)
+        dv += tl.dot(tl.trans(p_kept.to(v.dtype)), do, input_precision=DOT_PRECISION)
         ds = p * (dp - delta[:, None])
         ds = tl.where(replaced, 0.0, ds)
         dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=DOT_PRECISION)
 
-    # chain rule through the key: k = x * inv_rms * key_scale (LSH), k = x * key_scale (local)
+    grad_offsets = b * stride_gb + h * stride_gh + own_row[:, None] * stride_gl + offs_d[None, :]
+    # Each gradient is written (or handed on) as soon as it is complete: dv, dk and the key rows
+    # are not live across stage 2, which needs the registers for its own tiles.
+    tl.store(DV + grad_offsets, dv, mask=own_mask_2d)
+    # chain rule through the key: k = x * inv_rms * key_scale (LSH), k = x * key_scale (local); the
+    # raw rows are loaded again rather than kept across stage 1
     dk = dk * key_scale
     if LSH:
+        _, k_raw, inv_rms = _load_keys(K, own_pos, own_real, offs_d, d_ok, stride_xl, head_dim, key_scale, _RMS_EPS,
+                                       LSH)
         x_dot_g = tl.sum(k_raw * dk, axis=1)
         dk = inv_rms[:, None] * (dk - k_raw * (inv_rms * inv_rms * x_dot_g / head_dim)[:, None])
 
@@ -296,31 +332,29 @@ def attention_bwd_kernel(
     do = do.to(v.dtype)
     lse = tl.load(Lse + own_row, mask=own_real, other=0.0)
     delta = tl.load(Delta + own_row, mask=own_real, other=0.0)
-    dq = tl.zeros([BLOCK, HEAD_BLOCK], tl.float32)
+    if LSH:  # the shared qk's gradient: its key part (dk) plus its query part, accumulated onto it
+        dq = dk
+    else:
+        tl.store(DK + grad_offsets, dk, mask=own_mask_2d)
+        dq = tl.zeros([BLOCK, HEAD_BLOCK], tl.float32)
     first_chunk = (chunk + n_chunks - n_chunks_before % n_chunks) % n_chunks
-    for start in range(0, n_keys, BLOCK):
-        in_window, k_pos, k_real, k, v_keys = _window_keys(K, V, SortedIdx, start + offs, first_chunk, window, chunk_len,
-                                                     n_chunks, seq_len, offs_d, d_ok, stride_xl, head_dim, key_scale,
-                                                     LSH)
-        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
+    for start in range(0, n_keys, STEP):
+        in_window, k_pos, k_real, k_keys, v_keys = _window_keys(K, V, SortedIdx, start + offs_step, first_chunk, window,
+                                                                chunk_len, n_chunks, seq_len, offs_d, d_ok, stride_xl,
+                                                                head_dim, key_scale, LSH)
+        s = tl.dot(q, tl.trans(k_keys), input_precision=DOT_PRECISION)
         s, replaced = _masked_scores(s, own_pos, k_pos, k_real, in_window, b, Mask, stride_mb, mask_value,
                                      self_mask_value, LSH, CAUSAL, HAS_MASK)
         p = tl.where(own_real[:, None], tl.exp(s - lse[:, None]), 0.0)
         dp = tl.dot(do, tl.trans(v_keys), input_precision=DOT_PRECISION)
         if DROPOUT:
             dp = dp * _dropout_keep(dropout_seed, dropout_offset, dropout_threshold, (bh_slot + own_slot) * n_keys,
-                                    start + offs, drop_scale)
+                                    start, drop_scale, STEP, WHOLE_GROUPS)
         ds = p * (dp - delta[:, None])
         ds = tl.where(replaced, 0.0, ds)
-        dq += tl.dot(ds.to(k.dtype), k, input_precision=DOT_PRECISION)
+        dq += tl.dot(ds.to(k_keys.dtype), k_keys, input_precision=DOT_PRECISION)
 
-    grad_offsets = b * stride_gb + h * stride_gh + own_row[:, None] * stride_gl + offs_d[None, :]
-    if LSH:
-        tl.store(DQ + grad_offsets, dq + dk, mask=own_mask_2d)
-    else:
-        tl.store(DQ + grad_offsets, dq, mask=own_mask_2d)
-        tl.store(DK + grad_offsets, dk, mask=own_mask_2d)
-    tl.store(DV + grad_offsets, dv, mask=own_mask_2d)
+    tl.store(DQ + grad_offsets, dq, mask=own_mask_2d)
 
 
 def chunk_grid(n_slots: int, chunk_len: int, batch: int, heads: int, tile: dict) -> tuple[int, int, int]:
@@ -346,17 +380,17 @@ def dropout_args(op: str, dropout: tuple[float, int, int]) -> tuple[int, int, in
 
 
 def _launch_arguments(q: torch.Tensor, op: str, n_slots: int, chunk_len: int, lsh: bool,
-                      attention_mask: Optional[torch.Tensor],
-                      dropout: tuple[float, int, int]) -> tuple[tuple, tuple, dict, tuple[int, int, int]]:
+                      attention_mask: Optional[torch.Tensor], dropout: tuple[float, int, int],
+                      backward: bool) -> tuple[tuple, tuple, dict, tuple[int, int, int]]:
     """What the forward and backward launches share: the padding mask and its batch stride, the
     scalars (key_scale, mask_value, self_mask_value, then the dropout ones of ``dropout_args``), the
     constexprs (the tile and the dots' precision) and the grid."""
     batch, heads, _, head_dim = q.shape
     mask, stride_mb = keep_mask_arg(attention_mask, q)
     mask_value, self_mask_value = mask_values(q.dtype)
-    tile = tiles(chunk_len, head_dim, q.dtype)
+    tile = tiles(chunk_len, head_dim, q.dtype, backward)
     scalars = (1.0 / math.sqrt(head_dim), mask_value, self_mask_value if lsh else 0.0, *dropout_args(op, dropout))
-    constexprs = dict(tile, DOT_PRECISION=dot_precision(q.dtype))
+    constexprs = dict(tile, DOT_PRECISION=dot_precision(q.dtype), WHOLE_GROUPS=chunk_len % 4 == 0)
     return (mask, stride_mb), scalars, constexprs, chunk_grid(n_slots, chunk_len, batch, heads, tile)
 
 
@@ -378,7 +412,8 @@ def attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sorted_
     dropout_offset)."""
     lsh = sorted_idx is not None
     window = n_chunks_before + 1 + n_chunks_after
-    (mask, stride_mb), scalars, constexprs, grid = _launch_arguments(q, op, n_slots, chunk_len, lsh, attention_mask, dropout)
+    (mask, stride_mb), scalars, constexprs, grid = _launch_arguments(q, op, n_slots, chunk_len, lsh, attention_mask,
+                                                                      dropout, backward=False)
     attention_fwd_kernel[grid](
         q, k, v, slot_index(sorted_idx, n_slots, q.shape[3]) if lsh else lse, mask, out, lse,
         q.stride(0), q.stride(1), q.stride(2),
@@ -402,7 +437,8 @@ def attention_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sorted
     and ``delta`` (B, H, rows). LSH when ``sorted_idx`` is given (then k is q, grad_k is grad_q, and
     ``round_weight`` (B, H, rows) scales each round's upstream gradient), else local."""
     lsh = sorted_idx is not None
-    (mask, stride_mb), scalars, constexprs, grid = _launch_arguments(q, op, n_slots, chunk_len, lsh, attention_mask, dropout)
+    (mask, stride_mb), scalars, constexprs, grid = _launch_arguments(q, op, n_slots, chunk_len, lsh, attention_mask,
+                                                                      dropout, backward=True)
     attention_bwd_kernel[grid](
         q, k, v, slot_index(sorted_idx, n_slots, q.shape[3]) if lsh else lse, mask, grad_out,
         round_weight if lsh else lse, lse, delta, grad_q, grad_k, grad_v,

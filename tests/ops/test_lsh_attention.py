@@ -107,6 +107,8 @@ KERNEL_CASES = [
     (torch.float32, 1, 2, 32, 16, 1, 16, 2, 1, False, "none", 0.3),
     (torch.float16, 1, 1, 32, 16, 4, 16, 1, 0, True, "full_row", 0.2),
     (torch.bfloat16, 1, 1, 32, 64, 2, 16, 1, 0, True, "tail", 0.2),
+    # chunks of 6: rows of dropout elements that do not start Philox groups (one draw per element)
+    (torch.float32, 1, 1, 24, 16, 2, 6, 1, 0, True, "tail", 0.3),
 ]
 
 
