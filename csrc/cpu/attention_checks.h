@@ -17,6 +17,17 @@ inline void check_float_input(const at::Tensor& t, const char* op, const char* n
   TORCH_CHECK_VALUE(t.device().is_cpu(), op, ": ", name, " must be on the CPU, got ", t.device());
 }
 
+// The shared query/key projections and the values of an LSH op: float tensors (batch, heads, `rows`,
+// head_dim) of one shape and one dtype.
+inline void check_qk_and_values(const char* op, const at::Tensor& qk, const at::Tensor& v, const char* rows) {
+  check_float_input(qk, op, "qk");
+  check_float_input(v, op, "v");
+  TORCH_CHECK_VALUE(qk.dim() == 4, op, ": qk must have shape (batch, heads, ", rows, ", head_dim), got ", qk.sizes());
+  TORCH_CHECK_VALUE(v.sizes() == qk.sizes(), op, ": v must have the shape of qk ", qk.sizes(), ", got ", v.sizes());
+  TORCH_CHECK_TYPE(v.scalar_type() == qk.scalar_type(), op, ": v must have the dtype of qk (", qk.scalar_type(),
+                   "), got ", v.scalar_type());
+}
+
 // The longest sequence the kernels take: positions are compared in 32-bit vector lanes.
 inline constexpr int64_t kMaxPositions = std::numeric_limits<int32_t>::max();
 

@@ -19,14 +19,13 @@
 #include "attention_checks.h"
 #include "masks.h"
 #include "rows.h"
+#include "shared_qk.h"
 #include "vec.h"
 
 namespace reformer_kernels::cpu {
 namespace {
 
 constexpr const char* kOp = "lsh_decode_step";
-// The eps of the shared-QK keys' RMS, as in lsh_attention.cpp and reference/lsh_attention.py.
-constexpr double kRmsEps = 1e-6;
 constexpr uint64_t kPositionMask = 0xFFFFFFFFull;  // the low POSITION_BITS = 32 bits of a sort key
 
 struct StepShape {
@@ -44,12 +43,7 @@ void check_int64_runs(const at::Tensor& t, const char* name, int64_t batch, int6
 StepShape check_step(const at::Tensor& qk, const at::Tensor& v, const at::Tensor& merged, const at::Tensor& recent,
                      int64_t n_recent, const at::Tensor& sort_keys, const at::Tensor& key_valid, int64_t position,
                      int64_t padded_len, int64_t chunk_len, int64_t n_chunks_before, int64_t n_chunks_after) {
-  check_float_input(qk, kOp, "qk");
-  check_float_input(v, kOp, "v");
-  TORCH_CHECK_VALUE(qk.dim() == 4, kOp, ": qk must be (batch, heads, capacity, head_dim), got ", qk.sizes());
-  TORCH_CHECK_VALUE(v.sizes() == qk.sizes(), kOp, ": v must have the shape of qk ", qk.sizes(), ", got ", v.sizes());
-  TORCH_CHECK_TYPE(v.scalar_type() == qk.scalar_type(), kOp, ": v must have the dtype of qk (", qk.scalar_type(),
-                   "), got ", v.scalar_type());
+  check_qk_and_values(kOp, qk, v, "capacity");
   const int64_t batch = qk.size(0), heads = qk.size(1);
   check_int64_runs(merged, "merged", batch, heads);
   check_int64_runs(recent, "recent", batch, heads);
@@ -162,9 +156,7 @@ void decode_kernel(const at::Tensor& qk, const at::Tensor& v, const at::Tensor& 
           T score = static_cast<T>(masks.forbidden);
           if (p <= s.position && valid_b[p]) {
             const scalar_t* key = qk_bh + p * qk_rows.row_stride;
-            const T squares = dot<T>(key, key, d);
-            const T scale = inv_sqrt_dim / std::sqrt(squares / static_cast<T>(d) + static_cast<T>(kRmsEps));
-            score = dot<T>(query.data(), key, d) * scale;
+            score = dot<T>(query.data(), key, d) * key_scale(key, d, inv_sqrt_dim);
           }
           if (p == s.position) score = static_cast<T>(masks.self);
           scores[w] = score;

@@ -19,12 +19,11 @@
 #include "chunk_attention.h"
 #include "masks.h"
 #include "rows.h"
+#include "shared_qk.h"
 #include "vec.h"
 
 namespace reformer_kernels::cpu {
 namespace {
-
-constexpr double kRmsEps = 1e-6;
 
 struct LshShape {
   int64_t batch, heads, seq_len, head_dim, n_hashes, chunk_len, n_chunks, n_keys;
@@ -32,12 +31,7 @@ struct LshShape {
 
 LshShape check_lsh_inputs(const char* op, const at::Tensor& qk, const at::Tensor& v, const at::Tensor& sorted_idx,
                           int64_t n_hashes, int64_t chunk_len, int64_t n_chunks_before, int64_t n_chunks_after) {
-  check_float_input(qk, op, "qk");
-  check_float_input(v, op, "v");
-  TORCH_CHECK_VALUE(qk.dim() == 4, op, ": qk must have shape (batch, heads, seq_len, head_dim), got ", qk.sizes());
-  TORCH_CHECK_VALUE(v.sizes() == qk.sizes(), op, ": v must have the shape of qk ", qk.sizes(), ", got ", v.sizes());
-  TORCH_CHECK_TYPE(v.scalar_type() == qk.scalar_type(), op, ": v must have the dtype of qk (", qk.scalar_type(),
-                   "), got ", v.scalar_type());
+  check_qk_and_values(op, qk, v, "seq_len");
   TORCH_CHECK_TYPE(sorted_idx.scalar_type() == at::kInt || sorted_idx.scalar_type() == at::kLong, op,
                    ": sorted_idx must be int32 or int64, got ", sorted_idx.scalar_type());
   TORCH_CHECK_VALUE(sorted_idx.device().is_cpu(), op, ": sorted_idx must be on the CPU, got ", sorted_idx.device());
@@ -82,15 +76,10 @@ struct SortedEntries {
   }
 };
 
-// Per position, 1 / (RMS(qk) * sqrt(d)): shared-QK keys are qk times this.
 template <typename scalar_t, typename T>
 void key_scales(const scalar_t* qk, int64_t row_stride, int64_t seq_len, int64_t head_dim, T* scale) {
   const T inv_sqrt_dim = T(1) / std::sqrt(static_cast<T>(head_dim));
-  for (int64_t p = 0; p < seq_len; ++p) {
-    const scalar_t* x = qk + p * row_stride;
-    const T squares = dot<T>(x, x, head_dim);
-    scale[p] = inv_sqrt_dim / std::sqrt(squares / static_cast<T>(head_dim) + static_cast<T>(kRmsEps));
-  }
+  for (int64_t p = 0; p < seq_len; ++p) scale[p] = key_scale(qk + p * row_stride, head_dim, inv_sqrt_dim);
 }
 
 // The entries of chunk `chunk` (offsets into it) in position order when `by_position`, else in
