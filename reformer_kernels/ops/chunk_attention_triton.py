@@ -397,11 +397,12 @@ def _launch_arguments(q: torch.Tensor, op: str, n_slots: int, chunk_len: int, ls
     return (mask, stride_mb), scalars, constexprs, chunk_grid(n_slots, chunk_len, batch, heads, tile)
 
 
-def slot_index(sorted_idx: torch.Tensor, n_slots: int, head_dim: int) -> torch.Tensor:
+def slot_index(sorted_idx: torch.Tensor, n_slots: int, row_stride: int) -> torch.Tensor:
     """``sorted_idx`` as the kernels read it. They compute row offsets (index * row stride) in the
-    index's type: bucket_sort's int32 serves while the slot rows of one (batch, head) hold fewer
-    than 2^31 elements (n_slots * head_dim), int64 past that."""
-    return sorted_idx.long() if n_slots * head_dim >= 2**31 else sorted_idx
+    index's type: bucket_sort's int32 serves while n_slots times the largest row stride an index
+    multiplies stays below 2^31 (head_dim for contiguous rows; H * head_dim for the rows of
+    head-split views), int64 past that."""
+    return sorted_idx.long() if n_slots * row_stride >= 2**31 else sorted_idx
 
 
 def unit_stride_rows(x: torch.Tensor) -> torch.Tensor:
@@ -425,7 +426,8 @@ def attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sorted_
     window = n_chunks_before + 1 + n_chunks_after
     (mask, stride_mb), scalars, constexprs, grid = _launch_arguments(q, op, n_slots, chunk_len, lsh, attention_mask,
                                                                       dropout, backward=False)
-    slots = slot_index(sorted_idx, n_slots, q.shape[3]) if lsh else lse
+    row_stride = max(q.stride(2), k.stride(2), v.stride(2), out.stride(2))
+    slots = slot_index(sorted_idx, n_slots, row_stride) if lsh else lse
     attention_fwd_kernel[grid](
         q, k, v, slots, mask, out, lse,
         q.stride(0), q.stride(1), q.stride(2),

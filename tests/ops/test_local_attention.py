@@ -28,8 +28,8 @@ from .fuzz import (
     head_split,
     padding_mask,
 )
-from .inputs import (COPIES, WINDOW_DRAWS, WINDOW_SETTINGS, TorchOpsCalled,
-                     assert_cpu_dropout_is_the_references, assert_float32_kernel_meets_reference, assert_impl_takes_schema_names, assert_matches_reference,
+from .inputs import (COPIES, WINDOW_DRAWS, WINDOW_SETTINGS, TorchOpsCalled, assert_cpu_dropout_is_the_references,
+                     assert_float32_kernel_meets_reference, assert_impl_takes_schema_names, assert_matches_reference,
                      assert_same_bits_on_thread_counts, assert_same_schema, dropout_key, fixed_padding_mask,
                      lsh_inputs, on_backends, outputs_and_grads, schema_mask, skip_if_interpreter_lacks,
                      small_lsh_inputs, triton_only)

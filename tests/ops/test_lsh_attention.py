@@ -31,8 +31,8 @@ from .fuzz import (
     n_buckets_strategy,
     padding_mask,
 )
-from .inputs import (COPIES, WINDOW_DRAWS, WINDOW_SETTINGS, TorchOpsCalled,
-                     assert_cpu_dropout_is_the_references, assert_float32_kernel_meets_reference, assert_impl_takes_schema_names, assert_matches_reference,
+from .inputs import (COPIES, WINDOW_DRAWS, WINDOW_SETTINGS, TorchOpsCalled, assert_cpu_dropout_is_the_references,
+                     assert_float32_kernel_meets_reference, assert_impl_takes_schema_names, assert_matches_reference,
                      assert_same_bits_on_thread_counts, assert_same_schema, dropout_key, bytes_saved_for_backward,
                      fixed_padding_mask, hashed_order, lsh_inputs, on_backends, outputs_and_grads,
                      schema_mask, skip_if_interpreter_lacks, small_lsh_inputs, sorted_idx_for, triton_only)
@@ -186,6 +186,19 @@ def test_triton_kernels_read_int64_indices_where_int32_offsets_would_overflow():
     assert slot_index(sorted_idx, 2**25 - 1, 64) is sorted_idx
     assert slot_index(sorted_idx, 2**25, 64).dtype == torch.int64
     assert slot_index(sorted_idx.long(), 4, 64).dtype == torch.int64
+
+
+def test_triton_forward_reads_int64_indices_where_head_split_row_offsets_would_overflow():
+    """Head-split views' rows are H * head_dim apart: 2^21 positions of 16 heads of 64 (meta
+    tensors, launches recorded) reach offsets of 2^31 at rows whose contiguous copies would stay
+    below 2^27, so the forward hands the kernel int64 indices."""
+    batch, heads, seq_len, head_dim = 1, 16, 2**21, 64
+    qk, v = (torch.empty(batch, seq_len, heads, head_dim, dtype=torch.bfloat16, device="meta").transpose(1, 2)
+             for _ in range(2))
+    sorted_idx = torch.empty(batch, heads, seq_len, dtype=torch.int32, device="meta")
+    with recorded_launches() as launches:
+        triton_lsh_attention.lsh_attention_fwd._init_fn(qk, v, sorted_idx, 1, 64, 1, 0, True, None)
+    assert launches[0][1][3].dtype == torch.int64
 
 
 # ----------------------------------------------------------------------------- the C++ op

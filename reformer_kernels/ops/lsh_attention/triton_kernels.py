@@ -1,6 +1,7 @@
 """lsh_attention in Triton: the chunked attention kernels of ``chunk_attention_triton`` with LSH=True,
-plus the kernel that combines the hash rounds (with more than one), behind reformer_kernels::triton_lsh_attention_fwd
-and _bwd, which take the arguments of the lsh_attention_fwd/_bwd schema (see ``__init__``)."""
+plus the kernel that combines the hash rounds (where there are several), behind
+reformer_kernels::triton_lsh_attention_fwd and _bwd, which take the arguments of the
+lsh_attention_fwd/_bwd schema (see ``__init__``)."""
 from typing import Optional
 
 import torch
