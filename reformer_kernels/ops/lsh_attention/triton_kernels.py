@@ -61,9 +61,10 @@ def lsh_attention_fwd(
     a tensor whose last dimension is not contiguous is copied). One hash round: the attention
     kernel writes out itself, in qk's dtype. Several: it writes each round's output in qk's dtype
     and ``_combine_rounds_kernel`` combines them in fp32. In fp16/bf16 that rounds twice, each
-    round's output and then out: an element of out is off from its fp32 combination by at most
-    u * (|out| + sum_r w_r |out_r|) <= 2 u max_r |out_r| (u = 2^-8 bf16, 2^-11 fp16; w_r the
-    round weights), against u * |out| with fp32 rounds; fp32 inputs keep fp32 rounds. The sums run
+    round's output and then out: an element of out is off from the combination of the rounds' fp32
+    outputs by at most u * (|out| + sum_r w_r |out_r|) <= 2 u max_r |out_r| (u = 2^-8 bf16, 2^-11
+    fp16; w_r the round weights; plus fp32 round-off), against u * |out| with fp32 rounds; fp32
+    inputs keep fp32 rounds. The sums run
     in a fixed order, so the bits are the same every run."""
     check_dtype("lsh_attention", qk)
     out = rows_like(qk)  # before any copy of qk, as the fake impl sees it
