@@ -506,7 +506,9 @@ def test_traffic_report_adds_up(tmp_path):
     """The traffic suite (no GPU: launches recorded): per op, its kernels' bytes and FLOPs add up
     to its total and the ops' totals to the configuration's; fp32 moves more than bf16 and TF32
     does not change the bytes; the minimum is a lower bound; every estimate is positive; the LSH
-    forward kernel at a tile-exact shape executes exactly flops.chunked_attention's products."""
+    forward kernel at a tile-exact shape executes exactly flops.chunked_attention's products; the
+    forwards of local attention and of one-round LSH attention (cnp's) move their minimum (inputs
+    read in place, out written by the attention kernel)."""
     from benchmarks import bench_traffic
 
     assert run.main(["--suite", "traffic", "--configs", "cnp", "--seq-len", "1024", "--out", str(tmp_path)]) == 0
@@ -536,6 +538,9 @@ def test_traffic_report_adds_up(tmp_path):
             assert float(bf16["bytes"]) < float(totals["fp32"][op]["bytes"]), op
         assert totals["fp32-tf32"][op]["bytes"] == totals["fp32"][op]["bytes"]
         assert float(totals["fp32-tf32"][op]["estimate_us"]) <= float(totals["fp32"][op]["estimate_us"]), op
+    for precision in totals:
+        for op in ("lsh_attention fwd", "local_attention fwd"):
+            assert totals[precision][op]["bytes"] == totals[precision][op]["min_bytes"], (precision, op)
     config = bench_traffic.CONFIGS["cnp"]
     (attention,) = [r for r in rows if r["precision"] == "bf16" and r["kernel"] == "attention_fwd_kernel" and r["op"] == "lsh_attention fwd"]
     useful = flops.chunked_attention(1, 1, 1024, config.head_dim, config.lsh_chunk_len, 1, 0, config.n_hashes) / 1024

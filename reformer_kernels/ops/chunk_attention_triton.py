@@ -87,16 +87,17 @@ def _load_keys(K, slot_pos, real, offs_d, d_ok, stride_l, head_dim, key_scale, r
 
 
 @triton.jit
-def _window_keys(K, V, SortedIdx, e, first_chunk, window, chunk_len, n_chunks, seq_len, offs_d, d_ok, stride_l,
-                 head_dim, key_scale, LSH: tl.constexpr):
+def _window_keys(K, V, SortedIdx, e, first_chunk, window, chunk_len, n_chunks, seq_len, offs_d, d_ok, stride_kl,
+                 stride_vl, head_dim, key_scale, LSH: tl.constexpr):
     """Keys and values of window entries ``e`` (0 .. window * chunk_len): the chunks from
-    ``first_chunk`` on, circular over all rounds, gathered through sorted_idx."""
+    ``first_chunk`` on, circular over all rounds, gathered through sorted_idx; K's and V's rows
+    ``stride_kl`` and ``stride_vl`` apart."""
     in_window = e < window * chunk_len
     k_slot = ((first_chunk + e // chunk_len) % n_chunks).to(tl.int64) * chunk_len + e % chunk_len
     _, k_pos = _slot_positions(SortedIdx, k_slot, in_window, seq_len, LSH)
     k_real = in_window & (k_pos < seq_len)
-    k, _, _ = _load_keys(K, k_pos, k_real, offs_d, d_ok, stride_l, head_dim, key_scale, _RMS_EPS, LSH)
-    v = tl.load(V + k_pos[:, None] * stride_l + offs_d[None, :], mask=k_real[:, None] & d_ok[None, :], other=0.0)
+    k, _, _ = _load_keys(K, k_pos, k_real, offs_d, d_ok, stride_kl, head_dim, key_scale, _RMS_EPS, LSH)
+    v = tl.load(V + k_pos[:, None] * stride_vl + offs_d[None, :], mask=k_real[:, None] & d_ok[None, :], other=0.0)
     return in_window, k_pos, k_real, k, v
 
 
@@ -150,9 +151,12 @@ def _dropout_keep(seed, philox_offset, threshold, row_first, col_first, drop_sca
 @triton.jit(do_not_specialize=["dropout_seed", "dropout_offset"])
 def attention_fwd_kernel(
     Q, K, V, SortedIdx, Mask, Out, Lse,
-    stride_xb, stride_xh, stride_xl,  # q, k, v: (B, H, L, head_dim), head_dim contiguous
+    stride_qb, stride_qh, stride_ql,  # q, k, v: (B, H, L, head_dim), each with its own strides,
+    stride_kb, stride_kh, stride_kl,  # head_dim contiguous (head-split views of the projections
+    stride_vb, stride_vh, stride_vl,  # are read in place)
     stride_ob, stride_oh, stride_ol,  # Out: (B, H, rows, head_dim), rows = n_slots (LSH) or L (local)
-    stride_sb, stride_sh,  # SortedIdx and Lse: (B, H, rows)
+    stride_ib, stride_ih,  # SortedIdx: (B, H, n_slots), slots contiguous
+    stride_lb, stride_lh,  # Lse: (B, H, rows), rows contiguous
     stride_mb,  # Mask: (B, L)
     seq_len, n_slots, chunk_len, n_chunks_before, window, head_dim,
     key_scale, mask_value, self_mask_value, dropout_seed, dropout_offset, dropout_threshold, drop_scale,
@@ -170,11 +174,10 @@ def attention_fwd_kernel(
     offs_step = tl.arange(0, STEP)
     offs_d = tl.arange(0, HEAD_BLOCK)
     d_ok = offs_d < head_dim
-    x_base = b * stride_xb + h * stride_xh
-    Q += x_base
-    K += x_base
-    V += x_base
-    SortedIdx += b * stride_sb + h * stride_sh
+    Q += b * stride_qb + h * stride_qh
+    K += b * stride_kb + h * stride_kh
+    V += b * stride_vb + h * stride_vh
+    SortedIdx += b * stride_ib + h * stride_ih
     n_keys = window * chunk_len
     # the first slot of this (batch, head) in the numbering of attention-dropout elements
     bh_slot = (b * tl.num_programs(1) + h) * n_slots
@@ -185,7 +188,7 @@ def attention_fwd_kernel(
     q_slot = chunk.to(tl.int64) * chunk_len + q_in_chunk
     q_index, q_pos = _slot_positions(SortedIdx, q_slot, q_ok, seq_len, LSH)
     q_real = q_ok & (q_pos < seq_len)
-    q = tl.load(Q + q_pos[:, None] * stride_xl + offs_d[None, :], mask=q_real[:, None] & d_ok[None, :], other=0.0)
+    q = tl.load(Q + q_pos[:, None] * stride_ql + offs_d[None, :], mask=q_real[:, None] & d_ok[None, :], other=0.0)
 
     m_i = tl.full([BLOCK], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK], tl.float32)
@@ -194,8 +197,8 @@ def attention_fwd_kernel(
     first_chunk = (chunk + n_chunks - n_chunks_before % n_chunks) % n_chunks
     for start in range(0, n_keys, STEP):
         in_window, k_pos, k_real, k, v = _window_keys(K, V, SortedIdx, start + offs_step, first_chunk, window,
-                                                     chunk_len, n_chunks, seq_len, offs_d, d_ok, stride_xl, head_dim,
-                                                     key_scale, LSH)
+                                                     chunk_len, n_chunks, seq_len, offs_d, d_ok, stride_kl, stride_vl,
+                                                     head_dim, key_scale, LSH)
         s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
         s, _ = _masked_scores(s, q_pos, k_pos, k_real, in_window, b, Mask, stride_mb, mask_value, self_mask_value,
                               LSH, CAUSAL, HAS_MASK)
@@ -214,7 +217,7 @@ def attention_fwd_kernel(
     Out += b * stride_ob + h * stride_oh
     tl.store(Out + out_row[:, None] * stride_ol + offs_d[None, :], acc / l_i[:, None],
              mask=q_real[:, None] & d_ok[None, :])
-    tl.store(Lse + b * stride_sb + h * stride_sh + out_row, m_i + tl.log(l_i), mask=q_real)
+    tl.store(Lse + b * stride_lb + h * stride_lh + out_row, m_i + tl.log(l_i), mask=q_real)
 
 
 @triton.autotune(configs=warp_configs(), key=["chunk_len", "HEAD_BLOCK", "BLOCK", "LSH", "CAUSAL", "HAS_MASK", "DROPOUT",
@@ -341,7 +344,7 @@ def attention_bwd_kernel(
     for start in range(0, n_keys, STEP):
         in_window, k_pos, k_real, k_keys, v_keys = _window_keys(K, V, SortedIdx, start + offs_step, first_chunk, window,
                                                                 chunk_len, n_chunks, seq_len, offs_d, d_ok, stride_xl,
-                                                                head_dim, key_scale, LSH)
+                                                                stride_xl, head_dim, key_scale, LSH)
         s = tl.dot(q, tl.trans(k_keys), input_precision=DOT_PRECISION)
         s, replaced = _masked_scores(s, own_pos, k_pos, k_real, in_window, b, Mask, stride_mb, mask_value,
                                      self_mask_value, LSH, CAUSAL, HAS_MASK)
@@ -394,30 +397,44 @@ def _launch_arguments(q: torch.Tensor, op: str, n_slots: int, chunk_len: int, ls
     return (mask, stride_mb), scalars, constexprs, chunk_grid(n_slots, chunk_len, batch, heads, tile)
 
 
-def slot_index(sorted_idx: torch.Tensor, n_slots: int, head_dim: int) -> torch.Tensor:
+def slot_index(sorted_idx: torch.Tensor, n_slots: int, row_stride: int) -> torch.Tensor:
     """``sorted_idx`` as the kernels read it. They compute row offsets (index * row stride) in the
-    index's type: bucket_sort's int32 serves while the slot rows of one (batch, head) hold fewer
-    than 2^31 elements (n_slots * head_dim), int64 past that."""
-    return sorted_idx.long() if n_slots * head_dim >= 2**31 else sorted_idx
+    index's type: bucket_sort's int32 serves while n_slots times the largest row stride an index
+    multiplies stays below 2^31 (head_dim for contiguous rows; H * head_dim for the rows of
+    head-split views), int64 past that."""
+    return sorted_idx.long() if n_slots * row_stride >= 2**31 else sorted_idx
+
+
+def unit_stride_rows(x: torch.Tensor) -> torch.Tensor:
+    """``x`` itself where its last dimension is contiguous, as the kernels read rows (any other
+    strides: head-split views are read in place); else a contiguous copy."""
+    return x if x.stride(-1) == 1 else x.contiguous()
 
 
 def attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sorted_idx: Optional[torch.Tensor],
                       out: torch.Tensor, lse: torch.Tensor, *, op: str, n_slots: int, chunk_len: int,
                       n_chunks_before: int, n_chunks_after: int, causal: bool, attention_mask: Optional[torch.Tensor],
                       dropout: tuple[float, int, int]) -> None:
-    """Launches ``attention_fwd_kernel`` over ``n_slots`` query slots of (B, H, L, d) inputs whose
-    rows are contiguous. LSH when ``sorted_idx`` is given (slots are its entries, k is q), else
-    local (slots are positions). Writes each query's output and lse at its row of ``out``
-    (B, H, rows, d) and ``lse`` (B, H, rows). ``dropout``: the schema's (dropout_p, dropout_seed,
+    """Launches ``attention_fwd_kernel`` over ``n_slots`` query slots of (B, H, L, d) inputs read
+    through their strides (head-split views in place), whose rows are contiguous
+    (``unit_stride_rows``). LSH when ``sorted_idx`` (B, H, n_slots), slots contiguous, is given
+    (slots are its entries, k is q), else local (slots are positions). Writes each query's output
+    and lse at its row of ``out`` (B, H, rows, d), any strides with rows contiguous, and ``lse``
+    (B, H, rows), rows contiguous. ``dropout``: the schema's (dropout_p, dropout_seed,
     dropout_offset)."""
     lsh = sorted_idx is not None
     window = n_chunks_before + 1 + n_chunks_after
     (mask, stride_mb), scalars, constexprs, grid = _launch_arguments(q, op, n_slots, chunk_len, lsh, attention_mask,
                                                                       dropout, backward=False)
+    row_stride = max(q.stride(2), k.stride(2), v.stride(2), out.stride(2))
+    slots = slot_index(sorted_idx, n_slots, row_stride) if lsh else lse
     attention_fwd_kernel[grid](
-        q, k, v, slot_index(sorted_idx, n_slots, q.shape[3]) if lsh else lse, mask, out, lse,
+        q, k, v, slots, mask, out, lse,
         q.stride(0), q.stride(1), q.stride(2),
+        k.stride(0), k.stride(1), k.stride(2),
+        v.stride(0), v.stride(1), v.stride(2),
         out.stride(0), out.stride(1), out.stride(2),
+        slots.stride(0), slots.stride(1),
         lse.stride(0), lse.stride(1),
         stride_mb,
         q.shape[2], n_slots, chunk_len, n_chunks_before, window, q.shape[3],

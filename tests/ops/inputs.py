@@ -3,7 +3,8 @@ test runs on (a subset of the ``backend`` fixture's, or the CUDA kernels on a GP
 (padding masks, hashed orders), the forward-and-backward runner, thread counts,
 the chunk-window draws of the CPU attention kernels, and the checks: a backend against the float64
 reference by the tolerance rule, the cpu backend's dropout against the reference's, a Triton op's
-schema against the C++ op's, a backend impl called by the schema's names, bytes saved for backward."""
+schema against the C++ op's, a backend impl called by the schema's names, bytes saved for backward, the torch
+ops (copies) a call runs."""
 import contextlib
 from typing import Callable, Sequence
 
@@ -11,6 +12,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from reformer_kernels import _extension, backends, reference
 from tests.tolerance import assert_within_rule
@@ -130,6 +132,23 @@ def assert_cpu_dropout_is_the_references(run: Callable, tensors: Sequence[torch.
         torch.testing.assert_close(a, e, rtol=1e-10, atol=1e-10)
     torch.manual_seed(8)
     assert not torch.allclose(run("cpu", *tensors), results["cpu"][0])
+
+
+# The torch ops that copy data: ``.contiguous()`` of a strided tensor (clone), a cast (_to_copy),
+# a copy into a buffer (copy_).
+COPIES = {"aten::clone", "aten::_to_copy", "aten::copy_"}
+
+
+class TorchOpsCalled(TorchDispatchMode):
+    """Inside the block, ``names`` lists every torch op that runs, by name (``aten::clone``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.names = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.append(func.name())
+        return func(*args, **(kwargs or {}))
 
 
 def bytes_saved_for_backward(fn: Callable):

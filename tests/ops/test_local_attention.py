@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from reformer_kernels import backends, functional, reference
 from reformer_kernels.ops.local_attention import triton_kernels as triton_local_attention
 from tests.marks import requires_extension
+from tests.triton_launches import recorded_launches
 from tests.tolerance import assert_within_rule
 
 from .fuzz import (
@@ -27,7 +28,7 @@ from .fuzz import (
     head_split,
     padding_mask,
 )
-from .inputs import (WINDOW_DRAWS, WINDOW_SETTINGS, assert_cpu_dropout_is_the_references,
+from .inputs import (COPIES, WINDOW_DRAWS, WINDOW_SETTINGS, TorchOpsCalled, assert_cpu_dropout_is_the_references,
                      assert_float32_kernel_meets_reference, assert_impl_takes_schema_names, assert_matches_reference,
                      assert_same_bits_on_thread_counts, assert_same_schema, dropout_key, fixed_padding_mask,
                      lsh_inputs, on_backends, outputs_and_grads, schema_mask, skip_if_interpreter_lacks,
@@ -371,6 +372,36 @@ def test_triton_bad_inputs_get_the_shared_errors(backend, device):
         functional.local_attention(q.double(), k.double(), v.double(), chunk_len=16, backend=backend)
     with pytest.raises(ValueError, match=r"dropout_p must lie in \[0, 1\), got 1.0"):
         triton_local_attention.local_attention_fwd(q, k, v, 16, 1, 1, False, mask, 1.0, seed, offset)
+
+
+def test_triton_forward_reads_head_split_views_in_place():
+    """The forward launcher copies nothing: head-split q, k and v (a layer's projections) reach the
+    kernel as they are, and out comes back laid out like q, so merging the heads back into
+    (B, L, H * d) is a view. The launches are recorded, not run; the op's own function runs (a
+    dispatch mode sees a custom op's call, not the torch ops inside it)."""
+    q, k, v = (head_split(torch.randn(2, 3, 64, 32, dtype=torch.float16)) for _ in range(3))
+    with recorded_launches() as launches, TorchOpsCalled() as called:
+        out, lse = triton_local_attention.local_attention_fwd._init_fn(q, k, v, 16, 1, 0, True, None)
+    assert "aten::empty.memory_format" in called.names and not COPIES & set(called.names), called.names
+    (kernel, args, _), = launches
+    assert all(read is given for read, given in zip(args[:3], (q, k, v))) and args[5] is out
+    assert out.stride() == q.stride() and out.transpose(1, 2).is_contiguous()
+
+
+@triton_only
+def test_triton_strided_inputs_give_the_bits_of_contiguous_ones(backend, device):
+    """q, k and v each read through its own strides (a head-split view, a slice of a wider
+    projection, a transposed batch): the same out and lse bits as contiguous copies, and the
+    opcheck of the op on them (its fake impl lays out out as the kernel does)."""
+    q, k, v = (torch.randn(2, 2, 40, 16, dtype=torch.float16, device=device) for _ in range(3))
+    wide = torch.zeros(2, 40, 2, 24, dtype=k.dtype, device=device)
+    wide[..., 5:21] = k.transpose(1, 2)
+    strided = (head_split(q), wide[..., 5:21].transpose(1, 2), v.transpose(0, 1).contiguous().transpose(0, 1))
+    config = (16, 1, 1, True, fixed_padding_mask("tail", 2, 40, device), 0.2, 2**40 + 7, 12)
+    for a, b in zip(triton_local_attention.local_attention_fwd(*strided, *config),
+                    triton_local_attention.local_attention_fwd(q, k, v, *config)):
+        assert torch.equal(a, b)
+    torch.library.opcheck(triton_local_attention.local_attention_fwd, (*strided, *config))
 
 
 @pytest.mark.parametrize("compiled, triton_op", [

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from reformer_kernels import functional, reference
 from reformer_kernels.ops.lsh_attention import triton_kernels as triton_lsh_attention
 from tests.marks import requires_extension
+from tests.triton_launches import launched_function, recorded_launches
 from tests.tolerance import assert_within_rule
 
 from .fuzz import (
@@ -30,7 +31,7 @@ from .fuzz import (
     n_buckets_strategy,
     padding_mask,
 )
-from .inputs import (WINDOW_DRAWS, WINDOW_SETTINGS, assert_cpu_dropout_is_the_references,
+from .inputs import (COPIES, WINDOW_DRAWS, WINDOW_SETTINGS, TorchOpsCalled, assert_cpu_dropout_is_the_references,
                      assert_float32_kernel_meets_reference, assert_impl_takes_schema_names, assert_matches_reference,
                      assert_same_bits_on_thread_counts, assert_same_schema, dropout_key, bytes_saved_for_backward,
                      fixed_padding_mask, hashed_order, lsh_inputs, on_backends, outputs_and_grads,
@@ -185,6 +186,19 @@ def test_triton_kernels_read_int64_indices_where_int32_offsets_would_overflow():
     assert slot_index(sorted_idx, 2**25 - 1, 64) is sorted_idx
     assert slot_index(sorted_idx, 2**25, 64).dtype == torch.int64
     assert slot_index(sorted_idx.long(), 4, 64).dtype == torch.int64
+
+
+def test_triton_forward_reads_int64_indices_where_head_split_row_offsets_would_overflow():
+    """Head-split views' rows are H * head_dim apart: 2^21 positions of 16 heads of 64 (meta
+    tensors, launches recorded) reach offsets of 2^31 at rows whose contiguous copies would stay
+    below 2^27, so the forward hands the kernel int64 indices."""
+    batch, heads, seq_len, head_dim = 1, 16, 2**21, 64
+    qk, v = (torch.empty(batch, seq_len, heads, head_dim, dtype=torch.bfloat16, device="meta").transpose(1, 2)
+             for _ in range(2))
+    sorted_idx = torch.empty(batch, heads, seq_len, dtype=torch.int32, device="meta")
+    with recorded_launches() as launches:
+        triton_lsh_attention.lsh_attention_fwd._init_fn(qk, v, sorted_idx, 1, 64, 1, 0, True, None)
+    assert launches[0][1][3].dtype == torch.int64
 
 
 # ----------------------------------------------------------------------------- the C++ op
@@ -517,6 +531,48 @@ def test_triton_saves_only_linear_memory_for_backward(backend, device):
     (out, lse), saved = bytes_saved_for_backward(lambda: triton_lsh_attention.lsh_attention_fwd(
         qk, v, sorted_idx, n_hashes, chunk_len, before, after, causal, attention_mask=mask))
     assert saved <= sum(t.numel() * t.element_size() for t in (qk, v, sorted_idx, mask, out, lse))
+
+
+@pytest.mark.parametrize("n_hashes", [1, 2])
+def test_triton_forward_reads_head_split_views_in_place(n_hashes):
+    """The forward launcher copies nothing: head-split qk and v (a layer's projections) and an
+    expanded sorted_idx reach the attention kernel as they are, out comes back laid out like qk (its
+    heads merge back into (B, L, H * d) as a view), per-round outputs are in qk's dtype, and with
+    one hash round the attention kernel writes out itself: no round combination is launched.
+    The launches are recorded, not run; the op's own function runs (a dispatch mode sees a
+    custom op's call, not the torch ops inside it)."""
+    batch, heads, seq_len = 2, 3, 64
+    qk, v = (head_split(torch.randn(batch, heads, seq_len, 32, dtype=torch.float16)) for _ in range(2))
+    sorted_idx = torch.arange(n_hashes * seq_len, dtype=torch.int32).expand(batch, heads, -1)
+    with recorded_launches() as launches, TorchOpsCalled() as called:
+        out, lse = triton_lsh_attention.lsh_attention_fwd._init_fn(qk, v, sorted_idx, n_hashes, 16, 1, 0, True, None)
+    assert "aten::empty.memory_format" in called.names and not COPIES & set(called.names), called.names
+    names = [launched_function(kernel).fn.__name__ for kernel, _, _ in launches]
+    assert names == ["attention_fwd_kernel"] + (["_combine_rounds_kernel"] if n_hashes > 1 else [])
+    q, k, v_read, slots, _, rows_out, lse_out = launches[0][1][:7]
+    assert q is qk and k is qk and v_read is v and slots is sorted_idx and lse_out.data_ptr() == lse.data_ptr()
+    assert rows_out is out if n_hashes == 1 else rows_out.dtype == qk.dtype
+    assert out.stride() == qk.stride() and out.transpose(1, 2).is_contiguous()
+
+
+@triton_only
+@pytest.mark.parametrize("n_hashes", [1, 2])
+def test_triton_strided_inputs_give_the_bits_of_contiguous_ones(backend, device, n_hashes):
+    """qk, v and sorted_idx read through their own strides (a head-split view, a slice of a wider
+    projection, a slice of wider rows of indices): the same out and lse bits as contiguous copies."""
+    batch, heads, seq_len, head_dim = 2, 2, 32, 16
+    qk, v = (torch.randn(batch, heads, seq_len, head_dim, dtype=torch.float16, device=device) for _ in range(2))
+    mask = fixed_padding_mask("tail", batch, seq_len, device)
+    sorted_idx = hashed_order(qk.double(), n_hashes, mask)
+    wide = torch.zeros(batch, seq_len, heads, head_dim + 8, dtype=v.dtype, device=device)
+    wide[..., 3:head_dim + 3] = v.transpose(1, 2)
+    wide_idx = torch.cat([sorted_idx, sorted_idx], dim=2)
+    config = (n_hashes, 16, 1, 0, True, mask, 0.2, 2**40 + 7, 12)
+    strided = triton_lsh_attention.lsh_attention_fwd(head_split(qk), wide[..., 3:head_dim + 3].transpose(1, 2),
+                                                     wide_idx[..., :n_hashes * seq_len], *config)
+    contiguous = triton_lsh_attention.lsh_attention_fwd(qk, v, sorted_idx, *config)
+    for a, b in zip(strided, contiguous):
+        assert torch.equal(a, b)
 
 
 @pytest.mark.parametrize("compiled, triton_op", [

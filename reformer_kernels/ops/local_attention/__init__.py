@@ -20,16 +20,13 @@ from ... import _extension, backends, reference
 from ..lsh_attention import lse_dtype
 
 
-def _forward_fake(q, k, v, chunk_len, n_chunks_before, n_chunks_after, causal, attention_mask, dropout_p=0.0,
-                  dropout_seed=0, dropout_offset=0):
-    batch, heads, seq_len, _ = q.shape
-    return torch.empty_like(q, memory_format=torch.contiguous_format), q.new_empty((batch, heads, seq_len),
-                                                                                   dtype=lse_dtype(q.dtype))
+def contiguous_like(x: torch.Tensor) -> torch.Tensor:
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
 
 
 def _backward_fake(grad_out, q, k, v, out, lse, chunk_len, n_chunks_before, n_chunks_after, causal, attention_mask,
                    dropout_p=0.0, dropout_seed=0, dropout_offset=0):
-    return tuple(torch.empty_like(t, memory_format=torch.contiguous_format) for t in (q, k, v))
+    return tuple(contiguous_like(t) for t in (q, k, v))
 
 
 def _setup_context(ctx, inputs, output):
@@ -43,10 +40,17 @@ def _setup_context(ctx, inputs, output):
     ctx.set_materialize_grads(False)
 
 
-def register(forward, backward) -> None:
+def register(forward, backward, empty_out=contiguous_like) -> None:
     """Give ``forward`` (an op of the local_attention_fwd schema) and ``backward`` (of the
     local_attention_bwd schema) their fake impls, and make ``forward`` differentiable through
-    ``backward``."""
+    ``backward``. ``empty_out(q)``: out as ``forward`` lays it out (the C++ op: contiguous; the
+    Triton op: like q, ``rows_like``)."""
+
+    def _forward_fake(q, k, v, chunk_len, n_chunks_before, n_chunks_after, causal, attention_mask, dropout_p=0.0,
+                      dropout_seed=0, dropout_offset=0):
+        batch, heads, seq_len, _ = q.shape
+        return empty_out(q), q.new_empty((batch, heads, seq_len), dtype=lse_dtype(q.dtype))
+
     torch.library.register_fake(forward, _forward_fake)
     torch.library.register_fake(backward, _backward_fake)
 

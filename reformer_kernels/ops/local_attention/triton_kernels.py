@@ -11,7 +11,8 @@ import torch
 from ... import backends
 from ...reference.chunked import mask_values
 from ...reference.local_attention import local_chunking
-from ..chunk_attention_triton import attention_backward, attention_forward
+from ..chunk_attention_triton import attention_backward, attention_forward, unit_stride_rows
+from ..lsh_attention import rows_like
 from ..triton_utils import check_dtype
 from . import out_only, register
 
@@ -22,14 +23,16 @@ def local_attention_fwd(
     causal: bool, attention_mask: Optional[torch.Tensor], dropout_p: float = 0.0, dropout_seed: int = 0,
     dropout_offset: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Returns out (B, H, L, d) in q's dtype and lse (B, H, L) in fp32. Attention dropout as the
-    schema says: the Philox stream keyed by (dropout_seed, dropout_offset) over the reference's
-    chunked scores."""
+    """Returns out (B, H, L, d) in q's dtype, laid out like q (``rows_like``: a layer merges its
+    heads back as a view), and lse (B, H, L) in fp32. Attention dropout as the schema says: the
+    Philox stream keyed by (dropout_seed, dropout_offset) over the reference's chunked scores.
+    q, k and v are read in place through their strides (head-split views included; only a
+    tensor whose last dimension is not contiguous is copied)."""
     check_dtype("local_attention", q)
-    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    out = rows_like(q)  # before any copy of q, as the fake impl sees it
+    q, k, v = unit_stride_rows(q), unit_stride_rows(k), unit_stride_rows(v)
     batch, heads, seq_len, _ = q.shape
     chunk_len, n_chunks_before, n_chunks_after, n_slots = local_chunking(seq_len, chunk_len, n_chunks_before, n_chunks_after)
-    out = torch.empty_like(q)
     lse = torch.empty(batch, heads, seq_len, dtype=torch.float32, device=q.device)
     attention_forward(q, k, v, None, out, lse, op="local_attention", n_slots=n_slots, chunk_len=chunk_len,
                       n_chunks_before=n_chunks_before, n_chunks_after=n_chunks_after, causal=causal,
@@ -64,5 +67,5 @@ def local_attention_bwd(
     return grad_q, grad_k, grad_v
 
 
-register(local_attention_fwd, local_attention_bwd)
+register(local_attention_fwd, local_attention_bwd, empty_out=rows_like)
 backends.register("local_attention", "triton", out_only(local_attention_fwd))

@@ -1,6 +1,7 @@
 """lsh_attention in Triton: the chunked attention kernels of ``chunk_attention_triton`` with LSH=True,
-plus the kernel that combines the hash rounds, behind reformer_kernels::triton_lsh_attention_fwd
-and _bwd, which take the arguments of the lsh_attention_fwd/_bwd schema (see ``__init__``)."""
+plus the kernel that combines the hash rounds (where there are several), behind
+reformer_kernels::triton_lsh_attention_fwd and _bwd, which take the arguments of the
+lsh_attention_fwd/_bwd schema (see ``__init__``)."""
 from typing import Optional
 
 import torch
@@ -8,7 +9,7 @@ import triton
 import triton.language as tl
 
 from ... import backends
-from ..chunk_attention_triton import attention_backward, attention_forward
+from ..chunk_attention_triton import attention_backward, attention_forward, unit_stride_rows
 from ..triton_utils import check_dtype, head_block
 from . import register, rows_like
 
@@ -16,13 +17,13 @@ from . import register, rows_like
 @triton.jit
 def _combine_rounds_kernel(
     OutRounds, Lse, Out,
-    stride_rb, stride_rh, stride_rl,  # OutRounds: (B, H, n_hashes * L, head_dim), fp32
+    stride_rb, stride_rh, stride_rl,  # OutRounds: (B, H, n_hashes * L, head_dim), the input dtype
     stride_lb, stride_lh,  # Lse: (B, H, n_hashes * L), fp32
     stride_ob, stride_oh, stride_ol,  # Out: (B, H, L, head_dim)
     seq_len, n_hashes, head_dim,
     HEAD_BLOCK: tl.constexpr, BLOCK: tl.constexpr,
 ):
-    """out = sum_r out_r * exp(lse_r - logsumexp_r lse_r), per position."""
+    """out = sum_r out_r * exp(lse_r - logsumexp_r lse_r), per position, summed in fp32 in round order."""
     h = tl.program_id(1).to(tl.int64)
     b = tl.program_id(2).to(tl.int64)
     pos = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
@@ -40,7 +41,8 @@ def _combine_rounds_kernel(
         rows = r * seq_len + pos
         weight = tl.exp(tl.load(Lse + rows, mask=ok, other=0.0) - top)
         total += weight
-        acc += weight[:, None] * tl.load(OutRounds + rows[:, None] * stride_rl + offs_d[None, :], mask=mask_2d, other=0.0)
+        out_r = tl.load(OutRounds + rows[:, None] * stride_rl + offs_d[None, :], mask=mask_2d, other=0.0)
+        acc += weight[:, None] * out_r.to(tl.float32)
     tl.store(Out + b * stride_ob + h * stride_oh + pos[:, None] * stride_ol + offs_d[None, :], acc / total[:, None],
              mask=mask_2d)
 
@@ -51,28 +53,41 @@ def lsh_attention_fwd(
     n_chunks_after: int, causal: bool, attention_mask: Optional[torch.Tensor], dropout_p: float = 0.0,
     dropout_seed: int = 0, dropout_offset: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Returns out (B, H, L, d) in qk's dtype and lse (B, H, n_hashes, L) in fp32. Attention dropout
-    as the schema says: the Philox stream keyed by (dropout_seed, dropout_offset) over the
-    reference's chunked scores."""
+    """Returns out (B, H, L, d) in qk's dtype, laid out like qk (``rows_like``), and lse
+    (B, H, n_hashes, L) in fp32. Attention dropout as the schema says: the Philox stream keyed by
+    (dropout_seed, dropout_offset) over the reference's chunked scores.
+
+    qk, v and sorted_idx are read in place through their strides (head-split views included; only
+    a tensor whose last dimension is not contiguous is copied). One hash round: the attention
+    kernel writes out itself, in qk's dtype. Several: it writes each round's output in qk's dtype
+    and ``_combine_rounds_kernel`` combines them in fp32. In fp16/bf16 that rounds twice, each
+    round's output and then out: an element of out is off from the combination of the rounds' fp32
+    outputs by at most u * (|out| + sum_r w_r |out_r|) <= 2 u max_r |out_r| (u = 2^-8 bf16, 2^-11
+    fp16; w_r the round weights; plus fp32 round-off), against u * |out| with fp32 rounds; fp32
+    inputs keep fp32 rounds. The sums run
+    in a fixed order, so the bits are the same every run."""
     check_dtype("lsh_attention", qk)
-    out = rows_like(qk)
-    qk, v, sorted_idx = qk.contiguous(), v.contiguous(), sorted_idx.contiguous()
+    out = rows_like(qk)  # before any copy of qk, as the fake impl sees it
+    qk, v, sorted_idx = unit_stride_rows(qk), unit_stride_rows(v), unit_stride_rows(sorted_idx)
     batch, heads, seq_len, head_dim = qk.shape
     n_slots = n_hashes * seq_len
-    out_rounds = torch.empty(batch, heads, n_slots, head_dim, dtype=torch.float32, device=qk.device)
     lse = torch.empty(batch, heads, n_slots, dtype=torch.float32, device=qk.device)
+    # With one round the combination is the identity: the kernel's rows are out's positions.
+    out_rounds = out if n_hashes == 1 else torch.empty(batch, heads, n_slots, head_dim, dtype=qk.dtype,
+                                                         device=qk.device)
     attention_forward(qk, qk, v, sorted_idx, out_rounds, lse, op="lsh_attention", n_slots=n_slots, chunk_len=chunk_len,
                       n_chunks_before=n_chunks_before, n_chunks_after=n_chunks_after, causal=causal,
                       attention_mask=attention_mask, dropout=(dropout_p, dropout_seed, dropout_offset))
-    block = 16  # positions per program: the combination is a memory-bound pass over n_hashes rows each
-    _combine_rounds_kernel[(triton.cdiv(seq_len, block), heads, batch)](
-        out_rounds, lse, out,
-        out_rounds.stride(0), out_rounds.stride(1), out_rounds.stride(2),
-        lse.stride(0), lse.stride(1),
-        out.stride(0), out.stride(1), out.stride(2),
-        seq_len, n_hashes, head_dim,
-        HEAD_BLOCK=head_block(head_dim), BLOCK=block,
-    )
+    if n_hashes > 1:
+        block = 16  # positions per program: the combination is a memory-bound pass over n_hashes rows each
+        _combine_rounds_kernel[(triton.cdiv(seq_len, block), heads, batch)](
+            out_rounds, lse, out,
+            out_rounds.stride(0), out_rounds.stride(1), out_rounds.stride(2),
+            lse.stride(0), lse.stride(1),
+            out.stride(0), out.stride(1), out.stride(2),
+            seq_len, n_hashes, head_dim,
+            HEAD_BLOCK=head_block(head_dim), BLOCK=block,
+        )
     return out, lse.view(batch, heads, n_hashes, seq_len)
 
 
