@@ -163,7 +163,8 @@ WRITES = {
     "linear_cross_entropy_grad_hidden_kernel": {"GradHidden"},
     "linear_cross_entropy_grad_weight_kernel": {"GradWeight", "GradBias"},
 }
-USED_ONLY_WITH = {"SortedIdx": ("LSH",), "RoundWeight": ("LSH",), "Mask": ("HAS_MASK", "HAS_PADDING"), "Positions": ("WRITE_POSITIONS",),
+USED_ONLY_WITH = {"SortedIdx": ("LSH",), "RoundWeight": ("LSH",), "Mask": ("HAS_MASK", "HAS_PADDING"),
+                  "Positions": ("WRITE_POSITIONS",),
                   "Bias": ("HAS_BIAS",), "Residual": ("HAS_RESIDUAL",)}
 
 

@@ -110,8 +110,8 @@ void hash_kernel(const at::Tensor& vectors, const at::Tensor& rotations, const s
 
 // Hashes into keys (lsh_hash's int64 ids, or lsh_hash_packed's keys with their positions).
 template <typename key_t>
-void hash_into(const at::Tensor& vectors, const at::Tensor& rotations, at::IntArrayRef n_buckets, const at::Tensor& valid,
-               at::Tensor& keys, int64_t row_keys, at::Tensor* positions) {
+void hash_into(const at::Tensor& vectors, const at::Tensor& rotations, at::IntArrayRef n_buckets,
+               const at::Tensor& valid, at::Tensor& keys, int64_t row_keys, at::Tensor* positions) {
   if (keys.numel() == 0) return;
   const std::vector<int64_t> factors(n_buckets.begin(), n_buckets.end());
   key_t* key_ptr = reinterpret_cast<key_t*>(keys.data_ptr());
@@ -144,7 +144,8 @@ std::tuple<at::Tensor, at::Tensor> lsh_hash_packed_cpu(const at::Tensor& vectors
   const int64_t num_keys = lsh_num_keys(rotations, n_buckets, valid.defined());
   const int64_t rows = vectors.size(0) * vectors.size(1);
   const std::vector<int64_t> shape{vectors.size(0), vectors.size(1), rotations.size(2) * vectors.size(2)};
-  at::Tensor keys = at::empty(shape, vectors.options().dtype(packed_key_dtype(std::max<int64_t>(rows, 1), num_keys, op)));
+  const at::ScalarType key_dtype = packed_key_dtype(std::max<int64_t>(rows, 1), num_keys, op);
+  at::Tensor keys = at::empty(shape, vectors.options().dtype(key_dtype));
   at::Tensor positions = at::empty(shape, vectors.options().dtype(at::kInt));
   if (keys.scalar_type() == at::kUInt32) {
     hash_into<uint32_t>(vectors, rotations, n_buckets, valid, keys, num_keys, &positions);

@@ -106,8 +106,8 @@ at::Tensor bucket_sort_cpu(const at::Tensor& buckets, int64_t num_buckets) {
   const int64_t bad = sort_rows(
       rows, n, num_buckets, [&](int64_t row, int64_t i) { return key_ptr[row * n + i]; },
       [](int64_t, int64_t i) { return static_cast<int32_t>(i); }, sorted_idx.data_ptr<int32_t>());
-  TORCH_CHECK_VALUE(bad < 0, "bucket_sort: bucket id ", bad < 0 ? 0 : key_ptr[bad], " in row ", bad / std::max<int64_t>(n, 1),
-                    " is outside [0, num_buckets=", num_buckets,
+  TORCH_CHECK_VALUE(bad < 0, "bucket_sort: bucket id ", bad < 0 ? 0 : key_ptr[bad], " in row ",
+                    bad / std::max<int64_t>(n, 1), " is outside [0, num_buckets=", num_buckets,
                     "); pass the number of buckets including round offsets (n_hashes * n_buckets)");
   return sorted_idx;
 }

@@ -139,7 +139,8 @@ at::Tensor bucket_sort_packed_cuda(const at::Tensor& keys_in, const at::Tensor& 
   const int width = keys.scalar_type() == at::kUInt32 ? 32 : 64;
   TORCH_CHECK_VALUE(key_bits <= width, op, ": ", rows, " rows * num_keys=", num_keys, " need ", key_bits,
                     "-bit keys, but keys are uint", width, "; hash with lsh_hash_packed, which picks the width");
-  return width == 32 ? sort_pairs<uint32_t>(keys, positions, key_bits) : sort_pairs<uint64_t>(keys, positions, key_bits);
+  return width == 32 ? sort_pairs<uint32_t>(keys, positions, key_bits)
+                     : sort_pairs<uint64_t>(keys, positions, key_bits);
 }
 
 }  // namespace reformer_kernels

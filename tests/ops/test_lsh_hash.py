@@ -428,7 +428,8 @@ def test_cuda_packed_keys_and_sort_equal_the_cpu_ones(n_buckets, padding, key_dt
     assert torch.equal(keys.cpu(), expected[0]) and torch.equal(positions.cpu(), expected[1])
     _, hash_sort = backends.select("lsh_hash_sort", keys.device, "cuda")
     sorted_idx = hash_sort(vectors.cuda(), rotations.cuda(), tuple(factors), attention_mask=cuda_mask)
-    assert torch.equal(sorted_idx.cpu(), reference.argsort_buckets(*reference.hash_vectors(vectors, rotations, tuple(factors), mask)))
+    expected = reference.argsort_buckets(*reference.hash_vectors(vectors, rotations, tuple(factors), mask))
+    assert torch.equal(sorted_idx.cpu(), expected)
 
 
 @pytest.mark.parametrize(

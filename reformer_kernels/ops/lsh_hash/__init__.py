@@ -25,7 +25,7 @@ import torch
 
 from ... import _extension, backends, reference
 from ...reference.hashing import bucket_factors, pads_anything
-from ..bucket_sort import packed_key_dtype, triton_can_sort
+from ..bucket_sort import packed_key_dtype
 
 
 def _lsh_hash_fake(vectors, rotations, n_buckets, attention_mask):
