@@ -29,6 +29,7 @@ def cases(size: str, device: torch.device) -> list[Case]:
             result.append(c.peer_case(SUITE, "lsh_hash", "reformer-pytorch", "pytorch", c.reformer_pytorch_hash, config, device))
             result += c.ours_cases(SUITE, "bucket_sort", c.ours_sort, config, device)
             result.append(c.peer_case(SUITE, "bucket_sort", "transformers", "pytorch", c.transformers_sort, config, device))
+            result += c.ours_cases(SUITE, "lsh_hash_sort", c.ours_hash_sort, config, device)
             result += c.ours_cases(SUITE, "lm_head_loss", c.ours_lm_head_loss, config, device)
             result.append(c.peer_case(SUITE, "lm_head_loss", "transformers", "pytorch", c.transformers_lm_head_loss, config, device))
             for causal in causal_values:

@@ -8,12 +8,14 @@ be compared with.
 Each op's Triton launcher runs on CPU tensors laid out as a layer passes them (head-split views of
 the projections), with its launches recorded instead of run (tests/triton_launches.py) and every
 torch op it calls around them seen by a dispatch mode: the launcher's ``.contiguous()`` copies,
-fp32 buffers and prologue/epilogue arithmetic are kernels on a GPU too. The sort has no Triton
-kernel: its row is the compiled op's inputs and outputs (the ids in, which its prologue packs into
-(row, id) keys beside int32 positions, and sorted_idx out) plus a model of CUB's device-wide radix
-passes (each pass reads and writes every key and value once; one pass per 8 bits of the largest
-packed key, rows * num_keys - 1, whose keys are 4 bytes up to 32 bits and 8 above). So
-the numbers follow the launchers: change what they pass and the report changes with them.
+fp32 buffers and prologue/epilogue arithmetic are kernels on a GPU too. The hash is the layer's
+lsh_hash_packed, which writes the sort's packed (row, id) keys and int32 positions. The sort has no
+Triton kernel: its row is a model of CUB's device-wide radix sort of those keys and positions as
+bucket_sort_packed runs it, with no packing pass (bucket_sort's, on int64 ids, read 8 bytes and
+wrote 8 per entry): each pass reads and writes every key and value once, the first reading the
+hash's output and the last writing sorted_idx; one pass per 8 bits of the largest packed key,
+rows * num_keys - 1, with the keys' and positions' sizes as the hash allocates them. So the
+numbers follow the launchers: change what they pass and the report changes with them.
 
 Bytes: every tensor a kernel reads or writes, counted once per launch (distinct elements x element
 size; an argument that the launch's constexprs leave unused, such as the dummy mask, is not
@@ -47,7 +49,7 @@ import torch
 import triton
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from reformer_kernels import backends, reference
+from reformer_kernels import reference
 from reformer_kernels.ops.dropout_add import triton_kernels as triton_dropout_add
 from reformer_kernels.ops.linear_cross_entropy import triton_kernels as triton_cross_entropy
 from reformer_kernels.ops.local_attention import triton_kernels as triton_local_attention
@@ -152,7 +154,7 @@ def tensors(value) -> list[torch.Tensor]:
 # without which an argument is a placeholder that the kernel never touches. A tensor passed twice
 # (LSH's backward stores dk into DQ, passing the same buffer as DK) counts once.
 WRITES = {
-    "_hash_kernel": {"Buckets"},
+    "_hash_kernel": {"Keys", "Positions"},
     "attention_fwd_kernel": {"Out", "Lse"},
     "attention_bwd_kernel": {"DQ", "DK", "DV"},
     "_combine_rounds_kernel": {"Out"},
@@ -162,6 +164,7 @@ WRITES = {
     "linear_cross_entropy_grad_weight_kernel": {"GradWeight", "GradBias"},
 }
 USED_ONLY_WITH = {"SortedIdx": ("LSH",), "RoundWeight": ("LSH",), "Mask": ("HAS_MASK", "HAS_PADDING"),
+                  "Positions": ("WRITE_POSITIONS",),
                   "Bias": ("HAS_BIAS",), "Residual": ("HAS_RESIDUAL",)}
 
 
@@ -231,22 +234,16 @@ def head_split(config: Config, dtype: torch.dtype) -> torch.Tensor:
     return x.transpose(1, 2)
 
 
-def sort_kernels(config: Config) -> tuple[list[Kernel], torch.Tensor]:
-    """The compiled bucket sort on the reference hash's ids: its inputs and outputs, then the radix
-    passes modeled (see the module docstring); also returns sorted_idx for the attention."""
+def sort_kernels(config: Config, keys: torch.Tensor, positions: torch.Tensor) -> tuple[list[Kernel], torch.Tensor]:
+    """The radix passes of bucket_sort_packed over the hash's ``keys`` and ``positions``, modeled
+    (see the module docstring); also returns, for the attention, the sorted_idx of a reference hash."""
     qk = head_split(config, torch.float32)
     rotations = torch.randn(config.heads, config.head_dim, config.n_hashes, sum(bucket_factors(config.n_buckets)) // 2)
     buckets, num_keys = reference.hash_vectors(qk, rotations, config.n_buckets)
-    _, sort = backends.select("bucket_sort", torch.device("cpu"), "cpu")  # the compiled op, as the triton backend's
-    kernels = []
-    with TorchOps(kernels):
-        sorted_idx = sort(buckets, num_keys)
     key_bits = (buckets.shape[0] * buckets.shape[1] * num_keys - 1).bit_length()
     passes = math.ceil(key_bits / 8)
-    element = (4 if key_bits <= 32 else 8) + sorted_idx.element_size()
-    kernels.append(Kernel(f"radix passes (model: {passes})", passes * buckets.numel() * element,
-                          passes * buckets.numel() * element))
-    return kernels, sorted_idx
+    moved = passes * keys.numel() * (keys.element_size() + positions.element_size())
+    return [Kernel(f"radix passes (model: {passes})", moved, moved)], reference.argsort_buckets(buckets, num_keys)
 
 
 def op_kernels(config: Config, dtype: torch.dtype) -> dict[str, list[Kernel]]:
@@ -259,8 +256,9 @@ def op_kernels(config: Config, dtype: torch.dtype) -> dict[str, list[Kernel]]:
     local = (c.local_chunk_len, c.n_chunks_before, c.n_chunks_after, True, None, c.local_dropout, seed, offset)
     factors = list(bucket_factors(c.n_buckets))
     rotations = torch.randn(c.heads, c.head_dim, c.n_hashes, sum(factors) // 2, dtype=dtype)
-    ops = {"lsh_hash": record(lambda: triton_hashing.lsh_hash._init_fn(qk, rotations, factors, None))[0]}
-    ops["bucket_sort"], sorted_idx = sort_kernels(c)
+    ops = {}
+    ops["lsh_hash"], (keys, positions) = record(lambda: triton_hashing.lsh_hash_packed._init_fn(qk, rotations, factors, None))
+    ops["bucket_sort"], sorted_idx = sort_kernels(c, keys, positions)
     ops["lsh_attention fwd"], (out, lse) = record(
         lambda: triton_lsh_attention.lsh_attention_fwd._init_fn(qk, v, sorted_idx, *lsh))
     ops["lsh_attention bwd"], _ = record(lambda: triton_lsh_attention.lsh_attention_bwd._init_fn(

@@ -28,10 +28,11 @@ from .harness import Case, MissingPeer, NotAvailable, Prepared
 NEEDED_KERNELS = {
     "lsh_hash": ("lsh_hash",),
     "bucket_sort": ("bucket_sort",),
+    "lsh_hash_sort": ("lsh_hash_sort",),
     "lsh_attention": ("lsh_attention",),
-    "lsh_layer": ("lsh_hash", "bucket_sort", "lsh_attention"),
+    "lsh_layer": ("lsh_hash_sort", "lsh_attention"),
     "local_layer": ("local_attention",),
-    "reversible_block": ("lsh_hash", "bucket_sort", "lsh_attention"),
+    "reversible_block": ("lsh_hash_sort", "lsh_attention"),
     "lm_head_loss": ("linear_cross_entropy",),
 }
 N_CHUNKS_BEFORE, N_CHUNKS_AFTER = 1, 0
@@ -195,6 +196,15 @@ def ours_sort(config: dict, device: torch.device, backend: str) -> Prepared:
     require_kernels("bucket_sort", backend)
     buckets, num_keys = _buckets(config, device)
     return Prepared(lambda: functional.bucket_sort(buckets, num_keys, backend=backend))
+
+
+def ours_hash_sort(config: dict, device: torch.device, backend: str) -> Prepared:
+    """The LSH layer's hash -> sort, one backend op: on GPU backends the hash writes the packed sort
+    keys, so this row against lsh_hash + bucket_sort (int64 ids, then a packing pass) is what that saves."""
+    require_kernels("lsh_hash_sort", backend)
+    qk, _, rotations, n_buckets = _qk_v(config, device)
+    _, hash_sort = backends.select("lsh_hash_sort", device, backend)
+    return Prepared(lambda: hash_sort(qk, rotations, n_buckets), fwd_flops=_hash_flops(config, n_buckets))
 
 
 def transformers_sort(config: dict, device: torch.device) -> Prepared:

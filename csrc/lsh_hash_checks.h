@@ -41,4 +41,11 @@ inline int64_t check_lsh_hash_inputs(const at::Tensor& vectors, const at::Tensor
   return half_width;
 }
 
+// num_keys of the hash: n_hashes rounds of prod(n_buckets) ids, one more with a padding bucket.
+inline int64_t lsh_num_keys(const at::Tensor& rotations, at::IntArrayRef n_buckets, bool padding) {
+  int64_t per_round = 1;
+  for (int64_t f : n_buckets) per_round *= f;
+  return rotations.size(2) * (per_round + (padding ? 1 : 0));
+}
+
 }  // namespace reformer_kernels

@@ -36,11 +36,23 @@ TORCH_LIBRARY(reformer_kernels, m) {
   // (..., N) int64 in [0, num_buckets), N < 2^31. Returns sorted_idx, the positions ordered by
   // (bucket, position), int32, same shape; functional.bucket_sort adds the inverse where asked.
   m.def("bucket_sort(Tensor buckets, int num_buckets) -> Tensor sorted_idx");
+  // bucket_sort of keys already packed, as lsh_hash_packed writes them: keys (..., N) uint32 or
+  // uint64, row r's in [r * num_keys, (r + 1) * num_keys), positions (..., N) int32. Returns
+  // positions in the order of (key, entry) per row: bucket_sort's sorted_idx when positions count
+  // each row's entries, as lsh_hash_packed's do.
+  m.def("bucket_sort_packed(Tensor keys, Tensor positions, int num_keys) -> Tensor sorted_idx");
   // Angular LSH: vectors (B, H, L, d), rotations (H, d, n_hashes, sum(n_buckets) / 2), n_buckets the
   // bucket factors (one for an int bucket count). With attention_mask (B, L) given, its zeros get
   // the padding bucket prod(n_buckets) and rounds are prod(n_buckets) + 1 wide (pass it only when it
   // pads something). Returns bucket ids with round offsets, (B, H, n_hashes * L) int64, round-major.
   m.def("lsh_hash(Tensor vectors, Tensor rotations, int[] n_buckets, Tensor? attention_mask) -> Tensor");
+  // lsh_hash's ids as the sort keys of bucket_sort_packed, so that a GPU sort needs no packing pass:
+  // the id of (batch, head) row r packed as r * num_keys + id (csrc/sort_keys.h), num_keys = n_hashes
+  // * ids per round; uint32 while rows * num_keys <= 2^32, else uint64. And positions, each entry's
+  // index in its row (int32), the values the sort carries. Both (B, H, n_hashes * L).
+  m.def(
+      "lsh_hash_packed(Tensor vectors, Tensor rotations, int[] n_buckets, Tensor? attention_mask) -> "
+      "(Tensor keys, Tensor positions)");
   // Shared-QK LSH attention over bucket-sorted chunks. qk, v (B, H, L, d); sorted_idx (B, H,
   // n_hashes * L). Returns out (B, H, L, d) and lse (B, H, n_hashes, L), float32 (float64 for
   // float64 inputs). The backward recomputes the scores from qk, v, out and lse. Attention dropout

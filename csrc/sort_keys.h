@@ -3,10 +3,14 @@
 // key = row * num_buckets + bucket: rows keep apart and in order, within a row the keys order by
 // bucket, and the values being within-row positions, the sort's stability orders ties by
 // position. The key is as wide as the largest one needs: 32 bits (a 4-byte radix sort that also
-// skips the top bits) when rows * num_buckets <= 2^32, else 64.
+// skips the top bits) when rows * num_buckets <= 2^32, else 64. lsh_hash_packed writes these keys
+// straight from the hash (with num_buckets the hash's num_keys), so that the GPU sort needs no
+// packing pass; lsh_hash writes the ids alone, which are the keys packed with num_buckets = 0.
 #pragma once
 
+#include <ATen/ATen.h>
 #include <c10/macros/Macros.h>
+#include <c10/util/Exception.h>
 
 #include <cstdint>
 
@@ -26,6 +30,15 @@ inline int packed_key_bits(int64_t rows, int64_t num_buckets) {
 template <typename key_t>
 C10_HOST_DEVICE inline key_t pack_sort_key(int64_t row, int64_t bucket, int64_t num_buckets) {
   return static_cast<key_t>(row) * static_cast<key_t>(num_buckets) + static_cast<key_t>(bucket);
+}
+
+// The dtype of the packed keys of rows * num_buckets entries: uint32 up to 32 bits, uint64 up to 64;
+// past that an error naming op.
+inline at::ScalarType packed_key_dtype(int64_t rows, int64_t num_buckets, const char* op) {
+  const int bits = packed_key_bits(rows, num_buckets);
+  TORCH_CHECK_VALUE(bits <= 64, op, ": ", rows, " rows * num_keys=", num_buckets,
+                    " do not fit a 64-bit sort key; pass fewer rows (batch * heads) per call or fewer buckets");
+  return bits <= 32 ? at::kUInt32 : at::kUInt64;
 }
 
 }  // namespace reformer_kernels

@@ -593,10 +593,9 @@ def lsh_self_attention(
     _check_window(fn, rotations.shape[2] * padded_len // chunk_len, n_chunks_before, n_chunks_after)
     if padded_len > seq_len:
         (qk, v), attention_mask = reference.pad_sequence((qk, v), attention_mask, padded_len)
-    _, hash_impl = backends.select("lsh_hash", qk.device, backend)
-    buckets, num_keys = hash_impl(qk, rotations, n_buckets, attention_mask=attention_mask)
-    _, sort_impl = backends.select("bucket_sort", qk.device, backend)
-    sorted_idx = sort_impl(buckets, num_keys)
+    # hash -> sort in one backend op, so that GPU backends hand packed sort keys straight to the sort
+    _, hash_sort = backends.select("lsh_hash_sort", qk.device, backend)
+    sorted_idx = hash_sort(qk, rotations, n_buckets, attention_mask=attention_mask)
     out, _ = _run_lsh_attention(
         qk,
         v,

@@ -131,7 +131,9 @@ def test_triton_has_no_bucket_sort_on_a_gpu_machine_whose_extension_lacks_cuda(m
     from reformer_kernels import _extension
     from reformer_kernels.ops.bucket_sort import triton_can_sort
 
+    backends.implemented_ops()  # registers the Triton kernels, the layer's hash -> sort among them
     assert ("triton" in backends._registry["bucket_sort"]) == triton_can_sort()
+    assert ("triton" in backends._registry["lsh_hash_sort"]) == triton_can_sort()
     monkeypatch.setattr(_extension, "with_cuda", lambda: False)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert not triton_can_sort()

@@ -140,7 +140,7 @@ def test_auto_rows_say_what_auto_ran(monkeypatch):
     from reformer_kernels import backends
 
     assert competitors.backend_label("lsh_layer", "cpu", CPU) == "cpu"
-    monkeypatch.setattr(backends, "select", lambda op, device, backend: ("reference" if op == "lsh_hash" else "cpu", None))
+    monkeypatch.setattr(backends, "select", lambda op, device, backend: ("reference" if op == "lsh_hash_sort" else "cpu", None))
     assert competitors.backend_label("lsh_layer", "auto", CPU) == "auto=cpu+reference"
     assert competitors.backend_label("local_layer", "auto", CPU) == "auto=cpu"
 

@@ -24,7 +24,7 @@ def test_every_op_runs_on_cpu():
 @pytest.mark.skipif(not cuda_buildable, reason="needs a CUDA build of torch and nvcc to compile the CUDA kernels")
 def test_cuda_kernels_are_compiled_and_registered():
     assert _extension.with_cuda(), "torch is a CUDA build and nvcc exists, yet _C was built without CUDA"
-    for op in ("bucket_sort", "lsh_hash"):
+    for op in ("bucket_sort", "bucket_sort_packed", "lsh_hash", "lsh_hash_packed"):
         assert torch._C._dispatch_has_kernel_for_dispatch_key(f"reformer_kernels::{op}", "CUDA"), op
 
 

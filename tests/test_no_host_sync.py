@@ -192,6 +192,7 @@ def launcher_calls():
     decode_args = (x, x, merged, recent, 3, sort_keys, mask, seq_len - 1, seq_len, chunk, 1, 0)
     return {
         "lsh_hash": lambda: hashing.lsh_hash._init_fn(x, empty(heads, head_dim, n_hashes, 4), [8], mask),
+        "lsh_hash_packed": lambda: hashing.lsh_hash_packed._init_fn(x, empty(heads, head_dim, n_hashes, 4), [8], mask),
         "lsh_attention_fwd": lambda: lsh.lsh_attention_fwd._init_fn(x, x, sorted_idx, *lsh_args),
         "lsh_attention_bwd": lambda: lsh.lsh_attention_bwd._init_fn(x, lse, x, x, sorted_idx, x, lse, *lsh_args),
         "local_attention_fwd": lambda: local.local_attention_fwd._init_fn(x, x, x, *local_args),
@@ -206,7 +207,7 @@ def launcher_calls():
     }
 
 
-@pytest.mark.parametrize("op", ["lsh_hash", "lsh_attention_fwd", "lsh_attention_bwd", "local_attention_fwd",
+@pytest.mark.parametrize("op", ["lsh_hash", "lsh_hash_packed", "lsh_attention_fwd", "lsh_attention_bwd", "local_attention_fwd",
                                 "local_attention_bwd", "linear_cross_entropy_fwd", "linear_cross_entropy_grad_hidden",
                                 "linear_cross_entropy_grad_weight", "dropout_add", "lsh_decode_step"])
 def test_triton_launchers_read_nothing(op):

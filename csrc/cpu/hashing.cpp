@@ -1,6 +1,7 @@
 // Angular LSH on the CPU in one pass per block of positions: rotate (a small GEMM against the
 // head's rotations), argmax over [xR, -xR] per bucket factor, padding bucket, round offset, and the
-// int64 sort key written in round-major order, ready for bucket_sort.
+// sort key written in round-major order: the int64 id, ready for bucket_sort (lsh_hash), or the id
+// packed with its row and the entry's position, ready for bucket_sort_packed (lsh_hash_packed).
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
@@ -8,6 +9,7 @@
 #include <vector>
 
 #include "../lsh_hash_checks.h"
+#include "../sort_keys.h"
 #include "gemm.h"
 #include "masks.h"
 #include "rows.h"
@@ -39,9 +41,11 @@ ivec_t<T> signed_argmax(const T* x, int64_t half, int64_t stride) {
   return top >= -bottom ? top_at : bottom_at + static_cast<lane_int_t<T>>(half);
 }
 
-template <typename scalar_t>
+// Writes each entry's key, pack_sort_key(row, id, row_keys) (the id alone for row_keys = 0), and,
+// where positions is given, its index in the row.
+template <typename scalar_t, typename key_t>
 void hash_kernel(const at::Tensor& vectors, const at::Tensor& rotations, const std::vector<int64_t>& factors,
-                 const at::Tensor& valid, at::Tensor& buckets) {
+                 const at::Tensor& valid, key_t* out_ptr, int64_t row_keys, int32_t* positions) {
   using T = acc_type<scalar_t>;
   constexpr int64_t W = Vec<T>::width;
   const int64_t batch = vectors.size(0), heads = vectors.size(1), L = vectors.size(2), d = vectors.size(3);
@@ -55,7 +59,6 @@ void hash_kernel(const at::Tensor& vectors, const at::Tensor& rotations, const s
   const RowView<scalar_t> x_rows = row_view<scalar_t>(vectors);
   const scalar_t* rot_ptr = rotations.data_ptr<scalar_t>();
   const uint8_t* valid_ptr = valid.defined() ? valid.data_ptr<uint8_t>() : nullptr;
-  int64_t* out_ptr = buckets.data_ptr<int64_t>();
 
   // The block is rotated transposed, rotated^T = R^T x^T (cols x positions), so that each rotated
   // coordinate is a row over the block's positions and the argmax runs a vector of positions at once.
@@ -81,7 +84,7 @@ void hash_kernel(const at::Tensor& vectors, const at::Tensor& rotations, const s
         }
       }
       gemm<T>(cols, kBlock, d, rot_t.data(), d, 1, xt.data(), kBlock, rotated.data(), kBlock, false);
-      int64_t* out_row = out_ptr + row * n_hashes * L;
+      key_t* out_row = out_ptr + row * n_hashes * L;
       for (int64_t i0 = 0; i0 < rows; i0 += W) {
         for (int64_t r = 0; r < n_hashes; ++r) {
           ivec_t<T> bucket = {};
@@ -95,7 +98,9 @@ void hash_kernel(const at::Tensor& vectors, const at::Tensor& rotations, const s
           for (int64_t w = 0; w < W && i0 + w < rows; ++w) {
             const int64_t pos = first + i0 + w;
             const bool padded = valid_ptr != nullptr && !valid_ptr[b * L + pos];
-            out_row[r * L + pos] = r * round_size + (padded ? n_buckets : static_cast<int64_t>(bucket[w]));
+            const int64_t id = r * round_size + (padded ? n_buckets : static_cast<int64_t>(bucket[w]));
+            out_row[r * L + pos] = pack_sort_key<key_t>(row, id, row_keys);
+            if (positions != nullptr) positions[row * n_hashes * L + r * L + pos] = static_cast<int32_t>(r * L + pos);
           }
         }
       }
@@ -103,23 +108,57 @@ void hash_kernel(const at::Tensor& vectors, const at::Tensor& rotations, const s
   });
 }
 
+// Hashes into keys (lsh_hash's int64 ids, or lsh_hash_packed's keys with their positions).
+template <typename key_t>
+void hash_into(const at::Tensor& vectors, const at::Tensor& rotations, at::IntArrayRef n_buckets,
+               const at::Tensor& valid, at::Tensor& keys, int64_t row_keys, at::Tensor* positions) {
+  if (keys.numel() == 0) return;
+  const std::vector<int64_t> factors(n_buckets.begin(), n_buckets.end());
+  key_t* key_ptr = reinterpret_cast<key_t*>(keys.data_ptr());
+  int32_t* position_ptr = positions == nullptr ? nullptr : positions->data_ptr<int32_t>();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, vectors.scalar_type(), "lsh_hash", [&] {
+    hash_kernel<scalar_t, key_t>(vectors, rotations, factors, valid, key_ptr, row_keys, position_ptr);
+  });
+}
+
+// The vectors are read in place (head-split views of a projection included); only rows must be contiguous.
 at::Tensor lsh_hash_cpu(const at::Tensor& vectors_in, const at::Tensor& rotations_in, at::IntArrayRef n_buckets,
                         const std::optional<at::Tensor>& attention_mask) {
   const char* op = "lsh_hash";
   check_lsh_hash_inputs(vectors_in, rotations_in, n_buckets, op);
-  // The vectors are read in place (head-split views of a projection included); only rows must be contiguous.
   const at::Tensor vectors = with_contiguous_rows(vectors_in), rotations = rotations_in.contiguous();
   const at::Tensor valid = key_padding(attention_mask, vectors.size(0), vectors.size(2), op);
   at::Tensor buckets = at::empty({vectors.size(0), vectors.size(1), rotations.size(2) * vectors.size(2)},
                                  vectors.options().dtype(at::kLong));
-  if (buckets.numel() == 0) return buckets;
-  const std::vector<int64_t> factors(n_buckets.begin(), n_buckets.end());
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, vectors.scalar_type(), "lsh_hash",
-                                  [&] { hash_kernel<scalar_t>(vectors, rotations, factors, valid, buckets); });
+  hash_into<int64_t>(vectors, rotations, n_buckets, valid, buckets, 0, nullptr);
   return buckets;
+}
+
+std::tuple<at::Tensor, at::Tensor> lsh_hash_packed_cpu(const at::Tensor& vectors_in, const at::Tensor& rotations_in,
+                                                       at::IntArrayRef n_buckets,
+                                                       const std::optional<at::Tensor>& attention_mask) {
+  const char* op = "lsh_hash_packed";
+  check_lsh_hash_inputs(vectors_in, rotations_in, n_buckets, op);
+  const at::Tensor vectors = with_contiguous_rows(vectors_in), rotations = rotations_in.contiguous();
+  const at::Tensor valid = key_padding(attention_mask, vectors.size(0), vectors.size(2), op);
+  const int64_t num_keys = lsh_num_keys(rotations, n_buckets, valid.defined());
+  const int64_t rows = vectors.size(0) * vectors.size(1);
+  const std::vector<int64_t> shape{vectors.size(0), vectors.size(1), rotations.size(2) * vectors.size(2)};
+  const at::ScalarType key_dtype = packed_key_dtype(std::max<int64_t>(rows, 1), num_keys, op);
+  at::Tensor keys = at::empty(shape, vectors.options().dtype(key_dtype));
+  at::Tensor positions = at::empty(shape, vectors.options().dtype(at::kInt));
+  if (keys.scalar_type() == at::kUInt32) {
+    hash_into<uint32_t>(vectors, rotations, n_buckets, valid, keys, num_keys, &positions);
+  } else {
+    hash_into<uint64_t>(vectors, rotations, n_buckets, valid, keys, num_keys, &positions);
+  }
+  return {keys, positions};
 }
 
 }  // namespace
 }  // namespace reformer_kernels::cpu
 
-TORCH_LIBRARY_IMPL(reformer_kernels, CPU, m) { m.impl("lsh_hash", &reformer_kernels::cpu::lsh_hash_cpu); }
+TORCH_LIBRARY_IMPL(reformer_kernels, CPU, m) {
+  m.impl("lsh_hash", &reformer_kernels::cpu::lsh_hash_cpu);
+  m.impl("lsh_hash_packed", &reformer_kernels::cpu::lsh_hash_packed_cpu);
+}

@@ -5,7 +5,8 @@
 // apart and in order, so the sorted values are each row's sorted_idx as they are. Only the bits the
 // largest key needs are sorted (32-bit keys where rows * num_buckets <= 2^32), so the pass count is
 // ceil(log2(rows * num_buckets) / 8). No inverse permutation: functional.bucket_sort scatters one
-// for the callers that ask.
+// for the callers that ask. bucket_sort packs int64 ids into keys first, one pass; bucket_sort_packed
+// sorts the keys and positions that lsh_hash_packed writes, which need none.
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 
@@ -36,8 +37,17 @@ __global__ void pack_keys_and_positions(const int64_t* __restrict__ buckets, key
   }
 }
 
-// Sorts and returns the tensor that ends up holding the sorted positions (CUB's double buffer
-// picks one of the two, on the host, from the pass count).
+// CUB's sort call `sort(temp, temp_bytes)` twice: for the size of its scratch, then with it.
+template <typename Sort>
+void with_scratch(const at::TensorOptions& options, Sort sort) {
+  size_t temp_bytes = 0;
+  C10_CUDA_CHECK(sort(nullptr, temp_bytes));
+  at::Tensor temp = at::empty({static_cast<int64_t>(temp_bytes)}, options.dtype(at::kByte));
+  C10_CUDA_CHECK(sort(temp.data_ptr(), temp_bytes));
+}
+
+// Packs, sorts and returns the tensor that ends up holding the sorted positions (CUB's double
+// buffer picks one of the two, on the host, from the pass count).
 template <typename key_t>
 at::Tensor sort_packed(const at::Tensor& buckets, int64_t n, int64_t num_buckets, int end_bit) {
   const int64_t total = buckets.numel();
@@ -55,14 +65,40 @@ at::Tensor sort_packed(const at::Tensor& buckets, int64_t n, int64_t num_buckets
 
   cub::DoubleBuffer<key_t> key_buffers(key_ptr, key_ptr + total);
   cub::DoubleBuffer<int32_t> value_buffers(positions.data_ptr<int32_t>(), positions_alt.data_ptr<int32_t>());
-  const int items = static_cast<int>(total);
-  size_t temp_bytes = 0;
-  C10_CUDA_CHECK(
-      cub::DeviceRadixSort::SortPairs(nullptr, temp_bytes, key_buffers, value_buffers, items, 0, end_bit, stream));
-  at::Tensor temp = at::empty({static_cast<int64_t>(temp_bytes)}, buckets.options().dtype(at::kByte));
-  C10_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(temp.data_ptr(), temp_bytes, key_buffers, value_buffers, items, 0,
-                                                 end_bit, stream));
+  with_scratch(buckets.options(), [&](void* temp, size_t& temp_bytes) {
+    return cub::DeviceRadixSort::SortPairs(temp, temp_bytes, key_buffers, value_buffers, static_cast<int>(total), 0,
+                                           end_bit, stream);
+  });
   return value_buffers.selector == 0 ? positions : positions_alt;
+}
+
+// Sorts keys the caller owns without writing them: CUB's out-of-place sort, into new buffers.
+template <typename key_t>
+at::Tensor sort_pairs(const at::Tensor& keys, const at::Tensor& positions, int end_bit) {
+  const int64_t total = keys.numel();
+  auto stream = at::cuda::getCurrentCUDAStream();
+  at::Tensor keys_out = at::empty_like(keys);
+  at::Tensor sorted = at::empty_like(positions);
+  const key_t* key_ptr = reinterpret_cast<const key_t*>(keys.data_ptr());
+  key_t* key_out_ptr = reinterpret_cast<key_t*>(keys_out.data_ptr());
+  with_scratch(keys.options(), [&](void* temp, size_t& temp_bytes) {
+    return cub::DeviceRadixSort::SortPairs(temp, temp_bytes, key_ptr, key_out_ptr, positions.data_ptr<int32_t>(),
+                                           sorted.data_ptr<int32_t>(), static_cast<int>(total), 0, end_bit, stream);
+  });
+  return sorted;
+}
+
+// The row length n of a sort over (..., n), after the checks that bucket_sort and bucket_sort_packed share.
+int64_t check_sort_rows(const at::Tensor& keys, int64_t num_keys, const char* op, const char* name) {
+  TORCH_CHECK_VALUE(keys.dim() >= 1, op, ": ", name, " must have at least one dimension");
+  TORCH_CHECK_VALUE(num_keys >= 1, op, ": num_buckets must be >= 1, got ", num_keys);
+  const int64_t n = keys.size(-1);
+  TORCH_CHECK_VALUE(n <= INT32_MAX, op, ": rows of ", n,
+                    " ids are longer than int32 sorted_idx can index (2^31 - 1); sort shorter rows");
+  // CUB counts the items of one sort in int here.
+  TORCH_CHECK_VALUE(keys.numel() <= INT32_MAX, op, ": ", keys.numel(),
+                    " keys are more than one CUDA sort takes (2^31 - 1); sort fewer rows per call");
+  return n;
 }
 
 }  // namespace
@@ -70,18 +106,11 @@ at::Tensor sort_packed(const at::Tensor& buckets, int64_t n, int64_t num_buckets
 at::Tensor bucket_sort_cuda(const at::Tensor& buckets, int64_t num_buckets) {
   TORCH_CHECK_TYPE(buckets.scalar_type() == at::kLong, "bucket_sort: buckets must be int64, got ",
                    buckets.scalar_type(), "; convert with buckets.long()");
-  TORCH_CHECK_VALUE(buckets.dim() >= 1, "bucket_sort: buckets must have at least one dimension");
-  TORCH_CHECK_VALUE(num_buckets >= 1, "bucket_sort: num_buckets must be >= 1, got ", num_buckets);
-  const int64_t n = buckets.size(-1);
-  TORCH_CHECK_VALUE(n <= INT32_MAX, "bucket_sort: rows of ", n,
-                    " ids are longer than int32 sorted_idx can index (2^31 - 1); sort shorter rows");
+  const int64_t n = check_sort_rows(buckets, num_buckets, "bucket_sort", "buckets");
   const c10::cuda::CUDAGuard guard(buckets.device());
   const at::Tensor keys = buckets.contiguous();
   const int64_t total = keys.numel();
   if (total == 0) return at::empty(keys.sizes(), keys.options().dtype(at::kInt));
-  // CUB counts the items of one sort in int here.
-  TORCH_CHECK_VALUE(total <= INT32_MAX, "bucket_sort: ", total,
-                    " keys are more than one CUDA sort takes (2^31 - 1); sort fewer rows per call");
   const int64_t rows = total / n;
   const int key_bits = packed_key_bits(rows, num_buckets);
   TORCH_CHECK_VALUE(key_bits <= 64, "bucket_sort: ", rows, " rows * num_buckets=", num_buckets,
@@ -90,6 +119,33 @@ at::Tensor bucket_sort_cuda(const at::Tensor& buckets, int64_t num_buckets) {
                         : sort_packed<uint64_t>(keys, n, num_buckets, key_bits);
 }
 
+// Keys of a row outside [row * num_keys, (row + 1) * num_keys) (the unchecked direct call) sort into
+// another row's place, but only positions are written, so nothing is written out of bounds.
+at::Tensor bucket_sort_packed_cuda(const at::Tensor& keys_in, const at::Tensor& positions_in, int64_t num_keys) {
+  const char* op = "bucket_sort_packed";
+  TORCH_CHECK_TYPE(keys_in.scalar_type() == at::kUInt32 || keys_in.scalar_type() == at::kUInt64, op,
+                   ": keys must be uint32 or uint64 packed keys (lsh_hash_packed), got ", keys_in.scalar_type());
+  TORCH_CHECK_TYPE(positions_in.scalar_type() == at::kInt, op, ": positions must be int32, got ",
+                   positions_in.scalar_type());
+  TORCH_CHECK_VALUE(positions_in.sizes() == keys_in.sizes() && positions_in.device() == keys_in.device(), op,
+                    ": positions ", positions_in.sizes(), " on ", positions_in.device(), " must match keys ",
+                    keys_in.sizes(), " on ", keys_in.device());
+  const int64_t n = check_sort_rows(keys_in, num_keys, op, "keys");
+  const c10::cuda::CUDAGuard guard(keys_in.device());
+  const at::Tensor keys = keys_in.contiguous(), positions = positions_in.contiguous();
+  if (keys.numel() == 0) return at::empty(keys.sizes(), positions.options());
+  const int64_t rows = keys.numel() / n;
+  const int key_bits = packed_key_bits(rows, num_keys);
+  const int width = keys.scalar_type() == at::kUInt32 ? 32 : 64;
+  TORCH_CHECK_VALUE(key_bits <= width, op, ": ", rows, " rows * num_keys=", num_keys, " need ", key_bits,
+                    "-bit keys, but keys are uint", width, "; hash with lsh_hash_packed, which picks the width");
+  return width == 32 ? sort_pairs<uint32_t>(keys, positions, key_bits)
+                     : sort_pairs<uint64_t>(keys, positions, key_bits);
+}
+
 }  // namespace reformer_kernels
 
-TORCH_LIBRARY_IMPL(reformer_kernels, CUDA, m) { m.impl("bucket_sort", &reformer_kernels::bucket_sort_cuda); }
+TORCH_LIBRARY_IMPL(reformer_kernels, CUDA, m) {
+  m.impl("bucket_sort", &reformer_kernels::bucket_sort_cuda);
+  m.impl("bucket_sort_packed", &reformer_kernels::bucket_sort_packed_cuda);
+}

@@ -10,10 +10,27 @@ device-wide CUB radix sort of the same packed keys in csrc/cuda/sorting.cu (csrc
 has no Triton kernel: the triton backend's bucket_sort is the compiled one (CUB on GPU, the C++
 sort on CPU tensors under the interpreter), so that a whole hash -> sort -> attend pipeline runs
 with backend="triton".
+
+A second schema, bucket_sort_packed(keys, positions, num_keys) -> sorted_idx, sorts keys already
+packed, as lsh_hash_packed writes them (uint32 or uint64 by ``packed_key_dtype``), carrying their
+int32 positions: on the GPU the same radix sort without the packing pass. The LSH layer's
+hash -> sort takes it (see ``ops.lsh_hash``); it has no backend entry of its own.
 """
 import torch
 
 from .. import _extension, backends, reference
+
+
+def packed_key_dtype(op: str, rows: int, num_keys: int) -> torch.dtype:
+    """The dtype of packed keys (csrc/sort_keys.h's packed_key_dtype): uint32 while rows * num_keys
+    <= 2^32, uint64 up to 2^64, past that a ValueError naming ``op``."""
+    largest = max(rows, 1) * num_keys
+    if largest > 2**64:
+        raise ValueError(
+            f"{op}: {rows} rows * num_keys={num_keys} do not fit a 64-bit sort key; "
+            "pass fewer rows (batch * heads) per call or fewer buckets"
+        )
+    return torch.uint32 if largest <= 2**32 else torch.uint64
 
 
 def triton_can_sort() -> bool:
@@ -30,6 +47,10 @@ if _extension.loaded():
     @torch.library.register_fake("reformer_kernels::bucket_sort")
     def _bucket_sort_fake(buckets, num_buckets):
         return torch.empty_like(buckets, dtype=torch.int32, memory_format=torch.contiguous_format)
+
+    @torch.library.register_fake("reformer_kernels::bucket_sort_packed")
+    def _bucket_sort_packed_fake(keys, positions, num_keys):
+        return torch.empty_like(positions, memory_format=torch.contiguous_format)
 
     compiled = torch.ops.reformer_kernels.bucket_sort
     backends.register("bucket_sort", "cpu", compiled)

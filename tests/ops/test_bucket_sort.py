@@ -3,7 +3,8 @@ stable sort by (id, position), so there is one right answer whatever the ids. Fu
 rows), then fixed shapes against a brute-force stable sort, LSH-shaped ids (rounds, the padding
 bucket); the packed (row, id) keys of the compiled sorts on both sides of the 32- and 64-bit key
 widths; the compiled op's opcheck, torch.compile, same bits on any thread count, the CUDA sort on
-a GPU, and bad input."""
+a GPU, and bad input. bucket_sort_packed (keys packed by lsh_hash_packed) against the sort of the
+ids they pack, on both sides of the key widths, and its bad input."""
 import pytest
 import torch
 from hypothesis import strategies as st
@@ -204,3 +205,74 @@ def test_cuda_packed_keys_at_the_64_bit_boundary():
 def test_cuda_opcheck():
     buckets = torch.randint(0, 16, (2, 3, 40), device="cuda")
     torch.library.opcheck(torch.ops.reformer_kernels.bucket_sort.default, (buckets, 16))
+
+
+def packed(ids, num_keys, dtype):
+    """csrc/sort_keys.h's keys of ``ids`` (..., N): row * num_keys + id, rows counted over the leading dims."""
+    rows = torch.arange(ids[..., 0].numel()).view(*ids.shape[:-1], 1)
+    return (rows * num_keys + ids).to(dtype)
+
+
+PACKED_CASES = [
+    ((2, 3), 50, 7, torch.uint32),  # a counting sort per row
+    ((3,), 50, 300, torch.uint32),  # rows shorter than num_keys: sorts of packed pairs
+    ((4,), 7, 2**30, torch.uint32),  # rows * num_keys = 2^32: the largest key, 2^32 - 1, is the last 32-bit one
+    ((5,), 7, 2**30, torch.uint64),  # 33 bits
+]
+
+
+def check_packed_sort(lead, n, num_keys, key_dtype, device):
+    ids = torch.randint(0, num_keys, (*lead, n))
+    ids[..., :3] = num_keys - 1  # ties at the top of the range
+    positions = torch.randint(0, 2**31 - 1, (*lead, n), dtype=torch.int32)  # any values: they are carried
+    sorted_idx = torch.ops.reformer_kernels.bucket_sort_packed(packed(ids, num_keys, key_dtype).to(device),
+                                                               positions.to(device), num_keys)
+    assert sorted_idx.dtype == torch.int32
+    assert torch.equal(sorted_idx.cpu(), positions.gather(-1, reference.argsort_buckets(ids, num_keys).long()))
+
+
+@requires_extension
+@pytest.mark.parametrize("lead, n, num_keys, key_dtype", PACKED_CASES)
+def test_packed_sort_is_the_stable_sort_of_the_ids_carrying_positions(lead, n, num_keys, key_dtype):
+    check_packed_sort(lead, n, num_keys, key_dtype, torch.device("cpu"))
+
+
+@requires_extension
+@pytest.mark.parametrize("key_dtype", [torch.uint32, torch.uint64])
+def test_packed_opcheck(key_dtype):
+    ids = torch.randint(0, 16, (2, 3, 40))
+    positions = torch.arange(40, dtype=torch.int32).expand(2, 3, 40)
+    torch.library.opcheck(torch.ops.reformer_kernels.bucket_sort_packed.default, (packed(ids, 16, key_dtype), positions, 16))
+
+
+@requires_extension
+def test_packed_sort_rejects_bad_input():
+    ids = torch.randint(0, 4, (2, 5))
+    keys, positions = packed(ids, 4, torch.uint32), torch.arange(5, dtype=torch.int32).expand(2, 5)
+    sort = torch.ops.reformer_kernels.bucket_sort_packed
+    with pytest.raises(ValueError, match=r"key [0-3] in row 1 is outside its row's .* = \[4, 8\)"):
+        sort(torch.cat([keys[:1], ids[1:].to(torch.uint32)]), positions, 4)  # row 1 not packed
+    with pytest.raises(ValueError, match=r"key (8|9|10|11) in row 1 is outside"):
+        sort(packed(ids + torch.tensor([[0], [4]]), 4, torch.uint32), positions, 4)  # row 1's ids past num_keys
+    with pytest.raises(TypeError, match="keys must be uint32 or uint64"):
+        sort(keys.long(), positions, 4)
+    with pytest.raises(TypeError, match="positions must be int32"):
+        sort(keys, positions.long(), 4)
+    with pytest.raises(ValueError, match="must match keys"):
+        sort(keys, positions[:, :4], 4)
+    with pytest.raises(ValueError, match="num_keys must be >= 1"):
+        sort(keys, positions, 0)
+
+
+@requires_cuda_kernels
+@pytest.mark.parametrize("lead, n, num_keys, key_dtype", PACKED_CASES + [((8, 8), 4096, 64, torch.uint32)])
+def test_cuda_packed_sort_is_the_stable_sort_of_the_ids(lead, n, num_keys, key_dtype):
+    check_packed_sort(lead, n, num_keys, key_dtype, torch.device("cuda"))
+
+
+@requires_cuda_kernels
+def test_cuda_packed_opcheck():
+    ids = torch.randint(0, 16, (2, 3, 40))
+    positions = torch.arange(40, dtype=torch.int32).expand(2, 3, 40).cuda()
+    torch.library.opcheck(torch.ops.reformer_kernels.bucket_sort_packed.default,
+                          (packed(ids, 16, torch.uint32).cuda(), positions, 16))

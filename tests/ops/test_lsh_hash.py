@@ -4,14 +4,20 @@ float64 must agree exactly. In float32 and float16 the kernel and the float64 re
 round a near-tie of the two best rotated coordinates either way (both answers are right), so
 there they must agree everywhere except at near-ties, which are measured in float64 on the very
 values the kernel sees. Fuzzed, then fixed cases per kernel; the ops' opcheck and schema, strided
-inputs, the CUDA kernel on a GPU, and the errors of functional and of the ops."""
+inputs, the CUDA kernel on a GPU, and the errors of functional and of the ops. lsh_hash_packed:
+its keys are the reference's ids packed with their row on both sides of the 32-bit key width, and
+the layer's GPU path hands them to the sort with no packing op between."""
 import pytest
 import torch
 from hypothesis import strategies as st
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from reformer_kernels import backends, functional, reference
+from reformer_kernels.ops.bucket_sort import packed_key_dtype
+from reformer_kernels.nn.attention import LSHSelfAttention
 from reformer_kernels.ops.lsh_hash import triton_kernels as triton_hashing
 from tests.marks import requires_extension
+from tests.test_no_host_sync import fake_gpu
 
 from .fuzz import (DTYPES, HEAD_DIMS, MASK_KINDS, NEAR_TIE, TRITON_HEAD_DIMS, fuzz_tests, head_split, n_buckets_strategy, near_ties,
                    padding_mask)
@@ -232,12 +238,13 @@ def test_cpu_head_split_views_are_read_in_place():
 
 
 @requires_extension
-def test_direct_op_calls_reject_bad_inputs():
+@pytest.mark.parametrize("op", ["lsh_hash", "lsh_hash_packed"])
+def test_direct_op_calls_reject_bad_inputs(op):
     vectors = torch.randn(1, 2, 8, 4)
     rotations = random_rotations(2, 4, 1, 4, dtype=torch.float32)
 
     def call(vectors=vectors, rotations=rotations, n_buckets=(4,), mask=None):
-        return torch.ops.reformer_kernels.lsh_hash(vectors, rotations, list(n_buckets), mask)
+        return getattr(torch.ops.reformer_kernels, op)(vectors, rotations, list(n_buckets), mask)
 
     with pytest.raises(TypeError, match="floating"):
         call(vectors=vectors.long())
@@ -254,11 +261,94 @@ def test_direct_op_calls_reject_bad_inputs():
 
 
 @requires_extension
-def test_more_buckets_than_32_bit_ids_hold_is_an_error():
+@pytest.mark.parametrize("op", ["lsh_hash", "lsh_hash_packed"])
+def test_more_buckets_than_32_bit_ids_hold_is_an_error(op):
     vectors = torch.randn(1, 1, 4, 4)
     rotations = torch.randn(1, 4, 1, 31)
     with pytest.raises(ValueError, match=r"make more than 2\^30 buckets"):
-        torch.ops.reformer_kernels.lsh_hash(vectors, rotations, [2] * 31, None)
+        getattr(torch.ops.reformer_kernels, op)(vectors, rotations, [2] * 31, None)
+
+
+def packed_hash(backend):
+    """The lsh_hash_packed op of ``backend``: the Triton one, or the compiled one (CPU or CUDA by the tensors)."""
+    return triton_hashing.lsh_hash_packed if backend == "triton" else torch.ops.reformer_kernels.lsh_hash_packed
+
+
+@on_backends("cpu", "triton")
+@pytest.mark.parametrize(
+    "n_buckets, n_hashes, padding, key_dtype",
+    [
+        ((4, 6), 3, "tail", torch.uint32),
+        # 4 rows * 2^30 ids = 2^32: the largest key, 2^32 - 1, is the last 32-bit one
+        ((1024, 1024, 1024), 1, "none", torch.uint32),
+        # the padding bucket makes 4 * (2^30 + 1) > 2^32: 64-bit keys
+        ((1024, 1024, 1024), 1, "full_row", torch.uint64),
+    ],
+)
+def test_packed_keys_are_the_reference_ids_packed_with_their_row(backend, device, n_buckets, n_hashes, padding, key_dtype):
+    """lsh_hash_packed's keys are csrc/sort_keys.h's packing row * num_keys + id of the float64
+    reference's ids (ties included: small integers make every rotated value exact and tie often,
+    in fp32 as in float64), its positions each entry's index in its row: bucket_sort_packed's input."""
+    batch, heads, seq_len, head_dim = 2, 2, 20, 16
+    factors = reference.bucket_factors(n_buckets)
+    vectors = torch.randint(-1, 2, (batch, heads, seq_len, head_dim), dtype=torch.float64)
+    rotations = torch.randint(-1, 2, (heads, head_dim, n_hashes, sum(factors) // 2), dtype=torch.float64)
+    mask = fixed_padding_mask(padding, batch, seq_len, torch.device("cpu"))
+    ids, num_keys = reference.hash_vectors(vectors, rotations, n_buckets, mask)
+    assert near_ties(vectors, rotations, factors, 0.0).float().mean() > 0.1, "too few exact ties to test the tie-break"
+
+    keys, positions = packed_hash(backend)(vectors.to(device, torch.float32), rotations.to(device, torch.float32),
+                                           list(factors), None if mask is None else mask.to(device))
+    assert keys.dtype == key_dtype and positions.dtype == torch.int32
+    rows = torch.arange(batch * heads).view(batch, heads, 1)
+    assert torch.equal(keys.cpu().long(), rows * num_keys + ids)
+    assert torch.equal(positions.cpu(), torch.arange(n_hashes * seq_len, dtype=torch.int32).expand(batch, heads, -1))
+
+
+def test_packed_key_width_follows_rows_times_num_keys():
+    assert packed_key_dtype("op", 4, 2**30) == torch.uint32
+    assert packed_key_dtype("op", 4, 2**30 + 1) == torch.uint64
+    assert packed_key_dtype("op", 0, 2**32) == torch.uint32  # no rows: the widest key one row would take
+    assert packed_key_dtype("op", 2**34, 2**30) == torch.uint64
+    with pytest.raises(ValueError, match=r"op: 16 rows \* num_keys=1152921504606846977 do not fit a 64-bit sort key"):
+        packed_key_dtype("op", 16, 2**60 + 1)
+
+
+@requires_extension
+@pytest.mark.parametrize("n_buckets, mask_kind", [((2, 4), "padded"), ((1024, 1024, 1024), "padded"), (8, None)])
+def test_cpu_packed_opcheck(n_buckets, mask_kind):
+    """Both key widths (the second is 64-bit), so that the fake impl's dtype is checked against each."""
+    factors = list(reference.bucket_factors(n_buckets))
+    vectors = torch.randn(2, 2, 16, 8)
+    rotations = random_rotations(2, 8, 2, n_buckets, dtype=torch.float32)
+    mask = padding_mask(mask_kind, 2, 16)
+    torch.library.opcheck(torch.ops.reformer_kernels.lsh_hash_packed.default, (vectors, rotations, factors, mask))
+
+
+@requires_extension
+def test_cpu_hash_sort_is_the_reference_sort_of_the_reference_hash():
+    """The "lsh_hash_sort" of the CPU (int64 ids, counting sort) and of the reference."""
+    vectors = torch.randn(2, 3, 40, 8, dtype=torch.float64)
+    rotations = random_rotations(3, 8, 2, (2, 4))
+    mask = padding_mask("padded", 2, 40)
+    expected = reference.argsort_buckets(*reference.hash_vectors(vectors, rotations, (2, 4), mask))
+    for backend in ("reference", "cpu"):
+        _, hash_sort = backends.select("lsh_hash_sort", vectors.device, backend)
+        assert torch.equal(hash_sort(vectors, rotations, (2, 4), attention_mask=mask), expected)
+
+
+@triton_only
+def test_triton_hash_sort_sorts_the_packed_keys(backend, device):
+    """The triton backend's hash -> sort (lsh_hash_packed -> bucket_sort_packed) gives the
+    reference's sorted_idx (exact inputs, so no near-tie can flip)."""
+    vectors = torch.randint(-1, 2, (2, 2, 24, 16), dtype=torch.float64)
+    rotations = torch.randint(-1, 2, (2, 16, 2, 5), dtype=torch.float64)
+    mask = fixed_padding_mask("tail", 2, 24, torch.device("cpu"))
+    expected = reference.argsort_buckets(*reference.hash_vectors(vectors, rotations, (4, 6), mask))
+    _, hash_sort = backends.select("lsh_hash_sort", device, backend)
+    sorted_idx = hash_sort(vectors.to(device, torch.float32), rotations.to(device, torch.float32), (4, 6),
+                           attention_mask=mask.to(device))
+    assert torch.equal(sorted_idx.cpu(), expected)
 
 
 @pytest.mark.parametrize("backend", ["reference", pytest.param("cpu", marks=requires_extension)])
@@ -268,15 +358,18 @@ def test_backend_impls_take_the_schema_arguments_by_name(backend):
 
 
 @triton_only
-def test_triton_opcheck(backend, device):
+@pytest.mark.parametrize("op", [triton_hashing.lsh_hash, triton_hashing.lsh_hash_packed])
+def test_triton_opcheck(backend, device, op):
     vectors = torch.randn(2, 2, 24, 16, device=device)
     rotations = torch.randn(2, 16, 2, 5, device=device)
     mask = fixed_padding_mask("tail", 2, 24, device)
-    torch.library.opcheck(triton_hashing.lsh_hash, (vectors, rotations, [4, 6], mask))
+    torch.library.opcheck(op, (vectors, rotations, [4, 6], mask))
 
 
-def test_triton_op_takes_the_schema_of_the_compiled_op():
-    assert_same_schema("lsh_hash", triton_hashing.lsh_hash)
+@pytest.mark.parametrize("compiled, op", [("lsh_hash", triton_hashing.lsh_hash),
+                                          ("lsh_hash_packed", triton_hashing.lsh_hash_packed)])
+def test_triton_op_takes_the_schema_of_the_compiled_op(compiled, op):
+    assert_same_schema(compiled, op)
 
 
 @triton_only
@@ -310,10 +403,33 @@ def test_cuda_equals_reference(n_buckets, padded, dtype):
 
 
 @requires_cuda_kernels
-def test_cuda_opcheck():
+@pytest.mark.parametrize("op", ["lsh_hash", "lsh_hash_packed"])
+def test_cuda_opcheck(op):
     vectors = torch.randn(1, 2, 64, 16, device="cuda")
     rotations = torch.randn(2, 16, 2, 4, device="cuda")
-    torch.library.opcheck(torch.ops.reformer_kernels.lsh_hash.default, (vectors, rotations, [8], None))
+    torch.library.opcheck(getattr(torch.ops.reformer_kernels, op).default, (vectors, rotations, [8], None))
+
+
+@requires_cuda_kernels
+@pytest.mark.parametrize("n_buckets, padding, key_dtype", [((4, 6), "tail", torch.uint32),
+                                                           ((1024, 1024, 1024), "none", torch.uint32),
+                                                           ((1024, 1024, 1024), "full_row", torch.uint64)])
+def test_cuda_packed_keys_and_sort_equal_the_cpu_ones(n_buckets, padding, key_dtype):
+    """The CUDA lsh_hash_packed writes the CPU kernel's keys and positions (exact inputs) on both
+    sides of the 32-bit width, and its hash -> sort gives the reference's sorted_idx."""
+    factors = list(reference.bucket_factors(n_buckets))
+    vectors = torch.randint(-1, 2, (2, 2, 300, 16)).float()
+    rotations = torch.randint(-1, 2, (2, 16, 1, sum(factors) // 2)).float()
+    mask = fixed_padding_mask(padding, 2, 300, torch.device("cpu"))
+    cuda_mask = None if mask is None else mask.cuda()
+    expected = torch.ops.reformer_kernels.lsh_hash_packed(vectors, rotations, factors, mask)
+    keys, positions = torch.ops.reformer_kernels.lsh_hash_packed(vectors.cuda(), rotations.cuda(), factors, cuda_mask)
+    assert keys.dtype == key_dtype
+    assert torch.equal(keys.cpu(), expected[0]) and torch.equal(positions.cpu(), expected[1])
+    _, hash_sort = backends.select("lsh_hash_sort", keys.device, "cuda")
+    sorted_idx = hash_sort(vectors.cuda(), rotations.cuda(), tuple(factors), attention_mask=cuda_mask)
+    expected = reference.argsort_buckets(*reference.hash_vectors(vectors, rotations, tuple(factors), mask))
+    assert torch.equal(sorted_idx.cpu(), expected)
 
 
 @pytest.mark.parametrize(
@@ -338,3 +454,42 @@ def test_rejects_bad_rotations():
         functional.lsh_self_attention(qk, v, rotations[:1], 4, chunk_len=4, backend="reference")
     with pytest.raises(TypeError, match="rotations are torch.float64"):
         functional.lsh_hash(qk, rotations.double(), 4, backend="reference")
+
+
+class OpCalls(TorchDispatchMode):
+    """Records every op called inside it: (name, arguments, outputs)."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        self.calls.append((f"{func.namespace}.{func.overloadpacket.__name__}", args, out))
+        return out
+
+
+def test_gpu_layer_path_sorts_the_hash_keys_with_no_packing_op():
+    """On (fake) GPU tensors the LSH layer's forward hashes into packed keys and positions that go
+    to bucket_sort_packed as they are: no int64 ids (B, H, n_hashes * L), no bucket_sort (whose
+    CUDA kernel packs them first, a pass of its own), no op between the hash and the sort."""
+    batch, seq_len, n_hashes = 2, 64, 2
+    with torch.device("meta"):
+        layer = LSHSelfAttention(32, 2, 16, num_hashes=n_hashes, num_buckets=4, chunk_len=16, hash_seed=3,
+                                 max_position_embeddings=64)
+    with fake_gpu():
+        layer = layer.to_empty(device="cuda").train()
+        hidden = torch.empty(batch, seq_len, 32, device="cuda")
+        mask = torch.ones(batch, seq_len, dtype=torch.long, device="cuda")
+        with OpCalls() as recorded:
+            layer(hidden, attention_mask=mask)
+    names = [name for name, _, _ in recorded.calls]
+    assert "reformer_kernels.bucket_sort" not in names and "reformer_kernels.triton_lsh_hash" not in names
+    hashed = names.index("reformer_kernels.triton_lsh_hash_packed")
+    assert names[hashed + 1] == "reformer_kernels.bucket_sort_packed", names[hashed:]
+    (_, _, (keys, positions)), (_, (sort_keys, sort_positions, num_keys), _) = recorded.calls[hashed : hashed + 2]
+    assert sort_keys is keys and sort_positions is positions and num_keys == n_hashes * 5
+    assert keys.dtype == torch.uint32 and positions.dtype == torch.int32
+    ids_shape = (batch, 2, n_hashes * seq_len)
+    assert not any(isinstance(t, torch.Tensor) and t.dtype == torch.int64 and t.shape == ids_shape
+                   for _, _, out in recorded.calls for t in (out if isinstance(out, (tuple, list)) else [out]))

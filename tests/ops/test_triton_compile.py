@@ -245,12 +245,33 @@ def test_dropout_add_kernel_compiles(arch):
 def test_hash_kernel_compiles_for_any_number_of_buckets(arch, precision, n_buckets, head_dim):
     """The rotation is tiled: 2048 buckets need no more shared memory or registers than 64 did, in
     every dtype (fp32 took over 10 minutes in ptxas and 2048 fp16 buckets 278 KB of shared memory
-    before), with padding as the layers launch it."""
+    before), with padding as the layers launch it: the int64 ids of lsh_hash and the packed 32-bit
+    keys and positions of lsh_hash_packed."""
     dtype, tf32 = precision
     batch, heads, seq_len, n_hashes = 2, 4, 1024, 2
     vectors = torch.randn(batch, seq_len, heads, head_dim, dtype=dtype).transpose(1, 2)  # head-split, as a layer gives it
     rotations = torch.randn(heads, head_dim, n_hashes, sum(n_buckets) // 2, dtype=dtype)
     mask = torch.ones(batch, seq_len, dtype=torch.bool)
-    variants = compile_op(arch, lambda: triton_hashing.lsh_hash(vectors, rotations, n_buckets, mask), tf32)
+
+    def launches():
+        triton_hashing.lsh_hash(vectors, rotations, n_buckets, mask)
+        triton_hashing.lsh_hash_packed(vectors, rotations, n_buckets, mask)
+
+    variants = compile_op(arch, launches, tf32)
+    check_variants(variants, dtype, tf32)
+    check_spills(variants, dtype, fp32=True)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_hash_kernel_compiles_with_64_bit_keys(arch, precision):
+    """lsh_hash_packed's uint64 keys, where rows * num_keys passes 2^32 (8 rows of 2 rounds of 2^30
+    buckets), the uint32 keys above: a variant of its own."""
+    dtype, tf32 = precision
+    n_buckets = [1024, 1024, 1024]
+    vectors = torch.randn(2, 256, 4, 64, dtype=dtype).transpose(1, 2)
+    rotations = torch.randn(4, 64, 2, sum(n_buckets) // 2, dtype=dtype)
+    variants = compile_op(arch, lambda: triton_hashing.lsh_hash_packed(vectors, rotations, n_buckets, None), tf32)
+    assert len(variants) == 1
     check_variants(variants, dtype, tf32)
     check_spills(variants, dtype, fp32=True)

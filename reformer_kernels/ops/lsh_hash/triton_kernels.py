@@ -1,7 +1,9 @@
 """lsh_hash in Triton: rotate (tl.dot) -> argmax over [xR, -xR] per bucket factor -> padding
 bucket -> round offset, for every hash round in one launch, behind reformer_kernels::triton_lsh_hash
-(the arguments of the lsh_hash schema, see ``__init__``). The ids it writes are the sort keys of
-bucket_sort (round-major, so one stable sort orders by (round, bucket, position)). The rotation's
+and reformer_kernels::triton_lsh_hash_packed (the arguments of the lsh_hash and lsh_hash_packed
+schemas, see ``__init__``). The ids it writes are the sort keys of bucket_sort (round-major, so one
+stable sort orders by (round, bucket, position)); packed with their row and written beside their
+positions, they are bucket_sort_packed's, which the GPU's radix sort takes as they are. The rotation's
 tl.dot follows torch's fp32 matmul setting for fp32 inputs (``triton_utils.dot_precision``): full
 "ieee" products by default, TF32 tensor cores when ``torch.backends.cuda.matmul.allow_tf32`` is True,
 whose rounding can move a vector whose top two rotations nearly tie into the other bucket, as
@@ -14,19 +16,21 @@ import triton
 import triton.language as tl
 
 from ... import backends
+from ..bucket_sort import packed_key_dtype, triton_can_sort
 from ..triton_utils import check_dtype, dot_precision, head_block
-from . import hash_with
+from . import hash_sort_packed, hash_with, hashed_keys
 
 
 @triton.jit
 def _hash_kernel(
-    X, Rotations, Mask, Buckets,
+    X, Rotations, Mask, Keys, Positions,
     stride_xb, stride_xh, stride_xl,  # X: (B, H, L, head_dim), head_dim contiguous
     stride_rh, stride_rd, stride_rn,  # Rotations: (H, head_dim, n_hashes, R / 2), last dim contiguous
-    stride_bb, stride_bh,  # Buckets: (B, H, n_hashes * L)
     stride_mb,  # Mask: (B, L)
-    seq_len, head_dim, factors, n_buckets, ids_per_round,  # factors: the bucket factors, a tuple of N_FACTORS ints
-    N_FACTORS: tl.constexpr, HAS_PADDING: tl.constexpr,
+    # Keys, Positions: (B, H, row_len = n_hashes * L) contiguous; key = row * row_keys + id (the id alone
+    # for row_keys = 0), row = b * heads + h
+    heads, seq_len, row_len, head_dim, factors, n_buckets, ids_per_round, row_keys,  # factors: a tuple of N_FACTORS ints
+    N_FACTORS: tl.constexpr, HAS_PADDING: tl.constexpr, WRITE_POSITIONS: tl.constexpr,
     HEAD_BLOCK: tl.constexpr, ROT_BLOCK: tl.constexpr, BLOCK: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     blocks_per_round = tl.cdiv(seq_len, BLOCK)
@@ -78,14 +82,47 @@ def _hash_kernel(
     if HAS_PADDING:
         keep = tl.load(Mask + b * stride_mb + pos, mask=ok, other=1)
         bucket = tl.where(keep != 0, bucket, n_buckets)
-    tl.store(Buckets + b * stride_bb + h * stride_bh + hash_round * seq_len + pos, bucket + hash_round * ids_per_round,
-             mask=ok)
+    row = b * heads + h
+    entry = hash_round * seq_len + pos
+    key = row * row_keys + hash_round * ids_per_round + bucket
+    tl.store(Keys + row * row_len + entry, key.to(Keys.dtype.element_ty), mask=ok)
+    if WRITE_POSITIONS:
+        tl.store(Positions + row * row_len + entry, entry.to(tl.int32), mask=ok)
 
 
 def rotation_block(n_buckets: list[int]) -> int:
     """Rotations per tile of the argmax: the largest factor's half, padded to a power of two between
     16 (the smallest tl.dot side) and 32, so that larger factors loop over tiles."""
     return min(32, max(16, triton.next_power_of_2(max(n_buckets) // 2)))
+
+
+def _hash_into(op, keys, positions, vectors, rotations, n_buckets, attention_mask, row_keys):
+    """Launches the hash of ``op``, writing ``keys`` (and ``positions``, unless None) with key = row *
+    row_keys + id."""
+    check_dtype(op, vectors)
+    vectors, rotations = vectors.contiguous(), rotations.contiguous()
+    batch, heads, seq_len, head_dim = vectors.shape
+    n_hashes = rotations.shape[2]
+    buckets_per_round = math.prod(n_buckets)
+    ids_per_round = buckets_per_round + (attention_mask is not None)
+    if attention_mask is None:
+        mask, stride_mb = keys, 0  # never read
+    else:
+        mask = (attention_mask != 0).to(torch.uint8).contiguous()
+        stride_mb = mask.stride(0)
+    block = 16 if backends.triton_interpreted() else 64
+    _hash_kernel[(n_hashes * triton.cdiv(seq_len, block), heads, batch)](
+        vectors, rotations, mask, keys, keys if positions is None else positions,
+        vectors.stride(0), vectors.stride(1), vectors.stride(2),
+        rotations.stride(0), rotations.stride(1), rotations.stride(2),
+        stride_mb,
+        heads, seq_len, n_hashes * seq_len, head_dim, tuple(n_buckets), buckets_per_round, ids_per_round, row_keys,
+        N_FACTORS=len(n_buckets), HAS_PADDING=attention_mask is not None, WRITE_POSITIONS=positions is not None,
+        HEAD_BLOCK=head_block(head_dim), ROT_BLOCK=rotation_block(n_buckets), BLOCK=block,
+        DOT_PRECISION=dot_precision(vectors.dtype),
+        # fp32's "ieee" dot runs on the FMA units and spills at 4 warps (tests/ops/test_triton_compile.py)
+        num_warps=8 if vectors.dtype == torch.float32 else 4,
+    )
 
 
 @torch.library.custom_op("reformer_kernels::triton_lsh_hash", mutates_args=())
@@ -95,33 +132,28 @@ def lsh_hash(
     """Bucket ids (B, H, n_hashes * L) int64 for the bucket factors ``n_buckets``. ``attention_mask``
     (B, L), given only when it pads something: padding tokens then get bucket prod(n_buckets) and
     rounds prod(n_buckets) + 1 ids."""
-    check_dtype("lsh_hash", vectors)
-    vectors, rotations = vectors.contiguous(), rotations.contiguous()
-    batch, heads, seq_len, head_dim = vectors.shape
-    n_hashes = rotations.shape[2]
-    buckets_per_round = math.prod(n_buckets)
-    ids_per_round = buckets_per_round + (attention_mask is not None)
-    buckets = torch.empty(batch, heads, n_hashes * seq_len, dtype=torch.int64, device=vectors.device)
-    if attention_mask is None:
-        mask, stride_mb = buckets, 0  # never read
-    else:
-        mask = (attention_mask != 0).to(torch.uint8).contiguous()
-        stride_mb = mask.stride(0)
-    block = 16 if backends.triton_interpreted() else 64
-    _hash_kernel[(n_hashes * triton.cdiv(seq_len, block), heads, batch)](
-        vectors, rotations, mask, buckets,
-        vectors.stride(0), vectors.stride(1), vectors.stride(2),
-        rotations.stride(0), rotations.stride(1), rotations.stride(2),
-        buckets.stride(0), buckets.stride(1),
-        stride_mb,
-        seq_len, head_dim, tuple(n_buckets), buckets_per_round, ids_per_round,
-        N_FACTORS=len(n_buckets), HAS_PADDING=attention_mask is not None,
-        HEAD_BLOCK=head_block(head_dim), ROT_BLOCK=rotation_block(n_buckets), BLOCK=block,
-        DOT_PRECISION=dot_precision(vectors.dtype),
-        # fp32's "ieee" dot runs on the FMA units and spills at 4 warps (tests/ops/test_triton_compile.py)
-        num_warps=8 if vectors.dtype == torch.float32 else 4,
-    )
+    batch, heads, seq_len, _ = vectors.shape
+    buckets = torch.empty(batch, heads, rotations.shape[2] * seq_len, dtype=torch.int64, device=vectors.device)
+    _hash_into("lsh_hash", buckets, None, vectors, rotations, n_buckets, attention_mask, 0)
     return buckets
 
 
+@torch.library.custom_op("reformer_kernels::triton_lsh_hash_packed", mutates_args=())
+def lsh_hash_packed(
+    vectors: torch.Tensor, rotations: torch.Tensor, n_buckets: list[int], attention_mask: Optional[torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``lsh_hash``'s ids packed as bucket_sort_packed's keys, row * num_keys + id (uint32 or uint64,
+    ``packed_key_dtype``), and their positions in the row (int32), both (B, H, n_hashes * L)."""
+    batch, heads, seq_len, _ = vectors.shape
+    num_keys = hashed_keys(rotations, n_buckets, attention_mask)
+    shape = (batch, heads, rotations.shape[2] * seq_len)
+    keys = torch.empty(shape, dtype=packed_key_dtype("lsh_hash_packed", batch * heads, num_keys), device=vectors.device)
+    positions = torch.empty(shape, dtype=torch.int32, device=vectors.device)
+    _hash_into("lsh_hash_packed", keys, positions, vectors, rotations, n_buckets, attention_mask, num_keys)
+    return keys, positions
+
+
 backends.register("lsh_hash", "triton", hash_with(lsh_hash))
+hash_sort = hash_sort_packed(lsh_hash_packed)
+if triton_can_sort():
+    backends.register("lsh_hash_sort", "triton", hash_sort)
