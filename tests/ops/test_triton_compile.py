@@ -183,11 +183,14 @@ def check_spills(variants: list[Variant], dtype: torch.dtype, case: tuple = (), 
     sm_80; 384 B on sm_90), every one with tensor-core instructions."""
     if dtype == torch.float32 and not fp32:
         return
+    most = {}  # a key's largest spill: a launcher may compile several variants of one kernel
     for variant in variants:
         key = (*case, variant.name, variant.arch, variant.config["num_warps"])
         allowed = KNOWN_SPILLS.get(key, 0)
         assert variant.stack_bytes <= allowed, f"{variant}: spills {variant.stack_bytes} B, {allowed} B allowed"
-        assert key not in KNOWN_SPILLS or variant.stack_bytes > 0, f"{variant} no longer spills: drop it from KNOWN_SPILLS"
+        most[key] = max(most.get(key, 0), variant.stack_bytes)
+    for key, stack_bytes in most.items():
+        assert key not in KNOWN_SPILLS or stack_bytes > 0, f"{key} no longer spills: drop it from KNOWN_SPILLS"
 
 
 @pytest.mark.parametrize("arch", ARCHS)
