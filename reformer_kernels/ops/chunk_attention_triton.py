@@ -354,24 +354,25 @@ def attention_bwd_kernel(
         q_real = in_window & (q_pos < seq_len)
         q_row = q_index if LSH else q_pos
         q = tl.load(Q + q_pos[:, None] * stride_xl + offs_d[None, :], mask=q_real[:, None] & d_ok[None, :], other=0.0)
+        do = tl.load(DOut + q_pos[:, None] * stride_xl + offs_d[None, :], mask=q_real[:, None] & d_ok[None, :],
+                     other=0.0).to(v.dtype)
         lse = tl.load(Lse + q_row, mask=q_real, other=0.0)
         delta = tl.load(Delta + q_row, mask=q_real, other=0.0)
-        do = tl.load(DOut + q_pos[:, None] * stride_xl + offs_d[None, :], mask=q_real[:, None] & d_ok[None, :],
-                     other=0.0).to(tl.float32)
-        do = (do * _dout_scale(RoundWeight, q_row, q_real, lse, mask_value, n_keys, LSH)[:, None]).to(v.dtype)
+        # the queries' d out factors scale their rows of p (for dv) and of dp, tiles smaller than d out's
+        do_scale = _dout_scale(RoundWeight, q_row, q_real, lse, mask_value, n_keys, LSH)[:, None]
         s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
         s, replaced = _masked_scores(s, q_pos, own_pos, own_real, own_ok, b, Mask, stride_mb, mask_value,
                                      self_mask_value, LSH, CAUSAL, HAS_MASK)
         p = tl.where(q_real[:, None], tl.exp(s - lse[:, None]), 0.0)
-        p_kept = p
-        dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
+        p_kept = p * do_scale
+        dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION) * do_scale
         if DROPOUT:
             # these queries' chunk sees this block's keys as its window's chunk number
             # window - 1 - e // chunk_len (the queries run over the window backwards)
             keep = _dropout_keep(dropout_seed, dropout_offset, dropout_threshold,
                                  (bh_slot + q_slot) * n_keys + (window - 1 - e // chunk_len) * chunk_len,
                                  (pid % blocks_per_chunk) * BLOCK, drop_scale, BLOCK, WHOLE_GROUPS)
-            p_kept = p * keep
+            p_kept = p_kept * keep
             dp = dp * keep
         dv += tl.dot(tl.trans(p_kept.to(v.dtype)), do, input_precision=DOT_PRECISION)
         ds = p * (dp - delta[:, None])
@@ -394,10 +395,10 @@ def attention_bwd_kernel(
 
     # stage 2: dq of this block's queries, over this chunk's window of keys
     q = tl.load(Q + own_pos[:, None] * stride_xl + offs_d[None, :], mask=own_mask_2d, other=0.0)
+    do = tl.load(DOut + own_pos[:, None] * stride_xl + offs_d[None, :], mask=own_mask_2d, other=0.0).to(v.dtype)
     lse = tl.load(Lse + own_row, mask=own_real, other=0.0)
     delta = tl.load(Delta + own_row, mask=own_real, other=0.0)
-    do = tl.load(DOut + own_pos[:, None] * stride_xl + offs_d[None, :], mask=own_mask_2d, other=0.0).to(tl.float32)
-    do = (do * _dout_scale(RoundWeight, own_row, own_real, lse, mask_value, n_keys, LSH)[:, None]).to(v.dtype)
+    do_scale = _dout_scale(RoundWeight, own_row, own_real, lse, mask_value, n_keys, LSH)[:, None]
     if LSH:  # the shared qk's gradient: its key part (dk) plus its query part, accumulated onto it
         dq = dk
     else:
@@ -412,7 +413,7 @@ def attention_bwd_kernel(
         s, replaced = _masked_scores(s, own_pos, k_pos, k_real, in_window, b, Mask, stride_mb, mask_value,
                                      self_mask_value, LSH, CAUSAL, HAS_MASK)
         p = tl.where(own_real[:, None], tl.exp(s - lse[:, None]), 0.0)
-        dp = tl.dot(do, tl.trans(v_keys), input_precision=DOT_PRECISION)
+        dp = tl.dot(do, tl.trans(v_keys), input_precision=DOT_PRECISION) * do_scale
         if DROPOUT:
             dp = dp * _dropout_keep(dropout_seed, dropout_offset, dropout_threshold, (bh_slot + own_slot) * n_keys,
                                     start, drop_scale, STEP, WHOLE_GROUPS)
