@@ -156,16 +156,18 @@ def tensors(value) -> list[torch.Tensor]:
 WRITES = {
     "_hash_kernel": {"Keys", "Positions"},
     "attention_fwd_kernel": {"Out", "Lse"},
+    "attention_bwd_prologue_kernel": {"RoundWeight", "Delta"},
     "attention_bwd_kernel": {"DQ", "DK", "DV"},
+    "_sum_rounds_kernel": {"GradQK", "GradV"},
     "_combine_rounds_kernel": {"Out"},
     "_dropout_add_kernel": {"Out"},
     "linear_cross_entropy_fwd_kernel": {"Losses", "Lse"},
     "linear_cross_entropy_grad_hidden_kernel": {"GradHidden"},
     "linear_cross_entropy_grad_weight_kernel": {"GradWeight", "GradBias"},
 }
-USED_ONLY_WITH = {"SortedIdx": ("LSH",), "RoundWeight": ("LSH",), "Mask": ("HAS_MASK", "HAS_PADDING"),
-                  "Positions": ("WRITE_POSITIONS",),
-                  "Bias": ("HAS_BIAS",), "Residual": ("HAS_RESIDUAL",)}
+USED_ONLY_WITH = {"SortedIdx": ("LSH",), "RoundWeight": ("LSH",), "DLse": ("HAS_DLSE",),
+                  "Mask": ("HAS_MASK", "HAS_PADDING"), "Positions": ("WRITE_POSITIONS",), "Bias": ("HAS_BIAS",),
+                  "Residual": ("HAS_RESIDUAL",)}
 
 
 def used(param: str, constexprs: dict) -> bool:

@@ -56,7 +56,9 @@ DROPOUT_SEED, DROPOUT_OFFSET = -(2**62) - 5, 8
 def lsh_attention_launches(dtype, head_dim, chunk_len):
     """The LSH op's forward (attention, then the round combination) and backward as a layer
     launches them: head-split views, causal, padding mask, attention dropout (the variant with every
-    code path; the others compile subsets of it)."""
+    code path; the others compile subsets of it): 2 rounds with a gradient of lse (per-round fp32
+    gradients summed by a kernel), then the backward of 1 round without (gradients written in the
+    input dtype)."""
     batch, heads, seq_len, n_hashes, before, after = 2, 4, 4 * chunk_len, 2, 1, 0
     qk, v = (torch.randn(batch, seq_len, heads, head_dim, dtype=dtype).transpose(1, 2) for _ in range(2))
     sorted_idx = torch.arange(n_hashes * seq_len, dtype=torch.int32).expand(batch, heads, -1).contiguous()
@@ -64,6 +66,9 @@ def lsh_attention_launches(dtype, head_dim, chunk_len):
     config = (n_hashes, chunk_len, before, after, True, mask, 0.1, DROPOUT_SEED, DROPOUT_OFFSET)
     out, lse = triton_lsh_attention.lsh_attention_fwd(qk, v, sorted_idx, *config)
     triton_lsh_attention.lsh_attention_bwd(torch.randn_like(out), lse, qk, v, sorted_idx, out, lse, *config)
+    first_round = sorted_idx[..., :seq_len].contiguous()  # the positions in order
+    triton_lsh_attention.lsh_attention_bwd(torch.randn_like(out), None, qk, v, first_round, out, lse[:, :, :1],
+                                           1, *config[1:])
 
 
 def local_attention_launches(dtype, head_dim, chunk_len):

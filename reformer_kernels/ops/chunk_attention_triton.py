@@ -220,13 +220,80 @@ def attention_fwd_kernel(
     tl.store(Lse + b * stride_lb + h * stride_lh + out_row, m_i + tl.log(l_i), mask=q_real)
 
 
+@triton.jit
+def _dout_scale(RoundWeight, row, ok, lse, mask_value, n_keys, LSH: tl.constexpr):
+    """The factor of query rows' upstream gradient: LSH's round weight w_r (written by the
+    prologue); for local attention 1, except for a query whose keys are all masked. Its lse is
+    mask_value + log(n_keys), which fp32 rounds to about mask_value, so the kernel's exp(s - lse)
+    is about 1 instead of 1 / n_keys (grad_v would get the sum of d out where the forward took the
+    mean): scaling d out, hence delta, by exp(lse - mask_value) / n_keys undoes that."""
+    if LSH:
+        return tl.load(RoundWeight + row, mask=ok, other=0.0)
+    else:
+        fully_masked = lse <= mask_value / 2
+        # (exp of the other rows' lse - mask_value, about -mask_value, would overflow to inf)
+        return tl.where(fully_masked, tl.exp(tl.where(fully_masked, lse - mask_value, 0.0)) / n_keys, 1.0)
+
+
+@triton.jit
+def attention_bwd_prologue_kernel(
+    DOut, Out, Lse, DLse, RoundWeight, Delta,
+    stride_db, stride_dh, stride_dl,  # DOut: (B, H, L, head_dim)
+    stride_ob, stride_oh, stride_ol,  # Out: (B, H, L, head_dim)
+    stride_sb, stride_sh,  # Lse, RoundWeight, Delta: (B, H, n_rounds * L), the rounds one after the other
+    stride_gb, stride_gh, stride_gr, stride_gl,  # DLse: (B, H, n_rounds, L), any strides (a broadcast zero too)
+    seq_len, n_rounds, head_dim, mask_value, n_keys,
+    LSH: tl.constexpr, HAS_DLSE: tl.constexpr, HEAD_BLOCK: tl.constexpr, BLOCK: tl.constexpr,
+):
+    """The backward's per-row inputs, in fp32, for BLOCK positions of one (batch, head), reading
+    d out and out once. The round combination, differentiated: round r sees d out_r = w_r * d out
+    and its lse gets w_r * (d out . (out_r - out)) + d lse_r, so softmax's usual delta becomes
+    delta_r = w_r * (d out . out) - d lse_r (the out_r terms cancel), with
+    w_r = exp(lse_r - logsumexp_r lse_r). Local attention has one round and no d lse; its w is
+    ``_dout_scale``'s, computed again by the backward kernel from lse."""
+    h = tl.program_id(1).to(tl.int64)
+    b = tl.program_id(2).to(tl.int64)
+    pos = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    ok = pos < seq_len
+    offs_d = tl.arange(0, HEAD_BLOCK)
+    mask_2d = ok[:, None] & (offs_d < head_dim)[None, :]
+    d_out = tl.load(DOut + b * stride_db + h * stride_dh + pos[:, None] * stride_dl + offs_d[None, :], mask=mask_2d,
+                    other=0.0).to(tl.float32)
+    out = tl.load(Out + b * stride_ob + h * stride_oh + pos[:, None] * stride_ol + offs_d[None, :], mask=mask_2d,
+                  other=0.0).to(tl.float32)
+    out_dot = tl.sum(d_out * out, axis=1)
+    Lse += b * stride_sb + h * stride_sh
+    Delta += b * stride_sb + h * stride_sh
+    if LSH:
+        RoundWeight += b * stride_sb + h * stride_sh
+        DLse += b * stride_gb + h * stride_gh
+        top = tl.full([BLOCK], float("-inf"), tl.float32)
+        for r in range(n_rounds):
+            top = tl.maximum(top, tl.load(Lse + r * seq_len + pos, mask=ok, other=0.0))
+        total = tl.zeros([BLOCK], tl.float32)
+        for r in range(n_rounds):
+            total += tl.exp(tl.load(Lse + r * seq_len + pos, mask=ok, other=0.0) - top)
+        for r in range(n_rounds):
+            rows = r * seq_len + pos
+            weight = tl.exp(tl.load(Lse + rows, mask=ok, other=0.0) - top) / total
+            delta = weight * out_dot
+            if HAS_DLSE:
+                delta -= tl.load(DLse + r * stride_gr + pos * stride_gl, mask=ok, other=0.0).to(tl.float32)
+            tl.store(RoundWeight + rows, weight, mask=ok)
+            tl.store(Delta + rows, delta, mask=ok)
+    else:
+        lse = tl.load(Lse + pos, mask=ok, other=0.0)
+        tl.store(Delta + pos, _dout_scale(RoundWeight, pos, ok, lse, mask_value, n_keys, LSH) * out_dot, mask=ok)
+
+
 @triton.autotune(configs=warp_configs(), key=["chunk_len", "HEAD_BLOCK", "BLOCK", "LSH", "CAUSAL", "HAS_MASK", "DROPOUT",
                                                 "DOT_PRECISION"])
 @triton.jit(do_not_specialize=["dropout_seed", "dropout_offset"])
 def attention_bwd_kernel(
     Q, K, V, SortedIdx, Mask, DOut, RoundWeight, Lse, Delta, DQ, DK, DV,
     stride_xb, stride_xh, stride_xl,  # q, k, v, DOut: (B, H, L, head_dim)
-    stride_gb, stride_gh, stride_gl,  # DQ, DK, DV: (B, H, rows, head_dim), rows = n_slots (LSH) or L
+    stride_gb, stride_gh, stride_gl,  # DQ, DK: (B, H, rows, head_dim), rows = n_slots (LSH) or L
+    stride_vb, stride_vh, stride_vl,  # DV: (B, H, rows, head_dim)
     stride_sb, stride_sh,  # SortedIdx, RoundWeight, Lse, Delta: (B, H, rows)
     stride_mb,
     seq_len, n_slots, chunk_len, n_chunks_before, n_chunks_after, head_dim,
@@ -238,8 +305,10 @@ def attention_bwd_kernel(
     """Gradients for BLOCK slots of one chunk, each slot once as a key (stage 1) and once as a query
     (stage 2). Every gradient row is summed inside one program in a fixed order: no atomics, so
     the result is bitwise deterministic. LSH adds the query part and the key part of the shared
-    qk at the slot's flat index; the caller sums the rounds. With dropout (factors K: 0, or
-    1 / (1 - p) where kept; P the probabilities before dropout): dv = (P*K)^T do and
+    qk at the slot's flat index; with several rounds the caller sums them. The gradients are
+    stored in the dtype of DQ, DK, DV (fp32 per-round buffers, or the inputs' dtype where each row
+    is written once). RoundWeight and Delta: ``attention_bwd_prologue_kernel``'s. With dropout
+    (factors K: 0, or 1 / (1 - p) where kept; P the probabilities before dropout): dv = (P*K)^T do and
     ds = P * (K * (do v^T) - delta), where delta = do . out is unchanged because out already holds
     the kept terms only."""
     pid = tl.program_id(0)
@@ -289,25 +358,24 @@ def attention_bwd_kernel(
         q_row = q_index if LSH else q_pos
         q = tl.load(Q + q_pos[:, None] * stride_xl + offs_d[None, :], mask=q_real[:, None] & d_ok[None, :], other=0.0)
         do = tl.load(DOut + q_pos[:, None] * stride_xl + offs_d[None, :], mask=q_real[:, None] & d_ok[None, :],
-                     other=0.0).to(tl.float32)
-        if LSH:
-            do = do * tl.load(RoundWeight + q_row, mask=q_real, other=0.0)[:, None]
-        do = do.to(v.dtype)
+                     other=0.0).to(v.dtype)
         lse = tl.load(Lse + q_row, mask=q_real, other=0.0)
         delta = tl.load(Delta + q_row, mask=q_real, other=0.0)
+        # the queries' d out factors scale their rows of p (for dv) and of dp, tiles smaller than d out's
+        do_scale = _dout_scale(RoundWeight, q_row, q_real, lse, mask_value, n_keys, LSH)[:, None]
         s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
         s, replaced = _masked_scores(s, q_pos, own_pos, own_real, own_ok, b, Mask, stride_mb, mask_value,
                                      self_mask_value, LSH, CAUSAL, HAS_MASK)
         p = tl.where(q_real[:, None], tl.exp(s - lse[:, None]), 0.0)
-        p_kept = p
-        dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
+        p_kept = p * do_scale
+        dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION) * do_scale
         if DROPOUT:
             # these queries' chunk sees this block's keys as its window's chunk number
             # window - 1 - e // chunk_len (the queries run over the window backwards)
             keep = _dropout_keep(dropout_seed, dropout_offset, dropout_threshold,
                                  (bh_slot + q_slot) * n_keys + (window - 1 - e // chunk_len) * chunk_len,
                                  (pid % blocks_per_chunk) * BLOCK, drop_scale, BLOCK, WHOLE_GROUPS)
-            p_kept = p * keep
+            p_kept = p_kept * keep
             dp = dp * keep
         dv += tl.dot(tl.trans(p_kept.to(v.dtype)), do, input_precision=DOT_PRECISION)
         ds = p * (dp - delta[:, None])
@@ -317,7 +385,8 @@ def attention_bwd_kernel(
     grad_offsets = b * stride_gb + h * stride_gh + own_row[:, None] * stride_gl + offs_d[None, :]
     # Each gradient is written (or handed on) as soon as it is complete: dv, dk and the key rows
     # are not live across stage 2, which needs the registers for its own tiles.
-    tl.store(DV + grad_offsets, dv, mask=own_mask_2d)
+    tl.store(DV + b * stride_vb + h * stride_vh + own_row[:, None] * stride_vl + offs_d[None, :],
+             dv.to(DV.dtype.element_ty), mask=own_mask_2d)
     # chain rule through the key: k = x * inv_rms * key_scale (LSH), k = x * key_scale (local); the
     # raw rows are loaded again rather than kept across stage 1
     dk = dk * key_scale
@@ -329,16 +398,14 @@ def attention_bwd_kernel(
 
     # stage 2: dq of this block's queries, over this chunk's window of keys
     q = tl.load(Q + own_pos[:, None] * stride_xl + offs_d[None, :], mask=own_mask_2d, other=0.0)
-    do = tl.load(DOut + own_pos[:, None] * stride_xl + offs_d[None, :], mask=own_mask_2d, other=0.0).to(tl.float32)
-    if LSH:
-        do = do * tl.load(RoundWeight + own_row, mask=own_real, other=0.0)[:, None]
-    do = do.to(v.dtype)
+    do = tl.load(DOut + own_pos[:, None] * stride_xl + offs_d[None, :], mask=own_mask_2d, other=0.0).to(v.dtype)
     lse = tl.load(Lse + own_row, mask=own_real, other=0.0)
     delta = tl.load(Delta + own_row, mask=own_real, other=0.0)
+    do_scale = _dout_scale(RoundWeight, own_row, own_real, lse, mask_value, n_keys, LSH)[:, None]
     if LSH:  # the shared qk's gradient: its key part (dk) plus its query part, accumulated onto it
         dq = dk
     else:
-        tl.store(DK + grad_offsets, dk, mask=own_mask_2d)
+        tl.store(DK + grad_offsets, dk.to(DK.dtype.element_ty), mask=own_mask_2d)
         dq = tl.zeros([BLOCK, HEAD_BLOCK], tl.float32)
     first_chunk = (chunk + n_chunks - n_chunks_before % n_chunks) % n_chunks
     for start in range(0, n_keys, STEP):
@@ -349,7 +416,7 @@ def attention_bwd_kernel(
         s, replaced = _masked_scores(s, own_pos, k_pos, k_real, in_window, b, Mask, stride_mb, mask_value,
                                      self_mask_value, LSH, CAUSAL, HAS_MASK)
         p = tl.where(own_real[:, None], tl.exp(s - lse[:, None]), 0.0)
-        dp = tl.dot(do, tl.trans(v_keys), input_precision=DOT_PRECISION)
+        dp = tl.dot(do, tl.trans(v_keys), input_precision=DOT_PRECISION) * do_scale
         if DROPOUT:
             dp = dp * _dropout_keep(dropout_seed, dropout_offset, dropout_threshold, (bh_slot + own_slot) * n_keys,
                                     start, drop_scale, STEP, WHOLE_GROUPS)
@@ -357,7 +424,7 @@ def attention_bwd_kernel(
         ds = tl.where(replaced, 0.0, ds)
         dq += tl.dot(ds.to(k_keys.dtype), k_keys, input_precision=DOT_PRECISION)
 
-    tl.store(DQ + grad_offsets, dq, mask=own_mask_2d)
+    tl.store(DQ + grad_offsets, dq.to(DQ.dtype.element_ty), mask=own_mask_2d)
 
 
 def chunk_grid(n_slots: int, chunk_len: int, batch: int, heads: int, tile: dict) -> tuple[int, int, int]:
@@ -411,6 +478,16 @@ def unit_stride_rows(x: torch.Tensor) -> torch.Tensor:
     return x if x.stride(-1) == 1 else x.contiguous()
 
 
+def shared_rows(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """(B, H, L, d) tensors that the backward kernel addresses with one set of strides: as they are
+    where they already share their strides with head_dim contiguous (head-split views of
+    projections laid out alike, or contiguous tensors), else contiguous copies."""
+    first = tensors[0]
+    if first.stride(-1) == 1 and all(t.stride() == first.stride() for t in tensors):
+        return tensors
+    return tuple(t.contiguous() for t in tensors)
+
+
 def attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sorted_idx: Optional[torch.Tensor],
                       out: torch.Tensor, lse: torch.Tensor, *, op: str, n_slots: int, chunk_len: int,
                       n_chunks_before: int, n_chunks_after: int, causal: bool, attention_mask: Optional[torch.Tensor],
@@ -445,25 +522,47 @@ def attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sorted_
 
 
 def attention_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sorted_idx: Optional[torch.Tensor],
-                       grad_out: torch.Tensor, round_weight: Optional[torch.Tensor], lse: torch.Tensor,
-                       delta: torch.Tensor, grad_q: torch.Tensor, grad_k: torch.Tensor, grad_v: torch.Tensor, *, op: str,
-                       n_slots: int, chunk_len: int, n_chunks_before: int, n_chunks_after: int, causal: bool,
+                       out: torch.Tensor, grad_out: torch.Tensor, lse: torch.Tensor, grad_lse: Optional[torch.Tensor],
+                       grad_q: torch.Tensor, grad_k: torch.Tensor, grad_v: torch.Tensor, *, op: str, n_slots: int,
+                       chunk_len: int, n_chunks_before: int, n_chunks_after: int, causal: bool,
                        attention_mask: Optional[torch.Tensor], dropout: tuple[float, int, int]) -> None:
-    """Launches ``attention_bwd_kernel``: the gradients of every slot's rows into ``grad_q``,
-    ``grad_k``, ``grad_v`` (B, H, rows, d), from ``grad_out`` (B, H, L, d) and the per-row ``lse``
-    and ``delta`` (B, H, rows). LSH when ``sorted_idx`` is given (then k is q, grad_k is grad_q, and
-    ``round_weight`` (B, H, rows) scales each round's upstream gradient), else local."""
+    """Launches ``attention_bwd_prologue_kernel`` (round weights and delta, in fp32) then
+    ``attention_bwd_kernel``: the gradients of every slot's rows into ``grad_q``, ``grad_k``,
+    ``grad_v`` (B, H, rows, d; grad_q and grad_k laid out alike), from ``out`` and ``grad_out``
+    (B, H, L, d), the per-row ``lse`` (B, H, rows, rounds one after the other, contiguous) and
+    ``grad_lse`` (B, H, rounds, L; None: zero). q, k, v and grad_out must share their strides
+    (``shared_rows``). LSH when ``sorted_idx`` is given (then k is q and grad_k is grad_q), else
+    local."""
     lsh = sorted_idx is not None
+    batch, heads, seq_len, head_dim = q.shape
+    n_rows = lse.shape[2]
     (mask, stride_mb), scalars, constexprs, grid = _launch_arguments(q, op, n_slots, chunk_len, lsh, attention_mask,
                                                                       dropout, backward=True)
+    mask_value, _ = mask_values(q.dtype)
+    n_keys = chunk_len * (n_chunks_before + 1 + n_chunks_after)
+    delta = torch.empty_like(lse)
+    round_weight = torch.empty_like(lse) if lsh else delta  # local attention's is computed from lse
+    grad_lse_arg = lse if grad_lse is None else grad_lse
+    block = 16  # positions per program: a memory-bound pass over d out and out
+    attention_bwd_prologue_kernel[(triton.cdiv(seq_len, block), heads, batch)](
+        grad_out, out, lse, grad_lse_arg, round_weight, delta,
+        grad_out.stride(0), grad_out.stride(1), grad_out.stride(2),
+        out.stride(0), out.stride(1), out.stride(2),
+        lse.stride(0), lse.stride(1),
+        *(grad_lse.stride() if grad_lse is not None else (0, 0, 0, 0)),
+        seq_len, n_rows // seq_len, head_dim, mask_value, n_keys,
+        LSH=lsh, HAS_DLSE=grad_lse is not None, HEAD_BLOCK=constexprs["HEAD_BLOCK"], BLOCK=block,
+    )
+    row_stride = max(q.stride(2), grad_q.stride(2), grad_v.stride(2))
     attention_bwd_kernel[grid](
-        q, k, v, slot_index(sorted_idx, n_slots, q.shape[3]) if lsh else lse, mask, grad_out,
-        round_weight if lsh else lse, lse, delta, grad_q, grad_k, grad_v,
+        q, k, v, slot_index(sorted_idx, n_slots, row_stride) if lsh else lse, mask, grad_out,
+        round_weight, lse, delta, grad_q, grad_k, grad_v,
         q.stride(0), q.stride(1), q.stride(2),
         grad_q.stride(0), grad_q.stride(1), grad_q.stride(2),
+        grad_v.stride(0), grad_v.stride(1), grad_v.stride(2),
         lse.stride(0), lse.stride(1),
         stride_mb,
-        q.shape[2], n_slots, chunk_len, n_chunks_before, n_chunks_after, q.shape[3],
+        seq_len, n_slots, chunk_len, n_chunks_before, n_chunks_after, head_dim,
         *scalars,
         LSH=lsh, CAUSAL=causal, HAS_MASK=attention_mask is not None, DROPOUT=dropout[0] > 0.0,
         **constexprs,

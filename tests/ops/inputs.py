@@ -3,8 +3,8 @@ test runs on (a subset of the ``backend`` fixture's, or the CUDA kernels on a GP
 (padding masks, hashed orders), the forward-and-backward runner, thread counts,
 the chunk-window draws of the CPU attention kernels, and the checks: a backend against the float64
 reference by the tolerance rule, the cpu backend's dropout against the reference's, a Triton op's
-schema against the C++ op's, a backend impl called by the schema's names, bytes saved for backward, the torch
-ops (copies) a call runs."""
+schema against the C++ op's, a backend impl called by the schema's names, bytes saved for backward,
+the torch ops and Triton kernels a Triton launcher runs."""
 import contextlib
 from typing import Callable, Sequence
 
@@ -16,6 +16,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from reformer_kernels import _extension, backends, reference
 from tests.tolerance import assert_within_rule
+from tests.triton_launches import launched_function, recorded_launches
 
 from .fuzz import padding_mask
 
@@ -136,21 +137,6 @@ def assert_cpu_dropout_is_the_references(run: Callable, tensors: Sequence[torch.
 
 # The torch ops that copy data: ``.contiguous()`` of a strided tensor (clone), a cast (_to_copy),
 # a copy into a buffer (copy_).
-COPIES = {"aten::clone", "aten::_to_copy", "aten::copy_"}
-
-
-class TorchOpsCalled(TorchDispatchMode):
-    """Inside the block, ``names`` lists every torch op that runs, by name (``aten::clone``)."""
-
-    def __init__(self):
-        super().__init__()
-        self.names = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.names.append(func.name())
-        return func(*args, **(kwargs or {}))
-
-
 def bytes_saved_for_backward(fn: Callable):
     """``fn()`` and the bytes of the tensors autograd saved for backward while it ran."""
     saved = []
@@ -182,6 +168,36 @@ def assert_matches_reference(run: Callable, backend: str, tensors: Sequence[torc
         assert_within_rule(actual, ref64, baseline, ATOL[dtype], f"{what} output {i}")
     for i, (actual, ref64, baseline) in enumerate(zip(grads, grads64, baseline_grads)):
         assert_within_rule(actual, ref64, baseline, ATOL[dtype], f"{what} gradient of input {i}")
+
+
+COPIES = {"clone", "_to_copy", "copy_", "contiguous"}
+
+
+class TorchOps(TorchDispatchMode):
+    """Records the name and output of every torch op run inside it that is not a view."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if not func.is_view:
+            self.ops.append((func.overloadpacket.__name__, out))
+        return out
+
+
+ALLOCATIONS = {"empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided"}
+
+
+def launcher_work(call: Callable) -> tuple[list[str], list[torch.Tensor], list[str]]:
+    """What a Triton op's launcher ``call()`` would run on a GPU, its launches recorded, not run:
+    (the Triton kernels it launches, the tensors it allocates, every other torch op it runs), in order."""
+    with recorded_launches() as launches, TorchOps() as seen:
+        call()
+    allocated = [out for name, out in seen.ops if name in ALLOCATIONS]
+    return ([launched_function(kernel).fn.__name__ for kernel, _, _ in launches], allocated,
+            [name for name, _ in seen.ops if name not in ALLOCATIONS])
 
 
 def assert_same_schema(compiled: str, triton_op) -> None:

@@ -149,13 +149,20 @@ def check_variants(variants: list[Variant], dtype: torch.dtype, tf32: bool = Fal
 # registers spills 24 B (bf16 none, and its 4-warp config none). The head_dim-128 4-warp variant of
 # the 32-slot block on sm_90, whose two 32 x 128 fp32 accumulators (dk, dv) take 64 of a thread's
 # 255 registers, spilled 168/8 B with int64 indices and none now.
+# Measured again (every fp16/bf16 case above, both archs) once the backward got its prologue kernel
+# and scaled the rows of p and dp by the upstream gradient's factors (round weights) instead of
+# the d out tile, whose fp32 copy had cost registers; the LSH launches compile two backward
+# variants since (2 rounds into fp32 buffers, 1 round into the input dtype), a key bounds the
+# larger. bf16 at head_dim 64 spills no more (16 B before), fp16's 4-warp variant on sm_90 8 B at
+# 168 registers; at head_dim 128 with the 16-slot block, the 8-warp variants (128 registers) spill
+# 24 B in fp16 and bf16 on sm_80 and sm_90 (24 B for fp16 on sm_90 only before). Local attention's
+# backward spills none (its fully-masked rows' factor is now computed in the kernel from lse).
 # A listed variant that stops spilling must leave the table, so that it cannot come back unseen.
 _SPILLS: dict[tuple, tuple[int, int]] = {
-    ('lsh', 64, 64, 'attention_bwd_kernel', 90, 4): (0, 16),
-    ('lsh', 64, 64, 'attention_bwd_kernel', 90, 8): (0, 16),
-    ('lsh', 64, 32, 'attention_bwd_kernel', 90, 4): (0, 16),
-    ('lsh', 64, 32, 'attention_bwd_kernel', 90, 8): (0, 16),
-    ('lsh', 128, 16, 'attention_bwd_kernel', 90, 8): (24, 0),
+    ('lsh', 64, 64, 'attention_bwd_kernel', 90, 4): (8, 0),
+    ('lsh', 64, 32, 'attention_bwd_kernel', 90, 4): (8, 0),
+    ('lsh', 128, 16, 'attention_bwd_kernel', 80, 8): (24, 24),
+    ('lsh', 128, 16, 'attention_bwd_kernel', 90, 8): (24, 24),
 }
 KNOWN_SPILLS: dict[tuple, int] = {
     (op, dtype, head_dim, chunk_len, kernel, arch, warps): spills[dtype == torch.bfloat16]
@@ -175,11 +182,14 @@ def check_spills(variants: list[Variant], dtype: torch.dtype, case: tuple = (), 
     sm_80; 384 B on sm_90), every one with tensor-core instructions."""
     if dtype == torch.float32 and not fp32:
         return
+    most = {}  # a key's largest spill: a launcher may compile several variants of one kernel
     for variant in variants:
         key = (*case, variant.name, variant.arch, variant.config["num_warps"])
         allowed = KNOWN_SPILLS.get(key, 0)
         assert variant.stack_bytes <= allowed, f"{variant}: spills {variant.stack_bytes} B, {allowed} B allowed"
-        assert key not in KNOWN_SPILLS or variant.stack_bytes > 0, f"{variant} no longer spills: drop it from KNOWN_SPILLS"
+        most[key] = max(most.get(key, 0), variant.stack_bytes)
+    for key, stack_bytes in most.items():
+        assert key not in KNOWN_SPILLS or stack_bytes > 0, f"{key} no longer spills: drop it from KNOWN_SPILLS"
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -188,13 +198,14 @@ def check_spills(variants: list[Variant], dtype: torch.dtype, case: tuple = (), 
 @pytest.mark.parametrize("chunk_len", [64, 32, 16])  # the three tiles (BLOCK) the launchers pick
 @pytest.mark.parametrize("op", ["lsh", "local"])
 def test_attention_kernels_compile(arch, precision, head_dim, chunk_len, op):
-    """Forward and backward (and LSH's round combination), at every autotune config, within the
-    arch's shared memory, with tensor cores for fp16/bf16 and tf32 and, for fp16/bf16, no spills
-    beyond KNOWN_SPILLS."""
+    """Forward and backward (with the backward's prologue, and LSH's kernels that combine the
+    rounds), at every autotune config, within the arch's shared memory, with tensor cores for
+    fp16/bf16 and tf32 and, for fp16/bf16, no spills beyond KNOWN_SPILLS."""
     dtype, tf32 = precision
     launches = lsh_attention_launches if op == "lsh" else local_attention_launches
     variants = compile_op(arch, lambda: launches(dtype, head_dim, chunk_len), tf32)
-    check_variants(variants, dtype, tf32, without_dots=("_combine_rounds_kernel",))
+    check_variants(variants, dtype, tf32,
+                   without_dots=("_combine_rounds_kernel", "attention_bwd_prologue_kernel", "_sum_rounds_kernel"))
     check_spills(variants, dtype, (op, dtype, head_dim, chunk_len))
 
 

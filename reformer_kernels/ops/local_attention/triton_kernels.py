@@ -9,9 +9,8 @@ from typing import Optional
 import torch
 
 from ... import backends
-from ...reference.chunked import mask_values
 from ...reference.local_attention import local_chunking
-from ..chunk_attention_triton import attention_backward, attention_forward, unit_stride_rows
+from ..chunk_attention_triton import attention_backward, attention_forward, shared_rows, unit_stride_rows
 from ..lsh_attention import rows_like
 from ..triton_utils import check_dtype
 from . import out_only, register
@@ -47,21 +46,12 @@ def local_attention_bwd(
     dropout_p: float = 0.0, dropout_seed: int = 0, dropout_offset: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gradients (d q, d k, d v) from the gradient of out (B, H, L, d)."""
-    q, k, v, grad_out, lse = q.contiguous(), k.contiguous(), v.contiguous(), grad_out.contiguous(), lse.contiguous()
+    q, k, v, grad_out = shared_rows(q, k, v, grad_out)
     seq_len = q.shape[2]
     chunk_len, n_chunks_before, n_chunks_after, n_slots = local_chunking(seq_len, chunk_len, n_chunks_before, n_chunks_after)
-    mask_value, _ = mask_values(q.dtype)
-    # A query whose keys are all masked has lse = mask_value + log(n_keys), which fp32 rounds to
-    # about mask_value, so the kernel's exp(s - lse) is about 1 instead of 1 / n_keys (grad_v would
-    # get the sum of dO, the forward took the mean): scale such a row's dO, hence delta, by the ratio.
-    n_keys = chunk_len * (n_chunks_before + 1 + n_chunks_after)
-    fully_masked = lse <= mask_value / 2
-    row_scale = torch.where(fully_masked, torch.exp(lse.double() - mask_value) / n_keys, 1.0)
-    grad_out = (grad_out * row_scale[..., None].to(grad_out.dtype)).contiguous()
-    delta = (grad_out.float() * out.float()).sum(-1)
-    grad_q, grad_k, grad_v = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-    attention_backward(q, k, v, None, grad_out, None, lse, delta, grad_q, grad_k, grad_v, op="local_attention",
-                       n_slots=n_slots, chunk_len=chunk_len, n_chunks_before=n_chunks_before,
+    grad_q, grad_k, grad_v = (torch.empty_like(t, memory_format=torch.contiguous_format) for t in (q, k, v))
+    attention_backward(q, k, v, None, out, grad_out, lse.contiguous(), None, grad_q, grad_k, grad_v,
+                       op="local_attention", n_slots=n_slots, chunk_len=chunk_len, n_chunks_before=n_chunks_before,
                        n_chunks_after=n_chunks_after, causal=causal, attention_mask=attention_mask,
                        dropout=(dropout_p, dropout_seed, dropout_offset))
     return grad_q, grad_k, grad_v

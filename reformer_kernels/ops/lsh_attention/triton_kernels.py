@@ -1,7 +1,8 @@
 """lsh_attention in Triton: the chunked attention kernels of ``chunk_attention_triton`` with LSH=True,
-plus the kernel that combines the hash rounds (where there are several), behind
-reformer_kernels::triton_lsh_attention_fwd and _bwd, which take the arguments of the
+plus the kernels that combine the hash rounds (their outputs forward, their gradients backward),
+behind reformer_kernels::triton_lsh_attention_fwd and _bwd, which take the arguments of the
 lsh_attention_fwd/_bwd schema (see ``__init__``)."""
+import functools
 from typing import Optional
 
 import torch
@@ -9,7 +10,7 @@ import triton
 import triton.language as tl
 
 from ... import backends
-from ..chunk_attention_triton import attention_backward, attention_forward, unit_stride_rows
+from ..chunk_attention_triton import attention_backward, attention_forward, shared_rows, unit_stride_rows
 from ..triton_utils import check_dtype, head_block
 from . import register, rows_like
 
@@ -91,6 +92,40 @@ def lsh_attention_fwd(
     return out, lse.view(batch, heads, n_hashes, seq_len)
 
 
+@triton.jit
+def _sum_round_rows(Rounds, stride_rl, Grad, stride_gb, stride_gh, stride_gl, b, h, pos, offs_d, mask_2d, seq_len,
+                    n_hashes):
+    """Grad[b, h, pos] = the sum over rounds r, in order, of row r * L + pos of Rounds (already at (b, h))."""
+    acc = tl.zeros(mask_2d.shape, tl.float32)
+    for r in range(n_hashes):
+        acc += tl.load(Rounds + (r * seq_len + pos)[:, None] * stride_rl + offs_d[None, :], mask=mask_2d, other=0.0)
+    tl.store(Grad + b * stride_gb + h * stride_gh + pos[:, None] * stride_gl + offs_d[None, :],
+             acc.to(Grad.dtype.element_ty), mask=mask_2d)
+
+
+@triton.jit
+def _sum_rounds_kernel(
+    GradRounds, GradQK, GradV,
+    stride_rt, stride_rb, stride_rh, stride_rl,  # GradRounds: (2 (qk, v), B, H, n_hashes * L, head_dim), fp32
+    stride_qb, stride_qh, stride_ql,  # GradQK: (B, H, L, head_dim)
+    stride_vb, stride_vh, stride_vl,  # GradV: (B, H, L, head_dim)
+    seq_len, n_hashes, head_dim,
+    HEAD_BLOCK: tl.constexpr, BLOCK: tl.constexpr,
+):
+    """The gradients of qk and v of BLOCK positions: each position holds one slot per round, summed
+    in round order (deterministic) and written in the inputs' dtype."""
+    h = tl.program_id(1).to(tl.int64)
+    b = tl.program_id(2).to(tl.int64)
+    pos = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    offs_d = tl.arange(0, HEAD_BLOCK)
+    mask_2d = (pos < seq_len)[:, None] & (offs_d < head_dim)[None, :]
+    GradRounds += b * stride_rb + h * stride_rh
+    _sum_round_rows(GradRounds, stride_rl, GradQK, stride_qb, stride_qh, stride_ql, b, h, pos, offs_d, mask_2d, seq_len,
+                    n_hashes)
+    _sum_round_rows(GradRounds + stride_rt, stride_rl, GradV, stride_vb, stride_vh, stride_vl, b, h, pos, offs_d, mask_2d,
+                    seq_len, n_hashes)
+
+
 @torch.library.custom_op("reformer_kernels::triton_lsh_attention_bwd", mutates_args=())
 def lsh_attention_bwd(
     grad_out: torch.Tensor, grad_lse: Optional[torch.Tensor], qk: torch.Tensor, v: torch.Tensor, sorted_idx: torch.Tensor,
@@ -100,30 +135,29 @@ def lsh_attention_bwd(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Gradients (d qk, d v) from the gradients of out (B, H, L, d) and lse (B, H, n_hashes, L; None: zero)."""
     grad_qk, grad_v = rows_like(qk), rows_like(v)
-    qk, v, sorted_idx = qk.contiguous(), v.contiguous(), sorted_idx.contiguous()
-    grad_out = grad_out.contiguous()
+    qk, v, grad_out = shared_rows(qk, v, grad_out)
     batch, heads, seq_len, head_dim = qk.shape
     n_slots = n_hashes * seq_len
-    # Round combination, differentiated: round r sees d out_r = w_r * d out and its lse gets
-    # w_r * (d out . (out_r - out)) + d lse_r, so softmax's usual delta becomes
-    # w_r * (d out . out) - d lse_r (the out_r terms cancel), with w_r = exp(lse_r - logsumexp lse).
-    round_weight = torch.exp(lse - torch.logsumexp(lse, dim=2, keepdim=True))
-    delta = round_weight * (grad_out.float() * out.float()).sum(-1).unsqueeze(2)
-    if grad_lse is not None:
-        delta = delta - grad_lse.float()
-    round_weight = round_weight.reshape(batch, heads, n_slots).contiguous()
-    delta = delta.reshape(batch, heads, n_slots).contiguous()
     lse = lse.reshape(batch, heads, n_slots).contiguous()
-    grad_qk_rounds = torch.empty(batch, heads, n_slots, head_dim, dtype=torch.float32, device=qk.device)
-    grad_v_rounds = torch.empty_like(grad_qk_rounds)
-    attention_backward(qk, qk, v, sorted_idx, grad_out, round_weight, lse, delta, grad_qk_rounds, grad_qk_rounds,
-                       grad_v_rounds, op="lsh_attention", n_slots=n_slots, chunk_len=chunk_len,
-                       n_chunks_before=n_chunks_before, n_chunks_after=n_chunks_after, causal=causal,
-                       attention_mask=attention_mask, dropout=(dropout_p, dropout_seed, dropout_offset))
-    # Each position holds one slot per round; summing the rounds in order keeps it deterministic.
-    per_round = (batch, heads, n_hashes, seq_len, head_dim)
-    grad_qk.copy_(grad_qk_rounds.view(per_round).sum(dim=2))
-    grad_v.copy_(grad_v_rounds.view(per_round).sum(dim=2))
+    backward = functools.partial(
+        attention_backward, qk, qk, v, sorted_idx.contiguous(), out, grad_out, lse, grad_lse, op="lsh_attention",
+        n_slots=n_slots, chunk_len=chunk_len, n_chunks_before=n_chunks_before, n_chunks_after=n_chunks_after,
+        causal=causal, attention_mask=attention_mask, dropout=(dropout_p, dropout_seed, dropout_offset))
+    if n_hashes == 1:  # a position's only slot: its gradient rows are written once, in place
+        backward(grad_qk, grad_qk, grad_v)
+        return grad_qk, grad_v
+    # Rounds are summed per position afterwards, never by atomics, so the sum is deterministic.
+    grad_rounds = torch.empty(2, batch, heads, n_slots, head_dim, dtype=torch.float32, device=qk.device)
+    backward(grad_rounds[0], grad_rounds[0], grad_rounds[1])
+    block = 16  # positions per program: a memory-bound pass over n_hashes rows each
+    _sum_rounds_kernel[(triton.cdiv(seq_len, block), heads, batch)](
+        grad_rounds, grad_qk, grad_v,
+        grad_rounds.stride(0), grad_rounds.stride(1), grad_rounds.stride(2), grad_rounds.stride(3),
+        grad_qk.stride(0), grad_qk.stride(1), grad_qk.stride(2),
+        grad_v.stride(0), grad_v.stride(1), grad_v.stride(2),
+        seq_len, n_hashes, head_dim,
+        HEAD_BLOCK=head_block(head_dim), BLOCK=block,
+    )
     return grad_qk, grad_v
 
 
