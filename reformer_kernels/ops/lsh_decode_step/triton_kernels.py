@@ -10,7 +10,7 @@ import triton.language as tl
 
 from ... import backends
 from ...reference.chunked import mask_values
-from ..chunk_attention_triton import _RMS_EPS, _load_keys, _masked_scores
+from ..chunk_attention_triton import _RMS_EPS, _load_keys, _masked_scores, unit_stride_rows
 from ..triton_utils import check_dtype, head_block
 from . import register
 
@@ -154,7 +154,7 @@ def lsh_decode_step(
             f"merged {tuple(merged.shape)}, position {position}, capacity {capacity}, key_valid {tuple(key_valid.shape)}"
         )
     out = qk.new_empty((batch, heads, head_dim))
-    qk, v, merged, sort_keys = (t if t.stride(-1) == 1 else t.contiguous() for t in (qk, v, merged, sort_keys))
+    qk, v, merged, sort_keys = (unit_stride_rows(t) for t in (qk, v, merged, sort_keys))
     keep = key_valid.contiguous().view(torch.uint8)
     n_hashes, n_merged, recent_len = merged.shape[2], merged.shape[3], recent.shape[3]
     window = (n_chunks_before + 1 + n_chunks_after) * chunk_len
