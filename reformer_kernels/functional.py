@@ -808,3 +808,36 @@ def dropout(
     _check_generator(fn, generator, x)
     _, impl = backends.select("dropout_add", x.device, backend)
     return impl(None, x, p, training=training, subtract=False, generator=generator)
+
+
+def dropout_relu(
+    x: torch.Tensor,
+    p: float,
+    *,
+    training: bool = True,
+    generator: torch.Generator | None = None,
+    backend: str | None = None,
+) -> torch.Tensor:
+    """relu(dropout(x, p)), the feed-forward's dropout and relu activation (in transformers' order),
+    in one kernel each way: the mask is the one ``dropout`` draws from a generator in the same state
+    (restoring the state regenerates it), and the backward needs none (an output element is
+    positive exactly where x was kept and positive). With ``training=False`` or p = 0 it is
+    torch.relu(x) and draws nothing.
+
+    Args:
+        x: float tensor, any shape. p: float in [0, 1]. training: bool, False for no dropout.
+        generator: a torch.Generator on x's device type, or None. backend: see ``reformer_kernels.backends``.
+
+    Returns:
+        A tensor of x's shape and dtype.
+    """
+    fn = "dropout_relu"
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{fn}: x must be a torch.Tensor, got {type(x).__name__}")
+    if x.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{fn}: x must be float16, bfloat16, float32 or float64, got {x.dtype}; convert it with .float()")
+    p = _check_dropout_p(fn, p, name="p", allow_one=True)
+    _check_bool(fn, "training", training)
+    _check_generator(fn, generator, x)
+    _, impl = backends.select("dropout_relu", x.device, backend)
+    return impl(x, p, training=training, generator=generator)

@@ -29,7 +29,10 @@ class _Dense(nn.Module):
         self.dropout = dropout
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # functional.dropout: drawn in the kernel from a Philox key, no mask kept for the backward
+        # functional.dropout: drawn in the kernel from a Philox key, no mask kept for the backward;
+        # with relu, one pass each way (functional.dropout_relu: the same mask, the same values)
+        if self.act_fn is nn.functional.relu:
+            return functional.dropout_relu(self.dense(x), self.dropout, training=self.training)
         return self.act_fn(functional.dropout(self.dense(x), self.dropout, training=self.training))
 
 

@@ -4,7 +4,9 @@ import warnings
 import pytest
 import torch
 
+from reformer_kernels import backends, functional
 from reformer_kernels.nn import ChunkedFeedForward, LocalSelfAttention, LSHSelfAttention
+from tests.marks import requires_extension
 
 
 def lsh(**overrides):
@@ -70,6 +72,31 @@ def test_chunked_feed_forward_equals_unchunked(seq_len):
     chunked.load_state_dict(unchunked.state_dict())
     x = torch.randn(2, seq_len, 16)
     assert torch.allclose(chunked(x), unchunked(x), atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", ["reference", pytest.param("cpu", marks=requires_extension)])
+def test_feed_forward_relu_with_dropout_is_linear_dropout_relu_linear(backend):
+    """In training with dropout, relu takes the fused dropout_relu path: from one generator state it
+    gives the output and gradients of Linear -> functional.dropout -> relu -> Linear bit for bit
+    (the same mask, the same values), as the reversible backward's replay requires."""
+    module = ChunkedFeedForward(16, 32, hidden_act="relu", dropout=0.3).train()
+    x = torch.randn(2, 9, 16, requires_grad=True)
+    upstream = torch.randn(2, 9, 16)
+
+    def run(forward):
+        torch.manual_seed(5)
+        module.zero_grad()
+        with backends.use_backend(backend):
+            out = forward(x)
+        (grad_x,) = torch.autograd.grad(out, x, upstream)
+        return out, grad_x
+
+    def unfused(x):
+        dense = functional.dropout(module.dense.dense(module.layer_norm(x)), 0.3)
+        return module.output(torch.relu(dense))
+
+    for actual, expected in zip(run(module), run(unfused)):
+        assert torch.equal(actual, expected)
 
 
 def test_bad_inputs():
