@@ -17,19 +17,27 @@ op by ``register``.
 import torch
 
 from ... import _extension, backends, reference
-from ..lsh_attention import lse_dtype
+from ..lsh_attention import lse_dtype, rows_like
 
 
-def _forward_fake(q, k, v, chunk_len, n_chunks_before, n_chunks_after, causal, attention_mask, dropout_p=0.0,
-                  dropout_seed=0, dropout_offset=0):
-    batch, heads, seq_len, _ = q.shape
-    return torch.empty_like(q, memory_format=torch.contiguous_format), q.new_empty((batch, heads, seq_len),
-                                                                                   dtype=lse_dtype(q.dtype))
+def contiguous_like(x: torch.Tensor) -> torch.Tensor:
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
 
 
-def _backward_fake(grad_out, q, k, v, out, lse, chunk_len, n_chunks_before, n_chunks_after, causal, attention_mask,
-                   dropout_p=0.0, dropout_seed=0, dropout_offset=0):
-    return tuple(torch.empty_like(t, memory_format=torch.contiguous_format) for t in (q, k, v))
+def _fakes(like):
+    """The fake impls of a forward and backward whose outputs and gradients are laid out as
+    ``like`` lays out an empty tensor from q, k and v."""
+
+    def forward_fake(q, k, v, chunk_len, n_chunks_before, n_chunks_after, causal, attention_mask, dropout_p=0.0,
+                     dropout_seed=0, dropout_offset=0):
+        batch, heads, seq_len, _ = q.shape
+        return like(q), q.new_empty((batch, heads, seq_len), dtype=lse_dtype(q.dtype))
+
+    def backward_fake(grad_out, q, k, v, out, lse, chunk_len, n_chunks_before, n_chunks_after, causal, attention_mask,
+                      dropout_p=0.0, dropout_seed=0, dropout_offset=0):
+        return like(q), like(k), like(v)
+
+    return forward_fake, backward_fake
 
 
 def _setup_context(ctx, inputs, output):
@@ -43,12 +51,14 @@ def _setup_context(ctx, inputs, output):
     ctx.set_materialize_grads(False)
 
 
-def register(forward, backward) -> None:
+def register(forward, backward, like=contiguous_like) -> None:
     """Give ``forward`` (an op of the local_attention_fwd schema) and ``backward`` (of the
-    local_attention_bwd schema) their fake impls, and make ``forward`` differentiable through
+    local_attention_bwd schema) their fake impls, outputs laid out by ``like`` (the C++ kernels
+    write them like their inputs: ``rows_like``), and make ``forward`` differentiable through
     ``backward``."""
-    torch.library.register_fake(forward, _forward_fake)
-    torch.library.register_fake(backward, _backward_fake)
+    forward_fake, backward_fake = _fakes(like)
+    torch.library.register_fake(forward, forward_fake)
+    torch.library.register_fake(backward, backward_fake)
 
     def _backward(ctx, grad_out, grad_lse):
         if grad_out is None:
@@ -72,5 +82,6 @@ def out_only(forward):
 
 backends.register("local_attention", "reference", reference.local_attention)
 if _extension.loaded():
-    register(torch.ops.reformer_kernels.local_attention_fwd.default, torch.ops.reformer_kernels.local_attention_bwd.default)
+    register(torch.ops.reformer_kernels.local_attention_fwd.default, torch.ops.reformer_kernels.local_attention_bwd.default,
+             like=rows_like)
     backends.register("local_attention", "cpu", out_only(torch.ops.reformer_kernels.local_attention_fwd))
