@@ -203,7 +203,7 @@ def launcher_calls():
         "linear_cross_entropy_grad_weight": lambda: cross_entropy.linear_cross_entropy_grad_weight._init_fn(
             *ce_grads, hidden, weight, None, labels, ce_grads[1], -100),
         "dropout_add": lambda: dropout_add.dropout_add_op._init_fn(x, x, 0.1, 1, 0, False, torch.float16),
-        "dropout_relu": lambda: dropout_relu.dropout_relu_op._init_fn(x, 0.1, 1, 0),
+        "dropout_relu": lambda: dropout_relu.dropout_relu_op._init_fn(x, x[0, 0, 0], 0.1, 1, 0),
         "dropout_relu_backward": lambda: dropout_relu.dropout_relu_backward_op._init_fn(x, x, 0.1),
         "lsh_decode_step": lambda: decoding.lsh_decode_step._init_fn(*decode_args),
     }

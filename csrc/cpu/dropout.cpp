@@ -116,28 +116,48 @@ void dropout_add_kernel(const scalar_t* residual, const scalar_t* x, scalar_t* o
 // out = relu(x * (word >> 1 >= threshold ? scale : 0)) over one block, branch-free like dropout_add_block.
 // A NaN stays NaN, kept or dropped, as in relu(dropout(x)) (x * 0 and torch's relu both keep it).
 template <typename scalar_t, typename T>
-void dropout_relu_block(const scalar_t* __restrict x, scalar_t* __restrict out, const uint32_t* __restrict words,
-                        int64_t count, uint32_t threshold, T scale) {
+void dropout_relu_block(const scalar_t* __restrict x, const scalar_t* __restrict bias, scalar_t* __restrict out,
+                        const uint32_t* __restrict words, int64_t count, uint32_t threshold, T scale) {
   for (int64_t i = 0; i < count; ++i) {
-    const T dropped = static_cast<T>(x[i]) * ((words[i] >> 1) >= threshold ? scale : T(0));
+    const T biased = bias == nullptr ? static_cast<T>(x[i]) : static_cast<T>(x[i]) + static_cast<T>(bias[i]);
+    const T dropped = biased * ((words[i] >> 1) >= threshold ? scale : T(0));
     out[i] = static_cast<scalar_t>(dropped <= T(0) ? T(0) : dropped);
   }
 }
 
-at::Tensor dropout_relu_cpu(const at::Tensor& x_in, double p, int64_t seed, int64_t philox_offset) {
+at::Tensor dropout_relu_cpu(const at::Tensor& x_in, const std::optional<at::Tensor>& bias_in, double p, int64_t seed,
+                            int64_t philox_offset) {
   const char* op = "dropout_relu";
   check_float_input(x_in, op, "x");
   TORCH_CHECK_VALUE(p >= 0.0 && p <= 1.0, op, ": p must lie in [0, 1], got ", p);
+  const bool has_bias = bias_in.has_value() && bias_in->defined();
+  if (has_bias) {
+    check_float_input(*bias_in, op, "bias");
+    TORCH_CHECK_VALUE(x_in.dim() >= 1 && bias_in->dim() == 1 && bias_in->size(0) == x_in.size(-1), op,
+                      ": bias must have shape (x.size(-1),) = (", x_in.dim() >= 1 ? x_in.size(-1) : 0, ",), got ",
+                      bias_in->sizes());
+    TORCH_CHECK_TYPE(bias_in->scalar_type() == x_in.scalar_type(), op, ": bias must have the dtype of x (",
+                     x_in.scalar_type(), "), got ", bias_in->scalar_type());
+  }
   const at::Tensor x = x_in.contiguous();
+  const at::Tensor bias = has_bias ? bias_in->contiguous() : at::Tensor();
   at::Tensor out = at::empty(x.sizes(), x.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "dropout_relu", [&] {
     using T = acc_type<scalar_t>;
     const scalar_t* in = x.data_ptr<scalar_t>();
+    const scalar_t* bias_ptr = has_bias ? bias.data_ptr<scalar_t>() : nullptr;
     scalar_t* result = out.data_ptr<scalar_t>();
+    const int64_t columns = has_bias ? bias.numel() : 1;
     const T scale = keep_scale<T>(p);
     const uint32_t threshold = keep_threshold(p);
     for_each_dropout_block(x.numel(), p, seed, philox_offset, [&](int64_t first, int64_t count, const uint32_t* words) {
-      dropout_relu_block<scalar_t, T>(in + first, result + first, words, count, threshold, scale);
+      // row by row (a block may start and end inside one), so that bias is read densely
+      for (int64_t i = 0; i < count;) {
+        const int64_t column = (first + i) % columns, n = std::min(count - i, columns - column);
+        dropout_relu_block<scalar_t, T>(in + first + i, bias_ptr == nullptr ? nullptr : bias_ptr + column,
+                                        result + first + i, words + i, has_bias ? n : count, threshold, scale);
+        i += has_bias ? n : count;
+      }
     });
   });
   return out;

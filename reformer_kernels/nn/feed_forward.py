@@ -29,10 +29,12 @@ class _Dense(nn.Module):
         self.dropout = dropout
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # functional.dropout: drawn in the kernel from a Philox key, no mask kept for the backward;
-        # with relu, one pass each way (functional.dropout_relu: the same mask, the same values)
+        # functional.dropout: drawn in the kernel from a Philox key, no mask kept for the backward.
+        # With relu, functional.dropout_relu adds the bias, drops and applies relu in one pass each
+        # way after a bias-free product (the same mask; addmm would first copy the bias into its output).
         if self.act_fn is nn.functional.relu:
-            return functional.dropout_relu(self.dense(x), self.dropout, training=self.training)
+            product = nn.functional.linear(x, self.dense.weight)
+            return functional.dropout_relu(product, self.dropout, bias=self.dense.bias.to(product.dtype), training=self.training)
         return self.act_fn(functional.dropout(self.dense(x), self.dropout, training=self.training))
 
 
@@ -53,7 +55,9 @@ class ChunkedFeedForward(nn.Module):
     (B, L, hidden_size) -> (B, L, hidden_size). Chunking bounds the (chunk, feed_forward_size)
     intermediate; ``chunk_size=0`` processes the whole sequence at once. Any L works (the last chunk
     may be shorter). The dropout on the output belongs to the residual connection
-    (``ReversibleBlock(..., dropout=)``, fused with the residual add), not to this module.
+    (``ReversibleBlock(..., dropout=)``, fused with the residual add), not to this module. With
+    relu the first Linear's parameters are used directly (``functional.dropout_relu`` adds its bias),
+    so hooks on that submodule do not run.
     """
 
     def __init__(

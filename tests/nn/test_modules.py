@@ -77,8 +77,8 @@ def test_chunked_feed_forward_equals_unchunked(seq_len):
 @pytest.mark.parametrize("backend", ["reference", pytest.param("cpu", marks=requires_extension)])
 def test_feed_forward_relu_with_dropout_is_linear_dropout_relu_linear(backend):
     """In training with dropout, relu takes the fused dropout_relu path: from one generator state it
-    gives the output and gradients of Linear -> functional.dropout -> relu -> Linear bit for bit
-    (the same mask, the same values), as the reversible backward's replay requires."""
+    gives the output and input gradient of x W^T + b -> functional.dropout -> relu -> Linear bit for
+    bit (the same mask, the same values), as the reversible backward's replay requires."""
     module = ChunkedFeedForward(16, 32, hidden_act="relu", dropout=0.3).train()
     x = torch.randn(2, 9, 16, requires_grad=True)
     upstream = torch.randn(2, 9, 16)
@@ -92,7 +92,8 @@ def test_feed_forward_relu_with_dropout_is_linear_dropout_relu_linear(backend):
         return out, grad_x
 
     def unfused(x):
-        dense = functional.dropout(module.dense.dense(module.layer_norm(x)), 0.3)
+        product = torch.nn.functional.linear(module.layer_norm(x), module.dense.dense.weight)
+        dense = functional.dropout(product + module.dense.dense.bias, 0.3)
         return module.output(torch.relu(dense))
 
     for actual, expected in zip(run(module), run(unfused)):

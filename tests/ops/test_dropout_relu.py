@@ -1,9 +1,9 @@
-"""dropout_relu (relu(dropout(x, p)), the feed-forward's dropout and activation): every backend
-against the float64 reference relu(x * mask) with the mask that the generator's key gives
-(``reference.dropout_keep``), output and gradient by the tolerance rule; then bit-for-bit equality
-with relu(functional.dropout(x)) from the same generator state (the op changes no mask and no
-value), non-finite inputs, the ops' torch.library checks and schemas, what the backward saves, and
-functional's errors."""
+"""dropout_relu (relu(dropout(x + bias, p)), the feed-forward's bias, dropout and activation): every
+backend against the float64 reference relu((x + bias) * mask) with the mask that the generator's
+key gives (``reference.dropout_keep``), output and gradients by the tolerance rule; then
+bit-for-bit equality with relu(functional.dropout(x + bias)) from the same generator state (the op
+changes no mask and no value), non-finite inputs, biases across the kernel's blocks, the ops'
+torch.library checks and schemas, what the backward saves, and functional's errors."""
 import contextlib
 
 import pytest
@@ -29,6 +29,7 @@ def cases(draw, backend):
         shape=tuple(draw(st.lists(st.integers(0 if not tiny else 1, 40 if tiny else 50), min_size=1, max_size=3))),
         p=draw(st.one_of(st.sampled_from([0.0, 1.0]), st.floats(0.0, 1.0, exclude_max=True))),
         training=draw(st.booleans()),
+        bias=draw(st.booleans()),
     )
 
 
@@ -36,6 +37,7 @@ def check(backend, device, case):
     torch.manual_seed(case["seed"])
     shape, p, training, dtype = case["shape"], case["p"], case["training"], case["dtype"]
     x = torch.randn(shape, dtype=torch.float64)
+    bias = torch.randn(shape[-1:], dtype=torch.float64) if case["bias"] else None
     upstream = torch.randn(shape, dtype=torch.float64)
 
     def generator():
@@ -47,21 +49,30 @@ def check(backend, device, case):
         keep = reference.dropout_keep(shape, p, *philox_seed_offset(device, generator()), device).cpu()
         scale = keep.double() / (1.0 - p) if p < 1.0 else torch.zeros(shape, dtype=torch.float64)
 
-    def reference_run(dtype):
-        leaf = x.to(device, dtype).requires_grad_(True)
-        out = torch.relu(leaf * scale.to(device, dtype))
-        (grad,) = torch.autograd.grad((out * upstream.to(device, dtype)).sum(), leaf)
-        return out.detach(), grad
+    def leaves(dtype):
+        return [t.to(device, dtype).requires_grad_(True) for t in (x, bias) if t is not None]
 
-    out64, grad64 = reference_run(torch.float64)
-    baseline, baseline_grad = reference_run(dtype if dtype != torch.float64 else torch.float64)
-    leaf = x.to(device, dtype).requires_grad_(True)
-    out = functional.dropout_relu(leaf, p, training=training, generator=generator(), backend=backend)
-    (grad,) = torch.autograd.grad((out * upstream.to(device, dtype)).sum(), leaf)
+    def reference_run(dtype):
+        inputs = leaves(dtype)
+        biased = inputs[0] if bias is None else inputs[0] + inputs[1]
+        out = torch.relu(biased * scale.to(device, dtype))
+        grads = torch.autograd.grad((out * upstream.to(device, dtype)).sum(), inputs)
+        return out.detach(), grads
+
+    out64, grads64 = reference_run(torch.float64)
+    baseline, baseline_grads = reference_run(dtype)
+    inputs = leaves(dtype)
+    out = functional.dropout_relu(inputs[0], p, bias=inputs[1] if bias is not None else None, training=training,
+                                  generator=generator(), backend=backend)
+    grads = torch.autograd.grad((out * upstream.to(device, dtype)).sum(), inputs)
     what = f"dropout_relu {case}"
-    assert out.dtype == dtype and grad.dtype == dtype, what
+    assert out.dtype == dtype, what
     assert_within_rule(out.detach().cpu(), out64.cpu(), baseline.cpu(), ATOL[dtype], f"{what}: out")
-    assert_within_rule(grad.cpu(), grad64.cpu(), baseline_grad.cpu(), ATOL[dtype], f"{what}: grad x")
+    for name, grad, grad64, baseline_grad in zip(("x", "bias"), grads, grads64, baseline_grads):
+        assert grad.dtype == dtype, what
+        # bias's gradient sums over every row: the rule's atol scales with their number
+        atol = ATOL[dtype] * (1 if name == "x" else max(1, x.numel() // max(1, x.shape[-1])))
+        assert_within_rule(grad.cpu(), grad64.cpu(), baseline_grad.cpu(), atol, f"{what}: grad {name}")
 
 
 test_fuzz, test_fuzz_slow = fuzz_tests(check, cases)
@@ -86,28 +97,35 @@ def generator_at(state, device):
 
 # ----------------------------------------------------------------------------- every backend
 @pytest.mark.parametrize("p", [0.3, 1.0])
-def test_is_relu_of_dropout_bit_for_bit_from_the_same_generator_state(backend, device, p):
-    """The fused op changes neither the mask nor a value: relu(functional.dropout(x)) drawn from the
-    same state, output and gradient bit for bit, and it advances the generator as dropout does."""
+@pytest.mark.parametrize("with_bias", [False, True], ids=["no-bias", "bias"])
+def test_is_relu_of_dropout_bit_for_bit_from_the_same_generator_state(backend, device, p, with_bias):
+    """The fused op changes neither the mask nor a value: relu(functional.dropout(x + bias)) drawn
+    from the same state, output and gradients bit for bit, and it advances the generator as dropout
+    does."""
     x = torch.randn(SHAPE, device=device, requires_grad=True)
+    bias = torch.randn(SHAPE[-1], device=device, requires_grad=True) if with_bias else None
+    inputs = [x] if bias is None else [x, bias]
     upstream = torch.randn(SHAPE, device=device)
     state = rng_state(device)
-    out = functional.dropout_relu(x, p, backend=backend)
+    out = functional.dropout_relu(x, p, bias=bias, backend=backend)
     after = rng_state(device)
-    (grad,) = torch.autograd.grad(out, x, upstream)
+    grads = torch.autograd.grad(out, inputs, upstream)
     with generator_at(state, device):
-        expected = torch.relu(functional.dropout(x, p, backend=backend))
+        expected = torch.relu(functional.dropout(x if bias is None else x + bias, p, backend=backend))
         assert torch.equal(rng_state(device), after)
-    (expected_grad,) = torch.autograd.grad(expected, x, upstream)
+    expected_grads = torch.autograd.grad(expected, inputs, upstream)
     assert out.dtype == x.dtype and torch.equal(out, expected)
-    assert torch.equal(grad, expected_grad)
+    assert torch.equal(grads[0], expected_grads[0])
+    if bias is not None:  # summed over rows in another order than autograd's: to rounding
+        torch.testing.assert_close(grads[1], expected_grads[1])
 
 
 def test_no_dropout_is_relu_and_draws_nothing(backend, device):
-    x = torch.randn(SHAPE, device=device)
+    x, bias = torch.randn(SHAPE, device=device), torch.randn(SHAPE[-1], device=device)
     state = rng_state(device)
     for kwargs in (dict(p=0.0), dict(p=0.5, training=False)):
         assert torch.equal(functional.dropout_relu(x, backend=backend, **kwargs), torch.relu(x))
+        assert torch.equal(functional.dropout_relu(x, bias=bias, backend=backend, **kwargs), torch.relu(x + bias))
     assert torch.equal(rng_state(device), state)
 
 
@@ -121,14 +139,18 @@ def test_has_an_implementation_on_every_backend_but_cuda():
 @pytest.mark.parametrize("seed, philox_offset", [(7, 16), (-(2**62) - 3, 2**35 + 4)])
 def test_cpu_op_is_the_reference_across_blocks_with_non_finite_values(seed, philox_offset):
     """The C++ kernel on a length that ends inside a 4096-element task and a Philox block, keys and
-    offsets with high bits set, gives relu(x * mask) bit for bit; NaN stays NaN (kept or dropped),
-    inf is kept or cut as relu and the mask say; the backward is grad * (1 / (1 - p)) where out > 0."""
+    offsets with high bits set, rows of bias that straddle the tasks, gives relu((x + bias) * mask)
+    bit for bit; NaN stays NaN (kept or dropped), inf is kept or cut as relu and the mask say; the
+    backward is grad * (1 / (1 - p)) where out > 0."""
     p, shape = 0.3, (3, 2777)
     x = torch.randn(shape, dtype=torch.float64)
     x[0, :5] = torch.tensor([float("inf"), float("-inf"), float("nan"), -0.0, 0.0])
     mask = reference.dropout_keep(shape, p, seed, philox_offset).double() / (1.0 - p)
-    out = torch.ops.reformer_kernels.dropout_relu(x, p, seed, philox_offset)
+    out = torch.ops.reformer_kernels.dropout_relu(x, None, p, seed, philox_offset)
     torch.testing.assert_close(out, torch.relu(x * mask), rtol=0, atol=0, equal_nan=True)
+    bias = torch.randn(shape[-1], dtype=torch.float64)
+    biased = torch.ops.reformer_kernels.dropout_relu(x, bias, p, seed, philox_offset)
+    torch.testing.assert_close(biased, torch.relu((x + bias) * mask), rtol=0, atol=0, equal_nan=True)
     grad_out = torch.randn(shape, dtype=torch.float64)
     grad_x = torch.ops.reformer_kernels.dropout_relu_backward(grad_out, out, p)
     torch.testing.assert_close(grad_x, torch.where(out > 0, grad_out * (1.0 / (1.0 - p)), 0.0), rtol=0, atol=0)
@@ -137,8 +159,11 @@ def test_cpu_op_is_the_reference_across_blocks_with_non_finite_values(seed, phil
 @requires_extension
 def test_cpu_opcheck():
     x = torch.randn(4, 33, requires_grad=True)
-    torch.library.opcheck(torch.ops.reformer_kernels.dropout_relu.default, (x, 0.25, 7, 16))
-    torch.library.opcheck(torch.ops.reformer_kernels.dropout_relu.default, (x.detach().bfloat16().requires_grad_(), 0.25, -7, 2**33))
+    bias = torch.randn(33, requires_grad=True)
+    torch.library.opcheck(torch.ops.reformer_kernels.dropout_relu.default, (x, None, 0.25, 7, 16))
+    torch.library.opcheck(torch.ops.reformer_kernels.dropout_relu.default, (x, bias, 0.25, 7, 16))
+    torch.library.opcheck(torch.ops.reformer_kernels.dropout_relu.default,
+                          (x.detach().bfloat16().requires_grad_(), bias.detach().bfloat16(), 0.25, -7, 2**33))
     out = torch.relu(torch.randn(4, 33, dtype=torch.float64))
     torch.library.opcheck(torch.ops.reformer_kernels.dropout_relu_backward.default, (torch.randn(4, 33, dtype=torch.float64), out, 0.25))
 
@@ -149,7 +174,7 @@ def test_cpu_saves_only_its_output_for_backward():
     x = torch.randn(64, 64, requires_grad=True)
     saved = []
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
-        out = functional.dropout_relu(x, 0.5, backend="cpu")
+        out = functional.dropout_relu(x, 0.5, bias=torch.randn(64, requires_grad=True), backend="cpu")
     assert len(saved) == 1 and saved[0] is out
 
 
@@ -161,8 +186,11 @@ def test_triton_ops_take_the_schemas_of_the_compiled_ops():
 @triton_only
 def test_triton_opcheck(backend, device):
     x = torch.randn(4, 33, device=device, requires_grad=True)
-    torch.library.opcheck(triton_dropout_relu_kernels.dropout_relu_op, (x, 0.25, 7, 16))
-    torch.library.opcheck(triton_dropout_relu_kernels.dropout_relu_op, (x.detach().half().requires_grad_(), 0.25, -7, 2**33))
+    bias = torch.randn(33, device=device, requires_grad=True)
+    torch.library.opcheck(triton_dropout_relu_kernels.dropout_relu_op, (x, None, 0.25, 7, 16))
+    torch.library.opcheck(triton_dropout_relu_kernels.dropout_relu_op, (x, bias, 0.25, 7, 16))
+    torch.library.opcheck(triton_dropout_relu_kernels.dropout_relu_op,
+                          (x.detach().half().requires_grad_(), bias.detach().half(), 0.25, -7, 2**33))
 
 
 @pytest.mark.parametrize(
@@ -174,6 +202,10 @@ def test_triton_opcheck(backend, device):
         (dict(x=torch.ones(4, 9, dtype=torch.long)), TypeError, "x must be float16, bfloat16, float32 or float64"),
         (dict(training="yes"), TypeError, "training must be True or False"),
         (dict(generator=0), TypeError, "generator must be a torch.Generator or None"),
+        (dict(bias=[1.0]), TypeError, "dropout_relu: bias must be a torch.Tensor or None"),
+        (dict(bias=torch.randn(8)), ValueError, r"bias must have shape \(x.shape\[-1\],\) = \(9,\), got \(8,\)"),
+        (dict(bias=torch.randn(9).double()), TypeError, "bias is torch.float64 but x is torch.float32"),
+        (dict(bias=torch.randn(9, device="meta")), ValueError, "bias is on meta but x is on cpu"),
         (dict(backend="bogus"), ValueError, "'bogus' is not a backend"),
     ],
 )
