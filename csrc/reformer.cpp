@@ -107,4 +107,10 @@ TORCH_LIBRARY(reformer_kernels, m) {
   m.def(
       "dropout_add(Tensor? residual, Tensor x, float p, int seed, int philox_offset, bool subtract, ScalarType dtype) "
       "-> Tensor");
+  // relu(dropout(x + bias, p)) in x's dtype (computed as dropout_add computes), bias (x.size(-1),)
+  // of x's dtype or None, the mask that of dropout_add(None, x, p, seed, philox_offset): the
+  // feed-forward's bias, dropout and activation in one pass after a bias-free matrix product.
+  m.def("dropout_relu(Tensor x, Tensor? bias, float p, int seed, int philox_offset) -> Tensor");
+  // Its backward from its output: grad_out / (1 - p) where out > 0, else 0 (no mask needed), in out's dtype.
+  m.def("dropout_relu_backward(Tensor grad_out, Tensor out, float p) -> Tensor");
 }

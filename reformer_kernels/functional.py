@@ -807,3 +807,48 @@ def dropout(
     _check_generator(fn, generator, x)
     _, impl = backends.select("dropout_add", x.device, backend)
     return impl(None, x, p, training=training, subtract=False, generator=generator)
+
+
+def dropout_relu(
+    x: torch.Tensor,
+    p: float,
+    *,
+    bias: torch.Tensor | None = None,
+    training: bool = True,
+    generator: torch.Generator | None = None,
+    backend: str | None = None,
+) -> torch.Tensor:
+    """relu(dropout(x + bias, p)), the feed-forward's bias, dropout and relu activation (in
+    transformers' order), in one kernel each way, after a bias-free matrix product (whose output
+    torch need not first fill with the bias): the mask is the one ``dropout`` draws from a generator
+    in the same state (restoring the state regenerates it), and the backward needs none (an output
+    element is positive exactly where x + bias was kept and positive). With ``training=False`` or
+    p = 0 it is torch.relu(x + bias) and draws nothing.
+
+    Args:
+        x: float tensor, any shape. p: float in [0, 1].
+        bias: None or a (x.shape[-1],) tensor of x's dtype and device. training: bool, False for no dropout.
+        generator: a torch.Generator on x's device type, or None. backend: see ``reformer_kernels.backends``.
+
+    Returns:
+        A tensor of x's shape and dtype.
+    """
+    fn = "dropout_relu"
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{fn}: x must be a torch.Tensor, got {type(x).__name__}")
+    if x.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{fn}: x must be float16, bfloat16, float32 or float64, got {x.dtype}; convert it with .float()")
+    if bias is not None:
+        if not isinstance(bias, torch.Tensor):
+            raise TypeError(f"{fn}: bias must be a torch.Tensor or None, got {type(bias).__name__}")
+        if x.dim() == 0 or bias.shape != x.shape[-1:]:
+            raise ValueError(f"{fn}: bias must have shape (x.shape[-1],) = {tuple(x.shape[-1:])}, got {tuple(bias.shape)}")
+        if bias.dtype != x.dtype:
+            raise TypeError(f"{fn}: bias is {bias.dtype} but x is {x.dtype}; cast it with .to(x.dtype)")
+        if bias.device != x.device:
+            raise ValueError(f"{fn}: bias is on {bias.device} but x is on {x.device}; move them to one device")
+    p = _check_dropout_p(fn, p, name="p", allow_one=True)
+    _check_bool(fn, "training", training)
+    _check_generator(fn, generator, x)
+    _, impl = backends.select("dropout_relu", x.device, backend)
+    return impl(x, bias, p, training=training, generator=generator)

@@ -166,6 +166,7 @@ def launcher_calls():
     """Each Triton op's launcher (the Python function behind its custom op) with fake CUDA
     arguments: float16 (B, H, L, d) inputs, a padding mask, attention dropout."""
     from reformer_kernels.ops.dropout_add import triton_kernels as dropout_add
+    from reformer_kernels.ops.dropout_relu import triton_kernels as dropout_relu
     from reformer_kernels.ops.linear_cross_entropy import triton_kernels as cross_entropy
     from reformer_kernels.ops.local_attention import triton_kernels as local
     from reformer_kernels.ops.lsh_attention import triton_kernels as lsh
@@ -203,13 +204,16 @@ def launcher_calls():
         "linear_cross_entropy_grad_weight": lambda: cross_entropy.linear_cross_entropy_grad_weight._init_fn(
             *ce_grads, hidden, weight, None, labels, ce_grads[1], -100),
         "dropout_add": lambda: dropout_add.dropout_add_op._init_fn(x, x, 0.1, 1, 0, False, torch.float16),
+        "dropout_relu": lambda: dropout_relu.dropout_relu_op._init_fn(x, x[0, 0, 0], 0.1, 1, 0),
+        "dropout_relu_backward": lambda: dropout_relu.dropout_relu_backward_op._init_fn(x, x, 0.1),
         "lsh_decode_step": lambda: decoding.lsh_decode_step._init_fn(*decode_args),
     }
 
 
 @pytest.mark.parametrize("op", ["lsh_hash", "lsh_hash_packed", "lsh_attention_fwd", "lsh_attention_bwd", "local_attention_fwd",
                                 "local_attention_bwd", "linear_cross_entropy_fwd", "linear_cross_entropy_grad_hidden",
-                                "linear_cross_entropy_grad_weight", "dropout_add", "lsh_decode_step"])
+                                "linear_cross_entropy_grad_weight", "dropout_add", "dropout_relu", "dropout_relu_backward",
+                                "lsh_decode_step"])
 def test_triton_launchers_read_nothing(op):
     with fake_gpu(), HostTransfers(), recorded_launches() as launches:
         launcher_calls()[op]()

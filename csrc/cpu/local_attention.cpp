@@ -87,7 +87,7 @@ void local_forward_kernel(const at::Tensor& q, const at::Tensor& k, const at::Te
   const RowView<scalar_t> q_rows = row_view<scalar_t>(q), k_rows = row_view<scalar_t>(k), v_rows = row_view<scalar_t>(v);
   const uint8_t* valid_ptr = valid.defined() ? valid.data_ptr<uint8_t>() : nullptr;
   const int64_t window = 1 + s.before + s.after;
-  scalar_t* out_ptr = out.data_ptr<scalar_t>();
+  const RowView<scalar_t, scalar_t> out_rows = output_rows<scalar_t>(out);
   T* lse_ptr = lse.data_ptr<T>();
 
   at::parallel_for(0, s.batch * s.heads * s.n_chunks, 1, [&](int64_t begin, int64_t end) {
@@ -95,7 +95,6 @@ void local_forward_kernel(const at::Tensor& q, const at::Tensor& k, const at::Te
     const std::vector<scalar_t> zeros(d, scalar_t(0));
     for (int64_t task = begin; task < end; ++task) {
       const int64_t row = task / s.n_chunks, chunk = task % s.n_chunks;
-      const int64_t offset = row * L * d;
       const uint8_t* valid_row = valid_ptr == nullptr ? nullptr : valid_ptr + (row / s.heads) * L;
       // A task range holds consecutive chunks: the key window slides unless the row changed.
       const bool refill = task == begin || chunk == 0;
@@ -106,7 +105,7 @@ void local_forward_kernel(const at::Tensor& q, const at::Tensor& k, const at::Te
       for (int64_t i = 0; i < n_queries; ++i) {
         const int64_t pos = attn.query_pos[i];
         const T* o = attn.out.data() + i * attn.dim_stride;
-        scalar_t* dst = out_ptr + offset + pos * d;
+        scalar_t* dst = out_rows.rows(row) + pos * out_rows.row_stride;
         for (int64_t t = 0; t < d; ++t) dst[t] = static_cast<scalar_t>(o[t]);
         lse_ptr[row * L + pos] = attn.lse[i];
       }
@@ -129,30 +128,35 @@ void local_backward_kernel(const at::Tensor& grad_out, const at::Tensor& q, cons
   const T* lse_ptr = lse.data_ptr<T>();
   const uint8_t* valid_ptr = valid.defined() ? valid.data_ptr<uint8_t>() : nullptr;
   const int64_t window = 1 + s.before + s.after;
-  scalar_t* gq_ptr = grad_q.data_ptr<scalar_t>();
-  scalar_t* gk_ptr = grad_k.data_ptr<scalar_t>();
-  scalar_t* gv_ptr = grad_v.data_ptr<scalar_t>();
+  const RowView<scalar_t, scalar_t> gq_rows = output_rows<scalar_t>(grad_q), gk_rows = output_rows<scalar_t>(grad_k),
+                                    gv_rows = output_rows<scalar_t>(grad_v);
 
   at::parallel_for(0, s.batch * s.heads, 1, [&](int64_t begin, int64_t end) {
     ChunkAttention<T> attn(s.chunk_len, s.n_keys, d, true, keep.enabled);
     const std::vector<scalar_t> zeros(d, scalar_t(0));
     std::vector<T> staged(direct ? 0 : 3 * L * d);
     for (int64_t row = begin; row < end; ++row) {
-      const int64_t offset = row * L * d;
       const uint8_t* valid_row = valid_ptr == nullptr ? nullptr : valid_ptr + (row / s.heads) * L;
+      // The gradients add up in place, at each output's own row stride, or staged in T (rows of d).
       T *gq, *gk, *gv;
+      int64_t q_stride = d, k_stride = d, v_stride = d;
       if constexpr (direct) {
-        gq = gq_ptr + offset;
-        gk = gk_ptr + offset;
-        gv = gv_ptr + offset;
+        gq = gq_rows.rows(row);
+        gk = gk_rows.rows(row);
+        gv = gv_rows.rows(row);
+        q_stride = gq_rows.row_stride;
+        k_stride = gk_rows.row_stride;
+        v_stride = gv_rows.row_stride;
       } else {
         gq = staged.data();
         gk = gq + L * d;
         gv = gk + L * d;
       }
-      std::fill(gq, gq + L * d, T(0));
-      std::fill(gk, gk + L * d, T(0));
-      std::fill(gv, gv + L * d, T(0));
+      for (int64_t pos = 0; pos < L; ++pos) {
+        std::fill_n(gq + pos * q_stride, d, T(0));
+        std::fill_n(gk + pos * k_stride, d, T(0));
+        std::fill_n(gv + pos * v_stride, d, T(0));
+      }
       for (int64_t chunk = 0; chunk < s.n_chunks; ++chunk) {
         const int64_t n_queries =
             gather_chunk(attn, s, row, chunk, chunk == 0, q_rows, k_rows, v_rows, valid_row, zeros.data());
@@ -169,7 +173,7 @@ void local_backward_kernel(const at::Tensor& grad_out, const at::Tensor& q, cons
         attn.backward(n_queries, s.n_keys, causal, false, values);
         for (int64_t i = 0; i < n_queries; ++i) {
           const T* src = attn.grad_q.data() + i * attn.dim_stride;
-          T* dst = gq + attn.query_pos[i] * d;
+          T* dst = gq + attn.query_pos[i] * q_stride;
           for (int64_t t = 0; t < d; ++t) dst[t] += src[t];
         }
         for (int64_t j = 0; j < s.n_keys; ++j) {
@@ -178,16 +182,21 @@ void local_backward_kernel(const at::Tensor& grad_out, const at::Tensor& q, cons
           const T* dk = attn.grad_k.data() + j * attn.dim_stride;
           const T* dv = attn.grad_v.data() + j * attn.dim_stride;
           for (int64_t t = 0; t < d; ++t) {
-            gk[pos * d + t] += dk[t] * key_scale;
-            gv[pos * d + t] += dv[t];
+            gk[pos * k_stride + t] += dk[t] * key_scale;
+            gv[pos * v_stride + t] += dv[t];
           }
         }
       }
       if constexpr (!direct) {
-        for (int64_t e = 0; e < L * d; ++e) {
-          gq_ptr[offset + e] = static_cast<scalar_t>(gq[e]);
-          gk_ptr[offset + e] = static_cast<scalar_t>(gk[e]);
-          gv_ptr[offset + e] = static_cast<scalar_t>(gv[e]);
+        for (int64_t pos = 0; pos < L; ++pos) {
+          scalar_t* q_dst = gq_rows.rows(row) + pos * gq_rows.row_stride;
+          scalar_t* k_dst = gk_rows.rows(row) + pos * gk_rows.row_stride;
+          scalar_t* v_dst = gv_rows.rows(row) + pos * gv_rows.row_stride;
+          for (int64_t t = 0; t < d; ++t) {
+            q_dst[t] = static_cast<scalar_t>(gq[pos * d + t]);
+            k_dst[t] = static_cast<scalar_t>(gk[pos * d + t]);
+            v_dst[t] = static_cast<scalar_t>(gv[pos * d + t]);
+          }
         }
       }
     }
@@ -206,7 +215,8 @@ std::tuple<at::Tensor, at::Tensor> local_attention_fwd_cpu(const at::Tensor& q_i
   const at::Tensor q = with_contiguous_rows(q_in), k = with_contiguous_rows(k_in), v = with_contiguous_rows(v_in);
   const at::Tensor valid = key_padding(attention_mask, s.batch, s.seq_len, op);
   const DropoutKeep keep = dropout_keep(dropout_p, dropout_seed, dropout_offset, op);
-  at::Tensor out = at::empty_like(q, at::MemoryFormat::Contiguous);
+  // laid out like q (rows.h): a head-split projection's output merges back into (B, L, H * d) as a view
+  at::Tensor out = empty_like_rows(q);
   at::Tensor lse = at::empty({s.batch, s.heads, s.seq_len}, q.options().dtype(lse_dtype(q)));
   if (q.numel() == 0) return {out.zero_(), lse.zero_()};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "local_attention",
@@ -234,9 +244,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> local_attention_bwd_cpu(
   const at::Tensor lse = lse_in.contiguous();
   const at::Tensor valid = key_padding(attention_mask, s.batch, s.seq_len, op);
   const DropoutKeep keep = dropout_keep(dropout_p, dropout_seed, dropout_offset, op);
-  at::Tensor grad_q = at::empty_like(q, at::MemoryFormat::Contiguous);
-  at::Tensor grad_k = at::empty_like(k, at::MemoryFormat::Contiguous);
-  at::Tensor grad_v = at::empty_like(v, at::MemoryFormat::Contiguous);
+  at::Tensor grad_q = empty_like_rows(q), grad_k = empty_like_rows(k), grad_v = empty_like_rows(v);
   if (q.numel() == 0) return {grad_q, grad_k, grad_v};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "local_attention", [&] {
     local_backward_kernel<scalar_t>(grad_out, q, k, v, out, lse, valid, keep, s, causal, grad_q, grad_k, grad_v);

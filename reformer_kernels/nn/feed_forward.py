@@ -28,8 +28,23 @@ class _Dense(nn.Module):
         self.act_fn = ACTIVATIONS[hidden_act]
         self.dropout = dropout
 
+    def _plain_dense(self) -> bool:
+        dense = self.dense
+        return (type(dense) is nn.Linear and dense.bias is not None and not dense._forward_hooks
+                and not dense._forward_pre_hooks)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # functional.dropout: drawn in the kernel from a Philox key, no mask kept for the backward
+        # functional.dropout: drawn in the kernel from a Philox key, no mask kept for the backward.
+        # With relu, functional.dropout_relu adds the bias, drops and applies relu in one pass each
+        # way after a bias-free product (the same mask; addmm would first copy the bias into its output).
+        # Only for a plain nn.Linear without hooks: a replaced or hooked submodule (an adapter, a
+        # quantized Linear, a forward hook) is called as it is, and its output goes through the same op.
+        if self.act_fn is nn.functional.relu:
+            if self._plain_dense():
+                product = nn.functional.linear(x, self.dense.weight)
+                return functional.dropout_relu(product, self.dropout, bias=self.dense.bias.to(product.dtype),
+                                               training=self.training)
+            return functional.dropout_relu(self.dense(x), self.dropout, training=self.training)
         return self.act_fn(functional.dropout(self.dense(x), self.dropout, training=self.training))
 
 
@@ -50,7 +65,9 @@ class ChunkedFeedForward(nn.Module):
     (B, L, hidden_size) -> (B, L, hidden_size). Chunking bounds the (chunk, feed_forward_size)
     intermediate; ``chunk_size=0`` processes the whole sequence at once. Any L works (the last chunk
     may be shorter). The dropout on the output belongs to the residual connection
-    (``ReversibleBlock(..., dropout=)``, fused with the residual add), not to this module.
+    (``ReversibleBlock(..., dropout=)``, fused with the residual add), not to this module. With
+    relu the first Linear's parameters are used directly (``functional.dropout_relu`` adds its bias)
+    while it is a plain ``nn.Linear`` without hooks; a replaced or hooked submodule is called.
     """
 
     def __init__(

@@ -16,6 +16,7 @@ from .. import backends
 from . import (
     bucket_sort,
     dropout_add,
+    dropout_relu,
     head_projections,
     linear_cross_entropy,
     local_attention,
@@ -28,6 +29,7 @@ from . import (
 __all__ = [
     "bucket_sort",
     "dropout_add",
+    "dropout_relu",
     "head_projections",
     "linear_cross_entropy",
     "load_triton",
@@ -38,7 +40,7 @@ __all__ = [
     "seeded_randn",
 ]
 
-TRITON_OPS = ("dropout_add", "linear_cross_entropy", "local_attention", "lsh_attention", "lsh_decode_step", "lsh_hash")
+TRITON_OPS = ("dropout_add", "dropout_relu", "linear_cross_entropy", "local_attention", "lsh_attention", "lsh_decode_step", "lsh_hash")
 
 
 def load_triton() -> None:

@@ -4,7 +4,9 @@ import warnings
 import pytest
 import torch
 
+from reformer_kernels import backends, functional
 from reformer_kernels.nn import ChunkedFeedForward, LocalSelfAttention, LSHSelfAttention
+from tests.marks import requires_extension
 
 
 def lsh(**overrides):
@@ -70,6 +72,56 @@ def test_chunked_feed_forward_equals_unchunked(seq_len):
     chunked.load_state_dict(unchunked.state_dict())
     x = torch.randn(2, seq_len, 16)
     assert torch.allclose(chunked(x), unchunked(x), atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", ["reference", pytest.param("cpu", marks=requires_extension)])
+def test_feed_forward_relu_with_dropout_is_linear_dropout_relu_linear(backend):
+    """In training with dropout, relu takes the fused dropout_relu path: from one generator state it
+    gives the output and input gradient of x W^T + b -> functional.dropout -> relu -> Linear bit for
+    bit (the same mask, the same values), as the reversible backward's replay requires."""
+    module = ChunkedFeedForward(16, 32, hidden_act="relu", dropout=0.3).train()
+    x = torch.randn(2, 9, 16, requires_grad=True)
+    upstream = torch.randn(2, 9, 16)
+
+    def run(forward):
+        torch.manual_seed(5)
+        module.zero_grad()
+        with backends.use_backend(backend):
+            out = forward(x)
+        (grad_x,) = torch.autograd.grad(out, x, upstream)
+        return out, grad_x
+
+    def unfused(x):
+        product = torch.nn.functional.linear(module.layer_norm(x), module.dense.dense.weight)
+        dense = functional.dropout(product + module.dense.dense.bias, 0.3)
+        return module.output(torch.relu(dense))
+
+    for actual, expected in zip(run(module), run(unfused)):
+        assert torch.equal(actual, expected)
+
+
+def test_feed_forward_calls_a_hooked_or_replaced_first_linear():
+    """A forward hook on the first Linear (or an adapter in its place) runs, and what it returns is
+    what the relu path drops and rectifies: the fused path is taken only for a plain nn.Linear."""
+    module = ChunkedFeedForward(16, 32, hidden_act="relu", dropout=0.3).train()
+    x = torch.randn(2, 9, 16)
+    calls = []
+
+    def double(linear, inputs, output):
+        calls.append(linear)
+        return 2 * output
+
+    torch.manual_seed(5)
+    plain = module(x)
+    handle = module.dense.dense.register_forward_hook(double)
+    torch.manual_seed(5)
+    hooked = module(x)
+    handle.remove()
+    assert calls == [module.dense.dense]
+    torch.manual_seed(5)
+    product = 2 * torch.nn.functional.linear(module.layer_norm(x), module.dense.dense.weight, module.dense.dense.bias)
+    expected = module.output(torch.relu(functional.dropout(product, 0.3)))
+    assert torch.equal(hooked, expected) and not torch.equal(hooked, plain)
 
 
 def test_bad_inputs():

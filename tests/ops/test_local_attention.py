@@ -224,6 +224,29 @@ def test_cpu_opcheck(dropout):
 
 
 @requires_extension
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["in-place", "staged"])
+def test_cpu_outputs_are_laid_out_like_head_split_inputs(dtype):
+    """out and grad_q, grad_k, grad_v come back with the strides of (B, L, H, d).transpose(1, 2)
+    inputs, so merging the heads back into (B, L, H * d) (and the projections' backward) needs no
+    copy; the values are those of contiguous inputs; the fake impls say the same (opcheck)."""
+    q, k, v, attention_mask = cpu_inputs(2, 3, 40, 8, "padded")
+    q, k, v = (head_split(t.to(dtype)) for t in (q, k, v))
+    window = (16, 1, 0, True, attention_mask, 0.2, 99, 4)
+    out, lse = torch.ops.reformer_kernels.local_attention_fwd(q, k, v, *window)
+    assert out.stride() == q.stride() and out.transpose(1, 2).is_contiguous()
+    grad_out = torch.randn(2, 40, 3, 8).to(dtype).transpose(1, 2)
+    grads = torch.ops.reformer_kernels.local_attention_bwd(grad_out, q, k, v, out, lse, *window)
+    assert all(g.stride() == t.stride() for g, t in zip(grads, (q, k, v)))
+    dense = [t.contiguous() for t in (q, k, v)]
+    expected_out, _ = torch.ops.reformer_kernels.local_attention_fwd(*dense, *window)
+    expected = torch.ops.reformer_kernels.local_attention_bwd(grad_out.contiguous(), *dense, expected_out, lse, *window)
+    assert torch.equal(out, expected_out)
+    assert all(torch.equal(g, e) for g, e in zip(grads, expected))
+    torch.library.opcheck(torch.ops.reformer_kernels.local_attention_fwd.default, (q, k, v, *window))
+    torch.library.opcheck(torch.ops.reformer_kernels.local_attention_bwd.default, (grad_out, q, k, v, out, lse, *window))
+
+
+@requires_extension
 def test_cpu_deterministic_across_runs_and_thread_counts():
     q, k, v, attention_mask = cpu_inputs(1, 3, 130, 16, "padded")
     args = (32, 1, 1, True, attention_mask, (torch.randn_like(q),))

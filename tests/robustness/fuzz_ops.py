@@ -40,7 +40,7 @@ def maybe(rng, value, other):
 
 def case(rng):
     op = rng.choice(["lsh_hash", "bucket_sort", "lsh_attention", "local_attention", "lsh_self_attention",
-                     "head_projections", "dropout_add", "linear_cross_entropy"])
+                     "head_projections", "dropout_add", "dropout_relu", "linear_cross_entropy"])
     backend = rng.choice(["reference", "cpu"])
     shape = heads_shape(rng)
     b, h, l, d = shape
@@ -82,6 +82,10 @@ def case(rng):
         return op, backend, lambda: RF.head_projections(inp, maybe(rng, weights, rng.choice([[], None, weights[0]])), maybe(rng, h, rng.choice(SCALARS)), backend=backend)
     if op == "dropout_add":
         return op, backend, lambda: RF.dropout_add(x, y, rng.choice([0.0, 0.5, 1.0, 1.5, -1, "p"]), training=rng.choice([True, False, 1]), backend=backend)
+    if op == "dropout_relu":
+        bias = tensor(rng, [maybe(rng, d, rng.choice(SIZES))], maybe(rng, dtype, rng.choice(DTYPES)))
+        return op, backend, lambda: RF.dropout_relu(x, rng.choice([0.0, 0.5, 1.0, 1.5, -1, "p"]), bias=rng.choice([None, bias, [1.0]]),
+                                                    training=rng.choice([True, False, 1]), backend=backend)
     n, v = rng.choice(SIZES), rng.choice(SIZES)
     hidden = tensor(rng, [n, 8], maybe(rng, dtype, rng.choice(DTYPES)))
     weight = tensor(rng, [v, maybe(rng, 8, rng.choice(SIZES))], maybe(rng, dtype, rng.choice(DTYPES)))

@@ -17,16 +17,27 @@ op by ``register``.
 import torch
 
 from ... import _extension, backends, reference
-from ..lsh_attention import lse_dtype
+from ..lsh_attention import lse_dtype, rows_like
 
 
 def contiguous_like(x: torch.Tensor) -> torch.Tensor:
     return torch.empty_like(x, memory_format=torch.contiguous_format)
 
 
-def _backward_fake(grad_out, q, k, v, out, lse, chunk_len, n_chunks_before, n_chunks_after, causal, attention_mask,
-                   dropout_p=0.0, dropout_seed=0, dropout_offset=0):
-    return tuple(contiguous_like(t) for t in (q, k, v))
+def _fakes(grads_like):
+    """The fake impls of a forward whose out is laid out like q (``rows_like``) and of a backward
+    whose gradients are laid out as ``grads_like`` lays out an empty tensor from q, k and v."""
+
+    def forward_fake(q, k, v, chunk_len, n_chunks_before, n_chunks_after, causal, attention_mask, dropout_p=0.0,
+                     dropout_seed=0, dropout_offset=0):
+        batch, heads, seq_len, _ = q.shape
+        return rows_like(q), q.new_empty((batch, heads, seq_len), dtype=lse_dtype(q.dtype))
+
+    def backward_fake(grad_out, q, k, v, out, lse, chunk_len, n_chunks_before, n_chunks_after, causal, attention_mask,
+                      dropout_p=0.0, dropout_seed=0, dropout_offset=0):
+        return grads_like(q), grads_like(k), grads_like(v)
+
+    return forward_fake, backward_fake
 
 
 def _setup_context(ctx, inputs, output):
@@ -40,19 +51,14 @@ def _setup_context(ctx, inputs, output):
     ctx.set_materialize_grads(False)
 
 
-def register(forward, backward, empty_out=contiguous_like) -> None:
-    """Give ``forward`` (an op of the local_attention_fwd schema) and ``backward`` (of the
-    local_attention_bwd schema) their fake impls, and make ``forward`` differentiable through
-    ``backward``. ``empty_out(q)``: out as ``forward`` lays it out (the C++ op: contiguous; the
-    Triton op: like q, ``rows_like``)."""
-
-    def _forward_fake(q, k, v, chunk_len, n_chunks_before, n_chunks_after, causal, attention_mask, dropout_p=0.0,
-                      dropout_seed=0, dropout_offset=0):
-        batch, heads, seq_len, _ = q.shape
-        return empty_out(q), q.new_empty((batch, heads, seq_len), dtype=lse_dtype(q.dtype))
-
-    torch.library.register_fake(forward, _forward_fake)
-    torch.library.register_fake(backward, _backward_fake)
+def register(forward, backward, grads_like) -> None:
+    """Give ``forward`` (an op of the local_attention_fwd schema, writing out like q: ``rows_like``)
+    and ``backward`` (of the local_attention_bwd schema, writing the gradients as ``grads_like``
+    lays them out: the C++ kernels like their inputs, the Triton kernel contiguous) their fake
+    impls, and make ``forward`` differentiable through ``backward``."""
+    forward_fake, backward_fake = _fakes(grads_like)
+    torch.library.register_fake(forward, forward_fake)
+    torch.library.register_fake(backward, backward_fake)
 
     def _backward(ctx, grad_out, grad_lse):
         if grad_out is None:
@@ -76,5 +82,6 @@ def out_only(forward):
 
 backends.register("local_attention", "reference", reference.local_attention)
 if _extension.loaded():
-    register(torch.ops.reformer_kernels.local_attention_fwd.default, torch.ops.reformer_kernels.local_attention_bwd.default)
+    register(torch.ops.reformer_kernels.local_attention_fwd.default, torch.ops.reformer_kernels.local_attention_bwd.default,
+             grads_like=rows_like)
     backends.register("local_attention", "cpu", out_only(torch.ops.reformer_kernels.local_attention_fwd))

@@ -13,7 +13,7 @@ from ...reference.local_attention import local_chunking
 from ..chunk_attention_triton import attention_backward, attention_forward, shared_rows, unit_stride_rows
 from ..lsh_attention import rows_like
 from ..triton_utils import check_dtype
-from . import out_only, register
+from . import contiguous_like, out_only, register
 
 
 @torch.library.custom_op("reformer_kernels::triton_local_attention_fwd", mutates_args=())
@@ -57,5 +57,5 @@ def local_attention_bwd(
     return grad_q, grad_k, grad_v
 
 
-register(local_attention_fwd, local_attention_bwd, empty_out=rows_like)
+register(local_attention_fwd, local_attention_bwd, grads_like=contiguous_like)
 backends.register("local_attention", "triton", out_only(local_attention_fwd))
