@@ -31,8 +31,7 @@ the block, so they run those hooks themselves (``_fsdp_state``). Those are FSDP2
 from __future__ import annotations
 
 import contextlib
-import functools
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Iterable, Iterator
 
 import torch
 from torch import nn
@@ -97,16 +96,6 @@ def _replay(
         yield
 
 
-def _pooled(run: Callable[..., Any]) -> Callable[..., Any]:
-    """Run a pass of the reversible function inside the CPU memory pool (see the module docstring)."""
-    @functools.wraps(run)
-    def pooled(*args: Any) -> Any:
-        with _extension.cpu_memory_pool():
-            return run(*args)
-
-    return pooled
-
-
 def _collecting(attentions: list[torch.Tensor] | None) -> dict[str, list[torch.Tensor]]:
     # Only the forward collects attention probabilities; the backward's recomputation must not.
     return {} if attentions is None else {"attentions": attentions}
@@ -154,7 +143,7 @@ def _param_grads(
 
 class _ReversibleFunction(torch.autograd.Function):
     @staticmethod
-    @_pooled
+    @_extension.in_cpu_memory_pool
     def forward(
         ctx: Any, x1: torch.Tensor, x2: torch.Tensor, blocks: list[ReversibleBlock], kwargs: dict,
         hidden_states: list[torch.Tensor] | None, attentions: list[torch.Tensor] | None, *params: torch.Tensor,
@@ -183,7 +172,7 @@ class _ReversibleFunction(torch.autograd.Function):
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    @_pooled
+    @_extension.in_cpu_memory_pool
     def backward(ctx: Any, grad_y1: torch.Tensor, grad_y2: torch.Tensor):
         # detached: saved outputs lead back into this backward, the reconstruction must not
         y1, y2 = (y.detach() for y in ctx.saved_tensors)
