@@ -187,7 +187,9 @@ class _ReversibleFunction(torch.autograd.Function):
         # Autograd differentiates the reconstruction x2 = y2 - dropout(g(y1)) as it runs (one fused op,
         # whose backward regenerates the mask), and its derivative is minus the sub-layer's: so the
         # loop carries the negated gradients -dL/dy1, -dL/dy2, which reach each sub-layer with the
-        # right sign, and negates twice in all instead of twice per layer.
+        # right sign, and negates twice in all instead of twice per layer. Each stream tensor and
+        # gradient term is dropped once used and the carried gradients (this loop's own tensors) are
+        # updated in place, so that one sub-layer's recomputation is all the backward holds besides.
         neg_grad_y1, neg_grad_y2 = -grad_y1, -grad_y2
         for block, (attention_state, feed_forward_state) in zip(reversed(ctx.blocks), reversed(ctx.rng_states)):
             fsdp = _fsdp_state(block)
@@ -198,23 +200,28 @@ class _ReversibleFunction(torch.autograd.Function):
                 y1 = y1.detach().requires_grad_()
                 with _replay(feed_forward_state, ctx.devices, ctx.autocast):
                     x2 = block.residual(y2, block.feed_forward(y1), subtract=True)
+                del y2
                 g_params = _trainable(block.feed_forward)
                 grad_from_g, grads = _param_grads(x2, y1, g_params, neg_grad_y2, into_grad=into_grad)
             accumulate(g_params, grads)
-            neg_grad_y1 = neg_grad_y1 - grad_from_g
+            neg_grad_y1.sub_(grad_from_g)
+            del grad_from_g
             x2 = x2.detach()
             with torch.enable_grad():
                 x2.requires_grad_()
                 with _replay(attention_state, ctx.devices, ctx.autocast):
                     x1 = block.residual(y1.detach(), block.attention(x2, **ctx.kwargs), subtract=True)
+                del y1
                 f_params = _trainable(block.attention)
                 grad_from_f, grads = _param_grads(x1, x2, f_params, neg_grad_y1, into_grad=into_grad)
             accumulate(f_params, grads)
             if fsdp is not None:
                 fsdp._fsdp_param_group.post_backward()  # reduce-scatters the .grad just accumulated, reshards
             y1, y2 = x1.detach(), x2.detach()
-            neg_grad_y2 = neg_grad_y2 - grad_from_f
-        return (-neg_grad_y1, -neg_grad_y2, None, None, None, None, *param_grads)
+            del x1, x2
+            neg_grad_y2.sub_(grad_from_f)
+            del grad_from_f
+        return (neg_grad_y1.neg_(), neg_grad_y2.neg_(), None, None, None, None, *param_grads)
 
 
 class ReversibleSequence(nn.Module):

@@ -11,8 +11,10 @@ import warnings
 
 import pytest
 import torch
+from torch import nn
 
 from reformer_kernels import _extension, models
+from reformer_kernels.nn import ReversibleBlock, ReversibleSequence
 from tests.marks import requires_extension
 from tests.models.hf_reference import TINY
 
@@ -262,3 +264,24 @@ def test_inference_and_bf16_autocast_training_reuse_memory_instead_of_faulting_i
     faults = json.loads(done.stdout.strip().splitlines()[-1])
     for step in ("infer", "train_bf16"):
         assert faults[f"{step} True"] < faults[f"{step} False"] / 10, faults
+
+
+def test_the_reversible_backward_holds_two_gradients_two_stream_tensors_and_one_sub_layer():
+    """What the memory-saving backward allocates at its peak, counted in (L, hidden) float32 tensors
+    with sub-layers that are bias-free linear maps: the two carried (negated) gradients, the two
+    stream tensors of the block being undone, and one sub-layer's recomputation, whose output is
+    consumed by the reconstruction (x2 = y2 - g(y1), after which y2 is dropped) and whose backward
+    makes the gradient of its output and of its input: 2 + 2 + 2 = 6. Keeping each stream tensor and
+    gradient term until the loop rebinds its name, and subtracting out of place, made it 10."""
+    torch.manual_seed(0)
+    hidden = 64
+    stream = SEQ_LEN * hidden * 4  # 1 MiB: every stream-sized tensor comes from the pool
+    sequence = ReversibleSequence([ReversibleBlock(nn.Linear(hidden, hidden, bias=False), nn.Linear(hidden, hidden, bias=False))
+                                   for _ in range(4)])
+    x = torch.randn(1, SEQ_LEN, hidden, requires_grad=True)
+    y1, y2 = sequence(x, x)
+    loss = (y1 + y2).sum()  # its gradients are expanded scalars, which take no memory
+    _extension.empty_cpu_memory_pool()
+    before = _extension.cpu_memory_pool_stats()["in_use_bytes"]
+    loss.backward()
+    assert _extension.cpu_memory_pool_stats()["peak_in_use_bytes"] - before <= 6 * stream
