@@ -4,7 +4,7 @@ import functools
 import warnings
 from typing import Any, Callable, Iterator
 
-import torch  # noqa: F401  (loads libtorch and libc10, which _C links against)
+import torch  # (also loads libtorch and libc10, which _C links against)
 
 try:
     from . import _C
@@ -58,9 +58,11 @@ def cpu_memory_pool() -> Iterator[None]:
 
 def in_cpu_memory_pool(function: Callable[..., Any]) -> Callable[..., Any]:
     """Decorator: each call of ``function`` runs inside ``cpu_memory_pool()`` (looked up at the call,
-    so that tests can replace it)."""
+    so that tests can replace it); traced by torch.compile, it runs as it is (a graph cannot call the pool)."""
     @functools.wraps(function)
     def pooled(*args: Any, **kwargs: Any) -> Any:
+        if torch.compiler.is_compiling():
+            return function(*args, **kwargs)
         with cpu_memory_pool():
             return function(*args, **kwargs)
 
