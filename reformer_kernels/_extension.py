@@ -1,9 +1,10 @@
 """Loads the compiled extension reformer_kernels._C, or says once, loudly, why it is missing."""
 import contextlib
+import functools
 import warnings
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
-import torch  # noqa: F401  (loads libtorch and libc10, which _C links against)
+import torch  # (also loads libtorch and libc10, which _C links against)
 
 try:
     from . import _C
@@ -31,19 +32,19 @@ def with_cuda() -> bool:
 
 @contextlib.contextmanager
 def cpu_memory_pool() -> Iterator[None]:
-    """Within this context, this thread's CPU tensors of 1 MiB or more come from reformer_kernels' pool.
+    """Within this context, this thread's CPU tensors of 128 KiB or more come from reformer_kernels' pool.
 
-    The pool keeps every block it handed out when its tensor is freed (whenever and on whichever
-    thread that happens) and gives it to the next tensor of the same size class, also outside the
-    context. Only inside it does the pool grow: outside, a large tensor with no cached block of its
-    class takes the place of the cached blocks that sat idle longest (unmapped, at least its size),
-    or comes from torch's allocator where fewer bytes are cached. Each entry into the context
-    unmaps the blocks that the last two entries did not reuse; the others stay cached until
-    ``empty_cpu_memory_pool()``. So a computation that allocates the same shapes over and over (a
-    training step, layer after layer) reuses resident pages instead of faulting fresh zeroed ones
-    in, and its resident memory does not grow with the repetitions. Reused blocks are not cleared,
-    like malloc's: results do not change. The reversible layers (``reformer_kernels.nn.ReversibleSequence``)
-    run their forward and backward inside it.
+    The pool keeps the pages of every block it handed out when its tensor is freed (whenever and on
+    whichever thread that happens), merged with free neighbours, and carves later tensors of any size
+    out of them (the smallest free range that fits), also outside the context. Only inside it does the
+    pool grow (a fresh mapping when no free range fits); outside, such a tensor comes from torch's
+    allocator. Each entry into the context unmaps the free pages that the last two entries did not
+    use; the others stay until ``empty_cpu_memory_pool()``. So a computation that allocates the same
+    shapes over and over (a training step, layer after layer) reuses resident pages instead of
+    faulting fresh zeroed ones in, and its resident memory follows the most bytes alive at once, not
+    the repetitions nor the number of distinct shapes. Reused blocks are not cleared, like malloc's:
+    results do not change. The models (``reformer_kernels.models``) run their forward inside it and
+    the reversible layers (``reformer_kernels.nn.ReversibleSequence``) their forward and backward.
     Without the compiled extension this does nothing."""
     if _C is None:
         yield
@@ -55,15 +56,28 @@ def cpu_memory_pool() -> Iterator[None]:
         _C.memory_pool_exit()
 
 
+def in_cpu_memory_pool(function: Callable[..., Any]) -> Callable[..., Any]:
+    """Decorator: each call of ``function`` runs inside ``cpu_memory_pool()`` (looked up at the call,
+    so that tests can replace it); traced by torch.compile, it runs as it is (a graph cannot call the pool)."""
+    @functools.wraps(function)
+    def pooled(*args: Any, **kwargs: Any) -> Any:
+        if torch.compiler.is_compiling():
+            return function(*args, **kwargs)
+        with cpu_memory_pool():
+            return function(*args, **kwargs)
+
+    return pooled
+
+
 def empty_cpu_memory_pool() -> int:
-    """Hand the CPU memory pool's free blocks back to the system; returns how many bytes. Blocks still
+    """Hand the CPU memory pool's free pages back to the system; returns how many bytes. Blocks still
     in use stay, and return to the pool when freed."""
     return 0 if _C is None else int(_C.memory_pool_empty())
 
 
 def cpu_memory_pool_stats() -> dict[str, int]:
     """The CPU memory pool's counters: ``in_use_bytes`` and ``cached_bytes`` (free, kept for reuse) now,
-    ``peak_in_use_bytes`` since the last emptying, ``cached_blocks``, and since the start the block
-    counts ``reused`` (taken from the cache), ``mapped`` (fresh from the system) and ``unmapped``; empty
-    without the compiled extension."""
+    ``peak_in_use_bytes`` since the last emptying, ``cached_blocks`` (free ranges), and since the
+    start the counts ``reused`` (blocks carved out of free ranges), ``mapped`` (fresh from the
+    system) and ``unmapped`` (ranges handed back); empty without the compiled extension."""
     return {} if _C is None else dict(_C.memory_pool_stats())

@@ -1,32 +1,33 @@
 // The CPU memory pool: a c10::Allocator put in front of torch's CPU allocator the first time a
-// thread enters the pool (memory_pool_enter), that keeps the large blocks it hands out and reuses
-// them for later tensors of the same size class.
+// thread enters the pool (memory_pool_enter), that keeps the pages of the large blocks it hands out
+// and carves later tensors, of any size, out of them.
 //
 // Why: glibc's malloc either returns a freed large block to the system (blocks above its mmap
 // threshold, and whatever malloc_trim finds free), after which the next tensor of that size faults
 // in fresh zeroed pages, one minor fault per 4 KiB; or keeps it in the heap, where blocks of varying
 // sizes fragment and the resident set of a training step grows with the number of layers. The
-// reversible layers allocate the same shapes layer after layer, so keeping each freed block for
-// the next tensor of its size is exact reuse: no faults after the first step, and the pool's size
-// follows the largest set of blocks alive at once, not the depth.
+// reversible layers allocate the same shapes layer after layer, and a step the same sequence of
+// shapes as the step before, so carving each tensor out of pages that earlier tensors freed is exact
+// reuse: no faults after the first steps, and the pool's size follows the largest set of bytes alive
+// at once, not the depth, nor the number of distinct shapes.
 //
 // Policy:
 // - Only blocks of kLargeBlock bytes or more; smaller ones go to the allocator that was there before.
-// - A block's size is the request rounded up to its size class (an eighth of the power of two at or
-//   below it, at least a page), so lengths that differ a little share blocks. Pages past the request
-//   are never written, so they take no memory.
-// - Allocating, on any thread: the most recently freed cached block of the size class. Failing that,
-//   on a thread inside the pool (memory_pool_enter), a fresh anonymous mapping. Outside it the pool
-//   does not grow: it unmaps its least recently freed blocks of other classes, at least the request's
-//   size, and maps the request in their place; with too few cached bytes for that, the request goes
-//   to the previous allocator. (So the parts of a training step around the pooled ones, the last
-//   layer and the loss, take the pool's idle blocks instead of growing malloc's heap beside it, and
-//   from the next step on find their own blocks cached.)
-// - Freeing (whenever and wherever the tensor dies): back to the cache.
-// - Each outermost memory_pool_enter on any thread starts a new pass; it unmaps the cached blocks
-//   freed before the pass before last, which no pass of the last two reused. A training step's
-//   forward and backward reuse the previous step's blocks, so those stay; shapes no longer used go.
-// - memory_pool_empty unmaps every cached block; blocks in use are kept and cached when freed.
+// - A block's size is the request rounded up to whole pages.
+// - The pool's free memory is a set of address ranges (what freed blocks leave, merged with their
+//   free neighbours, across mappings: anonymous mappings can be split and unmapped page by page).
+// - Allocating, on any thread: the start of the smallest free range that holds the request (best
+//   fit; the rest of the range stays free). Failing that, on a thread inside the pool
+//   (memory_pool_enter), a fresh anonymous mapping of the block's size; outside it the pool does not
+//   grow and the request goes to the previous allocator. (So the parts of a training step around
+//   the pooled ones, the backward of the last layer and of the loss, take the pool's idle pages
+//   instead of growing malloc's heap beside them.)
+// - Freeing (whenever and wherever the tensor dies): back to the free ranges.
+// - Each outermost memory_pool_enter on any thread starts a new pass; it unmaps the free ranges
+//   last freed before the pass before last, which no pass of the last two used. A training step's
+//   forward and backward reuse the previous step's pages, so those stay; what shapes no longer use
+//   goes.
+// - memory_pool_empty unmaps every free range; blocks in use are kept and freed into the pool.
 // Contents are never cleared or relied on: a reused block holds whatever its last tensor left,
 // as a block from malloc does, so no result depends on the pool.
 #include "memory_pool.h"
@@ -40,29 +41,30 @@
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
-#include <list>
+#include <iterator>
+#include <map>
 #include <mutex>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 namespace reformer_kernels {
 namespace {
 
-constexpr size_t kLargeBlock = size_t{1} << 20;
+// glibc's initial mmap threshold: from there up, malloc maps each block on its own (until its
+// dynamic threshold rises), so each such tensor can cost a fault per page; below it the heap serves.
+constexpr size_t kLargeBlock = size_t{128} << 10;
 
 thread_local int pool_depth = 0;  // memory_pool_enter calls not yet exited, on this thread
 
-size_t size_class(size_t n) {
+size_t whole_pages(size_t n) {
   static const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
-  const size_t power = size_t{1} << (63 - __builtin_clzll(n));
-  const size_t step = std::max(power / 8, page);
-  return (n + step - 1) / step * step;
+  return (n + page - 1) / page * page;
 }
 
-struct Block {
-  void* ptr;
+struct FreeRange {
   size_t size;
-  uint64_t freed_in_pass;
+  uint64_t freed_in_pass;  // the latest pass in which a block merged into it was freed
 };
 
 class PoolAllocator final : public c10::Allocator {
@@ -73,10 +75,10 @@ class PoolAllocator final : public c10::Allocator {
     if (n < kLargeBlock) {
       return previous_->allocate(n);
     }
-    const size_t size = size_class(n);
-    void* ptr = take_cached(size);
+    const size_t size = whole_pages(n);
+    void* ptr = take_free(size);
     if (ptr == nullptr) {
-      if (pool_depth == 0 && !unmap_idle(size)) {
+      if (pool_depth == 0) {
         return previous_->allocate(n);
       }
       ptr = map_fresh(size);
@@ -84,19 +86,19 @@ class PoolAllocator final : public c10::Allocator {
     return {ptr, ptr, &free_block, c10::Device(c10::DeviceType::CPU)};
   }
 
-  // At an outermost memory_pool_enter: a new pass; unmap what the last two passes did not reuse.
+  // At an outermost memory_pool_enter: a new pass; unmap what the last two passes did not use.
   void start_pass() {
-    std::vector<Block> unmap;
+    std::vector<std::pair<uintptr_t, size_t>> unmap;
     {
       std::lock_guard<std::mutex> lock(mutex_);
       ++pass_;
-      for (auto block = cached_.begin(); block != cached_.end();) {
-        if (block->freed_in_pass + 2 < pass_) {
-          unmap.push_back(*block);
-          cached_bytes_ -= block->size;
-          block = cached_.erase(block);
+      for (auto range = free_.begin(); range != free_.end();) {
+        if (range->second.freed_in_pass + 2 < pass_) {
+          unmap.emplace_back(range->first, range->second.size);
+          free_bytes_ -= range->second.size;
+          range = free_.erase(range);
         } else {
-          ++block;
+          ++range;
         }
       }
     }
@@ -110,12 +112,14 @@ class PoolAllocator final : public c10::Allocator {
   }
 
   size_t empty() {
-    std::vector<Block> unmap;
+    std::vector<std::pair<uintptr_t, size_t>> unmap;
     {
       std::lock_guard<std::mutex> lock(mutex_);
-      unmap.assign(cached_.begin(), cached_.end());
-      cached_.clear();
-      cached_bytes_ = 0;
+      for (const auto& range : free_) {
+        unmap.emplace_back(range.first, range.second.size);
+      }
+      free_.clear();
+      free_bytes_ = 0;
       peak_in_use_bytes_ = in_use_bytes_;
     }
     return unmap_all(unmap);
@@ -124,8 +128,8 @@ class PoolAllocator final : public c10::Allocator {
   PyObject* stats() {
     std::lock_guard<std::mutex> lock(mutex_);
     return Py_BuildValue("{s:n,s:n,s:n,s:n,s:n,s:n,s:n}", "in_use_bytes", to_py(in_use_bytes_), "cached_bytes",
-                         to_py(cached_bytes_), "peak_in_use_bytes", to_py(peak_in_use_bytes_), "cached_blocks",
-                         to_py(cached_.size()), "reused", to_py(reused_), "mapped", to_py(mapped_), "unmapped",
+                         to_py(free_bytes_), "peak_in_use_bytes", to_py(peak_in_use_bytes_), "cached_blocks",
+                         to_py(free_.size()), "reused", to_py(reused_), "mapped", to_py(mapped_), "unmapped",
                          to_py(unmapped_));
   }
 
@@ -134,45 +138,34 @@ class PoolAllocator final : public c10::Allocator {
 
   static void free_block(void* ptr);
 
-  void* take_cached(size_t size) {
+  // The start of the smallest free range of ``size`` bytes or more (the lowest of equals), or null.
+  void* take_free(size_t size) {
     std::lock_guard<std::mutex> lock(mutex_);
-    auto found = std::find_if(cached_.begin(), cached_.end(), [size](const Block& b) { return b.size == size; });
-    if (found == cached_.end()) {
+    auto best = free_.end();
+    for (auto range = free_.begin(); range != free_.end(); ++range) {
+      if (range->second.size >= size && (best == free_.end() || range->second.size < best->second.size)) {
+        best = range;
+      }
+    }
+    if (best == free_.end()) {
       return nullptr;
     }
-    void* ptr = found->ptr;
-    cached_bytes_ -= size;
-    cached_.erase(found);
-    ++reused_;
-    start_using(ptr, size);
-    return ptr;
-  }
-
-  // Outside the pool: unmap least recently freed blocks, ``size`` bytes or more, for a fresh block to
-  // take their place; false (nothing unmapped) where fewer bytes are cached.
-  bool unmap_idle(size_t size) {
-    std::vector<Block> unmap;
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      if (cached_bytes_ < size) {
-        return false;
-      }
-      size_t unmapped = 0;
-      while (unmapped < size) {
-        unmap.push_back(cached_.back());
-        unmapped += cached_.back().size;
-        cached_bytes_ -= cached_.back().size;
-        cached_.pop_back();
-      }
+    const uintptr_t start = best->first;
+    const FreeRange rest{best->second.size - size, best->second.freed_in_pass};
+    free_.erase(best);
+    if (rest.size > 0) {
+      free_.emplace(start + size, rest);
     }
-    unmap_all(unmap);
-    return true;
+    free_bytes_ -= size;
+    ++reused_;
+    start_using(reinterpret_cast<void*>(start), size);
+    return reinterpret_cast<void*>(start);
   }
 
   void* map_fresh(size_t size) {
     void* ptr = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (ptr == MAP_FAILED) {
-      empty();  // the cached blocks of other size classes may be what stands in the way
+      empty();  // the pool's free ranges may be what stands in the way
       ptr = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     }
     TORCH_CHECK_WITH(OutOfMemoryError, ptr != MAP_FAILED, "reformer_kernels CPU memory pool: could not map ", size,
@@ -197,29 +190,44 @@ class PoolAllocator final : public c10::Allocator {
     if (found == in_use_.end()) {
       return false;
     }
-    const size_t size = found->second;
+    uintptr_t start = reinterpret_cast<uintptr_t>(ptr);
+    size_t size = found->second;
     in_use_.erase(found);
     in_use_bytes_ -= size;
     report(ptr, -static_cast<int64_t>(size));
-    cached_.push_front({ptr, size, pass_});
-    cached_bytes_ += size;
+    free_bytes_ += size;
+    // Merge with the free neighbours on both sides.
+    auto after = free_.lower_bound(start);
+    if (after != free_.end() && after->first == start + size) {
+      size += after->second.size;
+      after = free_.erase(after);
+    }
+    if (after != free_.begin()) {
+      auto before = std::prev(after);
+      if (before->first + before->second.size == start) {
+        start = before->first;
+        size += before->second.size;
+        free_.erase(before);
+      }
+    }
+    free_.emplace(start, FreeRange{size, pass_});
     return true;
   }
 
-  size_t unmap_all(const std::vector<Block>& blocks) {
+  size_t unmap_all(const std::vector<std::pair<uintptr_t, size_t>>& ranges) {
     size_t bytes = 0;
-    for (const Block& block : blocks) {
-      munmap(block.ptr, block.size);
-      bytes += block.size;
+    for (const auto& range : ranges) {
+      munmap(reinterpret_cast<void*>(range.first), range.second);
+      bytes += range.second;
     }
     std::lock_guard<std::mutex> lock(mutex_);
-    unmapped_ += blocks.size();
+    unmapped_ += ranges.size();
     return bytes;
   }
 
   void report(void* ptr, int64_t delta) {  // under mutex_: torch.profiler's memory view
     if (c10::memoryProfilingEnabled()) {
-      c10::reportMemoryUsageToProfiler(ptr, delta, in_use_bytes_, in_use_bytes_ + cached_bytes_,
+      c10::reportMemoryUsageToProfiler(ptr, delta, in_use_bytes_, in_use_bytes_ + free_bytes_,
                                        c10::Device(c10::DeviceType::CPU));
     }
   }
@@ -227,8 +235,8 @@ class PoolAllocator final : public c10::Allocator {
   c10::Allocator* const previous_;
   std::mutex mutex_;
   std::unordered_map<void*, size_t> in_use_;
-  std::list<Block> cached_;  // most recently freed first
-  size_t in_use_bytes_ = 0, cached_bytes_ = 0, peak_in_use_bytes_ = 0;
+  std::map<uintptr_t, FreeRange> free_;  // by start address, neighbours merged
+  size_t in_use_bytes_ = 0, free_bytes_ = 0, peak_in_use_bytes_ = 0;
   size_t reused_ = 0, mapped_ = 0, unmapped_ = 0;
   uint64_t pass_ = 0;
 };

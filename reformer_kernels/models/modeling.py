@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .. import functional
+from .. import _extension, functional
 from .._atomic import all_or_nothing, atomic_write
 from ..nn import (
     AxialPositionEmbeddings,
@@ -714,6 +714,7 @@ class ReformerModel(ReformerPreTrainedModel):
         self.encoder = ReformerEncoder(config)
         self.post_init()
 
+    @_extension.in_cpu_memory_pool
     def forward(
         self,
         input_ids: torch.Tensor | None = None,
@@ -1100,6 +1101,7 @@ class ReformerModelWithLMHead(ReformerPreTrainedModel):
         self.lm_head = ReformerOnlyLMHead(config)
         self.post_init()
 
+    @_extension.in_cpu_memory_pool
     def forward(
         self,
         input_ids: torch.Tensor | None = None,
@@ -1215,6 +1217,7 @@ class ReformerForMaskedLM(ReformerPreTrainedModel):
         self.lm_head = ReformerOnlyLMHead(config)
         self.post_init()
 
+    @_extension.in_cpu_memory_pool
     def forward(
         self,
         input_ids: torch.Tensor | None = None,
@@ -1296,6 +1299,7 @@ class ReformerForSequenceClassification(ReformerPreTrainedModel):
         self.classifier = ReformerClassificationHead(config)
         self.post_init()
 
+    @_extension.in_cpu_memory_pool
     def forward(
         self,
         input_ids: torch.Tensor | None = None,
@@ -1354,6 +1358,7 @@ class ReformerForQuestionAnswering(ReformerPreTrainedModel):
         self.qa_outputs = nn.Linear(2 * config.hidden_size, config.num_labels)
         self.post_init()
 
+    @_extension.in_cpu_memory_pool
     def forward(
         self,
         input_ids: torch.Tensor | None = None,

@@ -31,8 +31,7 @@ the block, so they run those hooks themselves (``_fsdp_state``). Those are FSDP2
 from __future__ import annotations
 
 import contextlib
-import functools
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Iterable, Iterator
 
 import torch
 from torch import nn
@@ -97,16 +96,6 @@ def _replay(
         yield
 
 
-def _pooled(run: Callable[..., Any]) -> Callable[..., Any]:
-    """Run a pass of the reversible function inside the CPU memory pool (see the module docstring)."""
-    @functools.wraps(run)
-    def pooled(*args: Any) -> Any:
-        with _extension.cpu_memory_pool():
-            return run(*args)
-
-    return pooled
-
-
 def _collecting(attentions: list[torch.Tensor] | None) -> dict[str, list[torch.Tensor]]:
     # Only the forward collects attention probabilities; the backward's recomputation must not.
     return {} if attentions is None else {"attentions": attentions}
@@ -154,7 +143,7 @@ def _param_grads(
 
 class _ReversibleFunction(torch.autograd.Function):
     @staticmethod
-    @_pooled
+    @_extension.in_cpu_memory_pool
     def forward(
         ctx: Any, x1: torch.Tensor, x2: torch.Tensor, blocks: list[ReversibleBlock], kwargs: dict,
         hidden_states: list[torch.Tensor] | None, attentions: list[torch.Tensor] | None, *params: torch.Tensor,
@@ -183,7 +172,7 @@ class _ReversibleFunction(torch.autograd.Function):
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    @_pooled
+    @_extension.in_cpu_memory_pool
     def backward(ctx: Any, grad_y1: torch.Tensor, grad_y2: torch.Tensor):
         # detached: saved outputs lead back into this backward, the reconstruction must not
         y1, y2 = (y.detach() for y in ctx.saved_tensors)
@@ -198,7 +187,9 @@ class _ReversibleFunction(torch.autograd.Function):
         # Autograd differentiates the reconstruction x2 = y2 - dropout(g(y1)) as it runs (one fused op,
         # whose backward regenerates the mask), and its derivative is minus the sub-layer's: so the
         # loop carries the negated gradients -dL/dy1, -dL/dy2, which reach each sub-layer with the
-        # right sign, and negates twice in all instead of twice per layer.
+        # right sign, and negates twice in all instead of twice per layer. Each stream tensor and
+        # gradient term is dropped once used and the carried gradients (this loop's own tensors) are
+        # updated in place, so that one sub-layer's recomputation is all the backward holds besides.
         neg_grad_y1, neg_grad_y2 = -grad_y1, -grad_y2
         for block, (attention_state, feed_forward_state) in zip(reversed(ctx.blocks), reversed(ctx.rng_states)):
             fsdp = _fsdp_state(block)
@@ -209,23 +200,28 @@ class _ReversibleFunction(torch.autograd.Function):
                 y1 = y1.detach().requires_grad_()
                 with _replay(feed_forward_state, ctx.devices, ctx.autocast):
                     x2 = block.residual(y2, block.feed_forward(y1), subtract=True)
+                del y2
                 g_params = _trainable(block.feed_forward)
                 grad_from_g, grads = _param_grads(x2, y1, g_params, neg_grad_y2, into_grad=into_grad)
             accumulate(g_params, grads)
-            neg_grad_y1 = neg_grad_y1 - grad_from_g
+            neg_grad_y1.sub_(grad_from_g)
+            del grad_from_g
             x2 = x2.detach()
             with torch.enable_grad():
                 x2.requires_grad_()
                 with _replay(attention_state, ctx.devices, ctx.autocast):
                     x1 = block.residual(y1.detach(), block.attention(x2, **ctx.kwargs), subtract=True)
+                del y1
                 f_params = _trainable(block.attention)
                 grad_from_f, grads = _param_grads(x1, x2, f_params, neg_grad_y1, into_grad=into_grad)
             accumulate(f_params, grads)
             if fsdp is not None:
                 fsdp._fsdp_param_group.post_backward()  # reduce-scatters the .grad just accumulated, reshards
             y1, y2 = x1.detach(), x2.detach()
-            neg_grad_y2 = neg_grad_y2 - grad_from_f
-        return (-neg_grad_y1, -neg_grad_y2, None, None, None, None, *param_grads)
+            del x1, x2
+            neg_grad_y2.sub_(grad_from_f)
+            del grad_from_f
+        return (neg_grad_y1.neg_(), neg_grad_y2.neg_(), None, None, None, None, *param_grads)
 
 
 class ReversibleSequence(nn.Module):
