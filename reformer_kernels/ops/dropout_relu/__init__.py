@@ -30,6 +30,7 @@ def dropout_relu_reference(x, bias, p, training=True, generator=None):
 
 def _setup_context(ctx, inputs, output):
     ctx.p = inputs[2]
+    ctx.bias_shape = None if inputs[1] is None else inputs[1].shape
     ctx.save_for_backward(output)
 
 
@@ -39,7 +40,7 @@ def register(op, backward_op) -> None:
     def _backward(ctx, grad_out):
         (out,) = ctx.saved_tensors
         grad_x = backward_op(grad_out, out, ctx.p)
-        grad_bias = grad_x.reshape(-1, grad_x.shape[-1]).sum(0) if ctx.needs_input_grad[1] else None
+        grad_bias = grad_x.sum_to_size(ctx.bias_shape) if ctx.needs_input_grad[1] else None
         return grad_x, grad_bias, None, None, None
 
     torch.library.register_autograd(op, _backward, setup_context=_setup_context)
