@@ -41,4 +41,29 @@ inline at::ScalarType packed_key_dtype(int64_t rows, int64_t num_buckets, const 
   return bits <= 32 ? at::kUInt32 : at::kUInt64;
 }
 
+// The row length n of a sort over (..., n) of ``name`` (ids or packed keys) into num_keys keys per
+// row (the argument ``count_name``), after the checks every bucket sort shares.
+inline int64_t check_sort_rows(const at::Tensor& keys, int64_t num_keys, const char* op, const char* name,
+                               const char* count_name) {
+  TORCH_CHECK_VALUE(keys.dim() >= 1, op, ": ", name, " must have at least one dimension");
+  TORCH_CHECK_VALUE(num_keys >= 1, op, ": ", count_name, " must be >= 1, got ", num_keys);
+  const int64_t n = keys.size(-1);
+  TORCH_CHECK_VALUE(n <= INT32_MAX, op, ": rows of ", n, " ", name,
+                    " are longer than int32 sorted_idx can index (2^31 - 1); sort shorter rows");
+  return n;
+}
+
+// bucket_sort_packed's inputs: packed keys (lsh_hash_packed's) and their int32 positions, alike in
+// shape and device; returns the row length n.
+inline int64_t check_packed_sort_inputs(const at::Tensor& keys, const at::Tensor& positions, int64_t num_keys,
+                                        const char* op) {
+  TORCH_CHECK_TYPE(keys.scalar_type() == at::kUInt32 || keys.scalar_type() == at::kUInt64, op,
+                   ": keys must be uint32 or uint64 packed keys (lsh_hash_packed), got ", keys.scalar_type());
+  TORCH_CHECK_TYPE(positions.scalar_type() == at::kInt, op, ": positions must be int32, got ", positions.scalar_type());
+  TORCH_CHECK_VALUE(positions.sizes() == keys.sizes() && positions.device() == keys.device(), op, ": positions ",
+                    positions.sizes(), " on ", positions.device(), " must match keys ", keys.sizes(), " on ",
+                    keys.device());
+  return check_sort_rows(keys, num_keys, op, "keys", "num_keys");
+}
+
 }  // namespace reformer_kernels

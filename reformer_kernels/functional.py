@@ -88,12 +88,18 @@ def _check_bool(fn: str, name: str, value: object) -> bool:
     return value
 
 
-def _check_heads_tensor(fn: str, name: str, t: object) -> torch.Tensor:
-    """A (B, H, L, d) float tensor with L, d >= 1."""
+def _check_float_tensor(fn: str, name: str, t: object) -> torch.Tensor:
+    """A tensor of a floating dtype the kernels take."""
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{fn}: {name} must be a torch.Tensor, got {type(t).__name__}")
     if t.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{fn}: {name} must be float16, bfloat16, float32 or float64, got {t.dtype}; convert it with .float()")
+    return t
+
+
+def _check_heads_tensor(fn: str, name: str, t: object) -> torch.Tensor:
+    """A (B, H, L, d) float tensor with L, d >= 1."""
+    _check_float_tensor(fn, name, t)
     if t.dim() != 4:
         raise ValueError(
             f"{fn}: {name} must be (batch, heads, seq_len, head_dim), got shape {tuple(t.shape)}; "
@@ -289,10 +295,7 @@ def head_projections(
         backends and dtypes return head-split views of torch's matmul.
     """
     fn = "head_projections"
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{fn}: x must be a torch.Tensor, got {type(x).__name__}")
-    if x.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"{fn}: x must be float16, bfloat16, float32 or float64, got {x.dtype}; convert it with .float()")
+    _check_float_tensor(fn, "x", x)
     if x.dim() != 3:
         raise ValueError(f"{fn}: x must be (batch, seq_len, hidden), got shape {tuple(x.shape)}")
     if not isinstance(weights, (list, tuple)) or not weights:
@@ -758,11 +761,8 @@ def dropout_add(
         A tensor of residual's shape, dtype torch.promote_types(residual.dtype, x.dtype).
     """
     fn = "dropout_add"
-    for name, t in (("residual", residual), ("x", x)):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{fn}: {name} must be a torch.Tensor, got {type(t).__name__}")
-        if t.dtype not in FLOAT_DTYPES:
-            raise TypeError(f"{fn}: {name} must be float16, bfloat16, float32 or float64, got {t.dtype}; convert it with .float()")
+    _check_float_tensor(fn, "residual", residual)
+    _check_float_tensor(fn, "x", x)
     if x.shape != residual.shape:
         raise ValueError(
             f"{fn}: x has shape {tuple(x.shape)} but residual has {tuple(residual.shape)}; they must match (no broadcasting)"
@@ -798,10 +798,7 @@ def dropout(
         A tensor of x's shape and dtype.
     """
     fn = "dropout"
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{fn}: x must be a torch.Tensor, got {type(x).__name__}")
-    if x.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"{fn}: x must be float16, bfloat16, float32 or float64, got {x.dtype}; convert it with .float()")
+    _check_float_tensor(fn, "x", x)
     p = _check_dropout_p(fn, p, name="p", allow_one=True)
     _check_bool(fn, "training", training)
     _check_generator(fn, generator, x)
@@ -834,10 +831,7 @@ def dropout_relu(
         A tensor of x's shape and dtype.
     """
     fn = "dropout_relu"
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{fn}: x must be a torch.Tensor, got {type(x).__name__}")
-    if x.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"{fn}: x must be float16, bfloat16, float32 or float64, got {x.dtype}; convert it with .float()")
+    _check_float_tensor(fn, "x", x)
     if bias is not None:
         if not isinstance(bias, torch.Tensor):
             raise TypeError(f"{fn}: bias must be a torch.Tensor or None, got {type(bias).__name__}")

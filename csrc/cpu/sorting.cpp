@@ -94,11 +94,7 @@ int64_t sort_rows(int64_t rows, int64_t n, int64_t num_buckets, const IdOf& id_o
 at::Tensor bucket_sort_cpu(const at::Tensor& buckets, int64_t num_buckets) {
   TORCH_CHECK_TYPE(buckets.scalar_type() == at::kLong, "bucket_sort: buckets must be int64, got ",
                    buckets.scalar_type(), "; convert with buckets.long()");
-  TORCH_CHECK_VALUE(buckets.dim() >= 1, "bucket_sort: buckets must have at least one dimension");
-  TORCH_CHECK_VALUE(num_buckets >= 1, "bucket_sort: num_buckets must be >= 1, got ", num_buckets);
-  const int64_t n = buckets.size(-1);
-  TORCH_CHECK_VALUE(n <= INT32_MAX, "bucket_sort: rows of ", n,
-                    " ids are longer than int32 sorted_idx can index (2^31 - 1); sort shorter rows");
+  const int64_t n = check_sort_rows(buckets, num_buckets, "bucket_sort", "buckets", "num_buckets");
   const at::Tensor keys = buckets.contiguous();
   const int64_t rows = n == 0 ? 0 : keys.numel() / n;
   at::Tensor sorted_idx = at::empty(keys.sizes(), keys.options().dtype(at::kInt));
@@ -142,19 +138,7 @@ at::Tensor sort_packed_keys(const at::Tensor& keys, const at::Tensor& positions,
 }  // namespace
 
 at::Tensor bucket_sort_packed_cpu(const at::Tensor& keys_in, const at::Tensor& positions_in, int64_t num_keys) {
-  const char* op = "bucket_sort_packed";
-  TORCH_CHECK_TYPE(keys_in.scalar_type() == at::kUInt32 || keys_in.scalar_type() == at::kUInt64, op,
-                   ": keys must be uint32 or uint64 packed keys (lsh_hash_packed), got ", keys_in.scalar_type());
-  TORCH_CHECK_TYPE(positions_in.scalar_type() == at::kInt, op, ": positions must be int32, got ",
-                   positions_in.scalar_type());
-  TORCH_CHECK_VALUE(positions_in.sizes() == keys_in.sizes() && positions_in.device() == keys_in.device(), op,
-                    ": positions ", positions_in.sizes(), " on ", positions_in.device(), " must match keys ",
-                    keys_in.sizes(), " on ", keys_in.device());
-  TORCH_CHECK_VALUE(keys_in.dim() >= 1, op, ": keys must have at least one dimension");
-  TORCH_CHECK_VALUE(num_keys >= 1, op, ": num_keys must be >= 1, got ", num_keys);
-  const int64_t n = keys_in.size(-1);
-  TORCH_CHECK_VALUE(n <= INT32_MAX, op, ": rows of ", n,
-                    " keys are longer than int32 sorted_idx can index (2^31 - 1); sort shorter rows");
+  const int64_t n = check_packed_sort_inputs(keys_in, positions_in, num_keys, "bucket_sort_packed");
   const at::Tensor keys = keys_in.contiguous(), positions = positions_in.contiguous();
   return keys.scalar_type() == at::kUInt32 ? sort_packed_keys<uint32_t>(keys, positions, n, num_keys)
                                            : sort_packed_keys<uint64_t>(keys, positions, n, num_keys);

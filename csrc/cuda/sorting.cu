@@ -88,17 +88,10 @@ at::Tensor sort_pairs(const at::Tensor& keys, const at::Tensor& positions, int e
   return sorted;
 }
 
-// The row length n of a sort over (..., n), after the checks that bucket_sort and bucket_sort_packed share.
-int64_t check_sort_rows(const at::Tensor& keys, int64_t num_keys, const char* op, const char* name) {
-  TORCH_CHECK_VALUE(keys.dim() >= 1, op, ": ", name, " must have at least one dimension");
-  TORCH_CHECK_VALUE(num_keys >= 1, op, ": num_buckets must be >= 1, got ", num_keys);
-  const int64_t n = keys.size(-1);
-  TORCH_CHECK_VALUE(n <= INT32_MAX, op, ": rows of ", n,
-                    " ids are longer than int32 sorted_idx can index (2^31 - 1); sort shorter rows");
-  // CUB counts the items of one sort in int here.
+// CUB counts the items of one sort in int here.
+void check_cub_item_count(const at::Tensor& keys, const char* op) {
   TORCH_CHECK_VALUE(keys.numel() <= INT32_MAX, op, ": ", keys.numel(),
                     " keys are more than one CUDA sort takes (2^31 - 1); sort fewer rows per call");
-  return n;
 }
 
 }  // namespace
@@ -106,7 +99,8 @@ int64_t check_sort_rows(const at::Tensor& keys, int64_t num_keys, const char* op
 at::Tensor bucket_sort_cuda(const at::Tensor& buckets, int64_t num_buckets) {
   TORCH_CHECK_TYPE(buckets.scalar_type() == at::kLong, "bucket_sort: buckets must be int64, got ",
                    buckets.scalar_type(), "; convert with buckets.long()");
-  const int64_t n = check_sort_rows(buckets, num_buckets, "bucket_sort", "buckets");
+  const int64_t n = check_sort_rows(buckets, num_buckets, "bucket_sort", "buckets", "num_buckets");
+  check_cub_item_count(buckets, "bucket_sort");
   const c10::cuda::CUDAGuard guard(buckets.device());
   const at::Tensor keys = buckets.contiguous();
   const int64_t total = keys.numel();
@@ -123,14 +117,8 @@ at::Tensor bucket_sort_cuda(const at::Tensor& buckets, int64_t num_buckets) {
 // another row's place, but only positions are written, so nothing is written out of bounds.
 at::Tensor bucket_sort_packed_cuda(const at::Tensor& keys_in, const at::Tensor& positions_in, int64_t num_keys) {
   const char* op = "bucket_sort_packed";
-  TORCH_CHECK_TYPE(keys_in.scalar_type() == at::kUInt32 || keys_in.scalar_type() == at::kUInt64, op,
-                   ": keys must be uint32 or uint64 packed keys (lsh_hash_packed), got ", keys_in.scalar_type());
-  TORCH_CHECK_TYPE(positions_in.scalar_type() == at::kInt, op, ": positions must be int32, got ",
-                   positions_in.scalar_type());
-  TORCH_CHECK_VALUE(positions_in.sizes() == keys_in.sizes() && positions_in.device() == keys_in.device(), op,
-                    ": positions ", positions_in.sizes(), " on ", positions_in.device(), " must match keys ",
-                    keys_in.sizes(), " on ", keys_in.device());
-  const int64_t n = check_sort_rows(keys_in, num_keys, op, "keys");
+  const int64_t n = check_packed_sort_inputs(keys_in, positions_in, num_keys, op);
+  check_cub_item_count(keys_in, op);
   const c10::cuda::CUDAGuard guard(keys_in.device());
   const at::Tensor keys = keys_in.contiguous(), positions = positions_in.contiguous();
   if (keys.numel() == 0) return at::empty(keys.sizes(), positions.options());
