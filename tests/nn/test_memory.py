@@ -285,3 +285,25 @@ def test_the_reversible_backward_holds_two_gradients_two_stream_tensors_and_one_
     before = _extension.cpu_memory_pool_stats()["in_use_bytes"]
     loss.backward()
     assert _extension.cpu_memory_pool_stats()["peak_in_use_bytes"] - before <= 6 * stream
+
+
+def test_the_final_layer_norm_allocates_its_output_and_blocks_of_rows_not_the_concatenation():
+    """The encoder's LayerNorm over concat(y1, y2), recorded for the backward, allocates its
+    (L, 2 * hidden) output, one block of CONCAT_ROWS concatenated rows and its normalized copy at a
+    time, and the per-row mean and 1/std: about 2 stream tensors here, where LayerNorm of torch.cat
+    allocates 4 (the concatenation, kept for the backward, and the output)."""
+    from reformer_kernels.models.modeling import CONCAT_ROWS
+
+    encoder = wide_model(1).reformer.encoder
+    hidden = WIDE["hidden_size"]
+    stream = SEQ_LEN * hidden * 4
+    y1, y2 = (torch.randn(1, SEQ_LEN, hidden, requires_grad=True) for _ in range(2))
+    _extension.empty_cpu_memory_pool()
+    before = _extension.cpu_memory_pool_stats()["in_use_bytes"]
+    with _extension.cpu_memory_pool():
+        out = encoder.final_layer_norm(y1, y2)
+    blocks = 2 * CONCAT_ROWS * 2 * hidden * 4
+    statistics = 2 * SEQ_LEN * 4
+    assert _extension.cpu_memory_pool_stats()["peak_in_use_bytes"] - before <= 2 * stream + blocks + statistics
+    out.sum().backward()
+    assert y1.grad.shape == y1.shape and y2.grad.shape == y2.shape
