@@ -163,7 +163,12 @@ class _ReversibleFunction(torch.autograd.Function):
             rng_states.append((attention_state, feed_forward_state))
             if fsdp is not None:
                 x1, x2 = fsdp._post_forward(block, (x1, x2), (x1, x2))
-        ctx.save_for_backward(x1, x2)
+        # The outputs are kept detached (no reference cycle through their grad_fn) instead of saved,
+        # so that the backward can let go of them as it undoes the blocks (saved tensors live until
+        # it returns: two stream tensors more at its peak); detach shares their version counters, so
+        # an in-place change of an output is caught as save_for_backward would catch it.
+        ctx.outputs = [x1.detach(), x2.detach()]
+        ctx.output_versions = [x1._version, x2._version]
         ctx.blocks, ctx.kwargs, ctx.rng_states, ctx.devices = blocks, kwargs, rng_states, devices
         ctx.autocast = _autocast_state(x1.device.type)
         ctx.param_index = {id(p): i for i, p in enumerate(params)}
@@ -174,8 +179,15 @@ class _ReversibleFunction(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     @_extension.in_cpu_memory_pool
     def backward(ctx: Any, grad_y1: torch.Tensor, grad_y2: torch.Tensor):
-        # detached: saved outputs lead back into this backward, the reconstruction must not
-        y1, y2 = (y.detach() for y in ctx.saved_tensors)
+        y1, y2 = ctx.outputs
+        if [y1._version, y2._version] != ctx.output_versions:
+            raise RuntimeError(
+                "ReversibleSequence: an output of the reversible layers was modified by an in-place operation "
+                "after the forward, and the backward reconstructs the layers' inputs from it; clone it before "
+                "modifying it"
+            )
+        if not torch._C._autograd._get_current_graph_task_keep_graph():  # (retain_graph: another backward follows)
+            ctx.outputs = None
         param_grads: list[torch.Tensor | None] = [None] * ctx.n_params
 
         def accumulate(params: list[torch.Tensor], grads: list[torch.Tensor | None]) -> None:

@@ -199,3 +199,40 @@ def test_torch_checkpoint_elsewhere_gives_the_same_gradients(region):
     # The comparison can fail: without checkpoint's RNG replay the recomputed dropout masks differ.
     _, grads_unreplayed = checkpointed_gradients(model, preprocess, embeddings, weights, region, preserve_rng_state=False)
     assert relative_error(grads_unreplayed["input"], grads_plain["input"]) > 1e-3
+
+
+def _sequence_and_input():
+    from torch import nn
+
+    from reformer_kernels.nn import ReversibleBlock, ReversibleSequence
+
+    torch.manual_seed(0)
+    blocks = [ReversibleBlock(nn.Linear(8, 8), nn.Linear(8, 8)) for _ in range(3)]
+    return ReversibleSequence(blocks).double(), torch.randn(2, 5, 8, dtype=torch.float64, requires_grad=True)
+
+
+def test_an_output_modified_in_place_after_the_forward_is_an_error():
+    """The backward reconstructs the inputs from the outputs it kept (not saved for backward, so that
+    it can let go of them): changing them in place is caught by their version counter, as a saved
+    tensor's would be."""
+    sequence, x = _sequence_and_input()
+
+    def modify(block, args):  # x1 going into the last block (plain autograd): an output of the memory-saving part
+        args[0].add_(1.0)
+
+    sequence.layers[-1].register_forward_pre_hook(modify)
+    y1, y2 = sequence(x, x)
+    with pytest.raises(RuntimeError, match="ReversibleSequence: an output of the reversible layers was modified"):
+        (y1 + y2).sum().backward()
+
+
+def test_retain_graph_runs_the_memory_saving_backward_twice():
+    """With retain_graph the backward keeps the outputs it reconstructs from: a second backward gives
+    the same gradients again."""
+    sequence, x = _sequence_and_input()
+    y1, y2 = sequence(x, x)
+    loss = (y1 * y2).sum()
+    loss.backward(retain_graph=True)
+    first = x.grad.clone()
+    loss.backward()
+    assert torch.equal(x.grad, 2 * first)
