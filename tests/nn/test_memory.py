@@ -312,3 +312,38 @@ def test_the_final_layer_norm_allocates_its_output_and_blocks_of_rows_not_the_co
     out.sum().backward()
     assert y1.grad.shape == y1.shape and y2.grad.shape == y2.shape
 
+
+def _unmapped(start, end):
+    """Whether no mapping of this process intersects the addresses [start, end)."""
+    with open("/proc/self/maps") as f:
+        for line in f:
+            low, high = (int(address, 16) for address in line.split()[0].split("-"))
+            if low < end and start < high:
+                return False
+    return True
+
+
+@pytest.mark.skipif(platform.system() != "Linux", reason="reads /proc/self/maps")
+def test_a_free_range_too_small_for_a_tensor_grows_into_its_block_by_mapping_only_the_missing_pages():
+    """A 6 MiB tensor when only a 4 MiB range is free: the pool maps the missing 2 MiB right below
+    the range (or above it) where that address space is unused, and the tensor spans both, so the
+    pool grows by 2 MiB, not 6; with both neighbours taken it maps 6 MiB afresh."""
+    _extension.empty_cpu_memory_pool()
+    with _extension.cpu_memory_pool():
+        first = torch.empty(MIB)
+        block = first.data_ptr()
+        del first
+        start = _extension.cpu_memory_pool_stats()
+        below, above = _unmapped(block - 2 * MIB, block), _unmapped(block + 4 * MIB, block + 6 * MIB)
+        larger = torch.empty(6 * MIB // 4)
+    now = _extension.cpu_memory_pool_stats()
+    grown = now["in_use_bytes"] + now["cached_bytes"] - start["in_use_bytes"] - start["cached_bytes"]
+    assert now["mapped"] == start["mapped"] + 1
+    if below:
+        assert larger.data_ptr() == block - 2 * MIB and grown == 2 * MIB
+    elif above:
+        assert larger.data_ptr() == block and grown == 2 * MIB
+    else:
+        assert grown == 6 * MIB
+    larger.fill_(1.0)  # every page of the block is writable
+    assert larger.sum().item() == larger.numel()
