@@ -1,12 +1,12 @@
 """Reversible residual layers (RevNet, the paper's section 3) with a memory-saving backward.
 
-The forward keeps no activations of the layers below the last: only their outputs (y1, y2) and, per
-sub-layer, the random-number-generator state it started from. The last layer runs with plain
-autograd (its activations are stored: one layer's worth, whatever the depth, and about what its
-recomputation would hold at the start of the backward anyway), so its forward is not computed
-twice. The backward then walks the other layers in reverse, reconstructs each layer's inputs from
-its outputs (x2 = y2 - dropout(g(y1)), x1 = y1 - dropout(f(x2))), and
-backpropagates through one recomputation of each sub-layer, replaying its saved RNG state so that
+The forward keeps no activations, the last layer's included: only the outputs (y1, y2) of the last
+layer and, per sub-layer, the random-number-generator state it started from. (Storing the last
+layer's activations instead would spare one layer's recomputation, but hold them, about eight
+stream tensors, at the forward's end, beside whatever the model computes after the layers: there
+the resident memory of a training step peaked.) The backward walks the layers in reverse,
+reconstructs each layer's inputs from its outputs (x2 = y2 - dropout(g(y1)), x1 = y1 -
+dropout(f(x2))), and backpropagates through one recomputation of each sub-layer, replaying its saved RNG state so that
 dropout masks and hash rotations drawn from the global generator are exactly those of the forward.
 (transformers reseeds instead and its LSH layers draw the rotations only in the forward, so their
 dropout masks differ between the two passes and the gradients are wrong.)
@@ -240,7 +240,7 @@ class ReversibleSequence(nn.Module):
     """A stack of ``ReversibleBlock``s: (x1, x2) -> (y1, y2).
 
     In training (autograd recording and something requiring grad) the memory-saving backward runs
-    for every block but the last: the bytes saved for backward do not grow with the number of blocks. ``reversible=False`` runs
+    for every block: the bytes saved for backward do not grow with the number of blocks. ``reversible=False`` runs
     the same blocks with plain autograd (same RNG use, so the same dropout masks), which stores
     every activation; it exists to check and to measure the reversible backward against.
     Keyword arguments of ``forward`` go to every block's attention.
@@ -270,11 +270,11 @@ class ReversibleSequence(nn.Module):
         mode). ``attentions``: passed on to each block's attention (as ``attentions=``) in the
         forward only, for it to append its attention probabilities."""
         blocks = list(self.layers)
-        params = [p for block in blocks[:-1] for p in block.parameters() if p.requires_grad]
+        params = [p for block in blocks for p in block.parameters() if p.requires_grad]
         needs_grad = torch.is_grad_enabled() and (x1.requires_grad or x2.requires_grad or bool(params))
-        if self.reversible and needs_grad and len(blocks) > 1 and not torch.compiler.is_compiling():
-            x1, x2 = _ReversibleFunction.apply(x1, x2, blocks[:-1], kwargs, hidden_states, attentions, *params)
-            blocks = blocks[-1:]
+        if self.reversible and needs_grad and blocks and not torch.compiler.is_compiling():
+            x1, x2 = _ReversibleFunction.apply(x1, x2, blocks, kwargs, hidden_states, attentions, *params)
+            blocks = []
         for block in blocks:
             if hidden_states is not None:
                 hidden_states.append(x2)
