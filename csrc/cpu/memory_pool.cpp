@@ -18,8 +18,11 @@
 //   free neighbours, across mappings: anonymous mappings can be split and unmapped page by page).
 // - Allocating, on any thread: the start of the smallest free range that holds the request (best
 //   fit; the rest of the range stays free). Failing that, on a thread inside the pool
-//   (memory_pool_enter), a fresh anonymous mapping of the block's size; outside it the pool does not
-//   grow and the request goes to the previous allocator. (So the parts of a training step around
+//   (memory_pool_enter), a free range grown into the block by mapping the missing pages right below
+//   or above it (so a range too small for the tensors that come next is not stranded beside a fresh
+//   mapping of the whole size: that is what made the pool larger than its peak in use), else a fresh
+//   anonymous mapping of the block's size; outside it the pool does not grow and the request goes
+//   to the previous allocator. (So the parts of a training step around
 //   the pooled ones, the backward of the last layer and of the loss, take the pool's idle pages
 //   instead of growing malloc's heap beside them.)
 // - Freeing (whenever and wherever the tensor dies): back to the free ranges.
@@ -41,6 +44,7 @@
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <iterator>
 #include <map>
 #include <mutex>
@@ -81,7 +85,10 @@ class PoolAllocator final : public c10::Allocator {
       if (pool_depth == 0) {
         return previous_->allocate(n);
       }
-      ptr = map_fresh(size);
+      ptr = extend_free(size);
+      if (ptr == nullptr) {
+        ptr = map_fresh(size);
+      }
     }
     return {ptr, ptr, &free_block, c10::Device(c10::DeviceType::CPU)};
   }
@@ -160,6 +167,54 @@ class PoolAllocator final : public c10::Allocator {
     ++reused_;
     start_using(reinterpret_cast<void*>(start), size);
     return reinterpret_cast<void*>(start);
+  }
+
+  // A block of ``size`` bytes made of a free range (smaller, since take_free found none that fits)
+  // and a fresh mapping of the missing bytes right below or above it, where that address space is
+  // unused (MAP_FIXED_NOREPLACE never replaces a mapping); or null. The free ranges are tried
+  // largest first, so the fewest fresh pages are mapped.
+  void* extend_free(size_t size) {
+    constexpr size_t kTries = 8;
+    std::vector<std::pair<size_t, uintptr_t>> ranges;  // (size, start), largest first
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      for (const auto& range : free_) {
+        ranges.emplace_back(range.second.size, range.first);
+      }
+    }
+    std::sort(ranges.begin(), ranges.end(), std::greater<>());
+    ranges.resize(std::min(ranges.size(), kTries));
+    for (const auto& [have, start] : ranges) {
+      const size_t missing = size - have;
+      for (const bool below : {true, false}) {
+        if (below && start < missing) {
+          continue;
+        }
+        const uintptr_t at = below ? start - missing : start + have;
+        void* got = mmap(reinterpret_cast<void*>(at), missing, PROT_READ | PROT_WRITE,
+                         MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+        if (got == MAP_FAILED) {
+          continue;
+        }
+        if (reinterpret_cast<uintptr_t>(got) != at) {  // a kernel that takes the address as a hint only
+          munmap(got, missing);
+          continue;
+        }
+        std::lock_guard<std::mutex> lock(mutex_);
+        auto range = free_.find(start);
+        if (range == free_.end() || range->second.size != have) {  // another thread took part of it meanwhile
+          munmap(got, missing);
+          return nullptr;
+        }
+        free_.erase(range);
+        free_bytes_ -= have;
+        ++mapped_;
+        void* block = reinterpret_cast<void*>(below ? at : start);
+        start_using(block, size);
+        return block;
+      }
+    }
+    return nullptr;
   }
 
   void* map_fresh(size_t size) {

@@ -164,6 +164,66 @@ class ReformerEmbeddings(nn.Module):
         return functional.dropout_add(self.position_embeddings(position_ids), inputs_embeds, self.dropout, training=self.training)
 
 
+# Rows of concat(y1, y2) that _ConcatLayerNorm builds and normalizes at a time: a few MiB at most.
+CONCAT_ROWS = 1024
+
+
+def _rows(x: torch.Tensor) -> torch.Tensor:
+    return x.reshape(-1, x.shape[-1])
+
+
+class _ConcatLayerNorm(torch.autograd.Function):
+    """layer_norm(concat(y1, y2)) over the last dimension, without the concatenation: CONCAT_ROWS rows
+    of it are built, normalized by torch's own kernel (so every row's bits are those of the whole
+    concatenation's) and written into the output, and the backward rebuilds them from the saved y1
+    and y2 (which the last layer and the reversible backward hold anyway) with the saved per-row mean
+    and 1/std. A (B, L, 2 * hidden) tensor fewer at the forward's peak than LayerNorm of torch.cat,
+    and one fewer kept for the backward."""
+
+    @staticmethod
+    def forward(ctx: Any, y1: torch.Tensor, y2: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
+                eps: float) -> torch.Tensor:
+        rows1, rows2 = _rows(y1), _rows(y2)
+        width = rows1.shape[1] + rows2.shape[1]
+        out = torch.empty(rows1.shape[0], width, dtype=torch.promote_types(y1.dtype, y2.dtype), device=y1.device)
+        means, rstds = [], []
+        for start in range(0, rows1.shape[0], CONCAT_ROWS):
+            part = slice(start, start + CONCAT_ROWS)
+            out[part], mean, rstd = torch.native_layer_norm(
+                torch.cat([rows1[part], rows2[part]], dim=1), (width,), weight, bias, eps)
+            means.append(mean)
+            rstds.append(rstd)
+        ctx.save_for_backward(y1, y2, weight, bias, torch.cat(means), torch.cat(rstds))
+        return out.view(*y1.shape[:-1], width)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, grad_out: torch.Tensor):
+        y1, y2, weight, bias, mean, rstd = ctx.saved_tensors
+        rows1, rows2, grad_rows = _rows(y1), _rows(y2), _rows(grad_out)
+        width = grad_rows.shape[1]
+        needs_y = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+        grad_y1 = torch.empty_like(rows1) if ctx.needs_input_grad[0] else None
+        grad_y2 = torch.empty_like(rows2) if ctx.needs_input_grad[1] else None
+        grad_weight = grad_bias = None
+        mask = [needs_y, ctx.needs_input_grad[2], ctx.needs_input_grad[3]]
+        for start in range(0, rows1.shape[0], CONCAT_ROWS):
+            part = slice(start, start + CONCAT_ROWS)
+            grad_x, grad_w, grad_b = torch.ops.aten.native_layer_norm_backward(
+                grad_rows[part], torch.cat([rows1[part], rows2[part]], dim=1), (width,), mean[part], rstd[part], weight,
+                bias, mask)
+            if grad_y1 is not None:
+                grad_y1[part] = grad_x[:, :rows1.shape[1]]
+            if grad_y2 is not None:
+                grad_y2[part] = grad_x[:, rows1.shape[1]:]
+            if grad_w is not None:
+                grad_weight = grad_w if grad_weight is None else grad_weight.add_(grad_w)
+            if grad_b is not None:
+                grad_bias = grad_b if grad_bias is None else grad_bias.add_(grad_b)
+        return (None if grad_y1 is None else grad_y1.view(y1.shape), None if grad_y2 is None else grad_y2.view(y2.shape),
+                grad_weight, grad_bias, None)
+
+
 class ReformerEncoder(ReversibleSequence):
     """The reversible layers, then LayerNorm over concat(y1, y2) (2 * hidden_size) and dropout."""
 
@@ -195,8 +255,17 @@ class ReformerEncoder(ReversibleSequence):
             hidden_states, hidden_states, hidden_states=all_hidden_states, attentions=all_attentions,
             attention_mask=attention_mask, num_hashes=num_hashes,
         )
-        out = self.layer_norm(torch.cat([y1, y2], dim=-1))
-        return functional.dropout(out, self.dropout, training=self.training)
+        return functional.dropout(self.final_layer_norm(y1, y2), self.dropout, training=self.training)
+
+    def final_layer_norm(self, y1: torch.Tensor, y2: torch.Tensor) -> torch.Tensor:
+        """self.layer_norm(concat(y1, y2)): without materializing the concatenation (_ConcatLayerNorm)
+        while it is a plain nn.LayerNorm without hooks; a replaced or hooked module, and a graph that
+        torch.compile traces, get the concatenation."""
+        norm = self.layer_norm
+        if (type(norm) is nn.LayerNorm and not norm._forward_hooks and not norm._forward_pre_hooks
+                and not torch.compiler.is_compiling()):
+            return _ConcatLayerNorm.apply(y1, y2, norm.weight, norm.bias, norm.eps)
+        return norm(torch.cat([y1, y2], dim=-1))
 
     def decode_step(
         self, embeddings: torch.Tensor, caches: list[DecodingCache], key_valid: torch.Tensor, layout_len: int,
@@ -208,7 +277,7 @@ class ReformerEncoder(ReversibleSequence):
         for block, cache in zip(self.layers, caches):
             x1 = block.residual(x1, block.attention.decode_step(x2, cache, key_valid, layout_len, num_hashes, capacity))
             x2 = block.residual(x2, block.feed_forward(x1))
-        return self.layer_norm(torch.cat([x1, x2], dim=-1))
+        return self.final_layer_norm(x1, x2)
 
     def fill_caches(
         self, embeddings: torch.Tensor, caches: list[DecodingCache], attention_mask: torch.Tensor | None,
@@ -226,7 +295,7 @@ class ReformerEncoder(ReversibleSequence):
             x2 = block.residual(x2, block.feed_forward(x1))
         if all_hidden_states is not None:
             all_hidden_states.append(x2)
-        return self.layer_norm(torch.cat([x1, x2], dim=-1))
+        return self.final_layer_norm(x1, x2)
 
 
 def check_attention_mask(mask: torch.Tensor) -> None:

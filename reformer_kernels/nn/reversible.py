@@ -1,12 +1,12 @@
 """Reversible residual layers (RevNet, the paper's section 3) with a memory-saving backward.
 
-The forward keeps no activations of the layers below the last: only their outputs (y1, y2) and, per
-sub-layer, the random-number-generator state it started from. The last layer runs with plain
-autograd (its activations are stored: one layer's worth, whatever the depth, and about what its
-recomputation would hold at the start of the backward anyway), so its forward is not computed
-twice. The backward then walks the other layers in reverse, reconstructs each layer's inputs from
-its outputs (x2 = y2 - dropout(g(y1)), x1 = y1 - dropout(f(x2))), and
-backpropagates through one recomputation of each sub-layer, replaying its saved RNG state so that
+The forward keeps no activations, the last layer's included: only the outputs (y1, y2) of the last
+layer and, per sub-layer, the random-number-generator state it started from. (Storing the last
+layer's activations instead would spare one layer's recomputation, but hold them, about eight
+stream tensors, at the forward's end, beside whatever the model computes after the layers: there
+the resident memory of a training step peaked.) The backward walks the layers in reverse,
+reconstructs each layer's inputs from its outputs (x2 = y2 - dropout(g(y1)), x1 = y1 -
+dropout(f(x2))), and backpropagates through one recomputation of each sub-layer, replaying its saved RNG state so that
 dropout masks and hash rotations drawn from the global generator are exactly those of the forward.
 (transformers reseeds instead and its LSH layers draw the rotations only in the forward, so their
 dropout masks differ between the two passes and the gradients are wrong.)
@@ -163,7 +163,12 @@ class _ReversibleFunction(torch.autograd.Function):
             rng_states.append((attention_state, feed_forward_state))
             if fsdp is not None:
                 x1, x2 = fsdp._post_forward(block, (x1, x2), (x1, x2))
-        ctx.save_for_backward(x1, x2)
+        # The outputs are kept detached (no reference cycle through their grad_fn) instead of saved,
+        # so that the backward can let go of them as it undoes the blocks (saved tensors live until
+        # it returns: two stream tensors more at its peak); detach shares their version counters, so
+        # an in-place change of an output is caught as save_for_backward would catch it.
+        ctx.outputs = [x1.detach(), x2.detach()]
+        ctx.output_versions = [x1._version, x2._version]
         ctx.blocks, ctx.kwargs, ctx.rng_states, ctx.devices = blocks, kwargs, rng_states, devices
         ctx.autocast = _autocast_state(x1.device.type)
         ctx.param_index = {id(p): i for i, p in enumerate(params)}
@@ -174,8 +179,15 @@ class _ReversibleFunction(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     @_extension.in_cpu_memory_pool
     def backward(ctx: Any, grad_y1: torch.Tensor, grad_y2: torch.Tensor):
-        # detached: saved outputs lead back into this backward, the reconstruction must not
-        y1, y2 = (y.detach() for y in ctx.saved_tensors)
+        y1, y2 = ctx.outputs
+        if [y1._version, y2._version] != ctx.output_versions:
+            raise RuntimeError(
+                "ReversibleSequence: an output of the reversible layers was modified by an in-place operation "
+                "after the forward, and the backward reconstructs the layers' inputs from it; clone it before "
+                "modifying it"
+            )
+        if not torch._C._autograd._get_current_graph_task_keep_graph():  # (retain_graph: another backward follows)
+            ctx.outputs = None
         param_grads: list[torch.Tensor | None] = [None] * ctx.n_params
 
         def accumulate(params: list[torch.Tensor], grads: list[torch.Tensor | None]) -> None:
@@ -228,7 +240,7 @@ class ReversibleSequence(nn.Module):
     """A stack of ``ReversibleBlock``s: (x1, x2) -> (y1, y2).
 
     In training (autograd recording and something requiring grad) the memory-saving backward runs
-    for every block but the last: the bytes saved for backward do not grow with the number of blocks. ``reversible=False`` runs
+    for every block: the bytes saved for backward do not grow with the number of blocks. ``reversible=False`` runs
     the same blocks with plain autograd (same RNG use, so the same dropout masks), which stores
     every activation; it exists to check and to measure the reversible backward against.
     Keyword arguments of ``forward`` go to every block's attention.
@@ -258,11 +270,11 @@ class ReversibleSequence(nn.Module):
         mode). ``attentions``: passed on to each block's attention (as ``attentions=``) in the
         forward only, for it to append its attention probabilities."""
         blocks = list(self.layers)
-        params = [p for block in blocks[:-1] for p in block.parameters() if p.requires_grad]
+        params = [p for block in blocks for p in block.parameters() if p.requires_grad]
         needs_grad = torch.is_grad_enabled() and (x1.requires_grad or x2.requires_grad or bool(params))
-        if self.reversible and needs_grad and len(blocks) > 1 and not torch.compiler.is_compiling():
-            x1, x2 = _ReversibleFunction.apply(x1, x2, blocks[:-1], kwargs, hidden_states, attentions, *params)
-            blocks = blocks[-1:]
+        if self.reversible and needs_grad and blocks and not torch.compiler.is_compiling():
+            x1, x2 = _ReversibleFunction.apply(x1, x2, blocks, kwargs, hidden_states, attentions, *params)
+            blocks = []
         for block in blocks:
             if hidden_states is not None:
                 hidden_states.append(x2)

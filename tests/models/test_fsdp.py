@@ -20,7 +20,7 @@ from reformer_kernels import models
 from .distributed import batch, run_processes
 from .hf_reference import TINY, relative_error
 
-# A local and an LSH layer inside the memory-saving backward, the last layer in plain autograd.
+# A local and an LSH layer, and a third, all in the memory-saving backward.
 LAYERS = ["local", "lsh", "local"]
 DROPOUT = dict(hidden_dropout_prob=0.1, lsh_attention_probs_dropout_prob=0.1, local_attention_probs_dropout_prob=0.1)
 # name: (what else is sharded before the model, config); with dropout the hash rotations come from

@@ -329,3 +329,37 @@ def test_training_draws_no_torch_dropout_mask():
         quiet(model, input_ids=ids, labels=ids).loss.backward()
     assert "reformer_kernels::dropout_add" in called
     assert not {name for name in called if "bernoulli" in name or "dropout" in name and name.startswith("aten::")}
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_final_layer_norm_is_layer_norm_of_the_concatenation_without_building_it(dtype):
+    """encoder.final_layer_norm(y1, y2) normalizes CONCAT_ROWS rows of concat(y1, y2) at a time with
+    torch's kernel: the output and the streams' gradients are LayerNorm(torch.cat)'s bits (here over
+    several blocks, the last one partial, and batch 2); the weight and bias gradients, summed block
+    by block, agree to round-off. A forward hook on the LayerNorm makes it take the concatenation
+    (and the hook runs)."""
+    from reformer_kernels.models.modeling import CONCAT_ROWS
+
+    torch.manual_seed(0)
+    encoder = models.ReformerModel(models.ReformerConfig(**dict(DECODER, hidden_size=16))).encoder.to(dtype)
+    norm = encoder.layer_norm
+    with torch.no_grad():
+        norm.weight.normal_()
+        norm.bias.normal_()
+    shape = (2, CONCAT_ROWS + 300, 16)
+    y1, y2 = (torch.randn(shape, dtype=dtype, requires_grad=True) for _ in range(2))
+    grad_out = torch.randn(2, shape[1], 32, dtype=dtype)
+    inputs = [y1, y2, norm.weight, norm.bias]
+    expected = norm(torch.cat([y1, y2], dim=-1))
+    expected_grads = torch.autograd.grad(expected, inputs, grad_out)
+    actual = encoder.final_layer_norm(y1, y2)
+    assert actual.grad_fn.name().endswith("_ConcatLayerNormBackward")
+    actual_grads = torch.autograd.grad(actual, inputs, grad_out)
+    assert torch.equal(actual, expected)
+    assert torch.equal(actual_grads[0], expected_grads[0]) and torch.equal(actual_grads[1], expected_grads[1])
+    for actual_grad, expected_grad in zip(actual_grads[2:], expected_grads[2:]):
+        assert relative_error(actual_grad, expected_grad) < (1e-13 if dtype == torch.float64 else 1e-5)
+    calls = []
+    norm.register_forward_hook(lambda *args: calls.append(1))
+    hooked = encoder.final_layer_norm(y1, y2)
+    assert calls == [1] and torch.equal(hooked, expected)

@@ -270,12 +270,15 @@ def test_inference_and_bf16_autocast_training_reuse_memory_instead_of_faulting_i
 
 
 def test_the_reversible_backward_holds_two_gradients_two_stream_tensors_and_one_sub_layer():
-    """What the memory-saving backward allocates at its peak, counted in (L, hidden) float32 tensors
+    """What the memory-saving backward holds at its peak, counted in (L, hidden) float32 tensors
     with sub-layers that are bias-free linear maps: the two carried (negated) gradients, the two
-    stream tensors of the block being undone, and one sub-layer's recomputation, whose output is
-    consumed by the reconstruction (x2 = y2 - g(y1), after which y2 is dropped) and whose backward
-    makes the gradient of its output and of its input: 2 + 2 + 2 = 6. Keeping each stream tensor and
-    gradient term until the loop rebinds its name, and subtracting out of place, made it 10."""
+    stream tensors of the block being undone (at first the outputs kept from the forward, in use
+    before the backward starts, which it lets go of as it goes), and one sub-layer's recomputation,
+    whose output is consumed by the reconstruction (x2 = y2 - g(y1), after which y2 is dropped) and
+    whose backward makes the gradient of its output and of its input: 2 + 2 + 2 = 6, of which 4 are
+    allocated by the backward. Keeping each stream tensor and gradient term until the loop rebinds
+    its name, and subtracting out of place, made it 10; saving the outputs (save_for_backward, which
+    holds them until the backward returns) 8."""
     torch.manual_seed(0)
     hidden = 64
     stream = SEQ_LEN * hidden * 4  # 1 MiB: every stream-sized tensor comes from the pool
@@ -284,7 +287,66 @@ def test_the_reversible_backward_holds_two_gradients_two_stream_tensors_and_one_
     x = torch.randn(1, SEQ_LEN, hidden, requires_grad=True)
     y1, y2 = sequence(x, x)
     loss = (y1 + y2).sum()  # its gradients are expanded scalars, which take no memory
+    del y1, y2
     _extension.empty_cpu_memory_pool()
     before = _extension.cpu_memory_pool_stats()["in_use_bytes"]
     loss.backward()
-    assert _extension.cpu_memory_pool_stats()["peak_in_use_bytes"] - before <= 6 * stream
+    assert _extension.cpu_memory_pool_stats()["peak_in_use_bytes"] - before <= 4 * stream
+
+
+def test_the_final_layer_norm_allocates_its_output_and_blocks_of_rows_not_the_concatenation():
+    """The encoder's LayerNorm over concat(y1, y2), recorded for the backward, allocates its
+    (L, 2 * hidden) output, one block of CONCAT_ROWS concatenated rows and its normalized copy at a
+    time, and the per-row mean and 1/std: about 2 stream tensors here, where LayerNorm of torch.cat
+    allocates 4 (the concatenation, kept for the backward, and the output)."""
+    from reformer_kernels.models.modeling import CONCAT_ROWS
+
+    encoder = wide_model(1).reformer.encoder
+    hidden = WIDE["hidden_size"]
+    stream = SEQ_LEN * hidden * 4
+    y1, y2 = (torch.randn(1, SEQ_LEN, hidden, requires_grad=True) for _ in range(2))
+    _extension.empty_cpu_memory_pool()
+    before = _extension.cpu_memory_pool_stats()["in_use_bytes"]
+    with _extension.cpu_memory_pool():
+        out = encoder.final_layer_norm(y1, y2)
+    blocks = 2 * CONCAT_ROWS * 2 * hidden * 4
+    statistics = 2 * SEQ_LEN * 4
+    assert _extension.cpu_memory_pool_stats()["peak_in_use_bytes"] - before <= 2 * stream + blocks + statistics
+    out.sum().backward()
+    assert y1.grad.shape == y1.shape and y2.grad.shape == y2.shape
+
+
+def _unmapped(start, end):
+    """Whether no mapping of this process intersects the addresses [start, end)."""
+    with open("/proc/self/maps") as f:
+        for line in f:
+            low, high = (int(address, 16) for address in line.split()[0].split("-"))
+            if low < end and start < high:
+                return False
+    return True
+
+
+@pytest.mark.skipif(platform.system() != "Linux", reason="reads /proc/self/maps")
+def test_a_free_range_too_small_for_a_tensor_grows_into_its_block_by_mapping_only_the_missing_pages():
+    """A 6 MiB tensor when only a 4 MiB range is free: the pool maps the missing 2 MiB right below
+    the range (or above it) where that address space is unused, and the tensor spans both, so the
+    pool grows by 2 MiB, not 6; with both neighbours taken it maps 6 MiB afresh."""
+    _extension.empty_cpu_memory_pool()
+    with _extension.cpu_memory_pool():
+        first = torch.empty(MIB)
+        block = first.data_ptr()
+        del first
+        start = _extension.cpu_memory_pool_stats()
+        below, above = _unmapped(block - 2 * MIB, block), _unmapped(block + 4 * MIB, block + 6 * MIB)
+        larger = torch.empty(6 * MIB // 4)
+    now = _extension.cpu_memory_pool_stats()
+    grown = now["in_use_bytes"] + now["cached_bytes"] - start["in_use_bytes"] - start["cached_bytes"]
+    assert now["mapped"] == start["mapped"] + 1
+    if below:
+        assert larger.data_ptr() == block - 2 * MIB and grown == 2 * MIB
+    elif above:
+        assert larger.data_ptr() == block and grown == 2 * MIB
+    else:
+        assert grown == 6 * MIB
+    larger.fill_(1.0)  # every page of the block is writable
+    assert larger.sum().item() == larger.numel()

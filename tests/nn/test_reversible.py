@@ -99,9 +99,9 @@ def saved_bytes(model, ids, labels):
 
 
 def test_saved_bytes_do_not_grow_with_depth():
-    """The memory contract: 12 layers save at most 1.3x the bytes of 1 layer (L = 4096). The last layer's
-    activations are stored in both (one layer's worth); the 11 reversible layers below it add only their
-    outputs' two streams."""
+    """The memory contract: 12 layers save at most 1.3x the bytes of 1 layer (L = 4096): every layer is
+    recomputed in the backward, so what is saved is what the model computes after the layers (the
+    final LayerNorm keeps the last layer's two output streams, the LM head its input)."""
     kwargs = {**TINY, "axial_pos_shape": [64, 64], "max_position_embeddings": 4096, "lsh_attn_chunk_length": 64,
               "local_attn_chunk_length": 64, "is_decoder": True, "hash_seed": 0}
     ids = torch.randint(0, TINY["vocab_size"], (1, 4096))
@@ -199,3 +199,36 @@ def test_torch_checkpoint_elsewhere_gives_the_same_gradients(region):
     # The comparison can fail: without checkpoint's RNG replay the recomputed dropout masks differ.
     _, grads_unreplayed = checkpointed_gradients(model, preprocess, embeddings, weights, region, preserve_rng_state=False)
     assert relative_error(grads_unreplayed["input"], grads_plain["input"]) > 1e-3
+
+
+def _sequence_and_input():
+    from torch import nn
+
+    from reformer_kernels.nn import ReversibleBlock, ReversibleSequence
+
+    torch.manual_seed(0)
+    blocks = [ReversibleBlock(nn.Linear(8, 8), nn.Linear(8, 8)) for _ in range(3)]
+    return ReversibleSequence(blocks).double(), torch.randn(2, 5, 8, dtype=torch.float64, requires_grad=True)
+
+
+def test_an_output_modified_in_place_after_the_forward_is_an_error():
+    """The backward reconstructs the inputs from the outputs it kept (not saved for backward, so that
+    it can let go of them): changing them in place is caught by their version counter, as a saved
+    tensor's would be."""
+    sequence, x = _sequence_and_input()
+    y1, y2 = sequence(x, x)
+    y1.add_(1.0)
+    with pytest.raises(RuntimeError, match="ReversibleSequence: an output of the reversible layers was modified"):
+        (y1 + y2).sum().backward()
+
+
+def test_retain_graph_runs_the_memory_saving_backward_twice():
+    """With retain_graph the backward keeps the outputs it reconstructs from: a second backward gives
+    the same gradients again."""
+    sequence, x = _sequence_and_input()
+    y1, y2 = sequence(x, x)
+    loss = (y1 * y2).sum()
+    loss.backward(retain_graph=True)
+    first = x.grad.clone()
+    loss.backward()
+    assert torch.equal(x.grad, 2 * first)
