@@ -174,14 +174,17 @@ COPIES = {"clone", "_to_copy", "copy_", "contiguous"}
 
 
 class TorchOps(TorchDispatchMode):
-    """Records the name and output of every torch op run inside it that is not a view."""
+    """Records the torch ops run inside it: ``calls``, every op as (namespace.name, arguments,
+    outputs); ``ops``, those that are not views as (name, outputs)."""
 
     def __init__(self):
         super().__init__()
+        self.calls = []
         self.ops = []
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
+        self.calls.append((f"{func.namespace}.{func.overloadpacket.__name__}", args, out))
         if not func.is_view:
             self.ops.append((func.overloadpacket.__name__, out))
         return out

@@ -10,7 +10,6 @@ the layer's GPU path hands them to the sort with no packing op between."""
 import pytest
 import torch
 from hypothesis import strategies as st
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from reformer_kernels import backends, functional, reference
 from reformer_kernels.ops.bucket_sort import packed_key_dtype
@@ -21,8 +20,8 @@ from tests.test_no_host_sync import fake_gpu
 
 from .fuzz import (DTYPES, HEAD_DIMS, MASK_KINDS, NEAR_TIE, TRITON_HEAD_DIMS, fuzz_tests, head_split, n_buckets_strategy, near_ties,
                    padding_mask)
-from .inputs import (assert_impl_takes_schema_names, assert_same_schema, fixed_padding_mask, on_backends, requires_cuda_kernels,
-                     schema_mask, skip_if_interpreter_lacks, small_lsh_inputs, triton_only)
+from .inputs import (TorchOps, assert_impl_takes_schema_names, assert_same_schema, fixed_padding_mask, on_backends,
+                     requires_cuda_kernels, schema_mask, skip_if_interpreter_lacks, small_lsh_inputs, triton_only)
 
 
 @st.composite
@@ -456,19 +455,6 @@ def test_rejects_bad_rotations():
         functional.lsh_hash(qk, rotations.double(), 4, backend="reference")
 
 
-class OpCalls(TorchDispatchMode):
-    """Records every op called inside it: (name, arguments, outputs)."""
-
-    def __init__(self):
-        super().__init__()
-        self.calls = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        self.calls.append((f"{func.namespace}.{func.overloadpacket.__name__}", args, out))
-        return out
-
-
 def test_gpu_layer_path_sorts_the_hash_keys_with_no_packing_op():
     """On (fake) GPU tensors the LSH layer's forward hashes into packed keys and positions that go
     to bucket_sort_packed as they are: no int64 ids (B, H, n_hashes * L), no bucket_sort (whose
@@ -481,7 +467,7 @@ def test_gpu_layer_path_sorts_the_hash_keys_with_no_packing_op():
         layer = layer.to_empty(device="cuda").train()
         hidden = torch.empty(batch, seq_len, 32, device="cuda")
         mask = torch.ones(batch, seq_len, dtype=torch.long, device="cuda")
-        with OpCalls() as recorded:
+        with TorchOps() as recorded:
             layer(hidden, attention_mask=mask)
     names = [name for name, _, _ in recorded.calls]
     assert "reformer_kernels.bucket_sort" not in names and "reformer_kernels.triton_lsh_hash" not in names
