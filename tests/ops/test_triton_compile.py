@@ -28,6 +28,7 @@ from triton.runtime.jit import create_function_from_signature
 
 from reformer_kernels import backends
 from reformer_kernels.ops.dropout_add import triton_kernels as triton_reversible
+from reformer_kernels.ops.dropout_relu import triton_kernels as triton_dropout_relu
 from reformer_kernels.ops.linear_cross_entropy import triton_kernels as triton_cross_entropy
 from reformer_kernels.ops.lsh_hash import triton_kernels as triton_hashing
 from tests.triton_launches import (launched_function, local_attention_launches, lsh_attention_launches, recorded_launches,
@@ -246,6 +247,22 @@ def test_dropout_add_kernel_compiles(arch):
 
     variants = compile_op(arch, launches)
     check_variants(variants, torch.bfloat16, without_dots=("_dropout_add_kernel",))
+    check_spills(variants, torch.bfloat16)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_dropout_relu_kernels_compile(arch):
+    """The feed-forward's fused bias, dropout and relu (bf16 product and bias, as under autocast; with
+    and without bias) and its backward from the output: the Philox draw compiles, unspilled."""
+    x, bias = torch.randn(4, 1000, dtype=torch.bfloat16), torch.randn(1000, dtype=torch.bfloat16)
+
+    def launches():
+        for b in (bias, None):
+            out = triton_dropout_relu.dropout_relu_op(x, b, 0.1, 2**62, 4)
+        triton_dropout_relu.dropout_relu_backward_op(x, out, 0.1)
+
+    variants = compile_op(arch, launches)
+    check_variants(variants, torch.bfloat16, without_dots=("_dropout_relu_kernel", "_dropout_relu_backward_kernel"))
     check_spills(variants, torch.bfloat16)
 
 
