@@ -64,6 +64,11 @@ def keep_threshold(p: float) -> int:
     return int(p * 2**31)
 
 
+def keep_scale(p: float) -> float:
+    """The factor of a kept element: 1 / (1 - p); p = 1 keeps nothing, and has none to take (0)."""
+    return 1.0 / (1.0 - p) if p < 1.0 else 0.0
+
+
 def dropout_keep(shape: tuple[int, ...], p: float, seed: int, offset: int, device: torch.device | str = "cpu") -> torch.Tensor:
     """Bool keep-mask of ``shape`` (True: kept), element e of its row-major order decided by the
     word of e under (seed, offset)."""

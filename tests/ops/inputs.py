@@ -292,3 +292,19 @@ def assert_float32_kernel_meets_reference(impl, reference_impl, inputs, upstream
         actual = call(impl, torch.float32)
     for name, a, e, b in zip(names, actual, expected, baseline):
         assert_within_rule(a, e, b, atol=2e-5, what=name)
+
+
+def rng_state(device: torch.device) -> torch.Tensor:
+    """The state of ``device``'s default generator."""
+    return torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.get_rng_state()
+
+
+@contextlib.contextmanager
+def generator_at(state: torch.Tensor, device: torch.device):
+    """Run the body with the device's default generator at ``state``, as the reversible backward does."""
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        if device.type == "cuda":
+            torch.cuda.set_rng_state(state, device)
+        else:
+            torch.set_rng_state(state)
+        yield

@@ -11,7 +11,6 @@ the reference's Philox mask (``reference.dropout_keep``) from the key it takes o
 bit for bit, at the rate 1 - p; the C++ op's torch.library checks; the Triton kernel against the
 float64 reference with the mask it drew, its determinism, torch.library's checks, errors, and the
 reversible backward it serves; functional's errors."""
-import contextlib
 
 import pytest
 import torch
@@ -25,7 +24,7 @@ from tests.tolerance import assert_within_rule
 
 from . import inputs
 from .fuzz import ATOL, DTYPES, fuzz_tests
-from .inputs import assert_same_schema, triton_only
+from .inputs import assert_same_schema, generator_at, rng_state, triton_only
 
 
 @st.composite
@@ -93,21 +92,6 @@ test_fuzz, test_fuzz_slow = fuzz_tests(check, cases)
 
 
 SHAPE = (3, 37, 29)  # 3219 elements: four Triton blocks, the last one partial
-
-
-def rng_state(device):
-    return torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.get_rng_state()
-
-
-@contextlib.contextmanager
-def generator_at(state, device):
-    """Run the body with the device's default generator at ``state``, as the reversible backward does."""
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        if device.type == "cuda":
-            torch.cuda.set_rng_state(state, device)
-        else:
-            torch.set_rng_state(state)
-        yield
 
 
 # ----------------------------------------------------------------------------- every backend

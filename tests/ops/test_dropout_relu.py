@@ -4,7 +4,6 @@ key gives (``reference.dropout_keep``), output and gradients by the tolerance ru
 bit-for-bit equality with relu(functional.dropout(x + bias)) from the same generator state (the op
 changes no mask and no value), non-finite inputs, biases across the kernel's blocks, the ops'
 torch.library checks and schemas, what the backward saves, and functional's errors."""
-import contextlib
 
 import pytest
 import torch
@@ -17,7 +16,7 @@ from tests.marks import requires_extension
 from tests.tolerance import assert_within_rule
 
 from .fuzz import ATOL, DTYPES, fuzz_tests
-from .inputs import assert_same_schema, triton_only
+from .inputs import assert_same_schema, generator_at, rng_state, triton_only
 
 
 @st.composite
@@ -79,20 +78,6 @@ test_fuzz, test_fuzz_slow = fuzz_tests(check, cases)
 
 
 SHAPE = (3, 37, 29)  # 3219 elements: four Triton blocks, the last one partial
-
-
-def rng_state(device):
-    return torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.get_rng_state()
-
-
-@contextlib.contextmanager
-def generator_at(state, device):
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        if device.type == "cuda":
-            torch.cuda.set_rng_state(state, device)
-        else:
-            torch.set_rng_state(state)
-        yield
 
 
 # ----------------------------------------------------------------------------- every backend

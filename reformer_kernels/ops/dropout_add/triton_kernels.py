@@ -17,7 +17,7 @@ import triton
 import triton.language as tl
 
 from ... import backends
-from ...reference.dropout import keep_threshold
+from ...reference.dropout import keep_scale, keep_threshold
 from ..triton_utils import check_dtype
 from . import _fake, fused, register
 
@@ -32,6 +32,16 @@ def philox_group(seed, philox_offset, group):
     zero = tl.zeros(group.shape, tl.uint32)
     return tl.philox(seed, zero + (base & 0xFFFFFFFF).to(tl.uint32), zero + (base >> 32).to(tl.uint32),
                      (group & 0xFFFFFFFF).to(tl.uint32), (group >> 32).to(tl.uint32))
+
+
+@triton.jit
+def philox_groups(BLOCK: tl.constexpr):
+    """This program's BLOCK elements as BLOCK / 4 Philox groups of 4 consecutive elements, one
+    counter per group: (group indices (BLOCK / 4,), word within the group (1, 4), element indices
+    (BLOCK / 4, 4)), int64."""
+    group = tl.program_id(0).to(tl.int64) * (BLOCK // 4) + tl.arange(0, BLOCK // 4)
+    word = tl.arange(0, 4)[None, :]
+    return group, word, group[:, None] * 4 + word
 
 
 @triton.jit
@@ -54,10 +64,7 @@ def _dropout_add_kernel(
     Residual, X, Out, n_elements, seed, philox_offset, threshold, scale, sign,
     HAS_RESIDUAL: tl.constexpr, DROPOUT: tl.constexpr, BLOCK: tl.constexpr,
 ):
-    # BLOCK elements as BLOCK / 4 Philox groups of 4 consecutive elements: one counter per group
-    group = tl.program_id(0).to(tl.int64) * (BLOCK // 4) + tl.arange(0, BLOCK // 4)
-    word = tl.arange(0, 4)[None, :]
-    idx = group[:, None] * 4 + word
+    group, word, idx = philox_groups(BLOCK)
     in_range = idx < n_elements
     x = tl.load(X + idx, mask=in_range, other=0.0).to(tl.float32)
     if DROPOUT:
@@ -81,10 +88,9 @@ def dropout_add_op(
     out = torch.empty(x.shape, dtype=dtype, device=x.device)
     if x.numel() == 0:
         return out
-    # p = 1 keeps nothing: no 1 / (1 - p) to take
-    scale = 1.0 / (1.0 - p) if p < 1.0 else 0.0
     _dropout_add_kernel[(triton.cdiv(x.numel(), BLOCK),)](
-        x if residual is None else residual.contiguous(), x, out, x.numel(), seed, philox_offset, keep_threshold(p), scale,
+        x if residual is None else residual.contiguous(), x, out, x.numel(), seed, philox_offset, keep_threshold(p),
+        keep_scale(p),
         -1.0 if subtract else 1.0,
         HAS_RESIDUAL=residual is not None, DROPOUT=p > 0.0, BLOCK=BLOCK, num_warps=4,
     )

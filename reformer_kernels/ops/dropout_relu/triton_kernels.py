@@ -12,26 +12,18 @@ import triton
 import triton.language as tl
 
 from ... import backends
-from ...reference.dropout import keep_threshold
-from ..dropout_add.triton_kernels import kept, philox_group
+from ...reference.dropout import keep_scale, keep_threshold
+from ..dropout_add.triton_kernels import kept, philox_group, philox_groups
 from ..triton_utils import check_dtype
 from . import _fake, _fake_backward, fused, register
 
 BLOCK = 1024
 
 
-def _scale(p: float) -> float:
-    # p = 1 keeps nothing: no 1 / (1 - p) to take
-    return 1.0 / (1.0 - p) if p < 1.0 else 0.0
-
-
 @triton.jit(do_not_specialize=["seed", "philox_offset"])
 def _dropout_relu_kernel(X, Bias, Out, n_elements, n_columns, seed, philox_offset, threshold, scale, HAS_BIAS: tl.constexpr,
                          BLOCK: tl.constexpr):
-    # BLOCK elements as BLOCK / 4 Philox groups of 4 consecutive elements: one counter per group
-    group = tl.program_id(0).to(tl.int64) * (BLOCK // 4) + tl.arange(0, BLOCK // 4)
-    word = tl.arange(0, 4)[None, :]
-    idx = group[:, None] * 4 + word
+    group, word, idx = philox_groups(BLOCK)
     in_range = idx < n_elements
     x = tl.load(X + idx, mask=in_range, other=0.0).to(tl.float32)
     if HAS_BIAS:
@@ -62,7 +54,7 @@ def dropout_relu_op(x: torch.Tensor, bias: Optional[torch.Tensor], p: float, see
     if x.numel() > 0:
         _dropout_relu_kernel[(triton.cdiv(x.numel(), BLOCK),)](
             x, x if bias is None else bias.contiguous(), out, x.numel(), x.shape[-1], seed, philox_offset,
-            keep_threshold(p), _scale(p), HAS_BIAS=bias is not None, BLOCK=BLOCK, num_warps=4,
+            keep_threshold(p), keep_scale(p), HAS_BIAS=bias is not None, BLOCK=BLOCK, num_warps=4,
         )
     return out
 
@@ -75,7 +67,7 @@ def dropout_relu_backward_op(grad_out: torch.Tensor, out: torch.Tensor, p: float
     grad_x = torch.empty_like(out)
     if out.numel() > 0:
         _dropout_relu_backward_kernel[(triton.cdiv(out.numel(), BLOCK),)](
-            grad_out, out, grad_x, out.numel(), _scale(p), BLOCK=BLOCK, num_warps=4,
+            grad_out, out, grad_x, out.numel(), keep_scale(p), BLOCK=BLOCK, num_warps=4,
         )
     return grad_x
 
