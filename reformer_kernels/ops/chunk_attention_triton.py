@@ -242,7 +242,7 @@ def attention_bwd_prologue_kernel(
     stride_ob, stride_oh, stride_ol,  # Out: (B, H, L, head_dim)
     stride_sb, stride_sh,  # Lse, RoundWeight, Delta: (B, H, n_rounds * L), the rounds one after the other
     stride_gb, stride_gh, stride_gr, stride_gl,  # DLse: (B, H, n_rounds, L), any strides (a broadcast zero too)
-    seq_len, n_rounds, head_dim, mask_value, n_keys,
+    seq_len, n_rounds, head_dim, floor_score, n_keys,
     LSH: tl.constexpr, HAS_DLSE: tl.constexpr, HEAD_BLOCK: tl.constexpr, BLOCK: tl.constexpr,
 ):
     """The backward's per-row inputs, in fp32, for BLOCK positions of one (batch, head), reading
@@ -250,7 +250,17 @@ def attention_bwd_prologue_kernel(
     and its lse gets w_r * (d out . (out_r - out)) + d lse_r, so softmax's usual delta becomes
     delta_r = w_r * (d out . out) - d lse_r (the out_r terms cancel), with
     w_r = exp(lse_r - logsumexp_r lse_r). Local attention has one round and no d lse; its w is
-    ``_dout_scale``'s, computed again by the backward kernel from lse."""
+    ``_dout_scale``'s, computed again by the backward kernel from lse. ``floor_score``: the score
+    of the keys a query takes when it sees nothing else, mask_value (local) or the self mask (LSH).
+
+    A round in which a query sees only itself (every other key masked) has scores of exactly the
+    self mask S (-1e5; fp16 -1e3) on its n copies of itself (n > 1 when the window wraps a short
+    ring) and lse = S + log n, which fp32 rounds by up to 0.004 at -1e5: the kernel's exp(s - lse)
+    would be 1 / n off by that much (0.4%, where the forward's output, the mean, is exact). n is
+    recovered as the integer nearest exp(lse - S) (exact while n < 128; n is at most the window's
+    chunk count), and the round's w and delta are scaled by exp(lse - S) / n, which turns
+    exp(s - lse) into 1 / n. Real scores never come near S / 2 (a query of norm |S| / 2 *
+    sqrt(head_dim) would be needed)."""
     h = tl.program_id(1).to(tl.int64)
     b = tl.program_id(2).to(tl.int64)
     pos = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
@@ -275,15 +285,20 @@ def attention_bwd_prologue_kernel(
             total += tl.exp(tl.load(Lse + r * seq_len + pos, mask=ok, other=0.0) - top)
         for r in range(n_rounds):
             rows = r * seq_len + pos
-            weight = tl.exp(tl.load(Lse + rows, mask=ok, other=0.0) - top) / total
+            lse = tl.load(Lse + rows, mask=ok, other=0.0)
+            weight = tl.exp(lse - top) / total
             delta = weight * out_dot
             if HAS_DLSE:
                 delta -= tl.load(DLse + r * stride_gr + pos * stride_gl, mask=ok, other=0.0).to(tl.float32)
-            tl.store(RoundWeight + rows, weight, mask=ok)
-            tl.store(Delta + rows, delta, mask=ok)
+            only_self = lse <= floor_score / 2
+            # (exp of the other rows' lse - floor_score, about -floor_score, would overflow to inf)
+            copies = tl.exp(tl.where(only_self, lse - floor_score, 0.0))
+            exact = tl.where(only_self, copies / tl.floor(copies + 0.5), 1.0)
+            tl.store(RoundWeight + rows, weight * exact, mask=ok)
+            tl.store(Delta + rows, delta * exact, mask=ok)
     else:
         lse = tl.load(Lse + pos, mask=ok, other=0.0)
-        tl.store(Delta + pos, _dout_scale(RoundWeight, pos, ok, lse, mask_value, n_keys, LSH) * out_dot, mask=ok)
+        tl.store(Delta + pos, _dout_scale(RoundWeight, pos, ok, lse, floor_score, n_keys, LSH) * out_dot, mask=ok)
 
 
 @triton.autotune(configs=warp_configs(), key=["chunk_len", "HEAD_BLOCK", "BLOCK", "LSH", "CAUSAL", "HAS_MASK", "DROPOUT",
@@ -538,7 +553,7 @@ def attention_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sorted
     n_rows = lse.shape[2]
     (mask, stride_mb), scalars, constexprs, grid = _launch_arguments(q, op, n_slots, chunk_len, lsh, attention_mask,
                                                                       dropout, backward=True)
-    mask_value, _ = mask_values(q.dtype)
+    mask_value, self_mask_value = mask_values(q.dtype)
     n_keys = chunk_len * (n_chunks_before + 1 + n_chunks_after)
     delta = torch.empty_like(lse)
     round_weight = torch.empty_like(lse) if lsh else delta  # local attention's is computed from lse
@@ -550,7 +565,7 @@ def attention_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sorted
         out.stride(0), out.stride(1), out.stride(2),
         lse.stride(0), lse.stride(1),
         *(grad_lse.stride() if grad_lse is not None else (0, 0, 0, 0)),
-        seq_len, n_rows // seq_len, head_dim, mask_value, n_keys,
+        seq_len, n_rows // seq_len, head_dim, self_mask_value if lsh else mask_value, n_keys,
         LSH=lsh, HAS_DLSE=grad_lse is not None, HEAD_BLOCK=constexprs["HEAD_BLOCK"], BLOCK=block,
     )
     row_stride = max(q.stride(2), grad_q.stride(2), grad_v.stride(2))

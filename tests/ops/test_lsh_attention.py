@@ -90,6 +90,18 @@ def check(backend, device, case):
 test_fuzz, test_fuzz_slow = fuzz_tests(check, cases)
 
 
+@on_backends("cpu", "triton")
+@pytest.mark.parametrize("n_hashes,before,after", [(2, 1, 2), (2, 2, 2), (3, 3, 3)])
+def test_query_seeing_only_its_copies(backend, device, n_hashes, before, after):
+    """One position in chunks of one, a window that wraps the ring of n_hashes chunks: the query's
+    only keys are its own copies (up to seven), scored the self mask, and its lse (-1e5 + log n) is
+    rounded in fp32. The Triton backward once took exp(s - lse) as 1 / n and was 0.4% off in grad v
+    (the fuzz found the first case)."""
+    check(backend, device, dict(seed=0, dtype=torch.float32, batch=1, heads=1, head_dim=8, n_hashes=n_hashes,
+                                chunk_len=1, seq_len=1, n_buckets=2, before=before, after=after, causal=False, mask=None,
+                                dropout_p=0.0, head_split=False))
+
+
 # ----------------------------------------------------------------------------- the compiled kernels
 # dtype, batch, heads, seq_len, head_dim, n_hashes, chunk_len, before, after, causal, padding, dropout_p
 KERNEL_CASES = [
