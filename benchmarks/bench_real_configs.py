@@ -27,9 +27,10 @@ cnp at L = 1024, fp32, 1 repeat (a few minutes at most). --size full: cnp at 4K,
 at 4K, 16K, both workloads, fp32 and bf16-autocast, 3 repeats: this takes hours on a 2-core CPU.
 --dtypes replaces the size's dtypes (e.g. --size small --dtypes fp32 bf16-autocast: cnp at 1K in both).
 
-Each case runs in a fresh process (benchmarks/workers.py): one warm-up step, one step whose peak RSS
-is measured (workers.peak_rss_bytes: the resident memory the step adds), SETTLING_STEPS untimed steps
-(the steady state of a training run), then --repeats timed steps,
+Each case runs in a fresh process (benchmarks/workers.py): SETTLING_STEPS untimed steps (the steady
+state of a training run: the CPU memory pool plans a step's blocks once the steps after the first
+repeat), one more step, then one whose peak RSS is measured (workers.peak_rss_bytes: the resident
+memory the step adds), then --repeats timed steps,
 whose median is step_ms; minflt_per_step and sys_s_per_step are the minor page faults and the system
 CPU time (getrusage ru_minflt, ru_stime) of the timed steps divided by their number: a step that
 returns its memory to the system and faults it back in pays for it in both.
@@ -69,9 +70,11 @@ OURS, TRANSFORMERS, PATCHED = "reformer_kernels", "transformers", "transformers+
 COMPETITORS = (OURS, TRANSFORMERS, PATCHED)
 WORKLOADS = ("train", "infer")
 DTYPES = ("fp32", "bf16-autocast")
-# Untimed steps between the peak-RSS step and the timed ones: that step starts with freed memory
-# handed back (malloc_trim, and our CPU memory pool emptied), and the allocators take a few steps to
-# settle again (ours: 2 at cnp 16K, after which a step faults no pages in; transformers': 1).
+# Untimed steps before the peak-RSS step, after the first: with them and peak_rss_bytes' first call,
+# that step is a training run's fourth, the first in which our CPU memory pool serves the plan it
+# made from the second and third (the first also creates the optimizer's state). The peak-RSS step
+# starts with freed memory handed back (malloc_trim, the pool emptied; its plan maps its range anew),
+# so that step, not the timed ones after it, faults the pages of the steady state in.
 SETTLING_STEPS = 2
 PEAK_GFLOPS = 234.0  # DESIGN.md: fp32 register-only FMA loop on 2 Zen 4 cores (AVX-512)
 # size -> ([(model, seq_len), ...], workloads, dtypes, default repeats, layers override)
@@ -173,10 +176,12 @@ def worker(model: str, workload: str, competitor: str, dtype: str, seq_len: int,
         net = build_model(competitor, fields)
         input_ids = torch.randint(3, fields["vocab_size"], (1, seq_len), generator=torch.Generator().manual_seed(0))
         step = step_fn(net, workload, dtype, input_ids)
-        # peak_rss_bytes' first call is the warm-up step; its second is the measured one.
-        row["peak_rss_mb"] = round(peak_rss_bytes(step) / 2**20, 1)
+        # Steady state first: the CPU memory pool plans a training step's blocks once two steps after
+        # the first (which also creates the optimizer's state) have repeated. Then peak_rss_bytes'
+        # first call settles the heap, its second is the measured one.
         for _ in range(SETTLING_STEPS):
             step()
+        row["peak_rss_mb"] = round(peak_rss_bytes(step) / 2**20, 1)
         start = resource.getrusage(resource.RUSAGE_SELF)
         times = time_ms(step, CPU, warmup=0, repeats=repeats)
         end = resource.getrusage(resource.RUSAGE_SELF)

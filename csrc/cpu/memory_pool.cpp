@@ -31,6 +31,21 @@
 //   forward and backward reuse the previous step's pages, so those stay; what shapes no longer use
 //   goes.
 // - memory_pool_empty unmaps every free range; blocks in use are kept and freed into the pool.
+// - Planning (what best fit cannot do): a training step's tensors of many sizes and lifetimes leave
+//   best fit's free ranges cut into pieces that the next large tensor does not fit, so the pool
+//   grew to about 1.4x the bytes ever in use at once. But a step allocates the same sizes in the
+//   same order as the step before. So the pool records, per pass (a "segment": from one outermost
+//   enter to the next, with what runs outside passes in between), each large request's size and
+//   when it was allocated and freed. When the last segments repeat the ones before them (period 1,
+//   inference, or 2, a training step's forward and backward passes), it places that period's
+//   blocks once, offline, in one address range (the largest first, each at the lowest offset where
+//   no block alive at the same time in the period lies; a block alive across the period's end
+//   wraps), maps that range and from then on serves the k-th request of each period at its planned
+//   address if that request has the planned size and the whole range there is free. A request
+//   that fails either test, or that the plan left out (a block that lives longer than a period), is
+//   served by best fit outside the planned range; a segment that does not repeat its counterpart
+//   drops the plan, and a new one is made when the segments repeat again. Planned addresses are
+//   only ever taken from free ranges, so a wrong plan costs memory, never correctness.
 // Contents are never cleared or relied on: a reused block holds whatever its last tensor left,
 // as a block from malloc does, so no result depends on the pool.
 #include "memory_pool.h"
@@ -44,6 +59,7 @@
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <iterator>
 #include <map>
@@ -71,6 +87,37 @@ struct FreeRange {
   uint64_t freed_in_pass;  // the latest pass in which a block merged into it was freed
 };
 
+constexpr uint64_t kAlive = UINT64_MAX;  // Allocation::freed_at of a block not freed (yet)
+constexpr uint64_t kUnplanned = UINT64_MAX;  // a plan's offset for a block it leaves to best fit
+// Requests a segment records at most (past that it is not planned: memory and planning time stay
+// bounded when large tensors are allocated outside passes for a long time).
+constexpr size_t kMaxRecorded = size_t{1} << 16;
+constexpr size_t kKeptSegments = 5;  // two periods of two segments, and the one being recorded
+
+struct Allocation {  // one large request, by the pool's clock (one tick per large allocation or free)
+  size_t size;
+  uint64_t allocated_at, freed_at;
+};
+
+struct Segment {
+  uint64_t serial, start;  // start: the clock at its pass's start
+  uint64_t signature = 14695981039346656037ull;  // FNV-1a over the sizes requested, in order
+  bool overflowed = false;  // more than kMaxRecorded requests: never planned
+  std::vector<Allocation> allocations;
+};
+
+struct Request {  // where a large request sits in the recording, and the address the plan gives it
+  uint64_t segment;
+  size_t index;
+  uintptr_t planned;  // 0: none
+};
+
+struct Block {  // a block in use (or a foreign one being watched), and its request
+  size_t size;
+  uint64_t segment;
+  size_t index;
+};
+
 class PoolAllocator final : public c10::Allocator {
  public:
   explicit PoolAllocator(c10::Allocator* previous) : previous_(previous) {}
@@ -80,27 +127,37 @@ class PoolAllocator final : public c10::Allocator {
       return previous_->allocate(n);
     }
     const size_t size = whole_pages(n);
-    void* ptr = take_free(size);
+    const Request request = note_request(size);
+    void* ptr = request.planned == 0 ? nullptr : take_at(request.planned, size, request);
+    if (ptr == nullptr) {
+      ptr = take_free(size, request);
+    }
     if (ptr == nullptr) {
       if (pool_depth == 0) {
-        return previous_->allocate(n);
+        // The previous allocator's block, watched so that its lifetime is recorded, then handed back to it.
+        void* foreign = previous_->raw_allocate(n);
+        std::lock_guard<std::mutex> lock(mutex_);
+        foreign_.emplace(foreign, Block{size, request.segment, request.index});
+        return {foreign, foreign, &free_block, c10::Device(c10::DeviceType::CPU)};
       }
-      ptr = extend_free(size);
+      ptr = extend_free(size, request);
       if (ptr == nullptr) {
-        ptr = map_fresh(size);
+        ptr = map_fresh(size, request);
       }
     }
     return {ptr, ptr, &free_block, c10::Device(c10::DeviceType::CPU)};
   }
 
-  // At an outermost memory_pool_enter: a new pass; unmap what the last two passes did not use.
+  // At an outermost memory_pool_enter: a new pass and segment; unmap what the last two passes did
+  // not use; check the plan against the segment just ended, or make one.
   void start_pass() {
     std::vector<std::pair<uintptr_t, size_t>> unmap;
     {
       std::lock_guard<std::mutex> lock(mutex_);
       ++pass_;
+      const bool adopt = close_segment();
       for (auto range = free_.begin(); range != free_.end();) {
-        if (range->second.freed_in_pass + 2 < pass_) {
+        if (adopt || range->second.freed_in_pass + 2 < pass_) {
           unmap.emplace_back(range->first, range->second.size);
           free_bytes_ -= range->second.size;
           range = free_.erase(range);
@@ -110,6 +167,10 @@ class PoolAllocator final : public c10::Allocator {
       }
     }
     unmap_all(unmap);
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (!plan_.empty() && arena_ == 0 && phase_ == 0) {
+      map_arena();
+    }
   }
 
   c10::DeleterFnPtr raw_deleter() const override { return &free_block; }
@@ -128,16 +189,18 @@ class PoolAllocator final : public c10::Allocator {
       free_.clear();
       free_bytes_ = 0;
       peak_in_use_bytes_ = in_use_bytes_;
+      arena_ = 0;  // its free pages go with the rest; a plan maps a new one at its period's next start
     }
     return unmap_all(unmap);
   }
 
   PyObject* stats() {
     std::lock_guard<std::mutex> lock(mutex_);
-    return Py_BuildValue("{s:n,s:n,s:n,s:n,s:n,s:n,s:n}", "in_use_bytes", to_py(in_use_bytes_), "cached_bytes",
-                         to_py(free_bytes_), "peak_in_use_bytes", to_py(peak_in_use_bytes_), "cached_blocks",
-                         to_py(free_.size()), "reused", to_py(reused_), "mapped", to_py(mapped_), "unmapped",
-                         to_py(unmapped_));
+    return Py_BuildValue("{s:n,s:n,s:n,s:n,s:n,s:n,s:n,s:n,s:n}", "in_use_bytes", to_py(in_use_bytes_),
+                         "cached_bytes", to_py(free_bytes_), "peak_in_use_bytes", to_py(peak_in_use_bytes_),
+                         "cached_blocks", to_py(free_.size()), "reused", to_py(reused_), "mapped", to_py(mapped_),
+                         "unmapped", to_py(unmapped_), "plan_bytes", to_py(plan_.empty() ? 0 : plan_bytes_),
+                         "planned", to_py(planned_));
   }
 
  private:
@@ -145,12 +208,64 @@ class PoolAllocator final : public c10::Allocator {
 
   static void free_block(void* ptr);
 
+  bool in_arena(uintptr_t start) const { return arena_ != 0 && start >= arena_ && start < arena_ + plan_bytes_; }
+
+  // Records a large request in the current segment and returns the plan's address for it, if any.
+  Request note_request(size_t size) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    ++clock_;
+    Segment& segment = segments_.back();
+    Request request{segment.serial, kMaxRecorded, 0};
+    if (segment.allocations.size() < kMaxRecorded) {
+      request.index = segment.allocations.size();
+      segment.allocations.push_back(Allocation{size, clock_, kAlive});
+      segment.signature = (segment.signature ^ size) * 1099511628211ull;
+    } else {
+      segment.overflowed = true;
+    }
+    if (!plan_.empty() && arena_ != 0 && ordinal_ < plan_.size() && plan_[ordinal_].size == size &&
+        plan_[ordinal_].offset != kUnplanned) {
+      request.planned = arena_ + plan_[ordinal_].offset;
+    }
+    ++ordinal_;
+    return request;
+  }
+
+  // The block at ``at`` if [at, at + size) lies in one free range, else null.
+  void* take_at(uintptr_t at, size_t size, const Request& request) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    auto range = free_.upper_bound(at);
+    if (range == free_.begin()) {
+      return nullptr;
+    }
+    --range;
+    const uintptr_t start = range->first;
+    const FreeRange whole = range->second;
+    if (start + whole.size < at + size) {
+      return nullptr;
+    }
+    free_.erase(range);
+    if (at > start) {
+      free_.emplace(start, FreeRange{at - start, whole.freed_in_pass});
+    }
+    if (start + whole.size > at + size) {
+      free_.emplace(at + size, FreeRange{start + whole.size - (at + size), whole.freed_in_pass});
+    }
+    free_bytes_ -= size;
+    ++reused_;
+    ++planned_;
+    start_using(reinterpret_cast<void*>(at), size, request);
+    return reinterpret_cast<void*>(at);
+  }
+
   // The start of the smallest free range of ``size`` bytes or more (the lowest of equals), or null.
-  void* take_free(size_t size) {
+  // While a plan holds, its address range is left to the planned requests.
+  void* take_free(size_t size, const Request& request) {
     std::lock_guard<std::mutex> lock(mutex_);
     auto best = free_.end();
     for (auto range = free_.begin(); range != free_.end(); ++range) {
-      if (range->second.size >= size && (best == free_.end() || range->second.size < best->second.size)) {
+      if (range->second.size >= size && !in_arena(range->first) &&
+          (best == free_.end() || range->second.size < best->second.size)) {
         best = range;
       }
     }
@@ -165,21 +280,23 @@ class PoolAllocator final : public c10::Allocator {
     }
     free_bytes_ -= size;
     ++reused_;
-    start_using(reinterpret_cast<void*>(start), size);
+    start_using(reinterpret_cast<void*>(start), size, request);
     return reinterpret_cast<void*>(start);
   }
 
   // A block of ``size`` bytes made of a free range (smaller, since take_free found none that fits)
   // and a fresh mapping of the missing bytes right below or above it, where that address space is
   // unused (MAP_FIXED_NOREPLACE never replaces a mapping); or null. The free ranges are tried
-  // largest first, so the fewest fresh pages are mapped.
-  void* extend_free(size_t size) {
+  // largest first, so the fewest fresh pages are mapped; a plan's range is not grown.
+  void* extend_free(size_t size, const Request& request) {
     constexpr size_t kTries = 8;
     std::vector<std::pair<size_t, uintptr_t>> ranges;  // (size, start), largest first
     {
       std::lock_guard<std::mutex> lock(mutex_);
       for (const auto& range : free_) {
-        ranges.emplace_back(range.second.size, range.first);
+        if (!in_arena(range.first)) {
+          ranges.emplace_back(range.second.size, range.first);
+        }
       }
     }
     std::sort(ranges.begin(), ranges.end(), std::greater<>());
@@ -202,7 +319,7 @@ class PoolAllocator final : public c10::Allocator {
         }
         std::lock_guard<std::mutex> lock(mutex_);
         auto range = free_.find(start);
-        if (range == free_.end() || range->second.size != have) {  // another thread took part of it meanwhile
+        if (range == free_.end() || range->second.size != have || in_arena(start)) {  // changed meanwhile
           munmap(got, missing);
           return nullptr;
         }
@@ -210,14 +327,14 @@ class PoolAllocator final : public c10::Allocator {
         free_bytes_ -= have;
         ++mapped_;
         void* block = reinterpret_cast<void*>(below ? at : start);
-        start_using(block, size);
+        start_using(block, size, request);
         return block;
       }
     }
     return nullptr;
   }
 
-  void* map_fresh(size_t size) {
+  void* map_anonymous(size_t size) {
     void* ptr = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (ptr == MAP_FAILED) {
       empty();  // the pool's free ranges may be what stands in the way
@@ -225,17 +342,31 @@ class PoolAllocator final : public c10::Allocator {
     }
     TORCH_CHECK_WITH(OutOfMemoryError, ptr != MAP_FAILED, "reformer_kernels CPU memory pool: could not map ", size,
                      " bytes; free some tensors or use less memory");
-    std::lock_guard<std::mutex> lock(mutex_);
-    ++mapped_;
-    start_using(ptr, size);
     return ptr;
   }
 
-  void start_using(void* ptr, size_t size) {  // under mutex_
-    in_use_.emplace(ptr, size);
+  void* map_fresh(size_t size, const Request& request) {
+    void* ptr = map_anonymous(size);
+    std::lock_guard<std::mutex> lock(mutex_);
+    ++mapped_;
+    start_using(ptr, size, request);
+    return ptr;
+  }
+
+  void start_using(void* ptr, size_t size, const Request& request) {  // under mutex_
+    in_use_.emplace(ptr, Block{size, request.segment, request.index});
     in_use_bytes_ += size;
     peak_in_use_bytes_ = std::max(peak_in_use_bytes_, in_use_bytes_);
     report(ptr, static_cast<int64_t>(size));
+  }
+
+  // Records the end of the lifetime of ``block``'s request.
+  void note_free(const Block& block) {  // under mutex_
+    ++clock_;
+    const uint64_t oldest = segments_.front().serial;
+    if (block.segment >= oldest && block.index < kMaxRecorded) {
+      segments_[block.segment - oldest].allocations[block.index].freed_at = clock_;
+    }
   }
 
   // Returns false where ``ptr`` is not one of the pool's blocks in use.
@@ -243,23 +374,29 @@ class PoolAllocator final : public c10::Allocator {
     std::lock_guard<std::mutex> lock(mutex_);
     auto found = in_use_.find(ptr);
     if (found == in_use_.end()) {
+      auto foreign = foreign_.find(ptr);
+      if (foreign != foreign_.end()) {
+        note_free(foreign->second);
+        foreign_.erase(foreign);
+      }
       return false;
     }
+    note_free(found->second);
     uintptr_t start = reinterpret_cast<uintptr_t>(ptr);
-    size_t size = found->second;
+    size_t size = found->second.size;
     in_use_.erase(found);
     in_use_bytes_ -= size;
     report(ptr, -static_cast<int64_t>(size));
     free_bytes_ += size;
-    // Merge with the free neighbours on both sides.
+    // Merge with the free neighbours on both sides (not across the edge of a plan's range).
     auto after = free_.lower_bound(start);
-    if (after != free_.end() && after->first == start + size) {
+    if (after != free_.end() && after->first == start + size && in_arena(after->first) == in_arena(start)) {
       size += after->second.size;
       after = free_.erase(after);
     }
     if (after != free_.begin()) {
       auto before = std::prev(after);
-      if (before->first + before->second.size == start) {
+      if (before->first + before->second.size == start && in_arena(before->first) == in_arena(start)) {
         start = before->first;
         size += before->second.size;
         free_.erase(before);
@@ -267,6 +404,167 @@ class PoolAllocator final : public c10::Allocator {
     }
     free_.emplace(start, FreeRange{size, pass_});
     return true;
+  }
+
+  // Ends the segment being recorded and starts the next. With a plan: drops it unless the ended
+  // segment repeated its counterpart in the plan's period. Without: makes one when the last
+  // segments repeat; returns true when a plan was made that needs no more bytes than the pool holds
+  // (the caller then unmaps the free ranges, which the plan's range replaces).
+  bool close_segment() {  // under mutex_
+    const Segment& ended = segments_.back();
+    bool adopt = false;
+    if (!plan_.empty()) {
+      if (ended.overflowed || ended.signature != plan_signatures_[phase_]) {
+        drop_plan();
+      } else {
+        phase_ = (phase_ + 1) % plan_signatures_.size();
+        if (phase_ == 0) {
+          ordinal_ = 0;
+        }
+      }
+    }
+    segments_.push_back(Segment{ended.serial + 1, clock_});
+    if (segments_.size() > kKeptSegments) {
+      segments_.pop_front();
+    }
+    if (plan_.empty()) {
+      adopt = make_plan();
+    }
+    return adopt;
+  }
+
+  void drop_plan() {  // under mutex_: the plan's range becomes ordinary free memory
+    plan_.clear();
+    plan_signatures_.clear();
+    arena_ = 0;
+    phase_ = 0;
+    ordinal_ = 0;
+  }
+
+  // The period (1 or 2 segments) that the ended segments repeat, planned; true if adopted.
+  bool make_plan() {  // under mutex_; segments_.back() is the segment just started
+    const size_t ended = segments_.size() - 1;
+    for (size_t period = 1; period <= 2; ++period) {
+      if (ended < 2 * period) {
+        return false;
+      }
+      const size_t first = ended - 2 * period;  // the older of the two repetitions
+      bool repeats = true;
+      for (size_t j = first; j < first + 2 * period; ++j) {
+        repeats = repeats && !segments_[j].overflowed;
+      }
+      for (size_t j = first; j < first + period && repeats; ++j) {
+        const Segment &older = segments_[j], &newer = segments_[j + period];
+        repeats = older.signature == newer.signature && older.allocations.size() == newer.allocations.size() &&
+                  segments_[j + 1].start - older.start == segments_[j + period + 1].start - newer.start;
+      }
+      if (repeats) {
+        return plan_period(first, period);
+      }
+    }
+    return false;
+  }
+
+  bool plan_period(size_t first, size_t period) {  // under mutex_
+    const uint64_t origin = segments_[first].start;
+    const uint64_t length = segments_[first + period].start - origin;  // ticks in a period
+    struct Placed {
+      size_t size, ordinal;
+      uint64_t from, to;  // alive over [from, to) of the period's ticks, to > length: wraps
+      uint64_t offset;
+    };
+    std::vector<Placed> blocks;
+    size_t ordinal = 0;
+    for (size_t j = first; j < first + period; ++j) {
+      for (const Allocation& a : segments_[j].allocations) {
+        const uint64_t from = a.allocated_at - origin;
+        // Freed by the end of the newer repetition, and not alive for a whole period.
+        if (a.freed_at != kAlive && a.freed_at - origin - from < length) {
+          blocks.push_back(Placed{a.size, ordinal, from, a.freed_at - origin, 0});
+        }
+        ++ordinal;
+      }
+    }
+    if (blocks.empty()) {
+      return false;
+    }
+    auto overlap = [length](const Placed& a, const Placed& b) {
+      // Each lifetime as up to two intervals of [0, length).
+      auto parts = [length](const Placed& p) {
+        std::vector<std::pair<uint64_t, uint64_t>> out{{p.from, std::min(p.to, length)}};
+        if (p.to > length) {
+          out.emplace_back(0, p.to - length);
+        }
+        return out;
+      };
+      for (const auto& x : parts(a)) {
+        for (const auto& y : parts(b)) {
+          if (x.first < y.second && y.first < x.second) {
+            return true;
+          }
+        }
+      }
+      return false;
+    };
+    std::vector<size_t> order(blocks.size());
+    for (size_t i = 0; i < order.size(); ++i) {
+      order[i] = i;
+    }
+    std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return blocks[a].size > blocks[b].size; });
+    std::vector<size_t> placed;
+    uint64_t total = 0;
+    for (const size_t i : order) {
+      std::vector<std::pair<uint64_t, uint64_t>> taken;  // (offset, end) of placed blocks alive with it
+      for (const size_t j : placed) {
+        if (overlap(blocks[i], blocks[j])) {
+          taken.emplace_back(blocks[j].offset, blocks[j].offset + blocks[j].size);
+        }
+      }
+      std::sort(taken.begin(), taken.end());
+      uint64_t offset = 0;
+      for (const auto& [start, end] : taken) {
+        if (start >= offset + blocks[i].size) {
+          break;
+        }
+        offset = std::max(offset, end);
+      }
+      blocks[i].offset = offset;
+      total = std::max(total, offset + blocks[i].size);
+      placed.push_back(i);
+    }
+    if (total > in_use_bytes_ + free_bytes_) {
+      return false;  // more bytes than best fit's layout
+    }
+    plan_.assign(ordinal, Planned{0, kUnplanned});
+    for (size_t j = first, k = 0; j < first + period; ++j) {
+      for (const Allocation& a : segments_[j].allocations) {
+        plan_[k++].size = a.size;
+      }
+    }
+    for (const Placed& b : blocks) {
+      plan_[b.ordinal].offset = b.offset;
+    }
+    plan_signatures_.clear();
+    for (size_t j = first; j < first + period; ++j) {
+      plan_signatures_.push_back(segments_[j].signature);
+    }
+    plan_bytes_ = total;
+    phase_ = 0;
+    ordinal_ = 0;
+    arena_ = 0;
+    return true;
+  }
+
+  void map_arena() {  // under mutex_
+    void* ptr = mmap(nullptr, plan_bytes_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (ptr == MAP_FAILED) {
+      drop_plan();  // best fit goes on in what the pool has
+      return;
+    }
+    ++mapped_;
+    arena_ = reinterpret_cast<uintptr_t>(ptr);
+    free_.emplace(arena_, FreeRange{plan_bytes_, pass_});
+    free_bytes_ += plan_bytes_;
   }
 
   size_t unmap_all(const std::vector<std::pair<uintptr_t, size_t>>& ranges) {
@@ -287,13 +585,24 @@ class PoolAllocator final : public c10::Allocator {
     }
   }
 
+  struct Planned {
+    size_t size;
+    uint64_t offset;  // from the plan's range start, or kUnplanned
+  };
+
   c10::Allocator* const previous_;
   std::mutex mutex_;
-  std::unordered_map<void*, size_t> in_use_;
+  std::unordered_map<void*, Block> in_use_;
+  std::unordered_map<void*, Block> foreign_;  // the previous allocator's large blocks, until freed
   std::map<uintptr_t, FreeRange> free_;  // by start address, neighbours merged
   size_t in_use_bytes_ = 0, free_bytes_ = 0, peak_in_use_bytes_ = 0;
-  size_t reused_ = 0, mapped_ = 0, unmapped_ = 0;
-  uint64_t pass_ = 0;
+  size_t reused_ = 0, mapped_ = 0, unmapped_ = 0, planned_ = 0;
+  uint64_t pass_ = 0, clock_ = 0;
+  std::deque<Segment> segments_{Segment{0, 0}};  // the last kKeptSegments, the one being recorded last
+  std::vector<Planned> plan_;  // per request of the period, in order; empty: no plan
+  std::vector<uint64_t> plan_signatures_;  // of the period's segments
+  size_t plan_bytes_ = 0, phase_ = 0, ordinal_ = 0;  // phase_: the period's segment being recorded
+  uintptr_t arena_ = 0;  // the plan's mapped range, or 0
 };
 
 // Installed once and never destroyed: tensors of the pool and storages that remember their
@@ -355,8 +664,9 @@ PyObject* memory_pool_empty(PyObject*, PyObject*) {
 
 PyObject* memory_pool_stats(PyObject*, PyObject*) {
   if (pool == nullptr) {  // not installed yet: every counter is zero
-    return Py_BuildValue("{s:i,s:i,s:i,s:i,s:i,s:i,s:i}", "in_use_bytes", 0, "cached_bytes", 0, "peak_in_use_bytes", 0,
-                         "cached_blocks", 0, "reused", 0, "mapped", 0, "unmapped", 0);
+    return Py_BuildValue("{s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i}", "in_use_bytes", 0, "cached_bytes", 0,
+                         "peak_in_use_bytes", 0, "cached_blocks", 0, "reused", 0, "mapped", 0, "unmapped", 0,
+                         "plan_bytes", 0, "planned", 0);
   }
   return pool->stats();
 }
