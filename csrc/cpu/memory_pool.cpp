@@ -92,6 +92,9 @@ constexpr uint64_t kUnplanned = UINT64_MAX;  // a plan's offset for a block it l
 // Requests a segment records at most (past that it is not planned: memory and planning time stay
 // bounded when large tensors are allocated outside passes for a long time).
 constexpr size_t kMaxRecorded = size_t{1} << 16;
+// Blocks a plan places at most: placing is quadratic in them (a training step of the 6-layer
+// crime-and-punishment configuration requests 467).
+constexpr size_t kMaxPlanned = size_t{1} << 13;
 constexpr size_t kKeptSegments = 5;  // two periods of two segments, and the one being recorded
 
 struct Allocation {  // one large request, by the pool's clock (one tick per large allocation or free)
@@ -485,26 +488,16 @@ class PoolAllocator final : public c10::Allocator {
         ++ordinal;
       }
     }
-    if (blocks.empty()) {
+    if (blocks.empty() || blocks.size() > kMaxPlanned) {
       return false;
     }
     auto overlap = [length](const Placed& a, const Placed& b) {
-      // Each lifetime as up to two intervals of [0, length).
-      auto parts = [length](const Placed& p) {
-        std::vector<std::pair<uint64_t, uint64_t>> out{{p.from, std::min(p.to, length)}};
-        if (p.to > length) {
-          out.emplace_back(0, p.to - length);
-        }
-        return out;
-      };
-      for (const auto& x : parts(a)) {
-        for (const auto& y : parts(b)) {
-          if (x.first < y.second && y.first < x.second) {
-            return true;
-          }
-        }
-      }
-      return false;
+      // Each lifetime is [from, min(to, length)) and, when it wraps, [0, to - length) too.
+      auto meet = [](uint64_t a0, uint64_t a1, uint64_t b0, uint64_t b1) { return a0 < b1 && b0 < a1; };
+      const uint64_t a_end = std::min(a.to, length), b_end = std::min(b.to, length);
+      return meet(a.from, a_end, b.from, b_end) || (a.to > length && meet(0, a.to - length, b.from, b_end)) ||
+             (b.to > length && meet(a.from, a_end, 0, b.to - length)) ||
+             (a.to > length && b.to > length);  // both alive at the period's start
     };
     std::vector<size_t> order(blocks.size());
     for (size_t i = 0; i < order.size(); ++i) {

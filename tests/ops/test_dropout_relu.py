@@ -106,11 +106,18 @@ def test_is_relu_of_dropout_bit_for_bit_from_the_same_generator_state(backend, d
 
 
 def test_no_dropout_is_relu_and_draws_nothing(backend, device):
-    x, bias = torch.randn(SHAPE, device=device), torch.randn(SHAPE[-1], device=device)
+    x = torch.randn(SHAPE, device=device, requires_grad=True)
+    bias = torch.randn(SHAPE[-1], device=device, requires_grad=True)
+    upstream = torch.randn(SHAPE, device=device)
     state = rng_state(device)
     for kwargs in (dict(p=0.0), dict(p=0.5, training=False)):
         assert torch.equal(functional.dropout_relu(x, backend=backend, **kwargs), torch.relu(x))
-        assert torch.equal(functional.dropout_relu(x, bias=bias, backend=backend, **kwargs), torch.relu(x + bias))
+        out = functional.dropout_relu(x, bias=bias, backend=backend, **kwargs)
+        expected = torch.relu(x + bias)
+        assert torch.equal(out, expected)
+        grads, expected_grads = (torch.autograd.grad(y, (x, bias), upstream) for y in (out, expected))
+        assert torch.equal(grads[0], expected_grads[0])
+        torch.testing.assert_close(grads[1], expected_grads[1])  # summed over rows in another order
     assert torch.equal(rng_state(device), state)
 
 
