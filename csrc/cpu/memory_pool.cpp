@@ -106,6 +106,7 @@ struct Segment {
   uint64_t serial, start;  // start: the clock at its pass's start
   uint64_t signature = 14695981039346656037ull;  // FNV-1a over the sizes requested, in order
   bool overflowed = false;  // more than kMaxRecorded requests: never planned
+  size_t held = 0;  // the most bytes the pool held (in use and free) at an allocation in it
   std::vector<Allocation> allocations;
 };
 
@@ -360,6 +361,7 @@ class PoolAllocator final : public c10::Allocator {
     in_use_.emplace(ptr, Block{size, request.segment, request.index});
     in_use_bytes_ += size;
     peak_in_use_bytes_ = std::max(peak_in_use_bytes_, in_use_bytes_);
+    segments_.back().held = std::max(segments_.back().held, in_use_bytes_ + free_bytes_);
     report(ptr, static_cast<int64_t>(size));
   }
 
@@ -411,7 +413,7 @@ class PoolAllocator final : public c10::Allocator {
 
   // Ends the segment being recorded and starts the next. With a plan: drops it unless the ended
   // segment repeated its counterpart in the plan's period. Without: makes one when the last
-  // segments repeat; returns true when a plan was made that needs no more bytes than the pool holds
+  // segments repeat; returns true when a plan was made that needs no more bytes than best fit held
   // (the caller then unmaps the free ranges, which the plan's range replaces).
   bool close_segment() {  // under mutex_
     const Segment& ended = segments_.back();
@@ -525,8 +527,12 @@ class PoolAllocator final : public c10::Allocator {
       total = std::max(total, offset + blocks[i].size);
       placed.push_back(i);
     }
-    if (total > in_use_bytes_ + free_bytes_) {
-      return false;  // more bytes than best fit's layout
+    size_t held = 0;  // what best fit's layout held in the newer repetition (not now: the pool may have been emptied)
+    for (size_t j = first + period; j < first + 2 * period; ++j) {
+      held = std::max(held, segments_[j].held);
+    }
+    if (total > held) {
+      return false;
     }
     plan_.assign(ordinal, Planned{0, kUnplanned});
     for (size_t j = first, k = 0; j < first + period; ++j) {

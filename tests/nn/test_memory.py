@@ -408,6 +408,20 @@ def test_a_pass_that_repeats_is_planned_into_the_bytes_it_holds_at_once():
     assert stats["in_use_bytes"] + stats["cached_bytes"] == 9 * MIB, "the plan's range replaces best fit's blocks"
 
 
+def test_a_plan_is_made_when_the_pool_was_emptied_before_the_pass_that_makes_it():
+    """A plan is worth its range when best fit held more while the passes repeated, whatever the pool
+    holds when the plan is made: the benchmarks empty it before the step whose memory they measure."""
+    _extension.empty_cpu_memory_pool()
+    live = {}
+    for marker in range(2):
+        run_pass(HOLES, live, marker)
+    _extension.empty_cpu_memory_pool()
+    planned = _extension.cpu_memory_pool_stats()["planned"]
+    run_pass(HOLES, live, 2)
+    stats = _extension.cpu_memory_pool_stats()
+    assert stats["plan_bytes"] == 9 * MIB and stats["planned"] == planned + 4
+
+
 def test_a_pass_that_differs_drops_the_plan_and_a_new_pattern_gets_its_own():
     _extension.empty_cpu_memory_pool()
     live = {}
