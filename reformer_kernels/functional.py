@@ -355,6 +355,38 @@ def lsh_hash(
     return impl(vectors, rotations, n_buckets, attention_mask=attention_mask)
 
 
+def lsh_hash_sort(
+    vectors: torch.Tensor,
+    rotations: torch.Tensor,
+    n_buckets: int | tuple[int, ...],
+    *,
+    attention_mask: torch.Tensor | None = None,
+    backend: str | None = None,
+) -> torch.Tensor:
+    """``lsh_hash`` then ``bucket_sort`` as one backend op: the ``sorted_idx`` of ``lsh_attention``
+    without the bucket ids. On GPU backends the hash writes the radix sort's packed keys and one
+    device-wide sort follows (no int64 ids, no packing pass); on the CPU the ids' counting sort.
+
+    Args: as ``lsh_hash``.
+
+    Returns:
+        sorted_idx (B, H, n_hashes * L) int32, as ``bucket_sort`` returns it for the ids of
+        ``lsh_hash``: positions in (round, bucket, position) order.
+    """
+    fn = "lsh_hash_sort"
+    _check_heads_tensor(fn, "vectors", vectors)
+    n_buckets = _check_n_buckets(fn, n_buckets)
+    _check_rotations(fn, rotations, vectors, n_buckets)
+    return _hash_sort(vectors, rotations, n_buckets, _check_attention_mask(fn, attention_mask, vectors), backend)
+
+
+def _hash_sort(vectors: torch.Tensor, rotations: torch.Tensor, n_buckets: int | tuple[int, ...],
+               attention_mask: torch.Tensor | None, backend: str | None) -> torch.Tensor:
+    """The checked arguments' "lsh_hash_sort": the one dispatch point of the hash -> sort op."""
+    _, impl = backends.select("lsh_hash_sort", vectors.device, backend)
+    return impl(vectors, rotations, n_buckets, attention_mask=attention_mask)
+
+
 def bucket_sort(
     buckets: torch.Tensor, num_buckets: int, *, inverse: bool = True, backend: str | None = None
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -544,7 +576,7 @@ def lsh_self_attention(
     dropout_p: float = 0.0,
     backend: str | None = None,
 ) -> torch.Tensor:
-    """The whole LSH attention of the paper in one call: hash -> bucket_sort -> lsh_attention.
+    """The whole LSH attention of the paper in one call: lsh_hash_sort -> lsh_attention.
 
     A sequence no longer than ``chunk_len`` gets full attention (no hashing, as transformers). A
     longer one whose length is not a multiple of chunk_len is padded with masked positions (which
@@ -596,9 +628,7 @@ def lsh_self_attention(
     _check_window(fn, rotations.shape[2] * padded_len // chunk_len, n_chunks_before, n_chunks_after)
     if padded_len > seq_len:
         (qk, v), attention_mask = reference.pad_sequence((qk, v), attention_mask, padded_len)
-    # hash -> sort in one backend op, so that GPU backends hand packed sort keys straight to the sort
-    _, hash_sort = backends.select("lsh_hash_sort", qk.device, backend)
-    sorted_idx = hash_sort(qk, rotations, n_buckets, attention_mask=attention_mask)
+    sorted_idx = _hash_sort(qk, rotations, n_buckets, attention_mask, backend)
     out, _ = _run_lsh_attention(
         qk,
         v,

@@ -184,7 +184,8 @@ def _sort_keys(
 ) -> torch.Tensor:
     """The ``BucketOrder`` keys (B, H, n_hashes, n) of positions [start, start + n) with shared
     query/key projections ``vectors`` (B, H, n, d): each round's bucket, the padding bucket
-    prod(n_buckets) where ``valid`` (B, n) is False, packed with the position."""
+    prod(n_buckets) where ``valid`` (B, n) is False, packed with the position. The ids, not
+    ``lsh_hash_sort``'s order: decoding searches and merges the keys themselves."""
     n_hashes = rotations.shape[2]
     per_round = math.prod(bucket_factors(n_buckets))
     buckets, _ = functional.lsh_hash(vectors, rotations, n_buckets)
@@ -311,19 +312,24 @@ class LSHSelfAttention(nn.Module):
             if attentions is None and not keeps_order:
                 out = functional.lsh_self_attention(qk, v, rotations, n_buckets, **chunking, **masks)
             else:
-                # The probabilities and the cache's bucket order need the sort: hash and sort here,
+                # The probabilities and the cache's bucket order need sorted_idx: hash and sort here,
                 # not inside the one-call op.
                 _whole_chunks(self, seq_len, self.chunk_len)
-                buckets, num_keys = functional.lsh_hash(qk, rotations, n_buckets, attention_mask=attention_mask)
-                sorted_idx, _ = functional.bucket_sort(buckets, num_keys, inverse=False)
-                out = functional.lsh_attention(qk, v, sorted_idx, n_hashes=n_hashes, **chunking, **masks)
-                if keeps_order:
+                if not keeps_order:
+                    sorted_idx = functional.lsh_hash_sort(qk, rotations, n_buckets, attention_mask=attention_mask)
+                else:
+                    # The cache keeps every cached position's bucket (BucketOrder's keys, among which a
+                    # decoding step searches its own), which sorted_idx does not carry: this path alone
+                    # hashes to the ids, then sorts them.
+                    buckets, num_keys = functional.lsh_hash(qk, rotations, n_buckets, attention_mask=attention_mask)
+                    sorted_idx, _ = functional.bucket_sort(buckets, num_keys, inverse=False)
                     # Padding sorts last in its round, so each round's first cached_len entries are
                     # the positions < cached_len, in order.
                     ids_per_round = num_keys // n_hashes
                     keys = (buckets % ids_per_round) * 2**POSITION_BITS + torch.arange(seq_len, device=qk.device).repeat(n_hashes)
                     merged = keys.gather(2, sorted_idx).unflatten(2, (n_hashes, seq_len))[..., :cached_len]
                     cache.order = BucketOrder(merged.contiguous(), (n_hashes, n_buckets, qk.dtype, qk.device), rotations, cache.merge_every)
+                out = functional.lsh_attention(qk, v, sorted_idx, n_hashes=n_hashes, **chunking, **masks)
         if attentions is not None:
             positions = sorted_idx % seq_len
             key_valid = None

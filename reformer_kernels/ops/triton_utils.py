@@ -1,6 +1,8 @@
 """Helpers that every Triton kernel family of the ops shares: the autotune list, the dtypes the
 kernels take, the padded head dim and the precision of fp32 dots. Imports triton, so only the
 Triton kernel modules import it (they load when ``backends`` first needs a Triton kernel)."""
+from typing import Callable
+
 import torch
 import triton
 
@@ -8,12 +10,36 @@ from .. import backends
 
 
 def warp_configs() -> list[triton.Config]:
-    # Only warps and stages are tuned; the tiles follow the shapes (here the chunk length), so the
-    # grid and the order in which blocks are summed are fixed. The winner is cached per key, so repeated
-    # calls give identical bits. The interpreter runs one config (several fail there).
+    """The autotune list: 4 or 8 warps, 2 stages.
+
+    Only warps and stages are tuned; the tiles follow the shapes (here the chunk length), so the
+    grid and the order in which blocks are summed are fixed. The winner is cached per key, so repeated
+    calls give identical bits. The interpreter runs one config (several fail there).
+    The rule for spills: where one of these configs spills registers to local memory and the other
+    does not, for the same autotune key (the tile, the flags, the dtypes) on the same arch, the
+    kernel's autotuner drops the spilling one (``prune_spilling_warps``): a spill is local-memory
+    traffic that one timing run may not show, and with it gone every launched variant is held to
+    no spills. tests/ops/test_triton_compile.py bounds the spills of the configs that survive and
+    fails when a dropped one no longer spills (then its rule goes)."""
     if backends.triton_interpreted():
         return [triton.Config({}, num_warps=1)]
     return [triton.Config({}, num_warps=4, num_stages=2), triton.Config({}, num_warps=8, num_stages=2)]
+
+
+def prune_spilling_warps(spilling_warps: dict[tuple, int], key: Callable[[dict], tuple]) -> dict:
+    """``prune_configs_by`` of an autotuner over ``warp_configs()``: a launch drops the config with
+    num_warps = ``spilling_warps[(arch, *key(arguments))]`` where there is one; ``arguments`` are
+    the launch's named arguments and constexprs, arch is the compute capability of its tensors'
+    device as an int (sm_90: 90). Runs on the host, once per autotune key; no tensor is read."""
+
+    def early_config_prune(configs: list[triton.Config], named_args: dict, **constexprs) -> list[triton.Config]:
+        arguments = {**named_args, **constexprs}
+        device = next(value.device for value in named_args.values() if isinstance(value, torch.Tensor))
+        major, minor = torch.cuda.get_device_capability(device)
+        spilling = spilling_warps.get((10 * major + minor, *key(arguments)))
+        return [config for config in configs if config.num_warps != spilling]
+
+    return dict(early_config_prune=early_config_prune)
 
 
 def check_dtype(op: str, tensor: torch.Tensor) -> None:

@@ -326,14 +326,13 @@ def test_cpu_packed_opcheck(n_buckets, mask_kind):
 
 @requires_extension
 def test_cpu_hash_sort_is_the_reference_sort_of_the_reference_hash():
-    """The "lsh_hash_sort" of the CPU (int64 ids, counting sort) and of the reference."""
+    """functional.lsh_hash_sort on the CPU (int64 ids, counting sort) and the reference."""
     vectors = torch.randn(2, 3, 40, 8, dtype=torch.float64)
     rotations = random_rotations(3, 8, 2, (2, 4))
     mask = padding_mask("padded", 2, 40)
     expected = reference.argsort_buckets(*reference.hash_vectors(vectors, rotations, (2, 4), mask))
     for backend in ("reference", "cpu"):
-        _, hash_sort = backends.select("lsh_hash_sort", vectors.device, backend)
-        assert torch.equal(hash_sort(vectors, rotations, (2, 4), attention_mask=mask), expected)
+        assert torch.equal(functional.lsh_hash_sort(vectors, rotations, (2, 4), attention_mask=mask, backend=backend), expected)
 
 
 @triton_only
@@ -439,6 +438,8 @@ def test_rejects_bad_n_buckets(n_buckets, error):
     qk, v, rotations = small_lsh_inputs()
     with pytest.raises(error, match="n_buckets"):
         functional.lsh_hash(qk, rotations, n_buckets, backend="reference")
+    with pytest.raises(error, match="^lsh_hash_sort: n_buckets"):
+        functional.lsh_hash_sort(qk, rotations, n_buckets, backend="reference")
     with pytest.raises(error, match="n_buckets"):
         functional.lsh_self_attention(qk, v, rotations, n_buckets, chunk_len=4, backend="reference")
 
@@ -453,12 +454,18 @@ def test_rejects_bad_rotations():
         functional.lsh_self_attention(qk, v, rotations[:1], 4, chunk_len=4, backend="reference")
     with pytest.raises(TypeError, match="rotations are torch.float64"):
         functional.lsh_hash(qk, rotations.double(), 4, backend="reference")
+    with pytest.raises(ValueError, match="^lsh_hash_sort: rotations must be"):
+        functional.lsh_hash_sort(qk, rotations[..., :1], 4, backend="reference")
+    with pytest.raises(ValueError, match="^lsh_hash_sort: attention_mask must be"):
+        functional.lsh_hash_sort(qk, rotations, 4, attention_mask=torch.ones(1, 3), backend="reference")
 
 
-def test_gpu_layer_path_sorts_the_hash_keys_with_no_packing_op():
-    """On (fake) GPU tensors the LSH layer's forward hashes into packed keys and positions that go
-    to bucket_sort_packed as they are: no int64 ids (B, H, n_hashes * L), no bucket_sort (whose
-    CUDA kernel packs them first, a pass of its own), no op between the hash and the sort."""
+@pytest.mark.parametrize("probabilities", [False, True], ids=["forward", "output_attentions"])
+def test_gpu_layer_path_sorts_the_hash_keys_with_no_packing_op(probabilities):
+    """On (fake) GPU tensors the LSH layer's forward, and its forward that also returns the attention
+    probabilities (output_attentions), hash into packed keys and positions that go to
+    bucket_sort_packed as they are: no int64 ids (B, H, n_hashes * L), no bucket_sort (whose CUDA
+    kernel packs them first, a pass of its own), no op between the hash and the sort."""
     batch, seq_len, n_hashes = 2, 64, 2
     with torch.device("meta"):
         layer = LSHSelfAttention(32, 2, 16, num_hashes=n_hashes, num_buckets=4, chunk_len=16, hash_seed=3,
@@ -468,7 +475,7 @@ def test_gpu_layer_path_sorts_the_hash_keys_with_no_packing_op():
         hidden = torch.empty(batch, seq_len, 32, device="cuda")
         mask = torch.ones(batch, seq_len, dtype=torch.long, device="cuda")
         with TorchOps() as recorded:
-            layer(hidden, attention_mask=mask)
+            layer(hidden, attention_mask=mask, attentions=[] if probabilities else None)
     names = [name for name, _, _ in recorded.calls]
     assert "reformer_kernels.bucket_sort" not in names and "reformer_kernels.triton_lsh_hash" not in names
     hashed = names.index("reformer_kernels.triton_lsh_hash_packed")

@@ -6,7 +6,8 @@ tensor-core instructions would otherwise wait for a GPU machine. Each test calls
 launcher on CPU tensors laid out as a GPU run lays them out, recording its launches instead of
 running them (tests/triton_launches.py); each recorded launch is then
 specialized by Triton's own binder (pointer and int divisibility by 16, ints equal to 1), for
-every config its autotuner can choose, and compiled with Triton's ptxas for the target; fp32
+every config its autotuner holds (those its pruning drops for the target too: they must still
+spill, the others no more than KNOWN_SPILLS), and compiled with Triton's ptxas for the target; fp32
 compiles twice, as launched by default and with torch.backends.cuda.matmul.allow_tf32 (TF32
 dots). The cubin's resources come from Triton's cuobjdump. A compile that does not finish within COMPILE_LIMIT_S
 fails (a guard against ptxas hanging, as it did on the untiled 2048-bucket hash; not a speed check)."""
@@ -16,6 +17,7 @@ import signal
 import subprocess
 import tempfile
 from dataclasses import dataclass
+from unittest import mock
 
 import pytest
 import torch
@@ -75,21 +77,32 @@ class Variant:
     shared_bytes: int
     hmma: int  # warp-level tensor-core instructions (mma.sync)
     hgmma: int  # warpgroup tensor-core instructions (wgmma, sm_90)
+    pruned: bool = False  # a config its autotuner drops on this arch (warp_configs' rule), so never launched
 
     def __str__(self):
-        return (f"{self.name} sm_{self.arch} {self.config}: {self.registers} registers, {self.stack_bytes} B stack, "
-                f"{self.shared_bytes} B shared, {self.hmma} HMMA, {self.hgmma} HGMMA")
+        return (f"{self.name} sm_{self.arch} {self.config}{' (pruned)' if self.pruned else ''}: {self.registers} registers, "
+                f"{self.stack_bytes} B stack, {self.shared_bytes} B shared, {self.hmma} HMMA, {self.hgmma} HGMMA")
+
+
+def launchable_configs(kernel: Autotuner, args: tuple, kwargs: dict, arch: int) -> list:
+    """The configs that ``kernel``'s autotuner keeps for a launch on an sm_<arch> device."""
+    if kernel.early_config_prune is None:
+        return kernel.configs
+    with mock.patch.object(torch.cuda, "get_device_capability", lambda device=None: divmod(arch, 10)):
+        return kernel.early_config_prune(kernel.configs, dict(zip(kernel.arg_names, args)), **kwargs)
 
 
 def compile_launch(kernel, args: tuple, kwargs: dict, arch: int) -> list[Variant]:
     """Compile a recorded launch for sm_<arch> as ``JITFunction.run`` would, once per config of its
-    autotuner (every config it can choose)."""
+    autotuner (every config it can choose, and those its pruning drops on sm_<arch>, marked pruned)."""
     target = GPUTarget("cuda", arch, 32)
     backend = make_backend(target)
     fn = launched_function(kernel)
-    configs = [config.all_kwargs() for config in kernel.configs] if isinstance(kernel, Autotuner) else [{}]
+    configs = kernel.configs if isinstance(kernel, Autotuner) else [None]
+    kept = launchable_configs(kernel, args, kwargs, arch) if isinstance(kernel, Autotuner) else configs
     variants = []
-    for config in configs:
+    for autotune_config in configs:
+        config = autotune_config.all_kwargs() if autotune_config is not None else {}
         launch_kwargs = {**kwargs, **config}
         bound, specialization, _ = create_function_from_signature(fn.signature, fn.params, backend)(*args, **launch_kwargs)
         options, signature, constexprs, attrs = fn._pack_args(backend, launch_kwargs, bound, specialization, None)
@@ -98,11 +111,11 @@ def compile_launch(kernel, args: tuple, kwargs: dict, arch: int) -> list[Variant
         name = fn.__name__
         with deadline(COMPILE_LIMIT_S, f"{name} for sm_{arch} {chosen}"):
             compiled = triton.compile(ASTSource(fn, signature, constexprs, attrs), target=target, options=options.__dict__)
-        variants.append(inspect_cubin(compiled, name, arch, chosen))
+        variants.append(inspect_cubin(compiled, name, arch, chosen, pruned=autotune_config not in kept))
     return variants
 
 
-def inspect_cubin(compiled, name: str, arch: int, config: dict) -> Variant:
+def inspect_cubin(compiled, name: str, arch: int, config: dict, pruned: bool) -> Variant:
     with tempfile.NamedTemporaryFile(suffix=".cubin") as cubin:
         cubin.write(compiled.asm["cubin"])
         cubin.flush()
@@ -110,7 +123,7 @@ def inspect_cubin(compiled, name: str, arch: int, config: dict) -> Variant:
                               text=True, check=True).stdout
     return Variant(name, arch, config, int(re.search(r"REG:(\d+)", dump).group(1)),
                    int(re.search(r"STACK:(\d+)", dump).group(1)), compiled.metadata.shared,
-                   len(re.findall(r"\bHMMA\.", dump)), len(re.findall(r"\bHGMMA\.", dump)))
+                   len(re.findall(r"\bHMMA\.", dump)), len(re.findall(r"\bHGMMA\.", dump)), pruned)
 
 
 def compile_op(arch: int, call, tf32: bool = False) -> list[Variant]:
@@ -159,12 +172,10 @@ def check_variants(variants: list[Variant], dtype: torch.dtype, tf32: bool = Fal
 # 24 B in fp16 and bf16 on sm_80 and sm_90 (24 B for fp16 on sm_90 only before). Local attention's
 # backward spills none (its fully-masked rows' factor is now computed in the kernel from lse).
 # A listed variant that stops spilling must leave the table, so that it cannot come back unseen.
-_SPILLS: dict[tuple, tuple[int, int]] = {
-    ('lsh', 64, 64, 'attention_bwd_kernel', 90, 4): (8, 0),
-    ('lsh', 64, 32, 'attention_bwd_kernel', 90, 4): (8, 0),
-    ('lsh', 128, 16, 'attention_bwd_kernel', 80, 8): (24, 24),
-    ('lsh', 128, 16, 'attention_bwd_kernel', 90, 8): (24, 24),
-}
+# Every one of those four spilled with one warp count and not the other, so since 2026-12-06 the
+# backward's autotuner drops it (chunk_attention_triton._BWD_SPILLING_WARPS, warp_configs' rule):
+# no variant that launches spills, and a dropped one must still spill (check_spills).
+_SPILLS: dict[tuple, tuple[int, int]] = {}
 KNOWN_SPILLS: dict[tuple, int] = {
     (op, dtype, head_dim, chunk_len, kernel, arch, warps): spills[dtype == torch.bfloat16]
     for (op, head_dim, chunk_len, kernel, arch, warps), spills in _SPILLS.items()
@@ -174,7 +185,8 @@ KNOWN_SPILLS: dict[tuple, int] = {
 
 
 def check_spills(variants: list[Variant], dtype: torch.dtype, case: tuple = (), *, fp32: bool = False) -> None:
-    """No spills beyond KNOWN_SPILLS[(*case, kernel, arch, num_warps)]. fp32 variants are bounded
+    """No spills beyond KNOWN_SPILLS[(*case, kernel, arch, num_warps)], and a spill in every pruned
+    variant (else its autotuner drops a config for nothing: delete the rule). fp32 variants are bounded
     only where ``fp32``: elsewhere they are reported, not bounded. Their ieee dots run on the FMA
     units out of registers; their tf32 dots (allow_tf32) on tensor cores, whose fp32 operands take
     twice the registers of fp16's in tiles sized for fp16: measured on 2026-12-05 (Triton 3.8.0) for
@@ -185,6 +197,9 @@ def check_spills(variants: list[Variant], dtype: torch.dtype, case: tuple = (), 
         return
     most = {}  # a key's largest spill: a launcher may compile several variants of one kernel
     for variant in variants:
+        if variant.pruned:
+            assert variant.stack_bytes > 0, f"{variant} no longer spills: delete the rule that prunes it"
+            continue
         key = (*case, variant.name, variant.arch, variant.config["num_warps"])
         allowed = KNOWN_SPILLS.get(key, 0)
         assert variant.stack_bytes <= allowed, f"{variant}: spills {variant.stack_bytes} B, {allowed} B allowed"

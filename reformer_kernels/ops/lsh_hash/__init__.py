@@ -14,10 +14,11 @@ out); ``hash_with`` adapts a compiled op to it.
 
 lsh_hash_packed writes the ids already packed as the GPU radix sort's keys, row * num_keys + id
 (csrc/sort_keys.h), beside their positions, so that hash -> sort runs without the packing pass
-and without int64 ids. The LSH layer's path takes it through the backend op "lsh_hash_sort" (same
-arguments, sorted_idx out): on GPU backends lsh_hash_packed -> bucket_sort_packed
+and without int64 ids. It is reached through the backend op "lsh_hash_sort" (same arguments,
+sorted_idx out; ``functional.lsh_hash_sort``, which lsh_self_attention and the LSH layer's every
+path but the decoding cache's prefill call): on GPU backends lsh_hash_packed -> bucket_sort_packed
 (``hash_sort_packed``); on the CPU the int64 ids' counting sort, O(N) per row, which packed keys
-would only slow down.
+would only slow down. The prefill keeps lsh_hash -> bucket_sort: its cache stores the bucket ids.
 """
 import math
 
