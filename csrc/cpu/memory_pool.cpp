@@ -38,9 +38,10 @@
 //   enter to the next, with what runs outside passes in between), each large request's size and
 //   when it was allocated and freed. When the last segments repeat the ones before them (period 1,
 //   inference, or 2, a training step's forward and backward passes), it places that period's
-//   blocks once, offline, in one address range (the largest first, each at the lowest offset where
-//   no block alive at the same time in the period lies; a block alive across the period's end
-//   wraps), maps that range and from then on serves the k-th request of each period at its planned
+//   blocks once, offline, in one address range (greedily, the largest or the longest-lived first,
+//   each at the lowest offset or in the smallest gap where no block alive at the same time in the
+//   period lies, whichever of the four needs the fewest bytes; a block alive across the period's
+//   end wraps), maps that range and from then on serves the k-th request of each period at its planned
 //   address if that request has the planned size and the whole range there is free. A request
 //   that fails either test, or that the plan left out (a block that lives longer than a period), is
 //   served by best fit outside the planned range; a segment that does not repeat its counterpart
@@ -94,7 +95,7 @@ constexpr uint64_t kUnplanned = UINT64_MAX;  // a plan's offset for a block it l
 constexpr size_t kMaxRecorded = size_t{1} << 16;
 // Blocks a plan places at most: placing is quadratic in them (a training step of the 6-layer
 // crime-and-punishment configuration requests 467).
-constexpr size_t kMaxPlanned = size_t{1} << 13;
+constexpr size_t kMaxPlanned = size_t{1} << 12;
 constexpr size_t kKeptSegments = 5;  // two periods of two segments, and the one being recorded
 
 struct Allocation {  // one large request, by the pool's clock (one tick per large allocation or free)
@@ -501,31 +502,57 @@ class PoolAllocator final : public c10::Allocator {
              (b.to > length && meet(a.from, a_end, 0, b.to - length)) ||
              (a.to > length && b.to > length);  // both alive at the period's start
     };
-    std::vector<size_t> order(blocks.size());
-    for (size_t i = 0; i < order.size(); ++i) {
-      order[i] = i;
+    // Greedy placement in a given order: each block at the lowest offset (or, with ``tightest``, in
+    // the smallest gap) where no block alive with it lies. Which order packs best depends on the
+    // pattern, so several are tried and the smallest total kept.
+    auto place = [&](const std::vector<size_t>& order, bool tightest, std::vector<uint64_t>& offsets) {
+      std::vector<size_t> placed;
+      uint64_t total = 0;
+      for (const size_t i : order) {
+        std::vector<std::pair<uint64_t, uint64_t>> taken;  // (offset, end) of placed blocks alive with it
+        for (const size_t j : placed) {
+          if (overlap(blocks[i], blocks[j])) {
+            taken.emplace_back(offsets[j], offsets[j] + blocks[j].size);
+          }
+        }
+        std::sort(taken.begin(), taken.end());
+        uint64_t edge = 0, best = UINT64_MAX, best_gap = UINT64_MAX;
+        for (const auto& [start, end] : taken) {
+          if (start >= edge + blocks[i].size && (best == UINT64_MAX || (tightest && start - edge < best_gap))) {
+            best = edge;
+            best_gap = start - edge;
+          }
+          edge = std::max(edge, end);
+        }
+        offsets[i] = best == UINT64_MAX ? edge : best;
+        total = std::max(total, offsets[i] + blocks[i].size);
+        placed.push_back(i);
+      }
+      return total;
+    };
+    std::vector<size_t> by_size(blocks.size()), by_lifetime(blocks.size());
+    for (size_t i = 0; i < blocks.size(); ++i) {
+      by_size[i] = by_lifetime[i] = i;
     }
-    std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return blocks[a].size > blocks[b].size; });
-    std::vector<size_t> placed;
-    uint64_t total = 0;
-    for (const size_t i : order) {
-      std::vector<std::pair<uint64_t, uint64_t>> taken;  // (offset, end) of placed blocks alive with it
-      for (const size_t j : placed) {
-        if (overlap(blocks[i], blocks[j])) {
-          taken.emplace_back(blocks[j].offset, blocks[j].offset + blocks[j].size);
+    auto lifetime = [&](size_t i) { return blocks[i].to - blocks[i].from; };
+    std::stable_sort(by_size.begin(), by_size.end(), [&](size_t a, size_t b) {
+      return blocks[a].size != blocks[b].size ? blocks[a].size > blocks[b].size : lifetime(a) > lifetime(b);
+    });
+    std::stable_sort(by_lifetime.begin(), by_lifetime.end(),
+                     [&](size_t a, size_t b) { return lifetime(a) != lifetime(b) ? lifetime(a) > lifetime(b) : blocks[a].size > blocks[b].size; });
+    uint64_t total = UINT64_MAX;
+    std::vector<uint64_t> offsets(blocks.size()), trial(blocks.size());
+    for (const auto* order : {&by_size, &by_lifetime}) {
+      for (const bool tightest : {false, true}) {
+        const uint64_t got = place(*order, tightest, trial);
+        if (got < total) {
+          total = got;
+          offsets.swap(trial);
         }
       }
-      std::sort(taken.begin(), taken.end());
-      uint64_t offset = 0;
-      for (const auto& [start, end] : taken) {
-        if (start >= offset + blocks[i].size) {
-          break;
-        }
-        offset = std::max(offset, end);
-      }
-      blocks[i].offset = offset;
-      total = std::max(total, offset + blocks[i].size);
-      placed.push_back(i);
+    }
+    for (size_t i = 0; i < blocks.size(); ++i) {
+      blocks[i].offset = offsets[i];
     }
     size_t held = 0;  // what best fit's layout held in the newer repetition (not now: the pool may have been emptied)
     for (size_t j = first + period; j < first + 2 * period; ++j) {
