@@ -56,9 +56,9 @@ DROPOUT_SEED, DROPOUT_OFFSET = -(2**62) - 5, 8
 def lsh_attention_launches(dtype, head_dim, chunk_len):
     """The LSH op's forward (attention, then the round combination) and backward as a layer
     launches them: head-split views, causal, padding mask, attention dropout (the variant with every
-    code path; the others compile subsets of it): 2 rounds with a gradient of lse (per-round fp32
-    gradients summed by a kernel), then the backward of 1 round without (gradients written in the
-    input dtype)."""
+    code path; the others compile subsets of it): 2 rounds with a gradient of lse (per-round
+    gradients, in the input dtype, summed by a kernel), then the backward of 1 round without
+    (gradients written in place)."""
     batch, heads, seq_len, n_hashes, before, after = 2, 4, 4 * chunk_len, 2, 1, 0
     qk, v = (torch.randn(batch, seq_len, heads, head_dim, dtype=dtype).transpose(1, 2) for _ in range(2))
     sorted_idx = torch.arange(n_hashes * seq_len, dtype=torch.int32).expand(batch, heads, -1).contiguous()

@@ -331,7 +331,8 @@ def _bwd_spill_key(arguments: dict) -> tuple:
 @triton.jit(do_not_specialize=["dropout_seed", "dropout_offset"])
 def attention_bwd_kernel(
     Q, K, V, SortedIdx, Mask, DOut, RoundWeight, Lse, Delta, DQ, DK, DV,
-    stride_xb, stride_xh, stride_xl,  # q, k, v, DOut: (B, H, L, head_dim)
+    stride_xb, stride_xh, stride_xl,  # q, k, v: (B, H, L, head_dim)
+    stride_db, stride_dh, stride_dl,  # DOut: (B, H, L, head_dim)
     stride_gb, stride_gh, stride_gl,  # DQ, DK: (B, H, rows, head_dim), rows = n_slots (LSH) or L
     stride_vb, stride_vh, stride_vl,  # DV: (B, H, rows, head_dim)
     stride_sb, stride_sh,  # SortedIdx, RoundWeight, Lse, Delta: (B, H, rows)
@@ -346,9 +347,9 @@ def attention_bwd_kernel(
     (stage 2). Every gradient row is summed inside one program in a fixed order: no atomics, so
     the result is bitwise deterministic. LSH adds the query part and the key part of the shared
     qk at the slot's flat index; with several rounds the caller sums them. The gradients are
-    stored in the dtype of DQ, DK, DV (fp32 per-round buffers, or the inputs' dtype where each row
-    is written once). RoundWeight and Delta: ``attention_bwd_prologue_kernel``'s. With dropout
-    (factors K: 0, or 1 / (1 - p) where kept; P the probabilities before dropout): dv = (P*K)^T do and
+    stored in the dtype of DQ, DK, DV (the inputs' dtype; LSH's per-round buffers too).
+    RoundWeight and Delta: ``attention_bwd_prologue_kernel``'s. With dropout (factors K: 0, or
+    1 / (1 - p) where kept; P the probabilities before dropout): dv = (P*K)^T do and
     ds = P * (K * (do v^T) - delta), where delta = do . out is unchanged because out already holds
     the kept terms only."""
     pid = tl.program_id(0)
@@ -367,7 +368,7 @@ def attention_bwd_kernel(
     Q += x_base
     K += x_base
     V += x_base
-    DOut += x_base
+    DOut += b * stride_db + h * stride_dh
     row_base = b * stride_sb + h * stride_sh
     SortedIdx += row_base
     RoundWeight += row_base
@@ -397,7 +398,7 @@ def attention_bwd_kernel(
         q_real = in_window & (q_pos < seq_len)
         q_row = q_index if LSH else q_pos
         q = tl.load(Q + q_pos[:, None] * stride_xl + offs_d[None, :], mask=q_real[:, None] & d_ok[None, :], other=0.0)
-        do = tl.load(DOut + q_pos[:, None] * stride_xl + offs_d[None, :], mask=q_real[:, None] & d_ok[None, :],
+        do = tl.load(DOut + q_pos[:, None] * stride_dl + offs_d[None, :], mask=q_real[:, None] & d_ok[None, :],
                      other=0.0).to(v.dtype)
         lse = tl.load(Lse + q_row, mask=q_real, other=0.0)
         delta = tl.load(Delta + q_row, mask=q_real, other=0.0)
@@ -438,7 +439,7 @@ def attention_bwd_kernel(
 
     # stage 2: dq of this block's queries, over this chunk's window of keys
     q = tl.load(Q + own_pos[:, None] * stride_xl + offs_d[None, :], mask=own_mask_2d, other=0.0)
-    do = tl.load(DOut + own_pos[:, None] * stride_xl + offs_d[None, :], mask=own_mask_2d, other=0.0).to(v.dtype)
+    do = tl.load(DOut + own_pos[:, None] * stride_dl + offs_d[None, :], mask=own_mask_2d, other=0.0).to(v.dtype)
     lse = tl.load(Lse + own_row, mask=own_real, other=0.0)
     delta = tl.load(Delta + own_row, mask=own_real, other=0.0)
     do_scale = _dout_scale(RoundWeight, own_row, own_real, lse, mask_value, n_keys, LSH)[:, None]
@@ -519,8 +520,8 @@ def unit_stride_rows(x: torch.Tensor) -> torch.Tensor:
 
 
 def shared_rows(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """(B, H, L, d) tensors that the backward kernel addresses with one set of strides: as they are
-    where they already share their strides with head_dim contiguous (head-split views of
+    """(B, H, L, d) inputs (q, k, v) that the backward kernel addresses with one set of strides: as
+    they are where they already share their strides with head_dim contiguous (head-split views of
     projections laid out alike, or contiguous tensors), else contiguous copies."""
     first = tensors[0]
     if first.stride(-1) == 1 and all(t.stride() == first.stride() for t in tensors):
@@ -570,12 +571,14 @@ def attention_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sorted
     ``attention_bwd_kernel``: the gradients of every slot's rows into ``grad_q``, ``grad_k``,
     ``grad_v`` (B, H, rows, d; grad_q and grad_k laid out alike), from ``out`` and ``grad_out``
     (B, H, L, d), the per-row ``lse`` (B, H, rows, rounds one after the other, contiguous) and
-    ``grad_lse`` (B, H, rounds, L; None: zero). q, k, v and grad_out must share their strides
-    (``shared_rows``). LSH when ``sorted_idx`` is given (then k is q and grad_k is grad_q), else
-    local."""
+    ``grad_lse`` (B, H, rounds, L; None: zero). q, k and v must share their strides
+    (``shared_rows``); out and grad_out are read through their own (copied only where head_dim is
+    not contiguous, ``unit_stride_rows``). LSH when ``sorted_idx`` is given (then k is q and grad_k
+    is grad_q), else local."""
     lsh = sorted_idx is not None
     batch, heads, seq_len, head_dim = q.shape
     n_rows = lse.shape[2]
+    out, grad_out = unit_stride_rows(out), unit_stride_rows(grad_out)
     (mask, stride_mb), scalars, constexprs, grid = _launch_arguments(q, op, n_slots, chunk_len, lsh, attention_mask,
                                                                       dropout, backward=True)
     mask_value, self_mask_value = mask_values(q.dtype)
@@ -593,11 +596,12 @@ def attention_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sorted
         seq_len, n_rows // seq_len, head_dim, self_mask_value if lsh else mask_value, n_keys,
         LSH=lsh, HAS_DLSE=grad_lse is not None, HEAD_BLOCK=constexprs["HEAD_BLOCK"], BLOCK=block,
     )
-    row_stride = max(q.stride(2), grad_q.stride(2), grad_v.stride(2))
+    row_stride = max(q.stride(2), grad_out.stride(2), grad_q.stride(2), grad_v.stride(2))
     attention_bwd_kernel[grid](
         q, k, v, slot_index(sorted_idx, n_slots, row_stride) if lsh else lse, mask, grad_out,
         round_weight, lse, delta, grad_q, grad_k, grad_v,
         q.stride(0), q.stride(1), q.stride(2),
+        grad_out.stride(0), grad_out.stride(1), grad_out.stride(2),
         grad_q.stride(0), grad_q.stride(1), grad_q.stride(2),
         grad_v.stride(0), grad_v.stride(1), grad_v.stride(2),
         lse.stride(0), lse.stride(1),

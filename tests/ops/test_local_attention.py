@@ -430,15 +430,15 @@ def test_triton_strided_inputs_give_the_bits_of_contiguous_ones(backend, device)
 
 @triton_only
 def test_triton_backward_gives_the_same_bits_for_any_layout(backend, device):
-    """Head-split views are read in place where q, k, v and grad_out share their strides, copied
-    where they do not: the bits are those of contiguous inputs either way, with rows whose keys
-    are all masked (their d out rescaled inside the kernels)."""
+    """Head-split views are read in place where q, k and v share their strides, copied where they
+    do not; grad_out is read through its own strides: the bits are those of contiguous inputs
+    either way, with rows whose keys are all masked (their d out rescaled inside the kernels)."""
     q, k, v = (torch.randn(2, 2, 40, 16, device=device) for _ in range(3))
     config = (16, 1, 0, True, fixed_padding_mask("full_row", 2, 40, device), P, 2**40 + 7, 12)
     out, lse = triton_local_attention.local_attention_fwd(q, k, v, *config)
     grad_out = torch.randn_like(out)
     expected = triton_local_attention.local_attention_bwd(grad_out, q, k, v, out, lse, *config)
-    for views in ((True, True, True, True), (True, False, True, False)):
+    for views in ((True, True, True, True), (True, True, True, False), (True, False, True, False)):
         q_, k_, v_, grad_out_ = (head_split(t) if view else t for t, view in zip((q, k, v, grad_out), views))
         grads = triton_local_attention.local_attention_bwd(grad_out_, q_, k_, v_, head_split(out), lse, *config)
         for grad, want in zip(grads, expected):

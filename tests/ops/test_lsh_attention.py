@@ -591,9 +591,9 @@ def test_triton_strided_inputs_give_the_bits_of_contiguous_ones(backend, device,
 @triton_only
 @pytest.mark.parametrize("n_hashes", [1, 2])
 def test_triton_backward_gives_the_same_bits_for_any_layout(backend, device, n_hashes):
-    """Head-split views are read in place where qk, v and grad_out share their strides, copied
-    where they do not; the gradients are written in qk's and v's own layouts; grad_lse may be a
-    broadcast: the bits are those of contiguous inputs either way."""
+    """Head-split views are read in place where qk and v share their strides, copied where they do
+    not; grad_out is read through its own strides; the gradients are written in qk's and v's own
+    layouts; grad_lse may be a broadcast: the bits are those of contiguous inputs either way."""
     qk, v, out_like = (torch.randn(2, 2, 32, 16, device=device) for _ in range(3))
     mask = fixed_padding_mask("tail", 2, 32, device)
     config = (n_hashes, 16, 1, 0, True, mask, P, 2**40 + 7, 12)
@@ -601,7 +601,7 @@ def test_triton_backward_gives_the_same_bits_for_any_layout(backend, device, n_h
     out, lse = triton_lsh_attention.lsh_attention_fwd(qk, v, sorted_idx, *config)
     grad_out, grad_lse = torch.randn_like(out), torch.randn((), device=device).expand_as(lse)
     expected = triton_lsh_attention.lsh_attention_bwd(grad_out, grad_lse.contiguous(), qk, v, sorted_idx, out, lse, *config)
-    for views in ((True, True, True), (True, False, True), (False, True, False)):
+    for views in ((True, True, True), (True, True, False), (True, False, True), (False, True, False)):
         qk_, v_, grad_out_ = (head_split(t) if view else t for t, view in zip((qk, v, grad_out), views))
         grads = triton_lsh_attention.lsh_attention_bwd(grad_out_, grad_lse, qk_, v_, sorted_idx, head_split(out), lse,
                                                        *config)
@@ -611,13 +611,18 @@ def test_triton_backward_gives_the_same_bits_for_any_layout(backend, device, n_h
 
 
 @pytest.mark.parametrize("n_hashes", [1, 2])
-def test_triton_backward_runs_no_torch_kernel(n_hashes):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("grad_out_split", [True, False])
+def test_triton_backward_runs_no_torch_kernel(n_hashes, dtype, grad_out_split):
     """The backward's round weights and delta come from a prologue kernel, its rounds are summed
-    by an epilogue kernel, head-split views are read in place: besides its allocations it runs
-    no torch op but the padding mask's 1-byte placeholder, and with one round it writes the
-    gradients in place, with no per-round buffer."""
+    by an epilogue kernel, head-split views are read in place, and so is a grad_out laid out
+    otherwise (contiguous): besides its allocations it runs no torch op but the padding mask's
+    1-byte placeholder. With one round it writes the gradients in place, with no per-round
+    buffer; with several, the per-round buffer is in the inputs' dtype (fp32 for fp32 inputs only)."""
     batch, heads, seq_len, head_dim = 2, 2, 32, 16
-    qk, v, out, grad_out = (head_split(torch.randn(batch, heads, seq_len, head_dim)) for _ in range(4))
+    qk, v, out = (head_split(torch.randn(batch, heads, seq_len, head_dim, dtype=dtype)) for _ in range(3))
+    grad_out = torch.randn(batch, heads, seq_len, head_dim, dtype=dtype)
+    grad_out = head_split(grad_out) if grad_out_split else grad_out
     sorted_idx = torch.arange(n_hashes * seq_len, dtype=torch.int32).expand(batch, heads, -1).contiguous()
     lse = torch.randn(batch, heads, n_hashes, seq_len)
     kernels, allocated, torch_ops = launcher_work(lambda: triton_lsh_attention.lsh_attention_bwd._init_fn(
@@ -625,8 +630,9 @@ def test_triton_backward_runs_no_torch_kernel(n_hashes):
     rounds = ["_sum_rounds_kernel"] if n_hashes > 1 else []
     assert kernels == ["attention_bwd_prologue_kernel", "attention_bwd_kernel", *rounds]
     assert torch_ops == ["ones"]
-    per_round_buffers = [(2, batch, heads, n_hashes * seq_len, head_dim)] if n_hashes > 1 else []
-    assert [t.shape for t in allocated if t.shape[-1] == head_dim] == [qk.shape, v.shape, *per_round_buffers]
+    per_round_buffers = [((2, batch, heads, n_hashes * seq_len, head_dim), dtype)] if n_hashes > 1 else []
+    assert [(t.shape, t.dtype) for t in allocated if t.shape[-1] == head_dim] == [(qk.shape, dtype), (v.shape, dtype),
+                                                                                 *per_round_buffers]
 
 
 @pytest.mark.parametrize("compiled, triton_op", [

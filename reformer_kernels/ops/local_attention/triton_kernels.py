@@ -46,7 +46,7 @@ def local_attention_bwd(
     dropout_p: float = 0.0, dropout_seed: int = 0, dropout_offset: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gradients (d q, d k, d v) from the gradient of out (B, H, L, d)."""
-    q, k, v, grad_out = shared_rows(q, k, v, grad_out)
+    q, k, v = shared_rows(q, k, v)
     seq_len = q.shape[2]
     chunk_len, n_chunks_before, n_chunks_after, n_slots = local_chunking(seq_len, chunk_len, n_chunks_before, n_chunks_after)
     grad_q, grad_k, grad_v = (torch.empty_like(t, memory_format=torch.contiguous_format) for t in (q, k, v))

@@ -95,10 +95,12 @@ def lsh_attention_fwd(
 @triton.jit
 def _sum_round_rows(Rounds, stride_rl, Grad, stride_gb, stride_gh, stride_gl, b, h, pos, offs_d, mask_2d, seq_len,
                     n_hashes):
-    """Grad[b, h, pos] = the sum over rounds r, in order, of row r * L + pos of Rounds (already at (b, h))."""
+    """Grad[b, h, pos] = the sum in fp32 over rounds r, in order, of row r * L + pos of Rounds
+    (already at (b, h))."""
     acc = tl.zeros(mask_2d.shape, tl.float32)
     for r in range(n_hashes):
-        acc += tl.load(Rounds + (r * seq_len + pos)[:, None] * stride_rl + offs_d[None, :], mask=mask_2d, other=0.0)
+        acc += tl.load(Rounds + (r * seq_len + pos)[:, None] * stride_rl + offs_d[None, :], mask=mask_2d,
+                       other=0.0).to(tl.float32)
     tl.store(Grad + b * stride_gb + h * stride_gh + pos[:, None] * stride_gl + offs_d[None, :],
              acc.to(Grad.dtype.element_ty), mask=mask_2d)
 
@@ -106,14 +108,14 @@ def _sum_round_rows(Rounds, stride_rl, Grad, stride_gb, stride_gh, stride_gl, b,
 @triton.jit
 def _sum_rounds_kernel(
     GradRounds, GradQK, GradV,
-    stride_rt, stride_rb, stride_rh, stride_rl,  # GradRounds: (2 (qk, v), B, H, n_hashes * L, head_dim), fp32
+    stride_rt, stride_rb, stride_rh, stride_rl,  # GradRounds: (2 (qk, v), B, H, n_hashes * L, head_dim), the input dtype
     stride_qb, stride_qh, stride_ql,  # GradQK: (B, H, L, head_dim)
     stride_vb, stride_vh, stride_vl,  # GradV: (B, H, L, head_dim)
     seq_len, n_hashes, head_dim,
     HEAD_BLOCK: tl.constexpr, BLOCK: tl.constexpr,
 ):
     """The gradients of qk and v of BLOCK positions: each position holds one slot per round, summed
-    in round order (deterministic) and written in the inputs' dtype."""
+    in fp32 in round order (deterministic) and written in the inputs' dtype."""
     h = tl.program_id(1).to(tl.int64)
     b = tl.program_id(2).to(tl.int64)
     pos = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
@@ -133,9 +135,20 @@ def lsh_attention_bwd(
     causal: bool, attention_mask: Optional[torch.Tensor], dropout_p: float = 0.0, dropout_seed: int = 0,
     dropout_offset: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Gradients (d qk, d v) from the gradients of out (B, H, L, d) and lse (B, H, n_hashes, L; None: zero)."""
+    """Gradients (d qk, d v) from the gradients of out (B, H, L, d) and lse (B, H, n_hashes, L; None: zero),
+    laid out like qk and v (``rows_like``).
+
+    One hash round: the attention kernel writes each position's gradient rows once, in place.
+    Several: a position has one slot per round, each slot's rows complete in one program; the
+    attention kernel writes them per round in qk's dtype and ``_sum_rounds_kernel`` sums them per
+    position in fp32, in round order (no atomics: the bits are the same every run). In fp16/bf16
+    that rounds twice, each round's gradient and then their sum: an element of d qk or d v is off
+    from the sum of the rounds' fp32 gradients g_r by at most u * (|sum_r g_r| + sum_r |g_r|)
+    (u = 2^-8 bf16, 2^-11 fp16; plus fp32 round-off), against u * |sum_r g_r| with fp32 rounds,
+    for half the bytes written and read back (fp16's range, 65504, then bounds each round's
+    gradient as well as their sum); fp32 inputs keep fp32 rounds."""
     grad_qk, grad_v = rows_like(qk), rows_like(v)
-    qk, v, grad_out = shared_rows(qk, v, grad_out)
+    qk, v = shared_rows(qk, v)
     batch, heads, seq_len, head_dim = qk.shape
     n_slots = n_hashes * seq_len
     lse = lse.reshape(batch, heads, n_slots).contiguous()
@@ -146,8 +159,7 @@ def lsh_attention_bwd(
     if n_hashes == 1:  # a position's only slot: its gradient rows are written once, in place
         backward(grad_qk, grad_qk, grad_v)
         return grad_qk, grad_v
-    # Rounds are summed per position afterwards, never by atomics, so the sum is deterministic.
-    grad_rounds = torch.empty(2, batch, heads, n_slots, head_dim, dtype=torch.float32, device=qk.device)
+    grad_rounds = torch.empty(2, batch, heads, n_slots, head_dim, dtype=qk.dtype, device=qk.device)
     backward(grad_rounds[0], grad_rounds[0], grad_rounds[1])
     block = 16  # positions per program: a memory-bound pass over n_hashes rows each
     _sum_rounds_kernel[(triton.cdiv(seq_len, block), heads, batch)](
