@@ -113,4 +113,6 @@ TORCH_LIBRARY(reformer_kernels, m) {
   m.def("dropout_relu(Tensor x, Tensor? bias, float p, int seed, int philox_offset) -> Tensor");
   // Its backward from its output: grad_out / (1 - p) where out > 0, else 0 (no mask needed), in out's dtype.
   m.def("dropout_relu_backward(Tensor grad_out, Tensor out, float p) -> Tensor");
+  // The same, written over grad (contiguous, out's dtype and shape): for a gradient nothing else reads.
+  m.def("dropout_relu_backward_(Tensor(a!) grad, Tensor out, float p) -> ()");
 }

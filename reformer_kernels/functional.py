@@ -843,6 +843,7 @@ def dropout_relu(
     bias: torch.Tensor | None = None,
     training: bool = True,
     generator: torch.Generator | None = None,
+    grad_in_place: bool = False,
     backend: str | None = None,
 ) -> torch.Tensor:
     """relu(dropout(x + bias, p)), the feed-forward's bias, dropout and relu activation (in
@@ -855,7 +856,12 @@ def dropout_relu(
     Args:
         x: float tensor, any shape. p: float in [0, 1].
         bias: None or a (x.shape[-1],) tensor of x's dtype and device. training: bool, False for no dropout.
-        generator: a torch.Generator on x's device type, or None. backend: see ``reformer_kernels.backends``.
+        generator: a torch.Generator on x's device type, or None.
+        grad_in_place: bool; True lets the backward write x's gradient over the output's (the "cpu"
+            backend, outside torch.compile): one tensor of x's size fewer alive. Only for an output
+            whose gradient nothing else reads (e.g. one that only a Linear consumes, whose backward
+            hands over a fresh gradient); never for one that you pass your own gradient to.
+        backend: see ``reformer_kernels.backends``.
 
     Returns:
         A tensor of x's shape and dtype.
@@ -874,5 +880,6 @@ def dropout_relu(
     p = _check_dropout_p(fn, p, name="p", allow_one=True)
     _check_bool(fn, "training", training)
     _check_generator(fn, generator, x)
+    _check_bool(fn, "grad_in_place", grad_in_place)
     _, impl = backends.select("dropout_relu", x.device, backend)
-    return impl(x, bias, p, training=training, generator=generator)
+    return impl(x, bias, p, training=training, generator=generator, grad_in_place=grad_in_place)

@@ -196,6 +196,37 @@ at::Tensor dropout_relu_backward_cpu(const at::Tensor& grad_out_in, const at::Te
   return grad_x;
 }
 
+// grad = out > 0 ? grad / (1 - p) : 0 in place (no __restrict between the two reads of grad and its write).
+template <typename scalar_t, typename T>
+void dropout_relu_backward_in_place_block(const scalar_t* __restrict out, scalar_t* grad, int64_t count, T scale) {
+  for (int64_t i = 0; i < count; ++i) {
+    grad[i] = static_cast<scalar_t>(static_cast<T>(out[i]) > T(0) ? static_cast<T>(grad[i]) * scale : T(0));
+  }
+}
+
+void dropout_relu_backward_in_place_cpu(const at::Tensor& grad, const at::Tensor& out_in, double p) {
+  const char* op = "dropout_relu_backward_";
+  check_float_input(out_in, op, "out");
+  check_float_input(grad, op, "grad");
+  TORCH_CHECK_VALUE(grad.sizes() == out_in.sizes(), op, ": grad must have the shape of out ", out_in.sizes(), ", got ",
+                    grad.sizes());
+  TORCH_CHECK_TYPE(grad.scalar_type() == out_in.scalar_type(), op, ": grad must have the dtype of out (",
+                   out_in.scalar_type(), "), got ", grad.scalar_type());
+  TORCH_CHECK_VALUE(grad.is_contiguous(), op, ": grad must be contiguous (it is written in place); pass grad.contiguous() "
+                    "to dropout_relu_backward instead");
+  TORCH_CHECK_VALUE(p >= 0.0 && p <= 1.0, op, ": p must lie in [0, 1], got ", p);
+  const at::Tensor out = out_in.contiguous();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(), "dropout_relu_backward_", [&] {
+    using T = acc_type<scalar_t>;
+    const scalar_t* y = out.data_ptr<scalar_t>();
+    scalar_t* g = grad.data_ptr<scalar_t>();
+    const T scale = keep_scale<T>(p);
+    at::parallel_for(0, out.numel(), kDropoutBlock, [&](int64_t begin, int64_t end) {
+      dropout_relu_backward_in_place_block<scalar_t, T>(y + begin, g + begin, end - begin, scale);
+    });
+  });
+}
+
 at::Tensor dropout_add_cpu(const std::optional<at::Tensor>& residual_in, const at::Tensor& x_in, double p, int64_t seed,
                            int64_t philox_offset, bool subtract, at::ScalarType dtype) {
   const char* op = "dropout_add";
@@ -226,4 +257,5 @@ TORCH_LIBRARY_IMPL(reformer_kernels, CPU, m) {
   m.impl("dropout_add", &reformer_kernels::cpu::dropout_add_cpu);
   m.impl("dropout_relu", &reformer_kernels::cpu::dropout_relu_cpu);
   m.impl("dropout_relu_backward", &reformer_kernels::cpu::dropout_relu_backward_cpu);
+  m.impl("dropout_relu_backward_", &reformer_kernels::cpu::dropout_relu_backward_in_place_cpu);
 }

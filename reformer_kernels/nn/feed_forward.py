@@ -17,6 +17,11 @@ ACTIVATIONS = {
 }
 
 
+def _plain_linear(module: nn.Module) -> bool:
+    """An nn.Linear itself (not a subclass, not replaced) without forward hooks."""
+    return type(module) is nn.Linear and not module._forward_hooks and not module._forward_pre_hooks
+
+
 class _Dense(nn.Module):
     """Linear -> dropout -> activation, the order (and parameter names) of transformers."""
 
@@ -29,11 +34,9 @@ class _Dense(nn.Module):
         self.dropout = dropout
 
     def _plain_dense(self) -> bool:
-        dense = self.dense
-        return (type(dense) is nn.Linear and dense.bias is not None and not dense._forward_hooks
-                and not dense._forward_pre_hooks)
+        return _plain_linear(self.dense) and self.dense.bias is not None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, *, grad_in_place: bool = False) -> torch.Tensor:
         # functional.dropout: drawn in the kernel from a Philox key, no mask kept for the backward.
         # With relu, functional.dropout_relu adds the bias, drops and applies relu in one pass each
         # way after a bias-free product (the same mask; addmm would first copy the bias into its output).
@@ -43,7 +46,7 @@ class _Dense(nn.Module):
             if self._plain_dense():
                 product = nn.functional.linear(x, self.dense.weight)
                 return functional.dropout_relu(product, self.dropout, bias=self.dense.bias.to(product.dtype),
-                                               training=self.training)
+                                               training=self.training, grad_in_place=grad_in_place)
             return functional.dropout_relu(self.dense(x), self.dropout, training=self.training)
         return self.act_fn(functional.dropout(self.dense(x), self.dropout, training=self.training))
 
@@ -92,7 +95,10 @@ class ChunkedFeedForward(nn.Module):
         self.output = _Output(feed_forward_size, hidden_size)
 
     def forward_chunk(self, x: torch.Tensor) -> torch.Tensor:
-        return self.output(self.dense(self.layer_norm(x)))
+        # The activations' gradient comes only from a plain second Linear, fresh: the backward of
+        # dropout_relu may write over it (functional.dropout_relu's grad_in_place).
+        fresh = _plain_linear(self.output.dense) and not self.output._forward_hooks and not self.output._forward_pre_hooks
+        return self.output(self.dense(self.layer_norm(x), grad_in_place=fresh))
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         if self.chunk_size == 0 or hidden_states.shape[1] <= self.chunk_size:

@@ -124,6 +124,28 @@ def test_feed_forward_calls_a_hooked_or_replaced_first_linear():
     assert torch.equal(hooked, expected) and not torch.equal(hooked, plain)
 
 
+def test_feed_forward_lets_dropout_relu_overwrite_its_gradient_only_behind_a_plain_second_linear(monkeypatch):
+    """The second Linear's backward hands the activations a fresh gradient that nothing else reads,
+    so dropout_relu may write the input's gradient over it (functional's grad_in_place); a hook on
+    the second Linear turns it off (its output may then be anything, the activations themselves
+    included, whose gradient something else may read)."""
+    module = ChunkedFeedForward(16, 32, hidden_act="relu", dropout=0.3).train()
+    flags = []
+    fused = functional.dropout_relu
+
+    def recording(*args, **kwargs):
+        flags.append(kwargs.get("grad_in_place", False))
+        return fused(*args, **kwargs)
+
+    monkeypatch.setattr(functional, "dropout_relu", recording)
+    x = torch.randn(2, 9, 16)
+    module(x)
+    handle = module.output.dense.register_forward_hook(lambda linear, inputs, output: output)
+    module(x)
+    handle.remove()
+    assert flags == [True, False]
+
+
 def test_bad_inputs():
     with pytest.raises(ValueError, match=r"hidden_states must be \(batch, seq_len, 16\)"):
         lsh()(torch.randn(2, 8, 15))

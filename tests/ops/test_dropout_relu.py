@@ -161,6 +161,52 @@ def test_cpu_opcheck():
 
 
 @requires_extension
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_cpu_in_place_backward_is_the_backward_written_over_its_gradient(dtype):
+    out = torch.relu(torch.randn(3, 5000, dtype=torch.float64)).to(dtype)  # several parallel blocks
+    grad = torch.randn(3, 5000, dtype=torch.float64).to(dtype)
+    expected = torch.ops.reformer_kernels.dropout_relu_backward(grad, out, 0.25)
+    torch.ops.reformer_kernels.dropout_relu_backward_(grad, out, 0.25)
+    assert torch.equal(grad, expected)
+    torch.library.opcheck(torch.ops.reformer_kernels.dropout_relu_backward_.default,
+                          (torch.randn(4, 33).to(dtype), torch.relu(torch.randn(4, 33)).to(dtype), 0.25))
+
+
+@requires_extension
+@pytest.mark.parametrize(
+    "grad, error, match",
+    [
+        (torch.randn(9, 4).t(), ValueError, "grad must be contiguous"),
+        (torch.randn(4, 9, dtype=torch.float64), TypeError, r"grad must have the dtype of out \(Float\)"),
+        (torch.randn(4, 8), ValueError, "grad must have the shape of out"),
+    ],
+)
+def test_cpu_in_place_backward_rejects_a_gradient_it_cannot_write(grad, error, match):
+    with pytest.raises(error, match=match):
+        torch.ops.reformer_kernels.dropout_relu_backward_(grad, torch.randn(4, 9), 0.25)
+
+
+@requires_extension
+@pytest.mark.parametrize("p", [0.0, 0.3])
+def test_grad_in_place_gives_the_same_gradients_in_the_buffer_it_was_handed(p):
+    """The feed-forward's case: the output consumed by one matrix product, whose backward hands
+    dropout_relu a fresh gradient; with grad_in_place the input's gradient is that buffer."""
+    x = torch.randn(64, 48, requires_grad=True)
+    bias = torch.randn(48, requires_grad=True)
+    weight = torch.randn(16, 48)
+    upstream = torch.randn(64, 16)
+    grads, handed = {}, []
+    for in_place in (False, True):
+        torch.manual_seed(5)
+        out = functional.dropout_relu(x, p, bias=bias, grad_in_place=in_place, backend="cpu")
+        if in_place:
+            out.register_hook(lambda g: handed.append(g.data_ptr()))
+        grads[in_place] = torch.autograd.grad(out @ weight.t(), (x, bias), upstream)
+    assert torch.equal(grads[True][0], grads[False][0]) and torch.equal(grads[True][1], grads[False][1])
+    assert grads[True][0].data_ptr() == handed[0]
+
+
+@requires_extension
 def test_cpu_saves_only_its_output_for_backward():
     """The output relu would keep anyway, no mask: the backward reads the mask off it."""
     x = torch.randn(64, 64, requires_grad=True)
@@ -194,6 +240,7 @@ def test_triton_opcheck(backend, device):
         (dict(x=torch.ones(4, 9, dtype=torch.long)), TypeError, "x must be float16, bfloat16, float32 or float64"),
         (dict(training="yes"), TypeError, "training must be True or False"),
         (dict(generator=0), TypeError, "generator must be a torch.Generator or None"),
+        (dict(grad_in_place=1), TypeError, "grad_in_place must be True or False"),
         (dict(bias=[1.0]), TypeError, "dropout_relu: bias must be a torch.Tensor or None"),
         (dict(bias=torch.randn(8)), ValueError, r"bias must have shape \(x.shape\[-1\],\) = \(9,\), got \(8,\)"),
         (dict(bias=torch.randn(9).double()), TypeError, "bias is torch.float64 but x is torch.float32"),

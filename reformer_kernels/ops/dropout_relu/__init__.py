@@ -23,8 +23,9 @@ def _biased(x, bias):
     return x if bias is None else x + bias
 
 
-def dropout_relu_reference(x, bias, p, training=True, generator=None):
-    """relu(dropout(x + bias)), the dropout mask drawn by the reference dropout_add."""
+def dropout_relu_reference(x, bias, p, training=True, generator=None, grad_in_place=False):
+    """relu(dropout(x + bias)), the dropout mask drawn by the reference dropout_add (its backward is
+    autograd's: ``grad_in_place`` changes nothing)."""
     return torch.relu(dropout_add_reference(None, _biased(x, bias), p, training=training, generator=generator))
 
 
@@ -54,15 +55,44 @@ def _fake_backward(grad_out, out, p):
     return torch.empty_like(out, memory_format=torch.contiguous_format)
 
 
-def fused(op):
-    """The "dropout_relu" backend impl of a fused ``op`` of the dropout_relu schema."""
+class _GradInPlace(torch.autograd.Function):
+    """The CPU op whose backward writes its result over the incoming gradient (when that is
+    contiguous and of the output's dtype), for an output whose gradient nothing else reads: the
+    feed-forward's activations, read only by its second Linear, whose backward hands over a fresh
+    gradient. One (..., d_ff) tensor fewer at the backward's peak, and one pass fewer over it."""
 
-    def dropout_relu(x, bias, p, training=True, generator=None):
+    @staticmethod
+    def forward(ctx, x, bias, p, seed, philox_offset):
+        out = torch.ops.reformer_kernels.dropout_relu(x, bias, p, seed, philox_offset)
+        _setup_context(ctx, (x, bias, p), out)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):
+        (out,) = ctx.saved_tensors
+        if grad_out.is_contiguous() and grad_out.dtype == out.dtype:
+            torch.ops.reformer_kernels.dropout_relu_backward_(grad_out, out, ctx.p)
+            grad_x = grad_out
+        else:
+            grad_x = torch.ops.reformer_kernels.dropout_relu_backward(grad_out, out, ctx.p)
+        grad_bias = grad_x.sum_to_size(ctx.bias_shape) if ctx.needs_input_grad[1] else None
+        return grad_x, grad_bias, None, None, None
+
+
+def fused(op, in_place_function=None):
+    """The "dropout_relu" backend impl of a fused ``op`` of the dropout_relu schema; a call with
+    ``grad_in_place=True`` takes ``in_place_function`` (an autograd Function over the same op whose
+    backward overwrites the incoming gradient) where there is one, outside torch.compile (whose
+    graphs take the op); elsewhere the flag changes nothing."""
+
+    def dropout_relu(x, bias, p, training=True, generator=None, grad_in_place=False):
         # no dropout (eval, or p = 0): the same single pass with p = 0, which keeps every element and
         # draws no key (torch's x + bias then relu would be two passes over x)
-        if not training or p == 0.0:
-            return op(x, bias, 0.0, 0, 0)
-        return op(x, bias, p, *philox_seed_offset(x.device, generator))
+        key = (0.0, 0, 0) if not training or p == 0.0 else (p, *philox_seed_offset(x.device, generator))
+        if grad_in_place and in_place_function is not None and not torch.compiler.is_compiling():
+            return in_place_function.apply(x, bias, *key)
+        return op(x, bias, *key)
 
     return dropout_relu
 
@@ -71,5 +101,6 @@ backends.register("dropout_relu", "reference", dropout_relu_reference)
 if _extension.loaded():
     torch.library.register_fake("reformer_kernels::dropout_relu", _fake)
     torch.library.register_fake("reformer_kernels::dropout_relu_backward", _fake_backward)
+    torch.library.register_fake("reformer_kernels::dropout_relu_backward_", lambda grad, out, p: None)
     register(torch.ops.reformer_kernels.dropout_relu.default, torch.ops.reformer_kernels.dropout_relu_backward.default)
-    backends.register("dropout_relu", "cpu", fused(torch.ops.reformer_kernels.dropout_relu))
+    backends.register("dropout_relu", "cpu", fused(torch.ops.reformer_kernels.dropout_relu, _GradInPlace))

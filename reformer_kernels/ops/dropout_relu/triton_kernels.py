@@ -78,8 +78,9 @@ register(dropout_relu_op, dropout_relu_backward_op)
 _fused = fused(dropout_relu_op)
 
 
-def dropout_relu(x, bias, p, training=True, generator=None):
-    """The "dropout_relu" backend impl: relu(dropout(x + bias, p)) in x's dtype."""
+def dropout_relu(x, bias, p, training=True, generator=None, grad_in_place=False):
+    """The "dropout_relu" backend impl: relu(dropout(x + bias, p)) in x's dtype (its backward writes a
+    new gradient: ``grad_in_place`` changes nothing)."""
     check_dtype("dropout_relu", x)
     return _fused(x, bias, p, training=training, generator=generator)
 
