@@ -86,6 +86,7 @@ def cpu_memory_pool_stats() -> dict[str, int]:
     ``peak_in_use_bytes`` since the last emptying, ``cached_blocks`` (free ranges), ``plan_bytes``
     (the size of the plan's range, 0 without a plan), and since the start the counts ``reused``
     (blocks carved out of free ranges), ``planned`` (of those, the ones at their planned place),
+    ``plans`` (periods placed, adopted or not),
     ``mapped`` (fresh from the system) and ``unmapped`` (ranges handed back); empty without the
     compiled extension."""
     return {} if _C is None else dict(_C.memory_pool_stats())

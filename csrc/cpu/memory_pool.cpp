@@ -93,10 +93,12 @@ constexpr uint64_t kUnplanned = UINT64_MAX;  // a plan's offset for a block it l
 // Requests a segment records at most (past that it is not planned: memory and planning time stay
 // bounded when large tensors are allocated outside passes for a long time).
 constexpr size_t kMaxRecorded = size_t{1} << 16;
-// Blocks a plan places at most: placing is quadratic in them (a training step of the 6-layer
-// crime-and-punishment configuration requests 467).
-constexpr size_t kMaxPlanned = size_t{1} << 12;
-constexpr size_t kKeptSegments = 5;  // two periods of two segments, and the one being recorded
+// Blocks a plan places at most: placing is quadratic in them, about a second at this bound, once.
+// A training step of the 6-layer crime-and-punishment configuration requests 467 at 16K tokens and
+// 3253 at 524,288 (its chunked loops grow with the length).
+constexpr size_t kMaxPlanned = size_t{1} << 14;
+constexpr size_t kKeptSegments = 5;
+constexpr size_t kKeptRejected = 4;  // periods not adopted that are not planned again (each phase of a period of two)  // two periods of two segments, and the one being recorded
 
 struct Allocation {  // one large request, by the pool's clock (one tick per large allocation or free)
   size_t size;
@@ -201,11 +203,11 @@ class PoolAllocator final : public c10::Allocator {
 
   PyObject* stats() {
     std::lock_guard<std::mutex> lock(mutex_);
-    return Py_BuildValue("{s:n,s:n,s:n,s:n,s:n,s:n,s:n,s:n,s:n}", "in_use_bytes", to_py(in_use_bytes_),
+    return Py_BuildValue("{s:n,s:n,s:n,s:n,s:n,s:n,s:n,s:n,s:n,s:n}", "in_use_bytes", to_py(in_use_bytes_),
                          "cached_bytes", to_py(free_bytes_), "peak_in_use_bytes", to_py(peak_in_use_bytes_),
                          "cached_blocks", to_py(free_.size()), "reused", to_py(reused_), "mapped", to_py(mapped_),
                          "unmapped", to_py(unmapped_), "plan_bytes", to_py(plan_.empty() ? 0 : plan_bytes_),
-                         "planned", to_py(planned_));
+                         "planned", to_py(planned_), "plans", to_py(plans_));
   }
 
  private:
@@ -465,13 +467,28 @@ class PoolAllocator final : public c10::Allocator {
                   segments_[j + 1].start - older.start == segments_[j + period + 1].start - newer.start;
       }
       if (repeats) {
-        return plan_period(first, period);
+        std::vector<uint64_t> signatures;
+        for (size_t j = first; j < first + period; ++j) {
+          signatures.push_back(segments_[j].signature);
+        }
+        if (std::find(rejected_.begin(), rejected_.end(), signatures) != rejected_.end()) {
+          return false;  // planned before (in this phase or another) and not adopted: not again at every pass
+        }
+        if (!plan_period(first, period)) {
+          if (rejected_.size() == kKeptRejected) {
+            rejected_.pop_front();
+          }
+          rejected_.push_back(std::move(signatures));
+          return false;
+        }
+        return true;
       }
     }
     return false;
   }
 
   bool plan_period(size_t first, size_t period) {  // under mutex_
+    ++plans_;
     const uint64_t origin = segments_[first].start;
     const uint64_t length = segments_[first + period].start - origin;  // ticks in a period
     struct Placed {
@@ -622,11 +639,12 @@ class PoolAllocator final : public c10::Allocator {
   std::unordered_map<void*, Block> foreign_;  // the previous allocator's large blocks, until freed
   std::map<uintptr_t, FreeRange> free_;  // by start address, neighbours merged
   size_t in_use_bytes_ = 0, free_bytes_ = 0, peak_in_use_bytes_ = 0;
-  size_t reused_ = 0, mapped_ = 0, unmapped_ = 0, planned_ = 0;
+  size_t reused_ = 0, mapped_ = 0, unmapped_ = 0, planned_ = 0, plans_ = 0;
   uint64_t pass_ = 0, clock_ = 0;
   std::deque<Segment> segments_{Segment{0, 0}};  // the last kKeptSegments, the one being recorded last
   std::vector<Planned> plan_;  // per request of the period, in order; empty: no plan
   std::vector<uint64_t> plan_signatures_;  // of the period's segments
+  std::deque<std::vector<uint64_t>> rejected_;  // the segment signatures of the last periods planned and not adopted
   size_t plan_bytes_ = 0, phase_ = 0, ordinal_ = 0;  // phase_: the period's segment being recorded
   uintptr_t arena_ = 0;  // the plan's mapped range, or 0
 };
@@ -690,9 +708,9 @@ PyObject* memory_pool_empty(PyObject*, PyObject*) {
 
 PyObject* memory_pool_stats(PyObject*, PyObject*) {
   if (pool == nullptr) {  // not installed yet: every counter is zero
-    return Py_BuildValue("{s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i}", "in_use_bytes", 0, "cached_bytes", 0,
+    return Py_BuildValue("{s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i}", "in_use_bytes", 0, "cached_bytes", 0,
                          "peak_in_use_bytes", 0, "cached_blocks", 0, "reused", 0, "mapped", 0, "unmapped", 0,
-                         "plan_bytes", 0, "planned", 0);
+                         "plan_bytes", 0, "planned", 0, "plans", 0);
   }
   return pool->stats();
 }

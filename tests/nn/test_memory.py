@@ -422,6 +422,27 @@ def test_a_plan_is_made_when_the_pool_was_emptied_before_the_pass_that_makes_it(
     assert stats["plan_bytes"] == 9 * MIB and stats["planned"] == planned + 4
 
 
+def test_a_period_that_cannot_be_planned_is_not_planned_again_at_every_pass():
+    """Placing is quadratic in the blocks: a period without a plan worth adopting (here every block
+    outlives it) is placed once, not at each of its passes, in any phase of a period of two."""
+    _extension.empty_cpu_memory_pool()
+    kept = []
+
+    def lasting_pass(mib):
+        with _extension.cpu_memory_pool():
+            kept.append(torch.empty(mib * MIB // 4))
+            if len(kept) > 4:
+                kept.pop(0)
+
+    plans = []
+    for _ in range(8):
+        lasting_pass(1)
+        lasting_pass(2)
+        plans.append(_extension.cpu_memory_pool_stats()["plans"])
+    assert _extension.cpu_memory_pool_stats()["plan_bytes"] == 0
+    assert plans[-1] == plans[-3] > plans[0], plans
+
+
 def test_a_pass_that_differs_drops_the_plan_and_a_new_pattern_gets_its_own():
     _extension.empty_cpu_memory_pool()
     live = {}
