@@ -163,26 +163,19 @@ at::Tensor dropout_relu_cpu(const at::Tensor& x_in, const std::optional<at::Tens
   return out;
 }
 
+// grad_x = out > 0 ? grad_out / (1 - p) : 0, out the forward's output: a positive output was kept
+// (and relu passed it), a zero was dropped or cut by relu, and a NaN's relu gradient is 0 (torch's).
+// grad_x may be grad_out (the in-place op), so the two carry no __restrict between them.
 template <typename scalar_t, typename T>
-void dropout_relu_backward_block(const scalar_t* __restrict out, const scalar_t* __restrict grad_out,
-                                 scalar_t* __restrict grad_x, int64_t count, T scale) {
+void dropout_relu_backward_block(const scalar_t* __restrict out, const scalar_t* grad_out, scalar_t* grad_x,
+                                 int64_t count, T scale) {
   for (int64_t i = 0; i < count; ++i) {
     grad_x[i] = static_cast<scalar_t>(static_cast<T>(out[i]) > T(0) ? static_cast<T>(grad_out[i]) * scale : T(0));
   }
 }
 
-// grad_x = out > 0 ? grad_out / (1 - p) : 0, out the forward's output: a positive output was kept
-// (and relu passed it), a zero was dropped or cut by relu, and a NaN's relu gradient is 0 (torch's).
-at::Tensor dropout_relu_backward_cpu(const at::Tensor& grad_out_in, const at::Tensor& out_in, double p) {
-  const char* op = "dropout_relu_backward";
-  check_float_input(out_in, op, "out");
-  check_float_input(grad_out_in, op, "grad_out");
-  TORCH_CHECK_VALUE(grad_out_in.sizes() == out_in.sizes(), op, ": grad_out must have the shape of out ", out_in.sizes(),
-                    ", got ", grad_out_in.sizes());
-  TORCH_CHECK_VALUE(p >= 0.0 && p <= 1.0, op, ": p must lie in [0, 1], got ", p);
-  const at::Tensor out = out_in.contiguous();
-  const at::Tensor grad_out = grad_out_in.to(out.scalar_type()).contiguous();
-  at::Tensor grad_x = at::empty(out.sizes(), out.options());
+// The backward of both ops from contiguous tensors of one dtype: into grad_x, which may be grad_out.
+void dropout_relu_backward_into(const at::Tensor& grad_out, const at::Tensor& out, const at::Tensor& grad_x, double p) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(), "dropout_relu_backward", [&] {
     using T = acc_type<scalar_t>;
     const scalar_t* y = out.data_ptr<scalar_t>();
@@ -193,17 +186,22 @@ at::Tensor dropout_relu_backward_cpu(const at::Tensor& grad_out_in, const at::Te
       dropout_relu_backward_block<scalar_t, T>(y + begin, g + begin, dx + begin, end - begin, scale);
     });
   });
+}
+
+at::Tensor dropout_relu_backward_cpu(const at::Tensor& grad_out_in, const at::Tensor& out_in, double p) {
+  const char* op = "dropout_relu_backward";
+  check_float_input(out_in, op, "out");
+  check_float_input(grad_out_in, op, "grad_out");
+  TORCH_CHECK_VALUE(grad_out_in.sizes() == out_in.sizes(), op, ": grad_out must have the shape of out ", out_in.sizes(),
+                    ", got ", grad_out_in.sizes());
+  TORCH_CHECK_VALUE(p >= 0.0 && p <= 1.0, op, ": p must lie in [0, 1], got ", p);
+  const at::Tensor out = out_in.contiguous();
+  at::Tensor grad_x = at::empty(out.sizes(), out.options());
+  dropout_relu_backward_into(grad_out_in.to(out.scalar_type()).contiguous(), out, grad_x, p);
   return grad_x;
 }
 
-// grad = out > 0 ? grad / (1 - p) : 0 in place (no __restrict between the two reads of grad and its write).
-template <typename scalar_t, typename T>
-void dropout_relu_backward_in_place_block(const scalar_t* __restrict out, scalar_t* grad, int64_t count, T scale) {
-  for (int64_t i = 0; i < count; ++i) {
-    grad[i] = static_cast<scalar_t>(static_cast<T>(out[i]) > T(0) ? static_cast<T>(grad[i]) * scale : T(0));
-  }
-}
-
+// The same written over grad, for a gradient nothing else reads.
 void dropout_relu_backward_in_place_cpu(const at::Tensor& grad, const at::Tensor& out_in, double p) {
   const char* op = "dropout_relu_backward_";
   check_float_input(out_in, op, "out");
@@ -215,16 +213,7 @@ void dropout_relu_backward_in_place_cpu(const at::Tensor& grad, const at::Tensor
   TORCH_CHECK_VALUE(grad.is_contiguous(), op, ": grad must be contiguous (it is written in place); pass grad.contiguous() "
                     "to dropout_relu_backward instead");
   TORCH_CHECK_VALUE(p >= 0.0 && p <= 1.0, op, ": p must lie in [0, 1], got ", p);
-  const at::Tensor out = out_in.contiguous();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(), "dropout_relu_backward_", [&] {
-    using T = acc_type<scalar_t>;
-    const scalar_t* y = out.data_ptr<scalar_t>();
-    scalar_t* g = grad.data_ptr<scalar_t>();
-    const T scale = keep_scale<T>(p);
-    at::parallel_for(0, out.numel(), kDropoutBlock, [&](int64_t begin, int64_t end) {
-      dropout_relu_backward_in_place_block<scalar_t, T>(y + begin, g + begin, end - begin, scale);
-    });
-  });
+  dropout_relu_backward_into(grad, out_in.contiguous(), grad, p);
 }
 
 at::Tensor dropout_add_cpu(const std::optional<at::Tensor>& residual_in, const at::Tensor& x_in, double p, int64_t seed,
