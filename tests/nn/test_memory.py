@@ -167,20 +167,29 @@ print(json.dumps(results))
 """
 
 
-@pytest.mark.skipif(platform.system() != "Linux", reason="glibc tunables")
+def pinned_malloc_run(script: str):
+    """The JSON ``script`` prints last, run in a fresh process with glibc's malloc thresholds pinned
+    at 128 KiB (GLIBC_TUNABLES), so that what malloc keeps or returns does not depend on the machine."""
+    tunables = "glibc.malloc.mmap_threshold=131072:glibc.malloc.trim_threshold=131072"
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = dict(os.environ, GLIBC_TUNABLES=tunables, PYTHONPATH=root)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600, env=env, cwd=root)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+PINS_GLIBC = pytest.mark.skipif(platform.system() != "Linux",
+                                reason="pins glibc malloc's thresholds (GLIBC_TUNABLES): Linux only")
+
+
+@PINS_GLIBC
 def test_training_steps_reuse_memory_instead_of_faulting_it_in_whatever_the_depth():
     """Deterministic measures: the pool holds about the same bytes for 7 layers as for 3 (each layer reuses
     the blocks of the one before; both depths have local and LSH layers in the reversible part), and
     a steady-state training step of the 7-layer model faults in under a tenth of the pages the same
     step faults in when its reversible layers do not reuse memory (each of them then maps its
     temporaries afresh, thousands of pages per layer)."""
-    tunables = "glibc.malloc.mmap_threshold=131072:glibc.malloc.trim_threshold=131072"
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    env = dict(os.environ, GLIBC_TUNABLES=tunables, PYTHONPATH=root)
-    done = subprocess.run([sys.executable, "-c", DEPTH_SCRIPT], capture_output=True, text=True, timeout=600, env=env,
-                          cwd=root)
-    assert done.returncode == 0, done.stderr
-    shallow, deep, unpooled = json.loads(done.stdout.strip().splitlines()[-1])
+    shallow, deep, unpooled = pinned_malloc_run(DEPTH_SCRIPT)
     # A block or two of slack: freed ranges merge only where the kernel happened to place mappings
     # side by side, so the pool's size moves by 1-2 MiB from run to run (either depth); a layer that
     # kept its own temporaries would add several MiB per layer, 4 layers here.
@@ -188,7 +197,7 @@ def test_training_steps_reuse_memory_instead_of_faulting_it_in_whatever_the_dept
     assert unpooled["pool_bytes"] == 0 and deep["faults"] < unpooled["faults"] / 10, (deep, unpooled)
 
 
-@pytest.mark.skipif(platform.system() != "Linux", reason="reads /proc/self/status")
+@pytest.mark.skipif(platform.system() != "Linux", reason="reads /proc/self/status: Linux only")
 def test_emptying_the_pool_returns_its_free_blocks_to_the_system():
     script = """
 import torch
@@ -255,18 +264,12 @@ print(json.dumps(results))
 """
 
 
-@pytest.mark.skipif(platform.system() != "Linux", reason="glibc tunables")
+@PINS_GLIBC
 def test_inference_and_bf16_autocast_training_reuse_memory_instead_of_faulting_it_in():
     """The models run their whole forward in the pool (and the reversible backward its part), so
     their steady-state steps fault in under a tenth of the pages the same steps fault in without
     it, where each large temporary is a fresh mapping: tens of thousands of pages."""
-    tunables = "glibc.malloc.mmap_threshold=131072:glibc.malloc.trim_threshold=131072"
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    env = dict(os.environ, GLIBC_TUNABLES=tunables, PYTHONPATH=root)
-    done = subprocess.run([sys.executable, "-c", STEADY_SCRIPT], capture_output=True, text=True, timeout=600, env=env,
-                          cwd=root)
-    assert done.returncode == 0, done.stderr
-    faults = json.loads(done.stdout.strip().splitlines()[-1])
+    faults = pinned_malloc_run(STEADY_SCRIPT)
     for step in ("infer", "train_bf16"):
         assert faults[f"{step} True"] < faults[f"{step} False"] / 10, faults
 
@@ -328,7 +331,7 @@ def _unmapped(start, end):
     return True
 
 
-@pytest.mark.skipif(platform.system() != "Linux", reason="reads /proc/self/maps")
+@pytest.mark.skipif(platform.system() != "Linux", reason="reads /proc/self/maps: Linux only")
 def test_a_free_range_too_small_for_a_tensor_grows_into_its_block_by_mapping_only_the_missing_pages():
     """A 6 MiB tensor when only a 4 MiB range is free: the pool maps the missing 2 MiB right below
     the range (or above it) where that address space is unused, and the tensor spans both, so the
