@@ -481,6 +481,7 @@ class PoolAllocator final : public c10::Allocator {
           rejected_.push_back(std::move(signatures));
           return false;
         }
+        plan_signatures_ = std::move(signatures);
         return true;
       }
     }
@@ -586,10 +587,6 @@ class PoolAllocator final : public c10::Allocator {
     }
     for (const Placed& b : blocks) {
       plan_[b.ordinal].offset = b.offset;
-    }
-    plan_signatures_.clear();
-    for (size_t j = first; j < first + period; ++j) {
-      plan_signatures_.push_back(segments_[j].signature);
     }
     plan_bytes_ = total;
     phase_ = 0;
