@@ -33,7 +33,7 @@ from ..reference.chunked import mask_values
 from ..reference.dropout import keep_threshold
 from ..reference.lsh_attention import RMS_EPS
 from .dropout_add.triton_kernels import kept, philox_group, philox_keep
-from .triton_utils import dot_precision, head_block, prune_spilling_warps, warp_configs
+from .triton_utils import dot_precision, head_block, prune_spilling_warps, unit_stride_rows, warp_configs
 
 # Jitted code may read module globals only when they are constexpr.
 _RMS_EPS = tl.constexpr(RMS_EPS)
@@ -511,12 +511,6 @@ def slot_index(sorted_idx: torch.Tensor, n_slots: int, row_stride: int) -> torch
     multiplies stays below 2^31 (head_dim for contiguous rows; H * head_dim for the rows of
     head-split views), int64 past that."""
     return sorted_idx.long() if n_slots * row_stride >= 2**31 else sorted_idx
-
-
-def unit_stride_rows(x: torch.Tensor) -> torch.Tensor:
-    """``x`` itself where its last dimension is contiguous, as the kernels read rows (any other
-    strides: head-split views are read in place); else a contiguous copy."""
-    return x if x.stride(-1) == 1 else x.contiguous()
 
 
 def shared_rows(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:

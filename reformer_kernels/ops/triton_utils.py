@@ -56,6 +56,12 @@ def head_block(head_dim: int) -> int:
     return max(16, triton.next_power_of_2(head_dim))
 
 
+def unit_stride_rows(x: torch.Tensor) -> torch.Tensor:
+    """``x`` itself where its last dimension is contiguous, as the kernels read rows (any other
+    strides: head-split views are read in place); else a contiguous copy."""
+    return x if x.stride(-1) == 1 else x.contiguous()
+
+
 def dot_precision(dtype: torch.dtype) -> str:
     """The ``input_precision`` of the kernels' tl.dot for inputs of ``dtype``, read on the host at
     launch (a Python flag, no sync) and passed as the constexpr DOT_PRECISION: "tf32" when the

@@ -17,10 +17,11 @@ from reformer_kernels.nn.attention import LSHSelfAttention
 from reformer_kernels.ops.lsh_hash import triton_kernels as triton_hashing
 from tests.marks import requires_extension
 from tests.test_no_host_sync import fake_gpu
+from tests.triton_launches import recorded_launches
 
 from .fuzz import (DTYPES, HEAD_DIMS, MASK_KINDS, NEAR_TIE, TRITON_HEAD_DIMS, fuzz_tests, head_split, n_buckets_strategy, near_ties,
                    padding_mask)
-from .inputs import (TorchOps, assert_impl_takes_schema_names, assert_same_schema, fixed_padding_mask, on_backends,
+from .inputs import (COPIES, TorchOps, assert_impl_takes_schema_names, assert_same_schema, fixed_padding_mask, on_backends,
                      requires_cuda_kernels, schema_mask, skip_if_interpreter_lacks, small_lsh_inputs, triton_only)
 
 
@@ -362,6 +363,21 @@ def test_triton_opcheck(backend, device, op):
     rotations = torch.randn(2, 16, 2, 5, device=device)
     mask = fixed_padding_mask("tail", 2, 24, device)
     torch.library.opcheck(op, (vectors, rotations, [4, 6], mask))
+
+
+@pytest.mark.parametrize("op", [triton_hashing.lsh_hash, triton_hashing.lsh_hash_packed])
+def test_triton_hash_reads_head_split_views_in_place(op):
+    """The launcher copies nothing: head-split vectors (a layer's projection) reach the hash kernel
+    as they are, read through their strides. The launch is recorded, not run; the op's own function
+    runs (a dispatch mode sees a custom op's call, not the torch ops inside it)."""
+    vectors = head_split(torch.randn(2, 3, 64, 32, dtype=torch.float16))
+    rotations = torch.randn(3, 32, 2, 4, dtype=torch.float16)
+    with recorded_launches() as launches, TorchOps() as called:
+        op._init_fn(vectors, rotations, [8], None)
+    names = [name for name, _ in called.ops]
+    assert not COPIES & set(names), names
+    (_, args, _), = launches
+    assert args[0] is vectors and args[1] is rotations
 
 
 @pytest.mark.parametrize("compiled, op", [("lsh_hash", triton_hashing.lsh_hash),

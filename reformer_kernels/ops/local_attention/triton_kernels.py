@@ -10,9 +10,9 @@ import torch
 
 from ... import backends
 from ...reference.local_attention import local_chunking
-from ..chunk_attention_triton import attention_backward, attention_forward, shared_rows, unit_stride_rows
+from ..chunk_attention_triton import attention_backward, attention_forward, shared_rows
 from ..lsh_attention import rows_like
-from ..triton_utils import check_dtype
+from ..triton_utils import check_dtype, unit_stride_rows
 from . import contiguous_like, out_only, register
 
 

@@ -10,8 +10,8 @@ import triton
 import triton.language as tl
 
 from ... import backends
-from ..chunk_attention_triton import attention_backward, attention_forward, shared_rows, unit_stride_rows
-from ..triton_utils import check_dtype, head_block
+from ..chunk_attention_triton import attention_backward, attention_forward, shared_rows
+from ..triton_utils import check_dtype, head_block, unit_stride_rows
 from . import register, rows_like
 
 

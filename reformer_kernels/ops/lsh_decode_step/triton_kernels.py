@@ -10,8 +10,8 @@ import triton.language as tl
 
 from ... import backends
 from ...reference.chunked import mask_values
-from ..chunk_attention_triton import _RMS_EPS, _load_keys, _masked_scores, unit_stride_rows
-from ..triton_utils import check_dtype, head_block
+from ..chunk_attention_triton import _RMS_EPS, _load_keys, _masked_scores
+from ..triton_utils import check_dtype, head_block, unit_stride_rows
 from . import register
 
 _POSITION_MASK = tl.constexpr(0xFFFFFFFF)  # the low POSITION_BITS = 32 bits of a sort key

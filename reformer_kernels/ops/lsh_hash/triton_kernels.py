@@ -17,7 +17,7 @@ import triton.language as tl
 
 from ... import backends
 from ..bucket_sort import packed_key_dtype, triton_can_sort
-from ..triton_utils import check_dtype, dot_precision, head_block
+from ..triton_utils import check_dtype, dot_precision, head_block, unit_stride_rows
 from . import hash_sort_packed, hash_with, hashed_keys
 
 
@@ -100,7 +100,7 @@ def _hash_into(op, keys, positions, vectors, rotations, n_buckets, attention_mas
     """Launches the hash of ``op``, writing ``keys`` (and ``positions``, unless None) with key = row *
     row_keys + id."""
     check_dtype(op, vectors)
-    vectors, rotations = vectors.contiguous(), rotations.contiguous()
+    vectors, rotations = unit_stride_rows(vectors), unit_stride_rows(rotations)  # head-split views read in place
     batch, heads, seq_len, head_dim = vectors.shape
     n_hashes = rotations.shape[2]
     buckets_per_round = math.prod(n_buckets)
