@@ -36,6 +36,14 @@ def launched_function(kernel) -> JITFunction:
     return kernel.fn if isinstance(kernel, Autotuner) else kernel
 
 
+def launchable_configs(kernel: Autotuner, args: tuple, kwargs: dict, arch: int) -> list:
+    """The configs that ``kernel``'s autotuner keeps for a launch on an sm_<arch> device."""
+    if kernel.early_config_prune is None:
+        return kernel.configs
+    with mock.patch.object(torch.cuda, "get_device_capability", lambda device=None: divmod(arch, 10)):
+        return kernel.early_config_prune(kernel.configs, dict(zip(kernel.arg_names, args)), **kwargs)
+
+
 @contextlib.contextmanager
 def tf32_matmuls(enabled: bool = True):
     """torch.backends.cuda.matmul.allow_tf32 set to ``enabled`` inside the block, restored after
@@ -53,17 +61,16 @@ def tf32_matmuls(enabled: bool = True):
 DROPOUT_SEED, DROPOUT_OFFSET = -(2**62) - 5, 8
 
 
-def lsh_attention_launches(dtype, head_dim, chunk_len):
+def lsh_attention_launches(dtype, head_dim, chunk_len, causal=True, masked=True, dropout=True):
     """The LSH op's forward (attention, then the round combination) and backward as a layer
-    launches them: head-split views, causal, padding mask, attention dropout (the variant with every
-    code path; the others compile subsets of it): 2 rounds with a gradient of lse (per-round
-    gradients, in the input dtype, summed by a kernel), then the backward of 1 round without
-    (gradients written in place)."""
+    launches them: head-split views; by default causal, padding mask and attention dropout (the
+    variant with every code path; each flag set False drops its path); 2 rounds with a gradient
+    of lse (per-round gradients, in the input dtype, summed by a kernel), then the backward of 1
+    round without (gradients written in place)."""
     batch, heads, seq_len, n_hashes, before, after = 2, 4, 4 * chunk_len, 2, 1, 0
     qk, v = (torch.randn(batch, seq_len, heads, head_dim, dtype=dtype).transpose(1, 2) for _ in range(2))
     sorted_idx = torch.arange(n_hashes * seq_len, dtype=torch.int32).expand(batch, heads, -1).contiguous()
-    mask = torch.ones(batch, seq_len, dtype=torch.bool)
-    config = (n_hashes, chunk_len, before, after, True, mask, 0.1, DROPOUT_SEED, DROPOUT_OFFSET)
+    config = (n_hashes, chunk_len, before, after, *_flag_arguments(batch, seq_len, causal, masked, dropout))
     out, lse = triton_lsh_attention.lsh_attention_fwd(qk, v, sorted_idx, *config)
     triton_lsh_attention.lsh_attention_bwd(torch.randn_like(out), lse, qk, v, sorted_idx, out, lse, *config)
     first_round = sorted_idx[..., :seq_len].contiguous()  # the positions in order
@@ -71,11 +78,16 @@ def lsh_attention_launches(dtype, head_dim, chunk_len):
                                            1, *config[1:])
 
 
-def local_attention_launches(dtype, head_dim, chunk_len):
+def local_attention_launches(dtype, head_dim, chunk_len, causal=True, masked=True, dropout=True):
     """The local op's forward and backward, as ``lsh_attention_launches``."""
     batch, heads, seq_len, before, after = 2, 4, 4 * chunk_len, 1, 1
     q, k, v = (torch.randn(batch, seq_len, heads, head_dim, dtype=dtype).transpose(1, 2) for _ in range(3))
-    mask = torch.ones(batch, seq_len, dtype=torch.bool)
-    config = (chunk_len, before, after, True, mask, 0.1, DROPOUT_SEED, DROPOUT_OFFSET)
+    config = (chunk_len, before, after, *_flag_arguments(batch, seq_len, causal, masked, dropout))
     out, lse = triton_local_attention.local_attention_fwd(q, k, v, *config)
     triton_local_attention.local_attention_bwd(torch.randn_like(out), q, k, v, out, lse, *config)
+
+
+def _flag_arguments(batch, seq_len, causal, masked, dropout):
+    """The schemas' (causal, attention_mask, dropout_p, dropout_seed, dropout_offset) for the flags."""
+    mask = torch.ones(batch, seq_len, dtype=torch.bool) if masked else None
+    return causal, mask, 0.1 if dropout else 0.0, DROPOUT_SEED, DROPOUT_OFFSET

@@ -32,6 +32,7 @@ from .. import backends
 from ..reference.chunked import mask_values
 from ..reference.dropout import keep_threshold
 from ..reference.lsh_attention import RMS_EPS
+from .attention_spills import SPILLING_WARPS, spill_key
 from .dropout_add.triton_kernels import kept, philox_group, philox_keep
 from .triton_utils import dot_precision, head_block, prune_spilling_warps, unit_stride_rows, warp_configs
 
@@ -147,7 +148,8 @@ def _dropout_keep(seed, philox_offset, threshold, row_first, col_first, drop_sca
 
 
 @triton.autotune(configs=warp_configs(), key=["chunk_len", "HEAD_BLOCK", "BLOCK", "LSH", "CAUSAL", "HAS_MASK", "DROPOUT",
-                                                "DOT_PRECISION"])
+                                                "DOT_PRECISION"],
+                 prune_configs_by=prune_spilling_warps(SPILLING_WARPS["attention_fwd_kernel"], spill_key))
 @triton.jit(do_not_specialize=["dropout_seed", "dropout_offset"])
 def attention_fwd_kernel(
     Q, K, V, SortedIdx, Mask, Out, Lse,
@@ -301,33 +303,9 @@ def attention_bwd_prologue_kernel(
         tl.store(Delta + pos, _dout_scale(RoundWeight, pos, ok, lse, floor_score, n_keys, LSH) * out_dot, mask=ok)
 
 
-# The backward's configs that spill where the other config of the same key does not, dropped by its
-# autotuner (warp_configs' rule), as tests/ops/test_triton_compile.py measured them on 2026-12-06
-# (Triton 3.8.0; fp16/bf16, causal, padding mask and dropout, at every tile the launchers pick):
-# (arch, q's dtype, the gradients' dtype (fp32 buffers when the rounds are summed after), HEAD_BLOCK,
-# BLOCK, LSH, CAUSAL, HAS_MASK, DROPOUT) -> num_warps. LSH's head_dim-128 16-slot block spills 24 B
-# with 8 warps (at 128 registers), none with 4; fp16's head_dim-64 32-slot block on
-# sm_90 spills 8 B with 4 warps, none with 8. Launches with other flags keep both configs: they are
-# not compiled by the test, and which config spills moves with the flags.
-_BWD_SPILLING_WARPS = {
-    (90, torch.float16, torch.float16, 64, 32, True, True, True, True): 4,
-    (80, torch.float16, torch.float16, 128, 16, True, True, True, True): 8,
-    (80, torch.float16, torch.float32, 128, 16, True, True, True, True): 8,
-    (80, torch.bfloat16, torch.bfloat16, 128, 16, True, True, True, True): 8,
-    (80, torch.bfloat16, torch.float32, 128, 16, True, True, True, True): 8,
-    (90, torch.float16, torch.float16, 128, 16, True, True, True, True): 8,
-    (90, torch.bfloat16, torch.bfloat16, 128, 16, True, True, True, True): 8,
-}
-
-
-def _bwd_spill_key(arguments: dict) -> tuple:
-    return (arguments["Q"].dtype, arguments["DQ"].dtype, *(arguments[name] for name in (
-        "HEAD_BLOCK", "BLOCK", "LSH", "CAUSAL", "HAS_MASK", "DROPOUT")))
-
-
 @triton.autotune(configs=warp_configs(), key=["chunk_len", "HEAD_BLOCK", "BLOCK", "LSH", "CAUSAL", "HAS_MASK", "DROPOUT",
                                                 "DOT_PRECISION"],
-                 prune_configs_by=prune_spilling_warps(_BWD_SPILLING_WARPS, _bwd_spill_key))
+                 prune_configs_by=prune_spilling_warps(SPILLING_WARPS["attention_bwd_kernel"], spill_key))
 @triton.jit(do_not_specialize=["dropout_seed", "dropout_offset"])
 def attention_bwd_kernel(
     Q, K, V, SortedIdx, Mask, DOut, RoundWeight, Lse, Delta, DQ, DK, DV,

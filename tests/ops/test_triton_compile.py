@@ -17,7 +17,6 @@ import signal
 import subprocess
 import tempfile
 from dataclasses import dataclass
-from unittest import mock
 
 import pytest
 import torch
@@ -33,8 +32,8 @@ from reformer_kernels.ops.dropout_add import triton_kernels as triton_reversible
 from reformer_kernels.ops.dropout_relu import triton_kernels as triton_dropout_relu
 from reformer_kernels.ops.linear_cross_entropy import triton_kernels as triton_cross_entropy
 from reformer_kernels.ops.lsh_hash import triton_kernels as triton_hashing
-from tests.triton_launches import (launched_function, local_attention_launches, lsh_attention_launches, recorded_launches,
-                                   tf32_matmuls)
+from tests.triton_launches import (launchable_configs, launched_function, local_attention_launches, lsh_attention_launches,
+                                   recorded_launches, tf32_matmuls)
 
 pytestmark = [
     pytest.mark.slow,
@@ -82,14 +81,6 @@ class Variant:
     def __str__(self):
         return (f"{self.name} sm_{self.arch} {self.config}{' (pruned)' if self.pruned else ''}: {self.registers} registers, "
                 f"{self.stack_bytes} B stack, {self.shared_bytes} B shared, {self.hmma} HMMA, {self.hgmma} HGMMA")
-
-
-def launchable_configs(kernel: Autotuner, args: tuple, kwargs: dict, arch: int) -> list:
-    """The configs that ``kernel``'s autotuner keeps for a launch on an sm_<arch> device."""
-    if kernel.early_config_prune is None:
-        return kernel.configs
-    with mock.patch.object(torch.cuda, "get_device_capability", lambda device=None: divmod(arch, 10)):
-        return kernel.early_config_prune(kernel.configs, dict(zip(kernel.arg_names, args)), **kwargs)
 
 
 def compile_launch(kernel, args: tuple, kwargs: dict, arch: int) -> list[Variant]:
@@ -149,70 +140,58 @@ def check_variants(variants: list[Variant], dtype: torch.dtype, tf32: bool = Fal
             assert tensor_core > 0, f"{variant}: no tensor-core instruction for its {dtype} dots (tf32 {tf32})"
 
 
-# Spills in variants that launch, measured on 2026-12-05 with this test (Triton 3.8.0), for fp16/bf16
-# at chunk_len 64, 32 and 16 and head_dim 32, 64 and 128 (every tile the launchers pick): (op,
-# head_dim, chunk_len, kernel, arch, num_warps) -> stack bytes per thread of the (fp16, bf16)
-# variant, the most allowed. Before the attention kernels' registers were cut (one Philox draw per
-# four dropout elements, window loops of 32 entries, gradients written as soon as complete,
-# 32-slot blocks for the backward and the head_dim-128 forward), 42 variants spilled, up to 2128 B.
-# What is left is LSH's backward, the only attention kernel whose stage 1 also reads each query's
-# sorted index and round weight, on sm_90 only. Measured again once the kernels read int32
-# sorted_idx (bucket_sort's) instead of int64, which moved which variants ptxas fits: at head_dim 64
-# with the 32-slot block (chunk_len 64 and 32), bf16 spills 16 B with 4 warps (168 registers) and
-# with 8 (128 registers), fp16 none; at head_dim 128 with the 16-slot block and 8 warps, fp16 at 128
-# registers spills 24 B (bf16 none, and its 4-warp config none). The head_dim-128 4-warp variant of
-# the 32-slot block on sm_90, whose two 32 x 128 fp32 accumulators (dk, dv) take 64 of a thread's
-# 255 registers, spilled 168/8 B with int64 indices and none now.
-# Measured again (every fp16/bf16 case above, both archs) once the backward got its prologue kernel
-# and scaled the rows of p and dp by the upstream gradient's factors (round weights) instead of
-# the d out tile, whose fp32 copy had cost registers; the LSH launches compile two backward
-# variants since (2 rounds into fp32 buffers, 1 round into the input dtype), a key bounds the
-# larger. bf16 at head_dim 64 spills no more (16 B before), fp16's 4-warp variant on sm_90 8 B at
-# 168 registers; at head_dim 128 with the 16-slot block, the 8-warp variants (128 registers) spill
-# 24 B in fp16 and bf16 on sm_80 and sm_90 (24 B for fp16 on sm_90 only before). Local attention's
-# backward spills none (its fully-masked rows' factor is now computed in the kernel from lse).
-# Since the backward reads grad_out through its own strides (no copy where its layout differs from
-# q, k, v), local attention's head_dim-32 16-slot 4-warp variant on sm_90 (96 registers) spills
-# 8 B in fp16 and bf16: one predicate (P2R), stored once before stage 1 and reloaded twice, after
-# stage 1 and in the epilogue, outside the loops.
-# A listed variant that stops spilling must leave the table, so that it cannot come back unseen.
-# Every one of those four LSH rows spilled with one warp count and not the other, so since
-# 2026-12-06 the backward's autotuner drops it (chunk_attention_triton._BWD_SPILLING_WARPS,
-# warp_configs' rule): no LSH variant that launches spills, and a dropped one must still spill
-# (check_spills). The local row stays an allowance.
+# Spills in variants that launch where both autotune configs spill (where one does, its autotuner
+# drops it: reformer_kernels/ops/attention_spills.py, which says what was measured and how), fp16/bf16:
+# (op, head_dim, chunk_len as the test's BLOCK, flags, kernel, arch, num_warps) -> stack bytes per
+# thread of the (fp16, bf16) variant, the most allowed; flags are (causal, padding mask, dropout,
+# chunk_len - BLOCK), test_attention_kernels_compile's launch EVERY_FLAG, FLAG_LAUNCHES the others.
+# History: before the attention kernels' registers were cut (one Philox draw per four dropout
+# elements, window loops of 32 entries, gradients written as soon as complete, 32-slot blocks for
+# the backward and the head_dim-128 forward), 42 variants of the every-flag launch spilled, up to
+# 2128 B; on 2026-12-06 the other flag combinations were measured too: 83 variants spilled 8 to
+# 24 B per thread with one of the two configs (now dropped), two with both: local attention's
+# head_dim-128 16-slot backward on sm_80, causal with a padding mask and no dropout, 8 B in fp16 and
+# bf16.
+EVERY_FLAG = (True, True, True, 0)
+_MASK_ONLY = (True, True, False, 0)
 _SPILLS: dict[tuple, tuple[int, int]] = {
-    ('local', 32, 16, 'attention_bwd_kernel', 90, 4): (8, 8),
+    ('local', 128, 16, _MASK_ONLY, 'attention_bwd_kernel', 80, 4): (8, 8),
+    ('local', 128, 16, _MASK_ONLY, 'attention_bwd_kernel', 80, 8): (8, 8),
 }
 KNOWN_SPILLS: dict[tuple, int] = {
-    (op, dtype, head_dim, chunk_len, kernel, arch, warps): spills[dtype == torch.bfloat16]
-    for (op, head_dim, chunk_len, kernel, arch, warps), spills in _SPILLS.items()
+    (op, dtype, head_dim, chunk_len, flags, kernel, arch, warps): spills[dtype == torch.bfloat16]
+    for (op, head_dim, chunk_len, flags, kernel, arch, warps), spills in _SPILLS.items()
     for dtype in (torch.float16, torch.bfloat16)
     if spills[dtype == torch.bfloat16]
 }
 
 
 def check_spills(variants: list[Variant], dtype: torch.dtype, case: tuple = (), *, fp32: bool = False) -> None:
-    """No spills beyond KNOWN_SPILLS[(*case, kernel, arch, num_warps)], and a spill in every pruned
-    variant (else its autotuner drops a config for nothing: delete the rule). fp32 variants are bounded
-    only where ``fp32``: elsewhere they are reported, not bounded. Their ieee dots run on the FMA
-    units out of registers; their tf32 dots (allow_tf32) on tensor cores, whose fp32 operands take
+    """No spills beyond KNOWN_SPILLS[(*case, kernel, arch, num_warps)], and a spill in every config
+    that an autotuner drops, in the largest of its variants (else it is dropped for nothing: delete
+    the rule). fp32 variants are bounded only where ``fp32``: elsewhere they are reported, not
+    bounded. Their ieee dots run on the FMA units out of registers; their tf32 dots (allow_tf32) on tensor cores, whose fp32 operands take
     twice the registers of fp16's in tiles sized for fp16: measured on 2026-12-05 (Triton 3.8.0) for
     the LSH op at chunk_len 64 after the attention kernels' registers were cut, the tf32 variants
     spill none at head_dim 64 (up to 1152 B before) and up to 408 B at 128 (the 4-warp backward on
     sm_80; 384 B on sm_90), every one with tensor-core instructions."""
     if dtype == torch.float32 and not fp32:
         return
-    most = {}  # a key's largest spill: a launcher may compile several variants of one kernel
+    most, most_pruned = {}, {}  # a key's largest spill: a launcher may compile several variants of one kernel
     for variant in variants:
-        if variant.pruned:
-            assert variant.stack_bytes > 0, f"{variant} no longer spills: delete the rule that prunes it"
-            continue
         key = (*case, variant.name, variant.arch, variant.config["num_warps"])
+        if variant.pruned:
+            most_pruned[key] = max(most_pruned.get(key, 0), variant.stack_bytes)
+            continue
         allowed = KNOWN_SPILLS.get(key, 0)
-        assert variant.stack_bytes <= allowed, f"{variant}: spills {variant.stack_bytes} B, {allowed} B allowed"
+        assert variant.stack_bytes <= allowed, (
+            f"{variant}: spills {variant.stack_bytes} B, {allowed} B allowed (where the other config does not "
+            "spill, its autotuner drops this one: reformer_kernels/ops/attention_spills.py; else KNOWN_SPILLS)")
         most[key] = max(most.get(key, 0), variant.stack_bytes)
     for key, stack_bytes in most.items():
         assert key not in KNOWN_SPILLS or stack_bytes > 0, f"{key} no longer spills: drop it from KNOWN_SPILLS"
+    for key, stack_bytes in most_pruned.items():
+        assert stack_bytes > 0, f"{key} is dropped by its autotuner but no longer spills: delete its rule"
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -229,7 +208,40 @@ def test_attention_kernels_compile(arch, precision, head_dim, chunk_len, op):
     variants = compile_op(arch, lambda: launches(dtype, head_dim, chunk_len), tf32)
     check_variants(variants, dtype, tf32,
                    without_dots=("_combine_rounds_kernel", "attention_bwd_prologue_kernel", "_sum_rounds_kernel"))
-    check_spills(variants, dtype, (op, dtype, head_dim, chunk_len))
+    check_spills(variants, dtype, (op, dtype, head_dim, chunk_len, EVERY_FLAG))
+
+
+# The launches test_attention_kernels_compile does not make: (causal, padding mask, dropout, chunk_len
+# as a function of the tile BLOCK). Each flag is a constexpr and ptxas allocates registers anew for
+# each variant, so dropping a code path can make a variant spill that the full one does not. Every
+# flag combination at chunk_len = BLOCK; with every flag on, chunk lengths that are not multiples
+# of 16 (a different specialization of the int arguments): BLOCK - 4 (dropout's whole groups of
+# four) and BLOCK - 1 (dropout's per-element draw).
+FLAG_LAUNCHES = [
+    pytest.param(flags, id=f"causal{int(flags[0])}-mask{int(flags[1])}-dropout{int(flags[2])}-chunk{flags[3]:+d}")
+    for flags in [(c, m, d, 0) for c in (True, False) for m in (True, False) for d in (True, False)][1:]
+    + [(True, True, True, -4), (True, True, True, -1)]
+]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("precision", PRECISIONS[:2])  # fp16, bf16
+@pytest.mark.parametrize("head_dim", [32, 64, 128])
+@pytest.mark.parametrize("block", [64, 32, 16])
+@pytest.mark.parametrize("op", ["lsh", "local"])
+@pytest.mark.parametrize("flags", FLAG_LAUNCHES)
+def test_attention_kernels_compile_with_every_flag(arch, precision, head_dim, block, op, flags):
+    """Every other launch of the attention kernels (FLAG_LAUNCHES), checked as
+    test_attention_kernels_compile checks the launch with every flag on: within COMPILE_LIMIT_S and
+    the arch's shared memory, tensor cores for fp16/bf16 and tf32, and for fp16/bf16 no spills beyond
+    KNOWN_SPILLS, the autotuners' pruning included (check_spills)."""
+    dtype, tf32 = precision
+    causal, masked, dropout, chunk_offset = flags
+    launches = lsh_attention_launches if op == "lsh" else local_attention_launches
+    variants = compile_op(arch, lambda: launches(dtype, head_dim, block + chunk_offset, causal, masked, dropout), tf32)
+    check_variants(variants, dtype, tf32, without_dots=("_combine_rounds_kernel", "attention_bwd_prologue_kernel",
+                                                        "_sum_rounds_kernel"))
+    check_spills(variants, dtype, (op, dtype, head_dim, block, flags))
 
 
 # The Reformer's LM head has D = 2 * hidden: 512 for crime-and-punishment, 2048 for enwik8.
