@@ -302,18 +302,19 @@ def test_dropout_relu_kernels_compile(arch):
 
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("precision", PRECISIONS)
-@pytest.mark.parametrize("n_buckets", [[64], [2048], [64, 128]], ids=str)
+@pytest.mark.parametrize("n_buckets", [[32], [64], [2048], [64, 128]], ids=str)  # ROT_BLOCK 16, then 32
 @pytest.mark.parametrize("head_dim", [64, 128])
-def test_hash_kernel_compiles_for_any_number_of_buckets(arch, precision, n_buckets, head_dim):
+@pytest.mark.parametrize("padded", [True, False], ids=["mask", "no_mask"])
+def test_hash_kernel_compiles_for_any_number_of_buckets(arch, precision, n_buckets, head_dim, padded):
     """The rotation is tiled: 2048 buckets need no more shared memory or registers than 64 did, in
     every dtype (fp32 took over 10 minutes in ptxas and 2048 fp16 buckets 278 KB of shared memory
-    before), with padding as the layers launch it: the int64 ids of lsh_hash and the packed 32-bit
-    keys and positions of lsh_hash_packed."""
+    before), with and without a padding mask (a GPU launch counts any mask), as the layers launch
+    it: the int64 ids of lsh_hash and the packed 32-bit keys and positions of lsh_hash_packed."""
     dtype, tf32 = precision
     batch, heads, seq_len, n_hashes = 2, 4, 1024, 2
     vectors = torch.randn(batch, seq_len, heads, head_dim, dtype=dtype).transpose(1, 2)  # head-split, as a layer gives it
     rotations = torch.randn(heads, head_dim, n_hashes, sum(n_buckets) // 2, dtype=dtype)
-    mask = torch.ones(batch, seq_len, dtype=torch.bool)
+    mask = torch.ones(batch, seq_len, dtype=torch.bool) if padded else None
 
     def launches():
         triton_hashing.lsh_hash(vectors, rotations, n_buckets, mask)
