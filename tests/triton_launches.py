@@ -61,6 +61,15 @@ def tf32_matmuls(enabled: bool = True):
 DROPOUT_SEED, DROPOUT_OFFSET = -(2**62) - 5, 8
 
 
+# The attention launches whose compiled variants differ: (causal, padding mask, dropout, chunk_len -
+# BLOCK, with BLOCK the tile). Each flag is a constexpr and each int's divisibility by 16 a
+# specialization, so each is a variant of its own to ptxas: every flag combination at chunk_len =
+# BLOCK, then with every flag on chunk lengths that are not multiples of 16, BLOCK - 4 (dropout's
+# whole groups of four) and BLOCK - 1 (its per-element draw). The first has every flag on.
+LAUNCH_FLAGS = [(causal, masked, dropout, 0) for causal in (True, False) for masked in (True, False)
+                for dropout in (True, False)] + [(True, True, True, -4), (True, True, True, -1)]
+
+
 def lsh_attention_launches(dtype, head_dim, chunk_len, causal=True, masked=True, dropout=True):
     """The LSH op's forward (attention, then the round combination) and backward as a layer
     launches them: head-split views; by default causal, padding mask and attention dropout (the

@@ -9,8 +9,8 @@ import torch
 
 from reformer_kernels import backends
 from reformer_kernels.ops.attention_spills import SPILLING_WARPS, spill_key
-from tests.triton_launches import (launchable_configs, launched_function, local_attention_launches, lsh_attention_launches,
-                                   recorded_launches)
+from tests.triton_launches import (LAUNCH_FLAGS, launchable_configs, launched_function, local_attention_launches,
+                                   lsh_attention_launches, recorded_launches)
 
 pytestmark = pytest.mark.skipif(backends.triton_interpreted(),
                                 reason="under TRITON_INTERPRET=1 the autotuners hold one config: nothing to drop")
@@ -20,8 +20,7 @@ MEASURED = [
     (op, dtype, head_dim, block + offset, causal, masked, dropout)
     for op, dtype, head_dim, block in itertools.product(("lsh", "local"), (torch.float16, torch.bfloat16), (32, 64, 128),
                                                         (64, 32, 16))
-    for causal, masked, dropout, offset in [(c, m, d, 0) for c in (True, False) for m in (True, False)
-                                            for d in (True, False)] + [(True, True, True, -4), (True, True, True, -1)]
+    for causal, masked, dropout, offset in LAUNCH_FLAGS
 ]
 
 

@@ -32,8 +32,8 @@ from reformer_kernels.ops.dropout_add import triton_kernels as triton_reversible
 from reformer_kernels.ops.dropout_relu import triton_kernels as triton_dropout_relu
 from reformer_kernels.ops.linear_cross_entropy import triton_kernels as triton_cross_entropy
 from reformer_kernels.ops.lsh_hash import triton_kernels as triton_hashing
-from tests.triton_launches import (launchable_configs, launched_function, local_attention_launches, lsh_attention_launches,
-                                   recorded_launches, tf32_matmuls)
+from tests.triton_launches import (LAUNCH_FLAGS, launchable_configs, launched_function, local_attention_launches,
+                                   lsh_attention_launches, recorded_launches, tf32_matmuls)
 
 pytestmark = [
     pytest.mark.slow,
@@ -152,7 +152,7 @@ def check_variants(variants: list[Variant], dtype: torch.dtype, tf32: bool = Fal
 # 24 B per thread with one of the two configs (now dropped), two with both: local attention's
 # head_dim-128 16-slot backward on sm_80, causal with a padding mask and no dropout, 8 B in fp16 and
 # bf16.
-EVERY_FLAG = (True, True, True, 0)
+EVERY_FLAG = LAUNCH_FLAGS[0]
 _MASK_ONLY = (True, True, False, 0)
 _SPILLS: dict[tuple, tuple[int, int]] = {
     ('local', 128, 16, _MASK_ONLY, 'attention_bwd_kernel', 80, 4): (8, 8),
@@ -211,16 +211,11 @@ def test_attention_kernels_compile(arch, precision, head_dim, chunk_len, op):
     check_spills(variants, dtype, (op, dtype, head_dim, chunk_len, EVERY_FLAG))
 
 
-# The launches test_attention_kernels_compile does not make: (causal, padding mask, dropout, chunk_len
-# as a function of the tile BLOCK). Each flag is a constexpr and ptxas allocates registers anew for
-# each variant, so dropping a code path can make a variant spill that the full one does not. Every
-# flag combination at chunk_len = BLOCK; with every flag on, chunk lengths that are not multiples
-# of 16 (a different specialization of the int arguments): BLOCK - 4 (dropout's whole groups of
-# four) and BLOCK - 1 (dropout's per-element draw).
+# The launches test_attention_kernels_compile does not make (LAUNCH_FLAGS after the first): dropping
+# a code path can make a variant spill that the full one does not.
 FLAG_LAUNCHES = [
     pytest.param(flags, id=f"causal{int(flags[0])}-mask{int(flags[1])}-dropout{int(flags[2])}-chunk{flags[3]:+d}")
-    for flags in [(c, m, d, 0) for c in (True, False) for m in (True, False) for d in (True, False)][1:]
-    + [(True, True, True, -4), (True, True, True, -1)]
+    for flags in LAUNCH_FLAGS[1:]
 ]
 
 
