@@ -287,9 +287,9 @@ def op_kernels(config: Config, dtype: torch.dtype) -> dict[str, list[Kernel]]:
     grad_losses = torch.ones(()).expand(tokens)
 
     def loss_backward():
-        grads = (grad_losses, torch.zeros_like(lse), hidden, weight, bias, labels, lse, -100)
-        triton_cross_entropy.linear_cross_entropy_grad_hidden._init_fn(*grads)
-        triton_cross_entropy.linear_cross_entropy_grad_weight._init_fn(*grads)
+        scales = triton_cross_entropy.row_scales(grad_losses, torch.zeros_like(lse), labels, -100)
+        triton_cross_entropy.linear_cross_entropy_grad_hidden._init_fn(*scales, hidden, weight, bias, labels, lse)
+        triton_cross_entropy.linear_cross_entropy_grad_weight._init_fn(*scales, hidden, weight, bias, labels, lse)
 
     ops["linear_cross_entropy bwd"], _ = record(loss_backward)
     return ops

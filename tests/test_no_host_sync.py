@@ -199,10 +199,11 @@ def launcher_calls():
         "local_attention_fwd": lambda: local.local_attention_fwd._init_fn(x, x, x, *local_args),
         "local_attention_bwd": lambda: local.local_attention_bwd._init_fn(x, x, x, x, x, lse[:, :, 0], *local_args),
         "linear_cross_entropy_fwd": lambda: cross_entropy.linear_cross_entropy_fwd._init_fn(hidden, weight, None, labels, -100),
+        # the scales the backward computes once for both ops (row_scales) included
         "linear_cross_entropy_grad_hidden": lambda: cross_entropy.linear_cross_entropy_grad_hidden._init_fn(
-            *ce_grads, hidden, weight, None, labels, ce_grads[1], -100),
+            *cross_entropy.row_scales(*ce_grads, labels, -100), hidden, weight, None, labels, ce_grads[1]),
         "linear_cross_entropy_grad_weight": lambda: cross_entropy.linear_cross_entropy_grad_weight._init_fn(
-            *ce_grads, hidden, weight, None, labels, ce_grads[1], -100),
+            *cross_entropy.row_scales(*ce_grads, labels, -100), hidden, weight, None, labels, ce_grads[1]),
         "dropout_add": lambda: dropout_add.dropout_add_op._init_fn(x, x, 0.1, 1, 0, False, torch.float16),
         "dropout_relu": lambda: dropout_relu.dropout_relu_op._init_fn(x, x[0, 0, 0], 0.1, 1, 0),
         "dropout_relu_backward": lambda: dropout_relu.dropout_relu_backward_op._init_fn(x, x, 0.1),

@@ -309,9 +309,9 @@ def test_triton_opcheck(backend, device):
                               (hidden.requires_grad_(), weight.requires_grad_(), b, labels, -100))
     with torch.no_grad():
         losses, lse = triton_cross_entropy.linear_cross_entropy_fwd(hidden, weight, bias, labels, -100)
-    grads = (torch.randn_like(losses), torch.randn_like(lse))
+    scales = triton_cross_entropy.row_scales(torch.randn_like(losses), torch.randn_like(lse), labels, -100)
     for op in (triton_cross_entropy.linear_cross_entropy_grad_hidden, triton_cross_entropy.linear_cross_entropy_grad_weight):
-        torch.library.opcheck(op, (*grads, hidden.detach(), weight.detach(), bias, labels, lse, -100))
+        torch.library.opcheck(op, (*scales, hidden.detach(), weight.detach(), bias, labels, lse))
 
 
 @triton_only

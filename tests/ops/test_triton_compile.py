@@ -254,9 +254,9 @@ def test_cross_entropy_kernels_compile(arch, precision, dim):
 
     def launches():
         losses, lse = triton_cross_entropy.linear_cross_entropy_fwd(hidden, weight, bias, labels, -100)
-        grads = (torch.ones_like(losses), torch.zeros_like(lse))
-        triton_cross_entropy.linear_cross_entropy_grad_hidden(*grads, hidden, weight, bias, labels, lse, -100)
-        triton_cross_entropy.linear_cross_entropy_grad_weight(*grads, hidden, weight, bias, labels, lse, -100)
+        scales = triton_cross_entropy.row_scales(torch.ones_like(losses), torch.zeros_like(lse), labels, -100)
+        triton_cross_entropy.linear_cross_entropy_grad_hidden(*scales, hidden, weight, bias, labels, lse)
+        triton_cross_entropy.linear_cross_entropy_grad_weight(*scales, hidden, weight, bias, labels, lse)
 
     variants = compile_op(arch, launches, tf32)
     check_variants(variants, dtype, tf32)

@@ -32,9 +32,9 @@ def launch_every_op(dtype):
     triton_hashing.lsh_hash(vectors, rotations, [16], None)
     hidden, weight, labels = torch.randn(40, 32, dtype=dtype), torch.randn(50, 32, dtype=dtype), torch.randint(0, 50, (40,))
     losses, lse = triton_cross_entropy.linear_cross_entropy_fwd(hidden, weight, None, labels, -100)
-    grads = (torch.ones_like(losses), torch.zeros_like(lse))
-    triton_cross_entropy.linear_cross_entropy_grad_hidden(*grads, hidden, weight, None, labels, lse, -100)
-    triton_cross_entropy.linear_cross_entropy_grad_weight(*grads, hidden, weight, None, labels, lse, -100)
+    scales = triton_cross_entropy.row_scales(torch.ones_like(losses), torch.zeros_like(lse), labels, -100)
+    triton_cross_entropy.linear_cross_entropy_grad_hidden(*scales, hidden, weight, None, labels, lse)
+    triton_cross_entropy.linear_cross_entropy_grad_weight(*scales, hidden, weight, None, labels, lse)
 
 
 def launched_precisions(dtype) -> dict[str, set[str]]:

@@ -239,13 +239,17 @@ def _bias_arg(bias: Optional[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
     return like.new_zeros(1) if bias is None else bias.contiguous()
 
 
-def _row_scales(grad_losses, grad_lse, labels, ignore_index):
-    """Per-token (softmax_scale, label_scale) of d loss / d logits and the 0-d grad_scale they are
-    divided by. Dividing keeps grad_logits near softmax - one_hot, which 16-bit floats hold at full
-    precision, where softmax / n_tokens (the mean's gradient) would underflow fp16; the kernels
-    multiply grad_scale back into their fp32 sums."""
+def row_scales(grad_losses: torch.Tensor, grad_lse: torch.Tensor, labels: torch.Tensor,
+               ignore_index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-token (softmax_scale, label_scale) (N,) fp32 of d loss / d logits from the gradients of
+    the forward's losses and lse, and the 0-d grad_scale they are divided by: the scales both
+    backward ops take, computed once per backward. Dividing keeps grad_logits near softmax -
+    one_hot, which 16-bit floats hold at full precision, where softmax / n_tokens (the mean's
+    gradient) would underflow fp16; the kernels multiply grad_scale back into their fp32 sums."""
     label_scale = torch.where(labels != ignore_index, grad_losses.float(), 0.0)
     softmax_scale = label_scale + grad_lse.float()
+    if labels.numel() == 0:  # no token (a shape, no host read): amax has no value to give
+        return softmax_scale, label_scale, softmax_scale.new_ones(())
     grad_scale = torch.maximum(label_scale.abs().amax(), softmax_scale.abs().amax())
     grad_scale = torch.where(grad_scale > 0, grad_scale, 1.0)
     return (softmax_scale / grad_scale).contiguous(), (label_scale / grad_scale).contiguous(), grad_scale
@@ -280,15 +284,14 @@ def _linear_cross_entropy_fwd_fake(hidden, weight, bias, labels, ignore_index):
 
 @torch.library.custom_op("reformer_kernels::triton_linear_cross_entropy_grad_hidden", mutates_args=())
 def linear_cross_entropy_grad_hidden(
-    grad_losses: torch.Tensor, grad_lse: torch.Tensor, hidden: torch.Tensor, weight: torch.Tensor,
-    bias: Optional[torch.Tensor], labels: torch.Tensor, lse: torch.Tensor, ignore_index: int,
+    softmax_scale: torch.Tensor, label_scale: torch.Tensor, grad_scale: torch.Tensor, hidden: torch.Tensor,
+    weight: torch.Tensor, bias: Optional[torch.Tensor], labels: torch.Tensor, lse: torch.Tensor,
 ) -> torch.Tensor:
-    """d hidden (N, D) in hidden's dtype from the gradients of the forward's losses and lse (N,)."""
+    """d hidden (N, D) in hidden's dtype from the scales of d loss / d logits (``row_scales``)."""
     hidden, weight, labels, lse = hidden.contiguous(), weight.contiguous(), labels.contiguous(), lse.contiguous()
     (n_tokens, dim), vocab_size = hidden.shape, weight.shape[0]
     if n_tokens == 0:
         return torch.empty_like(hidden)
-    softmax_scale, label_scale, grad_scale = _row_scales(grad_losses, grad_lse, labels, ignore_index)
     tile = backward_tiles(dim, hidden.dtype)
     row_blocks, out_blocks = triton.cdiv(n_tokens, tile["BLOCK_N"]), triton.cdiv(dim, tile["BLOCK_OUT"])
     per_segment, n_segments = segments(triton.cdiv(vocab_size, tile["BLOCK_V"]), row_blocks * out_blocks)
@@ -303,22 +306,21 @@ def linear_cross_entropy_grad_hidden(
 
 
 @linear_cross_entropy_grad_hidden.register_fake
-def _linear_cross_entropy_grad_hidden_fake(grad_losses, grad_lse, hidden, weight, bias, labels, lse, ignore_index):
+def _linear_cross_entropy_grad_hidden_fake(softmax_scale, label_scale, grad_scale, hidden, weight, bias, labels, lse):
     return torch.empty_like(hidden, memory_format=torch.contiguous_format)
 
 
 @torch.library.custom_op("reformer_kernels::triton_linear_cross_entropy_grad_weight", mutates_args=())
 def linear_cross_entropy_grad_weight(
-    grad_losses: torch.Tensor, grad_lse: torch.Tensor, hidden: torch.Tensor, weight: torch.Tensor,
-    bias: Optional[torch.Tensor], labels: torch.Tensor, lse: torch.Tensor, ignore_index: int,
+    softmax_scale: torch.Tensor, label_scale: torch.Tensor, grad_scale: torch.Tensor, hidden: torch.Tensor,
+    weight: torch.Tensor, bias: Optional[torch.Tensor], labels: torch.Tensor, lse: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(d weight (V, D), d bias (V,)) in weight's dtype from the gradients of the forward's losses
-    and lse (N,); d bias is what a bias would get, also when there is none."""
+    """(d weight (V, D), d bias (V,)) in weight's dtype from the scales of d loss / d logits
+    (``row_scales``); d bias is what a bias would get, also when there is none."""
     hidden, weight, labels, lse = hidden.contiguous(), weight.contiguous(), labels.contiguous(), lse.contiguous()
     (n_tokens, dim), vocab_size = hidden.shape, weight.shape[0]
     if n_tokens == 0:
         return torch.zeros_like(weight), weight.new_zeros(vocab_size)
-    softmax_scale, label_scale, grad_scale = _row_scales(grad_losses, grad_lse, labels, ignore_index)
     tile = backward_tiles(dim, hidden.dtype)
     col_blocks, out_blocks = triton.cdiv(vocab_size, tile["BLOCK_V"]), triton.cdiv(dim, tile["BLOCK_OUT"])
     per_segment, n_segments = segments(triton.cdiv(n_tokens, tile["BLOCK_N"]), col_blocks * out_blocks)
@@ -335,7 +337,7 @@ def linear_cross_entropy_grad_weight(
 
 
 @linear_cross_entropy_grad_weight.register_fake
-def _linear_cross_entropy_grad_weight_fake(grad_losses, grad_lse, hidden, weight, bias, labels, lse, ignore_index):
+def _linear_cross_entropy_grad_weight_fake(softmax_scale, label_scale, grad_scale, hidden, weight, bias, labels, lse):
     return torch.empty_like(weight, memory_format=torch.contiguous_format), weight.new_empty(weight.shape[0])
 
 
@@ -351,7 +353,7 @@ def _backward(ctx, grad_losses, grad_lse):
     # autograd passes None for an output whose gradient nobody asked for
     grad_losses = torch.zeros_like(lse) if grad_losses is None else grad_losses
     grad_lse = torch.zeros_like(lse) if grad_lse is None else grad_lse
-    grads = (grad_losses, grad_lse, hidden, weight, bias, labels, lse, ctx.ignore_index)
+    grads = (*row_scales(grad_losses, grad_lse, labels, ctx.ignore_index), hidden, weight, bias, labels, lse)
     grad_hidden = linear_cross_entropy_grad_hidden(*grads) if ctx.needs_input_grad[0] else None
     grad_weight = grad_bias = None
     if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
