@@ -220,7 +220,7 @@ FLAG_LAUNCHES = [
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-@pytest.mark.parametrize("precision", PRECISIONS[:2])  # fp16, bf16
+@pytest.mark.parametrize("precision", PRECISIONS)
 @pytest.mark.parametrize("head_dim", [32, 64, 128])
 @pytest.mark.parametrize("block", [64, 32, 16])
 @pytest.mark.parametrize("op", ["lsh", "local"])
