@@ -155,7 +155,10 @@ def _check_n_buckets(fn: str, n_buckets: object) -> int | tuple[int, ...]:
     return n_buckets if isinstance(n_buckets, int) else tuple(factors)
 
 
-def _check_rotations(fn: str, rotations: object, vectors: torch.Tensor, n_buckets: int | tuple[int, ...]) -> torch.Tensor:
+def _check_hashing(fn: str, rotations: object, vectors: torch.Tensor, n_buckets: object) -> int | tuple[int, ...]:
+    """``n_buckets`` (``_check_n_buckets``, returned as the backends take it) and ``rotations``
+    shaped, typed and placed for hashing ``vectors`` into them."""
+    n_buckets = _check_n_buckets(fn, n_buckets)
     if not isinstance(rotations, torch.Tensor):
         raise TypeError(f"{fn}: rotations must be a torch.Tensor, got {type(rotations).__name__}")
     rotation_size = sum(reference.bucket_factors(n_buckets))
@@ -172,7 +175,7 @@ def _check_rotations(fn: str, rotations: object, vectors: torch.Tensor, n_bucket
         )
     if rotations.device != vectors.device:
         raise ValueError(f"{fn}: rotations are on {rotations.device} but the vectors on {vectors.device}; move them")
-    return rotations
+    return n_buckets
 
 
 def _check_chunking(fn: str, chunk_len: object, n_chunks_before: object, n_chunks_after: object) -> None:
@@ -348,8 +351,7 @@ def lsh_hash(
     """
     fn = "lsh_hash"
     _check_heads_tensor(fn, "vectors", vectors)
-    n_buckets = _check_n_buckets(fn, n_buckets)
-    _check_rotations(fn, rotations, vectors, n_buckets)
+    n_buckets = _check_hashing(fn, rotations, vectors, n_buckets)
     attention_mask = _check_attention_mask(fn, attention_mask, vectors)
     _, impl = backends.select("lsh_hash", vectors.device, backend)
     return impl(vectors, rotations, n_buckets, attention_mask=attention_mask)
@@ -375,8 +377,7 @@ def lsh_hash_sort(
     """
     fn = "lsh_hash_sort"
     _check_heads_tensor(fn, "vectors", vectors)
-    n_buckets = _check_n_buckets(fn, n_buckets)
-    _check_rotations(fn, rotations, vectors, n_buckets)
+    n_buckets = _check_hashing(fn, rotations, vectors, n_buckets)
     return _hash_sort(vectors, rotations, n_buckets, _check_attention_mask(fn, attention_mask, vectors), backend)
 
 
@@ -600,8 +601,7 @@ def lsh_self_attention(
     _check_heads_tensor(fn, "qk", qk)
     _check_heads_tensor(fn, "v", v)
     _check_same(fn, "qk", qk, "v", v)
-    n_buckets = _check_n_buckets(fn, n_buckets)
-    _check_rotations(fn, rotations, qk, n_buckets)
+    n_buckets = _check_hashing(fn, rotations, qk, n_buckets)
     _check_chunking(fn, chunk_len, n_chunks_before, n_chunks_after)
     _check_bool(fn, "causal", causal)
     attention_mask = _check_attention_mask(fn, attention_mask, qk)
